@@ -1,0 +1,3 @@
+"""Rollwise: progressive delivery for machine-learning models on Kubernetes."""
+
+__version__ = "0.1.0"
