@@ -1,0 +1,105 @@
+{{/* Names and labels shared by every object of the release. */}}
+
+{{- define "rollwise.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's full name; the chart name is not repeated when the release already carries it. */}}
+{{- define "rollwise.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rollwise.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rollwise.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "rollwise.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "rollwise.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: rollwise
+{{- end -}}
+
+{{- define "rollwise.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "rollwise.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name: set it to an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rollwise.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "rollwise.servingImage" -}}
+{{- printf "%s:%s" .Values.servingImage.repository (.Values.servingImage.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/*
+Rules for namespaced objects: the same list goes into the ClusterRole (all namespaces) or the Role
+(watchNamespace). Each rule grants exactly the verbs the operator uses on that resource.
+*/}}
+{{- define "rollwise.namespacedRules" -}}
+# The custom resource: read, watch, and patch for Kopf's finalizers and annotations.
+- apiGroups: ["rollwise.dev"]
+  resources: ["modeldeployments"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["rollwise.dev"]
+  resources: ["modeldeployments/status"]
+  verbs: ["get", "patch"]
+# The children of a ModelDeployment, applied server-side (create + patch) and pruned (delete).
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Read-only: why a candidate's pods are not ready.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Every decision is an Event (Kopf posts core/v1 Events; events.k8s.io for newer clients).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if .Values.routers.gatewayAPI.enabled }}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- end }}
+{{- if .Values.routers.istio.enabled }}
+- apiGroups: ["networking.istio.io"]
+  resources: ["virtualservices"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- end }}
+{{- if .Values.routers.nginx.enabled }}
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- end }}
+{{- end -}}
+
+{{/* Cluster-scoped reads Kopf makes at start-up and while running, in either mode. */}}
+{{- define "rollwise.clusterScopedRules" -}}
+# Kopf scans namespaces and CRDs to resolve what it serves.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}
