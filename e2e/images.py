@@ -87,9 +87,7 @@ def ensure_dockerd(timeout_seconds: float = 60) -> None:
 
 
 def image_exists(tag: str) -> bool:
-    return (
-        subprocess.run([DOCKER, "image", "inspect", tag], capture_output=True, check=False).returncode == 0
-    )
+    return subprocess.run([DOCKER, "image", "inspect", tag], capture_output=True, check=False).returncode == 0
 
 
 def _rootfs_tar(name: str, include: str | None) -> Path:
@@ -188,7 +186,17 @@ def import_into_node(tag: str) -> None:
     with tempfile.TemporaryDirectory(prefix="img-") as tmp:
         archive = Path(tmp) / "image.tar"
         run(DOCKER, "save", "-o", str(archive), tag, quiet=True)
-        run(CTR, "--address", str(paths.CONTAINERD_SOCK), "-n", "k8s.io", "images", "import", str(archive), quiet=True)
+        run(
+            CTR,
+            "--address",
+            str(paths.CONTAINERD_SOCK),
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            str(archive),
+            quiet=True,
+        )
     log(f"imported {tag} into the node")
 
 

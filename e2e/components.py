@@ -1,0 +1,456 @@
+"""What each process of the local cluster is: its argv and the files it reads.
+
+Pure text generation from a ``Topology``; ``cluster.py`` starts and stops the processes. Flags
+follow what kubeadm gives each component, so the API behaves as in a production cluster:
+client-certificate authentication, Node+RBAC authorization, NodeRestriction admission,
+service-account tokens, the aggregation layer and an audit log of every write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2e import paths
+
+NODE_NAME = "rollwise-node"
+POD_CIDR = "10.244.0.0/24"
+CLUSTER_CIDR = "10.244.0.0/16"
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service's ClusterIP: first address of SERVICE_CIDR
+BRIDGE = "rwbr0"
+# kwok gives simulated pods addresses from here; nothing ever connects to them (Prometheus keeps
+# only pods on the real node), and 198.18.0.0/15 is the benchmarking range, never routed.
+KWOK_POD_CIDR = "198.18.0.0/16"
+
+APISERVER_PORT = 6443
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+PROMETHEUS_PORT = 9090
+SCRAPE_INTERVAL = "2s"
+
+# How a pod chooses a node: simulated nodes carry this taint and label; the real node has neither
+# taint, so pods land on the real node unless they tolerate the taint and select the label.
+SIMULATED_TAINT_KEY = "rollwise.dev/simulated"
+NODE_KIND_LABEL = "rollwise.dev/node-kind"
+# Pods opt in to scraping with this annotation (and prometheus.io/port, prometheus.io/path).
+SCRAPE_ANNOTATION = "prometheus.io/scrape"
+
+
+@dataclass(frozen=True)
+class Topology:
+    host_ip: str
+    state: Path = paths.STATE
+
+    @property
+    def pki(self) -> Path:
+        return self.state / "pki"
+
+    def file(self, name: str) -> Path:
+        return self.state / name
+
+    def kubeconfig(self, who: str) -> Path:
+        return self.state / f"{who}.kubeconfig"
+
+
+def kubeconfig_text(topo: Topology, who: str, server: str | None = None) -> str:
+    """A kubeconfig authenticating with the client certificate ``pki/<who>.crt``."""
+    server = server or f"https://127.0.0.1:{APISERVER_PORT}"
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "rollwise-local",
+                "cluster": {"server": server, "certificate-authority": str(topo.pki / "ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": who,
+                "user": {
+                    "client-certificate": str(topo.pki / f"{who}.crt"),
+                    "client-key": str(topo.pki / f"{who}.key"),
+                },
+            }
+        ],
+        "contexts": [{"name": "rollwise-local", "context": {"cluster": "rollwise-local", "user": who}}],
+        "current-context": "rollwise-local",
+    }
+    return json.dumps(doc, indent=2)
+
+
+def etcd_argv(topo: Topology) -> list[str]:
+    client = f"http://127.0.0.1:{ETCD_CLIENT_PORT}"
+    peer = f"http://127.0.0.1:{ETCD_PEER_PORT}"
+    return [
+        str(paths.ETCD_BIN / "etcd"),
+        "--name=rollwise",
+        f"--data-dir={topo.file('etcd')}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=rollwise={peer}",
+        "--auto-compaction-retention=1",
+        "--quota-backend-bytes=8589934592",
+        "--log-level=warn",
+    ]
+
+
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+# Every write at Metadata level, reads not at all: enough to count API writes per client
+# (the operator's idle reconcile must make none) without the log outgrowing the disk.
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    verbs: ["get", "list", "watch"]
+  - level: None
+    resources: [{group: "coordination.k8s.io", resources: ["leases"]}]
+  - level: None
+    users: ["system:kube-controller-manager", "system:kube-scheduler", "rollwise-kwok"]
+    verbs: ["update", "patch"]
+    resources: [{group: "", resources: ["nodes/status", "pods/status"]}]
+  - level: Metadata
+"""
+
+
+def apiserver_argv(topo: Topology) -> list[str]:
+    pki = topo.pki
+    return [
+        str(paths.KUBE_BIN / "kube-apiserver"),
+        f"--advertise-address={topo.host_ip}",
+        "--bind-address=0.0.0.0",
+        f"--secure-port={APISERVER_PORT}",
+        f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        "--allow-privileged=true",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+        f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+        f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-username-headers=X-Remote-User",
+        "--enable-aggregator-routing=true",
+        f"--audit-policy-file={topo.file('audit-policy.yaml')}",
+        f"--audit-log-path={topo.file('logs/audit.log')}",
+        "--audit-log-maxsize=200",
+        "--audit-log-maxbackup=2",
+        "--profiling=false",
+    ]
+
+
+def controller_manager_argv(topo: Topology) -> list[str]:
+    kc = topo.kubeconfig("controller-manager")
+    pki = topo.pki
+    return [
+        str(paths.KUBE_BIN / "kube-controller-manager"),
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1",
+        "--secure-port=10257",
+        "--leader-elect=true",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={pki / 'sa.key'}",
+        f"--root-ca-file={pki / 'ca.crt'}",
+        f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+        f"--cluster-signing-key-file={pki / 'ca.key'}",
+        f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--cluster-cidr={CLUSTER_CIDR}",
+        "--controllers=*,bootstrapsigner,tokencleaner",
+        # HPAs read resource metrics every 5 s instead of 15 s so tests see scaling promptly;
+        # the semantics are unchanged.
+        "--horizontal-pod-autoscaler-sync-period=5s",
+    ]
+
+
+def scheduler_argv(topo: Topology) -> list[str]:
+    kc = topo.kubeconfig("scheduler")
+    return [
+        str(paths.KUBE_BIN / "kube-scheduler"),
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1",
+        "--secure-port=10259",
+        "--leader-elect=true",
+    ]
+
+
+def kwok_argv(topo: Topology) -> list[str]:
+    return [
+        str(paths.KWOK_DIR / "kwok"),
+        f"--kubeconfig={topo.kubeconfig('kwok')}",
+        f"--config={paths.KWOK_DIR / 'stages' / 'stage' / 'fast'}",
+        "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        f"--cidr={KWOK_POD_CIDR}",
+        "--node-ip=198.18.255.254",
+        "--node-lease-duration-seconds=40",
+        "--server-address=",
+    ]
+
+
+def kwok_node_manifest(index: int) -> dict[str, object]:
+    name = f"kwok-node-{index}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                NODE_KIND_LABEL: "simulated",
+            },
+        },
+        "spec": {"taints": [{"key": SIMULATED_TAINT_KEY, "value": "true", "effect": "NoSchedule"}]},
+        "status": {
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "250"},
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "250"},
+        },
+    }
+
+
+def containerd_config(topo: Topology) -> str:
+    cni_conf = topo.file("cni/net.d")
+    return f"""\
+version = 2
+root = "{paths.CONTAINERD_ROOT}"
+state = "{paths.CONTAINERD_STATE}"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+
+[grpc]
+  address = "{paths.CONTAINERD_SOCK}"
+
+[ttrpc]
+  address = "{paths.CONTAINERD_STATE}/containerd.sock.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{paths.CONTAINERD_ROOT}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  # Built locally by e2e/images.py and imported; nothing is ever pulled.
+  sandbox_image = "docker.io/rollwise/pause:3.10"
+  enable_unprivileged_ports = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        # cgroup v1 without systemd: the cgroupfs driver, matching the kubelet.
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni_conf}"
+"""
+
+
+def cni_conflist(topo: Topology) -> str:
+    doc = {
+        "cniVersion": "1.0.0",
+        "name": "rollwise",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                # No masquerade: pods talk only to the host and to each other; kube-proxy does the
+                # Service NAT. Fewer rules to clean up on `down`.
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": POD_CIDR}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(topo.file("cni/ipam")),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+    return json.dumps(doc, indent=2)
+
+
+def kubelet_config(topo: Topology) -> str:
+    pki = topo.pki
+    return f"""\
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# Our machines run cgroup v1 (hybrid). Kubernetes >= 1.35 refuses it unless told otherwise;
+# 1.37 is the last line whose kubelet still accepts it and Debian's containerd 1.6 (see README).
+failCgroupV1: false
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://{paths.CONTAINERD_SOCK}
+authentication:
+  anonymous: {{enabled: false}}
+  webhook: {{enabled: true}}
+  x509: {{clientCAFile: {pki / "ca.crt"}}}
+authorization: {{mode: Webhook}}
+tlsCertFile: {pki / "kubelet-serving.crt"}
+tlsPrivateKeyFile: {pki / "kubelet-serving.key"}
+address: 0.0.0.0
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+clusterDomain: cluster.local
+resolvConf: /etc/resolv.conf
+failSwapOn: false
+cgroupsPerQOS: true
+enforceNodeAllocatable: ["pods"]
+serializeImagePulls: false
+# Images are imported, never pulled: never garbage-collect them for disk usage under 95 %.
+imageGCHighThresholdPercent: 95
+imageGCLowThresholdPercent: 90
+evictionHard:
+  memory.available: "200Mi"
+  nodefs.available: "5%"
+  imagefs.available: "5%"
+"""
+
+
+def kubelet_argv(topo: Topology) -> list[str]:
+    return [
+        str(paths.KUBE_BIN / "kubelet"),
+        f"--config={topo.file('kubelet.yaml')}",
+        f"--kubeconfig={topo.kubeconfig('kubelet-client')}",
+        f"--hostname-override={NODE_NAME}",
+        f"--node-ip={topo.host_ip}",
+        f"--root-dir={paths.KUBELET_ROOT}",
+        f"--cert-dir={topo.pki}",
+        f"--node-labels={NODE_KIND_LABEL}=real",
+        "--v=1",
+    ]
+
+
+def kube_proxy_config(topo: Topology) -> str:
+    return f"""\
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: {topo.kubeconfig("kube-proxy")}
+mode: iptables
+clusterCIDR: {CLUSTER_CIDR}
+hostnameOverride: {NODE_NAME}
+bindAddress: 0.0.0.0
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack:
+  # 0 leaves the host's conntrack table size alone (a VM may not let us change it).
+  maxPerCore: 0
+  min: 0
+"""
+
+
+def kube_proxy_argv(topo: Topology) -> list[str]:
+    return [str(paths.KUBE_BIN / "kube-proxy"), f"--config={topo.file('kube-proxy.yaml')}", "--v=1"]
+
+
+def containerd_argv(topo: Topology) -> list[str]:
+    return ["/usr/bin/containerd", f"--config={topo.file('containerd.toml')}"]
+
+
+def prometheus_config(topo: Topology) -> str:
+    pki = topo.pki
+    return f"""\
+global:
+  scrape_interval: {SCRAPE_INTERVAL}
+  scrape_timeout: 1s
+  evaluation_interval: {SCRAPE_INTERVAL}
+scrape_configs:
+  - job_name: pods
+    kubernetes_sd_configs:
+      - role: pod
+        api_server: https://127.0.0.1:{APISERVER_PORT}
+        tls_config:
+          ca_file: {pki / "ca.crt"}
+          cert_file: {pki / "prometheus.crt"}
+          key_file: {pki / "prometheus.key"}
+    relabel_configs:
+      # Opt-in: pods annotated prometheus.io/scrape: "true".
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+        regex: "true"
+        action: keep
+      # Only pods on the real node: simulated (kwok) pods have addresses nobody may dial.
+      - source_labels: [__meta_kubernetes_pod_node_name]
+        regex: {NODE_NAME}
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_phase]
+        regex: Running
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]
+        regex: (.+)
+        target_label: __metrics_path__
+      - source_labels: [__meta_kubernetes_pod_ip, __meta_kubernetes_pod_annotation_prometheus_io_port]
+        regex: (.+);(\\d+)
+        replacement: $1:$2
+        target_label: __address__
+      - action: labelmap
+        regex: __meta_kubernetes_pod_label_(.+)
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+  # Processes on the host (an out-of-cluster operator, a serving process under test) register by
+  # dropping a file_sd JSON file into this directory.
+  - job_name: host
+    file_sd_configs:
+      - files: ["{topo.file("prometheus/targets")}/*.json"]
+        refresh_interval: 2s
+"""
+
+
+def prometheus_argv(topo: Topology) -> list[str]:
+    return [
+        "/usr/bin/prometheus",
+        f"--config.file={topo.file('prometheus/prometheus.yml')}",
+        f"--storage.tsdb.path={topo.file('prometheus/data')}",
+        f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+        "--web.enable-lifecycle",
+        "--storage.tsdb.retention.time=1d",
+    ]
+
+
+PROMETHEUS_RBAC = """\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: rollwise-prometheus}
+rules:
+  - apiGroups: [""]
+    resources: [pods, nodes, services, endpoints]
+    verbs: [get, list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: rollwise-prometheus}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: rollwise-prometheus}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: rollwise-prometheus}
+"""
