@@ -1,0 +1,328 @@
+"""The HTTP surface: a raw ASGI app routing OIP v2 paths to the dataplane.
+
+No web framework: routing is a split of the path, and a response is two ASGI messages, which
+keeps per-request overhead to a few microseconds (see ``bench/README.md``). One table,
+``ERRORS``, maps exception types to an HTTP status and a metrics outcome; nothing else picks
+status codes for errors.
+
+Health (what Kubernetes probes should use):
+
+- ``GET /v2/health/live``: 200 while the process serves HTTP. It never depends on the model, so
+  a slow download or a refused artifact never gets the pod restarted in a loop.
+- ``GET /v2/health/ready`` (and ``/v2/models/{name}/ready``): 200 ``{"ready": true}`` only when
+  the primary model is loaded *and* its digest verified; otherwise 503 with ``"reason"`` saying
+  why (loading, fetch failure, digest mismatch...). The body also lists the fallback's state.
+
+Forwarding (``--hash-*``) and mirroring (``--mirror-url``) wrap the inference routes; requests
+that already made a hop (``x-rollwise-hop``) are served here and never sent on again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+import orjson
+
+from rollwise_serving import __version__
+from rollwise_serving.cache import PredictionCache
+from rollwise_serving.config import Settings, from_environ
+from rollwise_serving.dataplane import Dataplane
+from rollwise_serving.drift import Reference
+from rollwise_serving.errors import (
+    BodyTooLargeError,
+    DeadlineError,
+    InputError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    PredictError,
+)
+from rollwise_serving.features import FeatureSchema, FeatureValidationError
+from rollwise_serving.forwarding import Forwarder
+from rollwise_serving.metrics import Outcome, ServerMetrics
+from rollwise_serving.mirroring import HOP_HEADER, Mirror
+from rollwise_serving.protocol import ProtocolError
+from rollwise_serving.repository import Repository
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("rollwise_serving.app")
+
+# exception type -> (HTTP status, outcome label). Order matters only for subclasses (none today).
+ERRORS: Final[dict[type[Exception], tuple[int, str]]] = {
+    ProtocolError: (400, Outcome.CLIENT_ERROR),
+    InputError: (400, Outcome.CLIENT_ERROR),
+    FeatureValidationError: (422, Outcome.CLIENT_ERROR),
+    BodyTooLargeError: (413, Outcome.CLIENT_ERROR),
+    ModelNotFoundError: (404, Outcome.CLIENT_ERROR),
+    ModelNotReadyError: (503, Outcome.SERVER_ERROR),
+    DeadlineError: (504, Outcome.SERVER_ERROR),
+    PredictError: (500, Outcome.SERVER_ERROR),
+}
+JSON: Final = [(b"content-type", b"application/json")]
+HOP: Final = HOP_HEADER.encode()
+
+
+def error_body(err: Exception) -> bytes:
+    doc: dict[str, Any] = {"error": str(err)}
+    if isinstance(err, FeatureValidationError):
+        doc["error"] = f"{len(err.problems)} invalid feature value(s)"
+        doc["details"] = [
+            {"loc": p.loc, "feature": p.feature, "problem": p.problem.value, "msg": p.message}
+            for p in err.problems
+        ]
+    return orjson.dumps(doc)
+
+
+class ServingApp:
+    """The ASGI callable. Build with ``create_app(settings)``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        schema = FeatureSchema.load(settings.feature_schema) if settings.feature_schema else None
+        reference = Reference.load(settings.reference) if settings.reference else None
+        self.metrics = ServerMetrics(
+            model=settings.name,
+            version=settings.version,
+            track=settings.track.value,
+            schema=schema,
+            reference=reference,
+        )
+        self.repository = Repository(settings)
+        self.cache = PredictionCache(
+            self.metrics,
+            size=settings.cache_size,
+            redis_url=settings.redis_url,
+            ttl_seconds=settings.cache_ttl_seconds,
+            namespace=f"rollwise:{settings.name}:{settings.version}:{settings.sha256 or ''}:",
+        )
+        self.dataplane = Dataplane(settings, self.repository, self.metrics, schema, self.cache)
+        self.mirror = Mirror(settings.mirror_url, self.metrics) if settings.mirror_url else None
+        self.forwarder = (
+            Forwarder(settings.forward_url, settings.hash_header, settings.hash_range, self.metrics)
+            if settings.forward_url and settings.hash_header and settings.hash_range
+            else None
+        )
+        self._loader: asyncio.Task[None] | None = None
+        m = self.metrics
+        self._inflight, self._duration, self._requests = m.inflight, m.request_duration, m.requests
+
+    # ---- lifespan ------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        for gauge in self.metrics.loaded_by_role.values():
+            gauge.set(0)
+        self._loader = asyncio.create_task(self._load())
+        if self.mirror:
+            self.mirror.start()
+        if self.forwarder:
+            self.forwarder.start()
+
+    async def _load(self) -> None:
+        await self.repository.load()
+        self.metrics.loaded_by_role["primary"].set(1 if self.repository.ready else 0)
+        fallback = self.repository.fallback
+        self.metrics.loaded_by_role["fallback"].set(1 if fallback and fallback.runtime else 0)
+        runtime = self.repository.primary.runtime
+        if runtime is not None:
+            self.metrics.bind_output(runtime.classes)
+
+    async def shutdown(self) -> None:
+        if self._loader is not None:
+            self._loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loader
+        if self.mirror:
+            await self.mirror.close()
+        if self.forwarder:
+            await self.forwarder.close()
+        await self.cache.close()
+        self.dataplane.batcher.close()
+
+    # ---- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as err:
+                    await send({"type": "lifespan.startup.failed", "message": str(err)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        parts = path.strip("/").split("/")
+        try:
+            if parts[0] == "v2":
+                if len(parts) >= 3 and parts[1] == "models":
+                    await self._model_route(parts[2:], method, scope, receive, send)
+                    return
+                if method != "GET":
+                    raise _MethodNotAllowedError
+                if len(parts) == 1:
+                    await respond(send, 200, orjson.dumps(self.server_metadata()))
+                    return
+                if len(parts) == 3 and parts[1] == "health":
+                    if parts[2] == "live":
+                        await respond(send, 200, b'{"live":true}')
+                        return
+                    if parts[2] == "ready":
+                        await self._ready(send)
+                        return
+            elif parts == ["metrics"] and method == "GET":
+                await respond(
+                    send, 200, self.metrics.exposition(), [(b"content-type", b"text/plain; version=0.0.4")]
+                )
+                return
+            raise ModelNotFoundError(
+                f"no route {method} {path}; see /v2 for the Open Inference Protocol routes"
+            )
+        except _MethodNotAllowedError:
+            await respond(send, 405, orjson.dumps({"error": f"{method} is not allowed on {path}"}))
+        except Exception as err:
+            status, _ = ERRORS.get(type(err), (500, Outcome.SERVER_ERROR))
+            await respond(send, status, error_body(err))
+
+    async def _model_route(
+        self, rest: list[str], method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        name, rest = rest[0], rest[1:]
+        if len(rest) >= 2 and rest[0] == "versions":
+            if rest[1] != self.settings.version:
+                raise ModelNotFoundError(
+                    f"model {name!r} has no version {rest[1]!r}; this server serves {self.settings.version!r}"
+                )
+            rest = rest[2:]
+        if name != self.settings.name:
+            raise ModelNotFoundError(f"no model {name!r}; this server serves {self.settings.name!r}")
+        action = rest[0] if rest else ""
+        if len(rest) > 1:
+            raise ModelNotFoundError(f"no route {scope['path']}")
+        if action in ("infer", "predict"):
+            if method != "POST":
+                raise _MethodNotAllowedError
+            await self._inference(action, scope, receive, send)
+        elif method != "GET":
+            raise _MethodNotAllowedError
+        elif action == "":
+            await respond(send, 200, orjson.dumps(self.dataplane.model_metadata()))
+        elif action == "ready":
+            await self._ready(send, model=True)
+        else:
+            raise ModelNotFoundError(f"no route {scope['path']}")
+
+    async def _ready(self, send: Send, *, model: bool = False) -> None:
+        body = self.repository.readiness()
+        if model:
+            body = {"name": self.settings.name, **body}
+        await respond(send, 200 if body["ready"] else 503, orjson.dumps(body))
+
+    async def _inference(self, action: str, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self._inflight.inc()
+        outcome = Outcome.SERVER_ERROR
+        try:
+            body = await read_body(receive, headers, self.settings.max_body_bytes)
+            hopped = any(k == HOP for k, _ in headers)
+            if self.forwarder is not None and not hopped and self.forwarder.wants(headers):
+                answer = await self.forwarder.forward(scope["path"], body, headers)
+                if answer is not None:
+                    outcome = ""  # the peer counts it
+                    await respond(send, answer.status_code, answer.content)
+                    return
+            if action == "infer":
+                response, outcome = await self.dataplane.infer(body)
+            else:
+                response, outcome = await self.dataplane.predict_instances(body)
+            await respond(send, 200, response)
+            if self.mirror is not None and not hopped:
+                self.mirror.offer(scope["path"], body, _content_type(headers))
+        except Exception as err:
+            status, outcome = ERRORS.get(type(err), (500, Outcome.SERVER_ERROR))
+            if status == 500 and type(err) not in ERRORS:
+                log.exception("unexpected error on %s", scope["path"])
+            await respond(send, status, error_body(err))
+        finally:
+            self._inflight.dec()
+            if outcome:
+                self._requests[outcome].inc()
+                self._duration.observe(time.perf_counter() - start)
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {
+            "name": "rollwise",
+            "version": __version__,
+            "extensions": ["rollwise_metrics", "named_features"],
+        }
+
+
+class _MethodNotAllowedError(Exception):
+    pass
+
+
+async def read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise BodyTooLargeError(
+                f"request body of {int(value)} bytes is over the {limit}-byte limit (--max-body-bytes)"
+            )
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise BodyTooLargeError(f"request body is over the {limit}-byte limit (--max-body-bytes)")
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"request body is over the {limit}-byte limit (--max-body-bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _content_type(headers: list[tuple[bytes, bytes]]) -> str:
+    for k, v in headers:
+        if k == b"content-type":
+            return v.decode("latin-1")
+    return "application/json"
+
+
+def create_app(settings: Settings) -> ServingApp:
+    return ServingApp(settings)
+
+
+def create_app_from_env() -> ServingApp:
+    """Uvicorn's factory in each worker process: settings arrive as ``ROLLWISE_*`` variables."""
+    return ServingApp(from_environ())

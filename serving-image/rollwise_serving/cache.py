@@ -1,0 +1,142 @@
+"""Prediction cache: an in-process LRU in front of an optional shared Redis.
+
+Keyed by model name, version, artifact digest, the outputs asked for and a hash of the canonical
+input bytes (dtype, shape and data of each tensor), so a new version never reads its predecessor's
+answers. Values are the encoded ``outputs`` JSON, so a hit skips the model *and* the encoder.
+Redis is an optimisation and never a dependency: every call has a short timeout, a failure counts
+``rollwise_cache_total{tier="redis",result="error"}`` and reads as a miss, and after a failure
+Redis is left alone for a second (each skipped look-up still counts as an error) so an outage
+costs no latency. Writes to Redis are fire-and-forget and bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from rollwise_serving.metrics import ServerMetrics
+
+log = logging.getLogger("rollwise_serving.cache")
+REDIS_TIMEOUT_SECONDS = 0.05
+REDIS_BACKOFF_SECONDS = 1.0
+MAX_PENDING_WRITES = 256
+
+
+def cache_key(
+    prefix: bytes, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None
+) -> bytes:
+    h = hashlib.blake2b(prefix, digest_size=20)
+    h.update(orjson.dumps(list(outputs) if outputs is not None else None))
+    for name in sorted(inputs):
+        array = inputs[name]
+        h.update(name.encode() + b"\0" + array.dtype.str.encode() + str(array.shape).encode())
+        if array.dtype.kind == "O":
+            h.update(orjson.dumps(array.ravel().tolist()))
+        else:
+            h.update(np.ascontiguousarray(array).tobytes())
+    return h.digest()
+
+
+class PredictionCache:
+    def __init__(
+        self, metrics: ServerMetrics, *, size: int, redis_url: str | None, ttl_seconds: int, namespace: str
+    ) -> None:
+        self.size = size
+        self.ttl_seconds = ttl_seconds
+        self.namespace = namespace.encode()
+        self._memory: OrderedDict[bytes, bytes] = OrderedDict()
+        self._redis: Any = None
+        if redis_url:
+            import redis.asyncio  # noqa: PLC0415 - only when configured
+
+            self._redis = redis.asyncio.Redis.from_url(
+                redis_url,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                retry_on_timeout=False,
+            )
+        self._redis_down_until = 0.0
+        self._writes: set[asyncio.Task[None]] = set()
+        m = metrics.cache
+        self._mem_hit, self._mem_miss = m[("memory", "hit")], m[("memory", "miss")]
+        self._redis_hit, self._redis_miss, self._redis_error = (
+            m[("redis", "hit")],
+            m[("redis", "miss")],
+            m[("redis", "error")],
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 or self._redis is not None
+
+    def key(self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None) -> bytes:
+        return self.namespace + cache_key(self.namespace, inputs, outputs).hex().encode()
+
+    async def get(self, key: bytes) -> bytes | None:
+        if self.size:
+            value = self._memory.get(key)
+            if value is not None:
+                self._memory.move_to_end(key)
+                self._mem_hit.inc()
+                return value
+            self._mem_miss.inc()
+        if self._redis is None:
+            return None
+        if time.monotonic() < self._redis_down_until:
+            self._redis_error.inc()
+            return None
+        try:
+            value = await self._redis.get(key)
+        except Exception as err:  # any Redis failure is a miss, never an error to the client
+            self._redis_failed(err)
+            return None
+        if value is None:
+            self._redis_miss.inc()
+            return None
+        self._redis_hit.inc()
+        self._remember(key, value)
+        return bytes(value)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._remember(key, value)
+        if self._redis is None or time.monotonic() < self._redis_down_until:
+            return
+        if len(self._writes) >= MAX_PENDING_WRITES:
+            return
+        task = asyncio.create_task(self._write(key, value))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, key: bytes, value: bytes) -> None:
+        try:
+            await self._redis.set(key, value, ex=self.ttl_seconds)
+        except Exception as err:
+            self._redis_failed(err)
+
+    def _remember(self, key: bytes, value: bytes) -> None:
+        if not self.size:
+            return
+        self._memory[key] = value
+        self._memory.move_to_end(key)
+        if len(self._memory) > self.size:
+            self._memory.popitem(last=False)
+
+    def _redis_failed(self, err: Exception) -> None:
+        self._redis_error.inc()
+        if time.monotonic() >= self._redis_down_until:
+            log.warning(
+                "redis cache unavailable (%s); serving without it for %.0fs", err, REDIS_BACKOFF_SECONDS
+            )
+        self._redis_down_until = time.monotonic() + REDIS_BACKOFF_SECONDS
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()

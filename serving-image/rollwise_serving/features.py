@@ -1,0 +1,276 @@
+"""The declared feature schema: what valid input looks like, and every way an input can miss it.
+
+A schema file ships with the model. It declares the features in model-column order (type, range,
+required, allowed values) and what the model outputs (classes or score buckets). From it we build
+a pydantic model for the named-feature route, so one request reports *every* offending field in
+one 422, and a vectorised check for the tensor route, so strictness costs microseconds. Each
+problem is classified as ``missing``, ``out_of_range`` or ``rejected`` — the ``problem`` label of
+``rollwise_data_quality_total``.
+
+Schema format (JSON)::
+
+    {"features": [
+        {"name": "sepal_length", "type": "float", "min": 4.0, "max": 8.5},
+        {"name": "colour", "type": "category", "values": ["red", "blue"], "required": false},
+        {"name": "count", "type": "int", "min": 0}, {"name": "member", "type": "bool"}],
+     "output": {"kind": "classifier", "classes": ["setosa", "versicolor", "virginica"]}}
+
+Categories reach the model as the index of the value in ``values``; booleans as 0/1; an optional
+feature left out becomes its ``default`` or NaN (the model must then handle NaN).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+
+class Problem(StrEnum):
+    MISSING = "missing"
+    OUT_OF_RANGE = "out_of_range"
+    REJECTED = "rejected"
+
+
+class FeatureType(StrEnum):
+    FLOAT = "float"
+    INT = "int"
+    BOOL = "bool"
+    CATEGORY = "category"
+
+
+class OutputKind(StrEnum):
+    CLASSIFIER = "classifier"
+    REGRESSOR = "regressor"
+
+
+class FeatureSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    type: FeatureType = FeatureType.FLOAT
+    min: float | None = None
+    max: float | None = None
+    values: tuple[str, ...] | None = None
+    """Allowed values of a category, in the order the model encodes them (index 0, 1, ...)."""
+    required: bool = True
+    default: float | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> FeatureSpec:
+        if self.type is FeatureType.CATEGORY and not self.values:
+            raise ValueError(f"feature {self.name!r}: a category needs a non-empty 'values' list")
+        if self.type is not FeatureType.CATEGORY and self.values is not None:
+            raise ValueError(f"feature {self.name!r}: 'values' only applies to type category")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature {self.name!r}: min {self.min} is above max {self.max}")
+        return self
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: OutputKind = OutputKind.CLASSIFIER
+    classes: tuple[str, ...] | None = None
+    """Class labels as the model returns them; bounds the ``class`` metric label."""
+    buckets: tuple[float, ...] | None = None
+    """Upper bounds of prediction-value histogram buckets for a regressor."""
+
+
+class SchemaDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    features: tuple[FeatureSpec, ...] = Field(min_length=1, max_length=1000)
+    output: OutputSpec | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _unique(self) -> SchemaDoc:
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feature names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class SchemaError(ValueError):
+    """The schema file itself is wrong; the message says where and how."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureProblem:
+    loc: str
+    feature: str
+    problem: Problem
+    message: str
+
+
+class FeatureValidationError(ValueError):
+    """Input broke the schema: every problem found, for one 422 body."""
+
+    def __init__(self, problems: Sequence[FeatureProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__(
+            f"{len(self.problems)} invalid feature value(s): " + "; ".join(p.message for p in problems[:5])
+        )
+
+
+_PROBLEM_OF_PYDANTIC = {
+    "missing": Problem.MISSING,
+    "greater_than_equal": Problem.OUT_OF_RANGE,
+    "less_than_equal": Problem.OUT_OF_RANGE,
+    "literal_error": Problem.OUT_OF_RANGE,
+}
+
+
+class FeatureSchema:
+    """A loaded schema: the pydantic instance model plus vectorised bounds for tensors."""
+
+    def __init__(self, doc: SchemaDoc) -> None:
+        self.doc = doc
+        self.features = doc.features
+        self.names = tuple(f.name for f in doc.features)
+        self.output = doc.output
+        self._instance = _instance_model(doc.features)
+        self._instances = pydantic.TypeAdapter(list[self._instance])  # type: ignore[name-defined]  # dynamic model
+        self.lower = np.array([-np.inf if f.min is None else f.min for f in doc.features])
+        self.upper = np.array([np.inf if f.max is None else f.max for f in doc.features])
+        for i, f in enumerate(doc.features):
+            if f.type is FeatureType.CATEGORY and f.values:
+                self.lower[i], self.upper[i] = 0, len(f.values) - 1
+            elif f.type is FeatureType.BOOL:
+                self.lower[i], self.upper[i] = 0, 1
+        self._integral = np.array([f.type is not FeatureType.FLOAT for f in doc.features])
+
+    @classmethod
+    def load(cls, source: str) -> FeatureSchema:
+        """From a path or inline JSON (a value starting with ``{``)."""
+        text = source if source.lstrip().startswith("{") else _read(source, "--feature-schema")
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SchemaError(f"--feature-schema: not valid JSON ({err})") from err
+        try:
+            return cls(SchemaDoc.model_validate(raw))
+        except pydantic.ValidationError as err:
+            details = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
+            )
+            raise SchemaError(f"--feature-schema: {details}") from err
+
+    def matrix_from_instances(self, instances: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """Validate named-feature rows and return the model's ``[N, F]`` float64 matrix."""
+        if not isinstance(instances, list) or not instances:
+            raise FeatureValidationError(
+                [
+                    FeatureProblem(
+                        "instances", "", Problem.REJECTED, 'send "instances": a non-empty list of objects'
+                    )
+                ]
+            )
+        try:
+            rows = self._instances.validate_python(instances)
+        except pydantic.ValidationError as err:
+            problems = []
+            for e in err.errors(include_url=False):
+                loc = e["loc"]
+                feature = str(loc[1]) if len(loc) > 1 else ""
+                problem = _PROBLEM_OF_PYDANTIC.get(e["type"], Problem.REJECTED)
+                where = f"instances[{loc[0]}]" + (f".{feature}" if feature else "")
+                value = "" if problem is Problem.MISSING else f" (got {e.get('input')!r})"
+                problems.append(FeatureProblem(where, feature, problem, f"{where}: {e['msg']}{value}"))
+            raise FeatureValidationError(problems) from err
+        matrix = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        for r, row in enumerate(rows):
+            values = row.__dict__
+            for c, f in enumerate(self.features):
+                v = values[f.name]
+                if v is None:
+                    matrix[r, c] = np.nan if f.default is None else f.default
+                elif f.type is FeatureType.CATEGORY:
+                    matrix[r, c] = f.values.index(v) if f.values else np.nan
+                else:
+                    matrix[r, c] = float(v)
+        return matrix
+
+    def missing_counts(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Per feature, how many rows left an optional feature out (NaN after decoding)."""
+        counts: np.ndarray[Any, np.dtype[np.int64]] = np.isnan(matrix).sum(axis=0).astype(np.int64)
+        return counts
+
+    def check_matrix(self, name: str, matrix: np.ndarray[Any, Any]) -> None:
+        """Vectorised range/type check of a tensor whose columns are the declared features."""
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.features):
+            raise FeatureValidationError(
+                [
+                    FeatureProblem(
+                        name,
+                        "",
+                        Problem.REJECTED,
+                        f"input {name!r} has shape {list(matrix.shape)}; the feature schema declares "
+                        f"{len(self.features)} columns ({', '.join(self.names)}): "
+                        f"send shape [N, {len(self.features)}]",
+                    )
+                ]
+            )
+        values = matrix.astype(np.float64, copy=False)
+        with np.errstate(invalid="ignore"):
+            low = values < self.lower
+            high = values > self.upper
+            fraction = self._integral & (values != np.floor(values))
+        bad = low | high | fraction
+        if not bad.any():
+            return
+        problems = []
+        for r, c in zip(*np.nonzero(bad), strict=True):
+            f = self.features[c]
+            v = values[r, c]
+            where = f"{name}[{r}][{c}] ({f.name})"
+            if fraction[r, c]:
+                problems.append(
+                    FeatureProblem(where, f.name, Problem.REJECTED, f"{where}: {v:.6g} is not a whole number")
+                )
+            else:
+                problems.append(
+                    FeatureProblem(
+                        where,
+                        f.name,
+                        Problem.OUT_OF_RANGE,
+                        f"{where}: {v:.6g} is outside [{self.lower[c]:g}, {self.upper[c]:g}]",
+                    )
+                )
+            if len(problems) >= 100:  # enough to act on; the body stays small
+                break
+        raise FeatureValidationError(problems)
+
+
+def _instance_model(features: Sequence[FeatureSpec]) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for f in features:
+        annotation: Any
+        if f.type is FeatureType.FLOAT:
+            annotation = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=f.min, le=f.max)]
+        elif f.type is FeatureType.INT:
+            annotation = Annotated[int, Field(strict=True, ge=f.min, le=f.max)]
+        elif f.type is FeatureType.BOOL:
+            annotation = StrictBool
+        else:
+            annotation = Literal[tuple(f.values or ())]
+        if f.required:
+            fields[f.name] = (annotation, ...)
+        else:
+            fields[f.name] = (annotation | None, None)
+    model: type[BaseModel] = pydantic.create_model(
+        "Instance", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    return model
+
+
+def _read(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise SchemaError(f"{flag}: cannot read {path!r} ({err.strerror}); give a readable path") from err

@@ -1,0 +1,398 @@
+"""Every metric the server exports, defined here and nowhere else.
+
+These names and labels are the operator's contract; ``docs/metrics.md`` documents each of them
+with the default PromQL queries built on them (tested against a real Prometheus). Keep them
+stable. Label cardinality is bounded: ``model``/``version``/``track`` are one value per process,
+``outcome``/``result``/``problem`` are enums, ``feature`` is a declared feature (or ``""`` for a
+problem with the whole input), ``class`` is a declared class (others become ``"other"``).
+
+Hot-path cost is kept to a few attribute look-ups: every label child is bound once at start-up,
+and drift (PSI) is computed only when ``/metrics`` is scraped, from the same histogram buckets,
+so it stays correct when several worker processes are aggregated by prometheus_client's
+multiprocess mode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import numpy as np
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from rollwise_serving import drift
+from rollwise_serving.features import FeatureSchema, OutputKind, Problem
+
+PREFIX: Final = "rollwise_"
+LABELS: Final = ("model", "version", "track")
+LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+SCORE_BUCKETS: Final = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+DEFAULT_VALUE_BUCKETS: Final = (-10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 10.0, 100.0, 1000.0)
+MAX_CLASSES: Final = 50
+OTHER_CLASS: Final = "other"
+
+# `*_created` series double the scrape for no use of ours (Prometheus reads counters' resets itself).
+disable_created_metrics()
+
+
+class Outcome:
+    SUCCESS: Final = "success"
+    CLIENT_ERROR: Final = "client_error"
+    SERVER_ERROR: Final = "server_error"
+    FALLBACK: Final = "fallback"
+    ALL: Final = (SUCCESS, CLIENT_ERROR, SERVER_ERROR, FALLBACK)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+class ServerMetrics:
+    """The bound metric children for one served model; pass this, not the registry, around."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        version: str,
+        track: str,
+        schema: FeatureSchema | None = None,
+        reference: drift.Reference | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        labels = (model, version, track)
+        self.reference = reference
+        self.feature_names = schema.names if schema else ()
+        self._labelvalues = labels
+        self._schema = schema
+        self.classes: tuple[str, ...] = ()
+        self.is_classifier: bool | None = None
+        self.prediction_by_class: dict[str, Any] = {}
+        self._prediction_family: Histogram | None = None
+        requests = Counter(
+            PREFIX + "requests",
+            "Inference requests by outcome (success, client_error, server_error, fallback).",
+            [*LABELS, "outcome"],
+            registry=reg,
+        )
+        self.requests = {o: requests.labels(*labels, o) for o in Outcome.ALL}
+        self.request_duration = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Inference request latency in seconds, from request received to response ready.",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        ).labels(*labels)
+        self.inflight = Gauge(
+            PREFIX + "inflight_requests",
+            "Inference requests being handled now.",
+            LABELS,
+            registry=reg,
+            multiprocess_mode="livesum",
+        ).labels(*labels)
+        declared = schema.output if schema else None
+        if declared is not None and declared.kind is OutputKind.CLASSIFIER:
+            self.bind_output(declared.classes or [])
+        elif declared is not None or isinstance(reference and reference.prediction, drift.Binned):
+            self.bind_output(None)
+        elif reference is not None and isinstance(reference.prediction, drift.ClassShares):
+            self.bind_output(reference.prediction.classes)
+
+        feature_hist = Histogram(
+            PREFIX + "feature_value",
+            "Input feature values per declared feature; buckets are the reference bins.",
+            [*LABELS, "feature"],
+            buckets=DEFAULT_VALUE_BUCKETS,
+            registry=reg,
+        )
+        self.feature_value: list[Any] = []
+        for i, name in enumerate(self.feature_names):
+            # Each feature gets its own bins (its reference's), so PSI can be read from buckets.
+            cuts = self._feature_cuts(name, schema, i)
+            child = feature_hist.labels(*labels, name)
+            _rebucket(child, cuts)
+            self.feature_value.append(child)
+
+        quality = Counter(
+            PREFIX + "data_quality",
+            "Input data-quality problems by feature and kind (missing, out_of_range, rejected).",
+            [*LABELS, "feature", "problem"],
+            registry=reg,
+        )
+        self.data_quality = {
+            (f, p.value): quality.labels(*labels, f, p.value)
+            for f in (*self.feature_names, "")
+            for p in Problem
+        }
+        self.fallback = Counter(
+            PREFIX + "fallback",
+            "Requests answered by the fallback model because the primary failed or missed its deadline.",
+            [*LABELS, "reason"],
+            registry=reg,
+        )
+        self.fallback_by_reason = {
+            r: self.fallback.labels(*labels, r) for r in ("error", "deadline", "unavailable")
+        }
+        cache = Counter(
+            PREFIX + "cache", "Prediction cache look-ups.", [*LABELS, "tier", "result"], registry=reg
+        )
+        self.cache = {
+            (t, r): cache.labels(*labels, t, r) for t in ("memory", "redis") for r in ("hit", "miss", "error")
+        }
+        mirror = Counter(
+            PREFIX + "mirror", "Requests mirrored to the shadow URL.", [*LABELS, "result"], registry=reg
+        )
+        self.mirror = {r: mirror.labels(*labels, r) for r in ("sent", "dropped", "failed")}
+        forward = Counter(
+            PREFIX + "forward",
+            "Requests forwarded to the peer by user hash.",
+            [*LABELS, "result"],
+            registry=reg,
+        )
+        self.forward = {r: forward.labels(*labels, r) for r in ("sent", "dropped", "failed")}
+        self.model_loaded = Gauge(
+            PREFIX + "model_loaded",
+            "1 when the model (role primary or fallback) is loaded and its digest verified, else 0.",
+            [*LABELS, "role"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.loaded_by_role = {r: self.model_loaded.labels(*labels, r) for r in ("primary", "fallback")}
+
+    def bind_output(self, classes: Sequence[str] | None) -> None:
+        """Fix the prediction histogram's layout once the output kind is known.
+
+        ``classes`` None means a regressor; a (possibly empty) sequence a classifier whose
+        ``class`` label takes the declared classes, or - when none are declared - the first
+        ``MAX_CLASSES`` distinct labels seen, then ``"other"``. Called at start-up when the schema
+        or reference declares the output, else once the model is loaded; later calls are no-ops.
+        """
+        if self.is_classifier is not None:
+            return
+        self.is_classifier = classes is not None
+        self.classes = tuple(str(c) for c in classes or ())[:MAX_CLASSES]
+        self._prediction_family = Histogram(
+            PREFIX + "prediction_value",
+            "Predictions: for classifiers the predicted class's score, labelled by class; "
+            "for regressors the predicted value (class empty).",
+            [*LABELS, "class"],
+            buckets=self._prediction_buckets(self._schema),
+            registry=self.registry,
+        )
+        family = self._prediction_family
+        if self.is_classifier:
+            self.prediction_by_class = {
+                c: family.labels(*self._labelvalues, c) for c in (*self.classes, OTHER_CLASS)
+            }
+        else:
+            self.prediction_by_class = {"": family.labels(*self._labelvalues, "")}
+
+    # ---- bucket layout -------------------------------------------------------------------------
+
+    def _prediction_buckets(self, schema: FeatureSchema | None) -> tuple[float, ...]:
+        if self.is_classifier:
+            return SCORE_BUCKETS
+        ref = self.reference.prediction if self.reference else None
+        if isinstance(ref, drift.Binned):
+            return ref.cuts
+        if schema and schema.output and schema.output.buckets:
+            return schema.output.buckets
+        return DEFAULT_VALUE_BUCKETS
+
+    def _feature_cuts(self, name: str, schema: FeatureSchema | None, index: int) -> tuple[float, ...]:
+        ref = self.reference.features.get(name) if self.reference else None
+        if ref is not None:
+            return ref.cuts
+        if schema is not None:
+            low, high = schema.lower[index], schema.upper[index]
+            if np.isfinite(low) and np.isfinite(high) and high > low:
+                return tuple(float(x) for x in np.linspace(low, high, 11)[1:-1])
+        return DEFAULT_VALUE_BUCKETS
+
+    # ---- hot path ------------------------------------------------------------------------------
+
+    def observe_features(self, matrix: np.ndarray[Any, Any]) -> None:
+        """One observation per row and declared feature; NaN (missing) is counted as missing."""
+        if not self.feature_value or matrix.ndim != 2 or matrix.shape[1] != len(self.feature_value):
+            return
+        columns = matrix.astype(np.float64, copy=False).T
+        for name, child, column in zip(self.feature_names, self.feature_value, columns, strict=True):
+            missing = np.isnan(column)
+            if missing.any():
+                self.data_quality[(name, Problem.MISSING.value)].inc(int(missing.sum()))
+                _observe_many(child, column[~missing])
+            else:
+                _observe_many(child, column)
+
+    def observe_predictions(
+        self, labels: np.ndarray[Any, Any] | None, scores: np.ndarray[Any, Any] | None
+    ) -> None:
+        if self.is_classifier:
+            if labels is None:
+                return
+            values = scores if scores is not None else np.ones(len(labels))
+            by_class = self.prediction_by_class
+            for label, score in zip(labels.tolist(), values.tolist(), strict=True):
+                child = by_class.get(label if isinstance(label, str) else str(label))
+                if child is None:
+                    child = self._new_class(str(label))
+                child.observe(score)
+        elif scores is not None and self.is_classifier is not None:
+            _observe_many(self.prediction_by_class[""], scores.astype(np.float64, copy=False).ravel())
+
+    def _new_class(self, label: str) -> Any:
+        """A class seen but not declared: its own series while fewer than MAX_CLASSES exist."""
+        by_class = self.prediction_by_class
+        if self.classes or len(by_class) > MAX_CLASSES or self._prediction_family is None:
+            if len(by_class) < 4 * MAX_CLASSES:  # remember the alias, keeping the map bounded
+                by_class[label] = by_class[OTHER_CLASS]
+            return by_class[OTHER_CLASS]
+        child = self._prediction_family.labels(*self._labelvalues, label)
+        by_class[label] = child
+        return child
+
+    def count_problems(self, problems: Iterable[tuple[str, str]]) -> None:
+        for feature, problem in problems:
+            counter = self.data_quality.get((feature, problem)) or self.data_quality[("", problem)]
+            counter.inc()
+
+    # ---- exposition ----------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The text format for ``/metrics`` (aggregated over workers in multiprocess mode)."""
+        if multiprocess_dir():
+            from prometheus_client import multiprocess  # noqa: PLC0415 - only in multiprocess mode
+
+            source = CollectorRegistry()
+            multiprocess.MultiProcessCollector(source)  # type: ignore[no-untyped-call]  # untyped upstream
+        else:
+            source = self.registry
+        out = CollectorRegistry()
+        out.register(_Forward(source))
+        out.register(PsiCollector(self, source))
+        return generate_latest(out)
+
+
+class _Forward(Collector):
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Iterable[Metric]:
+        return self.source.collect()
+
+
+class PsiCollector(Collector):
+    """``rollwise_feature_psi`` / ``rollwise_prediction_psi`` computed at scrape from the histograms."""
+
+    def __init__(self, metrics: ServerMetrics, source: CollectorRegistry | None = None) -> None:
+        self.metrics = metrics
+        self.source = source
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.metrics
+        ref = m.reference
+        if ref is None or self.source is None:
+            return []
+        buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        class_counts: dict[str, float] = {}
+        for family in self.source.collect():
+            for s in family.samples:
+                if s.name == PREFIX + "feature_value_bucket":
+                    key = ("f", s.labels["feature"])
+                    buckets.setdefault(key, []).append((_le(s.labels["le"]), s.value))
+                elif s.name == PREFIX + "prediction_value_bucket":
+                    if m.is_classifier:
+                        continue
+                    buckets.setdefault(("p", ""), []).append((_le(s.labels["le"]), s.value))
+                elif s.name == PREFIX + "prediction_value_count" and m.is_classifier:
+                    cls = s.labels["class"]
+                    class_counts[cls] = class_counts.get(cls, 0.0) + s.value
+        labels = list(LABELS)
+        values = list(m._labelvalues)
+        feature_psi = GaugeMetricFamily(
+            PREFIX + "feature_psi",
+            "Population stability index of each feature's live values against the model's reference.",
+            labels=[*labels, "feature"],
+        )
+        for name, binned in ref.features.items():
+            counts = _bin_counts_from_cumulative(buckets.get(("f", name), []))
+            if counts is not None and len(counts) == len(binned.fractions):
+                value = drift.psi(counts, binned.fractions)
+                if value is not None:
+                    feature_psi.add_metric([*values, name], value)
+        prediction_psi = GaugeMetricFamily(
+            PREFIX + "prediction_psi",
+            "Population stability index of live predictions against the model's reference.",
+            labels=labels,
+        )
+        pref = ref.prediction
+        if isinstance(pref, drift.ClassShares):
+            counts_list = [class_counts.get(c, 0.0) for c in pref.classes]
+            value = drift.psi(counts_list, pref.fractions)
+            if value is not None:
+                prediction_psi.add_metric(values, value)
+        elif isinstance(pref, drift.Binned):
+            counts = _bin_counts_from_cumulative(buckets.get(("p", ""), []))
+            if counts is not None and len(counts) == len(pref.fractions):
+                value = drift.psi(counts, pref.fractions)
+                if value is not None:
+                    prediction_psi.add_metric(values, value)
+        return [feature_psi, prediction_psi]
+
+
+def _le(text: str) -> float:
+    return float("inf") if text == "+Inf" else float(text)
+
+
+def _bin_counts_from_cumulative(points: list[tuple[float, float]]) -> list[float] | None:
+    if not points:
+        return None
+    points.sort()
+    counts, previous = [], 0.0
+    for _, cumulative in points:
+        counts.append(cumulative - previous)
+        previous = cumulative
+    return counts
+
+
+def _rebucket(child: Any, cuts: Sequence[float]) -> None:
+    """Give one histogram child its own bucket bounds (the per-feature reference bins).
+
+    prometheus_client fixes buckets per metric, but each feature needs the bins of its own
+    reference so PSI can be read from the histogram. A child's buckets are plain value objects
+    created in ``_metric_init``; we re-run that with this feature's bounds. The exposition reads
+    ``_upper_bounds`` per child, so each feature exports its own ``le`` set.
+    """
+    child._upper_bounds = [float(c) for c in cuts] + [float("inf")]
+    child._metric_init()
+
+
+def _observe_many(child: Any, values: np.ndarray[Any, Any]) -> None:
+    for v in values.tolist():
+        child.observe(v)

@@ -1,0 +1,120 @@
+"""What is loaded, and whether it may serve: load, verify, report readiness truthfully.
+
+The artifact's sha256 is checked *before* it is deserialised, because unpickling (sklearn) or
+importing (python) runs the artifact's code: a mismatch refuses to load, logs both digests, and
+keeps readiness false with the reason, so Kubernetes sends the pod no traffic and nothing wrong is
+ever served. Loading runs in a thread after start-up, so liveness answers at once and readiness
+turns true only when the model is really there. A fallback that fails to load does not block
+readiness (the primary serves), but readiness reports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from rollwise_serving.config import CODE_EXECUTING_FORMATS, ModelFormat, Settings
+from rollwise_serving.errors import ArtifactError, ModelNotReadyError, StorageError
+from rollwise_serving.runtimes import Runtime, load_runtime
+from rollwise_serving.storage import digest_of, fetch_artifact
+
+log = logging.getLogger("rollwise_serving.repository")
+
+
+class LoadState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class ModelSlot:
+    role: str
+    uri: str
+    format: ModelFormat
+    sha256: str | None
+    state: LoadState = LoadState.LOADING
+    reason: str = "loading"
+    digest: str | None = None
+    runtime: Runtime | None = field(default=None, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "uri": self.uri,
+            "format": self.format.value,
+            "state": self.state.value,
+            "reason": self.reason,
+            "sha256": self.digest,
+        }
+
+
+def load_slot(slot: ModelSlot, settings: Settings) -> None:
+    """Fetch, verify and deserialise one model; never raises: the outcome lands in ``slot``."""
+    try:
+        path = fetch_artifact(
+            slot.uri, settings.cache_dir, sha256=slot.sha256, s3_endpoint=settings.s3_endpoint
+        )
+        digest = digest_of(path)
+        if slot.sha256 is not None and digest != slot.sha256:
+            if path.is_relative_to(settings.cache_dir):
+                path.unlink(missing_ok=True)  # never keep a bad download where it looks cached
+            raise ArtifactError(
+                f"sha256 mismatch for {slot.uri}: the artifact's digest is {digest}, the pinned one is "
+                f"{slot.sha256}; refusing to load it. Pin the right digest or publish the right artifact."
+            )
+        if slot.sha256 is None and slot.format in CODE_EXECUTING_FORMATS:
+            raise ArtifactError(f"{slot.format} artifacts load only with a pinned sha256; pass --sha256")
+        slot.digest = digest
+        slot.runtime = load_runtime(slot.format, Path(path), python_class=settings.python_class)
+    except (StorageError, ArtifactError) as err:
+        slot.state, slot.reason = LoadState.FAILED, str(err)
+        log.error("%s model not loaded: %s", slot.role, err)
+    except Exception as err:  # a broken artifact must never take the server down
+        slot.state, slot.reason = LoadState.FAILED, f"{type(err).__name__}: {err}"
+        log.exception("%s model not loaded", slot.role)
+    else:
+        slot.state, slot.reason = LoadState.READY, "loaded and verified"
+        log.info("%s model loaded from %s (sha256 %s)", slot.role, slot.uri, slot.digest)
+
+
+class Repository:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.primary = ModelSlot("primary", settings.model_uri, settings.format, settings.sha256)
+        self.fallback: ModelSlot | None = None
+        if settings.fallback_uri:
+            self.fallback = ModelSlot(
+                "fallback",
+                settings.fallback_uri,
+                settings.fallback_format or settings.format,
+                settings.fallback_sha256,
+            )
+
+    async def load(self) -> None:
+        await asyncio.to_thread(load_slot, self.primary, self.settings)
+        if self.fallback is not None:
+            await asyncio.to_thread(load_slot, self.fallback, self.settings)
+
+    @property
+    def ready(self) -> bool:
+        return self.primary.state is LoadState.READY
+
+    def runtime(self) -> Runtime:
+        if self.primary.runtime is None:
+            raise ModelNotReadyError(f"model {self.settings.name} is not ready: {self.primary.reason}")
+        return self.primary.runtime
+
+    def fallback_runtime(self) -> Runtime | None:
+        return self.fallback.runtime if self.fallback is not None else None
+
+    def readiness(self) -> dict[str, Any]:
+        slots = [self.primary] + ([self.fallback] if self.fallback else [])
+        body: dict[str, Any] = {"ready": self.ready, "models": [s.as_json() for s in slots]}
+        if not self.ready:
+            body["reason"] = self.primary.reason
+        return body

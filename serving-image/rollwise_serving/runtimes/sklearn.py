@@ -1,0 +1,79 @@
+"""scikit-learn estimators and pipelines saved with joblib or pickle.
+
+Loading unpickles, i.e. runs code from the artifact: the repository verifies the pinned sha256
+before this module ever sees the file. Classifiers with ``predict_proba`` answer ``label`` and
+``probabilities`` from one call (label = ``classes_[argmax(probabilities)]``, which is what
+``predict`` returns for the usual probabilistic classifiers; SVC-style models whose ``predict``
+differs from their calibrated probabilities should be served without ``probability=True``).
+Others answer ``label`` (classifiers) or ``prediction`` (regressors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import joblib
+import numpy as np
+
+from rollwise_serving.config import ModelFormat
+from rollwise_serving.errors import ArtifactError, InputError
+from rollwise_serving.protocol import InferInput, datatype_of
+from rollwise_serving.runtimes import Array, Prediction, TensorSpec, check_shape, classify, single_input
+
+INPUT_NAME = "input-0"
+
+
+class SklearnRuntime:
+    format: ClassVar[ModelFormat] = ModelFormat.SKLEARN
+    batchable = True
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.model: Any = joblib.load(path)
+        except Exception as err:
+            raise ArtifactError(f"{path.name} is not a loadable scikit-learn artifact: {err}") from err
+        if not hasattr(self.model, "predict"):
+            raise ArtifactError(f"{path.name} holds a {type(self.model).__name__}, which has no predict()")
+        n_features = getattr(self.model, "n_features_in_", None)
+        self.inputs = [TensorSpec(INPUT_NAME, "FP64", (-1, int(n_features) if n_features else -1))]
+        raw_classes = getattr(self.model, "classes_", None)
+        self._classes: Array | None = np.asarray(raw_classes) if raw_classes is not None else None
+        self.classes = [str(c) for c in self._classes] if self._classes is not None else None
+        self._proba = self._classes is not None and hasattr(self.model, "predict_proba")
+        if self._classes is not None:
+            label_type = "BYTES" if self._classes.dtype.kind in "OUS" else datatype_of(self._classes)
+            self.outputs = [TensorSpec("label", label_type, (-1,))]
+            if self._proba:
+                self.outputs.append(TensorSpec("probabilities", "FP64", (-1, len(self._classes))))
+        else:
+            self.outputs = [TensorSpec("prediction", "FP64", (-1,))]
+
+    def prepare(self, inputs: Sequence[InferInput]) -> dict[str, Array]:
+        tensor = single_input(self.inputs[0], inputs)
+        check_shape(self.inputs[0], tensor)
+        if tensor.datatype == "BYTES":
+            # Pipelines with encoders take strings; a bare estimator would fail on them mid-batch.
+            if not _takes_strings(self.model):
+                raise InputError(
+                    f"input {tensor.name!r} is BYTES; this model takes numbers (FP32, FP64, INT*)"
+                )
+            return {INPUT_NAME: tensor.data}
+        # One dtype for every request, so concurrent FP32 and FP64 requests share a batch.
+        return {INPUT_NAME: tensor.data.astype(np.float64, copy=False)}
+
+    def predict(self, inputs: Mapping[str, Array]) -> Prediction:
+        x = inputs[INPUT_NAME]
+        if self._proba and self._classes is not None:
+            probabilities = np.asarray(self.model.predict_proba(x))
+            labels, scores = classify(probabilities, self._classes)
+            return Prediction({"label": labels, "probabilities": probabilities}, labels, scores)
+        y = np.asarray(self.model.predict(x))
+        if self._classes is not None:
+            return Prediction({"label": y}, y, None)
+        return Prediction({"prediction": y}, None, y)
+
+
+def _takes_strings(model: Any) -> bool:
+    return hasattr(model, "steps") or hasattr(model, "transformers")
