@@ -1,0 +1,1180 @@
+"""`rollwise.dev/v1alpha1` ModelDeployment: the only place its fields are declared.
+
+The CRD (`crds/`), the field reference (`docs/reference.md`) and the operator's types all come
+from these models. Durations are integers with the unit in the name (`durationSeconds`),
+percentages are integers 0..100, and every cross-field rule is a `@rule` that the API server
+enforces as CEL and pydantic enforces in Python (see `base.py`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+from rollwise.api.base import ApiModel, StatusModel, rule
+
+GROUP = "rollwise.dev"
+VERSION = "v1alpha1"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ("md",)
+CATEGORIES = ("rollwise",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+MAX_STEPS = 32
+"""Bounds the canary steps list; CEL cost estimates multiply by list sizes, so every list is bounded."""
+HISTORY_LIMIT = 10
+"""Finished rollouts kept in `status.history`, newest first."""
+MAX_NAME_LENGTH = 53
+"""63 (a Service name) minus len("-candidate"): every child name must stay a valid DNS label."""
+
+# ---------------------------------------------------------------------------------------------
+# Scalar types
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LABEL_VALUE = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+SHA256 = r"^[a-f0-9]{64}$"
+URI = (
+    "^(file:///[^ ]+"
+    "|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^ ]+"
+    "|https?://[^/ ]+(/[^ ]*)?"
+    "|s3://[a-z0-9][-a-z0-9.]*[a-z0-9]/[^ ]+)$"
+)
+"""Artifact locations the serving image can read; `pvc://` is mounted read-only by the operator."""
+LOCAL_URI = "^(file:///[^ ]+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^ ]+)$"
+URI_FIX = "use file:///path, pvc://claim/path, http(s)://host/path or s3://bucket/key"
+QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
+    r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+"""A DNS-1123 label: lower-case letters, digits and '-'."""
+Percent = Annotated[int, Field(ge=0, le=100)]
+"""A share of traffic or a utilization, in percent."""
+Weight = Annotated[int, Field(ge=1, le=100)]
+"""A candidate traffic weight in percent; 0 is not a step (that is the stable-only state)."""
+Uri = Annotated[str, Field(min_length=1, max_length=2048)]
+Sha256 = Annotated[str, Field(min_length=64, max_length=64, pattern=SHA256)]
+
+
+def _quantity(value: object) -> object:
+    """Accept YAML's `cpu: 1` and `cpu: 0.5` as the API server does, and keep the text form."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str) and not re.fullmatch(QUANTITY, value):
+        raise ValueError("not a Kubernetes quantity; write e.g. 500m, 2, 1Gi or 512Mi")
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+"""A Kubernetes resource quantity (`500m`, `2`, `1Gi`)."""
+
+
+def _map_list(key: str) -> JsonDict:
+    """Server-side apply merges these lists item by item, keyed by `key`, which must be unique."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
+
+
+def _count(*flags: bool) -> int:
+    return sum(1 for f in flags if f)
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.model
+
+
+class ModelFormat(StrEnum):
+    """How the serving image loads the artifact."""
+
+    SKLEARN = "sklearn"
+    """A scikit-learn estimator saved with joblib (pickle: needs a sha256 digest)."""
+    ONNX = "onnx"
+    """An ONNX graph run by onnxruntime."""
+    PYTHON = "python"
+    """A pickled Python object with a `predict` method (pickle: needs a sha256 digest)."""
+
+
+PICKLE_FORMATS = frozenset({ModelFormat.SKLEARN, ModelFormat.PYTHON})
+"""Formats that run code while loading, so the digest is checked before deserialising."""
+
+
+class FeatureType(StrEnum):
+    """Type of one input feature, as the serving image checks it."""
+
+    FLOAT = "float"
+    INT = "int"
+    BOOL = "bool"
+    CATEGORY = "category"
+    """One of `values`; reaches the model as the value's index."""
+
+
+class Feature(ApiModel):
+    """One named input column; requests that break it get HTTP 422 listing every bad field."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    """Feature name as it appears in inference requests."""
+    type: FeatureType = FeatureType.FLOAT
+    """Value type. Default float."""
+    min: float | None = None
+    """Smallest accepted value (inclusive); float and int features only."""
+    max: float | None = None
+    """Largest accepted value (inclusive); float and int features only."""
+    values: list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None, min_length=1, max_length=256
+    )
+    """Accepted values of a category feature, in the order the model encodes them (index 0, 1, ...)."""
+    required: bool = True
+    """Whether a request must carry this feature. Default true."""
+    default: float | None = None
+    """Value used when an optional feature is left out (otherwise NaN)."""
+
+    @rule(
+        cel="!has(self.min) || !has(self.max) || self.min <= self.max",
+        field="min",
+        message="must not exceed max; swap or fix the bounds",
+    )
+    def _bounds_ordered(self) -> bool:
+        return self.min is None or self.max is None or self.min <= self.max
+
+    @rule(
+        cel="self.type == 'float' || self.type == 'int' || (!has(self.min) && !has(self.max))",
+        field="type",
+        message="min and max apply to float and int features only; remove them or change the type",
+    )
+    def _bounds_numeric(self) -> bool:
+        numeric = self.type in (FeatureType.FLOAT, FeatureType.INT)
+        return numeric or (self.min is None and self.max is None)
+
+    @rule(
+        cel="(self.type == 'category') == has(self.values)",
+        field="values",
+        message="required for type category and not allowed otherwise; list the category's values "
+        "or change the type",
+    )
+    def _values_iff_category(self) -> bool:
+        return (self.type is FeatureType.CATEGORY) == (self.values is not None)
+
+
+class OutputKind(StrEnum):
+    """What the model predicts."""
+
+    CLASSIFIER = "classifier"
+    REGRESSOR = "regressor"
+
+
+class ModelOutput(ApiModel):
+    """What the model returns; bounds the prediction metric's labels and drift histograms."""
+
+    kind: OutputKind = OutputKind.CLASSIFIER
+    """classifier or regressor. Default classifier."""
+    classes: list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None, min_length=1, max_length=256
+    )
+    """Class labels as the model returns them (classifier)."""
+    buckets: list[float] | None = Field(default=None, min_length=1, max_length=64)
+    """Upper bounds of the prediction histogram buckets (regressor)."""
+
+
+class FeatureSchema(ApiModel):
+    """The model's declared inputs and outputs, passed inline to the serving image (`--feature-schema`)."""
+
+    features: list[Feature] = Field(min_length=1, max_length=256, json_schema_extra=_map_list("name"))
+    """Input features, in the order the model expects them."""
+    output: ModelOutput | None = None
+    """What the model returns; unset lets the serving image infer it."""
+
+
+class FallbackModel(ApiModel):
+    """A second model answering when the primary fails to load, errors, or misses its deadline."""
+
+    uri: Uri
+    """Where the artifact lives: file:///path, pvc://claim/path, http(s)://..., or s3://bucket/key."""
+    format: ModelFormat | None = None
+    """How to load it; unset uses the primary's format."""
+    sha256: Sha256 | None = None
+    """Hex sha256 of the artifact; required when it loads with pickle (sklearn, python)."""
+
+    @rule(cel=f"self.uri.matches('{URI}')", field="uri", message=f"unsupported location; {URI_FIX}")
+    def _uri_supported(self) -> bool:
+        return re.fullmatch(URI, self.uri) is not None
+
+
+class ReferenceDistribution(ApiModel):
+    """Training-time data (the serving image's reference JSON) that drift is measured against."""
+
+    uri: Uri
+    """A file in the image (file:///path) or on a volume (pvc://claim/path): the server reads it at start."""
+
+    @rule(
+        cel=f"self.uri.matches('{LOCAL_URI}')",
+        field="uri",
+        message="must be a local file; use file:///path or pvc://claim/path",
+    )
+    def _uri_local(self) -> bool:
+        return re.fullmatch(LOCAL_URI, self.uri) is not None
+
+
+class ModelSpec(ApiModel):
+    """What to serve: one artifact, its digest and format, and what its inputs look like."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=LABEL_VALUE)
+    """Model name in the inference API (`/v2/models/<name>/infer`) and in metric labels."""
+    version: str = Field(min_length=1, max_length=63, pattern=LABEL_VALUE)
+    """Version label; changing it (or the artifact) starts a rollout of a candidate."""
+    uri: Uri
+    """Where the artifact lives: file:///path (inside the image), pvc://claim/path (mounted read-only),
+    http(s)://host/path, or s3://bucket/key."""
+    sha256: Sha256 | None = None
+    """Hex sha256 of the artifact, checked before loading; required for sklearn and python, which
+    load with pickle and would run code from a tampered file."""
+    format: ModelFormat
+    """How the serving image loads the artifact."""
+    feature_schema: FeatureSchema | None = None
+    """Declared inputs; requests that do not match are rejected with HTTP 422. Unset accepts any input."""
+    reference: ReferenceDistribution | None = None
+    """Training-time reference data for drift metrics; unset compares candidate with stable only."""
+    fallback: FallbackModel | None = None
+    """A second model answering when the primary fails to load or errors."""
+
+    @rule(cel=f"self.uri.matches('{URI}')", field="uri", message=f"unsupported location; {URI_FIX}")
+    def _uri_supported(self) -> bool:
+        return re.fullmatch(URI, self.uri) is not None
+
+    @rule(
+        cel="self.format == 'onnx' || has(self.sha256)",
+        field="sha256",
+        message="required for format sklearn and python, which load with pickle; "
+        "add the artifact's digest (sha256sum <file>)",
+    )
+    def _pickle_has_digest(self) -> bool:
+        return self.format not in PICKLE_FORMATS or self.sha256 is not None
+
+    @rule(
+        cel="!has(self.fallback) || has(self.fallback.sha256) || "
+        "(has(self.fallback.format) ? self.fallback.format : self.format) == 'onnx'",
+        field="fallback.sha256",
+        message="required when the fallback loads with pickle (format sklearn or python); "
+        "add the fallback artifact's digest (sha256sum <file>)",
+    )
+    def _pickle_fallback_has_digest(self) -> bool:
+        if self.fallback is None or self.fallback.sha256 is not None:
+            return True
+        return (self.fallback.format or self.format) not in PICKLE_FORMATS
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.runtime
+
+
+class ResourceList(ApiModel):
+    """CPU and memory amounts."""
+
+    cpu: Quantity | None = None
+    """CPU cores, e.g. 500m or 2."""
+    memory: Quantity | None = None
+    """Memory, e.g. 512Mi or 2Gi."""
+
+
+class Resources(ApiModel):
+    """Compute resources for each serving container."""
+
+    requests: ResourceList | None = None
+    """Guaranteed amounts; the scheduler places pods by these, the HPA measures CPU against them."""
+    limits: ResourceList | None = None
+    """Hard caps; memory over the limit kills the container."""
+    gpu: int | None = Field(default=None, ge=1, le=16)
+    """Whole GPUs per pod, requested as the `nvidia.com/gpu` limit."""
+
+
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the ModelDeployment's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Secret name."""
+    key: str = Field(min_length=1, max_length=253)
+    """Key within the Secret."""
+
+
+class ConfigMapKeyRef(ApiModel):
+    """One key of a ConfigMap in the ModelDeployment's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """ConfigMap name."""
+    key: str = Field(min_length=1, max_length=253)
+    """Key within the ConfigMap."""
+
+
+class EnvVarSource(ApiModel):
+    """Where an environment variable's value comes from (e.g. S3 credentials from a Secret)."""
+
+    secret_key_ref: SecretKeyRef | None = None
+    """Read the value from a Secret key."""
+    config_map_key_ref: ConfigMapKeyRef | None = None
+    """Read the value from a ConfigMap key."""
+
+    @rule(
+        cel="(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) == 1",
+        field=None,
+        message="set exactly one of secretKeyRef or configMapKeyRef",
+    )
+    def _one_source(self) -> bool:
+        return _count(self.secret_key_ref is not None, self.config_map_key_ref is not None) == 1
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the serving container."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    """Variable name."""
+    value: str | None = Field(default=None, max_length=32768)
+    """Literal value."""
+    value_from: EnvVarSource | None = None
+    """Take the value from a Secret or ConfigMap key."""
+
+    @rule(
+        cel="!(has(self.value) && has(self.valueFrom))",
+        field=None,
+        message="set value or valueFrom, not both",
+    )
+    def _one_value(self) -> bool:
+        return self.value is None or self.value_from is None
+
+
+class TolerationOperator(StrEnum):
+    """How a toleration matches a taint."""
+
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    """Which taint effect a toleration tolerates."""
+
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(ApiModel):
+    """Lets serving pods run on nodes with a matching taint (e.g. GPU nodes)."""
+
+    key: str | None = Field(default=None, max_length=316)
+    """Taint key; unset with operator Exists tolerates every taint."""
+    operator: TolerationOperator = TolerationOperator.EQUAL
+    """Equal matches key and value; Exists matches the key alone."""
+    value: str | None = Field(default=None, max_length=63)
+    """Taint value, for operator Equal."""
+    effect: TaintEffect | None = None
+    """Taint effect to tolerate; unset tolerates all effects."""
+    toleration_seconds: int | None = Field(default=None, ge=0)
+    """For NoExecute: seconds the pod stays bound after the taint appears."""
+
+
+class CustomMetricTarget(ApiModel):
+    """A per-pod metric served by a custom metrics adapter (e.g. prometheus-adapter)."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Metric name as the metrics adapter exposes it, e.g. `rollwise_inference_requests_per_second`."""
+    target_average_value: Quantity
+    """Desired average per pod; the HPA adds pods while the average is above it."""
+
+
+class Autoscaling(ApiModel):
+    """A HorizontalPodAutoscaler per track; the operator then leaves `replicas` to the HPA."""
+
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    """Fewest pods per track. Default 1."""
+    max_replicas: int = Field(ge=1, le=1000)
+    """Most pods per track."""
+    cpu_utilization: Percent | None = None
+    """Target average CPU use, in percent of the CPU request (needs resources.requests.cpu)."""
+    metric: CustomMetricTarget | None = None
+    """Target for a custom per-pod metric."""
+
+    @rule(
+        cel="self.minReplicas <= self.maxReplicas",
+        field="minReplicas",
+        message="must not exceed maxReplicas; lower minReplicas or raise maxReplicas",
+    )
+    def _min_le_max(self) -> bool:
+        return self.min_replicas <= self.max_replicas
+
+    @rule(
+        cel="has(self.cpuUtilization) || has(self.metric)",
+        field=None,
+        message="set cpuUtilization, metric, or both, so the HPA has a target",
+    )
+    def _has_target(self) -> bool:
+        return self.cpu_utilization is not None or self.metric is not None
+
+
+class RuntimeSpec(ApiModel):
+    """How the model runs: image, resources, placement and scale."""
+
+    image: str | None = Field(default=None, min_length=1, max_length=512)
+    """Serving image; unset uses the operator's `ROLLWISE_SERVING_IMAGE` (the chart sets it to the
+    bundled image). The image must provide the `rollwise-serve` command."""
+    resources: Resources | None = None
+    """CPU, memory and GPU for each serving pod; unset leaves them to namespace defaults."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, json_schema_extra=_map_list("name"))
+    """Extra environment variables, e.g. S3 credentials (`AWS_ACCESS_KEY_ID` from a Secret)."""
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    """Node labels the serving pods must match."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=16)
+    """Taints the serving pods tolerate."""
+    replicas: int | None = Field(default=None, ge=1, le=1000)
+    """Pods per track when not autoscaling; unset means 1. Changing it scales without a rollout."""
+    autoscaling: Autoscaling | None = None
+    """Scale each track with an HPA instead of a fixed replica count."""
+
+    @rule(
+        cel="!(has(self.replicas) && has(self.autoscaling))",
+        field="replicas",
+        message="set replicas or autoscaling, not both; remove replicas to let the HPA scale",
+    )
+    def _replicas_xor_autoscaling(self) -> bool:
+        return self.replicas is None or self.autoscaling is None
+
+    @rule(
+        cel="!has(self.autoscaling) || !has(self.autoscaling.cpuUtilization) || "
+        "(has(self.resources) && has(self.resources.requests) && has(self.resources.requests.cpu))",
+        field="resources.requests.cpu",
+        message="required when autoscaling.cpuUtilization is set (utilization is measured against "
+        "the request); add a CPU request",
+    )
+    def _cpu_target_has_request(self) -> bool:
+        if self.autoscaling is None or self.autoscaling.cpu_utilization is None:
+            return True
+        requests = self.resources.requests if self.resources else None
+        return requests is not None and requests.cpu is not None
+
+    @property
+    def replica_count(self) -> int:
+        """Pods per track when not autoscaling."""
+        return self.replicas if self.replicas is not None else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.rollout: strategies
+
+
+class PauseStep(ApiModel):
+    """Hold the current weight."""
+
+    duration_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    """How long to hold, in seconds; unset holds until resumed by hand."""
+
+
+class AnalysisStep(ApiModel):
+    """Run `spec.rollout.analysis` and wait for its verdict before going on."""
+
+    count: int | None = Field(default=None, ge=1, le=1000)
+    """Measurements to take at this step; unset uses `spec.rollout.analysis.count`."""
+
+
+class CanaryStep(ApiModel):
+    """One canary step: exactly one of setWeight, pause or analysis."""
+
+    set_weight: Weight | None = None
+    """Send this percent of traffic to the candidate."""
+    pause: PauseStep | None = None
+    """Hold the current weight for a while, or until resumed."""
+    analysis: AnalysisStep | None = None
+    """Measure the candidate before going on."""
+
+    @rule(
+        cel="(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.analysis) ? 1 : 0) == 1",
+        field=None,
+        message="each step needs exactly one of setWeight, pause or analysis; split it into separate steps",
+    )
+    def _one_action(self) -> bool:
+        return _count(self.set_weight is not None, self.pause is not None, self.analysis is not None) == 1
+
+
+_WEIGHTS = "self.steps.filter(s, has(s.setWeight))"
+_INDICES = "[" + ", ".join(str(i) for i in range(MAX_STEPS - 1)) + "]"
+
+
+class Canary(ApiModel):
+    """Shift traffic to the candidate in steps; after the last step the candidate is promoted."""
+
+    steps: list[CanaryStep] = Field(min_length=1, max_length=MAX_STEPS)
+    """Ordered steps, e.g. setWeight 5, analysis, setWeight 25, pause 300s, setWeight 50, analysis."""
+
+    @rule(
+        # Plain CEL (no Kubernetes list extensions) so unit tests can evaluate it too: walk a literal
+        # index list as long as the longest allowed steps list.
+        cel=f"{_INDICES}.all(i, i + 1 >= size({_WEIGHTS}) || "
+        f"{_WEIGHTS}[i].setWeight < {_WEIGHTS}[i + 1].setWeight)",
+        field="steps",
+        message="setWeight values must strictly increase within 1..100; reorder or fix the weights",
+    )
+    def _weights_increase(self) -> bool:
+        weights = [s.set_weight for s in self.steps if s.set_weight is not None]
+        return all(a < b for a, b in itertools.pairwise(weights))
+
+
+class BlueGreen(ApiModel):
+    """Run the candidate at full size behind the preview Service, then switch all traffic at once."""
+
+    preview_replicas: int | None = Field(default=None, ge=1, le=1000)
+    """Candidate pods before the switch; unset uses the stable's count."""
+    auto_promotion_seconds: int | None = Field(default=None, ge=0, le=7 * 24 * 3600)
+    """Seconds to wait, once the preview is ready and pre-promotion analysis passed, before switching;
+    unset waits for a manual promote."""
+    scale_down_delay_seconds: int = Field(default=30, ge=0, le=24 * 3600)
+    """Seconds the old stable keeps running after the switch, as an instant rollback. Default 30."""
+    pre_promotion_analysis: AnalysisStep | None = None
+    """Analyse the preview before switching; unset switches without analysis."""
+
+
+class HeaderMatch(ApiModel):
+    """Match requests by an HTTP header."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=HEADER_NAME)
+    """Header name, e.g. `x-model-variant`."""
+    value: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Exact value to match."""
+    regex: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Regular expression the value must match (RE2 syntax)."""
+
+    @rule(
+        cel="(has(self.value) ? 1 : 0) + (has(self.regex) ? 1 : 0) == 1",
+        field=None,
+        message="set exactly one of value or regex",
+    )
+    def _one_matcher(self) -> bool:
+        return _count(self.value is not None, self.regex is not None) == 1
+
+
+class CookieMatch(ApiModel):
+    """Match requests by a cookie's exact value."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=HEADER_NAME)
+    """Cookie name."""
+    value: str = Field(min_length=1, max_length=1024)
+    """Exact value to match."""
+
+
+class RequestMatch(ApiModel):
+    """One condition sending a request to the candidate: exactly one of header or cookie."""
+
+    header: HeaderMatch | None = None
+    """Match on an HTTP header."""
+    cookie: CookieMatch | None = None
+    """Match on a cookie."""
+
+    @rule(
+        cel="(has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) == 1",
+        field=None,
+        message="set exactly one of header or cookie",
+    )
+    def _one_kind(self) -> bool:
+        return _count(self.header is not None, self.cookie is not None) == 1
+
+
+class UserHash(ApiModel):
+    """A sticky split: a hash of a user-id header decides the side, so a user always lands on the same one."""
+
+    header: str = Field(min_length=1, max_length=256, pattern=HEADER_NAME)
+    """Header carrying the user id, e.g. `x-user-id`."""
+    weight: Annotated[int, Field(ge=1, le=99)]
+    """Percent of users sent to the candidate."""
+
+
+class AbTest(ApiModel):
+    """Route chosen requests to the candidate: by header/cookie match, or by a sticky user-hash split."""
+
+    match: list[RequestMatch] | None = Field(default=None, min_length=1, max_length=8)
+    """Requests matching any entry go to the candidate; the rest stay on stable."""
+    user_hash: UserHash | None = None
+    """Send a fixed share of users to the candidate by hashing a user-id header."""
+    duration_seconds: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    """How long the test runs before promotion; unset waits for analysis or a manual promote."""
+    analysis: AnalysisStep | None = None
+    """Analyse the candidate during the test; a failure rolls back."""
+
+    @rule(
+        cel="(has(self.match) ? 1 : 0) + (has(self.userHash) ? 1 : 0) == 1",
+        field=None,
+        message="set exactly one of match or userHash",
+    )
+    def _one_routing(self) -> bool:
+        return _count(self.match is not None, self.user_hash is not None) == 1
+
+
+class Shadow(ApiModel):
+    """Mirror live traffic to the candidate; its answers are discarded and compared with stable's."""
+
+    duration_seconds: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    """How long to mirror before promotion; unset waits for analysis or a manual promote."""
+    analysis: AnalysisStep | None = None
+    """Analyse the candidate on mirrored traffic; a failure rolls back."""
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.rollout: analysis, traffic, webhooks
+
+
+class BuiltinMetric(StrEnum):
+    """Checks computed from the serving image's own metrics, usable by name."""
+
+    SUCCESS_RATE = "successRate"
+    """Percent of inference requests that did not fail (0..100); set threshold.min."""
+    LATENCY_P99 = "latencyP99"
+    """99th percentile inference latency in seconds; set threshold.max."""
+    PREDICTION_DRIFT = "predictionDrift"
+    """PSI between candidate and stable prediction distributions; set threshold.max (0.2 is a
+    common alarm level)."""
+    INPUT_DRIFT = "inputDrift"
+    """Largest per-feature PSI between candidate and stable inputs (or `feature` only); set threshold.max."""
+
+
+class InconclusivePolicy(StrEnum):
+    """What to do when inconclusiveLimit is exceeded (e.g. too little traffic to judge)."""
+
+    PAUSE = "pause"
+    """Pause the rollout for a human to resume, promote or abort."""
+    FAIL = "fail"
+    """Treat it as a failed analysis and roll back."""
+
+
+class ThresholdRange(ApiModel):
+    """Accepted range for a measurement; a value outside it is a failed measurement."""
+
+    min: float | None = None
+    """Smallest passing value (inclusive)."""
+    max: float | None = None
+    """Largest passing value (inclusive)."""
+
+    @rule(
+        cel="has(self.min) || has(self.max)",
+        field=None,
+        message="set min, max, or both",
+    )
+    def _bounded(self) -> bool:
+        return self.min is not None or self.max is not None
+
+    @rule(
+        cel="!has(self.min) || !has(self.max) || self.min <= self.max",
+        field="min",
+        message="must not exceed max; swap or fix the bounds",
+    )
+    def _ordered(self) -> bool:
+        return self.min is None or self.max is None or self.min <= self.max
+
+
+class MetricCheck(ApiModel):
+    """One measurement taken every interval: a built-in check or a PromQL query."""
+
+    name: Name
+    """Name shown in status and Events."""
+    builtin: BuiltinMetric | None = None
+    """A built-in check; set this or query."""
+    query: str | None = Field(default=None, min_length=1, max_length=4096)
+    """A PromQL template returning one number. Placeholders: {{namespace}}, {{name}} (the
+    ModelDeployment), {{model}}, {{track}}, {{version}}, {{interval}} (e.g. `60s`)."""
+    threshold: ThresholdRange
+    """Passing range for the value."""
+    feature: str | None = Field(default=None, min_length=1, max_length=128)
+    """For inputDrift: the one feature to watch; unset watches every feature."""
+
+    @rule(
+        cel="(has(self.builtin) ? 1 : 0) + (has(self.query) ? 1 : 0) == 1",
+        field=None,
+        message="set exactly one of builtin or query",
+    )
+    def _one_source(self) -> bool:
+        return _count(self.builtin is not None, self.query is not None) == 1
+
+    @rule(
+        cel="!has(self.feature) || (has(self.builtin) && self.builtin == 'inputDrift')",
+        field="feature",
+        message="applies to builtin inputDrift only; remove it",
+    )
+    def _feature_for_input_drift(self) -> bool:
+        return self.feature is None or self.builtin is BuiltinMetric.INPUT_DRIFT
+
+
+class AnalysisSpec(ApiModel):
+    """How the candidate is judged: metrics taken every interval and how many failures are tolerated.
+
+    A measurement is pass, fail, or inconclusive (fewer than minSampleCount requests, no data);
+    no data never passes. A Prometheus error counts as a failure.
+    """
+
+    metrics: list[MetricCheck] = Field(min_length=1, max_length=16, json_schema_extra=_map_list("name"))
+    """Checks taken every interval."""
+    interval_seconds: int = Field(default=60, ge=5, le=3600)
+    """Seconds between measurements; also the PromQL range. Default 60."""
+    count: int = Field(default=5, ge=1, le=1000)
+    """Measurements per analysis; the analysis passes when all are taken within the limits. Default 5."""
+    failure_limit: int = Field(default=0, ge=0, le=1000)
+    """Failed measurements tolerated; one more fails the analysis and rolls back. Default 0."""
+    inconclusive_limit: int = Field(default=0, ge=0, le=1000)
+    """Inconclusive measurements tolerated before inconclusivePolicy applies. Default 0."""
+    min_sample_count: int = Field(default=50, ge=0, le=1_000_000)
+    """Requests the candidate must have served in an interval for a measurement to count; fewer is
+    inconclusive, so a low-traffic model never passes on no data. Default 50."""
+    inconclusive_policy: InconclusivePolicy = InconclusivePolicy.PAUSE
+    """What happens past inconclusiveLimit. Default pause."""
+
+
+class TrafficProvider(StrEnum):
+    """Which component moves traffic between the tracks."""
+
+    REPLICAS = "replicas"
+    """Weights by the replica ratio of the two tracks behind one Service; needs nothing installed."""
+    GATEWAY_API = "gatewayAPI"
+    """Weights, matches and mirroring on a Gateway API HTTPRoute."""
+    ISTIO = "istio"
+    """Weights, matches and mirroring on an Istio VirtualService."""
+    NGINX = "nginx"
+    """ingress-nginx canary annotations on a second Ingress."""
+
+
+class GatewayApiTraffic(ApiModel):
+    """The HTTPRoute the operator edits; it must already exist and route to the `<name>` Service."""
+
+    http_route: Name
+    """HTTPRoute name in the ModelDeployment's namespace."""
+
+
+class IstioTraffic(ApiModel):
+    """The VirtualService the operator edits; it must already exist."""
+
+    virtual_service: Name
+    """VirtualService name in the ModelDeployment's namespace."""
+    route: str | None = Field(default=None, min_length=1, max_length=253)
+    """Name of the HTTP route inside it to edit; unset edits the first route."""
+
+
+class NginxTraffic(ApiModel):
+    """The Ingress in front of the `<name>` Service; the operator adds a canary Ingress beside it."""
+
+    ingress: Name
+    """Ingress name in the ModelDeployment's namespace."""
+
+
+class Traffic(ApiModel):
+    """Traffic routing between the stable and candidate tracks."""
+
+    provider: TrafficProvider = TrafficProvider.REPLICAS
+    """Which router to use. Default replicas."""
+    gateway_api: GatewayApiTraffic | None = Field(default=None, alias="gatewayAPI")
+    """Required with provider gatewayAPI."""
+    istio: IstioTraffic | None = None
+    """Required with provider istio."""
+    nginx: NginxTraffic | None = None
+    """Required with provider nginx."""
+
+    @rule(
+        cel="(self.provider == 'gatewayAPI') == has(self.gatewayAPI)",
+        field="gatewayAPI",
+        message="set it exactly when provider is gatewayAPI; add gatewayAPI.httpRoute or change the provider",
+    )
+    def _gateway_block(self) -> bool:
+        return (self.provider is TrafficProvider.GATEWAY_API) == (self.gateway_api is not None)
+
+    @rule(
+        cel="(self.provider == 'istio') == has(self.istio)",
+        field="istio",
+        message="set it exactly when provider is istio; add istio.virtualService or change the provider",
+    )
+    def _istio_block(self) -> bool:
+        return (self.provider is TrafficProvider.ISTIO) == (self.istio is not None)
+
+    @rule(
+        cel="(self.provider == 'nginx') == has(self.nginx)",
+        field="nginx",
+        message="set it exactly when provider is nginx; add nginx.ingress or change the provider",
+    )
+    def _nginx_block(self) -> bool:
+        return (self.provider is TrafficProvider.NGINX) == (self.nginx is not None)
+
+
+class WebhookType(StrEnum):
+    """When a webhook is called; a timeout or a non-2xx answer counts as a failure."""
+
+    PRE_ROLLOUT = "preRollout"
+    """Before the candidate gets any traffic; failure rolls back."""
+    STEP = "step"
+    """Before each step; failure rolls back."""
+    CONFIRM_PROMOTION = "confirmPromotion"
+    """Before promotion; failure keeps the rollout paused until it answers 2xx."""
+    POST_ROLLOUT = "postRollout"
+    """After promotion or rollback, for notification; failure is only reported."""
+    ROLLBACK = "rollback"
+    """Polled during the rollout; a 2xx answer rolls back."""
+
+
+class Webhook(ApiModel):
+    """An HTTP POST the operator sends at a rollout gate, with the ModelDeployment and step as JSON."""
+
+    name: Name
+    """Name shown in status and Events."""
+    type: WebhookType
+    """When it is called."""
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^ ]+$")
+    """http(s) URL to POST to."""
+    timeout_seconds: int = Field(default=10, ge=1, le=300)
+    """Seconds to wait for an answer; a timeout is a failure. Default 10."""
+
+
+class StrategyName(StrEnum):
+    """The strategy block set in spec.rollout."""
+
+    CANARY = "canary"
+    BLUE_GREEN = "blueGreen"
+    AB_TEST = "abTest"
+    SHADOW = "shadow"
+
+
+class Rollout(ApiModel):
+    """How a new model or runtime rolls out: one strategy block, plus analysis, traffic and gates."""
+
+    canary: Canary | None = None
+    """Shift traffic in steps."""
+    blue_green: BlueGreen | None = None
+    """Full-size preview, then switch at once."""
+    ab_test: AbTest | None = None
+    """Route chosen requests or users to the candidate."""
+    shadow: Shadow | None = None
+    """Mirror traffic to the candidate; clients only see stable's answers."""
+    analysis: AnalysisSpec | None = None
+    """Metrics the analysis steps measure."""
+    traffic: Traffic = Field(default_factory=Traffic)
+    """Traffic router; unset uses provider replicas."""
+    webhooks: list[Webhook] = Field(default_factory=list, max_length=16, json_schema_extra=_map_list("name"))
+    """HTTP gates called during the rollout."""
+    progress_deadline_seconds: int = Field(default=600, ge=30, le=24 * 3600)
+    """Seconds a candidate may take to become ready (or a step to make progress) before it is rolled
+    back. Default 600."""
+
+    @rule(
+        cel="(has(self.canary) ? 1 : 0) + (has(self.blueGreen) ? 1 : 0) + (has(self.abTest) ? 1 : 0)"
+        " + (has(self.shadow) ? 1 : 0) == 1",
+        field=None,
+        message="set exactly one strategy block: canary, blueGreen, abTest or shadow",
+    )
+    def _one_strategy(self) -> bool:
+        return (
+            _count(*(b is not None for b in (self.canary, self.blue_green, self.ab_test, self.shadow))) == 1
+        )
+
+    @rule(
+        cel="has(self.analysis) || !((has(self.canary) && self.canary.steps.exists(s, has(s.analysis)))"
+        " || (has(self.blueGreen) && has(self.blueGreen.prePromotionAnalysis))"
+        " || (has(self.abTest) && has(self.abTest.analysis))"
+        " || (has(self.shadow) && has(self.shadow.analysis)))",
+        field="analysis",
+        message="required when the strategy has an analysis step; add analysis.metrics or remove the step",
+    )
+    def _analysis_defined(self) -> bool:
+        return self.analysis is not None or not self.uses_analysis
+
+    @property
+    def strategy(self) -> StrategyName:
+        """The strategy block that is set (validation guarantees exactly one)."""
+        if self.blue_green is not None:
+            return StrategyName.BLUE_GREEN
+        if self.ab_test is not None:
+            return StrategyName.AB_TEST
+        if self.shadow is not None:
+            return StrategyName.SHADOW
+        return StrategyName.CANARY
+
+    @property
+    def uses_analysis(self) -> bool:
+        """Whether any step of the strategy runs an analysis."""
+        return (
+            (self.canary is not None and any(s.analysis is not None for s in self.canary.steps))
+            or (self.blue_green is not None and self.blue_green.pre_promotion_analysis is not None)
+            or (self.ab_test is not None and self.ab_test.analysis is not None)
+            or (self.shadow is not None and self.shadow.analysis is not None)
+        )
+
+
+def _default_rollout() -> Rollout:
+    return Rollout(canary=Canary(steps=[CanaryStep(set_weight=100)]))
+
+
+class ModelDeploymentSpec(ApiModel):
+    """Desired state: a model, how it runs, and how new versions roll out."""
+
+    model: ModelSpec
+    """The model to serve."""
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    """How it runs; unset runs one pod of the default serving image."""
+    rollout: Rollout = Field(default_factory=_default_rollout)
+    """How a change of model or runtime rolls out; unset is a canary with one step (setWeight 100):
+    the candidate replaces stable once ready, or is rolled back at the progress deadline."""
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+class Phase(StrEnum):
+    """Where the ModelDeployment is in its life; `plan/machine.py` owns the transitions."""
+
+    PENDING = "Pending"
+    """No version has become ready yet."""
+    HEALTHY = "Healthy"
+    """The stable version serves all traffic; no rollout in progress."""
+    PROGRESSING = "Progressing"
+    """A candidate is being rolled out."""
+    PAUSED = "Paused"
+    """A rollout waits for a human (pause step, manual gate or inconclusive analysis)."""
+    PROMOTING = "Promoting"
+    """The candidate is becoming the new stable."""
+    ROLLING_BACK = "RollingBack"
+    """Traffic is returning to stable after a failure or abort."""
+    ROLLED_BACK = "RolledBack"
+    """The last candidate was rolled back; stable serves until the spec changes."""
+    DEGRADED = "Degraded"
+    """The stable version is not ready."""
+    INVALID = "Invalid"
+    """The spec cannot be acted on; the running version keeps serving."""
+
+
+class ConditionType(StrEnum):
+    """kstatus condition types, read as is by Argo CD and Flux."""
+
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+
+
+class ConditionStatus(StrEnum):
+    """Kubernetes condition status values."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Reason(StrEnum):
+    """CamelCase reasons for conditions, Events and history entries."""
+
+    AVAILABLE = "Available"
+    WAITING_FOR_READY = "WaitingForReady"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    ANALYSIS_RUNNING = "AnalysisRunning"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    WEBHOOK_FAILED = "WebhookFailed"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    ABORTED = "Aborted"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    SUPERSEDED = "Superseded"
+    STABLE_UNAVAILABLE = "StableUnavailable"
+    INVALID_SPEC = "InvalidSpec"
+
+
+class Verdict(StrEnum):
+    """Outcome of an analysis or of one metric in it."""
+
+    RUNNING = "Running"
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class Condition(StatusModel):
+    """A kstatus condition (`Ready`, `Reconciling`, `Stalled`)."""
+
+    type: ConditionType
+    """Condition type."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: Reason
+    """CamelCase reason."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable detail."""
+    last_transition_time: AwareDatetime
+    """When status last changed."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The spec generation this condition was computed from."""
+
+
+class MetricResult(StatusModel):
+    """Running tally for one metric of the current analysis."""
+
+    name: str = Field(max_length=63)
+    """The metric's name from spec.rollout.analysis.metrics."""
+    verdict: Verdict
+    """Outcome so far."""
+    successful: int = Field(default=0, ge=0)
+    """Passing measurements."""
+    failed: int = Field(default=0, ge=0)
+    """Failed measurements (out of range or query error)."""
+    inconclusive: int = Field(default=0, ge=0)
+    """Measurements without enough data."""
+    last_value: float | None = None
+    """The latest measured value."""
+    message: str = Field(default="", max_length=4096)
+    """Why the last measurement failed or was inconclusive."""
+
+
+class AnalysisStatus(StatusModel):
+    """The analysis of the current (or last) step."""
+
+    step: int | None = Field(default=None, ge=0)
+    """Index of the step it belongs to, if any."""
+    verdict: Verdict
+    """Overall outcome so far."""
+    started_at: AwareDatetime
+    """When the first measurement was due."""
+    metrics: list[MetricResult] = Field(default_factory=list, max_length=16)
+    """Per-metric tallies."""
+
+
+class HistoryEntry(StatusModel):
+    """A finished rollout."""
+
+    version: str = Field(max_length=63)
+    """Model version of the candidate."""
+    revision: str = Field(max_length=64)
+    """Revision hash of the candidate."""
+    outcome: Reason
+    """Promoted, RolledBack, Aborted or Superseded."""
+    message: str = Field(default="", max_length=4096)
+    """Why it ended that way."""
+    finished_at: AwareDatetime
+    """When it ended."""
+
+
+class RevisionSpec(StatusModel):
+    """What a track runs: enough to rebuild its pods exactly, even after an operator restart."""
+
+    model: ModelSpec
+    """The model the track serves."""
+    runtime: RuntimeSpec
+    """The runtime the track uses."""
+
+
+class ModelDeploymentStatus(StatusModel):
+    """Observed state, rebuilt and written by the operator."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The spec generation this status describes."""
+    phase: Phase | None = None
+    """Where the ModelDeployment is in its life."""
+    strategy: StrategyName | None = None
+    """The rollout strategy in effect (shown by kubectl get)."""
+    message: str = Field(default="", max_length=32768)
+    """A one-line summary for humans."""
+    stable_version: str | None = Field(default=None, max_length=63)
+    """Model version serving as stable."""
+    stable_revision: str | None = Field(default=None, max_length=64)
+    """Revision hash of the stable track."""
+    stable: RevisionSpec | None = None
+    """The model and runtime the stable track runs, kept so a rollout can rebuild it unchanged."""
+    candidate_version: str | None = Field(default=None, max_length=63)
+    """Model version being rolled out, if any."""
+    candidate_revision: str | None = Field(default=None, max_length=64)
+    """Revision hash of the candidate track."""
+    current_step: int | None = Field(default=None, ge=0, le=MAX_STEPS)
+    """Index of the rollout step in progress."""
+    step_started_at: AwareDatetime | None = None
+    """When the current step started; pauses and deadlines are measured from it."""
+    weight: Percent = 0
+    """Percent of traffic on the candidate."""
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=8, json_schema_extra=_map_list("type")
+    )
+    """kstatus conditions: Ready, Reconciling, Stalled."""
+    analysis: AnalysisStatus | None = None
+    """The current (or last) analysis."""
+    history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)
+    """Finished rollouts, newest first, at most 10."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the object
+
+
+class OwnerReference(BaseModel):
+    """An owner of this object (kept loose: only read, never written here)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True, extra="ignore"
+    )
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+    controller: bool | None = None
+
+
+class ObjectMeta(BaseModel):
+    """The metadata fields the operator reads; others (managedFields, ...) are accepted and dropped."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True, extra="ignore", frozen=True
+    )
+
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = None
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    finalizers: list[str] = Field(default_factory=list)
+    owner_references: list[OwnerReference] = Field(default_factory=list)
+
+
+class ModelDeployment(ApiModel):
+    """Serves a machine-learning model and rolls out new versions progressively, judged by metrics."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["rollwise.dev/v1alpha1"] = "rollwise.dev/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
+
+    @rule(
+        cel=f"size(self.metadata.name) <= {MAX_NAME_LENGTH} && "
+        "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        field="metadata.name",
+        message=f"must start with a letter, use only a-z, 0-9 and '-', and have at most {MAX_NAME_LENGTH} "
+        "characters (children are named <name>-candidate); choose a shorter name",
+    )
+    def _name_fits_children(self) -> bool:
+        name = self.metadata.name
+        return (
+            len(name) <= MAX_NAME_LENGTH and re.fullmatch(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", name) is not None
+        )

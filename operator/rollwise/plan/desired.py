@@ -1,0 +1,450 @@
+"""The Deployments, Services and HPAs a ModelDeployment owns, as JSON manifests for server-side apply.
+
+Every function here is deterministic: the same inputs give equal manifests, field for field and in
+the same order, so `kube/` can apply them under one field manager and an idle reconcile writes
+nothing. A track's pods are built from a `RevisionSpec` (model + runtime), not from the live spec,
+so that during a rollout the stable track keeps running exactly what it ran before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+from rollwise.api.v1alpha1 import (
+    API_VERSION,
+    KIND,
+    Autoscaling,
+    FallbackModel,
+    ModelDeployment,
+    ModelSpec,
+    ResourceList,
+    RevisionSpec,
+    RuntimeSpec,
+)
+from rollwise.plan.manifest import JsonValue, Manifest
+from rollwise.plan.names import (
+    ANNOTATION_MODEL_VERSION,
+    ANNOTATION_REVISION,
+    Track,
+    common_labels,
+    serving_selector,
+    track_labels,
+    track_name,
+    track_selector,
+)
+
+SERVING_PORT = 8080
+"""The serving container's one port: OIP v2 inference, health and /metrics."""
+SERVICE_PORT = 80
+"""What clients call: `http://<name>.<namespace>/v2/models/<model>/infer`."""
+RUN_AS = 65532
+"""The conventional "nonroot" uid/gid of distroless images; the serving image owns nothing as it."""
+PVC_ROOT = "/mnt/pvc"
+"""`pvc://claim/path` is mounted read-only at `/mnt/pvc/claim` and passed as `file:///mnt/pvc/claim/path`."""
+GPU_RESOURCE = "nvidia.com/gpu"
+SERVE_COMMAND = "rollwise-serve"
+
+
+def revision_of(revision: RevisionSpec) -> str:
+    """A short hash of what shapes the pods: the model and the runtime minus its scale settings.
+
+    Changing replicas or autoscaling scales the tracks; it does not start a rollout.
+    """
+    runtime = revision.runtime.model_dump(mode="json", exclude={"replicas", "autoscaling"}, exclude_none=True)
+    payload = {"model": revision.model.model_dump(mode="json", exclude_none=True), "runtime": runtime}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def revision_from_spec(md: ModelDeployment) -> RevisionSpec:
+    """What the spec asks the (next) stable to run."""
+    return RevisionSpec(model=md.spec.model, runtime=md.spec.runtime)
+
+
+def owner_reference(md: ModelDeployment, owner_uid: str) -> Manifest:
+    """Controller owner reference: deleting the ModelDeployment garbage-collects its children."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": md.metadata.name,
+        "uid": owner_uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(
+    md: ModelDeployment, name: str, labels: dict[str, JsonValue], owner_uid: str, **annotations: str
+) -> Manifest:
+    meta: Manifest = {"name": name}
+    if md.metadata.namespace:
+        meta["namespace"] = md.metadata.namespace
+    meta["labels"] = labels
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    meta["ownerReferences"] = [owner_reference(md, owner_uid)]
+    return meta
+
+
+def _pvc_claim(uri: str) -> str | None:
+    if not uri.startswith("pvc://"):
+        return None
+    return uri.removeprefix("pvc://").split("/", 1)[0]
+
+
+def container_uri(uri: str) -> str:
+    """The URI as the serving container sees it: `pvc://claim/a/b` -> `file:///mnt/pvc/claim/a/b`."""
+    claim = _pvc_claim(uri)
+    if claim is None:
+        return uri
+    return f"file://{PVC_ROOT}/{uri.removeprefix('pvc://')}"
+
+
+def container_path(uri: str) -> str:
+    """A local URI as a plain path: `file:///a/b` -> `/a/b`, `pvc://claim/a` -> `/mnt/pvc/claim/a`."""
+    return container_uri(uri).removeprefix("file://")
+
+
+def _artifact_uris(model: ModelSpec) -> list[str]:
+    uris = [model.uri]
+    if model.reference is not None:
+        uris.append(model.reference.uri)
+    if model.fallback is not None:
+        uris.append(model.fallback.uri)
+    return uris
+
+
+def serve_args(model: ModelSpec, track: Track) -> list[JsonValue]:
+    """Arguments of `rollwise-serve`: the artifact, how to check and load it, and its metric labels."""
+    args: list[JsonValue] = ["--model-uri", container_uri(model.uri)]
+    if model.sha256 is not None:
+        args += ["--sha256", model.sha256]
+    args += [
+        "--format",
+        str(model.format),
+        "--name",
+        model.name,
+        "--version",
+        model.version,
+        "--track",
+        str(track),
+        "--port",
+        str(SERVING_PORT),
+    ]
+    if model.feature_schema is not None:
+        schema = model.feature_schema.model_dump(mode="json", exclude_none=True)
+        args += ["--feature-schema", json.dumps(schema, sort_keys=True, separators=(",", ":"))]
+    if model.reference is not None:
+        args += ["--reference", container_path(model.reference.uri)]
+    if model.fallback is not None:
+        args += _fallback_args(model.fallback)
+    return args
+
+
+def _fallback_args(fallback: FallbackModel) -> list[JsonValue]:
+    args: list[JsonValue] = ["--fallback-uri", container_uri(fallback.uri)]
+    if fallback.format is not None:
+        args += ["--fallback-format", str(fallback.format)]
+    if fallback.sha256 is not None:
+        args += ["--fallback-sha256", fallback.sha256]
+    return args
+
+
+def _resource_list(rl: ResourceList | None) -> dict[str, JsonValue]:
+    if rl is None:
+        return {}
+    out: dict[str, JsonValue] = {}
+    if rl.cpu is not None:
+        out["cpu"] = rl.cpu
+    if rl.memory is not None:
+        out["memory"] = rl.memory
+    return out
+
+
+def container_resources(runtime: RuntimeSpec) -> Manifest:
+    """Requests and limits as declared; a GPU count becomes the `nvidia.com/gpu` limit."""
+    res = runtime.resources
+    if res is None:
+        return {}
+    requests = _resource_list(res.requests)
+    limits = _resource_list(res.limits)
+    if res.gpu is not None:
+        limits[GPU_RESOURCE] = str(res.gpu)
+    out: Manifest = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _probe(path: str, *, period: int, failures: int) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": "http", "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "successThreshold": 1,
+        "failureThreshold": failures,
+    }
+
+
+def _env(runtime: RuntimeSpec) -> list[JsonValue]:
+    return [e.model_dump(mode="json", exclude_none=True) for e in runtime.env]
+
+
+def serving_container(
+    revision: RevisionSpec, track: Track, serving_image: str, extra_args: Sequence[str] = ()
+) -> Manifest:
+    """The `rollwise-serve` container, locked down to the restricted Pod Security profile.
+
+    `extra_args` lets a router add serving-image flags (e.g. `--mirror-url`, `--hash-header`).
+    """
+    runtime, model = revision.runtime, revision.model
+    container: Manifest = {
+        "name": "server",
+        "image": runtime.image or serving_image,
+        "command": [SERVE_COMMAND],
+        "args": [*serve_args(model, track), *extra_args],
+        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
+    }
+    env = _env(runtime)
+    if env:
+        container["env"] = env
+    resources = container_resources(runtime)
+    if resources:
+        container["resources"] = resources
+    # The startup probe gives a slow artifact download time before liveness can restart the pod.
+    container["startupProbe"] = _probe("/v2/health/live", period=2, failures=150)
+    container["readinessProbe"] = _probe("/v2/health/ready", period=5, failures=3)
+    container["livenessProbe"] = _probe("/v2/health/live", period=10, failures=3)
+    container["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    mounts: list[JsonValue] = [{"name": "tmp", "mountPath": "/tmp"}]
+    for claim in _claims(model):
+        mounts.append({"name": f"pvc-{claim}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+    container["volumeMounts"] = mounts
+    return container
+
+
+def _claims(model: ModelSpec) -> list[str]:
+    """PVCs the model's artifacts live on, in first-use order, each once."""
+    claims: list[str] = []
+    for uri in _artifact_uris(model):
+        claim = _pvc_claim(uri)
+        if claim is not None and claim not in claims:
+            claims.append(claim)
+    return claims
+
+
+def pod_template(
+    md: ModelDeployment,
+    revision: RevisionSpec,
+    track: Track,
+    serving_image: str,
+    extra_args: Sequence[str] = (),
+) -> Manifest:
+    """The pod template of a track's Deployment."""
+    name = md.metadata.name
+    runtime = revision.runtime
+    volumes: list[JsonValue] = [{"name": "tmp", "emptyDir": {}}]
+    for claim in _claims(revision.model):
+        volumes.append(
+            {"name": f"pvc-{claim}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+    spec: Manifest = {
+        "automountServiceAccountToken": False,  # the server never calls the API server
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [serving_container(revision, track, serving_image, extra_args)],
+        "volumes": volumes,
+    }
+    if runtime.node_selector:
+        spec["nodeSelector"] = dict(sorted(runtime.node_selector.items()))
+    if runtime.tolerations:
+        spec["tolerations"] = [t.model_dump(mode="json", exclude_none=True) for t in runtime.tolerations]
+    return {
+        "metadata": {
+            "labels": track_labels(name, track),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(SERVING_PORT),
+                "prometheus.io/path": "/metrics",
+                ANNOTATION_REVISION: revision_of(revision),
+                ANNOTATION_MODEL_VERSION: revision.model.version,
+            },
+        },
+        "spec": spec,
+    }
+
+
+def desired_deployment(
+    md: ModelDeployment,
+    *,
+    track: Track,
+    revision: RevisionSpec,
+    replicas: int | None,
+    owner_uid: str,
+    serving_image: str,
+    extra_args: Sequence[str] = (),
+) -> Manifest:
+    """A track's Deployment. `replicas=None` omits the field so an HPA alone owns the count and the
+    operator's apply never fights it."""
+    name = md.metadata.name
+    spec: Manifest = {}
+    if replicas is not None:
+        spec["replicas"] = replicas
+    spec |= {
+        "selector": {"matchLabels": track_selector(name, track)},
+        "revisionHistoryLimit": 2,
+        # Never take a serving pod down before its replacement is ready.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "progressDeadlineSeconds": md.spec.rollout.progress_deadline_seconds,
+        "template": pod_template(md, revision, track, serving_image, extra_args),
+    }
+    annotations = {
+        ANNOTATION_REVISION: revision_of(revision),
+        ANNOTATION_MODEL_VERSION: revision.model.version,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(
+            md, track_name(name, track), track_labels(name, track), owner_uid, **annotations
+        ),
+        "spec": spec,
+    }
+
+
+def _service(
+    md: ModelDeployment, name: str, labels: dict[str, JsonValue], selector: JsonValue, uid: str
+) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(md, name, labels, uid),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [
+                {
+                    "name": "http",
+                    "port": SERVICE_PORT,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
+        },
+    }
+
+
+def desired_services(
+    md: ModelDeployment, *, owner_uid: str, main_track: Track | None = None
+) -> list[Manifest]:
+    """The `<name>` Service clients call, then `<name>-stable` and `<name>-candidate`.
+
+    The main Service selects both tracks by default (the `replicas` router weights by pod ratio);
+    `main_track` narrows it to one track, e.g. for a blue/green switch without a mesh. The
+    candidate Service always exists, so routers can reference it before the first rollout.
+    """
+    name = md.metadata.name
+    main_selector = serving_selector(name) if main_track is None else track_selector(name, main_track)
+    out = [_service(md, name, common_labels(name), main_selector, owner_uid)]
+    for track in (Track.STABLE, Track.CANDIDATE):
+        out.append(
+            _service(
+                md, track_name(name, track), track_labels(name, track), track_selector(name, track), owner_uid
+            )
+        )
+    return out
+
+
+def desired_hpa(
+    md: ModelDeployment,
+    *,
+    track: Track,
+    autoscaling: Autoscaling,
+    owner_uid: str,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+) -> Manifest:
+    """A track's HorizontalPodAutoscaler; a rollout may narrow min/max so the HPA respects the step."""
+    name = md.metadata.name
+    metrics: list[JsonValue] = []
+    if autoscaling.cpu_utilization is not None:
+        metrics.append(
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": autoscaling.cpu_utilization},
+                },
+            }
+        )
+    if autoscaling.metric is not None:
+        metrics.append(
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": autoscaling.metric.name},
+                    "target": {
+                        "type": "AverageValue",
+                        "averageValue": autoscaling.metric.target_average_value,
+                    },
+                },
+            }
+        )
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(md, track_name(name, track), track_labels(name, track), owner_uid),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": track_name(name, track),
+            },
+            "minReplicas": autoscaling.min_replicas if min_replicas is None else min_replicas,
+            "maxReplicas": autoscaling.max_replicas if max_replicas is None else max_replicas,
+            "metrics": metrics,
+        },
+    }
+
+
+def desired_children(md: ModelDeployment, *, owner_uid: str, serving_image: str) -> list[Manifest]:
+    """The steady state: the stable track runs the spec's model, with no rollout in progress.
+
+    Returns the stable Deployment, the three Services and, when autoscaling is set, the stable HPA
+    (the Deployment then carries no `replicas`).
+    """
+    runtime = md.spec.runtime
+    autoscaling = runtime.autoscaling
+    children = [
+        desired_deployment(
+            md,
+            track=Track.STABLE,
+            revision=revision_from_spec(md),
+            replicas=None if autoscaling is not None else runtime.replica_count,
+            owner_uid=owner_uid,
+            serving_image=serving_image,
+        ),
+        *desired_services(md, owner_uid=owner_uid),
+    ]
+    if autoscaling is not None:
+        children.append(desired_hpa(md, track=Track.STABLE, autoscaling=autoscaling, owner_uid=owner_uid))
+    return children

@@ -1,0 +1,158 @@
+"""Every strategy as one ordered list of steps, so the state machine walks a single shape.
+
+Canary steps map one to one. Blue/green, A/B and shadow become short fixed sequences (route the
+candidate somewhere, judge it, wait), and promotion always follows the last step. The step list is
+derived from the spec alone, so `status.currentStep` means the same step after an operator restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from rollwise.api.v1alpha1 import AbTest, AnalysisStep, BlueGreen, Canary, RequestMatch, Rollout, Shadow
+from rollwise.plan.split import TrafficSplit
+
+
+@dataclass(frozen=True)
+class SetWeight:
+    """Send `weight` percent of live traffic to the candidate."""
+
+    weight: int
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Hold for `duration`; None holds until a human resumes or promotes."""
+
+    duration: timedelta | None
+
+
+@dataclass(frozen=True)
+class Analyze:
+    """Run the rollout's analysis for `count` measurements (None: the analysis's own count)."""
+
+    count: int | None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Blue/green: run the candidate at `replicas` pods (None: as many as stable) behind its own
+    Service, with no live traffic."""
+
+    replicas: int | None
+
+
+@dataclass(frozen=True)
+class RouteMatches:
+    """A/B: requests matching any of `matches` go to the candidate."""
+
+    matches: tuple[RequestMatch, ...]
+
+
+@dataclass(frozen=True)
+class SplitUsers:
+    """A/B: hash the user id in `header`; `weight` percent of users go to the candidate, sticky."""
+
+    header: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """Shadow: copy live traffic to the candidate; clients only see stable's answers."""
+
+
+Step = SetWeight | Pause | Analyze | Preview | RouteMatches | SplitUsers | Mirror
+
+
+def _analysis(step: AnalysisStep | None) -> list[Step]:
+    return [] if step is None else [Analyze(count=step.count)]
+
+
+def _seconds(value: int | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
+
+
+def canary_steps(canary: Canary) -> list[Step]:
+    """The declared steps, in order."""
+    out: list[Step] = []
+    for s in canary.steps:
+        if s.set_weight is not None:
+            out.append(SetWeight(s.set_weight))
+        elif s.pause is not None:
+            out.append(Pause(_seconds(s.pause.duration_seconds)))
+        elif s.analysis is not None:
+            out.append(Analyze(s.analysis.count))
+    return out
+
+
+def blue_green_steps(bg: BlueGreen) -> list[Step]:
+    """Preview at full size, analyse it, wait for the auto-promotion delay or a human, then switch."""
+    out: list[Step] = [Preview(bg.preview_replicas), *_analysis(bg.pre_promotion_analysis)]
+    if bg.auto_promotion_seconds is None:
+        out.append(Pause(None))
+    elif bg.auto_promotion_seconds > 0:
+        out.append(Pause(timedelta(seconds=bg.auto_promotion_seconds)))
+    out.append(SetWeight(100))
+    return out
+
+
+def _judge_then_wait(analysis: AnalysisStep | None, duration_seconds: int | None) -> list[Step]:
+    """Analyse, then run for the duration; with neither, wait for a human."""
+    out = _analysis(analysis)
+    if duration_seconds is not None:
+        out.append(Pause(timedelta(seconds=duration_seconds)))
+    elif not out:
+        out.append(Pause(None))
+    return out
+
+
+def ab_test_steps(ab: AbTest) -> list[Step]:
+    """Route by match or by user hash, then judge and wait."""
+    route: Step = (
+        SplitUsers(ab.user_hash.header, ab.user_hash.weight)
+        if ab.user_hash is not None
+        else RouteMatches(tuple(ab.match or ()))
+    )
+    return [route, *_judge_then_wait(ab.analysis, ab.duration_seconds)]
+
+
+def shadow_steps(shadow: Shadow) -> list[Step]:
+    """Mirror, then judge and wait."""
+    return [Mirror(), *_judge_then_wait(shadow.analysis, shadow.duration_seconds)]
+
+
+def rollout_steps(rollout: Rollout) -> tuple[Step, ...]:
+    """The strategy's steps in order; promotion follows the last one."""
+    if rollout.blue_green is not None:
+        return tuple(blue_green_steps(rollout.blue_green))
+    if rollout.ab_test is not None:
+        return tuple(ab_test_steps(rollout.ab_test))
+    if rollout.shadow is not None:
+        return tuple(shadow_steps(rollout.shadow))
+    if rollout.canary is not None:
+        return tuple(canary_steps(rollout.canary))
+    raise ValueError("spec.rollout: set exactly one strategy block: canary, blueGreen, abTest or shadow")
+
+
+def split_at(steps: Sequence[Step], index: int) -> TrafficSplit:
+    """The split in effect once `steps[: index + 1]` have run; index -1 is before the first step.
+
+    Weight comes from the last SetWeight or SplitUsers at or before `index`; matches and previews
+    send no weighted share; mirroring, once started, stays on until the rollout ends.
+    Example: [SetWeight(5), Analyze(None), SetWeight(25)] at index 1 -> candidate 5.
+    """
+    if not -1 <= index < len(steps):
+        raise IndexError(f"step {index} is outside 0..{len(steps) - 1}")
+    weight, mirror = 0, False
+    for step in steps[: index + 1]:
+        match step:
+            case SetWeight(weight=w) | SplitUsers(weight=w):
+                weight = w
+            case Mirror():
+                mirror = True
+            case _:
+                pass
+    return TrafficSplit(candidate=weight, mirror=mirror)
