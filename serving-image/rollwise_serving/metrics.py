@@ -132,11 +132,13 @@ class ServerMetrics:
             registry=reg,
         )
         self.feature_value: list[Any] = []
+        self._feature_cuts_arrays: list[np.ndarray[Any, np.dtype[np.float64]]] = []
         for i, name in enumerate(self.feature_names):
             # Each feature gets its own bins (its reference's), so PSI can be read from buckets.
             cuts = self._feature_cuts(name, schema, i)
             child = feature_hist.labels(*labels, name)
             _rebucket(child, cuts)
+            self._feature_cuts_arrays.append(np.asarray(cuts, dtype=np.float64))
             self.feature_value.append(child)
 
         quality = Counter(
@@ -242,13 +244,14 @@ class ServerMetrics:
         if not self.feature_value or matrix.ndim != 2 or matrix.shape[1] != len(self.feature_value):
             return
         columns = matrix.astype(np.float64, copy=False).T
-        for name, child, column in zip(self.feature_names, self.feature_value, columns, strict=True):
+        for name, child, cuts, column in zip(
+            self.feature_names, self.feature_value, self._feature_cuts_arrays, columns, strict=True
+        ):
             missing = np.isnan(column)
             if missing.any():
                 self.data_quality[(name, Problem.MISSING.value)].inc(int(missing.sum()))
-                _observe_many(child, column[~missing])
-            else:
-                _observe_many(child, column)
+                column = column[~missing]  # noqa: PLW2901 - the column without its missing cells
+            _observe_many(child, _snap_to_cuts(column, cuts))
 
     def observe_predictions(
         self, labels: np.ndarray[Any, Any] | None, scores: np.ndarray[Any, Any] | None
@@ -391,6 +394,21 @@ def _rebucket(child: Any, cuts: Sequence[float]) -> None:
     """
     child._upper_bounds = [float(c) for c in cuts] + [float("inf")]
     child._metric_init()
+
+
+def _snap_to_cuts(
+    values: np.ndarray[Any, Any], cuts: np.ndarray[Any, np.dtype[np.float64]]
+) -> np.ndarray[Any, Any]:
+    """Values within float32 rounding of a bin edge count as on it.
+
+    FP32 clients send 6.3 as 6.3000002: compared with the reference's float64 edge 6.3 it would
+    land one bin up, and in-distribution traffic would show drift that is only rounding.
+    """
+    if not len(values) or not len(cuts):
+        return values
+    nearest = cuts[np.abs(values[:, None] - cuts[None, :]).argmin(axis=1)]
+    close = np.abs(values - nearest) <= 1.2e-7 * np.maximum(np.abs(nearest), 1e-30)
+    return np.where(close, nearest, values)
 
 
 def _observe_many(child: Any, values: np.ndarray[Any, Any]) -> None:

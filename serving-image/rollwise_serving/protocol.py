@@ -5,7 +5,9 @@ straight from orjson's lists into one ``numpy`` array costs a few microseconds w
 model per element costs tens. Every structural problem still raises ``ProtocolError`` naming the
 JSON path and the fix (HTTP 400). Data may be flat or nested (the spec allows both); it must hold
 exactly ``prod(shape)`` elements of the declared datatype. NaN and Infinity are not JSON, so they
-arrive only as overflowing literals (``1e999``) and are refused as non-finite.
+arrive only as overflowing literals (``1e999``) and are refused as non-finite. A float in an integer
+tensor or a number in a BOOL tensor is refused; a JSON ``true`` mixed into numbers reads as 1
+(numpy's rule; finding it would cost a Python-level scan of every element).
 """
 
 from __future__ import annotations
