@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 from prometheus_client import (
@@ -57,7 +57,7 @@ MAX_CLASSES: Final = 50
 OTHER_CLASS: Final = "other"
 
 # `*_created` series double the scrape for no use of ours (Prometheus reads counters' resets itself).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 
 class Outcome:
@@ -124,7 +124,7 @@ class ServerMetrics:
         elif reference is not None and isinstance(reference.prediction, drift.ClassShares):
             self.bind_output(reference.prediction.classes)
 
-        feature_hist = Histogram(
+        feature_hist = _FeatureHistogram(
             PREFIX + "feature_value",
             "Input feature values per declared feature; buckets are the reference bins.",
             [*LABELS, "feature"],
@@ -136,8 +136,8 @@ class ServerMetrics:
         for i, name in enumerate(self.feature_names):
             # Each feature gets its own bins (its reference's), so PSI can be read from buckets.
             cuts = self._feature_cuts(name, schema, i)
+            _FeatureHistogram.bounds[name] = cuts
             child = feature_hist.labels(*labels, name)
-            _rebucket(child, cuts)
             self._feature_cuts_arrays.append(np.asarray(cuts, dtype=np.float64))
             self.feature_value.append(child)
 
@@ -344,8 +344,8 @@ class PsiCollector(Collector):
             labels=[*labels, "feature"],
         )
         for name, binned in ref.features.items():
-            counts = _bin_counts_from_cumulative(buckets.get(("f", name), []))
-            if counts is not None and len(counts) == len(binned.fractions):
+            counts = _bin_counts_at(buckets.get(("f", name), []), binned.cuts)
+            if counts is not None:
                 value = drift.psi(counts, binned.fractions)
                 if value is not None:
                     feature_psi.add_metric([*values, name], value)
@@ -361,8 +361,8 @@ class PsiCollector(Collector):
             if value is not None:
                 prediction_psi.add_metric(values, value)
         elif isinstance(pref, drift.Binned):
-            counts = _bin_counts_from_cumulative(buckets.get(("p", ""), []))
-            if counts is not None and len(counts) == len(pref.fractions):
+            counts = _bin_counts_at(buckets.get(("p", ""), []), pref.cuts)
+            if counts is not None:
                 value = drift.psi(counts, pref.fractions)
                 if value is not None:
                     prediction_psi.add_metric(values, value)
@@ -373,27 +373,41 @@ def _le(text: str) -> float:
     return float("inf") if text == "+Inf" else float(text)
 
 
-def _bin_counts_from_cumulative(points: list[tuple[float, float]]) -> list[float] | None:
-    if not points:
+def _bin_counts_at(points: list[tuple[float, float]], cuts: Sequence[float]) -> list[float] | None:
+    """Counts per reference bin from cumulative ``le`` buckets; None when a cut has no bucket."""
+    cumulative = dict(points)
+    if not cumulative:
         return None
-    points.sort()
+    edges = [*cuts, float("inf")]
     counts, previous = [], 0.0
-    for _, cumulative in points:
-        counts.append(cumulative - previous)
-        previous = cumulative
+    for edge in edges:
+        value = cumulative.get(float(edge))
+        if value is None:
+            return None
+        counts.append(value - previous)
+        previous = value
     return counts
 
 
-def _rebucket(child: Any, cuts: Sequence[float]) -> None:
-    """Give one histogram child its own bucket bounds (the per-feature reference bins).
+class _FeatureHistogram(Histogram):
+    """A histogram whose children each take the bins of their own feature.
 
-    prometheus_client fixes buckets per metric, but each feature needs the bins of its own
-    reference so PSI can be read from the histogram. A child's buckets are plain value objects
-    created in ``_metric_init``; we re-run that with this feature's bounds. The exposition reads
-    ``_upper_bounds`` per child, so each feature exports its own ``le`` set.
+    prometheus_client fixes buckets per metric, but each feature needs its reference's bins so
+    PSI can be read from the buckets. A child's buckets are created in ``_metric_init`` from
+    ``_upper_bounds``; we set those from ``bounds`` (keyed by the feature label) first, so no
+    default bucket is ever created (in multiprocess mode it would linger in the files). The
+    exposition reads ``_upper_bounds`` per child. Relies on prometheus_client internals; the
+    bucket test in ``tests/serving/test_server.py`` fails if they change.
     """
-    child._upper_bounds = [float(c) for c in cuts] + [float("inf")]
-    child._metric_init()
+
+    bounds: ClassVar[dict[str, Sequence[float]]] = {}
+
+    def _metric_init(self) -> None:
+        if self._labelvalues:
+            cuts = self.bounds.get(self._labelvalues[-1])
+            if cuts is not None:
+                self._upper_bounds = [float(c) for c in cuts] + [float("inf")]
+        super()._metric_init()
 
 
 def _snap_to_cuts(

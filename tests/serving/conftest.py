@@ -49,7 +49,7 @@ def wait_for(predicate: Any, timeout: float, what: str, log: Path | None = None)
         try:
             if predicate():
                 return
-        except Exception:  # noqa: S110 - not up yet
+        except Exception:
             pass
         time.sleep(0.05)
     tail = log.read_text()[-3000:] if log and log.exists() else ""

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from rollwise_serving.config import HashRange, ModelFormat, SettingsError, Track, parse_settings
 from rollwise_serving.drift import Reference, bin_counts, psi
 from rollwise_serving.features import FeatureSchema, FeatureValidationError, Problem, SchemaError
