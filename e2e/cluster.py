@@ -54,6 +54,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("containerd", cfg.containerd_argv, part="node"),
     Component("kubelet", cfg.kubelet_argv, part="node"),
     Component("kube-proxy", cfg.kube_proxy_argv, part="node"),
+    Component("pod-discovery", cfg.podsd_argv, part="prometheus"),
     Component("prometheus", cfg.prometheus_argv, part="prometheus"),
 )
 SYSCTLS = {
@@ -119,7 +120,12 @@ def start(name: str, argv: list[str]) -> int:
     paths.PIDS.mkdir(parents=True, exist_ok=True)
     with log_file(name).open("ab") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True, cwd=paths.STATE
+            argv,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=paths.REPO,
         )
     pid_file(name).write_text(str(proc.pid))
     return proc.pid
@@ -273,7 +279,15 @@ def write_files(topo: cfg.Topology, kwok_nodes: int, real_node: bool) -> None:
     for sub in ("logs", "pids", "pki", "cni/net.d", "cni/ipam", "prometheus/targets", "prometheus/data"):
         (paths.STATE / sub).mkdir(parents=True, exist_ok=True)
     pki.make_all(topo.pki, host_ip=topo.host_ip, node_name=cfg.NODE_NAME, service_ip=cfg.SERVICE_IP)
-    for who in ("admin", "controller-manager", "scheduler", "kube-proxy", "kubelet-client", "kwok"):
+    for who in (
+        "admin",
+        "controller-manager",
+        "scheduler",
+        "kube-proxy",
+        "kubelet-client",
+        "kwok",
+        "prometheus",
+    ):
         topo.kubeconfig(who).write_text(cfg.kubeconfig_text(topo, who))
     shutil.copy(topo.kubeconfig("admin"), paths.KUBECONFIG)
     topo.file("audit-policy.yaml").write_text(cfg.AUDIT_POLICY)
@@ -339,6 +353,8 @@ def up(kwok_nodes: int = 3, *, real_node: bool = True) -> Path:
     start("kube-scheduler", cfg.scheduler_argv(topo))
     start("kwok", cfg.kwok_argv(topo))
     kubectl("apply", "-f", "-", stdin=cfg.PROMETHEUS_RBAC)
+    topo.file("prometheus/pods.json").write_text("[]")
+    start("pod-discovery", cfg.podsd_argv(topo))
     start("prometheus", cfg.prometheus_argv(topo))
     if real_node:
         start_real_node(topo)
@@ -420,6 +436,36 @@ def _our_mounts() -> list[str]:
     return points
 
 
+KUBEPODS_CGROUPS = Path("/sys/fs/cgroup")
+
+
+def _pod_cgroups() -> list[Path]:
+    """Every cgroup below a ``kubepods`` root, deepest first (the order rmdir needs)."""
+    found: list[Path] = []
+    for root in KUBEPODS_CGROUPS.glob("*/kubepods"):
+        found += [p for p in root.rglob("*") if p.is_dir()]
+        found.append(root)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def _kill_pods(timeout_seconds: float = 10) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        pids = set()
+        for group in _pod_cgroups():
+            with contextlib.suppress(OSError):
+                pids |= {int(p) for p in (group / "cgroup.procs").read_text().split()}
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    for group in _pod_cgroups():
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
 def _shim_pids() -> Iterator[int]:
     """containerd-shim processes of OUR containerd (Docker's own shims are left alone)."""
     sock = str(paths.CONTAINERD_SOCK)
@@ -444,8 +490,10 @@ def down(*, quiet: bool = False) -> None:
                 log(f"stopping {comp.name} (pid {pid})")
             stop_pid(pid)
         pid_file(comp.name).unlink(missing_ok=True)
-    # Killing the shims ends the pods' containers; their network namespaces go with the last
-    # mount, and each veth with its namespace.
+    # With the kubelet and containerd gone, the pods' processes live on under the kubepods
+    # cgroups: end them there, then their shims. Each network namespace goes with its last
+    # process and mount, and each veth with its namespace.
+    _kill_pods()
     for pid in _shim_pids():
         stop_pid(pid, timeout_seconds=5)
     for point in sorted(_our_mounts(), key=len, reverse=True):
@@ -457,36 +505,49 @@ def down(*, quiet: bool = False) -> None:
     kube_proxy = paths.KUBE_BIN / "kube-proxy"
     if kube_proxy.exists() and _has_kube_rules():
         subprocess.run([str(kube_proxy), "--cleanup"], capture_output=True, check=False)
-    _remove_cni_chains()
+    _remove_our_chains()
     restore_sysctls()
 
 
-def _iptables_save() -> str:
-    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+IPTABLES = ("iptables", "ip6tables")
+OUR_CHAINS = ("KUBE-", "CNI-")
+
+
+def _iptables_save(family: str = "iptables") -> str:
+    out = subprocess.run([f"{family}-save"], capture_output=True, text=True, check=False)
     return out.stdout
 
 
 def _has_kube_rules() -> bool:
-    return ":KUBE-" in _iptables_save()
+    return any(":KUBE-" in _iptables_save(f) for f in IPTABLES)
 
 
-def _remove_cni_chains() -> None:
-    """The portmap plugin's CNI-HOSTPORT-* chains, in case a pod with a hostPort died unclean."""
-    text = _iptables_save()
-    table = ""
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-        elif line.startswith("-A ") and " -j CNI-" in line:
-            rule = line.split()[1:]
-            subprocess.run(["iptables", "-t", table, "-D", *rule], capture_output=True, check=False)
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-        elif line.startswith(":CNI-"):
-            chain = line[1:].split()[0]
-            subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True, check=False)
-            subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True, check=False)
+def _remove_our_chains() -> None:
+    """Every KUBE-* and CNI-* chain, and the jumps to them from built-in chains.
+
+    kube-proxy --cleanup removes its own rules, but the kubelet's (KUBE-FIREWALL,
+    KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT) and the portmap plugin's stay behind otherwise.
+    """
+    for family in IPTABLES:
+        table = ""
+        chains: list[tuple[str, str]] = []
+        for line in _iptables_save(family).splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":") and line[1:].startswith(OUR_CHAINS):
+                chains.append((table, line[1:].split()[0]))
+            elif (
+                line.startswith("-A ")
+                and not line.split()[1].startswith(OUR_CHAINS)
+                and any(f"-j {prefix}" in line for prefix in OUR_CHAINS)
+            ):
+                subprocess.run(
+                    [family, "-t", table, "-D", *line.split()[1:]], capture_output=True, check=False
+                )
+        for table, chain in chains:
+            subprocess.run([family, "-t", table, "-F", chain], capture_output=True, check=False)
+        for table, chain in chains:
+            subprocess.run([family, "-t", table, "-X", chain], capture_output=True, check=False)
 
 
 # --- leftovers (used by `status` and by the tests of `down`) -------------------------------------
@@ -496,11 +557,23 @@ def leftovers() -> dict[str, list[str]]:
     """What of the cluster is still on the host: processes, mounts, interfaces, iptables rules."""
     procs = [c.name for c, ok in zip(COMPONENTS, running_components().values(), strict=True) if ok]
     procs += [f"containerd-shim pid {p}" for p in _shim_pids()]
-    links = [
+    links: list[str] = [
         n.name for n in Path("/sys/class/net").iterdir() if n.name == cfg.BRIDGE or n.name.startswith("veth")
     ]
-    rules = [line for line in _iptables_save().splitlines() if "KUBE-" in line or "CNI-" in line]
-    return {"processes": procs, "mounts": _our_mounts(), "interfaces": links, "iptables": rules}
+    rules = [
+        f"{family}: {line}"
+        for family in IPTABLES
+        for line in _iptables_save(family).splitlines()
+        if any(prefix in line for prefix in OUR_CHAINS)
+    ]
+    cgroups = [str(p) for p in _pod_cgroups()]
+    return {
+        "processes": procs,
+        "mounts": _our_mounts(),
+        "interfaces": links,
+        "iptables": rules,
+        "cgroups": cgroups,
+    }
 
 
 # --- status / env --------------------------------------------------------------------------------

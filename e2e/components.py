@@ -9,6 +9,7 @@ service-account tokens, the aggregation layer and an audit log of every write.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,6 +256,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   # Built locally by e2e/images.py and imported; nothing is ever pulled.
   sandbox_image = "docker.io/rollwise/pause:3.10"
   enable_unprivileged_ports = true
+  # Our VMs withhold CAP_SYS_RESOURCE even from root, so no process may lower its OOM score; the
+  # sandbox's default -998 makes runc init die ("failed to update /proc/self/oom_score_adj:
+  # Permission denied"). Clamp adjustments at the current floor, as rootless setups do.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -375,46 +380,18 @@ def containerd_argv(topo: Topology) -> list[str]:
 
 
 def prometheus_config(topo: Topology) -> str:
-    pki = topo.pki
     return f"""\
 global:
   scrape_interval: {SCRAPE_INTERVAL}
   scrape_timeout: 1s
   evaluation_interval: {SCRAPE_INTERVAL}
 scrape_configs:
+  # Pods: discovered by e2e/podsd.py (Debian's Prometheus lacks kubernetes_sd_configs); it keeps
+  # only annotated, Running pods on the real node and labels them as Kubernetes SD would.
   - job_name: pods
-    kubernetes_sd_configs:
-      - role: pod
-        api_server: https://127.0.0.1:{APISERVER_PORT}
-        tls_config:
-          ca_file: {pki / "ca.crt"}
-          cert_file: {pki / "prometheus.crt"}
-          key_file: {pki / "prometheus.key"}
-    relabel_configs:
-      # Opt-in: pods annotated prometheus.io/scrape: "true".
-      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
-        regex: "true"
-        action: keep
-      # Only pods on the real node: simulated (kwok) pods have addresses nobody may dial.
-      - source_labels: [__meta_kubernetes_pod_node_name]
-        regex: {NODE_NAME}
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_phase]
-        regex: Running
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]
-        regex: (.+)
-        target_label: __metrics_path__
-      - source_labels: [__meta_kubernetes_pod_ip, __meta_kubernetes_pod_annotation_prometheus_io_port]
-        regex: (.+);(\\d+)
-        replacement: $1:$2
-        target_label: __address__
-      - action: labelmap
-        regex: __meta_kubernetes_pod_label_(.+)
-      - source_labels: [__meta_kubernetes_namespace]
-        target_label: namespace
-      - source_labels: [__meta_kubernetes_pod_name]
-        target_label: pod
+    file_sd_configs:
+      - files: ["{topo.file("prometheus/pods.json")}"]
+        refresh_interval: 2s
   # Processes on the host (an out-of-cluster operator, a serving process under test) register by
   # dropping a file_sd JSON file into this directory.
   - job_name: host
@@ -422,6 +399,17 @@ scrape_configs:
       - files: ["{topo.file("prometheus/targets")}/*.json"]
         refresh_interval: 2s
 """
+
+
+def podsd_argv(topo: Topology) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "e2e.podsd",
+        f"--kubeconfig={topo.kubeconfig('prometheus')}",
+        f"--node={NODE_NAME}",
+        f"--out={topo.file('prometheus/pods.json')}",
+    ]
 
 
 def prometheus_argv(topo: Topology) -> list[str]:

@@ -240,7 +240,13 @@ def test_real_pod_serves_through_its_cluster_ip_and_reaches_the_api(cluster: Clu
 def test_down_leaves_no_process_mount_interface_or_rule(cluster: Cluster) -> None:
     pids = {c.name: local_cluster.read_pid(c.name) for c in local_cluster.COMPONENTS}
     local_cluster.down()
-    assert local_cluster.leftovers() == {"processes": [], "mounts": [], "interfaces": [], "iptables": []}
+    assert local_cluster.leftovers() == {
+        "processes": [],
+        "mounts": [],
+        "interfaces": [],
+        "iptables": [],
+        "cgroups": [],
+    }
     for name, pid in pids.items():
         assert not local_cluster.alive(pid), f"{name} (pid {pid}) still runs"
     assert not Path(f"/sys/class/net/{cfg.BRIDGE}").exists()
