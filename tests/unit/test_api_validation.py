@@ -304,6 +304,19 @@ BAD = [
         id="an A/B test with both match and userHash is rejected",
     ),
     pytest.param(
+        edit(
+            B,
+            spec__runtime="four pods on the GPU nodes, please, with plenty of memory "
+            "and a fast local disk for caching",
+        ),
+        [
+            "spec.runtime: 'four pods on the GPU nodes, please, with plenty of memory and a fast local d... "
+            "is invalid: Input should be a valid dictionary or instance of RuntimeSpec"
+        ],
+        SCHEMA,
+        id="a long wrong value is shortened in the message",
+    ),
+    pytest.param(
         edit(B, spec__model__formt="onnx"),
         ["spec.model.formt: unknown field; remove it or fix its spelling (see docs/reference.md)"],
         SCHEMA,

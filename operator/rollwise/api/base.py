@@ -148,6 +148,10 @@ _FIXES = {
 }
 
 
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_errors(err: ValidationError) -> list[str]:
     """Every problem in one pass, one line each, as `field.path: what is wrong; the fix`.
 
@@ -161,5 +165,5 @@ def describe_errors(err: ValidationError) -> list[str]:
         elif e["type"] in _FIXES:
             lines.append(f"{field_path(loc)}: {_FIXES[e['type']]}")
         else:
-            lines.append(f"{field_path(loc)}: {e['input']!r} is invalid: {e['msg']}")
+            lines.append(f"{field_path(loc)}: {_shorten(repr(e['input']))} is invalid: {e['msg']}")
     return lines

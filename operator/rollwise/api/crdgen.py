@@ -224,6 +224,8 @@ def _objects(node: Mapping[str, Any], path: str) -> Iterator[tuple[str, Mapping[
     if "properties" not in node:
         return
     yield path, node
+    if path == "status.stable":
+        return  # a copy of spec.model and spec.runtime, documented there
     for name, sub in node["properties"].items():
         yield from _objects(sub, f"{path}.{name}")
 
