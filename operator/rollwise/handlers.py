@@ -1,0 +1,140 @@
+"""Kopf wiring, and nothing else: start-up settings, indices, wake-ups and one daemon per resource.
+
+Each ModelDeployment gets a daemon that reconciles, then sleeps until something it cares about
+changes (its spec or status, one of its children) or its decision asks to look again (a pause, an
+analysis interval). Children are found through indices, so a pass lists nothing: an idle operator
+sends no request at all, reads included, until the resync interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from rollwise import telemetry
+from rollwise.api.v1alpha1 import GROUP, PLURAL, VERSION
+from rollwise.kube.reconcile import Memory, reconcile
+from rollwise.plan.names import LABEL_MODEL_DEPLOYMENT
+from rollwise.settings import OperatorSettings
+
+OWNED = {LABEL_MODEL_DEPLOYMENT: kopf.PRESENT}
+
+
+def api_client() -> client.ApiClient:
+    """In a pod: the service account; elsewhere: the current kubeconfig context."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped upstream
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]  # untyped upstream
+    return client.ApiClient()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    op: OperatorSettings = memo.settings
+    # Our own Events say what happened; Kopf's per-handler log events would be a write per pass.
+    settings.posting.enabled = False
+    # Peers must differ in priority, or Kopf pauses all of them (two replicas from one template).
+    settings.peering.priority = op.peering_priority
+    # Kopf keeps handler progress in annotations only: status belongs to our conditions.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="rollwise.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="rollwise.dev", key="last-handled-configuration"
+    )
+    # Reconnect watches well before proxies or the API server drop them.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    memo.api = api_client()
+
+
+def _children_key(namespace: str | None, labels: kopf.Labels) -> tuple[str | None, str]:
+    return namespace, labels[LABEL_MODEL_DEPLOYMENT]
+
+
+@kopf.index("apps", "v1", "deployments", labels=OWNED)
+def owned_deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    return {_children_key(namespace, labels): dict(body)}
+
+
+@kopf.index("v1", "services", labels=OWNED)
+def owned_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    return {_children_key(namespace, labels): dict(body)}
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED)
+def owned_hpas(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    return {_children_key(namespace, labels): dict(body)}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def memories(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> Any:
+    """Each ModelDeployment's in-memory state, so a child's event can wake its parent."""
+    if "rollwise" not in memo:
+        memo.rollwise = Memory()
+    return {(namespace, name): memo.rollwise}
+
+
+def _wake(index: kopf.Index[Any, Any], key: tuple[str | None, str]) -> None:
+    for memory in index.get(key, []):
+        memory.wake.set()
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
+def deployment_changed(
+    namespace: str | None, labels: kopf.Labels, memories: kopf.Index[Any, Any], **_: Any
+) -> None:
+    _wake(memories, _children_key(namespace, labels))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
+def model_deployment_changed(
+    namespace: str | None, name: str | None, memories: kopf.Index[Any, Any], **_: Any
+) -> None:
+    _wake(memories, (namespace, name or ""))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget(namespace: str | None, name: str | None, **_: Any) -> None:
+    telemetry.PHASES.forget(namespace or "", name or "")
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
+async def steward(
+    *,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str | None,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    owned_deployments: kopf.Index[Any, Any],
+    owned_services: kopf.Index[Any, Any],
+    owned_hpas: kopf.Index[Any, Any],
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    if "rollwise" not in memo:
+        memo.rollwise = Memory()
+    memory: Memory = memo.rollwise
+    settings: OperatorSettings = memo.settings
+    key = (namespace, name or "")
+    while not stopped:
+        memory.wake.clear()
+        children = [*owned_deployments.get(key, []), *owned_services.get(key, []), *owned_hpas.get(key, [])]
+        try:
+            decision = await reconcile(
+                memo.api, body, children, settings=settings, memory=memory, now=dt.datetime.now(dt.UTC)
+            )
+            wait = decision.requeue_after.total_seconds() if decision and decision.requeue_after else None
+        except client.ApiException as err:
+            telemetry.RECONCILES.labels("error").inc()
+            logger.warning(f"reconcile failed, retrying in 5s: {err.status} {err.reason}: {err.body}")
+            wait = 5.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(memory.wake.wait(), timeout=wait or settings.resync_seconds)

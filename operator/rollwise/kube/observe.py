@@ -1,0 +1,63 @@
+"""Live objects -> `plan.observed.Observed`. Reads nothing itself: bodies come from Kopf indices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rollwise.plan.manifest import Manifest
+from rollwise.plan.names import ANNOTATION_REVISION, LABEL_TRACK, Track
+from rollwise.plan.observed import Observed, TrackState
+
+
+def track_state(deployment: Mapping[str, Any] | None) -> TrackState:
+    """Kubernetes' own rollout-complete rule (as `kubectl rollout status`), in one frozen value."""
+    if deployment is None:
+        return TrackState()
+    meta = deployment.get("metadata") or {}
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    replicas = int(spec.get("replicas", 1))
+    updated = int(status.get("updatedReplicas", 0))
+    available = int(status.get("availableReplicas", 0))
+    caught_up = int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    progressing = conditions.get("Progressing") or {}
+    deadline = progressing.get("reason") == "ProgressDeadlineExceeded"
+    message = ""
+    if deadline:
+        message = str(progressing.get("message", ""))
+    elif (avail := conditions.get("Available")) and avail.get("status") == "False":
+        message = str(avail.get("message", ""))
+    return TrackState(
+        exists=True,
+        revision=(meta.get("annotations") or {}).get(ANNOTATION_REVISION),
+        replicas=replicas,
+        ready_replicas=int(status.get("readyReplicas", 0)),
+        available_replicas=available,
+        updated_replicas=updated,
+        # As `kubectl rollout status`: caught up, all updated, no old pods left, all available.
+        rolled_out=caught_up
+        and updated >= replicas
+        and int(status.get("replicas", 0)) <= updated
+        and available >= updated,
+        progress_deadline_exceeded=deadline,
+        message=message,
+    )
+
+
+def observe(children: Iterable[Mapping[str, Any]]) -> Observed:
+    """Group our children by track; anything else we own is passed through for routers."""
+    by_track: dict[str, Mapping[str, Any]] = {}
+    kept: list[Manifest] = []
+    for obj in children:
+        kept.append(dict(obj))
+        if obj.get("kind") == "Deployment":
+            track = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_TRACK)
+            if track is not None:
+                by_track[track] = obj
+    return Observed(
+        stable=track_state(by_track.get(Track.STABLE)),
+        candidate=track_state(by_track.get(Track.CANDIDATE)),
+        children=tuple(kept),
+    )

@@ -1,0 +1,143 @@
+"""One reconcile pass: observe -> plan -> apply -> patch status -> post events.
+
+The only place where the planner's decision meets the API. Blocking client calls run in worker
+threads so one slow write never stalls the event loop that serves every other ModelDeployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from pydantic import ValidationError
+
+from rollwise import telemetry
+from rollwise.api.base import describe_errors
+from rollwise.api.v1alpha1 import ConditionType, ModelDeployment, ModelDeploymentStatus, Phase, Reason
+from rollwise.kube.apply import ObjectKey, apply_objects, delete_objects, desired_hash
+from rollwise.kube.events import post_events
+from rollwise.kube.observe import observe
+from rollwise.kube.status import patch_status, status_differs
+from rollwise.plan.conditions import kstatus_conditions
+from rollwise.plan.decision import Decision, EventType, Note
+from rollwise.plan.machine import decide
+from rollwise.settings import OperatorSettings
+
+
+@dataclass
+class Memory:
+    """What one ModelDeployment's daemon remembers between passes (in memory only: all state that
+    must survive a restart is in the resource's status)."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    last_status: dict[str, Any] | None = None
+    applied: dict[ObjectKey, str] = field(default_factory=dict)
+
+
+def status_json(status: ModelDeploymentStatus) -> dict[str, Any]:
+    # Nulls stay in: a merge patch with null removes a field we no longer set.
+    return dict(status.model_dump(mode="json", by_alias=True))
+
+
+def invalid_status(
+    body: Mapping[str, Any], problems: Sequence[str], now: dt.datetime
+) -> ModelDeploymentStatus:
+    """Ready=False/Stalled, reason InvalidSpec: children are left untouched, so stable serves on."""
+    previous = ModelDeploymentStatus.model_validate(body.get("status") or {}, strict=False)
+    message = "; ".join(problems)
+    generation = (body.get("metadata") or {}).get("generation")
+    return previous.model_copy(
+        update={
+            "observed_generation": generation,
+            "phase": Phase.INVALID,
+            "message": message[:32768],
+            "conditions": kstatus_conditions(
+                previous.conditions,
+                state=ConditionType.STALLED,
+                reason=Reason.INVALID_SPEC,
+                message=message[:32768],
+                generation=generation,
+                now=now,
+            ),
+        }
+    )
+
+
+async def reconcile(
+    api: client.ApiClient,
+    body: Mapping[str, Any],
+    children: Sequence[Mapping[str, Any]],
+    *,
+    settings: OperatorSettings,
+    memory: Memory,
+    now: dt.datetime,
+) -> Decision | None:
+    """Run one pass; returns the decision, or None when the spec is invalid."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    with telemetry.RECONCILE_SECONDS.time():
+        try:
+            md = ModelDeployment.model_validate(dict(body))
+        except ValidationError as err:
+            status = invalid_status(body, describe_errors(err), now)
+            await _write_status(
+                api,
+                body,
+                status_json(status),
+                memory,
+                (Note(EventType.WARNING, Reason.INVALID_SPEC, status.message),),
+            )
+            telemetry.RECONCILES.labels("invalid").inc()
+            telemetry.PHASES.set(namespace, name, Phase.INVALID.value)
+            return None
+        observed = observe(children)
+        decision = decide(md, observed, now=now, owner_uid=meta["uid"], serving_image=settings.serving_image)
+        live = {ObjectKey.of(c): c for c in children}
+        # Skip what we applied already when the index still shows the older copy (it lags our own
+        # write by an event); apply_objects skips what the live object already matches.
+        stale = [
+            m
+            for m in decision.desired
+            if not (ObjectKey.of(m) in live and memory.applied.get(ObjectKey.of(m)) == desired_hash(m))
+        ]
+        written = await asyncio.to_thread(apply_objects, api, stale, live)
+        for manifest in decision.desired:
+            memory.applied[ObjectKey.of(manifest)] = desired_hash(manifest)
+        for key in written:
+            telemetry.API_WRITES.labels(key.kind, "apply").inc()
+        if decision.delete:
+            keys = [ObjectKey(c.api_version, c.kind, namespace, c.name) for c in decision.delete]
+            present = [k for k in keys if k in live]
+            for key in await asyncio.to_thread(delete_objects, api, present):
+                telemetry.API_WRITES.labels(key.kind, "delete").inc()
+                memory.applied.pop(key, None)
+        await _write_status(api, body, status_json(decision.status), memory, decision.notes)
+        telemetry.RECONCILES.labels("ok").inc()
+        if decision.status.phase is not None:
+            telemetry.PHASES.set(namespace, name, decision.status.phase.value)
+        return decision
+
+
+async def _write_status(
+    api: client.ApiClient,
+    body: Mapping[str, Any],
+    status: dict[str, Any],
+    memory: Memory,
+    notes: tuple[Note, ...],
+) -> None:
+    """Patch the status and post the notes, only when the status differs from both the live one and
+    the one we last wrote (the live body may lag our own write by an event)."""
+    if memory.last_status == status or not status_differs(body.get("status"), status):
+        memory.last_status = status
+        return
+    meta = body["metadata"]
+    await asyncio.to_thread(patch_status, api, meta["namespace"], meta["name"], status)
+    telemetry.API_WRITES.labels("ModelDeployment", "status").inc()
+    memory.last_status = status
+    if notes:
+        await asyncio.to_thread(post_events, api, body, notes)
+        telemetry.API_WRITES.labels("Event", "create").inc()

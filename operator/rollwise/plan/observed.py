@@ -1,0 +1,45 @@
+"""What the planner sees of the world: a frozen snapshot that `kube/` builds from live objects.
+
+Only facts the decisions need, already interpreted (a Deployment's "ready" is Kubernetes'
+own rule: the controller has observed the latest generation and every replica is updated and
+available), so `machine.py` never reads raw API bodies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rollwise.plan.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class TrackState:
+    """One track's Deployment as observed. `exists=False` means no Deployment at all."""
+
+    exists: bool = False
+    revision: str | None = None
+    """The `rollwise.dev/revision` annotation of the Deployment (what its pods run)."""
+    replicas: int = 0
+    """Desired replicas as the Deployment (or its HPA) currently sets them."""
+    ready_replicas: int = 0
+    available_replicas: int = 0
+    updated_replicas: int = 0
+    rolled_out: bool = False
+    """The Deployment controller has caught up with the latest spec and all replicas are updated."""
+    progress_deadline_exceeded: bool = False
+    """The Deployment's own Progressing condition says ProgressDeadlineExceeded."""
+    message: str = ""
+    """Why it is not available, when Kubernetes says (e.g. a pod's CrashLoopBackOff)."""
+
+    @property
+    def available(self) -> bool:
+        """Serving: rolled out and at least one pod available (replicas 0 is never available)."""
+        return self.exists and self.rolled_out and self.available_replicas > 0
+
+
+@dataclass(frozen=True)
+class Observed:
+    stable: TrackState = field(default_factory=TrackState)
+    candidate: TrackState = field(default_factory=TrackState)
+    children: tuple[Manifest, ...] = ()
+    """Every live child we own (Deployments, Services, HPAs, router objects), as applied."""

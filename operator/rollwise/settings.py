@@ -1,0 +1,83 @@
+"""Operator settings, read once from the environment at start-up (the chart sets every one).
+
+Each setting names its unit and why its default is what it is. A bad value stops the operator
+at start with a message naming the variable and the fix; it never falls back silently.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(ValueError):
+    """One or more environment variables are invalid; the message lists every one."""
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    serving_image: str
+    """Image for serving pods when a ModelDeployment names none (the chart sets its own tag)."""
+    prometheus_url: str
+    """Where analysis queries go; empty means analysis steps fail with a clear reason."""
+    watch_namespace: str
+    """Empty: all namespaces (cluster-wide RBAC); otherwise only this one (namespaced RBAC)."""
+    metrics_port: int
+    """The operator's own /metrics; 9100 so it never collides with a serving pod's 8080."""
+    liveness_endpoint: str
+    """Kopf's health endpoint, probed by the Deployment's livenessProbe."""
+    peering: str
+    """KopfPeering name shared by all replicas; with 2 replicas only the highest priority acts."""
+    peering_priority: int
+    """Distinct per replica: equal priorities make Kopf pause every peer (see nolar/kopf#... docs)."""
+    resync_seconds: float
+    """How often an idle ModelDeployment is re-planned from the indexed world (reads only)."""
+    log_level: str
+
+
+def _int(env: Mapping[str, str], key: str, default: int, errors: list[str], *, low: int, high: int) -> int:
+    raw = env.get(key, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        errors.append(f"{key}={raw!r} is not a whole number; use a value from {low} to {high}")
+        return default
+    if not low <= value <= high:
+        errors.append(f"{key}={value} is out of range; use a value from {low} to {high}")
+    return value
+
+
+def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
+    env = os.environ if env is None else env
+    errors: list[str] = []
+    log_level = env.get("ROLLWISE_LOG_LEVEL", "info").lower()
+    if log_level not in LOG_LEVELS:
+        errors.append(f"ROLLWISE_LOG_LEVEL={log_level!r} is unknown; use one of {', '.join(LOG_LEVELS)}")
+    prometheus_url = env.get("ROLLWISE_PROMETHEUS_URL", "")
+    if prometheus_url and not prometheus_url.startswith(("http://", "https://")):
+        errors.append(
+            f"ROLLWISE_PROMETHEUS_URL={prometheus_url!r} is not an http(s) URL; "
+            "use e.g. http://prometheus.monitoring:9090"
+        )
+    metrics_port = _int(env, "ROLLWISE_METRICS_PORT", 9100, errors, low=1, high=65535)
+    resync = _int(env, "ROLLWISE_RESYNC_SECONDS", 300, errors, low=5, high=86400)
+    priority = _int(env, "ROLLWISE_PEERING_PRIORITY", random.randint(1, 32767), errors, low=0, high=2**31 - 1)
+    if errors:
+        raise SettingsError("invalid operator settings:\n  " + "\n  ".join(errors))
+    return OperatorSettings(
+        serving_image=env.get("ROLLWISE_SERVING_IMAGE", "rollwise/serving:0.1.0"),
+        prometheus_url=prometheus_url,
+        watch_namespace=env.get("ROLLWISE_WATCH_NAMESPACE", ""),
+        metrics_port=metrics_port,
+        liveness_endpoint=env.get("ROLLWISE_LIVENESS_ENDPOINT", ""),
+        peering=env.get("ROLLWISE_PEERING", ""),
+        peering_priority=priority,
+        resync_seconds=float(resync),
+        log_level=log_level,
+    )
