@@ -5,11 +5,13 @@
 #   ~/.cache/rollwise/etcd-<ver>/  etcd etcdctl
 #   ~/.cache/rollwise/kwok-<ver>/  kwok
 #   ~/.cache/rollwise/helm-<ver>/  helm
+#   ~/.cache/rollwise/coredns-<ver>/ coredns (cluster DNS, run on the host like kube-proxy)
 set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.14}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 CACHE="${ROLLWISE_CACHE:-$HOME/.cache/rollwise}"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 start=$(date +%s)
@@ -92,10 +94,20 @@ build_helm() (  # subshell: its own cwd and EXIT trap
   rm -rf "$out"; mv "$out.tmp" "$out"
 )
 
+build_coredns() (  # subshell: its own cwd and EXIT trap
+  local out="$CACHE/coredns-$COREDNS_VERSION"
+  [ -x "$out/coredns" ] && { log "coredns $COREDNS_VERSION cached"; return; }
+  log "building coredns $COREDNS_VERSION"
+  mkdir -p "$out.tmp"
+  # go.mod has no replace/exclude at this release, so go install works as is.
+  GOBIN="$out.tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+)
+
 what="${1:-all}"
 case "$what" in
-  all) build_etcd; build_kwok; build_helm; build_kube ;;
-  kube) build_kube ;; etcd) build_etcd ;; kwok) build_kwok ;; helm) build_helm ;;
-  *) echo "usage: $0 [all|kube|etcd|kwok|helm]" >&2; exit 2 ;;
+  all) build_etcd; build_kwok; build_helm; build_coredns; build_kube ;;
+  kube) build_kube ;; etcd) build_etcd ;; kwok) build_kwok ;; helm) build_helm ;; coredns) build_coredns ;;
+  *) echo "usage: $0 [all|kube|etcd|kwok|helm|coredns]" >&2; exit 2 ;;
 esac
 log "done"

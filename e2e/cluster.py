@@ -54,8 +54,19 @@ COMPONENTS: tuple[Component, ...] = (
     Component("containerd", cfg.containerd_argv, part="node"),
     Component("kubelet", cfg.kubelet_argv, part="node"),
     Component("kube-proxy", cfg.kube_proxy_argv, part="node"),
+    Component("coredns", cfg.coredns_argv, part="node"),
     Component("pod-discovery", cfg.podsd_argv, part="prometheus"),
     Component("prometheus", cfg.prometheus_argv, part="prometheus"),
+)
+KUBECONFIG_USERS = (
+    "admin",
+    "controller-manager",
+    "scheduler",
+    "kube-proxy",
+    "kubelet-client",
+    "kwok",
+    "prometheus",
+    "coredns",
 )
 SYSCTLS = {
     "net/ipv4/ip_forward": "1",
@@ -231,7 +242,7 @@ def binaries_ready() -> bool:
             "kubectl",
         )
     ]
-    needed += [paths.ETCD_BIN / "etcd", paths.KWOK_DIR / "kwok", paths.HELM]
+    needed += [paths.ETCD_BIN / "etcd", paths.KWOK_DIR / "kwok", paths.HELM, paths.COREDNS_BIN / "coredns"]
     return all(p.exists() for p in needed)
 
 
@@ -279,15 +290,7 @@ def write_files(topo: cfg.Topology, kwok_nodes: int, real_node: bool) -> None:
     for sub in ("logs", "pids", "pki", "cni/net.d", "cni/ipam", "prometheus/targets", "prometheus/data"):
         (paths.STATE / sub).mkdir(parents=True, exist_ok=True)
     pki.make_all(topo.pki, host_ip=topo.host_ip, node_name=cfg.NODE_NAME, service_ip=cfg.SERVICE_IP)
-    for who in (
-        "admin",
-        "controller-manager",
-        "scheduler",
-        "kube-proxy",
-        "kubelet-client",
-        "kwok",
-        "prometheus",
-    ):
+    for who in KUBECONFIG_USERS:
         topo.kubeconfig(who).write_text(cfg.kubeconfig_text(topo, who))
     shutil.copy(topo.kubeconfig("admin"), paths.KUBECONFIG)
     topo.file("audit-policy.yaml").write_text(cfg.AUDIT_POLICY)
@@ -296,6 +299,7 @@ def write_files(topo: cfg.Topology, kwok_nodes: int, real_node: bool) -> None:
     topo.file("kubelet.yaml").write_text(cfg.kubelet_config(topo))
     topo.file("kube-proxy.yaml").write_text(cfg.kube_proxy_config(topo))
     topo.file("prometheus/prometheus.yml").write_text(cfg.prometheus_config(topo))
+    topo.file("Corefile").write_text(cfg.corefile(topo))
     topo.file("topology.json").write_text(
         json.dumps({"host_ip": topo.host_ip, "kwok_nodes": kwok_nodes, "real_node": real_node})
     )
@@ -352,7 +356,8 @@ def up(kwok_nodes: int = 3, *, real_node: bool = True) -> Path:
     start("kube-controller-manager", cfg.controller_manager_argv(topo))
     start("kube-scheduler", cfg.scheduler_argv(topo))
     start("kwok", cfg.kwok_argv(topo))
-    kubectl("apply", "-f", "-", stdin=cfg.PROMETHEUS_RBAC)
+    kubectl("apply", "-f", "-", stdin=cfg.PROMETHEUS_RBAC + "---\n" + cfg.COREDNS_RBAC)
+    kubectl("apply", "-f", "-", stdin=cfg.prometheus_service(topo.host_ip))
     topo.file("prometheus/pods.json").write_text("[]")
     start("pod-discovery", cfg.podsd_argv(topo))
     start("prometheus", cfg.prometheus_argv(topo))
@@ -386,6 +391,10 @@ def up(kwok_nodes: int = 3, *, real_node: bool = True) -> Path:
         60,
         "kwok",
     )
+    running = running_components()
+    for name in expected_components():
+        if not running[name]:
+            raise ClusterError(f"{name} exited during start-up; log tail:\n{log_tail(name)}")
     log(f"up in {time.monotonic() - started:.1f}s; kubeconfig: {paths.KUBECONFIG}")
     return paths.KUBECONFIG
 
@@ -407,6 +416,7 @@ def start_real_node(topo: cfg.Topology) -> None:
     images.import_into_node(images.PAUSE_TAG)
     start("kubelet", cfg.kubelet_argv(topo))
     start("kube-proxy", cfg.kube_proxy_argv(topo))
+    start("coredns", cfg.coredns_argv(topo))
 
 
 def node_ready(name: str) -> bool:

@@ -323,6 +323,8 @@ readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 clusterDomain: cluster.local
+# CoreDNS runs on the host (like kube-proxy) and answers pods on the node's address.
+clusterDNS: ["{topo.host_ip}"]
 resolvConf: /etc/resolv.conf
 failSwapOn: false
 cgroupsPerQOS: true
@@ -417,10 +419,82 @@ def prometheus_argv(topo: Topology) -> list[str]:
         "/usr/bin/prometheus",
         f"--config.file={topo.file('prometheus/prometheus.yml')}",
         f"--storage.tsdb.path={topo.file('prometheus/data')}",
-        f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+        # All addresses: pods (an in-cluster operator) reach it as prometheus.monitoring:9090,
+        # a Service whose endpoint is this host.
+        f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}",
         "--web.enable-lifecycle",
         "--storage.tsdb.retention.time=1d",
     ]
+
+
+def corefile(topo: Topology) -> str:
+    return f"""\
+cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {topo.host_ip}
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {topo.kubeconfig("coredns")} rollwise-local
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 5
+}}
+# Names outside the cluster are not ours to answer: pods here have no internet.
+.:53 {{
+    bind {topo.host_ip}
+    errors
+}}
+"""
+
+
+def coredns_argv(topo: Topology) -> list[str]:
+    return [str(paths.COREDNS_BIN / "coredns"), "-conf", str(topo.file("Corefile"))]
+
+
+COREDNS_RBAC = """\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: rollwise-coredns}
+rules:
+  - apiGroups: [""]
+    resources: [endpoints, services, pods, namespaces]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: rollwise-coredns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: rollwise-coredns}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: rollwise-coredns}
+"""
+
+
+def prometheus_service(host_ip: str) -> str:
+    """`prometheus.monitoring:9090` for pods: a selector-less Service whose endpoint is the host."""
+    return f"""\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: monitoring}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: prometheus, namespace: monitoring}}
+spec:
+  ports: [{{name: http, port: {PROMETHEUS_PORT}, targetPort: {PROMETHEUS_PORT}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: prometheus-host
+  namespace: monitoring
+  labels: {{kubernetes.io/service-name: prometheus}}
+addressType: IPv4
+ports: [{{name: http, port: {PROMETHEUS_PORT}, protocol: TCP}}]
+endpoints: [{{addresses: ["{host_ip}"]}}]
+"""
 
 
 PROMETHEUS_RBAC = """\

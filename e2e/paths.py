@@ -13,12 +13,14 @@ KUBE_VERSION = os.environ.get("KUBE_VERSION", "v1.37.2")
 ETCD_VERSION = os.environ.get("ETCD_VERSION", "v3.6.14")
 KWOK_VERSION = os.environ.get("KWOK_VERSION", "v0.8.0")
 HELM_VERSION = os.environ.get("HELM_VERSION", "v3.21.4")
+COREDNS_VERSION = os.environ.get("COREDNS_VERSION", "v1.14.7")
 
 CACHE = Path(os.environ.get("ROLLWISE_CACHE", Path.home() / ".cache" / "rollwise"))
 KUBE_BIN = CACHE / f"k8s-{KUBE_VERSION}"
 ETCD_BIN = CACHE / f"etcd-{ETCD_VERSION}"
 KWOK_DIR = CACHE / f"kwok-{KWOK_VERSION}"
 HELM_BIN = CACHE / f"helm-{HELM_VERSION}"
+COREDNS_BIN = CACHE / f"coredns-{COREDNS_VERSION}"
 KUBECTL = KUBE_BIN / "kubectl"
 HELM = HELM_BIN / "helm"
 

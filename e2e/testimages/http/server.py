@@ -3,7 +3,9 @@ pod can reach the API server through the in-cluster `kubernetes` Service with it
 
 import json
 import os
+import socket
 import ssl
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -32,6 +34,19 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/metrics":
             self._send(200, "text/plain", b"e2e_http_up 1\n")
+        elif self.path.startswith("/resolve/"):
+            name = self.path.removeprefix("/resolve/")
+            try:
+                self._send(200, "text/plain", socket.gethostbyname(name).encode())
+            except OSError as err:
+                self._send(502, "text/plain", repr(err).encode())
+        elif self.path.startswith("/fetch?"):
+            url = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["url"][0]
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    self._send(200, "text/plain", f"{resp.status}".encode())
+            except Exception as err:
+                self._send(502, "text/plain", repr(err).encode())
         elif self.path == "/whoami":
             try:
                 self._send(200, "application/json", json.dumps(whoami()).encode())
