@@ -586,6 +586,25 @@ def leftovers() -> dict[str, list[str]]:
     }
 
 
+def user_kubeconfig(user: str, groups: tuple[str, ...] = ()) -> Path:
+    """A kubeconfig for a client certificate with this user name and groups (issued on demand).
+
+    Tests give each actor its own identity so the audit log tells their writes apart.
+    """
+    topo = load_topology()
+    stem = f"user-{user}"
+    if not (topo.pki / f"{stem}.crt").exists():
+        ca_key, ca_cert = pki.load_ca(topo.pki)
+        pki.issue(topo.pki, ca_key, ca_cert, pki.Identity(stem, user, groups))
+    path = topo.kubeconfig(stem)
+    path.write_text(cfg.kubeconfig_text(topo, stem))
+    return path
+
+
+def audit_path() -> Path:
+    return paths.LOGS / "audit.log"
+
+
 # --- status / env --------------------------------------------------------------------------------
 
 

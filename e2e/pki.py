@@ -117,6 +117,13 @@ def issue(
     (directory / f"{who.stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def load_ca(directory: Path, stem: str = "ca") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = serialization.load_pem_private_key((directory / f"{stem}.key").read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{directory / stem}.key is not the EC key this module writes")
+    return key, x509.load_pem_x509_certificate((directory / f"{stem}.crt").read_bytes())
+
+
 def make_service_account_keys(directory: Path) -> None:
     """The key pair that signs service-account tokens (ES256)."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from rollwise.plan.decision import Decision, EventType, Note
 from rollwise.plan.machine import decide
 from rollwise.settings import OperatorSettings
 
+log = logging.getLogger("rollwise.reconcile")
+
 
 @dataclass
 class Memory:
@@ -39,8 +42,12 @@ class Memory:
 
 
 def status_json(status: ModelDeploymentStatus) -> dict[str, Any]:
-    # Nulls stay in: a merge patch with null removes a field we no longer set.
-    return dict(status.model_dump(mode="json", by_alias=True))
+    """The status as stored: no nested nulls (a merge patch would delete those keys, so the stored
+    object would never equal a fresh computation), but top-level nulls kept so that a field we no
+    longer set is removed."""
+    full = status.model_dump(mode="json", by_alias=True)
+    sparse = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {key: sparse.get(key) for key in full}
 
 
 def invalid_status(
@@ -79,6 +86,9 @@ async def reconcile(
     """Run one pass; returns the decision, or None when the spec is invalid."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    if meta.get("deletionTimestamp"):
+        # Going away: the garbage collector removes the children; nothing to write.
+        return None
     with telemetry.RECONCILE_SECONDS.time():
         try:
             md = ModelDeployment.model_validate(dict(body))
@@ -95,6 +105,7 @@ async def reconcile(
             telemetry.PHASES.set(namespace, name, Phase.INVALID.value)
             return None
         observed = observe(children)
+        log.debug("%s/%s observed stable=%s", namespace, name, observed.stable)
         decision = decide(md, observed, now=now, owner_uid=meta["uid"], serving_image=settings.serving_image)
         live = {ObjectKey.of(c): c for c in children}
         # Skip what we applied already when the index still shows the older copy (it lags our own
@@ -135,6 +146,14 @@ async def _write_status(
         memory.last_status = status
         return
     meta = body["metadata"]
+    current = body.get("status") or {}
+    changed = sorted(k for k, v in status.items() if current.get(k) != v)
+    log.info(
+        "%s/%s status: %s",
+        meta["namespace"],
+        meta["name"],
+        ", ".join(f"{k}={status[k]!r}" if k in ("phase", "message") else k for k in changed),
+    )
     await asyncio.to_thread(patch_status, api, meta["namespace"], meta["name"], status)
     telemetry.API_WRITES.labels("ModelDeployment", "status").inc()
     memory.last_status = status

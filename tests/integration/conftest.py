@@ -1,0 +1,155 @@
+"""The operator running for real: CRDs applied to the local cluster, `rollwise-operator` started as
+a process with its own identity (so the audit log tells its writes apart), stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e import cluster as local_cluster
+from e2e import paths
+from tests.conftest import Cluster, wait_until
+
+OPERATOR_USER = "rollwise-operator-test"
+SERVING_IMAGE = "rollwise/serving:0.1.0"
+
+
+def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(paths.KUBECTL), f"--kubeconfig={paths.KUBECONFIG}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Operator:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    kubeconfig: Path
+    metrics_port: int
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_operator(tmp: Path, kubeconfig: Path) -> Operator:
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "ROLLWISE_SERVING_IMAGE": SERVING_IMAGE,
+        "ROLLWISE_PROMETHEUS_URL": local_cluster.PROMETHEUS_URL,
+        "ROLLWISE_METRICS_PORT": str(port),
+        "ROLLWISE_PEERING": "",
+        "ROLLWISE_RESYNC_SECONDS": "5",
+        "ROLLWISE_LOG_LEVEL": os.environ.get(
+            "ROLLWISE_TEST_OPERATOR_LOG_LEVEL", "info"
+        ),  # short, so idle tests see many passes (reads only)
+    }
+    log = tmp / f"operator-{time.time_ns()}.log"
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollwise.main"], stdout=out, stderr=out, env=env, start_new_session=True
+    )
+    op = Operator(proc, log, kubeconfig, port)
+    try:
+        wait_until("the operator's metrics endpoint", lambda: _metrics_up(port) or _died(op), 60)
+    except AssertionError as err:
+        op.stop()
+        raise AssertionError(f"{err}\noperator log:\n{op.log_tail()}") from None
+    if not op.alive():
+        raise AssertionError(f"rollwise-operator exited at start:\n{op.log_tail()}")
+    return op
+
+
+def _died(op: Operator) -> bool:
+    return not op.alive()
+
+
+def _metrics_up(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> None:
+    for crd in sorted((paths.REPO / "charts" / "rollwise" / "crds").glob("*.yaml")):
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.rollwise.dev", "--timeout=60s")
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    kubeconfig = local_cluster.user_kubeconfig(OPERATOR_USER, ("system:masters",))
+    op = start_operator(tmp_path_factory.mktemp("operator"), kubeconfig)
+    yield op
+    op.stop()
+
+
+def audit_writes(user: str, since_offset: int, namespace: str) -> list[dict[str, Any]]:
+    """Write requests by `user` in `namespace` in the audit log after byte offset `since_offset`.
+
+    Scoped to the test's namespace: other tests' namespaces are being torn down meanwhile, and the
+    operator rightly reacts to their children disappearing."""
+    writes = []
+    with local_cluster.audit_path().open("rb") as f:
+        f.seek(since_offset)
+        for line in f:
+            event = json.loads(line)
+            if (
+                event.get("user", {}).get("username") == user
+                and event.get("stage") == "ResponseComplete"
+                and event.get("objectRef", {}).get("namespace") == namespace
+            ):
+                writes.append(event)
+    return writes
+
+
+def audit_offset() -> int:
+    return local_cluster.audit_path().stat().st_size
+
+
+def on_kwok(spec_runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Runtime fields that put the serving pods on simulated nodes (fast; no containers run)."""
+    runtime = dict(spec_runtime or {})
+    runtime["nodeSelector"] = {"rollwise.dev/node-kind": "simulated"}
+    runtime["tolerations"] = [{"key": "rollwise.dev/simulated", "operator": "Exists", "effect": "NoSchedule"}]
+    return runtime
