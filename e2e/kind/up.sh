@@ -8,7 +8,7 @@ VERSION="$(python3 -c 'import tomllib;print(tomllib.load(open("pyproject.toml","
 kind get clusters | grep -qx rollwise || kind create cluster --config e2e/kind/kind-config.yaml
 python3 -m e2e.images python-base                       # or any python:3.11-slim based image
 operator/build-image.sh --tag "rollwise/operator:$VERSION"
-serving-image/build.sh --tag "rollwise/serving:$VERSION"
+serving-image/build-image.sh --tag "rollwise/serving:$VERSION"
 kind load docker-image --name rollwise "rollwise/operator:$VERSION" "rollwise/serving:$VERSION"
 helm upgrade --install rollwise charts/rollwise -n rollwise-system --create-namespace "$@"
 kubectl -n rollwise-system rollout status deploy/rollwise --timeout=120s
