@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -127,6 +128,11 @@ class ServingApp:
 
     async def _load(self) -> None:
         await self.repository.load()
+        # Everything loaded so far (libraries, the model) lives as long as the process: take it
+        # out of the collector's sight, so full collections stop costing tens of milliseconds of
+        # tail latency while traffic flows.
+        gc.collect()
+        gc.freeze()
         self.metrics.loaded_by_role["primary"].set(1 if self.repository.ready else 0)
         fallback = self.repository.fallback
         self.metrics.loaded_by_role["fallback"].set(1 if fallback and fallback.runtime else 0)

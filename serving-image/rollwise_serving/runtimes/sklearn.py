@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import joblib
 import numpy as np
+import sklearn
 
 from rollwise_serving.config import ModelFormat
 from rollwise_serving.errors import ArtifactError, InputError
@@ -30,6 +31,9 @@ class SklearnRuntime:
     batchable = True
 
     def __init__(self, path: Path) -> None:
+        # The protocol layer already refuses NaN and infinity, so scikit-learn's own scan of
+        # every input for them is redundant work on every call (about 10 % of a small predict).
+        sklearn.set_config(assume_finite=True)
         try:
             self.model: Any = joblib.load(path)
         except Exception as err:

@@ -1,0 +1,521 @@
+"""Model-server throughput and latency: Rollwise vs KServe vs MLServer, side by side in one run.
+
+    .venv/bin/python bench/serving.py [--duration 5] [--concurrency 1,16,64] [--only NAME,...]
+
+Serves the same Iris models (serving-image/make_example_models.py: a scikit-learn logistic
+regression, and an ONNX MLP as float and as its INT8-quantized twin) with
+
+- Rollwise (`rollwise-serve`, this repo's venv);
+- KServe's model server (PyPI `kserve`): a `kserve.Model` subclass started by `ModelServer`, the
+  way KServe documents custom Python predictors;
+- MLServer (PyPI `mlserver`): `mlserver start` with `mlserver_sklearn.SKLearnModel` for the
+  pickle and a small custom `MLModel` for ONNX (MLServer ships no ONNX runtime);
+- a bare ASGI app on the same uvicorn that answers a constant: the ceiling.
+
+Each peer lives in its own virtualenv under ~/.cache/rollwise/bench-venvs/ (created on first run,
+reused after). Every server runs one worker process, listens on 127.0.0.1 only, and gets the
+same Open Inference Protocol v2 request from the same load generator (wrk, one thread, keep-
+alive connections) at concurrency 1, 16 and 64, after a 1 s warm-up. Peers run twice: with their
+defaults, and with logging turned down (Rollwise's default already logs no line per request).
+Prints requests/s, p50, p99, errors, and the ratios the goals are stated in (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "serving-image"))
+
+import make_example_models  # noqa: E402 - serving-image is not a package
+
+CACHE = Path(os.environ.get("ROLLWISE_CACHE", Path.home() / ".cache" / "rollwise"))
+VENVS = CACHE / "bench-venvs"
+WORK = CACHE / "bench-work"
+WRK = "/usr/bin/wrk"
+PEERS = {
+    "kserve": ["kserve==0.21.0", "scikit-learn==1.9.1", "onnxruntime", "joblib"],
+    # uvloop 0.22+ raises in get_event_loop() where MLServer 1.7.1's inference workers call it; the
+    # last release MLServer works with is pinned, as its users have to.
+    "mlserver": [
+        "mlserver==1.7.1",
+        "mlserver-sklearn==1.7.1",
+        "scikit-learn==1.9.1",
+        "onnxruntime",
+        "joblib",
+        "uvloop==0.21.0",
+    ],
+}
+BODY = {
+    "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}],
+}
+
+KSERVE_MODEL = '''
+"""Iris behind KServe's ModelServer, as KServe documents custom Python predictors."""
+import argparse
+
+import joblib
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer, model_server
+
+parser = argparse.ArgumentParser(parents=[model_server.parser])
+parser.add_argument("--model_path", required=True)
+parser.add_argument("--model_format", default="sklearn")
+args, _ = parser.parse_known_args()
+
+
+class Iris(Model):
+    def __init__(self, name, path, fmt):
+        super().__init__(name)
+        self.path, self.fmt = path, fmt
+        self.load()
+
+    def load(self):
+        if self.fmt == "onnx":
+            import onnxruntime as ort
+            self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
+            self.input_name = self.session.get_inputs()[0].name
+        else:
+            self.model = joblib.load(self.path)
+        self.ready = True
+        return self.ready
+
+    def predict(self, payload: InferRequest, headers=None) -> InferResponse:
+        x = payload.inputs[0].as_numpy()
+        if self.fmt == "onnx":
+            label = self.session.run(None, {self.input_name: x.astype(np.float32)})[0]
+        else:
+            label = self.model.predict(x)
+        out = InferOutput(name="label", shape=list(label.shape), datatype="BYTES", data=[str(v) for v in label])
+        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id or "")
+
+
+if __name__ == "__main__":
+    ModelServer().start([Iris(args.model_name, args.model_path, args.model_format)])
+'''
+
+MLSERVER_ONNX = '''
+"""A minimal ONNX runtime for MLServer (it ships none): load a session, run it, encode numpy."""
+import numpy as np
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+from mlserver.utils import get_model_uri
+
+
+class OnnxModel(MLModel):
+    async def load(self) -> bool:
+        uri = await get_model_uri(self._settings)
+        self.session = ort.InferenceSession(uri, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32)
+        label = self.session.run(None, {self.input_name: x})[0]
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[NumpyCodec.encode_output(name="label", payload=label.astype(object))],
+        )
+'''
+
+BARE_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"outputs":[]}'})
+"""
+
+QUIET_LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "WARNING"},
+    "loggers": {
+        name: {"level": "WARNING"}
+        for name in ("kserve", "kserve.trace", "mlserver", "uvicorn", "uvicorn.error", "uvicorn.access")
+    },
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- set-up (idempotent) ---------------------------------------------------------------------------
+
+
+def ensure_venv(name: str) -> Path:
+    """A virtualenv per peer, reused while its pinned requirements are unchanged."""
+    venv = VENVS / name
+    stamp = venv / ".rollwise-bench-stamp"
+    wanted = "\n".join(PEERS[name])
+    if stamp.exists() and stamp.read_text() == wanted:
+        return venv
+    log(f"creating {venv} ({', '.join(PEERS[name])}); this takes a few minutes once")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *PEERS[name]], check=True)
+    stamp.write_text(wanted)
+    return venv
+
+
+def ensure_models() -> dict[str, Any]:
+    out = WORK / "models"
+    manifest = make_example_models.write_examples(out)
+    manifest["dir"] = out
+    return manifest
+
+
+# ---- servers ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    group: str
+    """Rows of the table are grouped: sklearn, onnx, ceiling."""
+    argv: Callable[[int], list[str]]
+    path: str
+    ready_path: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+@contextmanager
+def running(target: Target) -> Iterator[int]:
+    port = free_port()
+    logfile = WORK / f"{target.name}.log"
+    env = {**os.environ, **target.env}
+    with logfile.open("wb") as out:
+        proc = subprocess.Popen(
+            target.argv(port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=target.cwd,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{target.name} exited {proc.returncode}; see {logfile}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{target.ready_path}", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{target.name} not ready in 120 s; see {logfile}")
+            time.sleep(0.2)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
+    d: Path = models["dir"]
+    m = models["models"]
+    serve = str(REPO / ".venv" / "bin" / "rollwise-serve")
+    kserve_py = str(VENVS / "kserve" / "bin" / "python")
+    mlserver_bin = str(VENVS / "mlserver" / "bin" / "mlserver")
+    (WORK / "kserve_model.py").write_text(KSERVE_MODEL)
+    (WORK / "mlserver_onnx.py").write_text(MLSERVER_ONNX)
+    (WORK / "bare_app.py").write_text(BARE_APP)
+    quiet = WORK / "quiet-logging.json"
+    quiet.write_text(json.dumps(QUIET_LOGGING))
+
+    def rollwise(key: str) -> Callable[[int], list[str]]:
+        e = m[key]
+        return lambda port: [
+            serve, "--model-uri", str(d / e["file"]), "--sha256", e["sha256"], "--format", e["format"],
+            "--name", "iris", "--version", "v1", "--host", "127.0.0.1", "--port", str(port),
+            "--cache-dir", str(WORK / "rollwise-cache"),
+        ]  # fmt: skip
+
+    def kserve(key: str, fmt: str, quiet_logs: bool) -> Callable[[int], list[str]]:
+        extra = ["--enable_latency_logging", "false", "--log_config_file", str(quiet)] if quiet_logs else []
+        return lambda port: [
+            kserve_py, str(WORK / "kserve_model.py"), "--model_name", "iris", "--model_path", str(d / m[key]["file"]),
+            "--model_format", fmt, "--http_port", str(port), "--grpc_port", str(free_port()), "--workers", "1", *extra,
+        ]  # fmt: skip
+
+    def mlserver(key: str, implementation: str, quiet_logs: bool, name: str) -> Target:
+        repo = WORK / f"mlserver-{name}"
+        shutil.rmtree(repo, ignore_errors=True)
+        (repo / "iris").mkdir(parents=True)
+        shutil.copy(d / m[key]["file"], repo / "iris" / m[key]["file"])
+        (repo / "iris" / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": "iris",
+                    "implementation": implementation,
+                    "parameters": {"uri": f"./{m[key]['file']}"},
+                }
+            )
+        )
+        settings: dict[str, Any] = {"host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0}
+        if quiet_logs:
+            settings["logging_settings"] = str(quiet)
+
+        def argv(port: int) -> list[str]:
+            s = {**settings, "http_port": port, "grpc_port": free_port(), "metrics_port": free_port()}
+            (repo / "settings.json").write_text(json.dumps(s))
+            return [mlserver_bin, "start", str(repo)]
+
+        env = {"PYTHONPATH": str(WORK)}
+        return Target(name, "", argv, "/v2/models/iris/infer", "/v2/models/iris/ready", env=env, cwd=repo)
+
+    all_targets = [
+        Target("rollwise", "sklearn", rollwise("iris-v1"), "/v2/models/iris/infer", "/v2/health/ready"),
+        Target(
+            "kserve",
+            "sklearn",
+            kserve("iris-v1", "sklearn", False),
+            "/v2/models/iris/infer",
+            "/v2/models/iris/ready",
+        ),
+        Target(
+            "kserve-quiet",
+            "sklearn",
+            kserve("iris-v1", "sklearn", True),
+            "/v2/models/iris/infer",
+            "/v2/models/iris/ready",
+        ),
+        _grouped(mlserver("iris-v1", "mlserver_sklearn.SKLearnModel", False, "mlserver"), "sklearn"),
+        _grouped(mlserver("iris-v1", "mlserver_sklearn.SKLearnModel", True, "mlserver-quiet"), "sklearn"),
+        Target(
+            "rollwise-onnx", "onnx", rollwise("iris-mlp-onnx"), "/v2/models/iris/infer", "/v2/health/ready"
+        ),
+        Target(
+            "rollwise-onnx-int8",
+            "onnx",
+            rollwise("iris-mlp-int8"),
+            "/v2/models/iris/infer",
+            "/v2/health/ready",
+        ),
+        Target(
+            "kserve-onnx-quiet",
+            "onnx",
+            kserve("iris-mlp-onnx", "onnx", True),
+            "/v2/models/iris/infer",
+            "/v2/models/iris/ready",
+        ),  # fmt: skip
+        _grouped(mlserver("iris-mlp-onnx", "mlserver_onnx.OnnxModel", True, "mlserver-onnx-quiet"), "onnx"),
+        Target(
+            "bare-asgi",
+            "ceiling",
+            lambda port: [
+                str(REPO / ".venv" / "bin" / "uvicorn"),
+                "bare_app:app",
+                "--app-dir",
+                str(WORK),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],  # fmt: skip
+            "/",
+            "/",
+        ),
+    ]
+    return [t for t in all_targets if only is None or t.name in only]
+
+
+def _grouped(target: Target, group: str) -> Target:
+    target.group = group
+    return target
+
+
+# ---- load ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, concurrency: int, duration: int, script: Path) -> Result:
+    proc = subprocess.run(
+        [WRK, "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = proc.stdout
+
+    def latency(pct: str) -> float:
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            raise RuntimeError(f"no {pct}% latency in wrk output:\n{out}")
+        return float(m[1]) * _UNITS[m[2]]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(non2xx[1]) if non2xx else 0
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    if not rps:
+        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
+    return Result(float(rps[1]), latency("50"), latency("99"), errors)
+
+
+def lua_script() -> Path:
+    path = WORK / "post.lua"
+    body = json.dumps(BODY).replace("\\", "\\\\").replace("'", "\\'")
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            wrk.method = "POST"
+            wrk.headers["Content-Type"] = "application/json"
+            wrk.body = '{body}'
+            """
+        )
+    )
+    return path
+
+
+def check_answer(port: int, path: str) -> None:
+    """A real prediction, not an error page, before measuring."""
+    r = httpx.post(f"http://127.0.0.1:{port}{path}", json=BODY, timeout=10)
+    if r.status_code != 200:
+        raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:300]}")
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (default 5)")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--only", help="comma-separated target names (default: all)")
+    args = parser.parse_args()
+    if not Path(WRK).exists():
+        sys.exit("wrk is not installed: apt-get install wrk (scripts/bootstrap.sh does)")
+    WORK.mkdir(parents=True, exist_ok=True)
+    only = set(args.only.split(",")) if args.only else None
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    models = ensure_models()
+    needs = {t.split("-")[0] for t in only} if only else set(PEERS)
+    for peer in PEERS:
+        if peer in needs:
+            ensure_venv(peer)
+    script = lua_script()
+    results: dict[str, dict[int, Result]] = {}
+    groups: dict[str, str] = {}
+    for target in targets(models, only):
+        log(f"{target.name}: starting")
+        with running(target) as port:
+            url = f"http://127.0.0.1:{port}{target.path}"
+            if target.group != "ceiling":
+                check_answer(port, target.path)
+            wrk(url, 16, 1, script)  # warm-up
+            results[target.name] = {}
+            groups[target.name] = target.group
+            for c in concurrencies:
+                r = wrk(url, c, args.duration, script)
+                results[target.name][c] = r
+                log(
+                    f"{target.name} c={c}: {r.rps:,.0f} req/s p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors}"
+                )
+    print(report(results, groups, concurrencies, models, args.duration))
+    return 0
+
+
+def report(
+    results: dict[str, dict[int, Result]],
+    groups: dict[str, str],
+    concurrencies: list[int],
+    models: dict[str, Any],
+    duration: int,
+) -> str:
+    lines = [
+        f"wrk -t1, {duration} s per cell, one worker process per server, {os.cpu_count()} cores, "
+        "OIP v2 JSON request with one Iris row",
+        "",
+        "| server | model | "
+        + " | ".join(f"c={c} req/s | p50 ms | p99 ms" for c in concurrencies)
+        + " | errors |",
+        "| --- | --- | " + " | ".join("---: | ---: | ---:" for _ in concurrencies) + " | ---: |",
+    ]
+    for name, by_c in results.items():
+        cells = " | ".join(
+            f"{by_c[c].rps:,.0f} | {by_c[c].p50_ms:.2f} | {by_c[c].p99_ms:.2f}" for c in concurrencies
+        )
+        errors = sum(r.errors for r in by_c.values())
+        lines.append(f"| {name} | {groups[name]} | {cells} | {errors} |")
+    lines.append("")
+    lines.append("Ratios (Rollwise / peer: throughput, and p99 — lower is better for p99):")
+    for base, peers in (("rollwise", ("kserve", "kserve-quiet", "mlserver", "mlserver-quiet")),
+                        ("rollwise-onnx", ("kserve-onnx-quiet", "mlserver-onnx-quiet"))):  # fmt: skip
+        if base not in results:
+            continue
+        for peer in peers:
+            if peer not in results:
+                continue
+            parts = []
+            for c in concurrencies:
+                a, b = results[base][c], results[peer][c]
+                parts.append(
+                    f"c={c}: {a.rps / b.rps:.1f}x req/s, p99 {a.p99_ms / b.p99_ms:.2f}x, p50 {a.p50_ms / b.p50_ms:.2f}x"
+                )
+            lines.append(f"- {base} vs {peer}: " + "; ".join(parts))
+    if "bare-asgi" in results:
+        for name in ("rollwise", "rollwise-onnx", "rollwise-onnx-int8"):
+            if name in results:
+                shares = ", ".join(
+                    f"c={c}: {100 * results[name][c].rps / results['bare-asgi'][c].rps:.0f} %"
+                    for c in concurrencies
+                )
+                lines.append(f"- {name} as a share of the bare-ASGI ceiling: {shares}")
+    float_b, int8_b = models["models"]["iris-mlp-onnx"]["bytes"], models["models"]["iris-mlp-int8"]["bytes"]
+    lines.append(f"- ONNX MLP size: float {float_b:,} B, INT8 {int8_b:,} B ({float_b / int8_b:.1f}x smaller)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
