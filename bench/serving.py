@@ -103,7 +103,8 @@ class Iris(Model):
             label = self.session.run(None, {self.input_name: x.astype(np.float32)})[0]
         else:
             label = self.model.predict(x)
-        out = InferOutput(name="label", shape=list(label.shape), datatype="BYTES", data=[str(v) for v in label])
+        data = [str(v) for v in label]
+        out = InferOutput(name="label", shape=list(label.shape), datatype="BYTES", data=data)
         return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id or "")
 
 
@@ -145,7 +146,8 @@ async def app(scope, receive, send):
     while more:
         message = await receive()
         more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b'{"outputs":[]}'})
 """
 
@@ -261,17 +263,44 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
     def rollwise(key: str) -> Callable[[int], list[str]]:
         e = m[key]
         return lambda port: [
-            serve, "--model-uri", str(d / e["file"]), "--sha256", e["sha256"], "--format", e["format"],
-            "--name", "iris", "--version", "v1", "--host", "127.0.0.1", "--port", str(port),
-            "--cache-dir", str(WORK / "rollwise-cache"),
-        ]  # fmt: skip
+            serve,
+            "--model-uri",
+            str(d / e["file"]),
+            "--sha256",
+            e["sha256"],
+            "--format",
+            e["format"],
+            "--name",
+            "iris",
+            "--version",
+            "v1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--cache-dir",
+            str(WORK / "rollwise-cache"),
+        ]
 
     def kserve(key: str, fmt: str, quiet_logs: bool) -> Callable[[int], list[str]]:
         extra = ["--enable_latency_logging", "false", "--log_config_file", str(quiet)] if quiet_logs else []
         return lambda port: [
-            kserve_py, str(WORK / "kserve_model.py"), "--model_name", "iris", "--model_path", str(d / m[key]["file"]),
-            "--model_format", fmt, "--http_port", str(port), "--grpc_port", str(free_port()), "--workers", "1", *extra,
-        ]  # fmt: skip
+            kserve_py,
+            str(WORK / "kserve_model.py"),
+            "--model_name",
+            "iris",
+            "--model_path",
+            str(d / m[key]["file"]),
+            "--model_format",
+            fmt,
+            "--http_port",
+            str(port),
+            "--grpc_port",
+            str(free_port()),
+            "--workers",
+            "1",
+            *extra,
+        ]
 
     def mlserver(key: str, implementation: str, quiet_logs: bool, name: str) -> Target:
         repo = WORK / f"mlserver-{name}"
@@ -333,7 +362,7 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
             kserve("iris-mlp-onnx", "onnx", True),
             "/v2/models/iris/infer",
             "/v2/models/iris/ready",
-        ),  # fmt: skip
+        ),
         _grouped(mlserver("iris-mlp-onnx", "mlserver_onnx.OnnxModel", True, "mlserver-onnx-quiet"), "onnx"),
         Target(
             "bare-asgi",
@@ -350,7 +379,7 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
                 "--no-access-log",
                 "--log-level",
                 "warning",
-            ],  # fmt: skip
+            ],
             "/",
             "/",
         ),
@@ -460,7 +489,8 @@ def main() -> int:
                 r = wrk(url, c, args.duration, script)
                 results[target.name][c] = r
                 log(
-                    f"{target.name} c={c}: {r.rps:,.0f} req/s p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors}"
+                    f"{target.name} c={c}: {r.rps:,.0f} req/s p50 {r.p50_ms:.2f} ms "
+                    f"p99 {r.p99_ms:.2f} ms errors {r.errors}"
                 )
     print(report(results, groups, concurrencies, models, args.duration))
     return 0
@@ -490,8 +520,10 @@ def report(
         lines.append(f"| {name} | {groups[name]} | {cells} | {errors} |")
     lines.append("")
     lines.append("Ratios (Rollwise / peer: throughput, and p99 — lower is better for p99):")
-    for base, peers in (("rollwise", ("kserve", "kserve-quiet", "mlserver", "mlserver-quiet")),
-                        ("rollwise-onnx", ("kserve-onnx-quiet", "mlserver-onnx-quiet"))):  # fmt: skip
+    for base, peers in (
+        ("rollwise", ("kserve", "kserve-quiet", "mlserver", "mlserver-quiet")),
+        ("rollwise-onnx", ("kserve-onnx-quiet", "mlserver-onnx-quiet")),
+    ):
         if base not in results:
             continue
         for peer in peers:
@@ -501,7 +533,8 @@ def report(
             for c in concurrencies:
                 a, b = results[base][c], results[peer][c]
                 parts.append(
-                    f"c={c}: {a.rps / b.rps:.1f}x req/s, p99 {a.p99_ms / b.p99_ms:.2f}x, p50 {a.p50_ms / b.p50_ms:.2f}x"
+                    f"c={c}: {a.rps / b.rps:.1f}x req/s, p99 {a.p99_ms / b.p99_ms:.2f}x, "
+                    f"p50 {a.p50_ms / b.p50_ms:.2f}x"
                 )
             lines.append(f"- {base} vs {peer}: " + "; ".join(parts))
     if "bare-asgi" in results:

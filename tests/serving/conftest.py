@@ -254,7 +254,7 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
     import redis  # noqa: PLC0415
 
     client = redis.Redis(port=port, socket_timeout=1)
-    wait_for(lambda: client.ping(), 10, "redis-server to answer PING")
+    wait_for(client.ping, 10, "redis-server to answer PING")
     yield Redis(proc, port)
     stop(proc)
 

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def image() -> str:
     if not Path(DOCKER).exists():
-        pytest.fail(f"{DOCKER} is missing; run scripts/bootstrap.sh (apt-get install docker.io)", pytrace=False)
+        pytest.fail(
+            f"{DOCKER} is missing; run scripts/bootstrap.sh (apt-get install docker.io)", pytrace=False
+        )
     proc = subprocess.run(
         ["bash", str(REPO / "serving-image" / "build-image.sh"), "--tag", "rollwise/serving:test"],
         capture_output=True,
@@ -57,16 +59,44 @@ def container(image: str, models: dict[str, Any], model_volume: Path) -> Iterato
     port = free_port()
     entry = models["models"]["iris-v1"]
     argv = [
-        DOCKER, "run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
-        "--user", "65532:65532", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-        "-v", f"{model_volume}:/models:ro",
-        "-e", f"ROLLWISE_MODEL_URI=file:///models/{entry['file']}", "-e", f"ROLLWISE_SHA256={entry['sha256']}",
-        "-e", "ROLLWISE_NAME=iris", "-e", "ROLLWISE_VERSION=v1", "-e", "ROLLWISE_TRACK=candidate",
-        "-e", "ROLLWISE_HOST=127.0.0.1", "-e", f"ROLLWISE_PORT={port}",
-        "-e", f"ROLLWISE_FEATURE_SCHEMA=/models/{models['feature_schema']}",
-        "-e", f"ROLLWISE_REFERENCE=/models/{models['reference']}",
+        DOCKER,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--user",
+        "65532:65532",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "-v",
+        f"{model_volume}:/models:ro",
+        "-e",
+        f"ROLLWISE_MODEL_URI=file:///models/{entry['file']}",
+        "-e",
+        f"ROLLWISE_SHA256={entry['sha256']}",
+        "-e",
+        "ROLLWISE_NAME=iris",
+        "-e",
+        "ROLLWISE_VERSION=v1",
+        "-e",
+        "ROLLWISE_TRACK=candidate",
+        "-e",
+        "ROLLWISE_HOST=127.0.0.1",
+        "-e",
+        f"ROLLWISE_PORT={port}",
+        "-e",
+        f"ROLLWISE_FEATURE_SCHEMA=/models/{models['feature_schema']}",
+        "-e",
+        f"ROLLWISE_REFERENCE=/models/{models['reference']}",
         image,
-    ]  # fmt: skip
+    ]
     subprocess.run(argv, check=True, capture_output=True, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -130,10 +130,20 @@ def test_model_from_s3_compatible_store(
     client.upload_file(str(models["dir"] / "iris-mlp-int8.onnx"), "models", "iris/v1/model.onnx")
     sha = models["models"]["iris-mlp-int8"]["sha256"]
     s = fresh_servers.start(
-        "--model-uri", "s3://models/iris/v1/model.onnx", "--sha256", sha, "--format", "onnx",
-        "--name", "iris", "--version", "v1", "--s3-endpoint", s3_server.endpoint,
+        "--model-uri",
+        "s3://models/iris/v1/model.onnx",
+        "--sha256",
+        sha,
+        "--format",
+        "onnx",
+        "--name",
+        "iris",
+        "--version",
+        "v1",
+        "--s3-endpoint",
+        s3_server.endpoint,
         env=aws_env,
-    )  # fmt: skip
+    )
     r = s.post("/v2/models/iris/infer", content=infer_body([SETOSA]))
     assert r.status_code == 200, r.text
     assert r.json()["outputs"][0]["data"] == ["setosa"]
@@ -145,9 +155,19 @@ def test_missing_s3_key_is_reported(
 ) -> None:
     boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1").create_bucket(Bucket="empty")
     s = fresh_servers.start(
-        "--model-uri", "s3://empty/nothing.onnx", "--format", "onnx", "--name", "iris", "--version", "v1",
-        "--s3-endpoint", s3_server.endpoint, env=aws_env, wait_ready=False,
-    )  # fmt: skip
+        "--model-uri",
+        "s3://empty/nothing.onnx",
+        "--format",
+        "onnx",
+        "--name",
+        "iris",
+        "--version",
+        "v1",
+        "--s3-endpoint",
+        s3_server.endpoint,
+        env=aws_env,
+        wait_ready=False,
+    )
     _wait_state(s, "failed")
     assert "cannot fetch s3://empty/nothing.onnx" in s.get("/v2/health/ready").json()["reason"]
 
@@ -162,9 +182,18 @@ def test_python_model_with_a_tampered_file_is_refused(
         (models["dir"] / "iris-rule.py").read_text() + f"\nopen({str(marker)!r}, 'w').close()\n"
     )
     s = fresh_servers.start(
-        "--model-uri", str(tampered), "--sha256", models["models"]["iris-rule"]["sha256"], "--format", "python",
-        "--name", "iris", "--version", "v1", wait_ready=False,
-    )  # fmt: skip
+        "--model-uri",
+        str(tampered),
+        "--sha256",
+        models["models"]["iris-rule"]["sha256"],
+        "--format",
+        "python",
+        "--name",
+        "iris",
+        "--version",
+        "v1",
+        wait_ready=False,
+    )
     _wait_state(s, "failed")
     assert not marker.exists()
     assert hashlib.sha256(tampered.read_bytes()).hexdigest() in s.get("/v2/health/ready").json()["reason"]
@@ -180,27 +209,53 @@ def test_python_model_with_a_tampered_file_is_refused(
             id="pickle without digest",
         ),
         pytest.param(
-            ["--model-uri", "/m.onnx", "--format", "onnx", "--name", "iris", "--version", "v1", "--track", "canary"],
+            [
+                "--model-uri",
+                "/m.onnx",
+                "--format",
+                "onnx",
+                "--name",
+                "iris",
+                "--version",
+                "v1",
+                "--track",
+                "canary",
+            ],
             {},
             "--track (env ROLLWISE_TRACK): 'canary' is not valid; use stable or candidate",
             id="canary is a strategy, not a track",
         ),
         pytest.param(
             [],
-            {"ROLLWISE_MODEL_URI": "/m.onnx", "ROLLWISE_FORMAT": "onnx", "ROLLWISE_NAME": "iris", "ROLLWISE_VERSION": "v1",
-             "ROLLWISE_DEADLINE_MS": "soon"},
+            {
+                "ROLLWISE_MODEL_URI": "/m.onnx",
+                "ROLLWISE_FORMAT": "onnx",
+                "ROLLWISE_NAME": "iris",
+                "ROLLWISE_VERSION": "v1",
+                "ROLLWISE_DEADLINE_MS": "soon",
+            },
             "--deadline-ms (env ROLLWISE_DEADLINE_MS): 'soon' is not valid; use an integer from 1 to 3600000",
             id="bad env var named with its flag",
         ),
         pytest.param(
-            ["--model-uri", "/m.onnx", "--format", "onnx", "--name", "iris", "--version", "v1",
-             "--feature-schema", '{"features": [{"name": "a", "min": 3, "max": 1}]}'],
+            [
+                "--model-uri",
+                "/m.onnx",
+                "--format",
+                "onnx",
+                "--name",
+                "iris",
+                "--version",
+                "v1",
+                "--feature-schema",
+                '{"features": [{"name": "a", "min": 3, "max": 1}]}',
+            ],
             {},
             "--feature-schema: features.0: Value error, feature 'a': min 3.0 is above max 1.0",
             id="bad inline schema",
         ),
     ],
-)  # fmt: skip
+)
 def test_cli_rejects_bad_settings_with_the_flag_and_fix(
     args: list[str], env: dict[str, str], expected: str
 ) -> None:

@@ -73,9 +73,19 @@ def fleet(
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     stable = servers.start(*model_args(models, "iris-v1"), *schema_args(models))
     candidate = servers.start(
-        "--model-uri", str(path), "--sha256", sha, "--format", "python", "--name", "iris", "--version", "v2",
-        "--track", "candidate",
-    )  # fmt: skip
+        "--model-uri",
+        str(path),
+        "--sha256",
+        sha,
+        "--format",
+        "python",
+        "--name",
+        "iris",
+        "--version",
+        "v2",
+        "--track",
+        "candidate",
+    )
     return {"stable": stable, "candidate": candidate}
 
 

@@ -81,7 +81,8 @@ def test_each_datatype_decodes_to_its_numpy_dtype(datatype: str, data: list[obje
             id="outputs as names",
         ),
         pytest.param(
-            b'{"inputs": [{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}',
+            b'{"inputs": [{"name":"x","shape":[1],"datatype":"FP32","data":[1]},'
+            b'{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}',
             "names must be unique",
             id="duplicate input names",
         ),
@@ -99,7 +100,10 @@ def test_malformed_requests_raise_a_protocol_error_naming_the_problem(raw: bytes
 
 
 def test_outputs_and_id_and_parameters_are_read() -> None:
-    raw = b'{"id":"r1","parameters":{"a":1},"outputs":[{"name":"label"}],"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}'
+    raw = (
+        b'{"id":"r1","parameters":{"a":1},"outputs":[{"name":"label"}],'
+        b'"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}'
+    )
     req = decode_infer_request(raw)
     assert (req.id, req.outputs, req.parameters) == ("r1", ("label",), {"a": 1})
 

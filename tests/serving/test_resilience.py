@@ -60,8 +60,13 @@ def python_model(tmp_path: Path, mode: str) -> list[str]:
 def fallback_args(models: dict[str, Any]) -> list[str]:
     rule = models["models"]["iris-rule"]
     return [
-        "--fallback-uri", str(models["dir"] / rule["file"]), "--fallback-format", "python", "--fallback-sha256", rule["sha256"],
-    ]  # fmt: skip
+        "--fallback-uri",
+        str(models["dir"] / rule["file"]),
+        "--fallback-format",
+        "python",
+        "--fallback-sha256",
+        rule["sha256"],
+    ]
 
 
 # ---- fallback ------------------------------------------------------------------------------------

@@ -192,9 +192,10 @@ def test_all_bad_flags_are_reported_at_once_with_their_fix() -> None:
         "--format (env ROLLWISE_FORMAT): 'tensorflow' is not valid; use sklearn or onnx or python",
         "--track (env ROLLWISE_TRACK): 'canary' is not valid; use stable or candidate",
         "--port (env ROLLWISE_PORT): '99999' is not valid; use an integer from 1 to 65535",
-        "--hash-range (env ROLLWISE_HASH_RANGE): '50-10' is not valid; use LOW-HIGH with 0 <= LOW <= HIGH <= 99, "
-        "e.g. 0-9 for 10 % of users",
-        "hash forwarding needs --hash-header, --hash-range and --forward-url together; add --hash-header, --forward-url",
+        "--hash-range (env ROLLWISE_HASH_RANGE): '50-10' is not valid; "
+        "use LOW-HIGH with 0 <= LOW <= HIGH <= 99, e.g. 0-9 for 10 % of users",
+        "hash forwarding needs --hash-header, --hash-range and --forward-url together; "
+        "add --hash-header, --forward-url",
     ]
 
 

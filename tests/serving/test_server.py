@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from sklearn.datasets import load_iris
 
 from tests.serving.conftest import (
     SETOSA,
@@ -277,8 +278,6 @@ def test_metrics_count_outcomes_features_predictions_and_quality(
 def test_drifted_traffic_raises_psi_above_in_distribution_traffic(
     servers: ServerFactory, models: dict[str, Any]
 ) -> None:
-    from sklearn.datasets import load_iris
-
     data = load_iris().data.tolist()
     calm = servers.start(*model_args(models, "iris-v1"), *schema_args(models))
     drifted = servers.start(*model_args(models, "iris-v1"), *schema_args(models))
