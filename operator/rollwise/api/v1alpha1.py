@@ -1115,6 +1115,9 @@ class ModelDeploymentStatus(StatusModel):
     """The current (or last) analysis."""
     history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)
     """Finished rollouts, newest first, at most 10."""
+    last_action: str | None = Field(default=None, max_length=256)
+    """The `rollwise.dev/action` annotation value last applied (e.g. `promote:7`); an annotation
+    equal to it is not applied again, so an action stays applied once however often we reconcile."""
 
 
 # ---------------------------------------------------------------------------------------------
