@@ -8,6 +8,8 @@ from enum import StrEnum
 
 from rollwise.api.v1alpha1 import ModelDeploymentStatus, Reason
 from rollwise.plan.manifest import Manifest
+from rollwise.plan.observed import WebhookKey
+from rollwise.plan.split import TrafficSplit
 
 
 class EventType(StrEnum):
@@ -45,3 +47,16 @@ class Decision:
     """Events, emitted only when the decision changes something."""
     requeue_after: timedelta | None = None
     """Look again after this long even if nothing changes (a pause, an analysis interval)."""
+    split: TrafficSplit | None = None
+    """The traffic split the desired objects route (None: no router was given, steady state)."""
+    webhook_calls: tuple[WebhookCall, ...] = ()
+    """Webhooks to call now (each once per key); their answers come back in `Observed.webhooks`."""
+
+
+@dataclass(frozen=True)
+class WebhookCall:
+    """One POST the I/O layer must send: `url` with the ModelDeployment and the gate as JSON."""
+
+    key: WebhookKey
+    url: str
+    timeout_seconds: int

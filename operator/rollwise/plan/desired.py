@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rollwise.api.v1alpha1 import (
     API_VERSION,
@@ -331,12 +331,18 @@ def desired_deployment(
 
 
 def _service(
-    md: ModelDeployment, name: str, labels: dict[str, JsonValue], selector: JsonValue, uid: str
+    md: ModelDeployment,
+    name: str,
+    labels: dict[str, JsonValue],
+    selector: JsonValue,
+    uid: str,
+    *,
+    annotations: Mapping[str, str] | None = None,
 ) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(md, name, labels, uid),
+        "metadata": _metadata(md, name, labels, uid, **dict(sorted((annotations or {}).items()))),
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
@@ -354,17 +360,23 @@ def _service(
 
 
 def desired_services(
-    md: ModelDeployment, *, owner_uid: str, main_track: Track | None = None
+    md: ModelDeployment,
+    *,
+    owner_uid: str,
+    main_track: Track | None = None,
+    main_annotations: Mapping[str, str] | None = None,
 ) -> list[Manifest]:
     """The `<name>` Service clients call, then `<name>-stable` and `<name>-candidate`.
 
     The main Service selects both tracks by default (the `replicas` router weights by pod ratio);
     `main_track` narrows it to one track, e.g. for a blue/green switch without a mesh. The
     candidate Service always exists, so routers can reference it before the first rollout.
+    `main_annotations` lets a router record its intent on the main Service (the replicas router's
+    weight, which a replica ratio alone cannot tell).
     """
     name = md.metadata.name
     main_selector = serving_selector(name) if main_track is None else track_selector(name, main_track)
-    out = [_service(md, name, common_labels(name), main_selector, owner_uid)]
+    out = [_service(md, name, common_labels(name), main_selector, owner_uid, annotations=main_annotations)]
     for track in (Track.STABLE, Track.CANDIDATE):
         out.append(
             _service(

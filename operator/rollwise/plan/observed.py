@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rollwise.api.v1alpha1 import WebhookType
+from rollwise.plan.analysis import Measured
 from rollwise.plan.manifest import Manifest
 
 
@@ -38,8 +40,40 @@ class TrackState:
 
 
 @dataclass(frozen=True)
+class WebhookKey:
+    """Identifies one webhook call, so its answer is used for exactly the gate that asked for it."""
+
+    name: str
+    """The webhook's name from spec.rollout.webhooks."""
+    type: WebhookType
+    revision: str
+    """The candidate revision the call is about."""
+    step: int | None
+    """The step gate it opens (step webhooks; preRollout is step 0), None for the others."""
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    """How a webhook answered: 2xx is `ok`; a timeout, refusal or other status is not."""
+
+    key: WebhookKey
+    ok: bool
+    detail: str = ""
+    """HTTP status and a short body excerpt, or the connection error."""
+
+
+@dataclass(frozen=True)
 class Observed:
     stable: TrackState = field(default_factory=TrackState)
     candidate: TrackState = field(default_factory=TrackState)
     children: tuple[Manifest, ...] = ()
     """Every live child we own (Deployments, Services, HPAs, router objects), as applied."""
+    router_objects: tuple[Manifest, ...] = ()
+    """The live provider objects the spec names but we do not own: the HTTPRoute
+    (`spec.rollout.traffic.gatewayAPI.httpRoute`), VirtualService (`istio.virtualService`) or
+    Ingress (`nginx.ingress`). Routers edit them; an absent one stalls the rollout, named."""
+    measurements: tuple[Measured, ...] = ()
+    """Answers to `plan.analysis.due_queries(md, now)`, taken just before this pass."""
+    webhooks: tuple[WebhookResult, ...] = ()
+    """Answers to the `Decision.webhook_calls` of earlier passes (kept by the I/O layer until the
+    gate moves on)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rollwise.api.v1alpha1 import RequestMatch
+
 
 @dataclass(frozen=True)
 class TrafficSplit:
@@ -17,10 +19,17 @@ class TrafficSplit:
     """Percent of requests answered by the candidate, 0..100; stable answers the rest."""
     mirror: bool = False
     """Shadow: the candidate also receives a copy of every request, its answers discarded."""
+    matches: tuple[RequestMatch, ...] = ()
+    """A/B: requests matching any of these go to the candidate, whatever `candidate` says."""
+    sticky_header: str | None = None
+    """A/B user hash: `candidate` percent of users, picked by hashing this header, go to the
+    candidate, and the same user always lands on the same side."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.candidate <= 100:
             raise ValueError(f"candidate weight {self.candidate} is not a percentage; use 0..100")
+        if self.sticky_header is not None and not 0 < self.candidate < 100:
+            raise ValueError(f"a user-hash split needs a weight from 1 to 99, not {self.candidate}")
 
     @property
     def stable(self) -> int:
@@ -31,6 +40,11 @@ class TrafficSplit:
     def stable_only(cls) -> TrafficSplit:
         """All traffic to stable, no mirroring: the steady state, and the result of any abort."""
         return cls(candidate=0)
+
+    @property
+    def touches_candidate(self) -> bool:
+        """Whether any request (weighted, matched, hashed or mirrored) reaches the candidate."""
+        return self.candidate > 0 or self.mirror or bool(self.matches)
 
 
 @dataclass(frozen=True)

@@ -156,3 +156,23 @@ def split_at(steps: Sequence[Step], index: int) -> TrafficSplit:
             case _:
                 pass
     return TrafficSplit(candidate=weight, mirror=mirror)
+
+
+def routing_at(steps: Sequence[Step], index: int) -> TrafficSplit:
+    """`split_at` plus what routers need beyond the weight: the A/B matches and the user-hash
+    header in effect. Index -1 (before the first step) is all-stable.
+
+    Example: [SplitUsers("x-user-id", 20), Pause(None)] at 1 -> 20 %, sticky on x-user-id.
+    """
+    base = split_at(steps, index)
+    matches: tuple[RequestMatch, ...] = ()
+    header: str | None = None
+    for step in steps[: index + 1]:
+        match step:
+            case RouteMatches(matches=m):
+                matches = m
+            case SplitUsers(header=h):
+                header = h
+            case _:
+                pass
+    return TrafficSplit(candidate=base.candidate, mirror=base.mirror, matches=matches, sticky_header=header)

@@ -1,0 +1,458 @@
+"""Measurements + thresholds -> a verdict, and which queries are due now.
+
+Split from the metric providers the way Argo splits `metricproviders/` from `analysis/`: a
+provider only says what Prometheus answered (a value, no data, or an error with detail); this
+module alone judges. It is pure: the I/O layer asks `due_queries(md, now)` what to run, runs each
+`QueryRequest.promql` through a provider, and hands the answers back to the planner as
+`Measured` values in `Observed.measurements`; `record` folds them into the status tallies.
+
+Why the rules are what they are:
+- No data never passes. A measurement is inconclusive when a query returns nothing (or NaN) or the
+  candidate served fewer than `minSampleCount` requests in the interval; an analysis passes only
+  when every metric has `count` conclusive measurements, at least one of them passing.
+- A query error (Prometheus down, bad PromQL, circuit open) is a *failed* measurement, never an
+  inconclusive one: a rollout must not creep forward while its judge is blind.
+- Measurement `k` (0-based) of an analysis is due at `startedAt + (k + 1) * interval`: the first
+  one waits a full interval so its PromQL range covers only the step being judged. Each answer
+  carries its index and is folded only when it is the next one expected, so handing the same
+  answers to the planner twice (a retried pass, a restarted operator) counts them once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from rollwise.api.v1alpha1 import (
+    AnalysisSpec,
+    AnalysisStatus,
+    BuiltinMetric,
+    MetricCheck,
+    MetricResult,
+    ModelDeployment,
+    OutputKind,
+    Phase,
+    ThresholdRange,
+    Verdict,
+)
+from rollwise.plan.names import Track
+
+# ---------------------------------------------------------------------------------------------
+# What a provider answers
+
+
+@dataclass(frozen=True)
+class Value:
+    """The query returned one finite-or-infinite number (NaN is reported as `NoData`)."""
+
+    value: float
+
+
+@dataclass(frozen=True)
+class NoData:
+    """The query succeeded but returned nothing to judge (empty vector, NaN)."""
+
+    detail: str = "the query returned no data"
+
+
+@dataclass(frozen=True)
+class QueryError:
+    """The query could not be answered: unreachable, timed out, rejected, circuit open."""
+
+    detail: str
+
+
+Measurement = Value | NoData | QueryError
+
+
+class MetricProvider(Protocol):
+    """A metric source (`metrics/prometheus.py`). Providers do I/O and never judge."""
+
+    def query(self, promql: str, at: datetime) -> Measurement:
+        """Evaluate `promql` at instant `at`: a `Value` when it yields exactly one number."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# What the I/O layer is asked to run, and hands back
+
+
+SAMPLES = None
+"""`QueryRequest.metric` of the request-count query behind `minSampleCount`."""
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """One query the I/O layer must run now and return as `Measured`."""
+
+    metric: str | None
+    """The metric's name from spec.rollout.analysis.metrics; None for the sample-count query."""
+    index: int
+    """Which measurement of the current analysis this is (0-based)."""
+    step: int
+    """The rollout step the analysis belongs to (status.currentStep)."""
+    promql: str
+    """The rendered query, ready for `MetricProvider.query`."""
+    at: datetime
+    """When it was due; evaluate at `now` (the PromQL range ends there)."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A provider's answer to one `QueryRequest`."""
+
+    request: QueryRequest
+    measurement: Measurement
+
+
+class Outcome(StrEnum):
+    """One measurement's judgement."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class Judged:
+    outcome: Outcome
+    value: float | None
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries
+
+
+def window(spec: AnalysisSpec) -> str:
+    """The PromQL range of every query: one analysis interval (e.g. `60s`)."""
+    return f"{spec.interval_seconds}s"
+
+
+def _selector(model: str, track: Track, extra: str = "") -> str:
+    return f'model="{model}",track="{track}"{extra}'
+
+
+def _share(model: str, track: Track, win: str) -> str:
+    """Share of predictions per class on one track (docs/metrics.md `class_share`)."""
+    sel = _selector(model, track)
+    return (
+        f"(sum by (class) (rate(rollwise_prediction_value_count{{{sel}}}[{win}]))"
+        f" / ignoring(class) group_left sum(rate(rollwise_prediction_value_count{{{sel}}}[{win}])))"
+    )
+
+
+PSI_FLOOR = 0.0001
+"""Shares are floored at 0.01 % before the PSI logarithm, so a class one side never predicts
+gives a large finite PSI instead of +Inf or NaN (the usual PSI epsilon)."""
+
+
+def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
+    """The PromQL of a built-in check, from the serving image's metric contract (docs/metrics.md).
+
+    - successRate: 100 x docs' `success_rate` (client errors are not the model's fault), percent.
+    - latencyP99: docs' `latency_p99_seconds`, seconds.
+    - predictionDrift: PSI between the candidate's and the stable's class shares, computed in
+      PromQL from `rollwise_prediction_value_count` by class. A regressor (feature schema
+      `output.kind: regressor`) has one class, so for it the candidate's `rollwise_prediction_psi`
+      against the model's reference is used instead (absent without `spec.model.reference`: no
+      data, never a pass).
+    - inputDrift: the candidate's largest `rollwise_feature_psi` (or `feature`'s) against the
+      reference the model ships (`spec.model.reference`; without one there is no data).
+    """
+    model = md.spec.model.name
+    cand = Track.CANDIDATE
+    match check.builtin:
+        case BuiltinMetric.SUCCESS_RATE:
+            ok = _selector(model, cand, ',outcome="success"')
+            judged = _selector(model, cand, ',outcome=~"success|server_error|fallback"')
+            return (
+                f"100 * sum(rate(rollwise_requests_total{{{ok}}}[{win}]))"
+                f" / sum(rate(rollwise_requests_total{{{judged}}}[{win}]))"
+            )
+        case BuiltinMetric.LATENCY_P99:
+            sel = _selector(model, cand)
+            return (
+                "histogram_quantile(0.99, sum by (le) "
+                f"(rate(rollwise_request_duration_seconds_bucket{{{sel}}}[{win}])))"
+            )
+        case BuiltinMetric.PREDICTION_DRIFT:
+            schema = md.spec.model.feature_schema
+            if (
+                schema is not None
+                and schema.output is not None
+                and schema.output.kind is OutputKind.REGRESSOR
+            ):
+                return f"max(rollwise_prediction_psi{{{_selector(model, cand)}}})"
+            c = f"clamp_min({_share(model, cand, win)}, {PSI_FLOOR})"
+            s = f"clamp_min({_share(model, Track.STABLE, win)}, {PSI_FLOOR})"
+            return f"sum(({c} - on(class) {s}) * ln({c} / on(class) {s}))"
+        case BuiltinMetric.INPUT_DRIFT:
+            extra = "" if check.feature is None else f',feature="{check.feature}"'
+            return f"max(rollwise_feature_psi{{{_selector(model, cand, extra)}}})"
+        case None:
+            raise ValueError(f"metric {check.name!r} has no builtin")
+
+
+def render_template(template: str, md: ModelDeployment, *, track: Track, version: str, win: str) -> str:
+    """Fill a custom query's placeholders: {{namespace}}, {{name}}, {{model}}, {{track}},
+    {{version}}, {{interval}}. Unknown `{{...}}` are left as written, so Prometheus rejects them
+    with its own parse error (a failed measurement naming the query)."""
+    values = {
+        "namespace": md.metadata.namespace or "",
+        "name": md.metadata.name,
+        "model": md.spec.model.name,
+        "track": str(track),
+        "version": version,
+        "interval": win,
+    }
+    out = template
+    for key, value in values.items():
+        out = out.replace("{{" + key + "}}", value)
+    return out
+
+
+def metric_query(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) -> str:
+    """The PromQL for one check against the candidate."""
+    win = window(spec)
+    if check.query is not None:
+        return render_template(check.query, md, track=Track.CANDIDATE, version=md.spec.model.version, win=win)
+    return builtin_query(md, check, win)
+
+
+def samples_query(md: ModelDeployment, spec: AnalysisSpec) -> str:
+    """Inference requests the candidate served during the last interval (all outcomes)."""
+    sel = _selector(md.spec.model.name, Track.CANDIDATE)
+    return f"sum(increase(rollwise_requests_total{{{sel}}}[{window(spec)}]))"
+
+
+def taken(analysis: AnalysisStatus) -> int:
+    """Measurements recorded so far (every metric is measured together)."""
+    if not analysis.metrics:
+        return 0
+    m = analysis.metrics[0]
+    return m.successful + m.failed + m.inconclusive
+
+
+def next_due(spec: AnalysisSpec, analysis: AnalysisStatus) -> datetime:
+    """When the next measurement is due; see the module docstring for why a full interval first."""
+    return analysis.started_at + (taken(analysis) + 1) * timedelta(seconds=spec.interval_seconds)
+
+
+def requests_for(
+    md: ModelDeployment, spec: AnalysisSpec, analysis: AnalysisStatus, *, step: int, at: datetime
+) -> list[QueryRequest]:
+    """Every query of the next measurement of `analysis`, due or not."""
+    index = taken(analysis)
+    out: list[QueryRequest] = []
+    if spec.min_sample_count > 0:
+        out.append(QueryRequest(SAMPLES, index, step, samples_query(md, spec), at))
+    for check in spec.metrics:
+        out.append(QueryRequest(check.name, index, step, metric_query(md, check, spec), at))
+    return out
+
+
+def running_analysis(md: ModelDeployment) -> AnalysisStatus | None:
+    """The analysis in progress at the current step, if the status says one runs."""
+    status = md.status
+    analysis = status.analysis
+    if (
+        analysis is None
+        or analysis.verdict is not Verdict.RUNNING
+        or status.current_step is None
+        or analysis.step != status.current_step
+        or status.phase is not Phase.PROGRESSING
+    ):
+        return None
+    return analysis
+
+
+def due_queries(md: ModelDeployment, now: datetime) -> list[QueryRequest]:
+    """What the I/O layer must query before planning this pass (empty when nothing is due).
+
+    Read from the status the last pass wrote: an analysis step in progress whose next measurement
+    time has come. Run every request and pass all answers as `Observed.measurements`.
+    """
+    spec = md.spec.rollout.analysis
+    analysis = running_analysis(md)
+    if spec is None or analysis is None or md.status.current_step is None:
+        return []
+    if now < next_due(spec, analysis):
+        return []
+    return requests_for(md, spec, analysis, step=md.status.current_step, at=now)
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging
+
+
+def _bounds(threshold: ThresholdRange) -> str:
+    if threshold.min is not None and threshold.max is not None:
+        return f"{threshold.min:g}..{threshold.max:g}"
+    if threshold.min is not None:
+        return f">= {threshold.min:g}"
+    return f"<= {threshold.max:g}"
+
+
+def judge(check: MetricCheck, measurement: Measurement) -> Judged:
+    """One metric's measurement against its threshold (the sample gate is applied by `record`)."""
+    match measurement:
+        case QueryError(detail=detail):
+            return Judged(Outcome.FAIL, None, f"query failed: {detail}")
+        case NoData(detail=detail):
+            return Judged(Outcome.INCONCLUSIVE, None, f"no data: {detail}")
+        case Value(value=v) if math.isnan(v):
+            return Judged(Outcome.INCONCLUSIVE, None, "no data: the query returned NaN")
+        case Value(value=v):
+            t = check.threshold
+            inside = (t.min is None or v >= t.min) and (t.max is None or v <= t.max)
+            if inside:
+                return Judged(Outcome.PASS, v, "")
+            return Judged(Outcome.FAIL, v, f"{v:g} is outside {_bounds(t)}")
+
+
+def _gate(spec: AnalysisSpec, samples: Measurement | None) -> Judged | None:
+    """The minSampleCount gate: a judgement for every metric when the candidate served too little."""
+    match samples:
+        case None:
+            return None
+        case QueryError(detail=detail):
+            return Judged(Outcome.FAIL, None, f"request-count query failed: {detail}")
+        case Value(value=v) if not math.isnan(v) and v >= spec.min_sample_count:
+            return None
+        case Value(value=v) if not math.isnan(v):
+            return Judged(
+                Outcome.INCONCLUSIVE,
+                None,
+                f"the candidate served {v:.0f} requests in {window(spec)}, fewer than "
+                f"minSampleCount {spec.min_sample_count}",
+            )
+        case _:
+            return Judged(
+                Outcome.INCONCLUSIVE,
+                None,
+                f"the candidate served no requests in {window(spec)} "
+                f"(minSampleCount {spec.min_sample_count})",
+            )
+
+
+def start(spec: AnalysisSpec, *, step: int | None, now: datetime) -> AnalysisStatus:
+    """A fresh analysis: every metric Running with empty tallies."""
+    return AnalysisStatus(
+        step=step,
+        verdict=Verdict.RUNNING,
+        started_at=now,
+        metrics=[MetricResult(name=m.name, verdict=Verdict.RUNNING) for m in spec.metrics],
+    )
+
+
+def record(
+    spec: AnalysisSpec,
+    analysis: AnalysisStatus,
+    answers: Sequence[Measured],
+    *,
+    step: int,
+    count: int | None,
+) -> AnalysisStatus:
+    """Fold one complete measurement (every query of the next index answered) into the tallies.
+
+    Answers for another step or index, and incomplete sets, change nothing: the I/O layer may
+    hand the same answers twice, or only some of them, and nothing is counted twice or half.
+    """
+    index = taken(analysis)
+    mine = {
+        a.request.metric: a.measurement
+        for a in answers
+        if a.request.index == index and a.request.step == step
+    }
+    needed = [m.name for m in spec.metrics]
+    if any(name not in mine for name in needed):
+        return analysis
+    if spec.min_sample_count > 0 and SAMPLES not in mine:
+        return analysis
+    gate = _gate(spec, mine.get(SAMPLES)) if spec.min_sample_count > 0 else None
+    checks = {m.name: m for m in spec.metrics}
+    tallies: list[MetricResult] = []
+    for result in analysis.metrics:
+        check = checks.get(result.name)
+        if check is None:
+            continue
+        judged = judge(check, mine[check.name])
+        if gate is not None and judged.outcome is not Outcome.FAIL:
+            # Too little traffic makes a value meaningless; a query error still counts as failed.
+            judged = Judged(gate.outcome, judged.value, gate.reason)
+        if gate is not None and gate.outcome is Outcome.FAIL:
+            judged = gate
+        tallies.append(
+            result.model_copy(
+                update={
+                    "successful": result.successful + (judged.outcome is Outcome.PASS),
+                    "failed": result.failed + (judged.outcome is Outcome.FAIL),
+                    "inconclusive": result.inconclusive + (judged.outcome is Outcome.INCONCLUSIVE),
+                    "last_value": judged.value if judged.value is not None else result.last_value,
+                    "message": judged.reason[:4096],
+                }
+            )
+        )
+    return conclude(spec, analysis.model_copy(update={"metrics": tallies}), count=count)
+
+
+def _metric_verdict(spec: AnalysisSpec, m: MetricResult, count: int) -> Verdict:
+    if m.failed > spec.failure_limit:
+        return Verdict.FAILED
+    if m.inconclusive > spec.inconclusive_limit:
+        return Verdict.INCONCLUSIVE
+    if m.successful + m.failed >= count and m.successful > 0:
+        return Verdict.SUCCESSFUL
+    return Verdict.RUNNING
+
+
+def verdict_of(spec: AnalysisSpec, analysis: AnalysisStatus, *, count: int | None) -> tuple[Verdict, str]:
+    """The overall verdict and why: Failed if any metric failed past failureLimit, else
+    Inconclusive past inconclusiveLimit, else Successful once every metric has `count` conclusive
+    measurements with at least one pass, else Running.
+
+    `count` is the step's own count (None: spec.count). Inconclusive measurements do not count
+    towards it: they are retaken at the next interval until the limit is passed.
+    """
+    need = spec.count if count is None else count
+    results = list(analysis.metrics)
+    if not results:
+        return Verdict.RUNNING, "no metrics measured yet"
+    failed = [m for m in results if _metric_verdict(spec, m, need) is Verdict.FAILED]
+    if failed:
+        why = "; ".join(
+            f"{m.name}: {m.failed} failed measurement(s), failureLimit {spec.failure_limit}"
+            + (f" (last: {m.message})" if m.message else "")
+            for m in failed
+        )
+        return Verdict.FAILED, why
+    unsure = [m for m in results if _metric_verdict(spec, m, need) is Verdict.INCONCLUSIVE]
+    if unsure:
+        why = "; ".join(
+            f"{m.name}: {m.inconclusive} inconclusive measurement(s), inconclusiveLimit "
+            f"{spec.inconclusive_limit}" + (f" (last: {m.message})" if m.message else "")
+            for m in unsure
+        )
+        return Verdict.INCONCLUSIVE, why
+    if all(_metric_verdict(spec, m, need) is Verdict.SUCCESSFUL for m in results):
+        return Verdict.SUCCESSFUL, f"every metric passed {need} measurement(s)"
+    return Verdict.RUNNING, f"{taken(analysis)} of {need} measurement(s) taken"
+
+
+def conclude(spec: AnalysisSpec, analysis: AnalysisStatus, *, count: int | None) -> AnalysisStatus:
+    """The analysis with its overall and per-metric verdicts for the step's `count`."""
+    need = spec.count if count is None else count
+    verdict, _ = verdict_of(spec, analysis, count=need)
+    return analysis.model_copy(
+        update={
+            "verdict": verdict,
+            "metrics": [
+                m.model_copy(update={"verdict": _metric_verdict(spec, m, need)}) for m in analysis.metrics
+            ],
+        }
+    )
