@@ -19,6 +19,7 @@ import uvicorn
 from rollwise_serving.config import Settings, SettingsError, parse_settings
 from rollwise_serving.drift import Reference
 from rollwise_serving.features import FeatureSchema, SchemaError
+from rollwise_serving.repository import workers_ready_dir
 
 
 def check_files(settings: Settings) -> list[str]:
@@ -67,9 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
         return 0
     # Workers are separate processes: settings travel as env vars, metrics through files that
-    # prometheus_client aggregates at scrape time (multiprocess mode), wiped on every start.
+    # prometheus_client aggregates at scrape time (multiprocess mode), readiness through one mark
+    # per loaded worker; both are wiped on every start.
     metrics_dir = settings.cache_dir / "prometheus-multiproc"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+    for state in (metrics_dir, workers_ready_dir(settings)):
+        shutil.rmtree(state, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ.update(settings.to_environ())
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

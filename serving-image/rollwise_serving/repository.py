@@ -6,12 +6,17 @@ keeps readiness false with the reason, so Kubernetes sends the pod no traffic an
 ever served. Loading runs in a thread after start-up, so liveness answers at once and readiness
 turns true only when the model is really there. A fallback that fails to load does not block
 readiness (the primary serves), but readiness reports it.
+
+With ``--workers`` > 1 each worker loads its own copy, and a probe reaches only one of them:
+every worker marks itself ready in ``<cache-dir>/workers-ready/`` and readiness is true only when
+all ``--workers`` live workers have, so no request lands on a worker still loading.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +28,10 @@ from rollwise_serving.runtimes import Runtime, load_runtime
 from rollwise_serving.storage import digest_of, fetch_artifact
 
 log = logging.getLogger("rollwise_serving.repository")
+
+
+def workers_ready_dir(settings: Settings) -> Path:
+    return settings.cache_dir / "workers-ready"
 
 
 class LoadState(StrEnum):
@@ -99,10 +108,29 @@ class Repository:
         await asyncio.to_thread(load_slot, self.primary, self.settings)
         if self.fallback is not None:
             await asyncio.to_thread(load_slot, self.fallback, self.settings)
+        if self.settings.workers > 1 and self.primary.state is LoadState.READY:
+            marks = workers_ready_dir(self.settings)
+            marks.mkdir(parents=True, exist_ok=True)
+            (marks / str(os.getpid())).touch()
 
     @property
     def ready(self) -> bool:
-        return self.primary.state is LoadState.READY
+        if self.primary.state is not LoadState.READY:
+            return False
+        return self.settings.workers == 1 or self.workers_ready() >= self.settings.workers
+
+    def workers_ready(self) -> int:
+        """How many live worker processes have their model loaded (multi-worker mode)."""
+        count = 0
+        for mark in workers_ready_dir(self.settings).glob("*"):
+            try:
+                os.kill(int(mark.name), 0)
+            except (ValueError, ProcessLookupError):
+                continue
+            except PermissionError:
+                pass
+            count += 1
+        return count
 
     def runtime(self) -> Runtime:
         if self.primary.runtime is None:
@@ -117,4 +145,8 @@ class Repository:
         body: dict[str, Any] = {"ready": self.ready, "models": [s.as_json() for s in slots]}
         if not self.ready:
             body["reason"] = self.primary.reason
+            if self.primary.state is LoadState.READY:
+                body["reason"] = (
+                    f"{self.workers_ready()} of {self.settings.workers} workers have loaded the model"
+                )
         return body
