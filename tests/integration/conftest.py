@@ -3,6 +3,7 @@ a process with its own identity (so the audit log tells its writes apart), stopp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,6 +57,16 @@ class Operator:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    @contextlib.contextmanager
+    def paused(self, tmp: Path) -> Iterator[None]:
+        """Stop this operator for a while (e.g. so an in-cluster one alone acts), then restart it."""
+        self.stop()
+        try:
+            yield
+        finally:
+            again = start_operator(tmp, self.kubeconfig)
+            self.proc, self.log, self.metrics_port = again.proc, again.log, again.metrics_port
 
     def stop(self) -> None:
         if self.alive():
