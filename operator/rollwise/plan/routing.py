@@ -78,3 +78,97 @@ class Router(Protocol):
     def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterState:
         """The split that the live `objects` (children and provider objects) route."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The serving image's own routing flags, shared by every router: user-hash forwarding works the
+# same behind any provider (stable pods forward a hash range of users to the candidate Service),
+# and the `replicas` router mirrors through them too.
+
+ANNOTATION_WEIGHT = "rollwise.dev/weight"
+"""On the `<name>` Service: the candidate weight the replicas router routes (a ratio of pods
+cannot tell 5 % from 20 % with few pods, so the intent is recorded)."""
+
+
+def service_url(md: ModelDeployment, track: Track) -> str:
+    """A track's Service by cluster DNS: `http://iris-candidate.ml.svc.cluster.local`."""
+    return f"http://{md.metadata.name}-{track}.{md.metadata.namespace or 'default'}.svc.cluster.local"
+
+
+def forward_args(md: ModelDeployment, split: TrafficSplit) -> tuple[str, ...]:
+    """Stable pods forward hash buckets 0..weight-1 of 100 (by the user-id header) to the candidate.
+
+    Example: weight 20 on x-user-id -> `--hash-header x-user-id --hash-range 0-19 --forward-url ...`.
+    """
+    if split.sticky_header is None:
+        return ()
+    return (
+        "--hash-header",
+        split.sticky_header,
+        "--hash-range",
+        f"0-{split.candidate - 1}",
+        "--forward-url",
+        service_url(md, Track.CANDIDATE),
+    )
+
+
+def mirror_args(md: ModelDeployment) -> tuple[str, ...]:
+    """Stable pods copy every request to the candidate Service and discard its answers."""
+    return ("--mirror-url", service_url(md, Track.CANDIDATE))
+
+
+@dataclass(frozen=True)
+class ServingFlags:
+    """Routing flags found on the live stable Deployment's serving container."""
+
+    mirror: bool = False
+    sticky_header: str | None = None
+    sticky_weight: int | None = None
+
+
+def serving_flags(md: ModelDeployment, objects: Sequence[Manifest]) -> ServingFlags:
+    """Read `forward_args`/`mirror_args` back from the stable Deployment among `objects`."""
+    name = f"{md.metadata.name}-{Track.STABLE}"
+    for obj in objects:
+        meta = obj.get("metadata")
+        if obj.get("kind") != "Deployment" or not isinstance(meta, dict) or meta.get("name") != name:
+            continue
+        args = _container_args(obj)
+        flags = dict(zip(args[::1], [*args[1:], ""], strict=True))
+        header = flags.get("--hash-header") or None
+        weight: int | None = None
+        low, _, high = (flags.get("--hash-range") or "").partition("-")
+        if low.isdigit() and high.isdigit():
+            weight = int(high) - int(low) + 1
+        return ServingFlags(mirror="--mirror-url" in flags, sticky_header=header, sticky_weight=weight)
+    return ServingFlags()
+
+
+def _container_args(deployment: Manifest) -> list[str]:
+    spec = deployment.get("spec")
+    template = spec.get("template") if isinstance(spec, dict) else None
+    pod = template.get("spec") if isinstance(template, dict) else None
+    containers = pod.get("containers") if isinstance(pod, dict) else None
+    if not isinstance(containers, list) or not containers or not isinstance(containers[0], dict):
+        return []
+    args = containers[0].get("args")
+    return [str(a) for a in args] if isinstance(args, list) else []
+
+
+def rolled_out(obj: Manifest) -> bool:
+    """A Deployment whose controller has seen its latest spec and updated every replica."""
+    meta, spec, status = obj.get("metadata"), obj.get("spec"), obj.get("status")
+    if not isinstance(meta, dict) or not isinstance(spec, dict) or not isinstance(status, dict):
+        return False
+    generation = meta.get("generation", 0)
+    observed = status.get("observedGeneration", 0)
+    want = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    if not (
+        isinstance(generation, int)
+        and isinstance(observed, int)
+        and isinstance(want, int)
+        and isinstance(updated, int)
+    ):
+        return False
+    return observed >= generation and updated >= want

@@ -1,0 +1,34 @@
+"""Traffic routers, one module per `spec.rollout.traffic.provider` value.
+
+Each implements `plan.routing.Router`; the I/O layer picks one with `router_for` and passes it to
+`plan.machine.decide`. A provider without a router is an error naming the field, never a quiet
+fallback to another router.
+"""
+
+from __future__ import annotations
+
+from rollwise.api.v1alpha1 import TrafficProvider
+from rollwise.plan.routing import Router
+from rollwise.routers.gateway_api import GatewayApiRouter
+from rollwise.routers.istio import IstioRouter
+from rollwise.routers.nginx import NginxRouter
+from rollwise.routers.replicas import ReplicasRouter
+
+ROUTERS: dict[str, Router] = {
+    r.name.value: r for r in (ReplicasRouter(), GatewayApiRouter(), IstioRouter(), NginxRouter())
+}
+
+
+class UnknownRouterError(ValueError):
+    """spec.rollout.traffic.provider names no router."""
+
+
+def router_for(provider: TrafficProvider | str) -> Router:
+    """The router for a provider name, e.g. `router_for("gatewayAPI")`."""
+    try:
+        return ROUTERS[str(provider)]
+    except KeyError:
+        known = ", ".join(sorted(ROUTERS))
+        raise UnknownRouterError(
+            f"spec.rollout.traffic.provider: {str(provider)!r} is not a traffic router; use one of {known}"
+        ) from None

@@ -1,0 +1,237 @@
+"""The `gatewayAPI` router: weights, header matches and mirroring on an existing HTTPRoute.
+
+The user's HTTPRoute (spec.rollout.traffic.gatewayAPI.httpRoute) routes to the `<name>` Service.
+We rewrite every rule that points at one of our Services to two weighted backends,
+`<name>-stable` and `<name>-candidate` (weights 100/0 at rest, so the route never changes shape
+between rollouts); mirroring adds a RequestMirror filter to the candidate; A/B matches add, before
+those rules, one rule per match that sends the matching requests to the candidate. Cookie matches
+become a regular-expression match on the Cookie header (Gateway API has no cookie match).
+
+We apply only `spec.rules` (an atomic list, so we send all of it, the user's other rules
+included); parentRefs and hostnames stay the user's. User-hash A/B runs through the stable
+pods' forwarding flags, behind the route, exactly as with the `replicas` router.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from typing import ClassVar
+
+from rollwise.api.v1alpha1 import CookieMatch, HeaderMatch, ModelDeployment, RequestMatch, TrafficProvider
+from rollwise.plan.desired import SERVICE_PORT
+from rollwise.plan.manifest import JsonValue, Manifest
+from rollwise.plan.names import Track, track_name
+from rollwise.plan.routing import RouterState, Routing, forward_args, serving_flags
+from rollwise.plan.split import TrafficSplit
+
+API_VERSION = "gateway.networking.k8s.io/v1"
+KIND = "HTTPRoute"
+_COOKIE = re.compile(r"^\(\^\|;\\s\*\)(?P<name>.+?)=(?P<value>.*)\(;\|\$\)$")
+
+
+def cookie_regex(cookie: CookieMatch) -> str:
+    """`session=beta` -> `(^|;\\s*)session=beta(;|$)` on the Cookie header (value escaped)."""
+    return f"(^|;\\s*){re.escape(cookie.name)}={re.escape(cookie.value)}(;|$)"
+
+
+def _header_match(match: RequestMatch) -> JsonValue:
+    if match.header is not None:
+        h = match.header
+        if h.value is not None:
+            return {"type": "Exact", "name": h.name, "value": h.value}
+        return {"type": "RegularExpression", "name": h.name, "value": h.regex}
+    assert match.cookie is not None  # the API allows exactly one of header or cookie
+    return {"type": "RegularExpression", "name": "Cookie", "value": cookie_regex(match.cookie)}
+
+
+def _read_match(header: dict[str, JsonValue]) -> RequestMatch | None:
+    name, value, kind = header.get("name"), header.get("value"), header.get("type", "Exact")
+    if not isinstance(name, str) or not isinstance(value, str):
+        return None
+    if name.lower() == "cookie" and kind == "RegularExpression" and (m := _COOKIE.match(value)):
+        return RequestMatch(cookie=CookieMatch(name=_unescape(m["name"]), value=_unescape(m["value"])))
+    if kind == "RegularExpression":
+        return RequestMatch(header=HeaderMatch(name=name, regex=value))
+    return RequestMatch(header=HeaderMatch(name=name, value=value))
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+class GatewayApiRouter:
+    name: ClassVar[TrafficProvider] = TrafficProvider.GATEWAY_API
+    scales_by_weight: ClassVar[bool] = False
+
+    def problems(self, md: ModelDeployment) -> list[str]:
+        if md.spec.rollout.traffic.gateway_api is None:
+            return ["spec.rollout.traffic.gatewayAPI: required with provider gatewayAPI; add httpRoute"]
+        return []
+
+    def route_name(self, md: ModelDeployment) -> str:
+        gw = md.spec.rollout.traffic.gateway_api
+        return gw.http_route if gw is not None else ""
+
+    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> Routing:
+        route = _find(live, self.route_name(md))
+        stable_args = forward_args(md, split)
+        if route is None:
+            return Routing(stable_args=stable_args)
+        name = md.metadata.name
+        ours = {name, track_name(name, Track.STABLE), track_name(name, Track.CANDIDATE)}
+        candidate = track_name(name, Track.CANDIDATE)
+        weight = 0 if split.sticky_header is not None else split.candidate
+        rules: list[JsonValue] = []
+        for rule in _rules(route):
+            if _is_match_rule(rule, candidate):
+                continue  # ours from an earlier render; rebuilt below
+            if not any(_backend_name(b) in ours for b in _backends(rule)):
+                rules.append(rule)
+                continue
+            rules.extend(_match_rules(rule, split.matches, candidate))
+            rules.append(_weighted(rule, name, weight, mirror=split.mirror))
+        spec: Manifest = {"rules": rules}
+        meta: Manifest = {"name": self.route_name(md)}
+        if md.metadata.namespace:
+            meta["namespace"] = md.metadata.namespace
+        return Routing(
+            objects=({"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": spec},),
+            stable_args=stable_args,
+        )
+
+    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterState:
+        route = _find(objects, self.route_name(md))
+        if route is None:
+            return RouterState(
+                None,
+                False,
+                f"HTTPRoute {self.route_name(md)} not found in namespace {md.metadata.namespace}; "
+                f"create it with a rule routing to Service {md.metadata.name}",
+            )
+        name = md.metadata.name
+        stable, candidate = track_name(name, Track.STABLE), track_name(name, Track.CANDIDATE)
+        weights: dict[str, int] = {}
+        mirror = False
+        matches: list[RequestMatch] = []
+        for rule in _rules(route):
+            if _is_match_rule(rule, candidate):
+                for m in _as_list(rule.get("matches")):
+                    headers = _as_list(m.get("headers"))  # ours is the last; the rest are the base's
+                    if headers and (found := _read_match(headers[-1])) is not None and found not in matches:
+                        matches.append(found)
+                continue
+            for b in _backends(rule):
+                if _backend_name(b) in (stable, candidate):
+                    w = b.get("weight", 1)
+                    weights[str(_backend_name(b))] = w if isinstance(w, int) else 0
+            mirror = mirror or any(_mirrors_to(f, candidate) for f in _as_list(rule.get("filters")))
+        if stable not in weights:
+            return RouterState(None, False, f"HTTPRoute {self.route_name(md)} has no rule for {name}")
+        total = weights.get(stable, 0) + weights.get(candidate, 0)
+        weight = 0 if total == 0 else round(100 * weights.get(candidate, 0) / total)
+        flags = serving_flags(md, objects)
+        header = None
+        if flags.sticky_header is not None and flags.sticky_weight is not None:
+            weight, header = flags.sticky_weight, flags.sticky_header
+        split = TrafficSplit(candidate=weight, mirror=mirror, matches=tuple(matches), sticky_header=header)
+        rejected = _rejection(route)
+        return RouterState(split, rejected is None, rejected or "")
+
+
+def _find(objects: Sequence[Manifest], name: str) -> Manifest | None:
+    for o in objects:
+        meta = o.get("metadata")
+        if o.get("kind") == KIND and isinstance(meta, dict) and meta.get("name") == name:
+            return o
+    return None
+
+
+def _as_list(value: JsonValue) -> list[dict[str, JsonValue]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _rules(route: Manifest) -> list[dict[str, JsonValue]]:
+    spec = route.get("spec")
+    return _as_list(spec.get("rules")) if isinstance(spec, dict) else []
+
+
+def _backends(rule: dict[str, JsonValue]) -> list[dict[str, JsonValue]]:
+    return _as_list(rule.get("backendRefs"))
+
+
+def _backend_name(backend: dict[str, JsonValue]) -> str | None:
+    kind = backend.get("kind", "Service")
+    name = backend.get("name")
+    return name if kind == "Service" and isinstance(name, str) else None
+
+
+def _ref(service: str, weight: int) -> dict[str, JsonValue]:
+    return {"kind": "Service", "name": service, "port": SERVICE_PORT, "weight": weight}
+
+
+def _is_match_rule(rule: dict[str, JsonValue], candidate: str) -> bool:
+    """A rule we added for an A/B match: it sends matching requests to the candidate alone."""
+    backends = _backends(rule)
+    return (
+        len(backends) == 1
+        and _backend_name(backends[0]) == candidate
+        and any(_as_list(m.get("headers")) for m in _as_list(rule.get("matches")))
+    )
+
+
+def _mirrors_to(f: dict[str, JsonValue], service: str) -> bool:
+    mirror = f.get("requestMirror")
+    ref = mirror.get("backendRef") if isinstance(mirror, dict) else None
+    return f.get("type") == "RequestMirror" and isinstance(ref, dict) and ref.get("name") == service
+
+
+def _weighted(rule: dict[str, JsonValue], name: str, weight: int, *, mirror: bool) -> dict[str, JsonValue]:
+    out = copy.deepcopy(rule)
+    candidate = track_name(name, Track.CANDIDATE)
+    out["backendRefs"] = [_ref(track_name(name, Track.STABLE), 100 - weight), _ref(candidate, weight)]
+    filters: list[JsonValue] = [f for f in _as_list(rule.get("filters")) if not _mirrors_to(f, candidate)]
+    if mirror:
+        filters.append(
+            {
+                "type": "RequestMirror",
+                "requestMirror": {"backendRef": {"kind": "Service", "name": candidate, "port": SERVICE_PORT}},
+            }
+        )
+    if filters:
+        out["filters"] = filters
+    else:
+        out.pop("filters", None)
+    return out
+
+
+def _match_rules(
+    rule: dict[str, JsonValue], matches: Sequence[RequestMatch], candidate: str
+) -> list[dict[str, JsonValue]]:
+    """One rule per A/B match, keeping the base rule's path so only its requests are diverted."""
+    if not matches:
+        return []
+    base = _as_list(rule.get("matches")) or [{}]
+    out: list[dict[str, JsonValue]] = []
+    for m in matches:
+        combined: list[JsonValue] = []
+        for b in base:
+            entry = {k: v for k, v in b.items() if k != "headers"}
+            entry["headers"] = [*_as_list(b.get("headers")), _header_match(m)]
+            combined.append(entry)
+        out.append({"matches": combined, "backendRefs": [_ref(candidate, 1)]})
+    return out
+
+
+def _rejection(route: Manifest) -> str | None:
+    """Why a parent gateway rejects the current generation of the route, if one does."""
+    meta, status = route.get("metadata"), route.get("status")
+    generation = meta.get("generation") if isinstance(meta, dict) else None
+    parents = status.get("parents") if isinstance(status, dict) else None
+    for parent in _as_list(parents):
+        for c in _as_list(parent.get("conditions")):
+            current = generation is None or c.get("observedGeneration") in (None, generation)
+            if c.get("type") == "Accepted" and c.get("status") == "False" and current:
+                return f"HTTPRoute not accepted: {c.get('reason')}: {c.get('message')}"
+    return None

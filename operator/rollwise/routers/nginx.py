@@ -1,0 +1,201 @@
+"""The `nginx` router: ingress-nginx canary annotations on a second Ingress.
+
+Beside the user's Ingress (spec.rollout.traffic.nginx.ingress, routing to the `<name>` Service)
+we own a canary Ingress `<name>-candidate` with the same class, hosts and paths, pointing at the
+`<name>-candidate` Service, and annotations `canary: "true"`, `canary-weight` (0 at rest, so
+the pair never changes shape between rollouts) and, for A/B, `canary-by-header` /
+`canary-by-header-value` / `canary-by-header-pattern` or `canary-by-cookie`. Shadow sets
+`mirror-target` on the user's Ingress (we apply only that annotation there).
+
+ingress-nginx supports one header and one cookie rule per canary, and routes a cookie canary only
+when its value is `always`; anything else is refused with the fix named, never approximated.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import ClassVar
+
+from rollwise.api.v1alpha1 import (
+    API_VERSION as MD_API_VERSION,
+)
+from rollwise.api.v1alpha1 import (
+    KIND as MD_KIND,
+)
+from rollwise.api.v1alpha1 import (
+    CookieMatch,
+    HeaderMatch,
+    ModelDeployment,
+    RequestMatch,
+    TrafficProvider,
+)
+from rollwise.plan.desired import SERVICE_PORT
+from rollwise.plan.manifest import JsonValue, Manifest
+from rollwise.plan.names import Track, track_labels, track_name
+from rollwise.plan.routing import RouterState, Routing, forward_args, service_url, serving_flags
+from rollwise.plan.split import TrafficSplit
+
+API_VERSION = "networking.k8s.io/v1"
+KIND = "Ingress"
+PREFIX = "nginx.ingress.kubernetes.io/"
+CANARY = PREFIX + "canary"
+WEIGHT = PREFIX + "canary-weight"
+WEIGHT_TOTAL = PREFIX + "canary-weight-total"
+BY_HEADER = PREFIX + "canary-by-header"
+BY_HEADER_VALUE = PREFIX + "canary-by-header-value"
+BY_HEADER_PATTERN = PREFIX + "canary-by-header-pattern"
+BY_COOKIE = PREFIX + "canary-by-cookie"
+MIRROR_TARGET = PREFIX + "mirror-target"
+COOKIE_ALWAYS = "always"
+"""The only cookie value ingress-nginx routes to the canary."""
+
+
+class NginxRouter:
+    name: ClassVar[TrafficProvider] = TrafficProvider.NGINX
+    scales_by_weight: ClassVar[bool] = False
+
+    def problems(self, md: ModelDeployment) -> list[str]:
+        if md.spec.rollout.traffic.nginx is None:
+            return ["spec.rollout.traffic.nginx: required with provider nginx; add ingress"]
+        ab = md.spec.rollout.ab_test
+        matches = ab.match or [] if ab is not None else []
+        out: list[str] = []
+        headers = [i for i, m in enumerate(matches) if m.header is not None]
+        cookies = [i for i, m in enumerate(matches) if m.cookie is not None]
+        if len(headers) > 1:
+            out.append(
+                f"spec.rollout.abTest.match[{headers[1]}]: ingress-nginx routes one header per canary; "
+                "keep one header match (use a regex to accept several values)"
+            )
+        if len(cookies) > 1:
+            out.append(
+                f"spec.rollout.abTest.match[{cookies[1]}]: ingress-nginx routes one cookie per canary; "
+                "keep one cookie match"
+            )
+        for i in cookies:
+            cookie = matches[i].cookie
+            if cookie is not None and cookie.value != COOKIE_ALWAYS:
+                out.append(
+                    f"spec.rollout.abTest.match[{i}].cookie.value: {cookie.value!r} cannot be matched by "
+                    f"ingress-nginx, which routes a cookie canary only when its value is {COOKIE_ALWAYS!r}; "
+                    f"set value: {COOKIE_ALWAYS}, use a header match, or use provider gatewayAPI or istio"
+                )
+        return out
+
+    def ingress_name(self, md: ModelDeployment) -> str:
+        n = md.spec.rollout.traffic.nginx
+        return n.ingress if n is not None else ""
+
+    def canary_name(self, md: ModelDeployment) -> str:
+        return track_name(md.metadata.name, Track.CANDIDATE)
+
+    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> Routing:
+        stable_args = forward_args(md, split)
+        main = _find(live, self.ingress_name(md))
+        if main is None:
+            return Routing(stable_args=stable_args)
+        weight = 0 if split.sticky_header is not None else split.candidate
+        annotations: dict[str, JsonValue] = {CANARY: "true", WEIGHT: str(weight), WEIGHT_TOTAL: "100"}
+        for m in split.matches:
+            if m.header is not None and m.header.value is not None:
+                annotations[BY_HEADER] = m.header.name
+                annotations[BY_HEADER_VALUE] = m.header.value
+            elif m.header is not None:
+                annotations[BY_HEADER] = m.header.name
+                annotations[BY_HEADER_PATTERN] = m.header.regex
+            elif m.cookie is not None:
+                annotations[BY_COOKIE] = m.cookie.name
+        name = md.metadata.name
+        meta: Manifest = {"name": self.canary_name(md)}
+        if md.metadata.namespace:
+            meta["namespace"] = md.metadata.namespace
+        meta["labels"] = track_labels(name, Track.CANDIDATE)
+        meta["annotations"] = dict(sorted(annotations.items()))
+        if md.metadata.uid:
+            meta["ownerReferences"] = [
+                {
+                    "apiVersion": MD_API_VERSION,
+                    "kind": MD_KIND,
+                    "name": name,
+                    "uid": md.metadata.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ]
+        spec: Manifest = {}
+        main_spec = main.get("spec")
+        if isinstance(main_spec, dict):
+            if "ingressClassName" in main_spec:
+                spec["ingressClassName"] = main_spec["ingressClassName"]
+            spec["rules"] = _retarget(main_spec.get("rules"), name, self.canary_name(md))
+        canary: Manifest = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": spec}
+        main_meta: Manifest = {"name": self.ingress_name(md)}
+        if md.metadata.namespace:
+            main_meta["namespace"] = md.metadata.namespace
+        if split.mirror:
+            main_meta["annotations"] = {MIRROR_TARGET: f"{service_url(md, Track.CANDIDATE)}$request_uri"}
+        mirror_patch: Manifest = {"apiVersion": API_VERSION, "kind": KIND, "metadata": main_meta}
+        return Routing(objects=(canary, mirror_patch), stable_args=stable_args)
+
+    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterState:
+        main = _find(objects, self.ingress_name(md))
+        if main is None:
+            return RouterState(
+                None,
+                False,
+                f"Ingress {self.ingress_name(md)} not found in namespace {md.metadata.namespace}; "
+                f"create it routing to Service {md.metadata.name}",
+            )
+        canary = _find(objects, self.canary_name(md))
+        if canary is None:
+            return RouterState(None, False, f"canary Ingress {self.canary_name(md)} not created yet")
+        a = _annotations(canary)
+        raw = a.get(WEIGHT, "0")
+        if a.get(CANARY) != "true" or not raw.isdigit():
+            return RouterState(None, False, f"Ingress {self.canary_name(md)} is not an nginx canary")
+        matches: list[RequestMatch] = []
+        if BY_HEADER in a and BY_HEADER_VALUE in a:
+            matches.append(RequestMatch(header=HeaderMatch(name=a[BY_HEADER], value=a[BY_HEADER_VALUE])))
+        elif BY_HEADER in a and BY_HEADER_PATTERN in a:
+            matches.append(RequestMatch(header=HeaderMatch(name=a[BY_HEADER], regex=a[BY_HEADER_PATTERN])))
+        if BY_COOKIE in a:
+            matches.append(RequestMatch(cookie=CookieMatch(name=a[BY_COOKIE], value=COOKIE_ALWAYS)))
+        mirror = _annotations(main).get(MIRROR_TARGET, "").startswith(service_url(md, Track.CANDIDATE))
+        weight = int(raw)
+        flags = serving_flags(md, objects)
+        header = None
+        if flags.sticky_header is not None and flags.sticky_weight is not None:
+            weight, header = flags.sticky_weight, flags.sticky_header
+        split = TrafficSplit(candidate=weight, mirror=mirror, matches=tuple(matches), sticky_header=header)
+        return RouterState(split, True)
+
+
+def _find(objects: Sequence[Manifest], name: str) -> Manifest | None:
+    for o in objects:
+        meta = o.get("metadata")
+        if o.get("kind") == KIND and isinstance(meta, dict) and meta.get("name") == name:
+            return o
+    return None
+
+
+def _annotations(obj: Manifest) -> dict[str, str]:
+    meta = obj.get("metadata")
+    raw = meta.get("annotations") if isinstance(meta, dict) else None
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def _retarget(rules: JsonValue, service: str, canary: str) -> list[JsonValue]:
+    """The user's rules with every backend on `service` moved to `canary` (port 80)."""
+    out: list[JsonValue] = []
+    for original in rules if isinstance(rules, list) else []:
+        rule = copy.deepcopy(original)
+        http = rule.get("http") if isinstance(rule, dict) else None
+        paths = http.get("paths") if isinstance(http, dict) else None
+        for path in paths if isinstance(paths, list) else []:
+            backend = path.get("backend") if isinstance(path, dict) else None
+            svc = backend.get("service") if isinstance(backend, dict) else None
+            if isinstance(svc, dict) and svc.get("name") == service and isinstance(backend, dict):
+                backend["service"] = {"name": canary, "port": {"number": SERVICE_PORT}}
+        out.append(rule)
+    return out

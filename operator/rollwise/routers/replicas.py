@@ -1,0 +1,110 @@
+"""The `replicas` router: needs nothing installed.
+
+Weights: both tracks sit behind the `<name>` Service, and the planner shares pods between them by
+weight (`plan.split.replicas_for`); at 0 % the Service selects only stable pods (a blue/green
+preview or a first analysis runs beside it unseen), at 100 % only candidate pods (the blue/green
+switch, with the old stable still up as the instant rollback). The intended weight is recorded
+on the Service (`rollwise.dev/weight`), since a pod ratio cannot tell 5 % from 20 %.
+
+Shadow and user-hash A/B go through the serving image's own flags on the stable pods:
+`--mirror-url` copies each request to the candidate Service and discards its answer;
+`--hash-header/--hash-range/--forward-url` forward a fixed set of user-hash buckets to it. Header
+and cookie matches need a proxy, so they are refused here with the fix named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
+from rollwise.plan.manifest import Manifest
+from rollwise.plan.names import LABEL_TRACK, Track
+from rollwise.plan.routing import (
+    ANNOTATION_WEIGHT,
+    RouterState,
+    Routing,
+    forward_args,
+    mirror_args,
+    rolled_out,
+    serving_flags,
+)
+from rollwise.plan.split import TrafficSplit
+
+
+class ReplicasRouter:
+    name: ClassVar[TrafficProvider] = TrafficProvider.REPLICAS
+    scales_by_weight: ClassVar[bool] = True
+
+    def problems(self, md: ModelDeployment) -> list[str]:
+        ab = md.spec.rollout.ab_test
+        if ab is not None and ab.match is not None:
+            return [
+                "spec.rollout.abTest.match: the replicas router cannot route by header or cookie; "
+                "use abTest.userHash, or set spec.rollout.traffic.provider to gatewayAPI, istio or nginx"
+            ]
+        return []
+
+    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> Routing:
+        stable_args: tuple[str, ...] = ()
+        main: Track | None
+        if split.sticky_header is not None:
+            main, stable_args = Track.STABLE, forward_args(md, split)
+        elif split.candidate == 0:
+            main = Track.STABLE
+        elif split.candidate == 100:
+            main = Track.CANDIDATE
+        else:
+            main = None
+        if split.mirror:
+            stable_args = (*stable_args, *mirror_args(md))
+        return Routing(
+            main_track=main,
+            main_annotations=((ANNOTATION_WEIGHT, str(split.candidate)),),
+            stable_args=stable_args,
+        )
+
+    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterState:
+        service = _find(objects, "Service", md.metadata.name)
+        if service is None:
+            return RouterState(None, False, f"Service {md.metadata.name} not found")
+        meta = service.get("metadata")
+        annotations = meta.get("annotations") if isinstance(meta, dict) else None
+        raw = annotations.get(ANNOTATION_WEIGHT) if isinstance(annotations, dict) else None
+        spec = service.get("spec")
+        selector = spec.get("selector") if isinstance(spec, dict) else None
+        track = selector.get(LABEL_TRACK) if isinstance(selector, dict) else None
+        if isinstance(raw, str) and raw.isdigit() and int(raw) <= 100:
+            weight = int(raw)
+        elif track == Track.STABLE:
+            weight = 0
+        elif track == Track.CANDIDATE:
+            weight = 100
+        else:
+            return RouterState(None, False, f"Service {md.metadata.name} records no weight")
+        flags = serving_flags(md, objects)
+        header = flags.sticky_header if flags.sticky_weight is not None else None
+        if header is not None and not 0 < weight < 100:
+            return RouterState(None, False, f"user-hash forwarding with weight {weight}")
+        split = TrafficSplit(candidate=weight, mirror=flags.mirror, sticky_header=header)
+        deployments = [
+            o
+            for o in objects
+            if o.get("kind") == "Deployment" and _name(o).startswith(f"{md.metadata.name}-")
+        ]
+        stable = _find(objects, "Deployment", f"{md.metadata.name}-{Track.STABLE}")
+        if stable is None:
+            return RouterState(split, False, "the stable Deployment does not exist yet")
+        waiting = [_name(d) for d in deployments if not rolled_out(d)]
+        if waiting:
+            return RouterState(split, False, f"waiting for {', '.join(waiting)} to roll out")
+        return RouterState(split, True)
+
+
+def _name(obj: Manifest) -> str:
+    meta = obj.get("metadata")
+    return str(meta.get("name", "")) if isinstance(meta, dict) else ""
+
+
+def _find(objects: Sequence[Manifest], kind: str, name: str) -> Manifest | None:
+    return next((o for o in objects if o.get("kind") == kind and _name(o) == name), None)
