@@ -22,7 +22,7 @@ unit: bootstrap
 	$(VENV)/python -m pytest tests/unit
 
 demo: bootstrap
-	$(VENV)/rollwise demo
+	$(VENV)/python -m e2e.demo
 
 cluster-up: bootstrap
 	$(VENV)/python -m e2e.cluster up
