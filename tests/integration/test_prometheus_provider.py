@@ -1,0 +1,238 @@
+"""The Prometheus provider against a real Prometheus scraping a real exporter process.
+
+Debian's `/usr/bin/prometheus` is started on a free loopback port with a 1 s scrape of a tiny
+exporter (prometheus_client in a child process) that serves known values. Both are stopped by
+PID. A missing binary fails the test with the command that installs it; it never skips.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from rollwise.api.v1alpha1 import ModelDeployment
+from rollwise.metrics.prometheus import BreakerState, CircuitBreaker, PrometheusProvider, RetryPolicy
+from rollwise.plan.analysis import NoData, QueryError, Value, builtin_query, samples_query, window
+
+from tests.unit.manifests import base
+
+EXPORTER = """
+import sys, time
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+registry = CollectorRegistry()
+Gauge("known_value", "a fixed number", registry=registry).set(42.5)
+pair = Gauge("two_series", "two series", ["side"], registry=registry)
+pair.labels("a").set(1)
+pair.labels("b").set(2)
+requests = Counter("rollwise_requests_total", "requests", ["model", "version", "track", "outcome"], registry=registry)
+start_http_server(int(sys.argv[1]), addr="127.0.0.1", registry=registry)
+while True:
+    requests.labels("iris", "2.0.0", "candidate", "success").inc(10)
+    time.sleep(0.1)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Prom:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    tmp = tmp_path_factory.mktemp("exporter")
+    port = free_port()
+    log = tmp / "exporter.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EXPORTER, str(port)], stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200,
+            30,
+            "the exporter",
+            log,
+        )
+        yield port
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def prometheus(exporter: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
+    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+    if not Path(binary).exists():
+        pytest.fail("prometheus is not installed; run `apt-get install prometheus`", pytrace=False)
+    tmp = tmp_path_factory.mktemp("prometheus")
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: known\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n"
+    )
+    port = free_port()
+    log = tmp / "prometheus.log"
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(url + "/-/ready", timeout=1).status_code == 200, 60, "Prometheus", log)
+
+        def scraped_twice() -> bool:
+            r = httpx.get(
+                url + "/api/v1/query", params={"query": "count_over_time(known_value[1m])"}, timeout=2
+            )
+            result = r.json()["data"]["result"]
+            return bool(result) and float(result[0]["value"][1]) >= 3
+
+        wait_for(scraped_twice, 60, "three scrapes of the exporter", log)
+        yield Prom(url, proc)
+    finally:
+        stop(proc)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def provider(url: str, **kw: object) -> PrometheusProvider:
+    return PrometheusProvider(url, sleep=lambda _: None, **kw)  # type: ignore[arg-type]
+
+
+def test_a_known_value_is_measured(prometheus: Prom) -> None:
+    assert provider(prometheus.url).query("known_value", now()) == Value(42.5)
+
+
+def test_an_arithmetic_scalar_is_a_value(prometheus: Prom) -> None:
+    assert provider(prometheus.url).query("scalar(known_value) * 2", now()) == Value(85.0)
+
+
+def test_an_empty_vector_is_no_data(prometheus: Prom) -> None:
+    assert isinstance(provider(prometheus.url).query('known_value{job="nope"}', now()), NoData)
+
+
+def test_nan_is_no_data(prometheus: Prom) -> None:
+    m = provider(prometheus.url).query("known_value - known_value / 0 * 0", now())
+    assert isinstance(m, NoData), m
+
+
+def test_several_series_are_an_error_asking_for_an_aggregation(prometheus: Prom) -> None:
+    m = provider(prometheus.url).query("two_series", now())
+    assert isinstance(m, QueryError) and "2 series" in m.detail and "sum(" in m.detail
+
+
+def test_bad_promql_is_an_error_with_prometheus_message_and_no_retry(prometheus: Prom) -> None:
+    sleeps: list[float] = []
+    p = PrometheusProvider(prometheus.url, sleep=sleeps.append)
+    m = p.query("sum(rate(known_value[", now())
+    assert isinstance(m, QueryError)
+    assert "bad_data" in m.detail and "sum(rate(known_value[" in m.detail
+    assert sleeps == []  # a query Prometheus rejects is not retried
+    assert p.breaker.state is BreakerState.CLOSED  # and Prometheus itself is fine
+
+
+def test_the_builtin_queries_parse_on_a_real_prometheus(prometheus: Prom) -> None:
+    doc = base()
+    doc["spec"]["model"]["version"] = "2.0.0"
+    doc["spec"]["rollout"]["analysis"]["metrics"] = [
+        {"name": "ok", "builtin": "successRate", "threshold": {"min": 99}},
+        {"name": "p99", "builtin": "latencyP99", "threshold": {"max": 0.5}},
+        {"name": "drift", "builtin": "predictionDrift", "threshold": {"max": 0.2}},
+        {"name": "input", "builtin": "inputDrift", "feature": "petal_length", "threshold": {"max": 0.2}},
+    ]
+    md = ModelDeployment.model_validate(doc)
+    spec = md.spec.rollout.analysis
+    assert spec is not None
+    p = provider(prometheus.url)
+    for check in spec.metrics:
+        m = p.query(builtin_query(md, check, window(spec)), now())
+        assert not isinstance(m, QueryError), (check.name, m)
+    # The success rate counts the exporter's real counter: all successes -> 100 %.
+    success = p.query(builtin_query(md, spec.metrics[0], "10s"), now())
+    assert success == Value(100.0)
+    samples = p.query(samples_query(md, spec), now())
+    assert isinstance(samples, Value) and samples.value > 0
+
+
+def test_a_dead_prometheus_is_an_error_and_opens_the_breaker(prometheus: Prom, exporter: int) -> None:
+    clock = [0.0]
+    breaker = CircuitBreaker(failure_threshold=2, reset_after_seconds=30, clock=lambda: clock[0])
+    sleeps: list[float] = []
+    p = PrometheusProvider(
+        prometheus.url,
+        breaker=breaker,
+        retry=RetryPolicy(attempts=3, base_delay_seconds=0.2, max_delay_seconds=2),
+        timeout_seconds=1,
+        sleep=sleeps.append,
+    )
+    assert p.query("known_value", now()) == Value(42.5)
+    stop(prometheus.proc)
+    first = p.query("known_value", now())
+    assert isinstance(first, QueryError) and "failed 3 attempt(s)" in first.detail
+    assert len(sleeps) == 2
+    assert 0.1 <= sleeps[0] <= 0.2 and 0.2 <= sleeps[1] <= 0.4  # exponential, with jitter
+    assert breaker.state is BreakerState.CLOSED
+    second = p.query("known_value", now())
+    assert isinstance(second, QueryError)
+    assert breaker.state is BreakerState.OPEN
+    sleeps.clear()
+    third = p.query("known_value", now())
+    assert isinstance(third, QueryError) and "circuit open" in third.detail
+    assert sleeps == []  # no request, no retry while open
+    clock[0] = 31.0  # half-open: one trial, which fails again and reopens
+    fourth = p.query("known_value", now())
+    assert isinstance(fourth, QueryError) and "failed 3 attempt(s)" in fourth.detail
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_an_unreachable_port_is_an_error_not_a_pass() -> None:
+    p = provider(f"http://127.0.0.1:{free_port()}", retry=RetryPolicy(attempts=2))
+    m = p.query("up", now())
+    assert isinstance(m, QueryError) and "ConnectError" in m.detail
