@@ -34,7 +34,8 @@ Gauge("known_value", "a fixed number", registry=registry).set(42.5)
 pair = Gauge("two_series", "two series", ["side"], registry=registry)
 pair.labels("a").set(1)
 pair.labels("b").set(2)
-requests = Counter("rollwise_requests_total", "requests", ["model", "version", "track", "outcome"], registry=registry)
+labels = ["model", "version", "track", "outcome"]
+requests = Counter("rollwise_requests_total", "requests", labels, registry=registry)
 start_http_server(int(sys.argv[1]), addr="127.0.0.1", registry=registry)
 while True:
     requests.labels("iris", "2.0.0", "candidate", "success").inc(10)

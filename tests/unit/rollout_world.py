@@ -43,11 +43,17 @@ def http_route(name: str = "web", service: str = "iris") -> Manifest:
         "spec": {
             "parentRefs": [{"name": "gw"}],
             "rules": [
-                {"matches": [{"path": {"type": "PathPrefix", "value": "/docs"}}], "backendRefs": [{"name": "docs", "port": 80}]},
-                {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}], "backendRefs": [{"name": service, "port": 80}]},
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/docs"}}],
+                    "backendRefs": [{"name": "docs", "port": 80}],
+                },
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                    "backendRefs": [{"name": service, "port": 80}],
+                },
             ],
         },
-    }  # fmt: skip
+    }
 
 
 def virtual_service(name: str = "web", service: str = "iris") -> Manifest:
@@ -58,11 +64,15 @@ def virtual_service(name: str = "web", service: str = "iris") -> Manifest:
         "spec": {
             "hosts": ["iris.example"],
             "http": [
-                {"name": "docs", "match": [{"uri": {"prefix": "/docs"}}], "route": [{"destination": {"host": "docs"}}]},
+                {
+                    "name": "docs",
+                    "match": [{"uri": {"prefix": "/docs"}}],
+                    "route": [{"destination": {"host": "docs"}}],
+                },
                 {"name": "infer", "route": [{"destination": {"host": f"{service}.ml.svc.cluster.local"}}]},
             ],
         },
-    }  # fmt: skip
+    }
 
 
 def ingress(name: str = "web", service: str = "iris") -> Manifest:
@@ -75,11 +85,19 @@ def ingress(name: str = "web", service: str = "iris") -> Manifest:
             "rules": [
                 {
                     "host": "iris.example",
-                    "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": service, "port": {"number": 80}}}}]},
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/",
+                                "pathType": "Prefix",
+                                "backend": {"service": {"name": service, "port": {"number": 80}}},
+                            }
+                        ]
+                    },
                 }
             ],
         },
-    }  # fmt: skip
+    }
 
 
 def _ready(deployment: Manifest, *, crash: bool) -> Manifest:
@@ -98,8 +116,14 @@ def _ready(deployment: Manifest, *, crash: bool) -> Manifest:
         "updatedReplicas": replicas,
         "readyReplicas": available,
         "availableReplicas": available,
-        "conditions": [{"type": "Available", "status": "True" if available else "False", "message": "CrashLoopBackOff" if crash else ""}],
-    }  # fmt: skip
+        "conditions": [
+            {
+                "type": "Available",
+                "status": "True" if available else "False",
+                "message": "CrashLoopBackOff" if crash else "",
+            }
+        ],
+    }
     return out
 
 
