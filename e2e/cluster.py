@@ -608,12 +608,25 @@ def audit_path() -> Path:
 # --- status / env --------------------------------------------------------------------------------
 
 
+def rss_mib(pid: int | None) -> float:
+    """Resident memory of a process, in MiB (0 when it is gone)."""
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def status() -> int:
     state = running_components()
+    total = 0.0
     for comp in COMPONENTS:
         pid = read_pid(comp.name)
         word = "running" if state[comp.name] else "stopped"
-        print(f"{comp.name:24} {word:8} pid={pid or '-':<8} log={log_file(comp.name)}")
+        mib = rss_mib(pid) if state[comp.name] else 0.0
+        total += mib
+        print(f"{comp.name:24} {word:8} pid={pid or '-':<8} rss={mib:6.0f}MiB log={log_file(comp.name)}")
+    print(f"{'total':24} {'':8} {'':12} rss={total:6.0f}MiB (cluster processes, pods excluded)")
     print(f"kubeconfig: {paths.KUBECONFIG}{'' if paths.KUBECONFIG.exists() else ' (absent)'}")
     print(f"prometheus: {PROMETHEUS_URL}")
     return 0 if all(state[name] for name in expected_components()) else 1
