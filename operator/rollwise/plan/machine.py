@@ -212,6 +212,11 @@ class World:
         objects = (*self.observed.children, *self.observed.router_objects)
         return self.router.read(self.md, objects).carries(split)
 
+    def unrouted(self) -> bool:
+        """The router's object is missing: nothing can route to the candidate through it."""
+        objects = (*self.observed.children, *self.observed.router_objects)
+        return self.router.read(self.md, objects).split is None
+
     def router_message(self) -> str:
         objects = (*self.observed.children, *self.observed.router_objects)
         return self.router.read(self.md, objects).message
@@ -417,6 +422,20 @@ def _stuck(world: World, state: State) -> Stuck | None:
     return None
 
 
+def _unrouted(world: World, state: State) -> Stuck | None:
+    """A step whose routing never took effect (a missing HTTPRoute, a rejected route) by the deadline."""
+    started = state.step_started_at
+    if (
+        isinstance(_current(world, state), (Pause, Analyze))
+        or started is None
+        or world.now < started + world.deadline
+        or world.routes(split_of(world, state))
+    ):
+        return None
+    seconds = world.md.spec.rollout.progress_deadline_seconds
+    return Stuck(f"the traffic router did not apply the step within {seconds}s: {world.router_message()}")
+
+
 def next_event(world: World, state: State) -> Event | None:
     """The first event that applies, in priority order: spec problems, a human, a spec change,
     then the rollout's own progress."""
@@ -445,7 +464,7 @@ def next_event(world: World, state: State) -> Event | None:
             g = gate(world, state, 0)
             return g.failed or (Started() if g.open else _stuck(world, state))
         case Phase.PROGRESSING:
-            if (stuck := _stuck(world, state)) is not None:
+            if (stuck := _stuck(world, state) or _unrouted(world, state)) is not None:
                 return stuck
             step = _current(world, state)
             if isinstance(step, Analyze) and state.analysis is not None:
@@ -463,7 +482,9 @@ def next_event(world: World, state: State) -> Event | None:
             return StepDone()
         case Phase.PROMOTING if world.stable_ready(state) and world.routes(split_of(world, state)):
             return Promoted()
-        case Phase.ROLLING_BACK if world.stable_ready(state) and world.routes(TrafficSplit.stable_only()):
+        case Phase.ROLLING_BACK if world.stable_ready(state) and (
+            world.routes(TrafficSplit.stable_only()) or world.unrouted()
+        ):
             return Settled()
         case _:
             return None
