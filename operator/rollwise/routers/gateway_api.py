@@ -123,9 +123,12 @@ class GatewayApiRouter:
                         matches.append(found)
                 continue
             for b in _backends(rule):
-                if _backend_name(b) in (stable, candidate):
+                target = _backend_name(b)
+                if target == name:  # not rendered yet: `<name>` selects the stable pods only
+                    target = stable
+                if target in (stable, candidate):
                     w = b.get("weight", 1)
-                    weights[str(_backend_name(b))] = w if isinstance(w, int) else 0
+                    weights[target] = weights.get(target, 0) + (w if isinstance(w, int) else 0)
             mirror = mirror or any(_mirrors_to(f, candidate) for f in _as_list(rule.get("filters")))
         if stable not in weights:
             return RouterState(None, False, f"HTTPRoute {self.route_name(md)} has no rule for {name}")

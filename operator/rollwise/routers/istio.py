@@ -33,6 +33,10 @@ def _fqdn(md: ModelDeployment, track: Track) -> str:
     return f"{track_name(md.metadata.name, track)}.{md.metadata.namespace or 'default'}.svc.cluster.local"
 
 
+def _main_fqdn(md: ModelDeployment) -> str:
+    return f"{md.metadata.name}.{md.metadata.namespace or 'default'}.svc.cluster.local"
+
+
 def cookie_regex(cookie: CookieMatch) -> str:
     """Istio's cookie idiom: `^(.*?;)?(?:\\s*)?session=beta(;.*)?$` on the `cookie` header."""
     return f"^(.*?;)?(?:\\s*)?{re.escape(cookie.name)}={re.escape(cookie.value)}(;.*)?$"
@@ -152,8 +156,10 @@ class IstioRouter:
             d = dest.get("destination")
             host = d.get("host") if isinstance(d, dict) else None
             w = dest.get("weight", 100)
+            if host in (md.metadata.name, _main_fqdn(md)):  # not rendered yet: `<name>` is stable-only
+                host = _fqdn(md, Track.STABLE)
             if isinstance(host, str):
-                weights[host] = w if isinstance(w, int) else 0
+                weights[host] = weights.get(host, 0) + (w if isinstance(w, int) else 0)
         stable, candidate = _fqdn(md, Track.STABLE), _fqdn(md, Track.CANDIDATE)
         if stable not in weights:
             return RouterState(None, False, f"VirtualService {vs_name} does not route to {stable}")
