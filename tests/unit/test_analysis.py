@@ -1,0 +1,220 @@
+"""Measurements + thresholds -> verdicts, and which queries are due when."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from rollwise.api.v1alpha1 import AnalysisSpec, MetricCheck, ModelDeployment, Verdict
+from rollwise.plan.analysis import (
+    Measured,
+    Measurement,
+    NoData,
+    Outcome,
+    QueryError,
+    QueryRequest,
+    Value,
+    builtin_query,
+    judge,
+    record,
+    render_template,
+    start,
+    verdict_of,
+)
+from rollwise.plan.names import Track
+
+from tests.unit.manifests import base
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+PLENTY = Value(500)
+
+
+def spec(**kw: Any) -> AnalysisSpec:
+    return AnalysisSpec.model_validate(
+        {"metrics": [{"name": "ok", "builtin": "successRate", "threshold": {"min": 99}}], **kw}
+    )
+
+
+def check(**threshold: float) -> MetricCheck:
+    return MetricCheck.model_validate({"name": "m", "query": "x", "threshold": threshold})
+
+
+@pytest.mark.parametrize(
+    ("threshold", "measurement", "outcome", "reason"),
+    [
+        pytest.param({"min": 99}, Value(99.0), Outcome.PASS, "", id="a value on the bound passes"),
+        pytest.param({"min": 99}, Value(98.9), Outcome.FAIL, "98.9 is outside >= 99", id="below min fails"),
+        pytest.param({"max": 0.5}, Value(0.7), Outcome.FAIL, "0.7 is outside <= 0.5", id="above max fails"),
+        pytest.param(
+            {"min": 1, "max": 2}, Value(3), Outcome.FAIL, "3 is outside 1..2", id="outside a range fails"
+        ),
+        pytest.param(
+            {"max": 0.2}, Value(float("inf")), Outcome.FAIL, "inf is outside <= 0.2", id="infinity fails"
+        ),
+        pytest.param(
+            {"min": 0},
+            NoData(),
+            Outcome.INCONCLUSIVE,
+            "no data: the query returned no data",
+            id="no data is inconclusive",
+        ),
+        pytest.param(
+            {"min": 0},
+            Value(float("nan")),
+            Outcome.INCONCLUSIVE,
+            "no data: the query returned NaN",
+            id="NaN is inconclusive",
+        ),
+        pytest.param(
+            {"min": 0}, QueryError("refused"), Outcome.FAIL, "query failed: refused", id="an error fails"
+        ),
+    ],
+)
+def test_judge(threshold: dict[str, float], measurement: Measurement, outcome: Outcome, reason: str) -> None:
+    j = judge(check(**threshold), measurement)
+    assert (j.outcome, j.reason) == (outcome, reason)
+
+
+def answer(metric: Measurement, samples: Measurement | None = PLENTY, index: int = 0) -> list[Measured]:
+    out = [Measured(QueryRequest("ok", index, 1, "q", T0), metric)]
+    if samples is not None:
+        out.append(Measured(QueryRequest(None, index, 1, "s", T0), samples))
+    return out
+
+
+def test_the_same_answers_twice_count_once() -> None:
+    s = spec(count=3)
+    a = start(s, step=1, now=T0)
+    once = record(s, a, answer(Value(100)), step=1, count=None)
+    twice = record(s, once, answer(Value(100)), step=1, count=None)
+    assert once.metrics[0].successful == 1 and twice == once
+
+
+def test_answers_for_another_step_or_index_or_incomplete_sets_change_nothing() -> None:
+    s = spec()
+    a = start(s, step=1, now=T0)
+    assert record(s, a, answer(Value(100), index=1), step=1, count=None) == a
+    assert record(s, a, answer(Value(100)), step=2, count=None) == a
+    assert record(s, a, answer(Value(100), samples=None), step=1, count=None) == a
+
+
+@pytest.mark.parametrize(
+    ("kw", "rounds", "verdict"),
+    [
+        pytest.param(
+            {"count": 2}, [Value(100), Value(100)], Verdict.SUCCESSFUL, id="count passing measurements pass"
+        ),
+        pytest.param({"count": 2}, [Value(100)], Verdict.RUNNING, id="fewer than count keeps running"),
+        pytest.param({"count": 2}, [Value(1)], Verdict.FAILED, id="one failure past failureLimit 0 fails"),
+        pytest.param(
+            {"count": 2, "failureLimit": 1},
+            [Value(1), Value(100)],
+            Verdict.SUCCESSFUL,
+            id="a failure within the limit is tolerated",
+        ),
+        pytest.param(
+            {"count": 1, "inconclusiveLimit": 5},
+            [NoData()] * 5,
+            Verdict.RUNNING,
+            id="inconclusive ones never count towards count",
+        ),
+        pytest.param(
+            {"count": 1}, [NoData()], Verdict.INCONCLUSIVE, id="past inconclusiveLimit is inconclusive"
+        ),
+        pytest.param(
+            {"count": 1, "failureLimit": 3},
+            [QueryError("x")] * 3,
+            Verdict.RUNNING,
+            id="all failures within the limit never pass",
+        ),
+    ],
+)
+def test_verdicts(kw: dict[str, Any], rounds: list[Measurement], verdict: Verdict) -> None:
+    s = spec(**kw)
+    a = start(s, step=1, now=T0)
+    for i, m in enumerate(rounds):
+        a = record(s, a, answer(m, index=i), step=1, count=None)
+    assert verdict_of(s, a, count=None)[0] is verdict and a.verdict is verdict
+
+
+def test_too_few_requests_make_a_good_value_inconclusive_and_say_why() -> None:
+    s = spec(minSampleCount=50, intervalSeconds=60)
+    a = record(s, start(s, step=1, now=T0), answer(Value(100), Value(12)), step=1, count=None)
+    m = a.metrics[0]
+    assert (m.inconclusive, m.successful) == (1, 0)
+    assert m.message == "the candidate served 12 requests in 60s, fewer than minSampleCount 50"
+
+
+def md(**model: Any) -> ModelDeployment:
+    doc = base()
+    doc["spec"]["model"] |= model
+    return ModelDeployment.model_validate(doc)
+
+
+@pytest.mark.parametrize(
+    ("metric", "promql"),
+    [
+        pytest.param(
+            {"builtin": "successRate", "threshold": {"min": 99}},
+            '100 * sum(rate(rollwise_requests_total{model="iris",track="candidate",outcome="success"}[60s]))'
+            ' / sum(rate(rollwise_requests_total{model="iris",track="candidate",'
+            'outcome=~"success|server_error|fallback"}[60s]))',
+            id="successRate is docs/metrics.md's success_rate in percent",
+        ),
+        pytest.param(
+            {"builtin": "latencyP99", "threshold": {"max": 0.5}},
+            "histogram_quantile(0.99, sum by (le) (rate(rollwise_request_duration_seconds_bucket"
+            '{model="iris",track="candidate"}[60s])))',
+            id="latencyP99 is docs/metrics.md's latency_p99_seconds",
+        ),
+        pytest.param(
+            {"builtin": "inputDrift", "feature": "age", "threshold": {"max": 0.2}},
+            'max(rollwise_feature_psi{model="iris",track="candidate",feature="age"})',
+            id="inputDrift watches one feature's PSI",
+        ),
+    ],
+)
+def test_builtin_queries_use_the_metric_contract(metric: dict[str, Any], promql: str) -> None:
+    c = MetricCheck.model_validate({"name": "m", **metric})
+    assert builtin_query(md(), c, "60s") == promql
+
+
+def test_prediction_drift_compares_candidate_and_stable_class_shares() -> None:
+    c = MetricCheck.model_validate({"name": "d", "builtin": "predictionDrift", "threshold": {"max": 0.2}})
+    q = builtin_query(md(), c, "60s")
+    assert q.startswith("sum((clamp_min(") and "ln(" in q
+    assert 'track="candidate"' in q and 'track="stable"' in q
+
+
+def test_custom_templates_get_every_placeholder() -> None:
+    q = render_template(
+        "x{ns='{{namespace}}',n='{{name}}',m='{{model}}',t='{{track}}',v='{{version}}'}"
+        "[{{interval}}] {{other}}",
+        md(),
+        track=Track.CANDIDATE,
+        version="2.0.0",
+        win="30s",
+    )
+    assert q == "x{ns='ml',n='iris',m='iris',t='candidate',v='2.0.0'}[30s] {{other}}"
+
+
+def test_measurements_are_due_one_interval_after_the_analysis_started() -> None:
+    from rollwise.plan.analysis import due_queries, next_due  # noqa: PLC0415
+
+    doc = base()
+    doc["spec"]["rollout"]["analysis"]["intervalSeconds"] = 30
+    s = AnalysisSpec.model_validate(doc["spec"]["rollout"]["analysis"])
+    a = start(s, step=1, now=T0)
+    doc["status"] = {
+        "phase": "Progressing",
+        "currentStep": 1,
+        "analysis": a.model_dump(mode="json", by_alias=True),
+    }
+    m = ModelDeployment.model_validate(doc)
+    assert next_due(s, a) == T0 + timedelta(seconds=30)
+    assert due_queries(m, T0 + timedelta(seconds=29)) == []
+    due = due_queries(m, T0 + timedelta(seconds=30))
+    assert [(q.metric, q.index, q.step) for q in due] == [(None, 0, 1), ("ok", 0, 1)]
+    doc["status"]["phase"] = "Paused"
+    assert due_queries(ModelDeployment.model_validate(doc), T0 + timedelta(seconds=90)) == []
