@@ -259,3 +259,58 @@ def _eventually(check: Any, timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             pytest.fail("condition not met in time")
         time.sleep(0.05)
+
+
+BATCH_PROBE = """
+import numpy as np
+
+class Model:
+    def predict(self, inputs):
+        x = next(iter(inputs.values()))
+        return {"row": x[:, 0].copy(), "call_rows": np.full(len(x), len(x), dtype=np.int64)}
+"""
+
+
+def test_concurrent_requests_share_bounded_predict_calls(
+    fresh_servers: ServerFactory, tmp_path: Path
+) -> None:
+    """Micro-batching happens, respects --max-batch-size, and hands each caller its own rows."""
+    path = tmp_path / "probe.py"
+    path.write_text(BATCH_PROBE)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    s = fresh_servers.start(
+        "--model-uri",
+        str(path),
+        "--sha256",
+        sha,
+        "--format",
+        "python",
+        "--name",
+        "iris",
+        "--version",
+        "v1",
+        "--max-batch-size",
+        "4",
+    )
+    seen: list[tuple[float, list[float], int]] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        with httpx.Client(base_url=s.url, timeout=10) as c:
+            for j in range(30):
+                marker = float(i * 1000 + j)
+                r = c.post("/v2/models/iris/infer", content=infer_body([[marker, 0.0]], "FP64"))
+                out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+                with lock:
+                    seen.append((marker, out["row"], out["call_rows"][0]))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 360
+    assert all(row == [marker] for marker, row, _ in seen), "a caller got another caller's row"
+    sizes = [size for _, _, size in seen]
+    assert max(sizes) > 1, "no two concurrent requests ever shared a predict call"
+    assert max(sizes) <= 4
