@@ -808,7 +808,7 @@ def _stable_view(stable: TrackState, revision: RevisionSpec) -> TrackState:
     return TrackState(exists=stable.exists, replicas=stable.replicas, message=stable.message)
 
 
-def _health(state: State, stable: TrackState) -> State:
+def _health(state: State, stable: TrackState, *, first: bool = False) -> State:
     """Steady phases follow the stable's health (no rollout to drive them)."""
     if state.phase not in STEADY_PHASES:
         return state
@@ -826,7 +826,7 @@ def _health(state: State, stable: TrackState) -> State:
         phase, reason = Phase.PENDING, Reason.WAITING_FOR_READY
         message = f"waiting for the stable Deployment to become ready{why}"
     out = replace(state, phase=phase, reason=reason, message=message)
-    if phase != state.phase:
+    if phase != state.phase or first:  # `first`: a new object gets an Event for its first phase
         kind = EventType.NORMAL if phase in (Phase.HEALTHY, Phase.PENDING) else EventType.WARNING
         out = out.note(kind, reason, f"{phase.value}: {message}")
     return out
@@ -1100,7 +1100,7 @@ def decide(
         if event is None:
             break
         state = _fold_measurements(world, transition(world, state, event))
-    state = _health(state, _stable_view(observed.stable, state.stable))
+    state = _health(state, _stable_view(observed.stable, state.stable), first=md.status.phase is None)
     desired, delete, split = desired_objects(world, state, owner_uid=owner_uid, serving_image=serving_image)
     calls = [*webhook_calls(world, state), *_post_rollout(world, before, state)]
     status = status_of(md, state, split, now=now)
@@ -1180,8 +1180,11 @@ def _without_router(
     revision = revision_from_spec(md)
     children = tuple(desired_children(md, owner_uid=owner_uid, serving_image=serving_image))
     stable = _stable_view(observed.stable, revision)
+    phase = previous.phase if previous.phase in STEADY_PHASES else Phase.PENDING
     state = _health(
-        State(phase=previous.phase or Phase.PENDING, stable=revision, history=tuple(previous.history)), stable
+        State(phase=phase or Phase.PENDING, stable=revision, history=tuple(previous.history)),
+        stable,
+        first=previous.phase is None,
     )
     kind = _STATE_OF.get(state.phase, ConditionType.RECONCILING)
     if state.phase is Phase.DEGRADED and state.reason is Reason.PROGRESS_DEADLINE_EXCEEDED:

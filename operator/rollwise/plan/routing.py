@@ -55,8 +55,20 @@ class RouterState:
     """Why not, when `split` is None or `accepted` is False."""
 
     def carries(self, split: TrafficSplit) -> bool:
-        """Whether `split` is what the live objects route, and in effect."""
-        return self.accepted and self.split == split
+        """Whether `split` is what the live objects route, and in effect.
+
+        Matches are alternatives ("any entry"), so their order does not matter: ingress-nginx
+        keeps a header and a cookie rule in separate annotations and cannot say which came first.
+        """
+        if not self.accepted or self.split is None:
+            return False
+        live = self.split
+        return (live.candidate, live.mirror, live.sticky_header, set(live.matches)) == (
+            split.candidate,
+            split.mirror,
+            split.sticky_header,
+            set(split.matches),
+        )
 
 
 class Router(Protocol):
