@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,27 @@ def test_deleting_a_model_deployment_removes_its_children(
         ),
         60,
     )
+
+
+def test_the_operator_exports_its_own_metrics(cluster: Cluster, operator: Operator, namespace: str) -> None:
+    assert apply(namespace, manifest("counted")).returncode == 0
+    wait_healthy(cluster, namespace, "counted")
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line.startswith("rollwise_operator_"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
+
+    samples = wait_until(
+        "Healthy counted by phase",
+        lambda: (s := scrape()).get('rollwise_operator_model_deployments{phase="Healthy"}', 0) >= 1 and s,
+        30,
+    )
+    assert samples['rollwise_operator_reconciles_total{result="ok"}'] >= 1
+    assert samples["rollwise_operator_reconcile_duration_seconds_count"] >= 1
+    assert samples['rollwise_operator_api_writes_total{kind="Deployment",verb="apply"}'] >= 1
