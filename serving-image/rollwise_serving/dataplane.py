@@ -99,7 +99,13 @@ class Batcher:
                         await asyncio.sleep(0)
                 batch = self._take()
                 self._last_batch = len(batch)
-                await self._run(batch)
+                try:
+                    await self._run(batch)
+                except Exception as err:  # a bug here must fail these requests, not hang them
+                    log.exception("batch failed unexpectedly")
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(PredictError(f"internal error: {err}"))
         finally:
             self._drainer = None
 
@@ -127,8 +133,11 @@ class Batcher:
             inputs = batch[0].inputs
         else:
             inputs = {k: np.concatenate([i.inputs[k] for i in batch]) for k in batch[0].inputs}
+        rows = sum(item.rows for item in batch)
         try:
             prediction = await self._primary(inputs)
+            if len(batch) > 1:
+                _check_rows(prediction, rows)
         except TimeoutError:
             await self._fallback(batch, "deadline")
             return
@@ -186,6 +195,16 @@ class Batcher:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_rows(prediction: Prediction, rows: int) -> None:
+    """A shared call must answer one row per input row, or it cannot be split back per caller."""
+    for name, array in prediction.outputs.items():
+        if array.ndim == 0 or len(array) != rows:
+            shape = list(array.shape)
+            raise PredictError(
+                f"the model returned output {name!r} with shape {shape} for {rows} input row(s)"
+            )
 
 
 def _consume(future: asyncio.Future[Prediction]) -> None:
