@@ -20,6 +20,7 @@ from kubernetes import client, config
 from rollwise import telemetry
 from rollwise.api.v1alpha1 import GROUP, PLURAL, VERSION
 from rollwise.kube.reconcile import Memory, reconcile
+from rollwise.metrics.prometheus import CircuitBreaker, PrometheusProvider
 from rollwise.plan.names import LABEL_MODEL_DEPLOYMENT
 from rollwise.settings import OperatorSettings
 
@@ -51,7 +52,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     memo.api = api_client()
+    # One Prometheus, one breaker: when it is down, every analysis fails fast instead of each
+    # ModelDeployment hammering it with retries.
+    memo.prometheus = PrometheusProvider(op.prometheus_url, breaker=CircuitBreaker())
 
 
 def _children_key(namespace: str | None, labels: kopf.Labels) -> tuple[str | None, str]:
@@ -105,6 +110,53 @@ def forget(namespace: str | None, name: str | None, **_: Any) -> None:
     telemetry.PHASES.forget(namespace or "", name or "")
 
 
+# Router objects: the user's HTTPRoute / VirtualService / Ingress named in a spec (not ours, so
+# indexed by name), and our own canary Ingress. Registered only for the routers this installation
+# enables (settings.routers), so clusters without those CRDs or RBAC watch nothing extra.
+ROUTER_RESOURCES = {
+    "gatewayAPI": ("gateway.networking.k8s.io", "v1", "httproutes", ("gatewayAPI", "httpRoute")),
+    "istio": ("networking.istio.io", "v1", "virtualservices", ("istio", "virtualService")),
+    "nginx": ("networking.k8s.io", "v1", "ingresses", ("nginx", "ingress")),
+}
+
+
+def _router_objects_by_name(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> Any:
+    return {(namespace, body.get("kind"), name): dict(body)}
+
+
+def _router_object_changed(*, namespace: str | None, memories: kopf.Index[Any, Any], **_: Any) -> None:
+    # A route's status (accepted or not) decides whether a step took effect: wake its namespace.
+    for key in list(memories):
+        if key[0] == namespace:
+            _wake(memories, key)
+
+
+def register_routers(enabled: frozenset[str]) -> None:
+    for router in sorted(enabled & set(ROUTER_RESOURCES)):
+        group, version, plural, _ = ROUTER_RESOURCES[router]
+        kopf.index(group, version, plural, id=f"router_{router}")(_router_objects_by_name)
+        kopf.on.event(group, version, plural, id=f"router_{router}_changed")(_router_object_changed)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
+    if "nginx" in enabled:
+        kopf.index("networking.k8s.io", "v1", "ingresses", labels=OWNED, id="owned_ingresses")(_owned)
+
+
+def _owned(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    return {_children_key(namespace, labels): dict(body)}
+
+
+def router_objects_of(body: kopf.Body, indices: dict[str, Any]) -> list[Any]:
+    """The live provider object the spec names, if its router is enabled and it exists."""
+    traffic = ((body.get("spec") or {}).get("rollout") or {}).get("traffic") or {}
+    found: list[Any] = []
+    for router, (_, _, _, (block, field)) in ROUTER_RESOURCES.items():
+        name = (traffic.get(block) or {}).get(field)
+        index = indices.get(f"router_{router}")
+        if name and index is not None:
+            kind = {"gatewayAPI": "HTTPRoute", "istio": "VirtualService", "nginx": "Ingress"}[router]
+            found += list(index.get((body["metadata"]["namespace"], kind, name), []))
+    return found
+
+
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
 async def steward(
     *,
@@ -117,7 +169,7 @@ async def steward(
     owned_services: kopf.Index[Any, Any],
     owned_hpas: kopf.Index[Any, Any],
     logger: kopf.Logger,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     if "rollwise" not in memo:
         memo.rollwise = Memory()
@@ -127,9 +179,18 @@ async def steward(
     while not stopped:
         memory.wake.clear()
         children = [*owned_deployments.get(key, []), *owned_services.get(key, []), *owned_hpas.get(key, [])]
+        if (owned_ingresses := kwargs.get("owned_ingresses")) is not None:
+            children += owned_ingresses.get(key, [])
         try:
             decision = await reconcile(
-                memo.api, body, children, settings=settings, memory=memory, now=dt.datetime.now(dt.UTC)
+                memo.api,
+                body,
+                children,
+                settings=settings,
+                memory=memory,
+                now=dt.datetime.now(dt.UTC),
+                router_objects=router_objects_of(body, kwargs),
+                provider=memo.prometheus,
             )
             wait = decision.requeue_after.total_seconds() if decision and decision.requeue_after else None
         except client.ApiException as err:

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     telemetry.serve(settings.metrics_port)
-    assert handlers.steward  # the import registers the handlers with Kopf's default registry
+    # Importing handlers registered the fixed handlers; routers' watches depend on the settings.
+    handlers.register_routers(settings.routers)
     ns = settings.watch_namespace
     kopf.run(
         clusterwide=not ns,

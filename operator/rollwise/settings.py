@@ -11,6 +11,8 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from rollwise.routers import ROUTERS  # the names users write in spec.rollout.traffic.provider
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -37,6 +39,9 @@ class OperatorSettings:
     resync_seconds: float
     """How often an idle ModelDeployment is re-planned from the indexed world (reads only)."""
     log_level: str
+    routers: frozenset[str] = frozenset({"replicas"})
+    """Traffic routers this installation serves (`ROLLWISE_ROUTERS`, comma-separated): only their
+    objects are watched, so a cluster without Gateway API or Istio CRDs needs no RBAC for them."""
 
 
 def _int(env: Mapping[str, str], key: str, default: int, errors: list[str], *, low: int, high: int) -> int:
@@ -68,6 +73,13 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
     metrics_port = _int(env, "ROLLWISE_METRICS_PORT", 9100, errors, low=1, high=65535)
     resync = _int(env, "ROLLWISE_RESYNC_SECONDS", 300, errors, low=5, high=86400)
     priority = _int(env, "ROLLWISE_PEERING_PRIORITY", random.randint(1, 32767), errors, low=0, high=2**31 - 1)
+
+    routers = {r.strip() for r in env.get("ROLLWISE_ROUTERS", "replicas").split(",") if r.strip()}
+    unknown = sorted(routers - set(ROUTERS))
+    if unknown:
+        errors.append(
+            f"ROLLWISE_ROUTERS names unknown routers {unknown}; use any of {', '.join(sorted(ROUTERS))}"
+        )
     if errors:
         raise SettingsError("invalid operator settings:\n  " + "\n  ".join(errors))
     return OperatorSettings(
@@ -80,4 +92,5 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         peering_priority=priority,
         resync_seconds=float(resync),
         log_level=log_level,
+        routers=frozenset(routers | {"replicas"}),
     )

@@ -51,8 +51,8 @@ PEERING_RULES: RuleTable = {
     ("kopf.dev", "kopfpeerings"): READ | {"patch"},
 }
 ROUTER_RULES: dict[str, RuleTable] = {
-    "gatewayAPI": {("gateway.networking.k8s.io", "httproutes"): OWN},
-    "istio": {("networking.istio.io", "virtualservices"): OWN},
+    "gatewayAPI": {("gateway.networking.k8s.io", "httproutes"): READ | {"patch"}},
+    "istio": {("networking.istio.io", "virtualservices"): READ | {"patch"}},
     "nginx": {("networking.k8s.io", "ingresses"): OWN},
 }
 
@@ -230,6 +230,7 @@ def test_operator_container_runs_the_operator_with_its_settings(default_render: 
         "ROLLWISE_METRICS_PORT": "9100",
         "ROLLWISE_LOG_LEVEL": "info",
         "ROLLWISE_PEERING": "rollwise",
+        "ROLLWISE_ROUTERS": "replicas",
         "ROLLWISE_LIVENESS_ENDPOINT": "http://0.0.0.0:8080/healthz",
         "POD_ID": None,
         "POD_NAMESPACE": None,

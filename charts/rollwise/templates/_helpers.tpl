@@ -76,16 +76,18 @@ Rules for namespaced objects: the same list goes into the ClusterRole (all names
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Routers edit the user's own route object (server-side apply of the weights); never create it.
 {{- if .Values.routers.gatewayAPI.enabled }}
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "patch"]
 {{- end }}
 {{- if .Values.routers.istio.enabled }}
 - apiGroups: ["networking.istio.io"]
   resources: ["virtualservices"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "patch"]
 {{- end }}
+# nginx: the user's Ingress is read; the canary Ingress `<name>-candidate` is ours.
 {{- if .Values.routers.nginx.enabled }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
@@ -102,4 +104,13 @@ Rules for namespaced objects: the same list goes into the ClusterRole (all names
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+{{- end -}}
+
+{{/* Comma-separated router names for ROLLWISE_ROUTERS. */}}
+{{- define "rollwise.routers" -}}
+{{- $names := list "replicas" -}}
+{{- range $name := list "gatewayAPI" "istio" "nginx" -}}
+{{- if (index $.Values.routers $name).enabled -}}{{- $names = append $names $name -}}{{- end -}}
+{{- end -}}
+{{- join "," $names -}}
 {{- end -}}

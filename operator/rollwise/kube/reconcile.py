@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes import client
@@ -23,9 +23,13 @@ from rollwise.kube.apply import ObjectKey, apply_objects, delete_objects, desire
 from rollwise.kube.events import post_events
 from rollwise.kube.observe import observe
 from rollwise.kube.status import patch_status, status_differs
+from rollwise.kube.webhooks import call_webhook
+from rollwise.plan.analysis import Measured, MetricProvider, due_queries
 from rollwise.plan.conditions import kstatus_conditions
 from rollwise.plan.decision import Decision, EventType, Note
 from rollwise.plan.machine import decide
+from rollwise.plan.observed import WebhookKey, WebhookResult
+from rollwise.routers import router_for
 from rollwise.settings import OperatorSettings
 
 log = logging.getLogger("rollwise.reconcile")
@@ -39,6 +43,10 @@ class Memory:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     last_status: dict[str, Any] | None = None
     applied: dict[ObjectKey, str] = field(default_factory=dict)
+    webhooks: dict[WebhookKey, WebhookResult] = field(default_factory=dict)
+    """Webhook answers held for the planner: ok ones until the gate moves on, a failed one for
+    exactly one pass (so a retry calls again)."""
+    webhook_revision: str | None = None
 
 
 def status_json(status: ModelDeploymentStatus) -> dict[str, Any]:
@@ -82,6 +90,8 @@ async def reconcile(
     settings: OperatorSettings,
     memory: Memory,
     now: dt.datetime,
+    router_objects: Sequence[Mapping[str, Any]] = (),
+    provider: MetricProvider | None = None,
 ) -> Decision | None:
     """Run one pass; returns the decision, or None when the spec is invalid."""
     meta = body["metadata"]
@@ -104,10 +114,37 @@ async def reconcile(
             telemetry.RECONCILES.labels("invalid").inc()
             telemetry.PHASES.set(namespace, name, Phase.INVALID.value)
             return None
-        observed = observe(children)
-        log.debug("%s/%s observed stable=%s", namespace, name, observed.stable)
-        decision = decide(md, observed, now=now, owner_uid=meta["uid"], serving_image=settings.serving_image)
-        live = {ObjectKey.of(c): c for c in children}
+        candidate_revision = md.status.candidate_revision
+        if candidate_revision != memory.webhook_revision:
+            memory.webhooks.clear()  # answers belong to the candidate they were asked about
+            memory.webhook_revision = candidate_revision
+        measurements: tuple[Measured, ...] = ()
+        if provider is not None:
+            due = due_queries(md, now)
+            measurements = tuple(
+                await asyncio.gather(*(asyncio.to_thread(_measure, provider, request) for request in due))
+            )
+        observed = replace(
+            observe(children),
+            router_objects=tuple(dict(o) for o in router_objects),
+            measurements=measurements,
+            webhooks=tuple(memory.webhooks.values()),
+        )
+        # A failed answer is shown to the planner once; the gate then decides to retry or fail.
+        for failed in [k for k, r in memory.webhooks.items() if not r.ok]:
+            del memory.webhooks[failed]
+        log.debug(
+            "%s/%s observed stable=%s candidate=%s", namespace, name, observed.stable, observed.candidate
+        )
+        decision = decide(
+            md,
+            observed,
+            now=now,
+            owner_uid=meta["uid"],
+            serving_image=settings.serving_image,
+            router=router_for(md.spec.rollout.traffic.provider),
+        )
+        live = {ObjectKey.of(c): c for c in [*children, *router_objects]}
         # Skip what we applied already when the index still shows the older copy (it lags our own
         # write by an event); apply_objects skips what the live object already matches.
         stale = [
@@ -127,10 +164,18 @@ async def reconcile(
                 telemetry.API_WRITES.labels(key.kind, "delete").inc()
                 memory.applied.pop(key, None)
         await _write_status(api, body, status_json(decision.status), memory, decision.notes)
+        pending = [c for c in decision.webhook_calls if c.key not in memory.webhooks]
+        for result in await asyncio.gather(*(asyncio.to_thread(call_webhook, c, body) for c in pending)):
+            memory.webhooks[result.key] = result
+            memory.wake.set()  # the planner acts on the answer in the next pass
         telemetry.RECONCILES.labels("ok").inc()
         if decision.status.phase is not None:
             telemetry.PHASES.set(namespace, name, decision.status.phase.value)
         return decision
+
+
+def _measure(provider: MetricProvider, request: Any) -> Measured:
+    return Measured(request, provider.query(request.promql, request.at))
 
 
 async def _write_status(
