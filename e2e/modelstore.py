@@ -24,13 +24,58 @@ NAMESPACE = "rollwise-system"
 MODELS_DIR = paths.CACHE / "example-models"
 
 
+# Deliberately bad candidates for the rollout scenarios: each looks fine to the server (it loads,
+# its digest matches) and fails only in the signal the operator must catch.
+BAD_MODELS = {
+    "iris-broken.py": "raise RuntimeError('this candidate fails every prediction, on purpose')",
+    "iris-slow.py": "time.sleep(0.4)\n        return _rule(inputs)",
+    "iris-drift.py": "return {'label': np.full(len(_rows(inputs)), 'virginica', dtype=object)}",
+}
+BAD_MODEL_TEMPLATE = """\
+\"\"\"A bad Iris candidate for Rollwise's rollout tests.\"\"\"
+
+import time
+
+import numpy as np
+
+
+def _rows(inputs):
+    return np.asarray(next(iter(inputs.values())), dtype=np.float64)
+
+
+def _rule(inputs):
+    petal = _rows(inputs)[:, 2]
+    label = np.where(petal < 2.5, "setosa", np.where(petal < 4.9, "versicolor", "virginica"))
+    return {{"label": label.astype(object)}}
+
+
+class Model:
+    inputs = [{{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}}]
+    outputs = [{{"name": "label", "datatype": "BYTES", "shape": [-1]}}]
+    classes = ["setosa", "versicolor", "virginica"]
+
+    def predict(self, inputs):
+        {body}
+"""
+
+
 def make_models(out: Path = MODELS_DIR) -> Path:
-    """Write the example artifacts (idempotent: the script is deterministic)."""
+    """Write the example artifacts (idempotent: the script is deterministic) and the bad ones."""
     if not (out / "manifest.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         script = paths.REPO / "serving-image" / "make_example_models.py"
         subprocess.run([sys.executable, str(script), str(out)], check=True, capture_output=True)
+    for name, body in BAD_MODELS.items():
+        (out / name).write_text(BAD_MODEL_TEMPLATE.format(body=body))
     return out
+
+
+def sha256_of(artifact: str) -> str:
+    return hashlib.sha256((make_models() / artifact).read_bytes()).hexdigest()
+
+
+def uri_of(artifact: str) -> str:
+    return f"http://models.{NAMESPACE}.svc/{artifact}"
 
 
 def _tag(models: Path) -> str:

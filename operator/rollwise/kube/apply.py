@@ -81,9 +81,14 @@ def _request(
     *,
     query: list[tuple[str, str]],
     content_type: str,
-    body: str,
+    body: str | dict[str, Any],
 ) -> None:
-    """One raw request (the typed API classes have no server-side apply); raises on non-2xx."""
+    """One raw request (the typed API classes have no server-side apply); raises on non-2xx.
+
+    `body` is a dict for JSON (the client encodes it) and a pre-encoded string for the apply-patch
+    content type (which the client will not encode); a string sent as JSON would be encoded twice
+    and rejected with 400.
+    """
     serialized = api.param_serialize(
         method,
         path,
@@ -132,7 +137,7 @@ def delete_objects(api: client.ApiClient, keys: Sequence[ObjectKey]) -> list[Obj
                 key.path(),
                 query=[],
                 content_type="application/json",
-                body=json.dumps({"propagationPolicy": "Background"}),
+                body={"propagationPolicy": "Background"},
             )
         except ApiException as err:
             if err.status != 404:

@@ -45,6 +45,8 @@ PVC_ROOT = "/mnt/pvc"
 """`pvc://claim/path` is mounted read-only at `/mnt/pvc/claim` and passed as `file:///mnt/pvc/claim/path`."""
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVE_COMMAND = "rollwise-serve"
+PRESTOP_SLEEP_SECONDS = 5
+"""How long a terminating serving pod keeps serving before SIGTERM reaches the server."""
 
 
 def revision_of(revision: RevisionSpec) -> str:
@@ -217,8 +219,12 @@ def serving_container(
         container["resources"] = resources
     # The startup probe gives a slow artifact download time before liveness can restart the pod.
     container["startupProbe"] = _probe("/v2/health/live", period=2, failures=150)
-    container["readinessProbe"] = _probe("/v2/health/ready", period=5, failures=3)
+    container["readinessProbe"] = _probe("/v2/health/ready", period=2, failures=3)
     container["livenessProbe"] = _probe("/v2/health/live", period=10, failures=3)
+    # Keep answering while the pod leaves the Service's endpoints: kube-proxy and ingress
+    # controllers learn of a terminating pod a moment after it gets SIGTERM, and a rollout that
+    # drops requests in that moment is a rollout users see.
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}}
     container["securityContext"] = {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS,
