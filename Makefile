@@ -13,6 +13,7 @@ lint: bootstrap
 	$(VENV)/mypy
 	$(VENV)/lint-imports
 	$(VENV)/python -m rollwise.api.crdgen --check
+	bash charts/sync-crds.sh --check
 
 # Everything CI runs: lint, then every test against the real local cluster.
 test: lint
