@@ -586,6 +586,22 @@ def leftovers() -> dict[str, list[str]]:
     }
 
 
+def restart_component(name: str) -> int:
+    """Start one stopped component again with its usual arguments (tests stop one to see how
+    the rest copes, e.g. Prometheus going away mid-rollout)."""
+    comp = next(c for c in COMPONENTS if c.name == name)
+    if alive(read_pid(name)):
+        return read_pid(name) or 0
+    return start(name, comp.argv(load_topology()))
+
+
+def stop_component(name: str) -> None:
+    pid = read_pid(name)
+    if alive(pid):
+        assert pid is not None
+        stop_pid(pid)
+
+
 def user_kubeconfig(user: str, groups: tuple[str, ...] = ()) -> Path:
     """A kubeconfig for a client certificate with this user name and groups (issued on demand).
 

@@ -27,16 +27,8 @@ SERVING_IMAGE = "rollwise/serving:0.1.0"
 
 
 def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [str(paths.KUBECTL), f"--kubeconfig={paths.KUBECONFIG}", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
-    return proc
+    """The harness's kubectl (admin kubeconfig); with check, a failure raises with its stderr."""
+    return local_cluster.kubectl(*args, stdin=stdin, check=check)
 
 
 def free_port() -> int:

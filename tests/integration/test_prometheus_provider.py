@@ -195,9 +195,10 @@ def test_the_builtin_queries_parse_on_a_real_prometheus(prometheus: Prom) -> Non
     for check in spec.metrics:
         m = p.query(builtin_query(md, check, window(spec)), now())
         assert not isinstance(m, QueryError), (check.name, m)
-    # The success rate counts the exporter's real counter: all successes -> 100 %.
+    # The success rate counts the exporter's real counter: all successes -> 100 % (rate() ratios
+    # of the same counter may differ from 100 in the last bits).
     success = p.query(builtin_query(md, spec.metrics[0], "10s"), now())
-    assert success == Value(100.0)
+    assert isinstance(success, Value) and success.value == pytest.approx(100.0)
     samples = p.query(samples_query(md, spec), now())
     assert isinstance(samples, Value) and samples.value > 0
 

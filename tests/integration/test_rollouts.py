@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from e2e import cluster as local_cluster
 from e2e import modelstore, paths
 from tests.conftest import Cluster, wait_until
 from tests.integration.conftest import Operator
@@ -29,7 +30,8 @@ from tests.integration.test_real_serving import build
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.prometheus, pytest.mark.slow]
 
 BASE = yaml.safe_load((paths.REPO / "examples" / "iris-sklearn.yaml").read_text())
-ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [6.7, 3.0, 5.2, 2.3]}]}
+# One row of each Iris class, cycled, so class shares mean something for drift checks.
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]]
 ANALYSIS = {
     "intervalSeconds": 5,
     "count": 3,
@@ -52,14 +54,19 @@ def model(version: str, artifact: str, fmt: str) -> dict[str, Any]:
     }
 
 
-def canary(version: str, artifact: str, fmt: str) -> dict[str, Any]:
+def canary(
+    version: str, artifact: str, fmt: str, *, metrics: list[dict[str, Any]] | None = None, deadline: int = 120
+) -> dict[str, Any]:
     md = copy.deepcopy(BASE)
     md["spec"]["model"] = model(version, artifact, fmt)
     md["spec"]["runtime"] = {"replicas": 2}
+    analysis = dict(ANALYSIS)
+    if metrics is not None:
+        analysis["metrics"] = metrics
     md["spec"]["rollout"] = {
         "canary": {"steps": [{"setWeight": 50}, {"analysis": {}}]},
-        "analysis": ANALYSIS,
-        "progressDeadlineSeconds": 120,
+        "analysis": analysis,
+        "progressDeadlineSeconds": deadline,
     }
     return md
 
@@ -75,10 +82,18 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        body = json.dumps(ROW).encode()
+        bodies = [
+            json.dumps(
+                {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": r}]}
+            ).encode()
+            for r in ROWS
+        ]
         deadline = time.monotonic() + self.limit_seconds
+        sent = 0
         while not self.stop.is_set() and time.monotonic() < deadline:
             started = time.monotonic()
+            body = bodies[sent % len(bodies)]
+            sent += 1
             req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(req, timeout=5) as resp:
@@ -200,3 +215,85 @@ def test_a_failing_candidate_is_rolled_back_within_seconds(
         f"\nbad candidate: rolled back (candidate at 0 replicas) {back - took_traffic:.1f}s and last failed "
         f"request {last_failure - took_traffic:.1f}s after its pods took traffic"
     )
+
+
+def rolled_back(cluster: Cluster, namespace: str) -> bool:
+    md = get_md(cluster, namespace, "iris")
+    dep = cluster.apps.read_namespaced_deployment("iris-candidate", namespace)
+    return bool(md["status"].get("phase") == "RolledBack" and (dep.spec.replicas or 0) == 0)
+
+
+BAD_CANDIDATES = [
+    pytest.param(
+        "iris-slow.py",
+        None,
+        "latency",
+        id="a candidate whose p99 latency rises is rolled back",
+    ),
+    pytest.param(
+        "iris-drift.py",
+        [{"name": "prediction-drift", "builtin": "predictionDrift", "threshold": {"max": 0.2}}],
+        "prediction-drift",
+        id="a candidate whose predictions drift from stable's is rolled back",
+    ),
+]
+
+
+@pytest.mark.parametrize(("artifact", "metrics", "failed_check"), BAD_CANDIDATES)
+def test_a_bad_candidate_is_rolled_back_on_its_signal(
+    cluster: Cluster, namespace: str, load: Load, artifact: str, metrics: list[dict[str, Any]] | None,
+    failed_check: str,
+) -> None:  # fmt: skip
+    wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
+    assert apply(namespace, canary("3.0.0-bad", artifact, "python", metrics=metrics)).returncode == 0
+    wait_until("the bad candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
+    took_traffic = time.monotonic()
+    with_status(
+        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
+    )
+    elapsed = time.monotonic() - took_traffic
+    md = get_md(cluster, namespace, "iris")
+    assert md["status"]["stableVersion"] == "1.0.0"
+    verdicts = {m["name"]: m["verdict"] for m in md["status"]["analysis"]["metrics"]}
+    assert verdicts[failed_check] == "Failed", verdicts
+    print(f"\n{artifact}: rolled back {elapsed:.1f}s after its pods took traffic")
+
+
+def test_a_candidate_that_never_gets_ready_is_rolled_back_at_the_deadline(
+    cluster: Cluster, namespace: str, load: Load
+) -> None:
+    wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
+    started = time.monotonic()
+    bad = canary("4.0.0-tampered", "iris-v2.joblib", "sklearn", deadline=30)
+    bad["spec"]["model"]["sha256"] = "0" * 64  # the server refuses to load it: never ready
+    assert apply(namespace, bad).returncode == 0
+    with_status(
+        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
+    )
+    md = get_md(cluster, namespace, "iris")
+    assert md["status"]["history"][0]["outcome"] in ("RolledBack", "ProgressDeadlineExceeded")
+    assert "deadline" in json.dumps(md["status"]).lower()
+    assert load.failures_since(started) == []  # stable served every request throughout
+    print(f"\nnever-ready candidate: rolled back {time.monotonic() - started:.0f}s after the change")
+
+
+def test_with_prometheus_down_a_candidate_is_never_promoted(
+    cluster: Cluster, namespace: str, load: Load
+) -> None:
+    wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
+    local_cluster.stop_component("prometheus")
+    try:
+        assert apply(namespace, canary("2.0.0", "iris-v2.joblib", "sklearn")).returncode == 0
+        with_status(
+            cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
+        )
+        md = get_md(cluster, namespace, "iris")
+        assert md["status"]["stableVersion"] == "1.0.0"
+        assert all(h["outcome"] != "Promoted" for h in md["status"]["history"])
+        messages = json.dumps(md["status"]["analysis"])
+        assert "Prometheus" in messages or "circuit" in messages, messages
+    finally:
+        local_cluster.restart_component("prometheus")
+        wait_until(
+            "Prometheus back", lambda: local_cluster.http_ok(f"{local_cluster.PROMETHEUS_URL}/-/ready"), 60
+        )
