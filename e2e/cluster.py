@@ -331,6 +331,9 @@ def up(kwok_nodes: int = 3, *, real_node: bool = True) -> Path:
     started = time.monotonic()
     if paths.KUBECONFIG.exists() and is_up():
         log(f"already up ({paths.KUBECONFIG})")
+        if alive(read_pid("containerd")) and not node_has_image(images.PAUSE_TAG):
+            # Without it no pod can start; it cannot be pulled, so put it back.
+            images.import_into_node(images.PAUSE_TAG)
         ensure_kwok_nodes(kwok_nodes)
         return paths.KUBECONFIG
     ensure_binaries()
@@ -417,6 +420,16 @@ def start_real_node(topo: cfg.Topology) -> None:
     start("kubelet", cfg.kubelet_argv(topo))
     start("kube-proxy", cfg.kube_proxy_argv(topo))
     start("coredns", cfg.coredns_argv(topo))
+
+
+def node_has_image(tag: str) -> bool:
+    out = subprocess.run(
+        [images.CTR, "--address", str(paths.CONTAINERD_SOCK), "-n", "k8s.io", "images", "ls", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return f"docker.io/{tag}" in out.stdout.split()
 
 
 def node_ready(name: str) -> bool:

@@ -330,13 +330,15 @@ failSwapOn: false
 cgroupsPerQOS: true
 enforceNodeAllocatable: ["pods"]
 serializeImagePulls: false
-# Images are imported, never pulled: never garbage-collect them for disk usage under 95 %.
-imageGCHighThresholdPercent: 95
-imageGCLowThresholdPercent: 90
+# Images are imported, never pulled: one the kubelet garbage-collected could never come back
+# (the pause image least of all), so image GC is off. Our machines share a disk whose free space
+# swings by tens of GB with other work, so disk eviction only acts when the disk is nearly full.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 evictionHard:
-  memory.available: "200Mi"
-  nodefs.available: "5%"
-  imagefs.available: "5%"
+  memory.available: "100Mi"
+  nodefs.available: "1%"
+  imagefs.available: "1%"
 """
 
 
