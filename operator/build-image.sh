@@ -8,33 +8,8 @@
 # operator and its runtime dependencies (not the `serving` extra) made on the host, because HTTPS
 # from inside containers fails; `docker build` of operator/Dockerfile on that context; a smoke check
 # that the image imports the operator as UID 65532 on a read-only root filesystem.
-set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-py="$repo/.venv/bin/python"
-docker=/usr/bin/docker  # another docker earlier on PATH lacks buildx
-[ -x "$py" ] || { echo "build-image: $py missing; run scripts/bootstrap.sh first" >&2; exit 2; }
-
-version="$("$py" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
-  "$repo/pyproject.toml")"
-tag="rollwise/operator:$version"
-import=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --import) import=1 ;;
-    --tag) tag="${2:?--tag needs a value, e.g. --tag rollwise/operator:dev}"; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "build-image: unknown argument '$1'; use --import, --tag TAG or --help" >&2; exit 2 ;;
-  esac
-  shift
-done
-
-log() { printf '[build-image] %s\n' "$*" >&2; }
-
-cd "$repo"
-"$py" -m e2e.images python-base >/dev/null
-
-ctx="$(mktemp -d "${TMPDIR:-/tmp}/rollwise-operator-image.XXXXXX")"
-trap 'rm -rf "$ctx"' EXIT
+IMAGE=operator
+source "$(dirname "$0")/../scripts/image-build-common.sh" "$@"
 # Build the wheel from a copy of the sources, so nothing (build/, *.egg-info) lands in the shared
 # working tree. Only the operator package: the serving package ships in its own image.
 mkdir -p "$ctx/src/operator"

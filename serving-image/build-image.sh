@@ -8,33 +8,8 @@
 # host, because HTTPS from inside containers fails: binary wheels of the `serving` extra (pip
 # download, cached by pip) plus the project's own wheel; `docker build` of serving-image/Dockerfile
 # on that context; a smoke check that the server starts as UID 65532 on a read-only root.
-set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-py="$repo/.venv/bin/python"
-docker=/usr/bin/docker  # another docker earlier on PATH lacks buildx
-[ -x "$py" ] || { echo "build-image: $py missing; run scripts/bootstrap.sh first" >&2; exit 2; }
-
-version="$("$py" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
-  "$repo/pyproject.toml")"
-tag="rollwise/serving:$version"
-import=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --import) import=1 ;;
-    --tag) tag="${2:?--tag needs a value, e.g. --tag rollwise/serving:dev}"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "build-image: unknown argument '$1'; use --import, --tag TAG or --help" >&2; exit 2 ;;
-  esac
-  shift
-done
-
-log() { printf '[build-image] %s\n' "$*" >&2; }
-
-cd "$repo"
-"$py" -m e2e.images python-base >/dev/null
-
-ctx="$(mktemp -d "${TMPDIR:-/tmp}/rollwise-serving-image.XXXXXX")"
-trap 'rm -rf "$ctx"' EXIT
+IMAGE=serving
+source "$(dirname "$0")/../scripts/image-build-common.sh" "$@"
 # The serving extra, exactly as pyproject.toml declares it.
 "$py" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["serving"]))' \
   "$repo/pyproject.toml" > "$ctx/requirements.txt"

@@ -1,0 +1,30 @@
+# Shared start of operator/build-image.sh and serving-image/build-image.sh; source it after setting
+# IMAGE (e.g. IMAGE=serving). Sets repo, py, docker, tag, import, ctx (a build context removed on
+# exit) and log(); parses --import, --tag TAG and --help; makes sure the base image exists.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+py="$repo/.venv/bin/python"
+docker=/usr/bin/docker  # another docker earlier on PATH lacks buildx
+[ -x "$py" ] || { echo "build-image: $py missing; run scripts/bootstrap.sh first" >&2; exit 2; }
+
+version="$("$py" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
+  "$repo/pyproject.toml")"
+tag="rollwise/$IMAGE:$version"
+import=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --import) import=1 ;;
+    --tag) tag="${2:?--tag needs a value, e.g. --tag rollwise/$IMAGE:dev}"; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) echo "build-image: unknown argument '$1'; use --import, --tag TAG or --help" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { printf '[build-image] %s\n' "$*" >&2; }
+
+cd "$repo"
+"$py" -m e2e.images python-base >/dev/null
+
+ctx="$(mktemp -d "${TMPDIR:-/tmp}/rollwise-$IMAGE-image.XXXXXX")"
+trap 'rm -rf "$ctx"' EXIT
