@@ -63,19 +63,14 @@ def _children_key(namespace: str | None, labels: kopf.Labels) -> tuple[str | Non
     return namespace, labels[LABEL_MODEL_DEPLOYMENT]
 
 
-@kopf.index("apps", "v1", "deployments", labels=OWNED)
-def owned_deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+def _owned(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    """Our children by parent: one function, one index per kind (the index id names the kwarg)."""
     return {_children_key(namespace, labels): dict(body)}
 
 
-@kopf.index("v1", "services", labels=OWNED)
-def owned_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_children_key(namespace, labels): dict(body)}
-
-
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED)
-def owned_hpas(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_children_key(namespace, labels): dict(body)}
+kopf.index("apps", "v1", "deployments", labels=OWNED, id="owned_deployments")(_owned)
+kopf.index("v1", "services", labels=OWNED, id="owned_services")(_owned)
+kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED, id="owned_hpas")(_owned)
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -114,9 +109,9 @@ def forget(namespace: str | None, name: str | None, **_: Any) -> None:
 # indexed by name), and our own canary Ingress. Registered only for the routers this installation
 # enables (settings.routers), so clusters without those CRDs or RBAC watch nothing extra.
 ROUTER_RESOURCES = {
-    "gatewayAPI": ("gateway.networking.k8s.io", "v1", "httproutes", ("gatewayAPI", "httpRoute")),
-    "istio": ("networking.istio.io", "v1", "virtualservices", ("istio", "virtualService")),
-    "nginx": ("networking.k8s.io", "v1", "ingresses", ("nginx", "ingress")),
+    "gatewayAPI": ("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", ("gatewayAPI", "httpRoute")),
+    "istio": ("networking.istio.io", "v1", "virtualservices", "VirtualService", ("istio", "virtualService")),
+    "nginx": ("networking.k8s.io", "v1", "ingresses", "Ingress", ("nginx", "ingress")),
 }
 
 
@@ -133,26 +128,21 @@ def _router_object_changed(*, namespace: str | None, memories: kopf.Index[Any, A
 
 def register_routers(enabled: frozenset[str]) -> None:
     for router in sorted(enabled & set(ROUTER_RESOURCES)):
-        group, version, plural, _ = ROUTER_RESOURCES[router]
+        group, version, plural, _, _ = ROUTER_RESOURCES[router]
         kopf.index(group, version, plural, id=f"router_{router}")(_router_objects_by_name)
         kopf.on.event(group, version, plural, id=f"router_{router}_changed")(_router_object_changed)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
     if "nginx" in enabled:
         kopf.index("networking.k8s.io", "v1", "ingresses", labels=OWNED, id="owned_ingresses")(_owned)
 
 
-def _owned(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_children_key(namespace, labels): dict(body)}
-
-
 def router_objects_of(body: kopf.Body, indices: dict[str, Any]) -> list[Any]:
     """The live provider object the spec names, if its router is enabled and it exists."""
     traffic = ((body.get("spec") or {}).get("rollout") or {}).get("traffic") or {}
     found: list[Any] = []
-    for router, (_, _, _, (block, field)) in ROUTER_RESOURCES.items():
+    for router, (_, _, _, kind, (block, field)) in ROUTER_RESOURCES.items():
         name = (traffic.get(block) or {}).get(field)
         index = indices.get(f"router_{router}")
         if name and index is not None:
-            kind = {"gatewayAPI": "HTTPRoute", "istio": "VirtualService", "nginx": "Ingress"}[router]
             found += list(index.get((body["metadata"]["namespace"], kind, name), []))
     return found
 
