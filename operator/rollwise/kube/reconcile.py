@@ -22,7 +22,7 @@ from rollwise.api.v1alpha1 import ConditionType, ModelDeployment, ModelDeploymen
 from rollwise.kube.apply import ObjectKey, apply_objects, delete_objects, desired_hash
 from rollwise.kube.events import post_events
 from rollwise.kube.observe import observe
-from rollwise.kube.status import patch_status, status_differs
+from rollwise.kube.status import patch_status
 from rollwise.kube.webhooks import call_webhook
 from rollwise.plan.analysis import Measured, MetricProvider, due_queries
 from rollwise.plan.conditions import kstatus_conditions
@@ -187,12 +187,13 @@ async def _write_status(
 ) -> None:
     """Patch the status and post the notes, only when the status differs from both the live one and
     the one we last wrote (the live body may lag our own write by an event)."""
-    if memory.last_status == status or not status_differs(body.get("status"), status):
+    current = body.get("status") or {}
+    # Only fields we set count: others' (e.g. Kopf's) are never ours to compare.
+    changed = sorted(k for k, v in status.items() if current.get(k) != v)
+    if memory.last_status == status or not changed:
         memory.last_status = status
         return
     meta = body["metadata"]
-    current = body.get("status") or {}
-    changed = sorted(k for k, v in status.items() if current.get(k) != v)
     log.info(
         "%s/%s status: %s",
         meta["namespace"],

@@ -1,4 +1,4 @@
-"""Status writes: a merge patch of the status subresource, only when something changed."""
+"""Status writes: a merge patch of the status subresource (the caller decides when)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,6 @@ from typing import Any
 from kubernetes import client
 
 from rollwise.api.v1alpha1 import GROUP, PLURAL, VERSION
-
-
-def status_differs(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
-    """True when any field we set differs; fields others own (e.g. Kopf's) are ignored."""
-    current = current or {}
-    return any(current.get(k) != v for k, v in desired.items())
 
 
 def patch_status(api: client.ApiClient, namespace: str, name: str, status: Mapping[str, Any]) -> None:
