@@ -27,4 +27,11 @@ cd "$repo"
 "$py" -m e2e.images python-base >/dev/null
 
 ctx="$(mktemp -d "${TMPDIR:-/tmp}/rollwise-$IMAGE-image.XXXXXX")"
-trap 'rm -rf "$ctx"' EXIT
+# A rebuilt tag leaves its previous image dangling; tests rebuild often and the disk is shared,
+# so remove the image this build replaced (a no-op when the build reused it, or when in use).
+replaced="$("$docker" image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
+drop_replaced() {
+  local now; now="$("$docker" image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
+  if [ -n "$replaced" ] && [ "$replaced" != "$now" ]; then "$docker" rmi "$replaced" >/dev/null 2>&1 || true; fi
+}
+trap 'rm -rf "$ctx"; drop_replaced' EXIT
