@@ -6,6 +6,7 @@ started, the fixture raises with that part's log tail: the test errors, it never
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ from kubernetes import client, config
 from e2e import cluster as local_cluster
 
 T = TypeVar("T")
+
+# Every namespace this pytest session creates starts with this prefix, and its operator watches only
+# ``f"{NAMESPACE_PREFIX}-*"``: two sessions sharing the local cluster never reconcile each other's.
+NAMESPACE_PREFIX = f"t{os.getpid() % 100000}"
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,8 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards (its objects go with it)."""
-    name = (
-        f"t-{request.node.name.lower().replace('_', '-')[:40].strip('-')}-{int(time.time() * 1000) % 100000}"
-    )
+    test = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = f"{NAMESPACE_PREFIX}-{test}-{int(time.time() * 1000) % 100000}"
     name = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name)
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     wait_until(

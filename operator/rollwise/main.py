@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = settings.watch_namespace
     kopf.run(
         clusterwide=not ns,
-        namespaces=[ns] if ns else (),
+        namespaces=[n.strip() for n in ns.split(",") if n.strip()],
         standalone=not settings.peering,
         peering_name=settings.peering or None,
         priority=settings.peering_priority,

@@ -27,7 +27,8 @@ class OperatorSettings:
     prometheus_url: str
     """Where analysis queries go; empty means analysis steps fail with a clear reason."""
     watch_namespace: str
-    """Empty: all namespaces (cluster-wide RBAC); otherwise only this one (namespaced RBAC)."""
+    """Empty: all namespaces (cluster-wide RBAC); otherwise comma-separated names or globs (Kopf's
+    namespace patterns, e.g. ``team-*``) — one plain name pairs with the chart's namespaced RBAC."""
     metrics_port: int
     """The operator's own /metrics; 9100 so it never collides with a serving pod's 8080."""
     liveness_endpoint: str

@@ -20,7 +20,7 @@ import pytest
 
 from e2e import cluster as local_cluster
 from e2e import paths
-from tests.conftest import Cluster, wait_until
+from tests.conftest import NAMESPACE_PREFIX, Cluster, wait_until
 
 OPERATOR_USER = "rollwise-operator-test"
 SERVING_IMAGE = "rollwise/serving:0.1.0"
@@ -79,6 +79,7 @@ def start_operator(tmp: Path, kubeconfig: Path) -> Operator:
         "ROLLWISE_PROMETHEUS_URL": local_cluster.PROMETHEUS_URL,
         "ROLLWISE_METRICS_PORT": str(port),
         "ROLLWISE_PEERING": "",
+        "ROLLWISE_WATCH_NAMESPACE": f"{NAMESPACE_PREFIX}-*",
         "ROLLWISE_RESYNC_SECONDS": "5",
         "ROLLWISE_LOG_LEVEL": os.environ.get(
             "ROLLWISE_TEST_OPERATOR_LOG_LEVEL", "info"
