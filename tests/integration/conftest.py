@@ -19,11 +19,14 @@ from typing import Any
 import pytest
 
 from e2e import cluster as local_cluster
-from e2e import paths
+from e2e import paths, upstream_crds
 from tests.conftest import NAMESPACE_PREFIX, Cluster, wait_until
 
 OPERATOR_USER = "rollwise-operator-test"
 SERVING_IMAGE = "rollwise/serving:0.1.0"
+ROUTERS = "replicas,gatewayAPI,istio,nginx"
+"""Every router on, as a chart with all `routers.<name>.enabled` runs it (the `crds` fixture
+installs the Gateway API and Istio CRDs their watches need)."""
 
 
 def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -70,7 +73,7 @@ class Operator:
                 self.proc.wait()
 
 
-def start_operator(tmp: Path, kubeconfig: Path) -> Operator:
+def start_operator(tmp: Path, kubeconfig: Path, *, routers: str = ROUTERS) -> Operator:
     port = free_port()
     env = {
         **os.environ,
@@ -81,6 +84,7 @@ def start_operator(tmp: Path, kubeconfig: Path) -> Operator:
         "ROLLWISE_PEERING": "",
         "ROLLWISE_WATCH_NAMESPACE": f"{NAMESPACE_PREFIX}-*",
         "ROLLWISE_RESYNC_SECONDS": "5",
+        "ROLLWISE_ROUTERS": routers,
         "ROLLWISE_LOG_LEVEL": os.environ.get(
             "ROLLWISE_TEST_OPERATOR_LOG_LEVEL", "info"
         ),  # short, so idle tests see many passes (reads only)
@@ -118,6 +122,9 @@ def crds(cluster: Cluster) -> None:
     for crd in sorted((paths.REPO / "charts" / "rollwise" / "crds").glob("*.yaml")):
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     kubectl("wait", "--for=condition=Established", "crd/modeldeployments.rollwise.dev", "--timeout=60s")
+    # The routers' providers: Gateway API and Istio CRDs from their release modules, and the nginx
+    # IngressClass (quick when already installed: one read, no write).
+    upstream_crds.install()
 
 
 @pytest.fixture(scope="session")

@@ -1,26 +1,53 @@
-"""Every manifest in examples/ is valid for pydantic and for the CRD's CEL rules, and plans."""
+"""Every manifest in examples/ is valid for pydantic and for the CRD's CEL rules, and plans.
+
+A router example also carries the user's own route object (HTTPRoute, VirtualService, Ingress);
+it must be the one the ModelDeployment names and route to its Service, so the router reads it
+as all traffic on stable before the first rollout. (The integration test applies each router
+example to the local cluster with the providers' real CRDs.)
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from rollwise.api.v1alpha1 import ModelDeployment, StrategyName
+from rollwise.api.v1alpha1 import ModelDeployment, StrategyName, TrafficProvider
 from rollwise.plan.desired import desired_children
+from rollwise.plan.split import TrafficSplit
 from rollwise.plan.steps import rollout_steps
+from rollwise.routers import router_for
 
 from tests.unit.admission import cel_rejections
+from tests.unit.test_routers import live_after
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXPECTED = {
     "iris-sklearn.yaml": StrategyName.CANARY,
     "canary.yaml": StrategyName.CANARY,
     "canary-gateway-api.yaml": StrategyName.CANARY,
+    "canary-istio.yaml": StrategyName.CANARY,
+    "canary-nginx.yaml": StrategyName.CANARY,
     "blue-green.yaml": StrategyName.BLUE_GREEN,
     "ab-test.yaml": StrategyName.AB_TEST,
+    "ab-test-gateway-api.yaml": StrategyName.AB_TEST,
     "shadow.yaml": StrategyName.SHADOW,
+    "shadow-istio.yaml": StrategyName.SHADOW,
 }
+USER_OBJECT_KIND = {
+    TrafficProvider.GATEWAY_API: "HTTPRoute",
+    TrafficProvider.ISTIO: "VirtualService",
+    TrafficProvider.NGINX: "Ingress",
+}
+
+
+def documents(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The example's ModelDeployment and the other documents beside it."""
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d]
+    mds = [d for d in docs if d.get("kind") == "ModelDeployment"]
+    assert len(mds) == 1, f"{name}: expected one ModelDeployment, found {len(mds)}"
+    return mds[0], [d for d in docs if d is not mds[0]]
 
 
 def test_every_example_file_is_listed_here() -> None:
@@ -29,10 +56,41 @@ def test_every_example_file_is_listed_here() -> None:
 
 @pytest.mark.parametrize(("name", "strategy"), [pytest.param(n, s, id=n) for n, s in EXPECTED.items()])
 def test_example_is_valid_and_plans(name: str, strategy: StrategyName) -> None:
-    doc = yaml.safe_load((EXAMPLES / name).read_text())
+    doc, _ = documents(name)
     md = ModelDeployment.model_validate(doc)
     assert cel_rejections(doc) == []
     assert md.spec.rollout.strategy is strategy
     assert rollout_steps(md.spec.rollout)
     kinds = [m["kind"] for m in desired_children(md, owner_uid="uid", serving_image="img")]
     assert kinds[:4] == ["Deployment", "Service", "Service", "Service"]
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in EXPECTED])
+def test_a_router_example_brings_the_route_its_router_reads(name: str) -> None:
+    doc, others = documents(name)
+    doc["metadata"]["namespace"] = "ml"
+    md = ModelDeployment.model_validate(doc)
+    provider = md.spec.rollout.traffic.provider
+    if provider is TrafficProvider.REPLICAS:
+        assert others == [], f"{name}: the replicas router needs no other object"
+        return
+    router = router_for(provider)
+    assert router.problems(md) == []
+    assert [o["kind"] for o in others] == [USER_OBJECT_KIND[provider]]
+    user = others[0]
+    user["metadata"]["namespace"] = "ml"
+    # Before the first render the gatewayAPI and istio routers read the user's route as it is.
+    if provider is not TrafficProvider.NGINX:
+        before = router.read(md, [user])
+        assert before.split == TrafficSplit.stable_only(), before.message
+    split = TrafficSplit(10)
+    routing = router.render(md, split, [user])
+    assert routing.objects, f"{name}: the router renders nothing from the example's {user['kind']}"
+    state = router.read(md, live_after(md, router, routing, [user]))
+    assert state.carries(split), (state.split, state.message)
+    if provider is TrafficProvider.NGINX:
+        canary: Any = routing.objects[0]
+        backends = [
+            p["backend"]["service"]["name"] for r in canary["spec"]["rules"] for p in r["http"]["paths"]
+        ]
+        assert backends == [f"{md.metadata.name}-candidate"], backends

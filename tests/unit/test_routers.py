@@ -270,3 +270,17 @@ def test_an_unknown_provider_is_an_error_not_a_fallback() -> None:
     ):
         router_for("linkerd")
     assert sorted(ROUTERS) == ["gatewayAPI", "istio", "nginx", "replicas"]
+
+
+@pytest.mark.parametrize("provider", ["gatewayAPI", "istio", "nginx"])
+def test_a_header_match_spelled_in_capitals_is_read_back_as_routed(provider: str) -> None:
+    """Istio stores header names lower-cased; found on the real API server (the A/B step waited
+    forever for `X-Model-Variant`, which its VirtualService already routed)."""
+    doc = base()
+    doc["metadata"]["uid"] = UID
+    match = {"header": {"name": "X-Model-Variant", "regex": "b|c"}}
+    doc["spec"]["rollout"] = {"abTest": {"match": [match]}, "traffic": TRAFFIC[provider]}
+    md, router = ModelDeployment.model_validate(doc), router_for(provider)
+    split = TrafficSplit(0, matches=(RequestMatch.model_validate(match),))
+    state = router.read(md, live_after(md, router, router.render(md, split, USER[provider]), USER[provider]))
+    assert state.carries(split), state.split

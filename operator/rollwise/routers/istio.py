@@ -71,6 +71,24 @@ def _read_headers(headers: JsonValue) -> RequestMatch | None:
     return None
 
 
+def _as_declared(md: ModelDeployment, found: RequestMatch) -> RequestMatch:
+    """A header match read back with its name as the spec spells it.
+
+    We write header names lower-cased (Istio matches them only so), and HTTP header names are
+    case-insensitive; read back as stored, `X-Variant` would never equal the spec's match and the
+    A/B step would wait forever for a split it already routes.
+    """
+    if found.header is None:
+        return found
+    ab = md.spec.rollout.ab_test
+    for declared in ab.match or [] if ab is not None else []:
+        h = declared.header
+        f = found.header
+        if h is not None and (h.name.lower(), h.value, h.regex) == (f.name, f.value, f.regex):
+            return declared
+    return found
+
+
 class IstioRouter:
     name: ClassVar[TrafficProvider] = TrafficProvider.ISTIO
     scales_by_weight: ClassVar[bool] = False
@@ -172,7 +190,8 @@ class IstioRouter:
             for m in _as_list(r.get("match")):
                 headers = _dict(m.get("headers"))
                 mine = {k: v for k, v in headers.items() if k not in _base_header_names(target)}
-                if (found := _read_headers(mine)) is not None and found not in matches:
+                found = _read_headers(mine)
+                if found is not None and (found := _as_declared(md, found)) not in matches:
                     matches.append(found)
         flags = serving_flags(md, objects)
         header = None
