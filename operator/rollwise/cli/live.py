@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
@@ -44,12 +44,19 @@ def follow(
     interval_seconds: float = 1.0,
     events_limit: int = 8,
     live: bool | None = None,
+    footer: Callable[[], RenderableType] | None = None,
 ) -> Followed:
     """Fetch and show every `interval_seconds` until `until(md)` holds (None: until Ctrl-C, which
-    the caller handles) or `timeout_seconds` pass; the last snapshot is always shown."""
+    the caller handles) or `timeout_seconds` pass; the last snapshot is always shown.
+
+    `footer` adds something the caller measures itself under the view (the demo's traffic)."""
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
     use_live = console.is_terminal if live is None else live
     md, events = fetch()
+
+    def screen_of() -> RenderableType:
+        view = status_view(md, events, _now(), events_limit=events_limit)
+        return view if footer is None else Group(view, Text(""), footer())
 
     def done() -> bool:
         return until is not None and until(md)
@@ -58,26 +65,23 @@ def follow(
         return deadline is not None and time.monotonic() >= deadline
 
     if use_live:
-        with Live(
-            status_view(md, events, _now(), events_limit=events_limit),
-            console=console,
-            refresh_per_second=4,
-            auto_refresh=False,
-        ) as screen:
+        with Live(screen_of(), console=console, auto_refresh=False) as screen:
             while not done() and not expired():
                 time.sleep(interval_seconds)
                 md, events = fetch()
-                screen.update(status_view(md, events, _now(), events_limit=events_limit), refresh=True)
+                screen.update(screen_of(), refresh=True)
         return Followed(md, events, done())
     last = ""
     while True:
         line = progress_line(md, _now())
         if line != last:
             console.print(Text.assemble((f"{_now():%H:%M:%S} ", "dim"), line), soft_wrap=True)
+            if footer is not None:
+                console.print(footer(), soft_wrap=True)
             last = line
         if done() or expired():
             break
         time.sleep(interval_seconds)
         md, events = fetch()
-    console.print(status_view(md, events, _now(), events_limit=events_limit))
+    console.print(screen_of())
     return Followed(md, events, done())
