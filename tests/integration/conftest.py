@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from e2e import cluster as local_cluster
-from e2e import paths, upstream_crds
+from e2e import modelstore, paths, upstream_crds
 from tests.conftest import NAMESPACE_PREFIX, Cluster, wait_until
 
 OPERATOR_USER = "rollwise-operator-test"
@@ -133,6 +133,26 @@ def operator(cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFact
     op = start_operator(tmp_path_factory.mktemp("operator"), kubeconfig)
     yield op
     op.stop()
+
+
+def build(script: str) -> None:
+    """Run an image build script with --import (the image lands in the real node's containerd)."""
+    proc = subprocess.run(
+        ["bash", str(paths.REPO / script), "--import"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def serving_image(cluster: Cluster) -> None:
+    """rollwise/serving built once per session and imported into the real node."""
+    build("serving-image/build-image.sh")
+
+
+@pytest.fixture(scope="session")
+def model_store(cluster: Cluster) -> None:
+    """The example model artifacts served in-cluster at http://models.rollwise-system.svc/."""
+    modelstore.deploy()
 
 
 def audit_writes(user: str, since_offset: int, namespace: str) -> list[dict[str, Any]]:

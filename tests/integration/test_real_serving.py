@@ -14,32 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e import modelstore, paths
+from e2e import paths
 from tests.conftest import Cluster, wait_until
-from tests.integration.conftest import Operator, kubectl
+from tests.integration.conftest import Operator, build, kubectl
 from tests.integration.test_operator import apply, get_md, wait_healthy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.prometheus, pytest.mark.slow]
 
 EXAMPLE = yaml.safe_load((paths.REPO / "examples" / "iris-sklearn.yaml").read_text())
 IRIS_ROWS = [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]
-
-
-def build(script: str) -> None:
-    proc = subprocess.run(
-        ["bash", str(paths.REPO / script), "--import"], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-
-
-@pytest.fixture(scope="session")
-def serving_image(cluster: Cluster) -> None:
-    build("serving-image/build-image.sh")
-
-
-@pytest.fixture(scope="session")
-def model_store(cluster: Cluster) -> None:
-    modelstore.deploy()
 
 
 def infer(cluster: Cluster, namespace: str, service: str) -> dict[str, Any]:

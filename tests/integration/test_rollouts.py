@@ -7,31 +7,30 @@ rolled back, and the time from its pods taking traffic to 100 % stable is printe
 
 from __future__ import annotations
 
-import copy
 import json
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import yaml
 
 from e2e import cluster as local_cluster
-from e2e import modelstore, paths
 from tests.conftest import Cluster, wait_until
 from tests.integration.conftest import Operator
 from tests.integration.test_operator import apply, get_md, wait_healthy
-from tests.integration.test_real_serving import build
+from tests.integration.traffic import (
+    Load,
+    base_md,
+    candidate_pods_ready,
+    model,
+    rolled_back,
+    running,
+    service_url,
+    with_status,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.prometheus, pytest.mark.slow]
 
-BASE = yaml.safe_load((paths.REPO / "examples" / "iris-sklearn.yaml").read_text())
-# One row of each Iris class, cycled, so class shares mean something for drift checks.
-ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]]
 ANALYSIS = {
     "intervalSeconds": 5,
     "count": 3,
@@ -46,20 +45,10 @@ ANALYSIS = {
 }
 
 
-def model(version: str, artifact: str, fmt: str) -> dict[str, Any]:
-    return {
-        "name": "iris",
-        "version": version,
-        "uri": modelstore.uri_of(artifact),
-        "sha256": modelstore.sha256_of(artifact),
-        "format": fmt,
-    }
-
-
 def canary(
     version: str, artifact: str, fmt: str, *, metrics: list[dict[str, Any]] | None = None, deadline: int = 120
 ) -> dict[str, Any]:
-    md = copy.deepcopy(BASE)
+    md = base_md()
     md["spec"]["model"] = model(version, artifact, fmt)
     md["spec"]["runtime"] = {"replicas": 2}
     analysis = dict(ANALYSIS)
@@ -73,66 +62,19 @@ def canary(
     return md
 
 
-@dataclass
-class Load:
-    """Requests at a steady rate to the ModelDeployment's Service, each outcome recorded."""
-
-    url: str
-    rate_per_second: float = 25.0
-    limit_seconds: float = 300.0
-    results: list[tuple[float, int, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        bodies = [
-            json.dumps(
-                {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": r}]}
-            ).encode()
-            for r in ROWS
-        ]
-        deadline = time.monotonic() + self.limit_seconds
-        sent = 0
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            started = time.monotonic()
-            body = bodies[sent % len(bodies)]
-            sent += 1
-            req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=5) as resp:
-                    self.results.append((started, resp.status, json.load(resp).get("model_version", "")))
-            except urllib.error.HTTPError as err:
-                self.results.append((started, err.code, ""))
-            except (urllib.error.URLError, OSError):
-                self.results.append((started, 0, ""))
-            time.sleep(max(0.0, 1 / self.rate_per_second - (time.monotonic() - started)))
-
-    def failures_since(self, since: float) -> list[tuple[float, int, str]]:
-        return [r for r in self.results if r[0] >= since and r[1] != 200]
-
-
 @pytest.fixture
-def load(cluster: Cluster, namespace: str, serving: None) -> Iterator[Load]:
-    svc = cluster.core.read_namespaced_service("iris", namespace)
-    generator = Load(f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}/v2/models/iris/infer")
-    thread = threading.Thread(target=generator.run, daemon=True)
-    thread.start()
-    yield generator
-    generator.stop.set()
-    thread.join(10)
-
-
-@pytest.fixture
-def serving(cluster: Cluster, operator: Operator, namespace: str) -> None:
+def serving(
+    cluster: Cluster, operator: Operator, namespace: str, serving_image: None, model_store: None
+) -> None:
     """v1 (scikit-learn) serving as stable before the load starts."""
-    build("serving-image/build-image.sh")
-    modelstore.deploy()
     assert apply(namespace, canary("1.0.0", "iris-v1.joblib", "sklearn")).returncode == 0
     wait_healthy(cluster, namespace, "iris", timeout=120)
 
 
-def candidate_pods_ready(cluster: Cluster, namespace: str) -> bool:
-    pods = cluster.core.list_namespaced_pod(namespace, label_selector="rollwise.dev/track=candidate").items
-    return any(c.type == "Ready" and c.status == "True" for p in pods for c in (p.status.conditions or []))
+@pytest.fixture
+def load(cluster: Cluster, namespace: str, serving: None) -> Iterator[Load]:
+    with running(Load(service_url(cluster, namespace, "iris"))) as generator:
+        yield generator
 
 
 def test_a_good_candidate_walks_every_step_and_is_promoted(
@@ -155,28 +97,10 @@ def test_a_good_candidate_walks_every_step_and_is_promoted(
     md = get_md(cluster, namespace, "iris")
     assert seen_steps == sorted(seen_steps), seen_steps  # steps only move forward
     assert md["status"]["history"][0]["outcome"] == "Promoted"
-    wait_until(
-        "every pod to run 2.0.0", lambda: _versions_served(load, time.monotonic() - 3) == {"2.0.0"}, 60
-    )
+    wait_until("every pod to run 2.0.0", lambda: load.versions_since(time.monotonic() - 3) == {"2.0.0"}, 60)
     assert load.failures_since(started) == []
     elapsed = time.monotonic() - started
     print(f"\ngood candidate: promoted {elapsed:.0f}s after the change; steps seen {seen_steps}")
-
-
-def with_status(cluster: Cluster, namespace: str, wait: Any) -> None:
-    """Run a wait; on timeout, fail with the ModelDeployment's status and Events (what a human reads)."""
-    try:
-        wait()
-    except AssertionError as err:
-        md = get_md(cluster, namespace, "iris")
-        events = cluster.core.list_namespaced_event(namespace).items
-        notes = [f"{e.reason}: {e.message}" for e in events if e.reason]
-        status = json.dumps(md.get("status"), indent=1)[:4000]
-        raise AssertionError(f"{err}\nstatus: {status}\nevents: {notes[-15:]}") from None
-
-
-def _versions_served(load: Load, since: float) -> set[str]:
-    return {v for t, code, v in load.results if t >= since and code == 200}
 
 
 def test_a_failing_candidate_is_rolled_back_within_seconds(
@@ -187,12 +111,11 @@ def test_a_failing_candidate_is_rolled_back_within_seconds(
     wait_until("the bad candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
     took_traffic = time.monotonic()
 
-    def rolled_back() -> bool:
-        md = get_md(cluster, namespace, "iris")
-        dep = cluster.apps.read_namespaced_deployment("iris-candidate", namespace)
-        return bool(md["status"].get("phase") == "RolledBack" and (dep.spec.replicas or 0) == 0)
-
-    with_status(cluster, namespace, lambda: wait_until("rollback to stable", rolled_back, 120))
+    with_status(
+        cluster,
+        namespace,
+        lambda: wait_until("rollback to stable", lambda: rolled_back(cluster, namespace), 120),
+    )
     back = time.monotonic()
     md = get_md(cluster, namespace, "iris")
     assert md["status"]["stableVersion"] == "1.0.0"
@@ -208,7 +131,7 @@ def test_a_failing_candidate_is_rolled_back_within_seconds(
         lambda: (
             (now := time.monotonic())
             and not load.failures_since(now - 3)
-            and _versions_served(load, now - 3) == {"1.0.0"}
+            and load.versions_since(now - 3) == {"1.0.0"}
         ),
         30,
     )
@@ -217,12 +140,6 @@ def test_a_failing_candidate_is_rolled_back_within_seconds(
         f"\nbad candidate: rolled back (candidate at 0 replicas) {back - took_traffic:.1f}s and last failed "
         f"request {last_failure - took_traffic:.1f}s after its pods took traffic"
     )
-
-
-def rolled_back(cluster: Cluster, namespace: str) -> bool:
-    md = get_md(cluster, namespace, "iris")
-    dep = cluster.apps.read_namespaced_deployment("iris-candidate", namespace)
-    return bool(md["status"].get("phase") == "RolledBack" and (dep.spec.replicas or 0) == 0)
 
 
 BAD_CANDIDATES = [

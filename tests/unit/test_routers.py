@@ -56,7 +56,7 @@ def live_after(md: ModelDeployment, router: Router, routing: Routing, user: list
             serving_image="img", extra_args=args,
         )  # fmt: skip
         dep["metadata"]["generation"] = 1  # type: ignore[index]
-        dep["status"] = {"observedGeneration": 1, "updatedReplicas": 2, "replicas": 2}
+        dep["status"] = {"observedGeneration": 1, "updatedReplicas": 2, "replicas": 2, "availableReplicas": 2}
         children.append(dep)
     children += desired_services(
         md, owner_uid=UID, main_track=routing.main_track, main_annotations=dict(routing.main_annotations)

@@ -8,6 +8,7 @@ from typing import Any
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import ANNOTATION_REVISION, LABEL_TRACK, Track
 from rollwise.plan.observed import Observed, TrackState
+from rollwise.plan.routing import rolled_out
 
 
 def track_state(deployment: Mapping[str, Any] | None) -> TrackState:
@@ -20,7 +21,6 @@ def track_state(deployment: Mapping[str, Any] | None) -> TrackState:
     replicas = int(spec.get("replicas", 1))
     updated = int(status.get("updatedReplicas", 0))
     available = int(status.get("availableReplicas", 0))
-    caught_up = int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     progressing = conditions.get("Progressing") or {}
     deadline = progressing.get("reason") == "ProgressDeadlineExceeded"
@@ -36,11 +36,7 @@ def track_state(deployment: Mapping[str, Any] | None) -> TrackState:
         ready_replicas=int(status.get("readyReplicas", 0)),
         available_replicas=available,
         updated_replicas=updated,
-        # As `kubectl rollout status`: caught up, all updated, no old pods left, all available.
-        rolled_out=caught_up
-        and updated >= replicas
-        and int(status.get("replicas", 0)) <= updated
-        and available >= updated,
+        rolled_out=rolled_out(dict(deployment)),
         progress_deadline_exceeded=deadline,
         message=message,
     )

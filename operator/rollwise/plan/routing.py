@@ -168,19 +168,25 @@ def _container_args(deployment: Manifest) -> list[str]:
 
 
 def rolled_out(obj: Manifest) -> bool:
-    """A Deployment whose controller has seen its latest spec and updated every replica."""
+    """Kubernetes' rollout-complete rule, as `kubectl rollout status` applies it: the controller has
+    seen the latest spec, every replica is updated and available, and no old pod is left.
+
+    "No old pod left" matters for routing: user-hash forwarding and mirroring live in the stable
+    pods' flags, so until the last old pod is gone some requests still bypass them.
+    """
     meta, spec, status = obj.get("metadata"), obj.get("spec"), obj.get("status")
     if not isinstance(meta, dict) or not isinstance(spec, dict) or not isinstance(status, dict):
         return False
-    generation = meta.get("generation", 0)
-    observed = status.get("observedGeneration", 0)
-    want = spec.get("replicas", 1)
-    updated = status.get("updatedReplicas", 0)
-    if not (
-        isinstance(generation, int)
-        and isinstance(observed, int)
-        and isinstance(want, int)
-        and isinstance(updated, int)
-    ):
+    numbers = (
+        meta.get("generation", 0),
+        status.get("observedGeneration", 0),
+        spec.get("replicas", 1),
+        status.get("updatedReplicas", 0),
+        status.get("replicas", 0),
+        status.get("availableReplicas", 0),
+    )
+    ints = [n for n in numbers if isinstance(n, int)]
+    if len(ints) != len(numbers):
         return False
-    return observed >= generation and updated >= want
+    generation, observed, want, updated, total, available = ints
+    return observed >= generation and updated >= want and total <= updated and available >= updated
