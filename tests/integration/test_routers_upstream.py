@@ -386,6 +386,42 @@ def test_an_ab_test_routes_header_and_cookie_matches_to_the_candidate_until_prom
     no_refused_writes(namespace, since)
 
 
+def stable_args(cluster: Cluster, namespace: str, ex: Example) -> list[str]:
+    dep = cluster.apps.read_namespaced_deployment(f"{ex.name}-stable", namespace)
+    return list(dep.spec.template.spec.containers[0].args or [])
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_a_user_hash_split_runs_behind_the_route_through_the_stable_pods(
+    cluster: Cluster, operator: Operator, namespace: str, router: str
+) -> None:
+    """Sticky user-hash A/B is the serving image's own forwarding, the same behind every router: the
+    route keeps all traffic on stable, whose pods forward 20 of 100 hash buckets to the candidate."""
+    ex = example(CANARY_EXAMPLE[router])
+    traffic_block = ex.md["spec"]["rollout"]["traffic"]
+    user_hash = {"header": "x-user-id", "weight": 20}
+    ex.md["spec"]["rollout"] = {"abTest": {"userHash": user_hash}, "traffic": traffic_block}
+    since = audit_offset()
+    deploy(cluster, namespace, ex)
+    wait_traffic(namespace, ex, "at rest", lambda t: t.weights == AT_REST)
+
+    set_version(namespace, ex, "2.0.0")
+    wait_status(cluster, namespace, ex.name, "users split 80/20 (paused)", at_step(1, "Paused", 20))
+    args = stable_args(cluster, namespace, ex)
+    forward = f"http://{ex.name}-candidate.{namespace}.svc.cluster.local"
+    assert args[args.index("--hash-header") :][:6] == [
+        "--hash-header", "x-user-id", "--hash-range", "0-19", "--forward-url", forward,
+    ]  # fmt: skip
+    seen = traffic(namespace, ex)
+    assert seen.weights == AT_REST and not seen.matches and not seen.mirror
+
+    act(namespace, ex.name, "abort")
+    wait_status(cluster, namespace, ex.name, "rolled back", lambda s: s.get("phase") == "RolledBack")
+    assert "--hash-header" not in stable_args(cluster, namespace, ex)
+    assert traffic(namespace, ex).weights == AT_REST
+    no_refused_writes(namespace, since)
+
+
 # ---------------------------------------------------------------------------------------------
 # Shadow: mirroring on, then abort takes it off
 
@@ -412,6 +448,50 @@ def test_a_shadow_mirrors_to_the_candidate_and_abort_stops_the_mirror(
     seen = traffic(namespace, ex)
     assert not seen.mirror and seen.weights == AT_REST
     no_refused_writes(namespace, since)
+
+
+# ---------------------------------------------------------------------------------------------
+# gatewayAPI: a route its gateway rejects holds the step
+
+
+def set_route_status(namespace: str, route: str, *, accepted: bool) -> None:
+    """Write what a gateway controller would on the route's status (validated by the upstream
+    schema's status subresource)."""
+    condition = {
+        "type": "Accepted",
+        "status": "True" if accepted else "False",
+        "reason": "Accepted" if accepted else "NotAllowedByListeners",
+        "message": "" if accepted else "no listener of Gateway models accepts models.example.com",
+        "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    parent = {
+        "parentRef": {"name": "models"},
+        "controllerName": "example.com/gateway",
+        "conditions": [condition],
+    }
+    kubectl(
+        "-n", namespace, "patch", "httproute", route, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"parents": [parent]}}),
+    )  # fmt: skip
+
+
+def test_a_canary_step_waits_while_the_gateway_rejects_the_route(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    ex = example(CANARY_EXAMPLE["gatewayAPI"])
+    route = ex.user["metadata"]["name"]
+    deploy(cluster, namespace, ex)
+    wait_traffic(namespace, ex, "at rest", lambda t: t.weights == AT_REST)
+    set_route_status(namespace, route, accepted=False)
+
+    set_version(namespace, ex, "2.0.0")
+    wait_traffic(namespace, ex, "at 10 %", lambda t: t.weights == (90, 10))
+    time.sleep(11)  # two resyncs: the operator reads the rejection and does not move on
+    status = get_md(cluster, namespace, ex.name)["status"]
+    assert (status["phase"], status["currentStep"]) == ("Progressing", 0), status
+
+    set_route_status(namespace, route, accepted=True)  # the gateway takes the route
+    wait_status(cluster, namespace, ex.name, "paused at 10 %", at_step(1, "Paused", 10))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,10 +50,14 @@ PEERING_RULES: RuleTable = {
     ("kopf.dev", "clusterkopfpeerings"): READ | {"patch"},
     ("kopf.dev", "kopfpeerings"): READ | {"patch"},
 }
+# Each router's objects: the user's route is patched (server-side apply of the fields we own),
+# never created or deleted; nginx also creates its canary Ingress, which the garbage collector
+# deletes with the ModelDeployment. tests/integration/test_routers_upstream.py runs each router's
+# canary under exactly this role on the local cluster, so a missing verb fails there.
 ROUTER_RULES: dict[str, RuleTable] = {
     "gatewayAPI": {("gateway.networking.k8s.io", "httproutes"): READ | {"patch"}},
     "istio": {("networking.istio.io", "virtualservices"): READ | {"patch"}},
-    "nginx": {("networking.k8s.io", "ingresses"): OWN},
+    "nginx": {("networking.k8s.io", "ingresses"): READ | {"create", "patch"}},
 }
 
 

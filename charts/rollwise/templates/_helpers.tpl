@@ -87,11 +87,13 @@ Rules for namespaced objects: the same list goes into the ClusterRole (all names
   resources: ["virtualservices"]
   verbs: ["get", "list", "watch", "patch"]
 {{- end }}
-# nginx: the user's Ingress is read; the canary Ingress `<name>-candidate` is ours.
+# nginx: the user's Ingress gets only the mirror annotation (patch); the canary Ingress
+# `<name>-candidate` is ours (create), owned by the ModelDeployment, so the garbage collector
+# removes it with it: the operator never deletes an Ingress.
 {{- if .Values.routers.nginx.enabled }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 {{- end }}
 {{- end -}}
 
