@@ -93,7 +93,7 @@ def apply_doc(namespace: str, body: dict[str, Any]) -> None:
 
 
 def deploy(cluster: Cluster, namespace: str, ex: Example) -> None:
-    """The user's route, then the ModelDeployment; wait until it is Healthy and the route rendered."""
+    """The user's route, then the ModelDeployment; wait until it is Healthy."""
     apply_doc(namespace, ex.user)
     apply_doc(namespace, ex.md)
     wait_status(cluster, namespace, ex.name, "Healthy", lambda s: s.get("phase") == "Healthy")
