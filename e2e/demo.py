@@ -472,6 +472,12 @@ def main() -> int:
         highlight=False,
         soft_wrap=True,
     )
+    console.print(
+        f"Clean up: kubectl delete ns {NAMESPACE} (while the operator runs: it removes its finalizers), "
+        f"then helm -n {OPERATOR_NAMESPACE} uninstall {RELEASE}",
+        highlight=False,
+        soft_wrap=True,
+    )
     return 0 if good else 1
 
 
