@@ -17,6 +17,9 @@ RECONCILES = Counter(
     "Reconcile passes by result: ok, invalid (spec rejected by the operator) or error (retried).",
     ["result"],
 )
+# Every result has a series from the start (at 0), so an error rate reads 0, not "no data".
+for _result in ("ok", "invalid", "error"):
+    RECONCILES.labels(_result)
 RECONCILE_SECONDS = Histogram(
     "rollwise_operator_reconcile_duration_seconds",
     "Time of one reconcile pass: observe, plan, apply, patch status.",
@@ -30,31 +33,55 @@ API_WRITES = Counter(
 
 
 class PhaseCollector(Collector):
-    """ModelDeployments by phase, from the last reconcile of each (forgotten on deletion)."""
+    """ModelDeployments by phase, and each one's phase and candidate weight, from the last reconcile
+    of each (forgotten on deletion).
+
+    The per-object series name the object with `model_deployment_namespace` and `model_deployment`,
+    never `namespace`: Prometheus gives every target a `namespace` label (the operator's own), which
+    would rename ours to `exported_namespace` unless the scrape honours labels. Only the current
+    phase has a series (value 1), so a dashboard reads the phase as that series' label.
+    """
 
     def __init__(self) -> None:
         self._lock = Lock()
-        self._phases: dict[tuple[str, str], str] = {}
+        self._phases: dict[tuple[str, str], tuple[str, int]] = {}
 
-    def set(self, namespace: str, name: str, phase: str) -> None:
+    def set(self, namespace: str, name: str, phase: str, weight: int) -> None:
         with self._lock:
-            self._phases[(namespace, name)] = phase
+            self._phases[(namespace, name)] = (phase, weight)
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._phases.pop((namespace, name), None)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            state = sorted(self._phases.items())
         family = GaugeMetricFamily(
             "rollwise_operator_model_deployments", "ModelDeployments by phase.", labels=["phase"]
         )
         counts: dict[str, int] = {}
-        with self._lock:
-            for phase in self._phases.values():
-                counts[phase] = counts.get(phase, 0) + 1
+        for _, (phase, _weight) in state:
+            counts[phase] = counts.get(phase, 0) + 1
         for phase, count in sorted(counts.items()):
             family.add_metric([phase], count)
         yield family
+        labels = ["model_deployment_namespace", "model_deployment"]
+        phases = GaugeMetricFamily(
+            "rollwise_operator_model_deployment_phase",
+            "1 for each ModelDeployment's current phase (status.phase); no series for other phases.",
+            labels=[*labels, "phase"],
+        )
+        weights = GaugeMetricFamily(
+            "rollwise_operator_model_deployment_weight",
+            "Percent of each ModelDeployment's traffic on the candidate (status.weight), 0..100.",
+            labels=labels,
+        )
+        for (namespace, name), (phase, weight) in state:
+            phases.add_metric([namespace, name, phase], 1)
+            weights.add_metric([namespace, name], weight)
+        yield phases
+        yield weights
 
 
 PHASES = PhaseCollector()

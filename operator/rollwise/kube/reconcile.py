@@ -112,7 +112,7 @@ async def reconcile(
                 (Note(EventType.WARNING, Reason.INVALID_SPEC, status.message),),
             )
             telemetry.RECONCILES.labels("invalid").inc()
-            telemetry.PHASES.set(namespace, name, Phase.INVALID.value)
+            telemetry.PHASES.set(namespace, name, Phase.INVALID.value, status.weight)
             return None
         candidate_revision = md.status.candidate_revision
         if candidate_revision != memory.webhook_revision:
@@ -170,7 +170,7 @@ async def reconcile(
             memory.wake.set()  # the planner acts on the answer in the next pass
         telemetry.RECONCILES.labels("ok").inc()
         if decision.status.phase is not None:
-            telemetry.PHASES.set(namespace, name, decision.status.phase.value)
+            telemetry.PHASES.set(namespace, name, decision.status.phase.value, decision.status.weight)
         return decision
 
 
