@@ -43,6 +43,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.enabled = False
     # Peers must differ in priority, or Kopf pauses all of them (two replicas from one template).
     settings.peering.priority = op.peering_priority
+    # A killed leader is replaced once its last keep-alive is this old: the failover time.
+    settings.peering.lifetime = op.peering_lifetime_seconds
     # Kopf keeps handler progress in annotations only: status belongs to our conditions.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="rollwise.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -100,9 +102,9 @@ def model_deployment_changed(
     _wake(memories, (namespace, name or ""))
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def forget(namespace: str | None, name: str | None, **_: Any) -> None:
-    telemetry.PHASES.forget(namespace or "", name or "")
+# No on.create/update/delete handler on purpose: any of them makes Kopf keep a diff-base
+# annotation on every ModelDeployment, one more write per creation and per spec change. The
+# daemon below sees creation, changes and deletion (its stop reason) on its own.
 
 
 # Router objects: the user's HTTPRoute / VirtualService / Ingress named in a spec (not ours, so
@@ -189,3 +191,5 @@ async def steward(
             wait = 5.0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(memory.wake.wait(), timeout=wait or settings.resync_seconds)
+    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+        telemetry.PHASES.forget(namespace or "", name or "")

@@ -40,6 +40,10 @@ class OperatorSettings:
     resync_seconds: float
     """How often an idle ModelDeployment is re-planned from the indexed world (reads only)."""
     log_level: str
+    peering_lifetime_seconds: int = 60
+    """How long a peer counts as alive after its last keep-alive (`ROLLWISE_PEERING_LIFETIME_SECONDS`).
+    A leader killed without a goodbye is replaced after at most this long; keep-alives (one write
+    per replica) go out 5-10 s before it ends. 60 is Kopf's default."""
     routers: frozenset[str] = frozenset({"replicas"})
     """Traffic routers this installation serves (`ROLLWISE_ROUTERS`, comma-separated): only their
     objects are watched, so a cluster without Gateway API or Istio CRDs needs no RBAC for them."""
@@ -74,6 +78,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
     metrics_port = _int(env, "ROLLWISE_METRICS_PORT", 9100, errors, low=1, high=65535)
     resync = _int(env, "ROLLWISE_RESYNC_SECONDS", 300, errors, low=5, high=86400)
     priority = _int(env, "ROLLWISE_PEERING_PRIORITY", random.randint(1, 32767), errors, low=0, high=2**31 - 1)
+    lifetime = _int(env, "ROLLWISE_PEERING_LIFETIME_SECONDS", 60, errors, low=5, high=3600)
 
     routers = {r.strip() for r in env.get("ROLLWISE_ROUTERS", "replicas").split(",") if r.strip()}
     unknown = sorted(routers - set(ROUTERS))
@@ -91,6 +96,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         liveness_endpoint=env.get("ROLLWISE_LIVENESS_ENDPOINT", ""),
         peering=env.get("ROLLWISE_PEERING", ""),
         peering_priority=priority,
+        peering_lifetime_seconds=lifetime,
         resync_seconds=float(resync),
         log_level=log_level,
         routers=frozenset(routers | {"replicas"}),

@@ -30,6 +30,12 @@ API_WRITES = Counter(
     "Writes the operator sent to the API server, by kind and verb (an idle operator sends none).",
     ["kind", "verb"],
 )
+PROVIDER_QUERIES = Counter(
+    "rollwise_operator_provider_queries_total",
+    "Requests sent to a metric provider, by provider and outcome (value, no_data, rejected,"
+    " unavailable); each retry counts, a query refused by an open circuit breaker sends nothing.",
+    ["provider", "outcome"],
+)
 
 
 class PhaseCollector(Collector):

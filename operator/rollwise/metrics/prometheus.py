@@ -25,6 +25,7 @@ from enum import StrEnum
 
 import httpx
 
+from rollwise import telemetry
 from rollwise.plan.analysis import Measurement, NoData, QueryError, Value
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
@@ -126,8 +127,10 @@ class PrometheusProvider:
             try:
                 result = self._once(promql, at)
             except _UnavailableError as err:
+                telemetry.PROVIDER_QUERIES.labels("prometheus", "unavailable").inc()
                 last = str(err)
                 continue
+            telemetry.PROVIDER_QUERIES.labels("prometheus", _outcome(result)).inc()
             self.breaker.record_success()
             return result
         detail = f"Prometheus at {self.url} failed {self.retry.attempts} attempt(s): {last}"
@@ -158,6 +161,17 @@ class PrometheusProvider:
             kind = body.get("errorType", f"HTTP {response.status_code}")
             return QueryError(f"Prometheus rejected the query ({kind}): {body.get('error', '')}: {promql}")
         return _measurement(body.get("data") or {})
+
+
+def _outcome(result: Measurement) -> str:
+    """The label of a query Prometheus answered (bench/operator_scale.py reads queries/s from it)."""
+    match result:
+        case Value():
+            return "value"
+        case NoData():
+            return "no_data"
+        case _:
+            return "rejected"
 
 
 def _measurement(data: dict[str, object]) -> Measurement:
