@@ -31,7 +31,7 @@ import orjson
 
 from rollwise_serving import __version__
 from rollwise_serving.cache import PredictionCache
-from rollwise_serving.config import Settings, from_environ
+from rollwise_serving.config import Settings, from_environ, parse_forward_match
 from rollwise_serving.dataplane import Dataplane
 from rollwise_serving.drift import Reference
 from rollwise_serving.errors import (
@@ -43,7 +43,7 @@ from rollwise_serving.errors import (
     PredictError,
 )
 from rollwise_serving.features import FeatureSchema, FeatureValidationError
-from rollwise_serving.forwarding import Forwarder
+from rollwise_serving.forwarding import Forwarder, Matches, UserHash
 from rollwise_serving.metrics import Outcome, ServerMetrics
 from rollwise_serving.mirroring import HOP_HEADER, Mirror
 from rollwise_serving.protocol import ProtocolError
@@ -106,11 +106,7 @@ class ServingApp:
         )
         self.dataplane = Dataplane(settings, self.repository, self.metrics, schema, self.cache)
         self.mirror = Mirror(settings.mirror_url, self.metrics) if settings.mirror_url else None
-        self.forwarder = (
-            Forwarder(settings.forward_url, settings.hash_header, settings.hash_range, self.metrics)
-            if settings.forward_url and settings.hash_header and settings.hash_range
-            else None
-        )
+        self.forwarder = _forwarder(settings, self.metrics)
         self._loader: asyncio.Task[None] | None = None
         m = self.metrics
         self._inflight, self._duration, self._requests = m.inflight, m.request_duration, m.requests
@@ -332,3 +328,14 @@ def create_app(settings: Settings) -> ServingApp:
 def create_app_from_env() -> ServingApp:
     """Uvicorn's factory in each worker process: settings arrive as ``ROLLWISE_*`` variables."""
     return ServingApp(from_environ())
+
+
+def _forwarder(settings: Settings, metrics: ServerMetrics) -> Forwarder | None:
+    """A/B forwarding to --forward-url, by user hash or by header/cookie match (config validated it)."""
+    if not settings.forward_url:
+        return None
+    if settings.forward_match:
+        return Forwarder(settings.forward_url, Matches(parse_forward_match(settings.forward_match)), metrics)
+    if settings.hash_header and settings.hash_range:
+        return Forwarder(settings.forward_url, UserHash(settings.hash_header, settings.hash_range), metrics)
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,50 @@ class HashRange:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardMatch:
+    """One A/B condition: a header equal to ``value`` or matching ``regex``, or a cookie's value."""
+
+    kind: str
+    """``header`` or ``cookie``."""
+    name: str
+    value: str | None = None
+    regex: str | None = None
+
+
+def parse_forward_match(text: str) -> tuple[ForwardMatch, ...]:
+    """The ``--forward-match`` JSON: a list in the ModelDeployment's ``abTest.match`` shape, e.g.
+    ``[{"header": {"name": "x-variant", "value": "b"}}, {"cookie": {"name": "beta", "value": "1"}}]``.
+
+    Raises ValueError naming the entry that is wrong.
+    """
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"is not JSON ({err.msg})") from None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("must be a non-empty JSON list of {header: {...}} or {cookie: {...}} entries")
+    out: list[ForwardMatch] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in ("header", "cookie"):
+            raise ValueError(f"entry {i} must have exactly one key, header or cookie")
+        kind, body = next(iter(entry.items()))
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"]:
+            raise ValueError(f"entry {i}: {kind}.name must be a non-empty string")
+        value, regex = body.get("value"), body.get("regex")
+        if kind == "cookie" and (not isinstance(value, str) or regex is not None):
+            raise ValueError(f"entry {i}: cookie needs a string value (no regex)")
+        if kind == "header" and (value is None) == (regex is None):
+            raise ValueError(f"entry {i}: header needs exactly one of value or regex")
+        if regex is not None:
+            try:
+                re.compile(str(regex))
+            except re.error as err:
+                raise ValueError(f"entry {i}: header.regex {regex!r} is not a valid regex ({err})") from None
+        out.append(ForwardMatch(kind, body["name"], None if value is None else str(value), regex))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     model_uri: str
     name: str
@@ -84,6 +129,8 @@ class Settings:
     mirror_url: str | None = None
     hash_header: str | None = None
     hash_range: HashRange | None = None
+    forward_match: str | None = None
+    """JSON list of A/B matches (see ``parse_forward_match``); matching requests go to --forward-url."""
     forward_url: str | None = None
     max_body_bytes: int = 1 << 20
     workers: int = 1
@@ -150,7 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mirror-url", help="base URL of a shadow server receiving a copy of each request")
     add("--hash-header", help="header whose value is hashed for sticky forwarding (e.g. x-user-id)")
     add("--hash-range", help="buckets LOW-HIGH of 0-99 forwarded to --forward-url (e.g. 0-9)")
-    add("--forward-url", help="base URL of the peer serving the forwarded hash buckets")
+    add(
+        "--forward-match",
+        help="JSON list of header/cookie matches forwarded to --forward-url, e.g. "
+        '[{"header": {"name": "x-variant", "value": "b"}}]',
+    )
+    add("--forward-url", help="base URL of the peer answering forwarded requests (hash buckets or matches)")
     add("--max-body-bytes", help="largest accepted request body (default 1048576)")
     add("--workers", help="worker processes (default 1)")
     add("--max-batch-size", help="rows per coalesced predict call (default 64)")
@@ -294,7 +346,21 @@ def settings_from_strings(raw: Mapping[str, str]) -> Settings:
             )
         else:
             values["hash_range"] = HashRange(int(m[1]), int(m[2]))
+    if raw.get("forward_match"):
+        try:
+            parse_forward_match(raw["forward_match"])
+            values["forward_match"] = raw["forward_match"]
+        except ValueError as err:
+            problems.append(
+                f'{where("forward_match")} {err}; e.g. [{{"header": {{"name": "x-variant", "value": "b"}}}}]'
+            )
+        if not raw.get("forward_url"):
+            problems.append("--forward-match needs --forward-url (the peer answering matching requests)")
+        if raw.get("hash_header") or raw.get("hash_range"):
+            problems.append("set either --forward-match or --hash-header/--hash-range, not both")
     routing = [n for n in ("hash_header", "hash_range", "forward_url") if raw.get(n)]
+    if raw.get("forward_match"):
+        routing = []
     if routing and len(routing) != 3:
         missing = ", ".join(
             _flag(n) for n in ("hash_header", "hash_range", "forward_url") if n not in routing

@@ -1,8 +1,11 @@
-"""Sticky A/B without a mesh: requests whose user hash falls in a bucket range go to a peer.
+"""A/B without a mesh: chosen requests go to a peer (the candidate) and its answer is returned.
 
-The user id is read from ``--hash-header``; its bucket is the first 8 bytes of its SHA-256 as a
-big-endian integer, modulo 100, so every replica (and the operator, and a test) agrees on who is
-in ``--hash-range``. Forwarding is bounded (at most ``MAX_CONCURRENT`` at once; beyond that the
+Two ways to choose. Sticky user hash: the user id is read from ``--hash-header``; its bucket is the
+first 8 bytes of its SHA-256 as a big-endian integer, modulo 100, so every replica (and the
+operator, and a test) agrees on who is in ``--hash-range``. Matches (``--forward-match``): a header
+equal to a value or matching a regex, or a cookie's value, as in ``abTest.match``.
+
+Forwarding is bounded (at most ``MAX_CONCURRENT`` at once; beyond that the
 request is answered here and counted ``dropped``), and a peer that fails or times out is counted
 ``failed`` and the request is answered here: forwarding can move traffic, never break it.
 Forwarded requests carry ``x-rollwise-hop: forward`` so the peer answers them itself.
@@ -13,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
+from collections.abc import Sequence
+from http.cookies import CookieError, SimpleCookie
 
 import httpx
 
-from rollwise_serving.config import HashRange
+from rollwise_serving.config import ForwardMatch, HashRange
 from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.mirroring import HOP_HEADER
 
@@ -30,11 +36,62 @@ def bucket_of(user: str) -> int:
     return int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big") % 100
 
 
-class Forwarder:
-    def __init__(self, base_url: str, header: str, buckets: HashRange, metrics: ServerMetrics) -> None:
-        self.base_url = base_url
+Headers = list[tuple[bytes, bytes]]
+
+
+class UserHash:
+    """Forward users whose bucket is in ``buckets``."""
+
+    def __init__(self, header: str, buckets: HashRange) -> None:
         self.header = header.lower().encode("latin-1")
         self.buckets = buckets
+        self.keep = frozenset({self.header})
+
+    def wants(self, headers: Headers) -> bool:
+        for name, value in headers:
+            if name == self.header:
+                return bucket_of(value.decode("latin-1")) in self.buckets
+        return False
+
+
+class Matches:
+    """Forward requests matching any of ``matches``. Header names are case-insensitive, values exact;
+    a regex must match the whole value, as Envoy's and Istio's RE2 matches do."""
+
+    def __init__(self, matches: Sequence[ForwardMatch]) -> None:
+        self.headers = [
+            (m.name.lower().encode("latin-1"), m.value, re.compile(m.regex) if m.regex else None)
+            for m in matches
+            if m.kind == "header"
+        ]
+        self.cookies = [(m.name, m.value) for m in matches if m.kind == "cookie"]
+        self.keep = frozenset({h for h, _, _ in self.headers} | ({b"cookie"} if self.cookies else set()))
+
+    def wants(self, headers: Headers) -> bool:
+        for name, raw in headers:
+            if name == b"cookie" and self.cookies and self._cookie_matches(raw.decode("latin-1")):
+                return True
+            for header, value, regex in self.headers:
+                if name != header:
+                    continue
+                text = raw.decode("latin-1")
+                if (value is not None and text == value) or (regex is not None and regex.fullmatch(text)):
+                    return True
+        return False
+
+    def _cookie_matches(self, raw: str) -> bool:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(raw)
+        except CookieError:
+            return False
+        return any(name in jar and jar[name].value == value for name, value in self.cookies)
+
+
+class Forwarder:
+    def __init__(self, base_url: str, rule: UserHash | Matches, metrics: ServerMetrics) -> None:
+        self.base_url = base_url
+        self.rule = rule
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._sent, self._dropped, self._failed = (metrics.forward[r] for r in ("sent", "dropped", "failed"))
         self._client: httpx.AsyncClient | None = None
@@ -42,11 +99,8 @@ class Forwarder:
     def start(self) -> None:
         self._client = httpx.AsyncClient(base_url=self.base_url, timeout=TIMEOUT)
 
-    def wants(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        for name, value in headers:
-            if name == self.header:
-                return bucket_of(value.decode("latin-1")) in self.buckets
-        return False
+    def wants(self, headers: Headers) -> bool:
+        return self.rule.wants(headers)
 
     async def forward(
         self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
@@ -55,7 +109,7 @@ class Forwarder:
         if self._client is None or self._slots.locked():
             self._dropped.inc()
             return None
-        keep = {b"content-type", self.header}
+        keep = {b"content-type", *self.rule.keep}
         out = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in keep}
         out[HOP_HEADER] = "forward"
         async with self._slots:

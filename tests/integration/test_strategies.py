@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from rollwise_serving.forwarding import bucket_of
 
 from tests.conftest import Cluster, wait_until
-from tests.integration.conftest import Operator
+from tests.integration.conftest import Operator, kubectl
 from tests.integration.test_operator import apply, get_md, wait_healthy
 from tests.integration.traffic import (
     Load,
@@ -161,6 +161,18 @@ def test_a_bad_blue_green_preview_never_reaches_a_live_client(
     assert live.versions_since(started) == {"1.0.0"}
 
 
+def reaches_candidate(url: str, headers: dict[str, str]) -> None:
+    """Wait until the stable pods' forwards reach the candidate's pod through its Service.
+
+    The step counts as routed once the Deployments say so; kube-proxy programs the candidate
+    Service's new endpoint a moment later (seconds on a busy 2-core machine). Until then a forward
+    fails and stable answers (counted `failed`): forwarding moves traffic, never breaks it.
+    """
+    wait_until(
+        "forwarding to reach the candidate", lambda: send_many(url, [headers] * 5) == [(200, "2.0.0")] * 5, 30
+    )
+
+
 # --- A/B by user hash -------------------------------------------------------------------------------
 
 AB_WEIGHT = 30
@@ -180,6 +192,7 @@ def test_ab_user_hash_is_sticky_and_splits_ten_thousand_users_within_three_point
 
     with_status(cluster, namespace, lambda: wait_until("the A/B split in effect", routing, 120))
     url = service_url(cluster, namespace, "iris")
+    reaches_candidate(url, {"x-user-id": next(f"u{i}" for i in range(999) if bucket_of(f"u{i}") < AB_WEIGHT)})
     users = [f"user-{i}" for i in range(10_000)]
     first = send_many(url, [{"x-user-id": u} for u in users])
     assert all(code == 200 for code, _ in first), [c for c, _ in first if c != 200][:10]
@@ -199,6 +212,49 @@ def test_ab_user_hash_is_sticky_and_splits_ten_thousand_users_within_three_point
     # Requests without the header stay on stable.
     assert live.versions_since(time.monotonic() - 5) == {"1.0.0"}
     print(f"\nA/B user hash: {share:.2f} % of 10 000 users on the candidate (weight {AB_WEIGHT})")
+
+
+def test_ab_by_header_and_cookie_without_a_proxy(cluster: Cluster, namespace: str, live: Load) -> None:
+    match = [{"header": {"name": "x-variant", "value": "b"}}, {"cookie": {"name": "beta", "value": "yes"}}]
+    assert (
+        apply(
+            namespace, md_with("2.0.0", "iris-v2.joblib", "sklearn", {"abTest": {"match": match}})
+        ).returncode
+        == 0
+    )
+
+    def routing() -> bool:
+        md = get_md(cluster, namespace, "iris")
+        return md["status"].get("phase") == "Paused" and candidate_pods_ready(cluster, namespace)
+
+    with_status(cluster, namespace, lambda: wait_until("the A/B match in effect", routing, 120))
+    url = service_url(cluster, namespace, "iris")
+    reaches_candidate(url, {"x-variant": "b"})
+    cases = [
+        ({"x-variant": "b"}, "2.0.0"),
+        ({"X-Variant": "b"}, "2.0.0"),
+        ({"x-variant": "a"}, "1.0.0"),
+        ({"cookie": "session=1; beta=yes"}, "2.0.0"),
+        ({"cookie": "beta=no"}, "1.0.0"),
+        ({}, "1.0.0"),
+    ]
+    answers = send_many(url, [h for h, _ in cases for _ in range(50)])
+    got = [answers[i * 50 : (i + 1) * 50] for i in range(len(cases))]
+    for (headers, version), seen in zip(cases, got, strict=True):
+        wrong = [v for _, v in seen if v != version]
+        assert not wrong, f"{headers}: {len(wrong)} of 50 answered by {set(wrong)}, not {version}"
+    kubectl_annotate(namespace, "promote-full:1")
+    with_status(
+        cluster,
+        namespace,
+        lambda: wait_until("promotion", lambda: promoted(cluster, namespace, "2.0.0"), 120),
+    )
+    # Old stable pods drain for their preStop seconds, then every answer is the new stable's.
+    wait_until("every answer from 2.0.0", lambda: {v for _, v in send_many(url, [{}] * 20)} == {"2.0.0"}, 30)
+
+
+def kubectl_annotate(namespace: str, action: str) -> None:
+    kubectl("-n", namespace, "annotate", "md", "iris", "--overwrite", f"rollwise.dev/action={action}")
 
 
 def prom_by(cluster: Cluster, query: str, label: str) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -233,6 +234,46 @@ def test_hash_range_forwards_the_same_users_to_the_peer_every_time(
     assert front.sample("rollwise_forward_total", result="sent") == forwarded
     assert peer.sample("rollwise_requests_total", outcome="success") == forwarded
     assert front.sample("rollwise_requests_total", outcome="success") == 2 * len(users) - forwarded
+
+
+MATCHES = json.dumps(
+    [
+        {"header": {"name": "x-variant", "value": "b"}},
+        {"header": {"name": "x-group", "regex": "beta-[0-9]+"}},
+        {"cookie": {"name": "model", "value": "v2"}},
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("headers", "answered_by"),
+    [
+        ({"x-variant": "b"}, "v2"),
+        ({"X-Variant": "b"}, "v2"),  # header names are case-insensitive
+        ({"x-variant": "B"}, "v1"),  # values are not
+        ({"x-group": "beta-42"}, "v2"),
+        ({"x-group": "alpha-beta-1"}, "v1"),  # the regex must match the whole value (as Envoy's)
+        ({"x-group": "beta-1x"}, "v1"),
+        ({"cookie": "session=abc; model=v2"}, "v2"),
+        ({"cookie": "model=v1"}, "v1"),
+        ({"cookie": "not a cookie;;=="}, "v1"),
+        ({}, "v1"),
+    ],
+)
+def test_forward_match_sends_matching_requests_to_the_peer(
+    fresh_servers: ServerFactory, models: dict[str, Any], headers: dict[str, str], answered_by: str
+) -> None:
+    peer = fresh_servers.start(*model_args(models, "iris-v2", version="v2"), "--track", "candidate")
+    front = fresh_servers.start(
+        *model_args(models, "iris-v1"), "--forward-match", MATCHES, "--forward-url", peer.url
+    )
+    for _ in range(3):
+        r = front.post("/v2/models/iris/infer", content=infer_body([SETOSA]), headers=headers)
+        assert r.status_code == 200
+        assert r.json()["model_version"] == answered_by
+    forwarded = 3 if answered_by == "v2" else 0
+    assert front.sample("rollwise_forward_total", result="sent") == forwarded
+    assert peer.sample("rollwise_requests_total", outcome="success", track="candidate") == forwarded
 
 
 def test_forwarding_to_a_dead_peer_answers_locally(

@@ -199,6 +199,42 @@ def test_all_bad_flags_are_reported_at_once_with_their_fix() -> None:
     ]
 
 
+BASE_FLAGS = ["--model-uri", "/m", "--name", "n", "--version", "1", "--sha256", "a" * 64]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("x-variant=b", "--forward-match (env ROLLWISE_FORWARD_MATCH) is not JSON"),
+        ("[]", "must be a non-empty JSON list"),
+        ('[{"query": {"name": "a", "value": "b"}}]', "entry 0 must have exactly one key, header or cookie"),
+        ('[{"header": {"name": "x-v"}}]', "entry 0: header needs exactly one of value or regex"),
+        ('[{"header": {"name": "x-v", "value": "b", "regex": "b"}}]', "exactly one of value or regex"),
+        ('[{"cookie": {"name": "c", "regex": "b"}}]', "entry 0: cookie needs a string value"),
+        ('[{"header": {"name": "x-v", "regex": "("}}]', "entry 0: header.regex '(' is not a valid regex"),
+    ],
+)
+def test_a_bad_forward_match_names_the_entry_and_the_fix(value: str, problem: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        parse_settings([*BASE_FLAGS, "--forward-match", value, "--forward-url", "http://peer"], {})
+    assert len(err.value.problems) == 1 and problem in err.value.problems[0], err.value.problems
+    assert 'e.g. [{"header": {"name": "x-variant", "value": "b"}}]' in err.value.problems[0]
+
+
+def test_forward_match_needs_a_peer_and_excludes_hash_forwarding() -> None:
+    match = '[{"header": {"name": "x-variant", "value": "b"}}]'
+    with pytest.raises(SettingsError) as err:
+        parse_settings(
+            [*BASE_FLAGS, "--forward-match", match, "--hash-header", "x-user", "--hash-range", "0-9"], {}
+        )
+    assert err.value.problems == [
+        "--forward-match needs --forward-url (the peer answering matching requests)",
+        "set either --forward-match or --hash-header/--hash-range, not both",
+    ]
+    ok = parse_settings([*BASE_FLAGS, "--forward-match", match, "--forward-url", "http://peer/"], {})
+    assert parse_settings([], ok.to_environ()) == ok  # survives the hand-off to worker processes
+
+
 def test_pickles_need_a_pinned_digest() -> None:
     with pytest.raises(
         SettingsError, match=r"--sha256 \(env ROLLWISE_SHA256\) is required for --format sklearn"

@@ -385,16 +385,24 @@ def test_shadow_mirrors_from_stable_pods_to_a_full_size_candidate() -> None:
     assert "--mirror-url" not in args(d, "stable")
 
 
-def test_header_matches_need_a_proxy_router() -> None:
-    md = md_of({"abTest": {"match": [{"header": {"name": "x-variant", "value": "b"}}]}})
-    w = World.of(md)
-    d = w.settle(at(0))
-    assert d.status.phase is Phase.INVALID
-    assert d.status.message.startswith(
-        "spec.rollout.abTest.match: the replicas router cannot route by header"
-    )
-    assert condition(d, ConditionType.STALLED).reason is Reason.INVALID_SPEC
-    assert replicas(d) == {"iris-stable": 4}  # the stable keeps serving
+def test_a_header_ab_test_without_a_proxy_forwards_matching_requests_from_stable_pods() -> None:
+    match = [{"header": {"name": "x-variant", "value": "b"}}, {"cookie": {"name": "beta", "value": "1"}}]
+    w = started(md_of({"abTest": {"match": match}}))
+    d = w.settle(at(2))
+    assert d.status.phase is Phase.PAUSED and d.status.weight == 0
+    assert args(d, "stable")[-4:] == [
+        "--forward-match",
+        '[{"header":{"name":"x-variant","value":"b"}},{"cookie":{"name":"beta","value":"1"}}]',
+        "--forward-url",
+        "http://iris-candidate.ml.svc.cluster.local",
+    ]
+    assert obj(d, "Service", "iris")["spec"]["selector"]["rollwise.dev/track"] == "stable"
+    assert replicas(d) == {"iris-stable": 4, "iris-candidate": 1}
+    assert w.plan(at(3)).desired == d.desired  # the flags read back as routed: no further change
+    w.annotate("promote-full:1")
+    d = w.settle(at(4))
+    assert d.status.phase is Phase.HEALTHY and d.status.stable_version == "2.0.0"
+    assert "--forward-match" not in args(d, "stable")
 
 
 @pytest.mark.parametrize(

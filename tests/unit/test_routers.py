@@ -146,8 +146,6 @@ def splits(draw: st.DrawFn) -> TrafficSplit:
 
 def supported(provider: str, split: TrafficSplit) -> bool:
     """What each provider can express (the rest is refused by `problems`)."""
-    if provider == "replicas":
-        return not split.matches
     if provider == "nginx":
         headers = [m for m in split.matches if m.header is not None]
         cookies = [m for m in split.matches if m.cookie is not None]
@@ -180,6 +178,30 @@ def test_render_then_read_gives_the_split_back_even_over_an_earlier_render(
     assert state.carries(split), (state.split, split)
     # Rendering again from what is live is stable: the route does not grow on each pass.
     assert router.render(md, split, user_now).objects == routing.objects
+
+
+@pytest.mark.parametrize(
+    "split",
+    [
+        TrafficSplit(20, sticky_header="x-user-id"),
+        TrafficSplit(0, matches=(RequestMatch(header=HeaderMatch(name="x-v", value="b")),)),
+        TrafficSplit(0, mirror=True),
+    ],
+    ids=["user-hash", "match", "mirror"],
+)
+def test_replicas_routing_flags_are_in_effect_only_once_old_stable_pods_are_gone(split: TrafficSplit) -> None:
+    """Terminating stable pods (preStop keeps them serving) lack the flags: not yet routed."""
+    md, router = md_for("replicas"), router_for("replicas")
+    live = live_after(md, router, router.render(md, split, []), [])
+    assert router.read(md, live).carries(split)
+    stable = next(o for o in live if o["metadata"]["name"] == "iris-stable")  # type: ignore[index]
+    stable["status"]["terminatingReplicas"] = 1  # type: ignore[index]
+    state = router.read(md, live)
+    assert not state.accepted and state.message == "waiting for old iris-stable pods to terminate"
+    # A plain weight does not depend on the stable pods' flags.
+    weighted = live_after(md, router, router.render(md, TrafficSplit(20), []), [])
+    next(o for o in weighted if o["metadata"]["name"] == "iris-stable")["status"]["terminatingReplicas"] = 1  # type: ignore[index]
+    assert router.read(md, weighted).carries(TrafficSplit(20))
 
 
 def test_the_users_other_rules_and_routes_are_kept() -> None:
@@ -224,10 +246,6 @@ def test_a_route_rejected_by_its_gateway_is_not_accepted() -> None:
     )
 
 
-REPLICAS_MATCH = (
-    "spec.rollout.abTest.match: the replicas router cannot route by header or cookie; use "
-    "abTest.userHash, or set spec.rollout.traffic.provider to gatewayAPI, istio or nginx"
-)
 NGINX_COOKIE = (
     "spec.rollout.abTest.match[0].cookie.value: 'yes' cannot be matched by ingress-nginx, which routes "
     "a cookie canary only when its value is 'always'; set value: always, use a header match, or use "
@@ -243,10 +261,6 @@ TWO_HEADERS = [{"header": {"name": "a", "value": "1"}}, {"header": {"name": "b",
 @pytest.mark.parametrize(
     ("provider", "ab", "problem"),
     [
-        pytest.param(
-            "replicas", {"match": [{"header": {"name": "x-v", "value": "b"}}]}, REPLICAS_MATCH,
-            id="replicas refuses header matches",
-        ),
         pytest.param(
             "nginx", {"match": [{"cookie": {"name": "beta", "value": "yes"}}]}, NGINX_COOKIE,
             id="nginx refuses cookie values other than always",

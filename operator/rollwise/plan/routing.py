@@ -17,11 +17,12 @@ which belong to objects the planner builds.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
-from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
+from rollwise.api.v1alpha1 import ModelDeployment, RequestMatch, TrafficProvider
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import Track
 from rollwise.plan.split import TrafficSplit
@@ -124,6 +125,23 @@ def forward_args(md: ModelDeployment, split: TrafficSplit) -> tuple[str, ...]:
     )
 
 
+def match_forward_args(md: ModelDeployment, split: TrafficSplit) -> tuple[str, ...]:
+    """Stable pods forward requests matching the A/B matches to the candidate (no proxy needed).
+
+    Example: [{header: {name: x-variant, value: b}}] ->
+    `--forward-match '[{"header":{"name":"x-variant","value":"b"}}]' --forward-url ...`.
+    """
+    if not split.matches:
+        return ()
+    matches = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in split.matches]
+    return (
+        "--forward-match",
+        json.dumps(matches, separators=(",", ":"), sort_keys=True),
+        "--forward-url",
+        service_url(md, Track.CANDIDATE),
+    )
+
+
 def mirror_args(md: ModelDeployment) -> tuple[str, ...]:
     """Stable pods copy every request to the candidate Service and discard its answers."""
     return ("--mirror-url", service_url(md, Track.CANDIDATE))
@@ -136,6 +154,7 @@ class ServingFlags:
     mirror: bool = False
     sticky_header: str | None = None
     sticky_weight: int | None = None
+    matches: tuple[RequestMatch, ...] = ()
 
 
 def serving_flags(md: ModelDeployment, objects: Sequence[Manifest]) -> ServingFlags:
@@ -152,8 +171,22 @@ def serving_flags(md: ModelDeployment, objects: Sequence[Manifest]) -> ServingFl
         low, _, high = (flags.get("--hash-range") or "").partition("-")
         if low.isdigit() and high.isdigit():
             weight = int(high) - int(low) + 1
-        return ServingFlags(mirror="--mirror-url" in flags, sticky_header=header, sticky_weight=weight)
+        return ServingFlags(
+            mirror="--mirror-url" in flags,
+            sticky_header=header,
+            sticky_weight=weight,
+            matches=_matches(flags.get("--forward-match", "")),
+        )
     return ServingFlags()
+
+
+def _matches(raw: str) -> tuple[RequestMatch, ...]:
+    """`--forward-match` read back; anything unreadable reads as no matches (the step then re-applies)."""
+    try:
+        entries = json.loads(raw) if raw else []
+        return tuple(RequestMatch.model_validate(e) for e in entries)
+    except (ValueError, TypeError):
+        return ()
 
 
 def _container_args(deployment: Manifest) -> list[str]:

@@ -6,10 +6,10 @@ preview or a first analysis runs beside it unseen), at 100 % only candidate pods
 switch, with the old stable still up as the instant rollback). The intended weight is recorded
 on the Service (`rollwise.dev/weight`), since a pod ratio cannot tell 5 % from 20 %.
 
-Shadow and user-hash A/B go through the serving image's own flags on the stable pods:
-`--mirror-url` copies each request to the candidate Service and discards its answer;
-`--hash-header/--hash-range/--forward-url` forward a fixed set of user-hash buckets to it. Header
-and cookie matches need a proxy, so they are refused here with the fix named.
+Shadow and A/B go through the serving image's own flags on the stable pods: `--mirror-url` copies
+each request to the candidate Service and discards its answer; `--hash-header/--hash-range/
+--forward-url` forward a fixed set of user-hash buckets to it, and `--forward-match` the requests
+whose header or cookie matches. So every strategy works with nothing installed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from rollwise.plan.routing import (
     RouterState,
     Routing,
     forward_args,
+    match_forward_args,
     mirror_args,
     rolled_out,
     serving_flags,
@@ -37,12 +38,6 @@ class ReplicasRouter:
     scales_by_weight: ClassVar[bool] = True
 
     def problems(self, md: ModelDeployment) -> list[str]:
-        ab = md.spec.rollout.ab_test
-        if ab is not None and ab.match is not None:
-            return [
-                "spec.rollout.abTest.match: the replicas router cannot route by header or cookie; "
-                "use abTest.userHash, or set spec.rollout.traffic.provider to gatewayAPI, istio or nginx"
-            ]
         return []
 
     def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> Routing:
@@ -50,6 +45,8 @@ class ReplicasRouter:
         main: Track | None
         if split.sticky_header is not None:
             main, stable_args = Track.STABLE, forward_args(md, split)
+        elif split.matches:
+            main, stable_args = Track.STABLE, match_forward_args(md, split)
         elif split.candidate == 0:
             main = Track.STABLE
         elif split.candidate == 100:
@@ -86,7 +83,7 @@ class ReplicasRouter:
         header = flags.sticky_header if flags.sticky_weight is not None else None
         if header is not None and not 0 < weight < 100:
             return RouterState(None, False, f"user-hash forwarding with weight {weight}")
-        split = TrafficSplit(candidate=weight, mirror=flags.mirror, sticky_header=header)
+        split = TrafficSplit(weight, mirror=flags.mirror, matches=flags.matches, sticky_header=header)
         deployments = [
             o
             for o in objects
@@ -98,7 +95,17 @@ class ReplicasRouter:
         waiting = [_name(d) for d in deployments if not rolled_out(d)]
         if waiting:
             return RouterState(split, False, f"waiting for {', '.join(waiting)} to roll out")
+        if (split.mirror or split.matches or header is not None) and _terminating(stable):
+            # Old stable pods lack the routing flags and answer every request they still get
+            # until they exit (preStop keeps them serving a few seconds): not in effect yet.
+            return RouterState(split, False, f"waiting for old {_name(stable)} pods to terminate")
         return RouterState(split, True)
+
+
+def _terminating(deployment: Manifest) -> bool:
+    status = deployment.get("status")
+    count = status.get("terminatingReplicas", 0) if isinstance(status, dict) else 0
+    return isinstance(count, int) and count > 0
 
 
 def _name(obj: Manifest) -> str:
