@@ -178,6 +178,37 @@ def test_a_bad_candidate_is_rolled_back_on_its_signal(
     print(f"\n{artifact}: rolled back {elapsed:.1f}s after its pods took traffic")
 
 
+def test_a_candidate_that_refuses_inputs_the_stable_accepts_is_rolled_back(
+    cluster: Cluster, namespace: str, load: Load
+) -> None:
+    """An input-contract change: the candidate's feature schema refuses two rows in three (422).
+    Client errors are normally the caller's fault, but these exceed the stable's share of them."""
+    load.steady()
+    bad = canary("2.1.0-strict", "iris-v2.joblib", "sklearn")
+    bad["spec"]["model"]["featureSchema"] = {
+        "features": [
+            {"name": "sepal_length", "type": "float", "min": 4.0, "max": 5.5},
+            {"name": "sepal_width", "type": "float"},
+            {"name": "petal_length", "type": "float"},
+            {"name": "petal_width", "type": "float"},
+        ]
+    }
+    assert apply(namespace, bad).returncode == 0
+    wait_until("the candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
+    took_traffic = time.monotonic()
+    with_status(
+        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
+    )
+    elapsed = time.monotonic() - took_traffic
+    status = get_md(cluster, namespace, "iris")["status"]
+    assert status["stableVersion"] == "1.0.0"
+    verdicts = {m["name"]: m["verdict"] for m in status["analysis"]["metrics"]}
+    assert verdicts["success-rate"] == "Failed", status["analysis"]
+    refused = [r for r in load.results if r[0] >= took_traffic and r[1] == 422]
+    assert refused, "the strict candidate should have refused some live requests"
+    print(f"\ninput-contract change: rolled back {elapsed:.1f}s after its pods took traffic")
+
+
 def test_a_candidate_that_never_gets_ready_is_rolled_back_at_the_deadline(
     cluster: Cluster, namespace: str, load: Load
 ) -> None:

@@ -19,6 +19,7 @@ from rollwise.plan.analysis import (
     judge,
     record,
     render_template,
+    samples_query,
     start,
     verdict_of,
 )
@@ -156,21 +157,15 @@ def md(**model: Any) -> ModelDeployment:
     ("metric", "promql"),
     [
         pytest.param(
-            {"builtin": "successRate", "threshold": {"min": 99}},
-            '100 * sum(rate(rollwise_requests_total{model="iris",track="candidate",outcome="success"}[60s]))'
-            ' / sum(rate(rollwise_requests_total{model="iris",track="candidate",'
-            'outcome=~"success|server_error|fallback"}[60s]))',
-            id="successRate is docs/metrics.md's success_rate in percent",
-        ),
-        pytest.param(
             {"builtin": "latencyP99", "threshold": {"max": 0.5}},
             "histogram_quantile(0.99, sum by (le) (rate(rollwise_request_duration_seconds_bucket"
-            '{model="iris",track="candidate"}[60s])))',
+            '{namespace="ml",pod=~"iris-candidate-[^-]+-[^-]+",model="iris",track="candidate"}[60s])))',
             id="latencyP99 is docs/metrics.md's latency_p99_seconds",
         ),
         pytest.param(
             {"builtin": "inputDrift", "feature": "age", "threshold": {"max": 0.2}},
-            'max(rollwise_feature_psi{model="iris",track="candidate",feature="age"})',
+            'max(rollwise_feature_psi{namespace="ml",pod=~"iris-candidate-[^-]+-[^-]+",model="iris",'
+            'track="candidate",feature="age"})',
             id="inputDrift watches one feature's PSI",
         ),
     ],
@@ -178,6 +173,41 @@ def md(**model: Any) -> ModelDeployment:
 def test_builtin_queries_use_the_metric_contract(metric: dict[str, Any], promql: str) -> None:
     c = MetricCheck.model_validate({"name": "m", **metric})
     assert builtin_query(md(), c, "60s") == promql
+
+
+CAND = 'namespace="ml",pod=~"iris-candidate-[^-]+-[^-]+",model="iris",track="candidate"'
+STABLE = 'namespace="ml",pod=~"iris-stable-[^-]+-[^-]+",model="iris",track="stable"'
+
+
+def test_success_rate_counts_client_errors_beyond_the_stables_share_as_failures() -> None:
+    c = MetricCheck.model_validate({"name": "s", "builtin": "successRate", "threshold": {"min": 99}})
+
+    def rate(sel: str, outcome: str = "") -> str:
+        return f"sum(rate(rollwise_requests_total{{{sel}{outcome}}}[60s]))"
+
+    refused, ok, judged = (
+        ',outcome="client_error"',
+        ',outcome="success"',
+        ',outcome=~"success|server_error|fallback"',
+    )
+    assert builtin_query(md(), c, "60s") == (
+        f"100 * {rate(CAND, ok)} / ({rate(CAND, judged)}"
+        f" + clamp_min(({rate(CAND, refused)} or on() vector(0)) - {rate(CAND)}"
+        f" * ({rate(STABLE, refused)} / clamp_min({rate(STABLE)}, 1e-9) or on() vector(0)), 0))"
+    )
+
+
+def test_queries_are_scoped_to_the_model_deployment_not_just_the_model_name() -> None:
+    """Two ModelDeployments serving model "iris" (another namespace, or another name) never mix."""
+    c = MetricCheck.model_validate({"name": "l", "builtin": "latencyP99", "threshold": {"max": 1}})
+    doc = base()
+    doc["metadata"] |= {"name": "iris-b", "namespace": "team-b"}
+    q = builtin_query(ModelDeployment.model_validate(doc), c, "60s")
+    assert 'namespace="team-b",pod=~"iris-b-candidate-[^-]+-[^-]+",model="iris"' in q
+    spec = AnalysisSpec.model_validate(
+        {"metrics": [{"name": "l", "builtin": "latencyP99", "threshold": {"max": 1}}]}
+    )
+    assert samples_query(md(), spec).count(CAND) == 1
 
 
 def test_prediction_drift_compares_candidate_and_stable_class_shares() -> None:

@@ -644,7 +644,8 @@ class BuiltinMetric(StrEnum):
     """Checks computed from the serving image's own metrics, usable by name."""
 
     SUCCESS_RATE = "successRate"
-    """Percent of inference requests that did not fail (0..100); set threshold.min."""
+    """Percent of the candidate's inference requests it answered (0..100); its client errors count as
+    failures only beyond the stable's share of them (an input-contract change); set threshold.min."""
     LATENCY_P99 = "latencyP99"
     """99th percentile inference latency in seconds; set threshold.max."""
     PREDICTION_DRIFT = "predictionDrift"

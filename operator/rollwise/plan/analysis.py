@@ -133,13 +133,25 @@ def window(spec: AnalysisSpec) -> str:
     return f"{spec.interval_seconds}s"
 
 
-def _selector(model: str, track: Track, extra: str = "") -> str:
-    return f'model="{model}",track="{track}"{extra}'
+def _selector(md: ModelDeployment, track: Track, extra: str = "") -> str:
+    """One track of this ModelDeployment: its namespace and its Deployment's pods, then the server's
+    own labels. Without the first two, two ModelDeployments serving a model of the same name (in
+    two namespaces, or side by side) would be judged on each other's traffic.
+
+    Example: `namespace="ml",pod=~"iris-candidate-[^-]+-[^-]+",model="iris",track="candidate"`.
+    `namespace` and `pod` are the labels Kubernetes service discovery (and the Prometheus
+    Operator's PodMonitor) put on every pod target; pod names are `<deployment>-<hash>-<id>`.
+    """
+    name = md.metadata.name  # a-z, 0-9 and "-" only (the API refuses others): safe in a regex
+    return (
+        f'namespace="{md.metadata.namespace or "default"}",pod=~"{name}-{track}-[^-]+-[^-]+",'
+        f'model="{md.spec.model.name}",track="{track}"{extra}'
+    )
 
 
-def _share(model: str, track: Track, win: str) -> str:
+def _share(md: ModelDeployment, track: Track, win: str) -> str:
     """Share of predictions per class on one track (docs/metrics.md `class_share`)."""
-    sel = _selector(model, track)
+    sel = _selector(md, track)
     return (
         f"(sum by (class) (rate(rollwise_prediction_value_count{{{sel}}}[{win}]))"
         f" / ignoring(class) group_left sum(rate(rollwise_prediction_value_count{{{sel}}}[{win}])))"
@@ -151,10 +163,34 @@ PSI_FLOOR = 0.0001
 gives a large finite PSI instead of +Inf or NaN (the usual PSI epsilon)."""
 
 
+def _success_rate(md: ModelDeployment, win: str) -> str:
+    """Percent of the candidate's requests it answered, counting the client errors it returns
+    beyond the stable's client-error share as its own failures.
+
+    A client error is usually the caller's fault (docs' `success_rate` leaves them out), but a
+    candidate that changed its input contract refuses requests the stable accepts: left out, its
+    success rate would read "no data" while users got 400s. Both tracks see the same requests (a
+    random split, mirrored or hashed users), so only the excess is the candidate's doing.
+    Example: stable refuses 2 % of requests, candidate 50 %, answers the rest: 100*48/(48+48) = 50.
+    """
+    cand, stable = Track.CANDIDATE, Track.STABLE
+
+    def rate(track: Track, outcome: str = "") -> str:
+        return f"sum(rate(rollwise_requests_total{{{_selector(md, track, outcome)}}}[{win}]))"
+
+    ok = rate(cand, ',outcome="success"')
+    judged = rate(cand, ',outcome=~"success|server_error|fallback"')
+    refused = ',outcome="client_error"'
+    stable_share = f"({rate(stable, refused)} / clamp_min({rate(stable)}, 1e-9) or on() vector(0))"
+    excess = f"clamp_min(({rate(cand, refused)} or on() vector(0)) - {rate(cand)} * {stable_share}, 0)"
+    return f"100 * {ok} / ({judged} + {excess})"
+
+
 def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
     """The PromQL of a built-in check, from the serving image's metric contract (docs/metrics.md).
 
-    - successRate: 100 x docs' `success_rate` (client errors are not the model's fault), percent.
+    - successRate: percent of requests answered; client errors count only beyond the stable's
+      share of them (`_success_rate`).
     - latencyP99: docs' `latency_p99_seconds`, seconds.
     - predictionDrift: PSI between the candidate's and the stable's class shares, computed in
       PromQL from `rollwise_prediction_value_count` by class. A regressor (feature schema
@@ -164,18 +200,12 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
     - inputDrift: the candidate's largest `rollwise_feature_psi` (or `feature`'s) against the
       reference the model ships (`spec.model.reference`; without one there is no data).
     """
-    model = md.spec.model.name
     cand = Track.CANDIDATE
     match check.builtin:
         case BuiltinMetric.SUCCESS_RATE:
-            ok = _selector(model, cand, ',outcome="success"')
-            judged = _selector(model, cand, ',outcome=~"success|server_error|fallback"')
-            return (
-                f"100 * sum(rate(rollwise_requests_total{{{ok}}}[{win}]))"
-                f" / sum(rate(rollwise_requests_total{{{judged}}}[{win}]))"
-            )
+            return _success_rate(md, win)
         case BuiltinMetric.LATENCY_P99:
-            sel = _selector(model, cand)
+            sel = _selector(md, cand)
             return (
                 "histogram_quantile(0.99, sum by (le) "
                 f"(rate(rollwise_request_duration_seconds_bucket{{{sel}}}[{win}])))"
@@ -187,13 +217,13 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
                 and schema.output is not None
                 and schema.output.kind is OutputKind.REGRESSOR
             ):
-                return f"max(rollwise_prediction_psi{{{_selector(model, cand)}}})"
-            c = f"clamp_min({_share(model, cand, win)}, {PSI_FLOOR})"
-            s = f"clamp_min({_share(model, Track.STABLE, win)}, {PSI_FLOOR})"
+                return f"max(rollwise_prediction_psi{{{_selector(md, cand)}}})"
+            c = f"clamp_min({_share(md, cand, win)}, {PSI_FLOOR})"
+            s = f"clamp_min({_share(md, Track.STABLE, win)}, {PSI_FLOOR})"
             return f"sum(({c} - on(class) {s}) * ln({c} / on(class) {s}))"
         case BuiltinMetric.INPUT_DRIFT:
             extra = "" if check.feature is None else f',feature="{check.feature}"'
-            return f"max(rollwise_feature_psi{{{_selector(model, cand, extra)}}})"
+            return f"max(rollwise_feature_psi{{{_selector(md, cand, extra)}}})"
         case None:
             raise ValueError(f"metric {check.name!r} has no builtin")
 
@@ -226,7 +256,7 @@ def metric_query(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) ->
 
 def samples_query(md: ModelDeployment, spec: AnalysisSpec) -> str:
     """Inference requests the candidate served during the last interval (all outcomes)."""
-    sel = _selector(md.spec.model.name, Track.CANDIDATE)
+    sel = _selector(md, Track.CANDIDATE)
     return f"sum(increase(rollwise_requests_total{{{sel}}}[{window(spec)}]))"
 
 
