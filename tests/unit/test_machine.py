@@ -443,7 +443,12 @@ def test_a_missing_http_route_rolls_back_at_the_deadline_naming_the_route() -> N
     w = started(
         md_of({"canary": {"steps": [{"setWeight": 10}]}, "traffic": traffic, "progressDeadlineSeconds": 60})
     )
-    assert w.settle(at(60)).status.phase is Phase.PROGRESSING
+    d = w.settle(at(60))
+    assert d.status.phase is Phase.PROGRESSING
+    assert d.status.message == (
+        "step 1/1: setWeight 10; waiting for the traffic router: "
+        "HTTPRoute web not found in namespace ml; create it with a rule routing to Service iris"
+    )  # what a human reads while it waits, not only at the rollback
     d = w.settle(at(61))
     assert d.status.phase is Phase.ROLLED_BACK
     assert (

@@ -679,6 +679,24 @@ def _enter(world: World, state: State, index: int) -> State:
     ).note(EventType.NORMAL, reason, message)
 
 
+def _waiting_on_router(world: World, state: State) -> State:
+    """While a ready candidate's step is not yet routed, say what the router waits for (a Gateway
+    rejecting the route, a missing VirtualService, old pods draining) instead of the bare step."""
+    step = _current(world, state)
+    if (
+        state.phase is not Phase.PROGRESSING
+        or state.step is None
+        or step is None
+        or isinstance(step, (Pause, Analyze))
+        or not world.candidate_ready(state)
+        or world.routes(split_of(world, state))
+    ):
+        return state
+    why = world.router_message()
+    base = f"step {state.step + 1}/{len(world.steps)}: {_describe(step)}"
+    return replace(state, message=f"{base}; waiting for the traffic router: {why}" if why else base)
+
+
 def _describe(step: Step) -> str:
     match step:
         case SetWeight(weight=w):
@@ -1100,6 +1118,7 @@ def decide(
         if event is None:
             break
         state = _fold_measurements(world, transition(world, state, event))
+    state = _waiting_on_router(world, state)
     state = _health(state, _stable_view(observed.stable, state.stable), first=md.status.phase is None)
     desired, delete, split = desired_objects(world, state, owner_uid=owner_uid, serving_image=serving_image)
     calls = [*webhook_calls(world, state), *_post_rollout(world, before, state)]
