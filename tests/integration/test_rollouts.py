@@ -19,6 +19,7 @@ from tests.conftest import Cluster, wait_until
 from tests.integration.conftest import Operator
 from tests.integration.test_operator import apply, get_md, wait_healthy
 from tests.integration.traffic import (
+    ANALYSIS,
     Load,
     base_md,
     candidate_pods_ready,
@@ -30,19 +31,6 @@ from tests.integration.traffic import (
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.prometheus, pytest.mark.slow]
-
-ANALYSIS = {
-    "intervalSeconds": 5,
-    "count": 3,
-    "failureLimit": 0,
-    # Two thin intervals (the 2-core machine is busy) may be inconclusive before a human is asked.
-    "inconclusiveLimit": 2,
-    "minSampleCount": 5,
-    "metrics": [
-        {"name": "success-rate", "builtin": "successRate", "threshold": {"min": 99}},
-        {"name": "latency", "builtin": "latencyP99", "threshold": {"max": 0.25}},
-    ],
-}
 
 
 def canary(

@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from rollwise_serving.forwarding import bucket_of
 
 from tests.conftest import Cluster, wait_until
+from tests.integration import traffic
 from tests.integration.conftest import Operator, kubectl
 from tests.integration.test_operator import apply, get_md, wait_healthy
 from tests.integration.traffic import (
@@ -43,17 +44,7 @@ from tests.integration.traffic import (
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.prometheus, pytest.mark.slow]
 
-ANALYSIS: dict[str, Any] = {
-    "intervalSeconds": 5,
-    "count": 2,
-    "failureLimit": 0,
-    "inconclusiveLimit": 2,
-    "minSampleCount": 5,
-    "metrics": [
-        {"name": "success-rate", "builtin": "successRate", "threshold": {"min": 99}},
-        {"name": "latency", "builtin": "latencyP99", "threshold": {"max": 0.25}},
-    ],
-}
+ANALYSIS: dict[str, Any] = {**traffic.ANALYSIS, "count": 2}
 
 
 def md_with(version: str, artifact: str, fmt: str, rollout: dict[str, Any]) -> dict[str, Any]:
