@@ -25,7 +25,7 @@ import urllib.request
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -39,6 +39,7 @@ from rollwise.cli.outcome import Ended, Outcome, ended
 from rollwise.cli.view import progress_line
 
 from e2e import cluster, modelstore, paths
+from e2e.traffic import Load
 
 T = TypeVar("T")
 NAMESPACE = "rollwise-demo"
@@ -52,7 +53,6 @@ HEARTBEAT_SECONDS = 20
 console = Console()
 
 # One row of each Iris class, cycled, so class shares mean something to the drift checks.
-ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]]
 ROLLOUT: dict[str, Any] = {
     "canary": {"steps": [{"setWeight": 50}, {"analysis": {}}]},
     "analysis": {
@@ -264,50 +264,11 @@ def scraped(namespace: str) -> str:
 
 
 @dataclass
-class Traffic:
-    """Steady requests to the model's Service from a thread; every answer recorded with its time,
-    HTTP status and the model version that answered."""
+class Traffic(Load):
+    """The demo's steady load (20 requests/s, until the demo stops it), shown under the live view."""
 
-    url: str
     rate_per_second: float = 20.0
-    results: list[tuple[float, int, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        bodies = [
-            json.dumps(
-                {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": r}]}
-            ).encode()
-            for r in ROWS
-        ]
-        sent = 0
-        while not self.stop.is_set():
-            started = time.monotonic()
-            req = urllib.request.Request(
-                self.url, bodies[sent % len(bodies)], {"Content-Type": "application/json"}
-            )
-            sent += 1
-            try:
-                with urllib.request.urlopen(req, timeout=5) as resp:
-                    self.results.append((started, resp.status, str(json.load(resp).get("model_version", ""))))
-            except urllib.error.HTTPError as err:
-                self.results.append((started, err.code, ""))
-            except (urllib.error.URLError, OSError):
-                self.results.append((started, 0, ""))
-            self.stop.wait(max(0.0, 1 / self.rate_per_second - (time.monotonic() - started)))
-
-    @contextmanager
-    def running(self) -> Iterator[Traffic]:
-        thread = threading.Thread(target=self.run, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self.stop.set()
-            thread.join(10)
-
-    def since(self, start: float) -> list[tuple[float, int, str]]:
-        return [r for r in list(self.results) if r[0] >= start]
+    limit_seconds: float = 24 * 3600.0
 
     def footer(self, window_seconds: float = 5) -> Text:
         """What the last few seconds of traffic looked like, under the live view."""

@@ -31,7 +31,6 @@ from tests.integration.traffic import (
     base_md,
     candidate_pods_ready,
     model,
-    running,
     service_url,
     with_status,
 )
@@ -173,7 +172,7 @@ def paused_canary(
             180,
         ),
     )
-    with running(Load(service_url(cluster, namespace, "iris"), rate_per_second=20)) as load:
+    with Load(service_url(cluster, namespace, "iris"), rate_per_second=20).running() as load:
         load.steady()
         assert apply(namespace, iris("2.0.0", "iris-v2.joblib", reference_claim)).returncode == 0
         wait_until("the candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 120)

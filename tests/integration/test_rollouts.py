@@ -25,7 +25,6 @@ from tests.integration.traffic import (
     candidate_pods_ready,
     model,
     rolled_back,
-    running,
     service_url,
     with_status,
 )
@@ -61,7 +60,7 @@ def serving(
 
 @pytest.fixture
 def load(cluster: Cluster, namespace: str, serving: None) -> Iterator[Load]:
-    with running(Load(service_url(cluster, namespace, "iris"))) as generator:
+    with Load(service_url(cluster, namespace, "iris")).running() as generator:
         yield generator
 
 

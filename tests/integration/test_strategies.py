@@ -36,7 +36,6 @@ from tests.integration.traffic import (
     prom_value,
     promoted,
     rolled_back,
-    running,
     send_many,
     service_url,
     with_status,
@@ -69,7 +68,7 @@ def stable_v1(
 @pytest.fixture
 def live(cluster: Cluster, namespace: str, stable_v1: None) -> Iterator[Load]:
     """Live clients on the `iris` Service."""
-    with running(Load(service_url(cluster, namespace, "iris"))) as load:
+    with Load(service_url(cluster, namespace, "iris")).running() as load:
         load.steady()
         yield load
 
@@ -99,7 +98,7 @@ def test_blue_green_judges_the_preview_then_switches_all_traffic_and_keeps_blue(
     wait_until("the preview at full size", lambda: candidate_pods_ready(cluster, namespace, at_least=2), 90)
     preview_up = time.monotonic()
     # A smoke test against the preview Service: the traffic its pre-promotion analysis judges.
-    with running(Load(service_url(cluster, namespace, "iris-candidate"), rate_per_second=15)) as smoke:
+    with Load(service_url(cluster, namespace, "iris-candidate"), rate_per_second=15).running() as smoke:
         smoke.steady(10)
         assert live.versions_since(preview_up) == {"1.0.0"}  # live clients never see the preview
 
@@ -140,7 +139,7 @@ def test_a_bad_blue_green_preview_never_reaches_a_live_client(
     bad = md_with("3.0.0-broken", "iris-broken.py", "python", BLUE_GREEN)
     assert apply(namespace, bad).returncode == 0
     wait_until("the preview", lambda: candidate_pods_ready(cluster, namespace, at_least=2), 90)
-    with running(Load(service_url(cluster, namespace, "iris-candidate"), rate_per_second=15)) as smoke:
+    with Load(service_url(cluster, namespace, "iris-candidate"), rate_per_second=15).running() as smoke:
         with_status(
             cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
         )
