@@ -108,6 +108,9 @@ def prometheus(exporter: int, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: known\n"
         f"    static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n"
+        # The target labels Kubernetes discovery gives a candidate pod of ModelDeployment ml/iris:
+        # the built-in queries select a ModelDeployment's own pods by them.
+        "        labels: {namespace: ml, pod: iris-candidate-5d8f7c9b4-x2x9z}\n"
     )
     port = free_port()
     log = tmp / "prometheus.log"
