@@ -164,6 +164,8 @@ def audit_writes(user: str, since_offset: int, namespace: str) -> list[dict[str,
     with local_cluster.audit_path().open("rb") as f:
         f.seek(since_offset)
         for line in f:
+            if not line.endswith(b"\n"):
+                break  # the API server is still writing this event; it happened after the check
             event = json.loads(line)
             if (
                 event.get("user", {}).get("username") == user
