@@ -78,6 +78,10 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
         30,
     )
     yield name
+    # ModelDeployments first, while the namespace is live: an operator watching a namespace glob
+    # stops watching a namespace once it terminates, so it would never see them deleted and never
+    # remove Kopf's finalizer (the namespace would stay Terminating).
+    local_cluster.kubectl("-n", name, "delete", "modeldeployments", "--all", "--timeout=30s", check=False)
     cluster.core.delete_namespace(name)
 
 

@@ -28,7 +28,9 @@ class OperatorSettings:
     """Where analysis queries go; empty means analysis steps fail with a clear reason."""
     watch_namespace: str
     """Empty: all namespaces (cluster-wide RBAC); otherwise comma-separated names or globs (Kopf's
-    namespace patterns, e.g. ``team-*``) — one plain name pairs with the chart's namespaced RBAC."""
+    namespace patterns, e.g. ``team-*``) — one plain name pairs with the chart's namespaced RBAC.
+    With a glob, Kopf stops watching a namespace once it terminates: delete its ModelDeployments
+    before the namespace, or their finalizers keep it Terminating."""
     metrics_port: int
     """The operator's own /metrics; 9100 so it never collides with a serving pod's 8080."""
     liveness_endpoint: str

@@ -132,7 +132,17 @@ def operator(cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFact
     kubeconfig = local_cluster.user_kubeconfig(OPERATOR_USER, ("system:masters",))
     op = start_operator(tmp_path_factory.mktemp("operator"), kubeconfig)
     yield op
+    # The last tests' namespaces are still terminating: their ModelDeployments carry Kopf's
+    # finalizer, which only a running operator removes. Stop only once they are gone, or every
+    # session would leave a namespace stuck in Terminating behind.
+    with contextlib.suppress(AssertionError):
+        wait_until("this session's namespaces to be deleted", lambda: not _session_namespaces(cluster), 30)
     op.stop()
+
+
+def _session_namespaces(cluster: Cluster) -> list[str]:
+    names = [n.metadata.name for n in cluster.core.list_namespace().items]
+    return [n for n in names if n.startswith(f"{NAMESPACE_PREFIX}-")]
 
 
 def build(script: str) -> None:
