@@ -59,7 +59,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,6 +312,11 @@ class Write:
     name: str
     code: int
     at: float  # stageTimestamp (ResponseComplete), epoch seconds
+    received: float  # requestReceivedTimestamp: `at - received` is the API server's own time
+
+    @property
+    def kind(self) -> str:
+        return f"{self.verb} {self.resource}{'/' + self.subresource if self.subresource else ''}"
 
 
 def _epoch(stamp: str) -> float:
@@ -352,6 +357,7 @@ def audit_writes(since: float, until: float | None = None, *, namespace_prefix: 
                         name=ref.get("name", ""),
                         code=int((event.get("responseStatus") or {}).get("code", 0)),
                         at=at,
+                        received=_epoch(event["requestReceivedTimestamp"]),
                     )
                 )
     out.sort(key=lambda w: w.at)
@@ -701,6 +707,9 @@ class WaveResult:
     restart_writes: int
     restart_cpu: float
     load: str
+    restart_kinds: dict[str, int] = field(default_factory=dict)
+    write_costs: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """The controller's writes in the wave by kind: count, and the API server's p50 time (ms)."""
 
 
 def md_ready(md: dict[str, Any]) -> bool:
@@ -843,8 +852,11 @@ def run_wave(
         ctl.stop()
     kinds: dict[str, int] = defaultdict(int)
     for w in idle_writes:
-        kinds[f"{w.verb} {w.resource}{'/' + w.subresource if w.subresource else ''}"] += 1
+        kinds[w.kind] += 1
     mine = [w for w in wave if w.user == subject.user]
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for w in mine:
+        by_kind[w.kind].append((w.at - w.received) * 1000)
     result = WaveResult(
         label=subject.label,
         size=size,
@@ -862,6 +874,8 @@ def run_wave(
         restart_writes=len(restart_writes),
         restart_cpu=restart_cpu,
         load=load(),
+        restart_kinds=dict(Counter(w.kind for w in restart_writes)),
+        write_costs={k: (len(v), pct(v, 50)) for k, v in sorted(by_kind.items())},
     )
     log(f"{subject.label} x{size}: {result}")
     return result
@@ -1147,7 +1161,7 @@ def run_canaries(
         every, pauses = step_latencies(writes, ctl_user(label), due, children)
         expected = len(TIMED_STEPS) if not is_argo else 2
         assert len(every) == size * expected, f"{len(every)} timed steps seen, expected {size * expected}"
-        analysis_window = analysis_seconds(seen, is_argo) or (t1 - t0)
+        window = argo_analysis_window(kube, namespace) if is_argo else rollwise_analysis_window(seen)
         result = CanaryResult(
             label=label,
             size=size,
@@ -1158,7 +1172,7 @@ def run_canaries(
             samples=len(every),
             total_seconds=t1 - t0,
             queries=queries,
-            queries_per_second=queries / analysis_window,
+            queries_per_second=queries / window,
             prometheus_queries=pq1 - pq0,
             cpu_per_min=(cpu1 - cpu0) / ((t1 - t0) / 60),
             rss_peak=ctl.peak_rss,
@@ -1187,16 +1201,33 @@ def ctl_user(label: str) -> str:
     return ARGO_USER if label == "argo-rollouts" else ROLLWISE_USER
 
 
-def analysis_seconds(seen: dict[str, list[tuple[float, dict[str, Any]]]], is_argo: bool) -> float:
-    """From the first analysis step entered to the last one left, across all rollouts (watch time)."""
-    index = 3
-    inside: list[float] = []
-    for history in seen.values():
-        for at, status in history:
-            step = status.get("currentStepIndex") if is_argo else status.get("currentStep")
-            if step == index:
-                inside.append(at)
-    return (max(inside) - min(inside)) if len(inside) > 1 else 0.0
+def rollwise_analysis_window(seen: dict[str, list[tuple[float, dict[str, Any]]]]) -> float:
+    """First measurement due -> last one due, across all rollouts (the controller's own clock; the
+    first is due one interval after the step starts)."""
+    starts = {
+        _epoch(a["startedAt"])
+        for history in seen.values()
+        for _, status in history
+        if (a := status.get("analysis") or {}).get("step") == 3 and a.get("startedAt")
+    }
+    if not starts:
+        return math.nan
+    return max(starts) + ANALYSIS_COUNT * ANALYSIS_INTERVAL - (min(starts) + ANALYSIS_INTERVAL)
+
+
+def argo_analysis_window(kube: Kube, namespace: str) -> float:
+    """First measurement started -> last one finished, from the AnalysisRuns (1 s resolution)."""
+    runs = kube.list(("argoproj.io", "v1alpha1", "analysisruns"), namespace)
+    stamps = [
+        (_epoch(m["startedAt"]), _epoch(m.get("finishedAt") or m["startedAt"]))
+        for r in runs
+        for result in r.get("status", {}).get("metricResults", [])
+        for m in result.get("measurements", [])
+        if m.get("startedAt")
+    ]
+    if not stamps:
+        return math.nan
+    return max(f for _, f in stamps) - min(s for s, _ in stamps)
 
 
 # --- HA ----------------------------------------------------------------------------------------
@@ -1442,16 +1473,36 @@ def goals(waves: Sequence[WaveResult]) -> str:
     return "\n".join(out)
 
 
-def ha_table(ha: HaResult) -> str:
-    return "\n".join(
-        [
-            "| rollouts | peering lifetime s | kill -> follower reconciled all s "
-            "| interrupted step late by p99 s | follower writes before the kill |",
-            "| ---: | ---: | ---: | ---: | ---: |",
-            f"| {ha.size} | {ha.lifetime} | {fmt(ha.resumed_seconds, 1)} | {fmt(ha.step_delay_p99, 2)} "
-            f"| {ha.follower_writes_before_kill} |",
-        ]
-    )
+def cost_table(waves: Sequence[WaveResult]) -> str:
+    """What each controller wrote during its largest wave, and what the API server took per write."""
+    largest: dict[str, WaveResult] = {}
+    for w in waves:
+        if w.size >= largest.get(w.label, w).size:
+            largest[w.label] = w
+    rows = [
+        f"| {w.label} | {w.size:,} | {kind} | {count:,} | {fmt(count / w.size, 1)} | {fmt(ms, 0)} |"
+        for w in largest.values()
+        for kind, (count, ms) in w.write_costs.items()
+    ]
+    head = [
+        "| controller | objects | write | count | per object | API server p50 ms |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    return "\n".join(head + rows)
+
+
+def ha_table(results: Sequence[HaResult]) -> str:
+    head = [
+        "| rollouts | peering lifetime s | kill -> follower reconciled all s "
+        "| interrupted 40 s pause ended late by p99 s | follower writes before the kill |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rows = [
+        f"| {ha.size} | {ha.lifetime} | {fmt(ha.resumed_seconds, 1)} | {fmt(ha.step_delay_p99, 2)} "
+        f"| {ha.follower_writes_before_kill} |"
+        for ha in results
+    ]
+    return "\n".join(head + rows)
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -1464,7 +1515,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canaries", type=int, default=50, help="rollouts started at once; 0 skips")
     parser.add_argument("--ha", type=int, default=10, help="rollouts in the HA scenario; 0 skips")
     parser.add_argument(
-        "--ha-lifetime", type=int, default=60, help="Kopf peering lifetime, s (Kopf's default)"
+        "--ha-lifetime",
+        default="60,15",
+        help="Kopf peering lifetimes to try, s (60 is Kopf's default and the chart's)",
     )
     parser.add_argument("--idle", type=float, default=120, help="idle window per wave, s")
     parser.add_argument("--resync", type=int, default=60, help="resync period of both controllers, s")
@@ -1493,7 +1546,7 @@ def main(argv: list[str] | None = None) -> int:
 
     waves: list[WaveResult] = []
     canaries: list[CanaryResult] = []
-    ha: HaResult | None = None
+    ha: list[HaResult] = []
     for size in sizes:
         waves.append(
             run_wave(
@@ -1537,7 +1590,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     if args.ha and not args.only_argo:
-        ha = run_ha(kube, args.ha, f"{PREFIX}-md-ha", lifetime=args.ha_lifetime, resync=args.resync)
+        for lifetime in [int(x) for x in args.ha_lifetime.split(",") if x.strip()]:
+            ha.append(
+                run_ha(kube, args.ha, f"{PREFIX}-md-ha{lifetime}", lifetime=lifetime, resync=args.resync)
+            )
 
     report = [
         f"Run {time.strftime('%Y-%m-%d %H:%M')} ({PREFIX}), {time.time() - started:.0f} s; "
@@ -1548,6 +1604,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         wave_table(waves),
     ]
+    if waves:
+        report += ["", "Writes during the largest wave of each controller:", "", cost_table(waves)]
     if cmp := comparison(waves):
         report += ["", "Rollwise / Argo Rollouts at the same size:", "", cmp]
     if canaries:
@@ -1559,7 +1617,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"Pause-step latency p99 Rollwise / Argo: {ratio(rw.pause_p99, peer.pause_p99)}; "
                 f"CPU s/min: {ratio(rw.cpu_per_min, peer.cpu_per_min)}.",
             ]
-    if ha is not None:
+    if ha:
         report += ["", "HA (2 replicas, leader SIGKILLed mid-pause):", "", ha_table(ha)]
     report += ["", "Goals:", "", goals(waves)]
     text = "\n".join(report)
@@ -1571,7 +1629,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "waves": [w.__dict__ for w in waves],
                 "canaries": [c.__dict__ for c in canaries],
-                "ha": ha.__dict__ if ha else None,
+                "ha": [h.__dict__ for h in ha],
                 "report": text,
             },
             indent=1,

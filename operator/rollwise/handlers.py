@@ -66,8 +66,12 @@ def _children_key(namespace: str | None, labels: kopf.Labels) -> tuple[str | Non
 
 
 def _owned(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    """Our children by parent: one function, one index per kind (the index id names the kwarg)."""
-    return {_children_key(namespace, labels): dict(body)}
+    """Our children by parent: one function, one index per kind (the index id names the kwarg).
+
+    Kept without managedFields, which nothing reads and which are a third or more of a server-side
+    applied object: the index holds every child of every ModelDeployment in memory."""
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    return {_children_key(namespace, labels): {**body, "metadata": meta}}
 
 
 kopf.index("apps", "v1", "deployments", labels=OWNED, id="owned_deployments")(_owned)
