@@ -263,7 +263,9 @@ def start_rollwise(
     }
     if priority:
         env["ROLLWISE_PEERING_PRIORITY"] = str(priority)
-    argv = [sys.executable, "-m", "rollwise.main"]
+    # ROLLWISE_BENCH_OPERATOR: another entry point to A/B (e.g. a script patching a dependency).
+    script = os.environ.get("ROLLWISE_BENCH_OPERATOR")
+    argv = [sys.executable, script] if script else [sys.executable, "-m", "rollwise.main"]
     return start_process(name, argv, env, port, "rollwise_operator_reconcile_duration_seconds_count")
 
 
@@ -834,12 +836,13 @@ def run_wave(
         ctl.stop()
         r0 = time.time()
         ctl = subject.start(namespace)
-        wait(
-            f"restarted {subject.label} to reconcile all {size}",
-            lambda: subject.reconciled(ctl) >= size,
-            max(300, size),
-            every=0.2,
-        )
+        with profiled(ctl, profile and subject.label == "rollwise", f"{subject.label}-{size}-restart"):
+            wait(
+                f"restarted {subject.label} to reconcile all {size}",
+                lambda: subject.reconciled(ctl) >= size,
+                max(300, size),
+                every=0.2,
+            )
         r1 = time.time()
         restart_cpu = ctl.cpu_seconds()
         time.sleep(10)
@@ -1362,6 +1365,88 @@ def run_ha(kube: Kube, size: int, namespace: str, *, lifetime: int, resync: int)
     return result
 
 
+# --- the cluster's own floor -------------------------------------------------------------------
+
+
+@dataclass
+class FloorResult:
+    what: str
+    count: int
+    seconds: float
+    server_p50_ms: float
+    server_p99_ms: float
+
+
+def run_floor(kube: Kube, count: int, namespace: str) -> list[FloorResult]:
+    """What children cost the API server here, with no controller at all: `count` ClusterIP
+    Services, headless Services and ReplicaSets created by the bench, 6 at a time (asyncio's
+    default thread pool on 2 cores, as the operator's)."""
+    kube.create_namespace(namespace)
+    out = []
+    try:
+        for what in ("Service (ClusterIP)", "Service (headless)", "ReplicaSet (0 replicas)"):
+            t0 = time.time()
+
+            def one(i: int, what: str = what) -> None:
+                name = f"f{i:04d}"
+                labels = {"app": name}
+                if what.startswith("Service"):
+                    spec: dict[str, Any] = {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}
+                    if "headless" in what:
+                        spec["clusterIP"] = "None"
+                    body = {
+                        "apiVersion": "v1",
+                        "kind": "Service",
+                        "metadata": {"name": f"{name}-{len(out)}"},
+                        "spec": spec,
+                    }
+                    kube.core.create_namespaced_service(namespace, body)
+                else:
+                    rollout_pod = rollout(name, "1.0.0", 0)["spec"]
+                    body = {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "metadata": {"name": name},
+                        "spec": {
+                            "replicas": 0,
+                            "selector": rollout_pod["selector"],
+                            "template": rollout_pod["template"],
+                        },
+                    }
+                    kube.apps.create_namespaced_replica_set(namespace, body)
+
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                list(pool.map(one, range(count)))
+            t1 = time.time()
+            resource = "services" if what.startswith("Service") else "replicasets"
+            lat = [
+                (w.at - w.received) * 1000
+                for w in audit_writes(t0 - 1, t1 + 1)
+                if w.namespace == namespace
+                and w.user == BENCH_USER
+                and w.verb == "create"
+                and w.resource == resource
+            ]
+            out.append(FloorResult(what, count, t1 - t0, pct(lat, 50), pct(lat, 99)))
+            log(f"floor: {out[-1]}")
+    finally:
+        kube.delete_namespace(namespace)
+    return out
+
+
+def floor_table(results: Sequence[FloorResult]) -> str:
+    head = [
+        "| created by the bench, 6 at a time | count | creates/s | API server p50 / p99 ms |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    rows = [
+        f"| {r.what} | {r.count} | {fmt(r.count / r.seconds, 0)} "
+        f"| {fmt(r.server_p50_ms, 0)} / {fmt(r.server_p99_ms, 0)} |"
+        for r in results
+    ]
+    return "\n".join(head + rows)
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -1522,6 +1607,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=120, help="idle window per wave, s")
     parser.add_argument("--resync", type=int, default=60, help="resync period of both controllers, s")
     parser.add_argument("--only-argo", action="store_true", help="skip the Rollwise waves")
+    parser.add_argument("--floor", type=int, default=300, help="children created with no controller; 0 skips")
     parser.add_argument("--profile", action="store_true", help="py-spy the operator during its waves")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()] if not args.only_argo else []
@@ -1544,6 +1630,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_established("rollouts.argoproj.io")
     kube = Kube()
 
+    floor = run_floor(kube, args.floor, f"{PREFIX}-floor") if args.floor else []
     waves: list[WaveResult] = []
     canaries: list[CanaryResult] = []
     ha: list[HaResult] = []
@@ -1606,6 +1693,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if waves:
         report += ["", "Writes during the largest wave of each controller:", "", cost_table(waves)]
+    if floor:
+        report += ["", "The cluster's floor (no controller running):", "", floor_table(floor)]
     if cmp := comparison(waves):
         report += ["", "Rollwise / Argo Rollouts at the same size:", "", cmp]
     if canaries:
@@ -1630,6 +1719,7 @@ def main(argv: list[str] | None = None) -> int:
                 "waves": [w.__dict__ for w in waves],
                 "canaries": [c.__dict__ for c in canaries],
                 "ha": [h.__dict__ for h in ha],
+                "floor": [f.__dict__ for f in floor],
                 "report": text,
             },
             indent=1,
