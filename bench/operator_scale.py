@@ -1618,69 +1618,84 @@ def main(argv: list[str] | None = None) -> int:
         f"bench {PREFIX}: sizes {sizes}, argo {args.argo_size}, canaries {args.canaries}, "
         f"HA {args.ha}; load {load()}"
     )
-    local_cluster.up(kwok_nodes=kwok_nodes_for(peak_pods))
-    for crd in sorted((REPO / "charts" / "rollwise" / "crds").glob("*.yaml")):
-        apply_file(crd)
-    wait_established("modeldeployments.rollwise.dev")
-    argo = None
-    if args.argo_size:
-        argo = argo_binary()
-        for crd in sorted((argo / "crds").glob("*.yaml")):
-            apply_file(crd)
-        wait_established("rollouts.argoproj.io")
-    kube = Kube()
+    argo = argo_binary() if args.argo_size else None
 
-    floor = run_floor(kube, args.floor, f"{PREFIX}-floor") if args.floor else []
+    def ready_cluster() -> Kube:
+        """Before each phase: the shared cluster may have been restarted (a cold `up` starts empty)
+        by another session meanwhile; bring it up, with our kwok nodes and CRDs, again if so."""
+        local_cluster.up(kwok_nodes=kwok_nodes_for(peak_pods))
+        crds = sorted((REPO / "charts" / "rollwise" / "crds").glob("*.yaml"))
+        crds += sorted((argo / "crds").glob("*.yaml")) if argo else []
+        for crd in crds:
+            apply_file(crd)
+        wait_established("modeldeployments.rollwise.dev")
+        if argo:
+            wait_established("rollouts.argoproj.io")
+        return Kube()
+
+    failures: list[str] = []
+
+    def phase(name: str, run: Callable[[Kube], Any]) -> Any:
+        """One phase on a ready cluster; a failure is reported at the end, the other phases still run."""
+        try:
+            return run(ready_cluster())
+        except Exception as err:  # an assertion or a broken cluster: report it, go on
+            log(f"{name} FAILED: {err!r}"[:2000])
+            failures.append(f"{name}: {err}"[:2000])
+            return None
+
+    floor: list[FloorResult] = []
+    if args.floor:
+        floor = phase("floor", lambda kube: run_floor(kube, args.floor, f"{PREFIX}-floor")) or []
     waves: list[WaveResult] = []
-    canaries: list[CanaryResult] = []
-    ha: list[HaResult] = []
-    for size in sizes:
-        waves.append(
-            run_wave(
-                kube,
-                rollwise_subject(args.resync),
-                size,
-                f"{PREFIX}-md-{size}",
-                idle=args.idle,
-                profile=args.profile,
-            )
-        )
+    subjects = [(rollwise_subject(args.resync), size, f"{PREFIX}-md-{size}") for size in sizes]
     if argo is not None:
-        waves.append(
-            run_wave(
-                kube,
-                argo_subject(argo, args.resync),
-                args.argo_size,
-                f"{PREFIX}-argo-{args.argo_size}",
-                idle=args.idle,
-            )
+        subjects.append((argo_subject(argo, args.resync), args.argo_size, f"{PREFIX}-argo-{args.argo_size}"))
+    for subject, size, namespace in subjects:
+        wave = phase(
+            f"{subject.label} x{size}",
+            lambda kube, s=subject, n=size, ns=namespace: run_wave(
+                kube, s, n, ns, idle=args.idle, profile=args.profile
+            ),
         )
-    if args.canaries:
-        if not args.only_argo:
-            canaries.append(
-                run_canaries(
-                    kube,
-                    "rollwise",
-                    args.canaries,
-                    f"{PREFIX}-md-canary",
-                    lambda: start_rollwise(MD_GLOB, resync=args.resync),
-                )
-            )
-        if argo is not None:
-            canaries.append(
-                run_canaries(
-                    kube,
-                    "argo-rollouts",
-                    args.canaries,
-                    f"{PREFIX}-argo-canary",
-                    lambda: start_argo(argo, f"{PREFIX}-argo-canary", resync=args.resync),
-                )
-            )
+        if wave is not None:
+            waves.append(wave)
+    canaries: list[CanaryResult] = []
+    if args.canaries and not args.only_argo:
+        result = phase(
+            "rollwise canaries",
+            lambda kube: run_canaries(
+                kube,
+                "rollwise",
+                args.canaries,
+                f"{PREFIX}-md-canary",
+                lambda: start_rollwise(MD_GLOB, resync=args.resync),
+            ),
+        )
+        canaries += [result] if result else []
+    if args.canaries and argo is not None:
+        peer = argo
+        result = phase(
+            "argo-rollouts canaries",
+            lambda kube: run_canaries(
+                kube,
+                "argo-rollouts",
+                args.canaries,
+                f"{PREFIX}-argo-canary",
+                lambda: start_argo(peer, f"{PREFIX}-argo-canary", resync=args.resync),
+            ),
+        )
+        canaries += [result] if result else []
+    ha: list[HaResult] = []
     if args.ha and not args.only_argo:
         for lifetime in [int(x) for x in args.ha_lifetime.split(",") if x.strip()]:
-            ha.append(
-                run_ha(kube, args.ha, f"{PREFIX}-md-ha{lifetime}", lifetime=lifetime, resync=args.resync)
+            result = phase(
+                f"HA lifetime {lifetime}",
+                lambda kube, life=lifetime: run_ha(
+                    kube, args.ha, f"{PREFIX}-md-ha{life}", lifetime=life, resync=args.resync
+                ),
             )
+            ha += [result] if result else []
 
     report = [
         f"Run {time.strftime('%Y-%m-%d %H:%M')} ({PREFIX}), {time.time() - started:.0f} s; "
@@ -1708,7 +1723,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
     if ha:
         report += ["", "HA (2 replicas, leader SIGKILLed mid-pause):", "", ha_table(ha)]
-    report += ["", "Goals:", "", goals(waves)]
+    report += ["", "Goals (printed, not asserted):", "", goals(waves)]
+    if failures:
+        report += ["", "FAILED (correctness checks or a broken phase):", "", *[f"- {f}" for f in failures]]
     text = "\n".join(report)
     print(text)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -1720,13 +1737,14 @@ def main(argv: list[str] | None = None) -> int:
                 "canaries": [c.__dict__ for c in canaries],
                 "ha": [h.__dict__ for h in ha],
                 "floor": [f.__dict__ for f in floor],
+                "failures": failures,
                 "report": text,
             },
             indent=1,
         )
     )
     log(f"results: {out}")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
