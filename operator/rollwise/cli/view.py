@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from rich import box
@@ -32,13 +32,11 @@ from rollwise.api.v1alpha1 import (
 from rollwise.cli.outcome import current_reason
 from rollwise.plan.steps import (
     Analyze,
-    Mirror,
     Pause,
-    Preview,
-    RouteMatches,
-    SetWeight,
-    SplitUsers,
     Step,
+    compact_duration,
+    describe_match,
+    describe_step,
     rollout_steps,
     routing_at,
 )
@@ -93,61 +91,15 @@ SYMBOL = {Mark.DONE: "✓", Mark.CURRENT: "▶", Mark.FAILED: "✗", Mark.PENDIN
 # Small pieces
 
 
-def age(delta: timedelta) -> str:
-    """kubectl's compact ages: 42s, 3m05s, 2h10m, 4d3h. A negative delta (clock skew) is 0s."""
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours}h"
+age = compact_duration
+"""kubectl's compact ages: 42s, 3m05s, 2h10m, 4d3h."""
 
 
 def since(then: datetime | None, now: datetime) -> str:
     return "-" if then is None else age(now - then)
 
 
-def step_label(step: Step) -> str:
-    """A step as a user wrote it in the spec (or as the strategy implies it)."""
-    match step:
-        case SetWeight(weight=w):
-            return f"setWeight {w}"
-        case Pause(duration=None):
-            return "pause until resumed"
-        case Pause(duration=d) if d is not None:
-            return f"pause {age(d)}"
-        case Analyze(count=None):
-            return "analysis"
-        case Analyze(count=n):
-            return f"analysis ({n} measurements)"
-        case Preview(replicas=None):
-            return "preview at full size (no live traffic)"
-        case Preview(replicas=n):
-            return f"preview with {n} pods (no live traffic)"
-        case RouteMatches(matches=matches):
-            return "route matching requests: " + ", ".join(_match_label(m) for m in matches)
-        case SplitUsers(header=h, weight=w):
-            return f"{w}% of users by {h}"
-        case Mirror():
-            return "mirror all traffic (answers discarded)"
-        case _:
-            return type(step).__name__
-
-
-def _match_label(match: object) -> str:
-    header = getattr(match, "header", None)
-    cookie = getattr(match, "cookie", None)
-    if header is not None:
-        value = header.value if header.value is not None else f"~{header.regex}"
-        return f"header {header.name}={value}"
-    if cookie is not None:
-        return f"cookie {cookie.name}={cookie.value}"
-    return "?"
+step_label = describe_step
 
 
 def threshold_label(threshold: ThresholdRange, unit: str = "") -> str:
@@ -303,7 +255,8 @@ def _routing_extra(md: ModelDeployment) -> str:
     if split.mirror:
         parts.append("mirroring: the candidate also gets a copy of every request")
     if split.matches:
-        parts.append("matching requests go to the candidate: " + ", ".join(map(_match_label, split.matches)))
+        matches = ", ".join(map(describe_match, split.matches))
+        parts.append(f"matching requests go to the candidate: {matches}")
     if split.sticky_header:
         parts.append(f"users split by a hash of {split.sticky_header}")
     return "; ".join(parts)

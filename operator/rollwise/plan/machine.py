@@ -60,7 +60,16 @@ from rollwise.plan.names import Track, track_name
 from rollwise.plan.observed import Observed, TrackState, WebhookKey
 from rollwise.plan.routing import Router
 from rollwise.plan.split import TrafficSplit, replicas_for
-from rollwise.plan.steps import Analyze, Pause, Preview, SetWeight, Step, rollout_steps, routing_at
+from rollwise.plan.steps import (
+    Analyze,
+    Pause,
+    Preview,
+    SetWeight,
+    Step,
+    describe_step,
+    rollout_steps,
+    routing_at,
+)
 
 WAIT_FOR_READY = timedelta(seconds=5)
 """How soon to look again while pods come up; child events usually wake us earlier."""
@@ -662,7 +671,7 @@ def _enter(world: World, state: State, index: int) -> State:
     if isinstance(step, Analyze):
         analysis = judge.start(_spec(world), step=index, now=world.now)
     phase, reason = Phase.PROGRESSING, Reason.PROGRESSING
-    message = f"step {index + 1}/{len(world.steps)}: {_describe(step)}"
+    message = f"step {index + 1}/{len(world.steps)}: {describe_step(step)}"
     if isinstance(step, Pause) and step.duration is None:
         phase, reason = Phase.PAUSED, Reason.PAUSED
         message += "; waiting for rollwise.dev/action resume or promote"
@@ -693,24 +702,8 @@ def _waiting_on_router(world: World, state: State) -> State:
     ):
         return state
     why = world.router_message()
-    base = f"step {state.step + 1}/{len(world.steps)}: {_describe(step)}"
+    base = f"step {state.step + 1}/{len(world.steps)}: {describe_step(step)}"
     return replace(state, message=f"{base}; waiting for the traffic router: {why}" if why else base)
-
-
-def _describe(step: Step) -> str:
-    match step:
-        case SetWeight(weight=w):
-            return f"setWeight {w}"
-        case Pause(duration=None):
-            return "pause until resumed"
-        case Pause(duration=d) if d is not None:
-            return f"pause {int(d.total_seconds())}s"
-        case Analyze():
-            return "analysis"
-        case Preview():
-            return "preview the candidate at full size"
-        case _:
-            return type(step).__name__.lower()
 
 
 def _resume(world: World, state: State) -> State:

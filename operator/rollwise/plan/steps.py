@@ -176,3 +176,55 @@ def routing_at(steps: Sequence[Step], index: int) -> TrafficSplit:
             case _:
                 pass
     return TrafficSplit(candidate=base.candidate, mirror=base.mirror, matches=matches, sticky_header=header)
+
+
+def compact_duration(delta: timedelta) -> str:
+    """kubectl's compact ages: 42s, 3m05s, 2h10m, 4d3h. A negative delta (clock skew) is 0s."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h"
+
+
+def describe_step(step: Step) -> str:
+    """A step as a user wrote it in the spec (or as the strategy implies it): one wording for the
+    status message the operator writes and the plugin's step table."""
+    match step:
+        case SetWeight(weight=w):
+            return f"setWeight {w}"
+        case Pause(duration=None):
+            return "pause until resumed"
+        case Pause(duration=d) if d is not None:
+            return f"pause {compact_duration(d)}"
+        case Analyze(count=None):
+            return "analysis"
+        case Analyze(count=n):
+            return f"analysis ({n} measurements)"
+        case Preview(replicas=None):
+            return "preview at full size (no live traffic)"
+        case Preview(replicas=n):
+            return f"preview with {n} pods (no live traffic)"
+        case RouteMatches(matches=matches):
+            return "route matching requests: " + ", ".join(describe_match(m) for m in matches)
+        case SplitUsers(header=h, weight=w):
+            return f"{w}% of users by {h}"
+        case Mirror():
+            return "mirror all traffic (answers discarded)"
+        case _:
+            return type(step).__name__
+
+
+def describe_match(match: RequestMatch) -> str:
+    if match.header is not None:
+        value = match.header.value if match.header.value is not None else f"~{match.header.regex}"
+        return f"header {match.header.name}={value}"
+    if match.cookie is not None:
+        return f"cookie {match.cookie.name}={match.cookie.value}"
+    return "?"
