@@ -57,6 +57,20 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout_seconds}s waiting for {what}; last error: {last_error!r}")
 
 
+def create_test_namespace(cluster: Cluster, request: pytest.FixtureRequest, prefix: str, length: int) -> str:
+    """A new namespace `<prefix><test name>-<ms>` (a valid DNS label), ready for pods."""
+    test = request.node.name.lower().replace("_", "-")[:length].strip("-")
+    name = f"{prefix}{test}-{int(time.time() * 1000) % 100000}"
+    name = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name)
+    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_until(
+        f"default ServiceAccount in {name}",
+        lambda: cluster.core.read_namespaced_service_account("default", name),
+        30,
+    )
+    return name
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     kubeconfig = local_cluster.up(kwok_nodes=3)
@@ -68,15 +82,7 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards (its objects go with it)."""
-    test = request.node.name.lower().replace("_", "-")[:40].strip("-")
-    name = f"{NAMESPACE_PREFIX}-{test}-{int(time.time() * 1000) % 100000}"
-    name = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name)
-    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_until(
-        f"default ServiceAccount in {name}",
-        lambda: cluster.core.read_namespaced_service_account("default", name),
-        30,
-    )
+    name = create_test_namespace(cluster, request, f"{NAMESPACE_PREFIX}-", 40)
     yield name
     # ModelDeployments first, while the namespace is live: an operator watching a namespace glob
     # stops watching a namespace once it terminates, so it would never see them deleted and never

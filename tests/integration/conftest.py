@@ -73,7 +73,19 @@ class Operator:
                 self.proc.wait()
 
 
-def start_operator(tmp: Path, kubeconfig: Path, *, routers: str = ROUTERS) -> Operator:
+def start_operator(
+    tmp: Path,
+    kubeconfig: Path,
+    *,
+    routers: str = ROUTERS,
+    watch: str = f"{NAMESPACE_PREFIX}-*",
+    resync_seconds: int = 5,
+    name: str = "operator",
+    **settings: str,
+) -> Operator:
+    """`rollwise-operator` as a process of its own; `settings` are more ROLLWISE_* variables.
+
+    The short default resync makes idle tests see many passes (reads only)."""
     port = free_port()
     env = {
         **os.environ,
@@ -82,26 +94,25 @@ def start_operator(tmp: Path, kubeconfig: Path, *, routers: str = ROUTERS) -> Op
         "ROLLWISE_PROMETHEUS_URL": local_cluster.PROMETHEUS_URL,
         "ROLLWISE_METRICS_PORT": str(port),
         "ROLLWISE_PEERING": "",
-        "ROLLWISE_WATCH_NAMESPACE": f"{NAMESPACE_PREFIX}-*",
-        "ROLLWISE_RESYNC_SECONDS": "5",
+        "ROLLWISE_WATCH_NAMESPACE": watch,
+        "ROLLWISE_RESYNC_SECONDS": str(resync_seconds),
         "ROLLWISE_ROUTERS": routers,
-        "ROLLWISE_LOG_LEVEL": os.environ.get(
-            "ROLLWISE_TEST_OPERATOR_LOG_LEVEL", "info"
-        ),  # short, so idle tests see many passes (reads only)
+        "ROLLWISE_LOG_LEVEL": os.environ.get("ROLLWISE_TEST_OPERATOR_LOG_LEVEL", "info"),
+        **{f"ROLLWISE_{key.upper()}": value for key, value in settings.items()},
     }
-    log = tmp / f"operator-{time.time_ns()}.log"
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rollwise.main"], stdout=out, stderr=out, env=env, start_new_session=True
-    )
+    log = tmp / f"{name}-{time.time_ns()}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwise.main"], stdout=out, stderr=out, env=env, start_new_session=True
+        )
     op = Operator(proc, log, kubeconfig, port)
     try:
-        wait_until("the operator's metrics endpoint", lambda: _metrics_up(port) or _died(op), 60)
+        wait_until(f"{name}'s metrics endpoint", lambda: _metrics_up(port) or _died(op), 60)
     except AssertionError as err:
         op.stop()
         raise AssertionError(f"{err}\noperator log:\n{op.log_tail()}") from None
     if not op.alive():
-        raise AssertionError(f"rollwise-operator exited at start:\n{op.log_tail()}")
+        raise AssertionError(f"{name} exited at start:\n{op.log_tail()}")
     return op
 
 

@@ -17,11 +17,7 @@ namespace outside this session's shared operator's glob.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -33,14 +29,13 @@ import pytest
 from kubernetes import client, watch
 
 from e2e import cluster as local_cluster
-from tests.conftest import NAMESPACE_PREFIX, Cluster, wait_until
+from tests.conftest import NAMESPACE_PREFIX, Cluster, create_test_namespace, wait_until
 from tests.integration.conftest import (
-    SERVING_IMAGE,
     Operator,
     audit_offset,
     audit_writes,
-    free_port,
     on_kwok,
+    start_operator,
 )
 from tests.integration.test_operator import GROUP, PLURAL, VERSION, apply, get_md, wait_healthy
 
@@ -94,15 +89,7 @@ ANALYSIS_STEPS = [{"setWeight": 25}, {"analysis": {}}, {"setWeight": 50}]
 @pytest.fixture
 def ha_namespace(cluster: Cluster, crds: None, request: pytest.FixtureRequest) -> Iterator[str]:
     """A namespace the session's shared operator does not watch (its glob is `<prefix>-*`)."""
-    test = request.node.name.lower().replace("_", "-")[:30].strip("-")
-    name = f"{NAMESPACE_PREFIX}ha-{test}-{int(time.time() * 1000) % 100000}"
-    name = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name)
-    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_until(
-        f"default ServiceAccount in {name}",
-        lambda: cluster.core.read_namespaced_service_account("default", name),
-        30,
-    )
+    name = create_test_namespace(cluster, request, f"{NAMESPACE_PREFIX}ha-", 30)
     yield name
     # Our operators are gone by now: release Kopf's finalizer so the namespace can go.
     custom = client.CustomObjectsApi(cluster.api)
@@ -116,42 +103,18 @@ def ha_namespace(cluster: Cluster, crds: None, request: pytest.FixtureRequest) -
 def start_replica(tmp: Path, namespace: str, user: str, *, peering: str = "", priority: int = 0) -> Operator:
     """`rollwise-operator` as a process with its own identity, watching only `namespace`."""
     kubeconfig = local_cluster.user_kubeconfig(user, ("system:masters",))
-    port = free_port()
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        "ROLLWISE_SERVING_IMAGE": SERVING_IMAGE,
-        "ROLLWISE_PROMETHEUS_URL": local_cluster.PROMETHEUS_URL,
-        "ROLLWISE_METRICS_PORT": str(port),
-        "ROLLWISE_WATCH_NAMESPACE": namespace,
-        "ROLLWISE_PEERING": peering,
-        "ROLLWISE_PEERING_LIFETIME_SECONDS": str(LIFETIME_SECONDS),
-        "ROLLWISE_RESYNC_SECONDS": "30",
-        "ROLLWISE_LOG_LEVEL": "info",
-    }
-    if priority:
-        env["ROLLWISE_PEERING_PRIORITY"] = str(priority)
-    log = tmp / f"{user}-{time.time_ns()}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rollwise.main"], stdout=out, stderr=out, env=env, start_new_session=True
-        )
-    op = Operator(proc, log, kubeconfig, port)
-    try:
-        wait_until(f"{user}'s metrics endpoint", lambda: _serving(port) or not op.alive(), 60)
-    except AssertionError as err:
-        op.stop()
-        raise AssertionError(f"{err}\noperator log:\n{op.log_tail()}") from None
-    assert op.alive(), f"{user} exited at start:\n{op.log_tail()}"
-    return op
-
-
-def _serving(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+    extra = {"peering_priority": str(priority)} if priority else {}
+    return start_operator(
+        tmp,
+        kubeconfig,
+        routers="replicas",
+        watch=namespace,
+        resync_seconds=30,
+        name=user,
+        peering=peering,
+        peering_lifetime_seconds=str(LIFETIME_SECONDS),
+        **extra,
+    )
 
 
 def peers(cluster: Cluster, namespace: str) -> dict[str, Any]:
