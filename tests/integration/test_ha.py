@@ -48,12 +48,12 @@ LIFETIME_SECONDS = 8
 PEERING = "rollwise-ha-test"
 
 
-def model_deployment(version: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
+def model_deployment(version: str, steps: list[dict[str, Any]], name: str = "ha") -> dict[str, Any]:
     """4 replicas, so 25 % and 50 % are one and two candidate pods."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ModelDeployment",
-        "metadata": {"name": "ha"},
+        "metadata": {"name": name},
         "spec": {
             "model": {
                 "name": "iris",
@@ -133,14 +133,20 @@ def kill(op: Operator) -> None:
 
 
 class Statuses:
-    """Every distinct status of the ModelDeployment, from a watch, while the block runs."""
+    """Every distinct status of each ModelDeployment in the namespace, from a watch, while the
+    block runs."""
 
     def __init__(self, cluster: Cluster, namespace: str) -> None:
         self.custom = client.CustomObjectsApi(cluster.api)
         self.namespace = namespace
-        self.seen: list[dict[str, Any]] = []
+        self.by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def seen(self) -> list[dict[str, Any]]:
+        """The statuses of the ModelDeployment `ha` (the HA tests' one)."""
+        return self.by_name["ha"]
 
     def __enter__(self) -> Statuses:
         self._thread.start()
@@ -163,8 +169,9 @@ class Statuses:
                     timeout_seconds=3,
                 ):
                     status = event["object"].get("status") or {}
-                    if not self.seen or self.seen[-1] != status:
-                        self.seen.append(status)
+                    seen = self.by_name[event["object"]["metadata"]["name"]]
+                    if not seen or seen[-1] != status:
+                        seen.append(status)
                     if self._stop.is_set():
                         break
             except Exception:  # re-open a dropped watch; the next list catches up
@@ -172,20 +179,20 @@ class Statuses:
             finally:
                 w.stop()
 
-    def starts(self) -> dict[int, set[str]]:
+    def starts(self, name: str = "ha") -> dict[int, set[str]]:
         """Step index -> every stepStartedAt seen while that step was current."""
         out: dict[int, set[str]] = defaultdict(set)
-        for status in self.seen:
+        for status in self.by_name[name]:
             if status.get("currentStep") is not None and status.get("phase") in ("Progressing", "Paused"):
                 out[status["currentStep"]].add(status["stepStartedAt"])
         return out
 
 
-def entered_steps(cluster: Cluster, namespace: str) -> list[int]:
+def entered_steps(cluster: Cluster, namespace: str, name: str = "ha") -> list[int]:
     """Step numbers (1-based) the operator's Events say were entered, in time order."""
     # Raw JSON: the typed events.k8s.io model rejects controllers' Events that lack eventTime.
     resp = cluster.core.list_namespaced_event(
-        namespace, field_selector="involvedObject.name=ha", _preload_content=False
+        namespace, field_selector=f"involvedObject.name={name}", _preload_content=False
     )
     found = []
     for e in json.loads(resp.data)["items"]:
@@ -342,3 +349,48 @@ def test_the_follower_resumes_the_killed_leaders_rollout_at_the_same_step(
     finally:
         leader.stop()
         follower.stop()
+
+
+def test_many_rollouts_at_once_enter_each_step_once(
+    cluster: Cluster, ha_namespace: str, tmp_path: Path
+) -> None:
+    """Twenty canaries started together, so that children's events keep waking each daemon right
+    after its own status writes: a pass planned from a body that lags our last write would enter
+    that write's step again with a later start time (the scale benchmark caught one in five)."""
+    namespace, names = ha_namespace, [f"m{i:02d}" for i in range(20)]
+    steps = [
+        {"setWeight": 25},
+        {"pause": {"durationSeconds": 3}},
+        {"setWeight": 50},
+        {"pause": {"durationSeconds": 3}},
+    ]
+    op = start_replica(tmp_path, namespace, "rollwise-operator-many")
+    try:
+        for name in names:
+            assert apply(namespace, model_deployment("1.0.0", steps, name)).returncode == 0
+        for name in names:
+            wait_healthy(cluster, namespace, name)
+        with Statuses(cluster, namespace) as statuses:
+            items = [model_deployment("2.0.0", steps, n) for n in names]
+            body = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+            result = local_cluster.kubectl(
+                "-n", namespace, "apply", "--server-side", "-f", "-", stdin=body, check=False
+            )
+            assert result.returncode == 0, result.stderr
+
+            def promoted() -> bool:
+                items = client.CustomObjectsApi(cluster.api).list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL
+                )["items"]
+                done = [m for m in items if (m.get("status") or {}).get("stableVersion") == "2.0.0"]
+                return len(done) == len(names)
+
+            wait_until(f"{len(names)} rollouts promoted", promoted, 180)
+        twice = {n: entered_steps(cluster, namespace, n) for n in names}
+        twice = {n: e for n, e in twice.items() if e != [1, 2, 3, 4]}
+        assert not twice, f"steps entered out of order or twice: {twice}"
+        starts = {n: statuses.starts(n) for n in names}
+        restarted = {n: dict(s) for n, s in starts.items() if any(len(t) > 1 for t in s.values())}
+        assert not restarted, f"a step's start time changed while it ran: {restarted}"
+    finally:
+        op.stop()

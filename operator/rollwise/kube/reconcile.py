@@ -47,6 +47,13 @@ class Memory:
     """Webhook answers held for the planner: ok ones until the gate moves on, a failed one for
     exactly one pass (so a retry calls again)."""
     webhook_revision: str | None = None
+    written_over: str | None = None
+    """The resourceVersion our last status write was planned from. A body still at that version
+    has not caught up with the write (the watch delivers it an event later): planning from it would
+    redo the last transition at a later `now`, entering a step twice with a new start time."""
+
+    def behind_own_write(self, body: Mapping[str, Any]) -> bool:
+        return self.written_over is not None and body["metadata"].get("resourceVersion") == self.written_over
 
 
 def status_json(status: ModelDeploymentStatus) -> dict[str, Any]:
@@ -93,11 +100,16 @@ async def reconcile(
     router_objects: Sequence[Mapping[str, Any]] = (),
     provider: MetricProvider | None = None,
 ) -> Decision | None:
-    """Run one pass; returns the decision, or None when the spec is invalid."""
+    """Run one pass; returns the decision, or None when there was nothing to decide: the spec is
+    invalid, the object is going away, or `body` predates our own last status write."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     if meta.get("deletionTimestamp"):
         # Going away: the garbage collector removes the children; nothing to write.
+        return None
+    if memory.behind_own_write(body):
+        # The watch has not delivered our last status write yet; its event wakes the daemon. A pass
+        # now would plan from the older status and redo its transition (a step entered twice).
         return None
     with telemetry.RECONCILE_SECONDS.time():
         try:
@@ -200,9 +212,11 @@ async def _write_status(
         meta["name"],
         ", ".join(f"{k}={status[k]!r}" if k in ("phase", "message") else k for k in changed),
     )
-    await asyncio.to_thread(patch_status, api, meta["namespace"], meta["name"], status)
+    based_on = meta.get("resourceVersion")
+    written = await asyncio.to_thread(patch_status, api, meta["namespace"], meta["name"], status)
     telemetry.API_WRITES.labels("ModelDeployment", "status").inc()
     memory.last_status = status
+    memory.written_over = based_on if written != based_on else None
     if notes:
         await asyncio.to_thread(post_events, api, body, notes)
         telemetry.API_WRITES.labels("Event", "create").inc()
