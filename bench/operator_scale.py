@@ -13,8 +13,8 @@ One command on a fresh machine: it brings the local cluster up with enough kwok 
    own client certificate: every figure about API writes is read from the API server's audit log
    (`e2e.cluster.audit_path()`), per user, with microsecond timestamps.
    - apply -> children created: an object's create completing -> the controller's last write
-     creating one of its children (Rollwise: Deployment `<m>-stable`, Services `<m>`, `<m>-stable`,
-     `<m>-candidate`; Argo: the ReplicaSet).
+     creating one of its children (Rollwise: Deployment `<m>-stable` and Service `<m>`, all a model
+     has at rest; Argo: the ReplicaSet).
    - apply -> Ready: the create -> the controller's last status write of that object (the wave ends
      with every object Ready, so its last status write is the one that said so).
    - Ready lag: the workload's own last status update by kube-controller-manager (Deployment or
@@ -747,9 +747,12 @@ def check_rollwise_children(kube: Kube, namespace: str, objects: list[dict[str, 
             problems.append(f"{name}: Deployment {name}-stable missing or not {want}/{want} ready")
         elif [o.uid for o in dep.metadata.owner_references or []] != [uid]:
             problems.append(f"{name}: Deployment {name}-stable not owned by it")
-        for svc in (name, f"{name}-stable", f"{name}-candidate"):
-            if svc not in svcs:
-                problems.append(f"{name}: Service {svc} missing")
+        if name not in svcs:
+            problems.append(f"{name}: Service {name} missing")
+        # At rest behind the replicas router only the Service clients call exists.
+        problems += [
+            f"{name}: Service {t} at rest" for t in (f"{name}-stable", f"{name}-candidate") if t in svcs
+        ]
     extra = set(deps) - {f"{m['metadata']['name']}-stable" for m in objects}
     if extra:
         problems.append(f"unexpected Deployments: {sorted(extra)[:10]}")

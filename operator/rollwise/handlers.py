@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from typing import Any
 
@@ -74,17 +75,28 @@ def quiet_kopf_readiness_gate() -> bool:
 quiet_kopf_readiness_gate()
 
 
+WRITE_SLOTS = 8
+"""Reconcile passes sending their writes at once (each sends its own one after the other), like a
+controller's work-queue workers (Argo Rollouts runs 10). More made every write slower, not the wave
+faster: the API server allocates Service IPs one at a time (bench/operator_scale.py)."""
+IO_THREADS = 32
+"""Worker threads for blocking calls: the write slots, analysis queries and webhooks, so that a
+slow webhook or Prometheus never holds up writes (asyncio's default is cpu + 4: 6 on 2 cores)."""
+
+
 def api_client() -> client.ApiClient:
     """In a pod: the service account; elsewhere: the current kubeconfig context."""
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped upstream
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]  # untyped upstream
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = IO_THREADS
+    return client.ApiClient(configuration)
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     op: OperatorSettings = memo.settings
     # Our own Events say what happened; Kopf's per-handler log events would be a write per pass.
     settings.posting.enabled = False
@@ -103,6 +115,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     memo.api = api_client()
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="rollwise-io")
+    )
+    memo.write_slots = asyncio.Semaphore(WRITE_SLOTS)
     # One Prometheus, one breaker: when it is down, every analysis fails fast instead of each
     # ModelDeployment hammering it with retries.
     memo.prometheus = PrometheusProvider(op.prometheus_url, breaker=CircuitBreaker())
@@ -112,7 +128,11 @@ def _children_key(namespace: str | None, labels: kopf.Labels) -> tuple[str | Non
     return namespace, labels[LABEL_MODEL_DEPLOYMENT]
 
 
-def _owned(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+# Every Kopf callback below is a coroutine although none awaits: Kopf runs plain functions in a
+# thread pool, and with thousands of objects each index update and wake-up queued for a thread.
+
+
+async def _owned(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
     """Our children by parent: one function, one index per kind (the index id names the kwarg).
 
     Kept without managedFields, which nothing reads and which are a third or more of a server-side
@@ -127,7 +147,7 @@ kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED, id="ow
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def memories(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> Any:
+async def memories(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> Any:
     """Each ModelDeployment's in-memory state, so a child's event can wake its parent."""
     if "rollwise" not in memo:
         memo.rollwise = Memory()
@@ -140,14 +160,14 @@ def _wake(index: kopf.Index[Any, Any], key: tuple[str | None, str]) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
-def deployment_changed(
+async def deployment_changed(
     namespace: str | None, labels: kopf.Labels, memories: kopf.Index[Any, Any], **_: Any
 ) -> None:
     _wake(memories, _children_key(namespace, labels))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
-def model_deployment_changed(
+async def model_deployment_changed(
     namespace: str | None, name: str | None, memories: kopf.Index[Any, Any], **_: Any
 ) -> None:
     _wake(memories, (namespace, name or ""))
@@ -168,11 +188,11 @@ ROUTER_RESOURCES = {
 }
 
 
-def _router_objects_by_name(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> Any:
+async def _router_objects_by_name(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, body.get("kind"), name): dict(body)}
 
 
-def _router_object_changed(*, namespace: str | None, memories: kopf.Index[Any, Any], **_: Any) -> None:
+async def _router_object_changed(*, namespace: str | None, memories: kopf.Index[Any, Any], **_: Any) -> None:
     # A route's status (accepted or not) decides whether a step took effect: wake its namespace.
     for key in list(memories):
         if key[0] == namespace:
@@ -234,6 +254,7 @@ async def steward(
                 now=dt.datetime.now(dt.UTC),
                 router_objects=router_objects_of(body, kwargs),
                 provider=memo.prometheus,
+                write_slots=memo.write_slots,
             )
             wait = decision.requeue_after.total_seconds() if decision and decision.requeue_after else None
         except client.ApiException as err:

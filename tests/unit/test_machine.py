@@ -547,3 +547,54 @@ def test_post_rollout_webhooks_are_asked_once_when_a_rollout_ends() -> None:
     d = w.step(at(3))
     assert [c.key.type for c in d.webhook_calls] == ["postRollout"]
     assert [c.key.type for c in w.step(at(4)).webhook_calls] == []
+
+
+def services(w: World) -> list[str]:
+    return sorted(name for kind, name in w.children if kind == "Service")
+
+
+def test_track_services_exist_while_a_candidate_does_behind_the_replicas_router() -> None:
+    w = World.of(md_of({"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}))
+    assert w.settle(at(0)).status.phase is Phase.HEALTHY
+    assert services(w) == ["iris"]
+    w.with_spec(spec__model__version="2.0.0")
+    assert w.settle(at(1)).status.phase is Phase.PAUSED
+    assert services(w) == ["iris", "iris-candidate", "iris-stable"]
+    w.annotate("promote-full:1")
+    d = w.settle(at(2))
+    assert d.status.phase is Phase.HEALTHY and d.status.stable_version == "2.0.0"
+    assert services(w) == ["iris"]
+    assert w.plan(at(3)).delete == ()  # gone: nothing left to delete
+
+
+def test_a_rolled_back_candidate_keeps_its_services_until_the_next_rollout() -> None:
+    """The candidate's Deployment stays (at 0 pods) while rolled back; so does its Service."""
+    w = World.of(md_of({"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}))
+    w.settle(at(0))
+    w.with_spec(spec__model__version="2.0.0")
+    w.settle(at(1))
+    w.annotate("abort:1")
+    d = w.settle(at(2))
+    assert d.status.phase is Phase.ROLLED_BACK
+    assert replicas(d)["iris-candidate"] == 0
+    assert services(w) == ["iris", "iris-candidate", "iris-stable"]
+
+
+@pytest.mark.parametrize(
+    ("traffic", "user"),
+    [
+        pytest.param(
+            {"provider": "gatewayAPI", "gatewayAPI": {"httpRoute": "web"}}, http_route(), id="gatewayAPI"
+        ),
+        pytest.param(
+            {"provider": "istio", "istio": {"virtualService": "web", "route": "infer"}},
+            virtual_service(),
+            id="istio",
+        ),
+        pytest.param({"provider": "nginx", "nginx": {"ingress": "web"}}, ingress(), id="nginx"),
+    ],
+)
+def test_routes_that_name_the_track_services_keep_them_at_rest(traffic: dict[str, Any], user: Any) -> None:
+    w = World.of(md_of({"canary": {"steps": [{"setWeight": 10}]}, "traffic": traffic}), user)
+    assert w.settle(at(0)).status.phase is Phase.HEALTHY
+    assert services(w) == ["iris", "iris-candidate", "iris-stable"]

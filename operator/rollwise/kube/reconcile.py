@@ -7,6 +7,7 @@ threads so one slow write never stalls the event loop that serves every other Mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
@@ -99,6 +100,7 @@ async def reconcile(
     now: dt.datetime,
     router_objects: Sequence[Mapping[str, Any]] = (),
     provider: MetricProvider | None = None,
+    write_slots: asyncio.Semaphore | None = None,
 ) -> Decision | None:
     """Run one pass; returns the decision, or None when there was nothing to decide: the spec is
     invalid, the object is going away, or `body` predates our own last status write."""
@@ -116,13 +118,8 @@ async def reconcile(
             md = ModelDeployment.model_validate(dict(body))
         except ValidationError as err:
             status = invalid_status(body, describe_errors(err), now)
-            await _write_status(
-                api,
-                body,
-                status_json(status),
-                memory,
-                (Note(EventType.WARNING, Reason.INVALID_SPEC, status.message),),
-            )
+            note = Note(EventType.WARNING, Reason.INVALID_SPEC, status.message)
+            await _send(api, write_slots, memory, body, Writes(status=status_json(status), notes=(note,)))
             telemetry.RECONCILES.labels("invalid").inc()
             telemetry.PHASES.set(namespace, name, Phase.INVALID.value, status.weight)
             return None
@@ -164,18 +161,17 @@ async def reconcile(
             for m in decision.desired
             if not (ObjectKey.of(m) in live and memory.applied.get(ObjectKey.of(m)) == desired_hash(m))
         ]
-        written = await asyncio.to_thread(apply_objects, api, stale, live)
+        gone = [ObjectKey(c.api_version, c.kind, namespace, c.name) for c in decision.delete]
+        writes = Writes(
+            apply=stale,
+            live=live,
+            delete=[k for k in gone if k in live],
+            status=status_json(decision.status),
+            notes=decision.notes,
+        )
+        await _send(api, write_slots, memory, body, writes)
         for manifest in decision.desired:
             memory.applied[ObjectKey.of(manifest)] = desired_hash(manifest)
-        for key in written:
-            telemetry.API_WRITES.labels(key.kind, "apply").inc()
-        if decision.delete:
-            keys = [ObjectKey(c.api_version, c.kind, namespace, c.name) for c in decision.delete]
-            present = [k for k in keys if k in live]
-            for key in await asyncio.to_thread(delete_objects, api, present):
-                telemetry.API_WRITES.labels(key.kind, "delete").inc()
-                memory.applied.pop(key, None)
-        await _write_status(api, body, status_json(decision.status), memory, decision.notes)
         pending = [c for c in decision.webhook_calls if c.key not in memory.webhooks]
         for result in await asyncio.gather(*(asyncio.to_thread(call_webhook, c, body) for c in pending)):
             memory.webhooks[result.key] = result
@@ -190,33 +186,83 @@ def _measure(provider: MetricProvider, request: Any) -> Measured:
     return Measured(request, provider.query(request.promql, request.at))
 
 
-async def _write_status(
+@dataclass(frozen=True)
+class Writes:
+    """Everything one pass writes: children to apply or delete, the status, the notes as Events."""
+
+    apply: Sequence[Mapping[str, Any]] = ()
+    live: Mapping[ObjectKey, Mapping[str, Any]] = field(default_factory=dict)
+    delete: Sequence[ObjectKey] = ()
+    status: dict[str, Any] | None = None
+    notes: tuple[Note, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sent:
+    applied: list[ObjectKey]
+    deleted: list[ObjectKey]
+    status_version: str | None
+    """The resourceVersion after our status patch (None: no patch was sent)."""
+
+
+async def _send(
     api: client.ApiClient,
-    body: Mapping[str, Any],
-    status: dict[str, Any],
+    slots: asyncio.Semaphore | None,
     memory: Memory,
-    notes: tuple[Note, ...],
+    body: Mapping[str, Any],
+    writes: Writes,
 ) -> None:
-    """Patch the status and post the notes, only when the status differs from both the live one and
-    the one we last wrote (the live body may lag our own write by an event)."""
-    current = body.get("status") or {}
-    # Only fields we set count: others' (e.g. Kopf's) are never ours to compare.
-    changed = sorted(k for k, v in status.items() if current.get(k) != v)
-    if memory.last_status == status or not changed:
-        memory.last_status = status
+    """Send a pass's writes from one worker thread while holding a write slot.
+
+    Why one slot per pass, not per request: with 1 000 ModelDeployments applied at once, requests
+    queued one by one interleave every object's pass with all the others', so each object's next
+    write waits behind the whole wave (its children came 30-50 s late, its Ready status a minute
+    late). A slot per pass lets the earliest objects finish first, like a controller's work
+    queue; waiters are served in arrival order. The status (and its Events) is only sent when it
+    differs from both the live one and the one we last wrote (the live body may lag our own write)."""
+    status = writes.status
+    if status is not None:
+        current = body.get("status") or {}
+        # Only fields we set count: others' (e.g. Kopf's) are never ours to compare.
+        changed = sorted(k for k, v in status.items() if current.get(k) != v)
+        if memory.last_status == status or not changed:
+            memory.last_status, status = status, None
+        else:
+            meta = body["metadata"]
+            log.info(
+                "%s/%s status: %s",
+                meta["namespace"],
+                meta["name"],
+                ", ".join(f"{k}={status[k]!r}" if k in ("phase", "message") else k for k in changed),
+            )
+    if not (writes.apply or writes.delete or status is not None):
         return
+    todo = replace(writes, status=status, notes=writes.notes if status is not None else ())
+    async with slots if slots is not None else contextlib.nullcontext():
+        sent = await asyncio.to_thread(_write_pass, api, body, todo)
+    for key in sent.applied:
+        telemetry.API_WRITES.labels(key.kind, "apply").inc()
+    for key in sent.deleted:
+        telemetry.API_WRITES.labels(key.kind, "delete").inc()
+        memory.applied.pop(key, None)
+    if status is not None:
+        based_on = body["metadata"].get("resourceVersion")
+        telemetry.API_WRITES.labels("ModelDeployment", "status").inc()
+        memory.last_status = status
+        memory.written_over = based_on if sent.status_version != based_on else None
+        if todo.notes:
+            telemetry.API_WRITES.labels("Event", "create").inc()
+
+
+def _write_pass(api: client.ApiClient, body: Mapping[str, Any], writes: Writes) -> Sent:
+    """Children first (the stable keeps serving whatever the status says), then the status, then
+    the Events that explain it."""
     meta = body["metadata"]
-    log.info(
-        "%s/%s status: %s",
-        meta["namespace"],
-        meta["name"],
-        ", ".join(f"{k}={status[k]!r}" if k in ("phase", "message") else k for k in changed),
-    )
-    based_on = meta.get("resourceVersion")
-    written = await asyncio.to_thread(patch_status, api, meta["namespace"], meta["name"], status)
-    telemetry.API_WRITES.labels("ModelDeployment", "status").inc()
-    memory.last_status = status
-    memory.written_over = based_on if written != based_on else None
-    if notes:
-        await asyncio.to_thread(post_events, api, body, notes)
-        telemetry.API_WRITES.labels("Event", "create").inc()
+    applied = apply_objects(api, writes.apply, writes.live)
+    deleted = delete_objects(api, writes.delete)
+    version = None
+    if writes.status is not None:
+        version = patch_status(api, meta["namespace"], meta["name"], writes.status)
+        if writes.notes:
+            post_events(api, body, writes.notes)
+    return Sent(applied, deleted, version)

@@ -371,19 +371,23 @@ def desired_services(
     owner_uid: str,
     main_track: Track | None = None,
     main_annotations: Mapping[str, str] | None = None,
+    track_services: bool = True,
 ) -> list[Manifest]:
-    """The `<name>` Service clients call, then `<name>-stable` and `<name>-candidate`.
+    """The `<name>` Service clients call, then (with `track_services`) `<name>-stable` and
+    `<name>-candidate`.
 
     The main Service selects both tracks by default (the `replicas` router weights by pod ratio);
-    `main_track` narrows it to one track, e.g. for a blue/green switch without a mesh. The
-    candidate Service always exists, so routers can reference it before the first rollout.
+    `main_track` narrows it to one track, e.g. for a blue/green switch without a mesh.
     `main_annotations` lets a router record its intent on the main Service (the replicas router's
-    weight, which a replica ratio alone cannot tell).
+    weight, which a replica ratio alone cannot tell). The track Services are wanted while a
+    candidate exists (its preview, forwarding and mirroring target), and always behind a router
+    whose route names them; a ModelDeployment at rest behind the `replicas` router needs none, which
+    spares the cluster two Service IPs (and their endpoints) per model.
     """
     name = md.metadata.name
     main_selector = serving_selector(name) if main_track is None else track_selector(name, main_track)
     out = [_service(md, name, common_labels(name), main_selector, owner_uid, annotations=main_annotations)]
-    for track in (Track.STABLE, Track.CANDIDATE):
+    for track in (Track.STABLE, Track.CANDIDATE) if track_services else ():
         out.append(
             _service(
                 md, track_name(name, track), track_labels(name, track), track_selector(name, track), owner_uid
@@ -447,8 +451,8 @@ def desired_hpa(
 def desired_children(md: ModelDeployment, *, owner_uid: str, serving_image: str) -> list[Manifest]:
     """The steady state: the stable track runs the spec's model, with no rollout in progress.
 
-    Returns the stable Deployment, the three Services and, when autoscaling is set, the stable HPA
-    (the Deployment then carries no `replicas`).
+    Returns the stable Deployment, the `<name>` Service and, when autoscaling is set, the stable
+    HPA (the Deployment then carries no `replicas`).
     """
     runtime = md.spec.runtime
     autoscaling = runtime.autoscaling
@@ -461,7 +465,7 @@ def desired_children(md: ModelDeployment, *, owner_uid: str, serving_image: str)
             owner_uid=owner_uid,
             serving_image=serving_image,
         ),
-        *desired_services(md, owner_uid=owner_uid),
+        *desired_services(md, owner_uid=owner_uid, track_services=False),
     ]
     if autoscaling is not None:
         children.append(desired_hpa(md, track=Track.STABLE, autoscaling=autoscaling, owner_uid=owner_uid))

@@ -954,13 +954,19 @@ def desired_objects(
         owner_uid=owner_uid,
         main_track=routing.main_track,
         main_annotations=dict(routing.main_annotations),
+        track_services=candidate_runs or world.router.routes_to_tracks,
     )
     delete: list[ChildRef] = []
     if auto is not None:
         out += _hpas(world, state, split, auto, owner_uid)
     wanted = {(m["kind"], _name(m)) for m in out}
-    for kind, api_version in (("Deployment", "apps/v1"), ("HorizontalPodAutoscaler", "autoscaling/v2")):
-        name = track_name(md.metadata.name, Track.CANDIDATE)
+    candidate, stable = (track_name(md.metadata.name, t) for t in (Track.CANDIDATE, Track.STABLE))
+    for kind, api_version, name in (
+        ("Deployment", "apps/v1", candidate),
+        ("HorizontalPodAutoscaler", "autoscaling/v2", candidate),
+        ("Service", "v1", candidate),
+        ("Service", "v1", stable),
+    ):
         if (kind, name) not in wanted and any(
             c.get("kind") == kind and _name(c) == name for c in observed.children
         ):

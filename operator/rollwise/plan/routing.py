@@ -79,6 +79,10 @@ class Router(Protocol):
     """True when the weight is the replica ratio (the `replicas` router): the planner then shares
     pods between the tracks by weight; otherwise stable stays full size and the candidate gets
     the weight's share of pods (at least one)."""
+    routes_to_tracks: ClassVar[bool]
+    """True when the provider's route names the `<name>-stable` and `<name>-candidate` Services
+    (an HTTPRoute's backends, a VirtualService's destinations, a canary Ingress): they then exist
+    between rollouts too. Otherwise they exist only while a candidate does."""
 
     def problems(self, md: ModelDeployment) -> list[str]:
         """What this router cannot do for `md`, one line each naming the field and the fix."""

@@ -64,6 +64,7 @@ def _unescape(text: str) -> str:
 class GatewayApiRouter:
     name: ClassVar[TrafficProvider] = TrafficProvider.GATEWAY_API
     scales_by_weight: ClassVar[bool] = False
+    routes_to_tracks: ClassVar[bool] = True
 
     def problems(self, md: ModelDeployment) -> list[str]:
         if md.spec.rollout.traffic.gateway_api is None:

@@ -92,6 +92,7 @@ def _as_declared(md: ModelDeployment, found: RequestMatch) -> RequestMatch:
 class IstioRouter:
     name: ClassVar[TrafficProvider] = TrafficProvider.ISTIO
     scales_by_weight: ClassVar[bool] = False
+    routes_to_tracks: ClassVar[bool] = True
 
     def problems(self, md: ModelDeployment) -> list[str]:
         if md.spec.rollout.traffic.istio is None:

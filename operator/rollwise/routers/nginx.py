@@ -54,6 +54,7 @@ COOKIE_ALWAYS = "always"
 class NginxRouter:
     name: ClassVar[TrafficProvider] = TrafficProvider.NGINX
     scales_by_weight: ClassVar[bool] = False
+    routes_to_tracks: ClassVar[bool] = True
 
     def problems(self, md: ModelDeployment) -> list[str]:
         if md.spec.rollout.traffic.nginx is None:

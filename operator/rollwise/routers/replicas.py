@@ -36,6 +36,7 @@ from rollwise.plan.split import TrafficSplit
 class ReplicasRouter:
     name: ClassVar[TrafficProvider] = TrafficProvider.REPLICAS
     scales_by_weight: ClassVar[bool] = True
+    routes_to_tracks: ClassVar[bool] = False
 
     def problems(self, md: ModelDeployment) -> list[str]:
         return []
