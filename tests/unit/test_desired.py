@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rollwise.api.v1alpha1 import ModelDeployment, RevisionSpec
+from rollwise.plan import desired
 from rollwise.plan.desired import (
     desired_children,
     desired_deployment,
@@ -402,3 +403,18 @@ def test_planning_is_deterministic_and_survives_a_round_trip_through_the_api(
     deployment: Any = first[0]
     assert ("replicas" in deployment["spec"]) is ("autoscaling" not in spec["runtime"])
     assert any(m["kind"] == "HorizontalPodAutoscaler" for m in first) is ("autoscaling" in spec["runtime"])
+
+
+def test_the_revision_memo_answers_what_hashing_would_for_every_value() -> None:
+    """revision_of remembers by identity; equal values from other objects, a changed value, and
+    values seen after the memo overflowed all get the hash computed from scratch."""
+
+    md = md_of(B)
+    versions = [
+        md.spec.model.model_copy(update={"version": f"1.{i}"}) for i in range(desired._REVISIONS_KEPT + 50)
+    ]
+    for model in [md.spec.model, *versions, md.spec.model]:
+        revision = RevisionSpec(model=model, runtime=md.spec.runtime)
+        assert revision_of(revision) == desired._revision_hash(revision)
+    twin = RevisionSpec(model=md.spec.model.model_copy(), runtime=md.spec.runtime.model_copy())
+    assert revision_of(twin) == revision_of(revision_from_spec(md))

@@ -53,6 +53,18 @@ class Memory:
     has not caught up with the write (the watch delivers it an event later): planning from it would
     redo the last transition at a later `now`, entering a step twice with a new start time."""
 
+    _parsed: tuple[str, ModelDeployment] | None = None
+
+    def parsed(self, body: Mapping[str, Any]) -> ModelDeployment:
+        """The body as a ModelDeployment, parsed once per resourceVersion: most passes follow a
+        child's event, not a change of this object (models are frozen, so sharing one is safe)."""
+        version = body["metadata"].get("resourceVersion")
+        if self._parsed is not None and version is not None and self._parsed[0] == version:
+            return self._parsed[1]
+        md = ModelDeployment.model_validate(dict(body))
+        self._parsed = (version, md) if version is not None else None
+        return md
+
     def behind_own_write(self, body: Mapping[str, Any]) -> bool:
         return self.written_over is not None and body["metadata"].get("resourceVersion") == self.written_over
 
@@ -115,7 +127,7 @@ async def reconcile(
         return None
     with telemetry.RECONCILE_SECONDS.time():
         try:
-            md = ModelDeployment.model_validate(dict(body))
+            md = memory.parsed(body)
         except ValidationError as err:
             status = invalid_status(body, describe_errors(err), now)
             note = Note(EventType.WARNING, Reason.INVALID_SPEC, status.message)
@@ -156,10 +168,13 @@ async def reconcile(
         live = {ObjectKey.of(c): c for c in [*children, *router_objects]}
         # Skip what we applied already when the index still shows the older copy (it lags our own
         # write by an event); apply_objects skips what the live object already matches.
+        hashes = {ObjectKey.of(m): desired_hash(m) for m in decision.desired}
         stale = [
             m
             for m in decision.desired
-            if not (ObjectKey.of(m) in live and memory.applied.get(ObjectKey.of(m)) == desired_hash(m))
+            if not (
+                ObjectKey.of(m) in live and memory.applied.get(ObjectKey.of(m)) == hashes[ObjectKey.of(m)]
+            )
         ]
         gone = [ObjectKey(c.api_version, c.kind, namespace, c.name) for c in decision.delete]
         writes = Writes(
@@ -170,8 +185,7 @@ async def reconcile(
             notes=decision.notes,
         )
         await _send(api, write_slots, memory, body, writes)
-        for manifest in decision.desired:
-            memory.applied[ObjectKey.of(manifest)] = desired_hash(manifest)
+        memory.applied.update(hashes)
         pending = [c for c in decision.webhook_calls if c.key not in memory.webhooks]
         for result in await asyncio.gather(*(asyncio.to_thread(call_webhook, c, body) for c in pending)):
             memory.webhooks[result.key] = result
@@ -219,7 +233,8 @@ async def _send(
     write waits behind the whole wave (its children came 30-50 s late, its Ready status a minute
     late). A slot per pass lets the earliest objects finish first, like a controller's work
     queue; waiters are served in arrival order. The status (and its Events) is only sent when it
-    differs from both the live one and the one we last wrote (the live body may lag our own write)."""
+    differs from both the live one and the one we last wrote (the live body may lag our own write).
+    """
     status = writes.status
     if status is not None:
         current = body.get("status") or {}
@@ -238,7 +253,10 @@ async def _send(
     if not (writes.apply or writes.delete or status is not None):
         return
     todo = replace(writes, status=status, notes=writes.notes if status is not None else ())
-    async with slots if slots is not None else contextlib.nullcontext():
+    # A status alone is one cheap patch that tells users (and GitOps tools) where things stand:
+    # it never waits behind other objects' children.
+    heavy = slots is not None and bool(todo.apply or todo.delete)
+    async with slots if heavy and slots is not None else contextlib.nullcontext():
         sent = await asyncio.to_thread(_write_pass, api, body, todo)
     for key in sent.applied:
         telemetry.API_WRITES.labels(key.kind, "apply").inc()
