@@ -22,6 +22,7 @@ from kubernetes import client, config
 
 from rollwise import telemetry
 from rollwise.api.v1alpha1 import GROUP, PLURAL, VERSION
+from rollwise.kube.observe import child_view
 from rollwise.kube.reconcile import Memory, reconcile
 from rollwise.metrics.prometheus import CircuitBreaker, PrometheusProvider
 from rollwise.plan.names import LABEL_MODEL_DEPLOYMENT
@@ -133,12 +134,9 @@ def _children_key(namespace: str | None, labels: kopf.Labels) -> tuple[str | Non
 
 
 async def _owned(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    """Our children by parent: one function, one index per kind (the index id names the kwarg).
-
-    Kept without managedFields, which nothing reads and which are a third or more of a server-side
-    applied object: the index holds every child of every ModelDeployment in memory."""
-    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-    return {_children_key(namespace, labels): {**body, "metadata": meta}}
+    """Our children by parent: one function, one index per kind (the index id names the kwarg),
+    each child as the slim view the planner reads (`child_view`)."""
+    return {_children_key(namespace, labels): child_view(body)}
 
 
 kopf.index("apps", "v1", "deployments", labels=OWNED, id="owned_deployments")(_owned)

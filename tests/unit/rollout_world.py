@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rollwise.api.v1alpha1 import ModelDeployment
-from rollwise.kube.observe import observe
+from rollwise.kube.observe import child_view, observe
 from rollwise.plan.analysis import Measured
 from rollwise.plan.decision import Decision
 from rollwise.plan.machine import decide
@@ -179,7 +179,9 @@ class World:
         )
 
     def apply(self, decision: Decision) -> None:
-        """Apply desired objects, delete, write the status (as kube/reconcile.py does)."""
+        """Apply desired objects, delete, write the status (as kube/reconcile.py does). Children are
+        kept as the operator's index keeps them (`child_view`), so every scenario also proves the
+        view holds all the planner and routers read."""
         for m in decision.desired:
             k = key(m)
             if k in self.user and m["kind"] in USER_OWNED:
@@ -196,9 +198,9 @@ class World:
             elif m["kind"] == "Deployment":
                 name = k[1]
                 crash = self.crash_candidate if name.endswith("-candidate") else self.crash_stable
-                self.children[k] = _ready(m, crash=crash)
+                self.children[k] = child_view(_ready(m, crash=crash))
             else:
-                self.children[k] = copy.deepcopy(m)
+                self.children[k] = child_view(copy.deepcopy(m))
         for ref in decision.delete:
             self.children.pop((ref.kind, ref.name), None)
         doc = self.md.model_dump(mode="json", by_alias=True)
