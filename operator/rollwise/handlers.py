@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kopf._cogs.aiokits import aiotoggles  # private: quiet_kopf_readiness_gate rewires it
@@ -96,6 +96,25 @@ def api_client() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+class EssenceStorage(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's diff-base storage, building the same essence from less.
+
+    On every event of every watched object Kopf deep-copies the whole body, then drops its status
+    and all metadata but labels and annotations: for our Deployments, status and managedFields are
+    most of the copy (a twentieth of the operator's CPU in a wave of 1 000). This copies only what
+    stays. Extra fields (status fields some handlers watch) fall back to the full body; ours have none.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        extra = list(extra_fields or [])
+        if extra:
+            return super().build(body=body, extra_fields=extra)
+        meta = body.get("metadata") or {}
+        kept = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        kept["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, kept)), extra_fields=extra)
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     op: OperatorSettings = memo.settings
@@ -107,13 +126,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.lifetime = op.peering_lifetime_seconds
     # Kopf keeps handler progress in annotations only: status belongs to our conditions.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="rollwise.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = EssenceStorage(
         prefix="rollwise.dev", key="last-handled-configuration"
     )
     # Reconnect watches well before proxies or the API server drop them.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if op.log_level != "debug":
+        # Kopf logs every handler call at INFO: a line per watched event, ten per ModelDeployment
+        # in a wave. Our own log says what was decided; Kopf's lines come back at debug.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     memo.api = api_client()
     asyncio.get_running_loop().set_default_executor(
