@@ -1539,7 +1539,13 @@ def goals(waves: Sequence[WaveResult]) -> str:
         (
             GOALS["ready_p99"],
             f"children p99 {fmt(top.children_p99)} s; Ready p99 {fmt(top.ready_p99)} s "
-            f"(Ready lag p99 {fmt(top.lag_p99)} s) at {top.size:,}",
+            f"(Ready lag p99 {fmt(top.lag_p99)} s) at {top.size:,}"
+            + (
+                f"; Argo Rollouts: children p99 {fmt(peer.children_p99)} s, Ready p99 "
+                f"{fmt(peer.ready_p99)} s at {peer.size:,}"
+                if peer
+                else ""
+            ),
             top.children_p99 <= 1,
         ),
         (GOALS["idle_writes"], f"{fmt(idle, 1)} writes/min (worst size)", idle == 0),
