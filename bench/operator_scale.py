@@ -712,6 +712,8 @@ class WaveResult:
     restart_kinds: dict[str, int] = field(default_factory=dict)
     write_costs: dict[str, tuple[int, float]] = field(default_factory=dict)
     """The controller's writes in the wave by kind: count, and the API server's p50 time (ms)."""
+    reconciles_per_object: float = 0.0
+    """Passes in the wave (its own counter: Rollwise's ok reconciles, Argo's rollout_reconcile_count)."""
 
 
 def md_ready(md: dict[str, Any]) -> bool:
@@ -818,6 +820,7 @@ def run_wave(
             )
             quiet = wait_quiet(subject.user, namespace, since=t0)
         cpu1, t1 = ctl.cpu_seconds(), time.time()
+        reconciles = subject.reconciled(ctl)
         rss_peak = ctl.peak_rss
         objects = kube.list(subject.what, namespace)
         subject.check(kube, namespace, objects)
@@ -880,6 +883,7 @@ def run_wave(
         restart_writes=len(restart_writes),
         restart_cpu=restart_cpu,
         load=load(),
+        reconciles_per_object=reconciles / size,
         restart_kinds=dict(Counter(w.kind for w in restart_writes)),
         write_costs={k: (len(v), pct(v, 50)) for k, v in sorted(by_kind.items())},
     )
@@ -1456,16 +1460,18 @@ def floor_table(results: Sequence[FloorResult]) -> str:
 def wave_table(waves: Sequence[WaveResult]) -> str:
     head = (
         "| controller | objects | apply s | children p50 / p99 / total s | Ready p50 / p99 / total s "
-        "| Ready lag p50 / p99 s | writes per object | idle writes/min | RSS peak / idle MB "
-        "| CPU s/min wave / idle | restart settle s | restart writes | load (1/5/15 min) |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| Ready lag p50 / p99 s | writes per object | reconciles per object | idle writes/min "
+        "| RSS peak / idle MB | CPU s/min wave / idle | restart settle s | restart writes "
+        "| load (1/5/15 min) |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     )
     rows = [
         f"| {w.label} | {w.size:,} | {fmt(w.apply_seconds, 1)} "
         f"| {fmt(w.children_p50)} / {fmt(w.children_p99)} / {fmt(w.children_total, 1)} "
         f"| {fmt(w.ready_p50)} / {fmt(w.ready_p99)} / {fmt(w.ready_total, 1)} "
         f"| {fmt(w.lag_p50)} / {fmt(w.lag_p99)} | {fmt(w.writes_per_object, 1)} "
-        f"| {fmt(w.idle_writes_per_min, 1)} | {fmt(w.rss_peak, 0)} / {fmt(w.rss_idle, 0)} "
+        f"| {fmt(w.reconciles_per_object, 1)} | {fmt(w.idle_writes_per_min, 1)} "
+        f"| {fmt(w.rss_peak, 0)} / {fmt(w.rss_idle, 0)} "
         f"| {fmt(w.cpu_wave_per_min)} / {fmt(w.cpu_idle_per_min)} | {fmt(w.restart_settle, 1)} "
         f"| {w.restart_writes} | {w.load} |"
         for w in waves

@@ -23,7 +23,7 @@ from kubernetes import client, config
 from rollwise import telemetry
 from rollwise.api.v1alpha1 import GROUP, PLURAL, VERSION
 from rollwise.kube.observe import child_view
-from rollwise.kube.reconcile import Memory, reconcile
+from rollwise.kube.reconcile import Memory, pass_inputs, reconcile
 from rollwise.metrics.prometheus import CircuitBreaker, PrometheusProvider
 from rollwise.plan.names import LABEL_MODEL_DEPLOYMENT
 from rollwise.settings import OperatorSettings
@@ -180,11 +180,17 @@ def _wake(index: kopf.Index[Any, Any], key: tuple[str | None, str]) -> None:
         memory.wake.set()
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=OWNED)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
-async def deployment_changed(
+async def _child_changed(
     namespace: str | None, labels: kopf.Labels, memories: kopf.Index[Any, Any], **_: Any
 ) -> None:
     _wake(memories, _children_key(namespace, labels))
+
+
+# Every child's change wakes its parent: waiting for pods or for a route is event-driven (the
+# planner's timer while waiting is only a fallback), and a Service or HPA read back moves a step on.
+kopf.on.event("apps", "v1", "deployments", labels=OWNED, id="deployment_changed")(_child_changed)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
+kopf.on.event("v1", "services", labels=OWNED, id="service_changed")(_child_changed)  # type: ignore[arg-type]  # as above
+kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED, id="hpa_changed")(_child_changed)  # type: ignore[arg-type]  # as above
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
@@ -227,6 +233,10 @@ def register_routers(enabled: frozenset[str]) -> None:
         kopf.on.event(group, version, plural, id=f"router_{router}_changed")(_router_object_changed)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
     if "nginx" in enabled:
         kopf.index("networking.k8s.io", "v1", "ingresses", labels=OWNED, id="owned_ingresses")(_owned)
+        ingress_changed = kopf.on.event(
+            "networking.k8s.io", "v1", "ingresses", labels=OWNED, id="ingress_changed"
+        )
+        ingress_changed(_child_changed)  # type: ignore[arg-type]  # as above
 
 
 def router_objects_of(body: kopf.Body, indices: dict[str, Any]) -> list[Any]:
@@ -260,11 +270,29 @@ async def steward(
     memory: Memory = memo.rollwise
     settings: OperatorSettings = memo.settings
     key = (namespace, name or "")
+    loop = asyncio.get_running_loop()
+    due = loop.time()  # when a pass is due even if nothing changes: the decision's requeue, or resync
     while not stopped:
         memory.wake.clear()
+        timer = loop.time() >= due
+        if memory.behind_own_write(body):
+            # Our status write's event is on its way and wakes us (a pass now would plan from the
+            # status before it); a timer that came due meanwhile runs with that event.
+            await _woken(memory, settings.resync_seconds if timer else due - loop.time())
+            continue
         children = [*owned_deployments.get(key, []), *owned_services.get(key, []), *owned_hpas.get(key, [])]
         if (owned_ingresses := kwargs.get("owned_ingresses")) is not None:
             children += owned_ingresses.get(key, [])
+        routes = router_objects_of(body, kwargs)
+        if (
+            not timer
+            and memory.settled is not None
+            and memory.settled == pass_inputs(body, children, routes, memory)
+        ):
+            # Our own writes coming back, nothing else: the last decision stands.
+            telemetry.RECONCILES.labels("unchanged").inc()
+            await _woken(memory, due - loop.time())
+            continue
         # A new ModelDeployment's first pass creates all its children: it takes its write slot
         # before planning, so that a wave of thousands waits holding no planned objects (about
         # 50 KB each, which set the operator's peak memory) and plans when its turn comes.
@@ -279,7 +307,7 @@ async def steward(
                     settings=settings,
                     memory=memory,
                     now=dt.datetime.now(dt.UTC),
-                    router_objects=router_objects_of(body, kwargs),
+                    router_objects=routes,
                     provider=memo.prometheus,
                     write_slots=None if first else memo.write_slots,
                 )
@@ -288,7 +316,13 @@ async def steward(
             telemetry.RECONCILES.labels("error").inc()
             logger.warning(f"reconcile failed, retrying in 5s: {err.status} {err.reason}: {err.body}")
             wait = 5.0
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(memory.wake.wait(), timeout=wait or settings.resync_seconds)
+        due = loop.time() + (wait or settings.resync_seconds)
+        await _woken(memory, due - loop.time())
     if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
         telemetry.PHASES.forget(namespace or "", name or "")
+
+
+async def _woken(memory: Memory, timeout: float) -> None:
+    """Wait for a wake-up or the timeout, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(memory.wake.wait(), timeout=max(timeout, 0.0))

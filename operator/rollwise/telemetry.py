@@ -14,11 +14,12 @@ from prometheus_client.registry import REGISTRY, Collector
 
 RECONCILES = Counter(
     "rollwise_operator_reconciles_total",
-    "Reconcile passes by result: ok, invalid (spec rejected by the operator) or error (retried).",
+    "Reconcile passes by result: ok, invalid (spec rejected by the operator), error (retried), or "
+    "unchanged (woken by our own write coming back: nothing planned).",
     ["result"],
 )
 # Every result has a series from the start (at 0), so an error rate reads 0, not "no data".
-for _result in ("ok", "invalid", "error"):
+for _result in ("ok", "invalid", "error", "unchanged"):
     RECONCILES.labels(_result)
 RECONCILE_SECONDS = Histogram(
     "rollwise_operator_reconcile_duration_seconds",

@@ -53,8 +53,49 @@ class Memory:
     has not caught up with the write (the watch delivers it an event later): planning from it would
     redo the last transition at a later `now`, entering a step twice with a new start time."""
 
+    settled: Inputs | None = None
+    """What the last pass planned from, its status as it wrote it. Inputs equal to these mean only
+    our own status write came back: the planner ran its transitions to a fixed point, so planning
+    again from the status it wrote changes nothing, and the daemon skips that pass. Compared by
+    content, not resourceVersion: someone's spec or annotation change that lands between our read
+    and our status patch rides on the same version. Children count by resourceVersion, and those we
+    wrote count as unseen: reading them back is what moves a step on."""
+
     def behind_own_write(self, body: Mapping[str, Any]) -> bool:
         return self.written_over is not None and body["metadata"].get("resourceVersion") == self.written_over
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """All a pass reads that an event can change (time is the requeue's)."""
+
+    metadata: dict[str, Any]
+    """Without resourceVersion and managedFields, which change on every write."""
+    spec: Any
+    status: dict[str, Any]
+    """The fields we write, as stored."""
+    versions: frozenset[tuple[ObjectKey, str | None]]
+    """Children and router objects by resourceVersion."""
+    webhooks: frozenset[tuple[WebhookKey, bool]]
+
+
+def pass_inputs(
+    body: Mapping[str, Any],
+    children: Sequence[Mapping[str, Any]],
+    router_objects: Sequence[Mapping[str, Any]],
+    memory: Memory,
+) -> Inputs:
+    stored = body.get("status") or {}
+    return Inputs(
+        {k: v for k, v in body["metadata"].items() if k not in ("resourceVersion", "managedFields")},
+        body.get("spec"),
+        {k: stored.get(k) for k in memory.last_status or stored},
+        frozenset(
+            (ObjectKey.of(o), (o.get("metadata") or {}).get("resourceVersion"))
+            for o in [*children, *router_objects]
+        ),
+        frozenset((k, r.ok) for k, r in memory.webhooks.items()),
+    )
 
 
 def status_json(status: ModelDeploymentStatus) -> dict[str, Any]:
@@ -113,6 +154,9 @@ async def reconcile(
         # The watch has not delivered our last status write yet; its event wakes the daemon. A pass
         # now would plan from the older status and redo its transition (a step entered twice).
         return None
+    memory.settled = None  # until this pass has written all it planned
+    # Taken before the first await: Kopf replaces the body under us when an event comes.
+    seen = pass_inputs(body, children, router_objects, memory)
     with telemetry.RECONCILE_SECONDS.time():
         try:
             # Parsed on every pass, not cached: a parsed ModelDeployment is about 22 KB, which at
@@ -176,6 +220,13 @@ async def reconcile(
         )
         await _send(api, write_slots, memory, body, writes)
         memory.applied.update(hashes)
+        if memory.last_status is not None:
+            # Webhook answers as the planner left them, before this pass's new ones come in.
+            memory.settled = replace(
+                seen,
+                status=dict(memory.last_status),
+                webhooks=frozenset((k, r.ok) for k, r in memory.webhooks.items()),
+            )
         pending = [c for c in decision.webhook_calls if c.key not in memory.webhooks]
         for result in await asyncio.gather(*(asyncio.to_thread(call_webhook, c, body) for c in pending)):
             memory.webhooks[result.key] = result

@@ -71,8 +71,10 @@ from rollwise.plan.steps import (
     routing_at,
 )
 
-WAIT_FOR_READY = timedelta(seconds=5)
-"""How soon to look again while pods come up; child events usually wake us earlier."""
+WAIT_FOR_READY = timedelta(seconds=30)
+"""How soon to look again while pods come up, if no event wakes us first: a fallback, since every
+change of a child (and of a route) wakes the pass that waits for it, and deadlines have timers of
+their own. At 5 s, a wave of 1 000 models waiting minutes for pods ran 30 passes each for nothing."""
 WAIT_FOR_WEBHOOK = timedelta(seconds=1)
 """How soon to look again after asking for webhook calls (the I/O layer answers in between)."""
 POLL_WEBHOOK = timedelta(seconds=30)
