@@ -234,6 +234,8 @@ def test_operator_container_runs_the_operator_with_its_settings(default_render: 
         "ROLLWISE_METRICS_PORT": "9100",
         "ROLLWISE_LOG_LEVEL": "info",
         "ROLLWISE_PEERING": "rollwise",
+        "ROLLWISE_PEERING_LIFETIME_SECONDS": "60",
+        "ROLLWISE_RESYNC_SECONDS": "300",
         "ROLLWISE_ROUTERS": "replicas",
         "ROLLWISE_LIVENESS_ENDPOINT": "http://0.0.0.0:8080/healthz",
         "POD_ID": None,
@@ -261,6 +263,8 @@ def test_values_reach_the_operator_environment(helm: Path) -> None:
             "prometheus.url": "http://prometheus.monitoring.svc:9090",
             "logLevel": "debug",
             "peering.name": "rollwise-blue",
+            "peering.lifetimeSeconds": "15",
+            "resyncSeconds": "120",
             "metrics.port": "9200",
         },
     )
@@ -273,6 +277,8 @@ def test_values_reach_the_operator_environment(helm: Path) -> None:
     assert env["ROLLWISE_PROMETHEUS_URL"] == "http://prometheus.monitoring.svc:9090"
     assert env["ROLLWISE_LOG_LEVEL"] == "debug"
     assert env["ROLLWISE_PEERING"] == "rollwise-blue"
+    assert env["ROLLWISE_PEERING_LIFETIME_SECONDS"] == "15"
+    assert env["ROLLWISE_RESYNC_SECONDS"] == "120"
     assert env["ROLLWISE_METRICS_PORT"] == "9200"
     assert only(manifests, "ClusterKopfPeering")["metadata"]["name"] == "rollwise-blue"
     service = only(manifests, "Service")
@@ -329,6 +335,11 @@ def test_service_monitor_only_when_enabled(helm: Path, enabled: str, count: int)
             id="unknown pull policy",
         ),
         pytest.param({"replica": "2"}, "additional properties 'replica' not allowed", id="misspelt key"),
+        pytest.param(
+            {"peering.lifetimeSeconds": "1"},
+            "at '/peering/lifetimeSeconds': minimum: got 1, want 5",
+            id="a peering lifetime shorter than a keep-alive round trip",
+        ),
         pytest.param({"prometheus.url": "prometheus:9090"}, "at '/prometheus/url'", id="url without scheme"),
         pytest.param({"watchNamespace": "Models_NS"}, "at '/watchNamespace'", id="namespace not a DNS label"),
         pytest.param(
