@@ -162,11 +162,6 @@ async def _owned(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **
     return {_children_key(namespace, labels): child_view(body)}
 
 
-kopf.index("apps", "v1", "deployments", labels=OWNED, id="owned_deployments")(_owned)
-kopf.index("v1", "services", labels=OWNED, id="owned_services")(_owned)
-kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED, id="owned_hpas")(_owned)
-
-
 @kopf.index(GROUP, VERSION, PLURAL)
 async def memories(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> Any:
     """Each ModelDeployment's in-memory state, so a child's event can wake its parent."""
@@ -186,11 +181,17 @@ async def _child_changed(
     _wake(memories, _children_key(namespace, labels))
 
 
-# Every child's change wakes its parent: waiting for pods or for a route is event-driven (the
-# planner's timer while waiting is only a fallback), and a Service or HPA read back moves a step on.
-kopf.on.event("apps", "v1", "deployments", labels=OWNED, id="deployment_changed")(_child_changed)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
-kopf.on.event("v1", "services", labels=OWNED, id="service_changed")(_child_changed)  # type: ignore[arg-type]  # as above
-kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED, id="hpa_changed")(_child_changed)  # type: ignore[arg-type]  # as above
+def watch_children(index: str, *resource: str) -> None:
+    """Index one kind of our children by parent (`index` names the daemon's kwarg), and wake the
+    parent on each change: waiting for pods or a route is event-driven (the planner's timer while
+    waiting is only a fallback), and reading back a Service or HPA we wrote moves a step on."""
+    kopf.index(*resource, labels=OWNED, id=index)(_owned)
+    kopf.on.event(*resource, labels=OWNED, id=f"{index}_changed")(_child_changed)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
+
+
+watch_children("owned_deployments", "apps", "v1", "deployments")
+watch_children("owned_services", "v1", "services")
+watch_children("owned_hpas", "autoscaling", "v2", "horizontalpodautoscalers")
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
@@ -232,11 +233,7 @@ def register_routers(enabled: frozenset[str]) -> None:
         kopf.index(group, version, plural, id=f"router_{router}")(_router_objects_by_name)
         kopf.on.event(group, version, plural, id=f"router_{router}_changed")(_router_object_changed)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
     if "nginx" in enabled:
-        kopf.index("networking.k8s.io", "v1", "ingresses", labels=OWNED, id="owned_ingresses")(_owned)
-        ingress_changed = kopf.on.event(
-            "networking.k8s.io", "v1", "ingresses", labels=OWNED, id="ingress_changed"
-        )
-        ingress_changed(_child_changed)  # type: ignore[arg-type]  # as above
+        watch_children("owned_ingresses", "networking.k8s.io", "v1", "ingresses")
 
 
 def router_objects_of(body: kopf.Body, indices: dict[str, Any]) -> list[Any]:
@@ -284,11 +281,8 @@ async def steward(
         if (owned_ingresses := kwargs.get("owned_ingresses")) is not None:
             children += owned_ingresses.get(key, [])
         routes = router_objects_of(body, kwargs)
-        if (
-            not timer
-            and memory.settled is not None
-            and memory.settled == pass_inputs(body, children, routes, memory)
-        ):
+        inputs = pass_inputs(body, children, routes, memory)
+        if not timer and memory.settled == inputs:
             # Our own writes coming back, nothing else: the last decision stands.
             telemetry.RECONCILES.labels("unchanged").inc()
             await _woken(memory, due - loop.time())
@@ -308,6 +302,7 @@ async def steward(
                     memory=memory,
                     now=dt.datetime.now(dt.UTC),
                     router_objects=routes,
+                    inputs=inputs,
                     provider=memo.prometheus,
                     write_slots=None if first else memo.write_slots,
                 )

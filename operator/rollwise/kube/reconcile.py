@@ -145,6 +145,7 @@ async def reconcile(
     router_objects: Sequence[Mapping[str, Any]] = (),
     provider: MetricProvider | None = None,
     write_slots: asyncio.Semaphore | None = None,
+    inputs: Inputs | None = None,
 ) -> Decision | None:
     """Run one pass; returns the decision, or None when there was nothing to decide: the spec is
     invalid, the object is going away, or `body` predates our own last status write."""
@@ -158,8 +159,9 @@ async def reconcile(
         # now would plan from the older status and redo its transition (a step entered twice).
         return None
     memory.settled = None  # until this pass has written all it planned
-    # Taken before the first await: Kopf replaces the body under us when an event comes.
-    seen = pass_inputs(body, children, router_objects, memory)
+    # Taken before the first await (Kopf replaces the body under us when an event comes), unless
+    # the daemon took them already to decide whether to pass at all.
+    seen = inputs or pass_inputs(body, children, router_objects, memory)
     with telemetry.RECONCILE_SECONDS.time():
         try:
             # Parsed on every pass, not cached: a parsed ModelDeployment is about 22 KB, which at
