@@ -2,12 +2,13 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: bootstrap test lint unit demo cluster-up cluster-down crds
+.PHONY: bootstrap test lint unit demo cluster-up cluster-down crds lock models fresh-check
 
 bootstrap:
 	@bash scripts/bootstrap.sh
 
 lint: bootstrap
+	@$(VENV)/uv lock --check --quiet || { echo "uv.lock is stale: pyproject.toml changed and the lock did not; run \`make lock\` and commit uv.lock" >&2; exit 1; }
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
@@ -33,3 +34,17 @@ cluster-down:
 
 crds: bootstrap
 	$(VENV)/python -m rollwise.api.crdgen
+
+# Refresh every lock: uv.lock (the venv and both images) and the benchmark peers' bench/peers/*.txt.
+# Keeps every pinned version that still satisfies pyproject.toml; `make lock UPGRADE=1` moves all.
+lock: bootstrap
+	$(VENV)/uv lock $(if $(UPGRADE),--upgrade)
+	$(VENV)/python bench/peers/lock.py $(if $(UPGRADE),--upgrade)
+
+# Remake the committed example artifacts (examples/models/) and re-pin every digest that changed.
+models: bootstrap
+	$(VENV)/python serving-image/make_example_models.py --repin
+
+# The README's two commands in a throwaway clone, with empty caches: what a new machine sees.
+fresh-check:
+	bash scripts/fresh-check.sh

@@ -50,19 +50,10 @@ CACHE = Path(os.environ.get("ROLLWISE_CACHE", Path.home() / ".cache" / "rollwise
 VENVS = CACHE / "bench-venvs"
 WORK = CACHE / "bench-work"
 WRK = "/usr/bin/wrk"
-PEERS = {
-    "kserve": ["kserve==0.21.0", "scikit-learn==1.9.1", "onnxruntime", "joblib"],
-    # uvloop 0.22+ raises in get_event_loop() where MLServer 1.7.1's inference workers call it; the
-    # last release MLServer works with is pinned, as its users have to.
-    "mlserver": [
-        "mlserver==1.7.1",
-        "mlserver-sklearn==1.7.1",
-        "scikit-learn==1.9.1",
-        "onnxruntime",
-        "joblib",
-        "uvloop==0.21.0",
-    ],
-}
+# Each peer's virtualenv installs bench/peers/NAME.txt: every package pinned with its hashes
+# (`make lock` makes it from NAME.in, where the peers' own pins are explained).
+PEER_LOCKS = REPO / "bench" / "peers"
+PEERS = sorted(p.stem for p in PEER_LOCKS.glob("*.txt"))
 BODY = {
     "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}],
 }
@@ -179,19 +170,24 @@ def ensure_venv(name: str) -> Path:
     """A virtualenv per peer, reused while its pinned requirements are unchanged."""
     venv = VENVS / name
     stamp = venv / ".rollwise-bench-stamp"
-    wanted = "\n".join(PEERS[name])
+    locked = PEER_LOCKS / f"{name}.txt"
+    wanted = locked.read_text()
     if stamp.exists() and stamp.read_text() == wanted:
         return venv
-    log(f"creating {venv} ({', '.join(PEERS[name])}); this takes a few minutes once")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *PEERS[name]], check=True)
+    log(f"creating {venv} from {locked.relative_to(REPO)}; this takes a few minutes once")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--require-hashes", "--no-deps", "-r", str(locked)],
+        check=True,
+    )
     stamp.write_text(wanted)
     return venv
 
 
 def ensure_models() -> dict[str, Any]:
     out = WORK / "models"
-    manifest = make_example_models.write_examples(out)
+    manifest = make_example_models.committed_manifest()
+    shutil.copytree(make_example_models.COMMITTED, out, dirs_exist_ok=True)
     manifest["dir"] = out
     return manifest
 

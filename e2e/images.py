@@ -32,8 +32,11 @@ BASE_TAG = "rollwise/base:bookworm"
 PYTHON_TAG = "rollwise/python:bookworm"
 PAUSE_TAG = "rollwise/pause:3.10"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
-# Bump when the package list changes, so cached root filesystems are rebuilt.
-ROOTFS_KEY = "bookworm-1"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# Bump the number when the package list changes. The month rebuilds the cached root filesystems
+# (with that month's Debian security updates) at least monthly; within a month every build reuses
+# one, so two builds from the same lock install the same packages.
+ROOTFS_KEY = f"bookworm-2-{time.strftime('%Y-%m', time.gmtime())}"
 PYTHON_PACKAGES = "python3,python3-venv,ca-certificates,libgomp1"
 
 IMAGES_CACHE = paths.CACHE / "images"
@@ -106,6 +109,10 @@ def _rootfs_tar(name: str, include: str | None) -> Path:
             argv.append(f"--include={include}")
         log(f"debootstrap {name} (about a minute)")
         run(*argv, "bookworm", str(root), DEBIAN_MIRROR, quiet=True)
+        _apply_security_updates(root)
+        packages = run("chroot", str(root), "dpkg-query", "-W", "-f", "${Package} ${Version}\\n", quiet=True)
+        (root / "etc" / "rollwise-packages.txt").write_text(packages.stdout)
+        tar.with_suffix(".packages.txt").write_text(packages.stdout)
         # Trim what an image never needs: apt lists, docs, caches.
         for sub in ("var/lib/apt/lists", "usr/share/doc", "usr/share/man", "var/cache/apt"):
             shutil.rmtree(root / sub, ignore_errors=True)
@@ -114,6 +121,19 @@ def _rootfs_tar(name: str, include: str | None) -> Path:
         partial.rename(tar)
     log(f"{name} root filesystem ready in {time.monotonic() - started:.0f}s")
     return tar
+
+
+def _apply_security_updates(root: Path) -> None:
+    """debootstrap installs bookworm as released; bring in bookworm-updates and bookworm-security."""
+    (root / "etc" / "apt" / "sources.list").write_text(
+        f"deb {DEBIAN_MIRROR} bookworm main\n"
+        f"deb {DEBIAN_MIRROR} bookworm-updates main\n"
+        f"deb {SECURITY_MIRROR} bookworm-security main\n"
+    )
+    env = ["env", "DEBIAN_FRONTEND=noninteractive"]
+    run("chroot", str(root), *env, "apt-get", "-qq", "update", quiet=True)
+    run("chroot", str(root), *env, "apt-get", "-qq", "-y", "upgrade", quiet=True)
+    run("chroot", str(root), "apt-get", "clean", quiet=True)
 
 
 def _import_rootfs(tag: str, name: str, include: str | None) -> str:
@@ -175,8 +195,12 @@ def _go_env() -> dict[str, str]:
     return {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
 
 
-def import_into_node(tag: str) -> None:
-    """Copy an image from Docker into the real node's containerd (namespace k8s.io)."""
+def import_into_node(tag: str) -> str:
+    """Copy an image from Docker into the real node's containerd (namespace k8s.io).
+
+    Returns ``tag@sha256:...``, the reference by digest. The image is also named by digest in
+    containerd, as a registry pull would leave it, so the kubelet finds a pod's ``image: tag@digest``
+    without a registry."""
     if not paths.CONTAINERD_SOCK.exists():
         raise RuntimeError(
             f"the real node's containerd is not running ({paths.CONTAINERD_SOCK} missing): "
@@ -197,7 +221,16 @@ def import_into_node(tag: str) -> None:
             str(archive),
             quiet=True,
         )
-    log(f"imported {tag} into the node")
+    ctr = [CTR, "--address", str(paths.CONTAINERD_SOCK), "-n", "k8s.io", "images"]
+    # containerd names images as a registry would: docker.io/ for a name with no registry host.
+    name = tag if "." in tag.split("/", maxsplit=1)[0] else f"docker.io/{tag}"
+    listed = run(*ctr, "ls", f"name=={name}", quiet=True).stdout.splitlines()[1:]
+    digest = next((col for col in listed[0].split() if col.startswith("sha256:")), None) if listed else None
+    if digest is None:
+        raise RuntimeError(f"{name} is not in the node's containerd after the import: {listed}")
+    run(*ctr, "tag", "--force", name, f"{name.rsplit(':', 1)[0]}@{digest}", quiet=True)
+    log(f"imported {tag} into the node as {tag}@{digest}")
+    return f"{tag}@{digest}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "pause":
         print(ensure_pause_image())
     else:
-        import_into_node(args.tag)
+        print(import_into_node(args.tag))
     return 0
 
 

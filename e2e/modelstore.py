@@ -1,10 +1,11 @@
 """The example model store: ``http://models.rollwise-system.svc/<artifact>`` inside the cluster.
 
 The examples, the demo and the e2e scenarios load real artifacts over HTTP, as users' clusters
-do from an object store. This builds them with ``serving-image/make_example_models.py``
-(byte-identical every run, so the digests pinned in ``examples/`` match), bakes them into a small
-image served by Python's ``http.server``, imports it into the real node and applies a Deployment
-and Service in ``rollwise-system``.
+do from an object store. This takes the artifacts committed in ``examples/models/`` (each checked
+against the digest ``examples/models/manifest.json`` pins, so the digests in ``examples/`` match on
+every machine), adds the deliberately bad candidates, bakes them into a small image served by
+Python's ``http.server``, imports it into the real node and applies a Deployment and Service in
+``rollwise-system``.
 
 CLI: ``python -m e2e.modelstore`` (needs the cluster up).
 """
@@ -12,9 +13,8 @@ CLI: ``python -m e2e.modelstore`` (needs the cluster up).
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from e2e import cluster, images, paths
 
 NAMESPACE = "rollwise-system"
 MODELS_DIR = paths.CACHE / "example-models"
+COMMITTED = paths.REPO / "examples" / "models"
 
 
 # Deliberately bad candidates for the rollout scenarios: each looks fine to the server (it loads,
@@ -60,18 +61,30 @@ class Model:
 
 
 def make_models(out: Path = MODELS_DIR) -> Path:
-    """Write the example artifacts (idempotent: the script is deterministic) and the bad ones."""
-    if not (out / "manifest.json").exists():
-        out.mkdir(parents=True, exist_ok=True)
-        script = paths.REPO / "serving-image" / "make_example_models.py"
-        subprocess.run([sys.executable, str(script), str(out)], check=True, capture_output=True)
+    """Copy the committed example artifacts (each verified against its pinned digest), add the bad ones."""
+    manifest = json.loads((COMMITTED / "manifest.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for key, entry in manifest["models"].items():
+        got = hashlib.sha256((COMMITTED / entry["file"]).read_bytes()).hexdigest()
+        if got != entry["sha256"]:
+            raise RuntimeError(
+                f"examples/models/{entry['file']} ({key}) has sha256 {got}, but "
+                f"examples/models/manifest.json pins {entry['sha256']}: run `make models` to remake "
+                "the artifacts and re-pin every digest"
+            )
+    for stale in {f.name for f in out.iterdir()} - {f.name for f in COMMITTED.iterdir()} - set(BAD_MODELS):
+        (out / stale).unlink()  # e.g. a machine-made artifact an older checkout left in the cache
+    for f in COMMITTED.iterdir():
+        shutil.copyfile(f, out / f.name)
     for name, body in BAD_MODELS.items():
         (out / name).write_text(BAD_MODEL_TEMPLATE.format(body=body))
     return out
 
 
 def sha256_of(artifact: str) -> str:
-    return hashlib.sha256((make_models() / artifact).read_bytes()).hexdigest()
+    committed = COMMITTED / artifact
+    path = committed if committed.is_file() else make_models() / artifact
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def uri_of(artifact: str) -> str:

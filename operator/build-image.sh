@@ -5,8 +5,9 @@
 #   operator/build-image.sh --import     # build, then import into the node (cluster must be up)
 #   operator/build-image.sh --tag T      # another tag
 # Steps: the local base image rollwise/python:bookworm (e2e/images.py); a wheelhouse of the
-# operator and its runtime dependencies (not the `serving` extra) made on the host, because HTTPS
-# from inside containers fails; `docker build` of operator/Dockerfile on that context; a smoke check
+# operator's runtime dependencies as uv.lock pins them (not the `serving` extra; hashes checked on
+# download and on install) and its own wheel, made on the host, because HTTPS from inside containers
+# fails; `docker build` of operator/Dockerfile on that context; a smoke check
 # that the image imports the operator as UID 65532 on a read-only root filesystem.
 IMAGE=operator
 source "$(dirname "$0")/../scripts/image-build-common.sh" "$@"
@@ -16,8 +17,10 @@ mkdir -p "$ctx/src/operator"
 cp pyproject.toml README.md "$ctx/src/"
 cp -r operator/rollwise "$ctx/src/operator/"
 find "$ctx/src" -name __pycache__ -prune -exec rm -rf {} +
-log "wheelhouse for rollwise $version"
-"$repo/.venv/bin/pip" wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheels" "$ctx/src"
+"$py" -m e2e.wheelhouse operator > "$ctx/requirements.txt"
+log "wheelhouse for rollwise $version ($(wc -l < "$ctx/requirements.txt") locked packages)"
+download_wheels "$ctx/requirements.txt" "$ctx/wheels"
+project_wheel "$ctx/src" "$ctx/wheels"
 cp operator/Dockerfile "$ctx/Dockerfile"
 
 "$py" - "$ctx" "$tag" "$version" <<'PY'
@@ -42,7 +45,10 @@ if "$docker" run --rm --network none --entrypoint sh "$tag" -c 'command -v rollw
   echo "build-image: rollwise-operator is not on PATH in $tag" >&2; exit 1
 fi
 
+# With --import the last line is the reference by digest (tag@sha256:...), for the chart's
+# image.digest / servingImage.digest.
 if [ "$import" = 1 ]; then
   "$py" -m e2e.images import "$tag"
+else
+  echo "$tag"
 fi
-echo "$tag"

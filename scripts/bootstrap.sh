@@ -18,16 +18,23 @@ fi
 # (no systemd), and the harness runs its own instances on its own ports.
 
 PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "[bootstrap] creating .venv" >&2
-  "$PY" -m venv .venv
+CACHE="${ROLLWISE_CACHE:-$HOME/.cache/rollwise}"
+# uv, pinned with its hash, in a venv of its own; it installs .venv exactly as uv.lock says (every
+# package's hash checked, nothing resolved on the day). Python is the machine's, never downloaded.
+uv_version="$(sed -n 's/^uv==\([^ ]*\) .*/\1/p' scripts/uv-requirements.txt)"
+uv_home="$CACHE/uv-$uv_version"
+if [ ! -x "$uv_home/bin/uv" ]; then
+  echo "[bootstrap] installing uv $uv_version" >&2
+  rm -rf "$uv_home"; mkdir -p "$CACHE"
+  "$PY" -m venv "$uv_home"
+  "$uv_home/bin/pip" install -q --disable-pip-version-check --no-deps --require-hashes -r scripts/uv-requirements.txt
 fi
-stamp=".venv/.rollwise-deps-$(sha256sum pyproject.toml | cut -c1-16)"
+export UV_PYTHON_DOWNLOADS=never
+stamp=".venv/.rollwise-lock-$(cat uv.lock pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "[bootstrap] pip install -e .[dev]" >&2
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e ".[dev]"
-  rm -f .venv/.rollwise-deps-*; touch "$stamp"
+  echo "[bootstrap] .venv from uv.lock (uv sync --frozen)" >&2
+  "$uv_home/bin/uv" sync --quiet --frozen --extra dev --extra serving --python "$PY"
+  rm -f .venv/.rollwise-lock-* .venv/.rollwise-deps-*; touch "$stamp"
 fi
 
 bash e2e/build-binaries.sh all

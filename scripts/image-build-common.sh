@@ -23,6 +23,19 @@ done
 
 log() { printf '[build-image] %s\n' "$*" >&2; }
 
+# Binary wheels for a hashed requirements file (e2e/wheelhouse.py), for the image's CPython 3.11.
+download_wheels() {
+  "$repo/.venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --require-hashes \
+    --only-binary=:all: --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+    --python-version 3.11 --implementation cp --dest "$2" -r "$1"
+}
+
+# The project's wheel, built with the venv's locked setuptools (no isolated build env fetched).
+project_wheel() {
+  "$repo/.venv/bin/pip" wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+    --wheel-dir "$2" "$1"
+}
+
 cd "$repo"
 "$py" -m e2e.images python-base >/dev/null
 

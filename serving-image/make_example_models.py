@@ -1,6 +1,15 @@
-"""Write small, deterministic example models for the demo, the e2e scenarios and the tests.
+"""Write the small example models the demo, the examples, the e2e scenarios and the tests load.
 
-    python serving-image/make_example_models.py OUT_DIR
+    python serving-image/make_example_models.py OUT_DIR   # write them anywhere
+    python serving-image/make_example_models.py --repin   # remake examples/models/ and re-pin
+                                                          # every digest that changed (make models)
+
+The artifacts everything uses are the ones committed in ``examples/models/`` (`COMMITTED`), not a
+fresh run of this script: training is not byte-reproducible across machines even with the locked
+library versions, because OpenBLAS picks its kernel by CPU (the same lock gives iris-v1.joblib
+0f0a20f6... on an AVX-512 machine and d362126f... with Haswell/Zen kernels; the L-BFGS fit stops
+at its tolerance on a slightly different point, same predictions). On one machine two runs are
+byte-identical (fixed seeds, no timestamps).
 
 Everything comes from the Iris data set that scikit-learn ships (no download). OUT_DIR gets:
 
@@ -14,10 +23,8 @@ Everything comes from the Iris data set that scikit-learn ships (no download). O
 - ``iris-schema.json``: the feature schema (ranges, classifier output classes);
 - ``iris-reference.json``: the reference distribution (training-set quantile bins per feature
   and predicted-class shares) for drift;
-- ``manifest.json``: for each artifact its file, format and sha256 (what ``--sha256`` pins).
-
-Running it twice gives byte-identical files (fixed seeds, no timestamps), so digests can be pinned
-in manifests and tests.
+- ``manifest.json``: for each artifact its file, format and sha256 (what ``--sha256`` pins), and
+  the versions of the libraries that made it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import argparse
 import hashlib
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +57,9 @@ RANGES = {
     "petal_width": (0.0, 3.0),
 }
 REFERENCE_BINS = 10
+REPO = Path(__file__).resolve().parent.parent
+COMMITTED = REPO / "examples" / "models"
+REPIN = "make models"
 
 RULE_MODEL = '''"""Fallback rule for Iris: petal length alone (about 95 % accurate), never fails."""
 
@@ -102,6 +113,70 @@ def write_quantized(source: Path, path: Path) -> Path:
     finally:
         root.setLevel(level)
     return path
+
+
+def made_with() -> dict[str, str]:
+    """The versions that shape the bytes; a pickle only loads cleanly under the scikit-learn that wrote it."""
+    import onnx  # noqa: PLC0415 - dev-only dependency
+    import onnxruntime  # noqa: PLC0415 - dev-only use
+    import scipy  # noqa: PLC0415
+    import skl2onnx  # noqa: PLC0415 - dev-only dependency
+    import sklearn  # noqa: PLC0415
+
+    return {
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "joblib": joblib.__version__,
+        "skl2onnx": skl2onnx.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def committed_manifest() -> dict[str, Any]:
+    """The committed artifacts' manifest, each verified against its digest (fails naming the fix)."""
+    manifest: dict[str, Any] = json.loads((COMMITTED / "manifest.json").read_text())
+    for key, entry in manifest["models"].items():
+        path = COMMITTED / entry["file"]
+        if not path.is_file():
+            raise SystemExit(f"examples/models/{entry['file']} ({key}) is missing: run `{REPIN}`")
+        if sha256_of(path) != entry["sha256"]:
+            raise SystemExit(
+                f"examples/models/{entry['file']} ({key}) has sha256 {sha256_of(path)}, but "
+                f"examples/models/manifest.json pins {entry['sha256']}: run `{REPIN}` to remake and re-pin"
+            )
+    return manifest
+
+
+def tracked_text_files() -> list[Path]:
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True
+    ).stdout.decode()
+    return [REPO / name for name in listed.split("\0") if name and not name.startswith("examples/models/")]
+
+
+def repin() -> dict[str, Any]:
+    """Remake examples/models/ and replace each changed digest in every tracked file that pins it."""
+    old = json.loads((COMMITTED / "manifest.json").read_text())["models"]
+    manifest = write_examples(COMMITTED)
+    changed = {
+        old[key]["sha256"]: entry["sha256"]
+        for key, entry in manifest["models"].items()
+        if key in old and old[key]["sha256"] != entry["sha256"]
+    }
+    for path in tracked_text_files() if changed else []:
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+            continue
+        new = text
+        for before, after in changed.items():
+            new = new.replace(before, after)
+        if new != text:
+            path.write_text(new)
+            print(f"re-pinned {path.relative_to(REPO)}", file=sys.stderr)
+    return manifest
 
 
 def write_examples(out: Path) -> dict[str, Any]:
@@ -160,6 +235,7 @@ def write_examples(out: Path) -> dict[str, Any]:
         "feature_schema": "iris-schema.json",
         "reference": "iris-reference.json",
         "features": FEATURES,
+        "made_with": made_with(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -167,9 +243,12 @@ def write_examples(out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("out_dir", type=Path, nargs="?", help="where to write them")
+    parser.add_argument("--repin", action="store_true", help="remake examples/models/ and re-pin digests")
     args = parser.parse_args(argv)
-    manifest = write_examples(args.out_dir)
+    if args.repin == (args.out_dir is not None):
+        parser.error("give either OUT_DIR or --repin")
+    manifest = repin() if args.repin else write_examples(args.out_dir)
     for key, entry in manifest["models"].items():
         print(
             f"{key:14} {entry['format']:8} {entry['bytes']:>8} B  sha256 {entry['sha256']}  {entry['file']}"

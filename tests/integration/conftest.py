@@ -156,18 +156,21 @@ def _session_namespaces(cluster: Cluster) -> list[str]:
     return [n for n in names if n.startswith(f"{NAMESPACE_PREFIX}-")]
 
 
-def build(script: str) -> None:
-    """Run an image build script with --import (the image lands in the real node's containerd)."""
+def build(script: str) -> str:
+    """Run an image build script with --import; returns the image's reference by digest."""
     proc = subprocess.run(
         ["bash", str(paths.REPO / script), "--import"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    ref = proc.stdout.strip().splitlines()[-1]
+    assert "@sha256:" in ref, f"{script} --import printed no reference by digest: {proc.stdout[-500:]}"
+    return ref
 
 
 @pytest.fixture(scope="session")
-def serving_image(cluster: Cluster) -> None:
-    """rollwise/serving built once per session and imported into the real node."""
-    build("serving-image/build-image.sh")
+def serving_image(cluster: Cluster) -> str:
+    """rollwise/serving built once per session and imported into the real node; its digest ref."""
+    return build("serving-image/build-image.sh")
 
 
 @pytest.fixture(scope="session")

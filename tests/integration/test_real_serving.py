@@ -68,12 +68,17 @@ def test_a_model_deployment_serves_real_predictions(
 def test_helm_installs_the_operator_in_cluster_and_it_serves_a_model(
     cluster: Cluster,
     operator: Operator,
-    serving_image: None,
+    serving_image: str,
     model_store: None,
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    build("operator/build-image.sh")
+    """By digest, as a user pins a build: the chart's image.digest and servingImage.digest."""
+    operator_ref = build("operator/build-image.sh")
+    digests = [
+        f"{key}.digest={ref.split('@')[1]}"
+        for key, ref in (("image", operator_ref), ("servingImage", serving_image))
+    ]
     release = f"rw-{namespace[-5:]}"
     helm = [str(paths.HELM), f"--kubeconfig={paths.KUBECONFIG}"]
     # The session's out-of-cluster operator steps aside, so what happens is the in-cluster one's doing.
@@ -81,7 +86,8 @@ def test_helm_installs_the_operator_in_cluster_and_it_serves_a_model(
         install = subprocess.run(
             [*helm, "install", release, str(paths.REPO / "charts" / "rollwise"), "-n", namespace,
              "--set", f"watchNamespace={namespace}", "--set", "peering.name=" + release,
-             "--set", "prometheus.url=http://prometheus.monitoring:9090", "--wait", "--timeout", "180s"],
+             "--set", "prometheus.url=http://prometheus.monitoring:9090", "--wait", "--timeout", "180s",
+             "--set", digests[0], "--set", digests[1]],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert install.returncode == 0, install.stderr
@@ -90,8 +96,13 @@ def test_helm_installs_the_operator_in_cluster_and_it_serves_a_model(
                 namespace, label_selector="app.kubernetes.io/name=rollwise"
             ).items
             assert op_pods and op_pods[0].spec.node_name == "rollwise-node"
+            assert op_pods[0].spec.containers[0].image == operator_ref
             assert apply(namespace, EXAMPLE).returncode == 0
             serve_and_check(cluster, namespace)
+            model_pods = cluster.core.list_namespaced_pod(
+                namespace, label_selector="rollwise.dev/track"
+            ).items
+            assert model_pods and {p.spec.containers[0].image for p in model_pods} == {serving_image}
             md = get_md(cluster, namespace, "iris")
             managers = {
                 m.manager

@@ -157,9 +157,10 @@ class ServerFactory:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The example artifacts (serving-image/make_example_models.py) plus their manifest."""
+    """The committed example artifacts (examples/models/, digests verified) plus their manifest."""
     out = tmp_path_factory.mktemp("models")
-    manifest = make_example_models.write_examples(out)
+    manifest = make_example_models.committed_manifest()
+    shutil.copytree(make_example_models.COMMITTED, out, dirs_exist_ok=True)
     manifest["dir"] = out
     return manifest
 

@@ -35,12 +35,22 @@ app.kubernetes.io/part-of: rollwise
 {{- end -}}
 {{- end -}}
 
+{{/*
+An image reference: repository:tag, and @digest when one is set, so the node runs exactly the image
+that was built (a tag can be moved; a digest cannot).
+*/}}
+{{- define "rollwise.imageRef" -}}
+{{- $ref := printf "%s:%s" .image.repository (.image.tag | default .appVersion) -}}
+{{- if .image.digest }}{{ $ref = printf "%s@%s" $ref .image.digest }}{{ end -}}
+{{- $ref -}}
+{{- end -}}
+
 {{- define "rollwise.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- include "rollwise.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{- define "rollwise.servingImage" -}}
-{{- printf "%s:%s" .Values.servingImage.repository (.Values.servingImage.tag | default .Chart.AppVersion) -}}
+{{- include "rollwise.imageRef" (dict "image" .Values.servingImage "appVersion" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{/*
