@@ -136,12 +136,22 @@ def _apply_security_updates(root: Path) -> None:
     run("chroot", str(root), "apt-get", "clean", quiet=True)
 
 
+def _rootfs_key_of(tag: str) -> str | None:
+    proc = subprocess.run(
+        [DOCKER, "image", "inspect", "-f", '{{index .Config.Labels "dev.rollwise.rootfs"}}', tag],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
 def _import_rootfs(tag: str, name: str, include: str | None) -> str:
+    """The base image, re-imported when its root filesystem's key (package list, month) moved on."""
     ensure_dockerd()
-    if image_exists(tag):
+    if _rootfs_key_of(tag) == ROOTFS_KEY:
         return tag
     tar = _rootfs_tar(name, include)
-    run(DOCKER, "import", "--change", 'CMD ["/bin/bash"]', str(tar), tag, quiet=True)
+    changes = ["--change", 'CMD ["/bin/bash"]', "--change", f"LABEL dev.rollwise.rootfs={ROOTFS_KEY}"]
+    run(DOCKER, "import", *changes, str(tar), tag, quiet=True)
     log(f"imported {tag}")
     return tag
 
