@@ -9,6 +9,7 @@ bootstrap:
 
 lint: bootstrap
 	@$(VENV)/uv lock --check --quiet || { echo "uv.lock is stale: pyproject.toml changed and the lock did not; run \`make lock\` and commit uv.lock" >&2; exit 1; }
+	$(VENV)/python bench/peers/lock.py --check
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy

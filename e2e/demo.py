@@ -179,18 +179,22 @@ def run(*argv: str, progress: Step | None = None) -> str:
 # Set-up
 
 
-def build(script: str) -> Callable[[Step], object]:
-    return lambda s: run("bash", str(paths.REPO / script), "--import", progress=s)
+def build(script: str) -> Callable[[Step], str]:
+    """Build and import an image; the step's result is its reference by digest (the last line)."""
+    return lambda s: run("bash", str(paths.REPO / script), "--import", progress=s).strip().splitlines()[-1]
 
 
-def helm_install(s: Step) -> None:
+def helm_install(s: Step, operator_ref: str, serving_ref: str) -> None:
     """The chart in rollwise-system, watching only the demo's namespace: an operator watching every
-    namespace would also reconcile other sessions' test objects on a shared cluster."""
+    namespace would also reconcile other sessions' test objects on a shared cluster. Both images by
+    digest, so the pods run exactly the builds just made."""
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     run(
         str(paths.HELM), f"--kubeconfig={paths.KUBECONFIG}", "upgrade", "--install", RELEASE,
         str(paths.REPO / "charts" / "rollwise"), "-n", OPERATOR_NAMESPACE, "--create-namespace",
         "--set", "prometheus.url=http://prometheus.monitoring:9090", "--set", f"watchNamespace={NAMESPACE}",
+        "--set", f"image.digest={operator_ref.split('@')[1]}",
+        "--set", f"servingImage.digest={serving_ref.split('@')[1]}",
         "--wait", "--timeout", "180s",
         progress=s,
     )  # fmt: skip
@@ -415,10 +419,13 @@ def report(results: list[RolloutResult], out: Console | None = None) -> bool:
 
 def main() -> int:
     step("local cluster (first run builds Kubernetes: ~15 min)", lambda s: cluster.up(kwok_nodes=3))
-    step("serving image", build("serving-image/build-image.sh"))
-    step("operator image", build("operator/build-image.sh"))
+    serving_ref = step("serving image", build("serving-image/build-image.sh"))
+    operator_ref = step("operator image", build("operator/build-image.sh"))
     step("example model store", lambda s: modelstore.deploy())
-    step(f"operator installed with Helm (watching namespace {NAMESPACE})", helm_install)
+    step(
+        f"operator installed with Helm (watching namespace {NAMESPACE}, images by digest)",
+        lambda s: helm_install(s, operator_ref, serving_ref),
+    )
     step(f"ModelDeployment {NAME} 1.0.0 Ready", lambda s: deploy_model(NAMESPACE, s))
     answer = step("a prediction through the iris Service", lambda s: predict(NAMESPACE))
     console.print_json(json.dumps(answer))
