@@ -317,9 +317,28 @@ def test_service_monitor_only_when_enabled(helm: Path, enabled: str, count: int)
         assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
 
 
+def test_digests_pin_both_images(helm: Path) -> None:
+    """A build's digest makes the operator pod and every model pod run exactly that build."""
+    op, srv = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    manifests = render(helm, {"image.tag": "dev", "image.digest": op, "servingImage.digest": srv})
+    (container,) = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"rollwise/operator:dev@{op}"
+    assert env_of(container)["ROLLWISE_SERVING_IMAGE"] == f"rollwise/serving:0.1.0@{srv}"
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
+        pytest.param(
+            {"image.digest": "a" * 64},
+            "at '/image/digest'",
+            id="a digest without its algorithm",
+        ),
+        pytest.param(
+            {"servingImage.digest": "sha256:abc"},
+            "at '/servingImage/digest'",
+            id="a short digest",
+        ),
         pytest.param(
             {"replicas": "two"}, "at '/replicas': got string, want integer", id="replicas as a word"
         ),
