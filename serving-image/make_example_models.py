@@ -150,10 +150,14 @@ def committed_manifest() -> dict[str, Any]:
 
 
 def tracked_text_files() -> list[Path]:
+    """The repo's files (tracked, or new and not ignored) that may pin a digest: all but the artifacts."""
     listed = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=True,
     ).stdout.decode()
-    return [REPO / name for name in listed.split("\0") if name and not name.startswith("examples/models/")]
+    names = sorted({n for n in listed.split("\0") if n and not n.startswith("examples/models/")})
+    return [REPO / n for n in names if (REPO / n).is_file()]
 
 
 def repin() -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import warnings
 from importlib.metadata import version
@@ -40,17 +39,11 @@ FIX = "run `make models` (remakes examples/models/ and re-pins every digest)"
 
 
 def repo_text_files() -> list[Path]:
-    listed = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    files = []
-    for name in sorted(set(listed.split("\0"))):
-        if not name or name.startswith(("examples/models/", *NOT_PINS)) or not (REPO / name).is_file():
-            continue
-        files.append(REPO / name)
-    return files
+    return [
+        p
+        for p in make_example_models.tracked_text_files()
+        if not str(p.relative_to(REPO)).startswith(NOT_PINS)
+    ]
 
 
 def pins() -> list[tuple[str, int, str, str | None]]:
