@@ -12,10 +12,12 @@
 IMAGE=operator
 source "$(dirname "$0")/../scripts/image-build-common.sh" "$@"
 # Build the wheel from a copy of the sources, so nothing (build/, *.egg-info) lands in the shared
-# working tree. Only the operator package: the serving package ships in its own image.
-mkdir -p "$ctx/src/operator"
+# working tree. Only the operator package and the contract it shares with the server: the serving
+# package ships in its own image.
+mkdir -p "$ctx/src/operator" "$ctx/src/contract"
 cp pyproject.toml README.md "$ctx/src/"
 cp -r operator/rollwise "$ctx/src/operator/"
+cp -r contract/rollwise_contract "$ctx/src/contract/"
 find "$ctx/src" -name __pycache__ -prune -exec rm -rf {} +
 "$py" -m e2e.wheelhouse operator > "$ctx/requirements.txt"
 log "wheelhouse for rollwise $version ($(wc -l < "$ctx/requirements.txt") locked packages)"

@@ -17,9 +17,10 @@ log "wheelhouse for the serving extra ($(wc -l < "$ctx/requirements.txt") locked
 download_wheels "$ctx/requirements.txt" "$ctx/wheels"
 # The project's wheel from a copy of the sources, so nothing (build/, *.egg-info) lands in the
 # shared working tree.
-mkdir -p "$ctx/src/operator" "$ctx/src/serving-image"
+# Only the server and the contract it shares with the operator: the operator's package stays out.
+mkdir -p "$ctx/src/contract" "$ctx/src/serving-image"
 cp pyproject.toml README.md "$ctx/src/"
-cp -r operator/rollwise "$ctx/src/operator/"
+cp -r contract/rollwise_contract "$ctx/src/contract/"
 cp -r serving-image/rollwise_serving "$ctx/src/serving-image/"
 find "$ctx/src" -name __pycache__ -prune -exec rm -rf {} +
 log "wheel for rollwise $version"

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from rollwise.api.base import describe_errors
 from rollwise.api.v1alpha1 import ModelDeployment, StrategyName
+from rollwise_contract.base import describe_errors
 
 from tests.unit.admission import cel_rejections
 from tests.unit.manifests import SHA, base, edit

@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from rollwise.api.v1alpha1 import RequestMatch
 from rollwise.cli.view import (
     EventRow,
     Mark,
@@ -21,6 +20,7 @@ from rollwise.cli.view import (
     step_marks,
 )
 from rollwise.plan.steps import Analyze, Mirror, Pause, Preview, RouteMatches, SetWeight, SplitUsers, Step
+from rollwise_contract.matches import RequestMatch
 
 from tests.unit.cli_objects import (
     NOW,

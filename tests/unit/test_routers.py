@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rollwise.api.v1alpha1 import CookieMatch, HeaderMatch, ModelDeployment, RequestMatch
+from rollwise.api.v1alpha1 import ModelDeployment
 from rollwise.plan.desired import desired_deployment, desired_services, revision_from_spec
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import Track
 from rollwise.plan.routing import Router, Routing
 from rollwise.plan.split import TrafficSplit
 from rollwise.routers import ROUTERS, UnknownRouterError, router_for
+from rollwise_contract.matches import CookieMatch, HeaderMatch, RequestMatch
 
 from tests.unit.manifests import base
 from tests.unit.rollout_world import UID, http_route, ingress, virtual_service

@@ -16,9 +16,10 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
-from pydantic.config import JsonDict
-
-from rollwise.api.base import ApiModel, StatusModel, rule
+from rollwise_contract.base import ApiModel, StatusModel, count, map_list, rule
+from rollwise_contract.features import FeatureSchema
+from rollwise_contract.matches import HEADER_NAME, RequestMatch
+from rollwise_contract.model import PICKLE_FORMATS, ModelFormat
 
 GROUP = "rollwise.dev"
 VERSION = "v1alpha1"
@@ -41,7 +42,6 @@ MAX_NAME_LENGTH = 53
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 LABEL_VALUE = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
-HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 SHA256 = r"^[a-f0-9]{64}$"
 URI = (
     "^(file:///[^ ]+"
@@ -92,118 +92,8 @@ Quantity = Annotated[
 """A Kubernetes resource quantity (`500m`, `2`, `1Gi`)."""
 
 
-def _map_list(key: str) -> JsonDict:
-    """Server-side apply merges these lists item by item, keyed by `key`, which must be unique."""
-    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
-
-
-def _count(*flags: bool) -> int:
-    return sum(1 for f in flags if f)
-
-
 # ---------------------------------------------------------------------------------------------
 # spec.model
-
-
-class ModelFormat(StrEnum):
-    """How the serving image loads the artifact."""
-
-    SKLEARN = "sklearn"
-    """A scikit-learn estimator saved with joblib (pickle: needs a sha256 digest)."""
-    ONNX = "onnx"
-    """An ONNX graph run by onnxruntime."""
-    PYTHON = "python"
-    """A pickled Python object with a `predict` method (pickle: needs a sha256 digest)."""
-
-
-PICKLE_FORMATS = frozenset({ModelFormat.SKLEARN, ModelFormat.PYTHON})
-"""Formats that run code while loading, so the digest is checked before deserialising."""
-
-
-class FeatureType(StrEnum):
-    """Type of one input feature, as the serving image checks it."""
-
-    FLOAT = "float"
-    INT = "int"
-    BOOL = "bool"
-    CATEGORY = "category"
-    """One of `values`; reaches the model as the value's index."""
-
-
-class Feature(ApiModel):
-    """One named input column; requests that break it get HTTP 422 listing every bad field."""
-
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    """Feature name as it appears in inference requests."""
-    type: FeatureType = FeatureType.FLOAT
-    """Value type. Default float."""
-    min: float | None = None
-    """Smallest accepted value (inclusive); float and int features only."""
-    max: float | None = None
-    """Largest accepted value (inclusive); float and int features only."""
-    values: list[Annotated[str, Field(max_length=256)]] | None = Field(
-        default=None, min_length=1, max_length=256
-    )
-    """Accepted values of a category feature, in the order the model encodes them (index 0, 1, ...)."""
-    required: bool = True
-    """Whether a request must carry this feature. Default true."""
-    default: float | None = None
-    """Value used when an optional feature is left out (otherwise NaN)."""
-
-    @rule(
-        cel="!has(self.min) || !has(self.max) || self.min <= self.max",
-        field="min",
-        message="must not exceed max; swap or fix the bounds",
-    )
-    def _bounds_ordered(self) -> bool:
-        return self.min is None or self.max is None or self.min <= self.max
-
-    @rule(
-        cel="self.type == 'float' || self.type == 'int' || (!has(self.min) && !has(self.max))",
-        field="type",
-        message="min and max apply to float and int features only; remove them or change the type",
-    )
-    def _bounds_numeric(self) -> bool:
-        numeric = self.type in (FeatureType.FLOAT, FeatureType.INT)
-        return numeric or (self.min is None and self.max is None)
-
-    @rule(
-        cel="(self.type == 'category') == has(self.values)",
-        field="values",
-        message="required for type category and not allowed otherwise; list the category's values "
-        "or change the type",
-    )
-    def _values_iff_category(self) -> bool:
-        return (self.type is FeatureType.CATEGORY) == (self.values is not None)
-
-
-class OutputKind(StrEnum):
-    """What the model predicts."""
-
-    CLASSIFIER = "classifier"
-    REGRESSOR = "regressor"
-
-
-class ModelOutput(ApiModel):
-    """What the model returns; bounds the prediction metric's labels and drift histograms."""
-
-    kind: OutputKind = OutputKind.CLASSIFIER
-    """classifier or regressor. Default classifier."""
-    classes: list[Annotated[str, Field(max_length=256)]] | None = Field(
-        default=None, min_length=1, max_length=256
-    )
-    """Class labels as the model returns them (classifier)."""
-    buckets: list[float] | None = Field(default=None, min_length=1, max_length=64)
-    """Upper bounds of the prediction histogram buckets (regressor)."""
-
-
-class FeatureSchema(ApiModel):
-    """The model's declared inputs and outputs, passed inline to the serving image (`--feature-schema`)."""
-
-    features: list[Feature] = Field(min_length=1, max_length=256, json_schema_extra=_map_list("name"))
-    """Input features, in the order the model expects them."""
-    output: ModelOutput | None = None
-    """What the model returns; unset lets the serving image infer it."""
 
 
 class FallbackModel(ApiModel):
@@ -340,7 +230,7 @@ class EnvVarSource(ApiModel):
         message="set exactly one of secretKeyRef or configMapKeyRef",
     )
     def _one_source(self) -> bool:
-        return _count(self.secret_key_ref is not None, self.config_map_key_ref is not None) == 1
+        return count(self.secret_key_ref is not None, self.config_map_key_ref is not None) == 1
 
 
 class EnvVar(ApiModel):
@@ -438,7 +328,7 @@ class RuntimeSpec(ApiModel):
     bundled image). The image must provide the `rollwise-serve` command."""
     resources: Resources | None = None
     """CPU, memory and GPU for each serving pod; unset leaves them to namespace defaults."""
-    env: list[EnvVar] = Field(default_factory=list, max_length=64, json_schema_extra=_map_list("name"))
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, json_schema_extra=map_list("name"))
     """Extra environment variables, e.g. S3 credentials (`AWS_ACCESS_KEY_ID` from a Secret)."""
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict, max_length=32
@@ -512,7 +402,7 @@ class CanaryStep(ApiModel):
         message="each step needs exactly one of setWeight, pause or analysis; split it into separate steps",
     )
     def _one_action(self) -> bool:
-        return _count(self.set_weight is not None, self.pause is not None, self.analysis is not None) == 1
+        return count(self.set_weight is not None, self.pause is not None, self.analysis is not None) == 1
 
 
 _WEIGHTS = "self.steps.filter(s, has(s.setWeight))"
@@ -552,51 +442,6 @@ class BlueGreen(ApiModel):
     """Analyse the preview before switching; unset switches without analysis."""
 
 
-class HeaderMatch(ApiModel):
-    """Match requests by an HTTP header."""
-
-    name: str = Field(min_length=1, max_length=256, pattern=HEADER_NAME)
-    """Header name, e.g. `x-model-variant`."""
-    value: str | None = Field(default=None, min_length=1, max_length=1024)
-    """Exact value to match."""
-    regex: str | None = Field(default=None, min_length=1, max_length=1024)
-    """Regular expression the value must match (RE2 syntax)."""
-
-    @rule(
-        cel="(has(self.value) ? 1 : 0) + (has(self.regex) ? 1 : 0) == 1",
-        field=None,
-        message="set exactly one of value or regex",
-    )
-    def _one_matcher(self) -> bool:
-        return _count(self.value is not None, self.regex is not None) == 1
-
-
-class CookieMatch(ApiModel):
-    """Match requests by a cookie's exact value."""
-
-    name: str = Field(min_length=1, max_length=256, pattern=HEADER_NAME)
-    """Cookie name."""
-    value: str = Field(min_length=1, max_length=1024)
-    """Exact value to match."""
-
-
-class RequestMatch(ApiModel):
-    """One condition sending a request to the candidate: exactly one of header or cookie."""
-
-    header: HeaderMatch | None = None
-    """Match on an HTTP header."""
-    cookie: CookieMatch | None = None
-    """Match on a cookie."""
-
-    @rule(
-        cel="(has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) == 1",
-        field=None,
-        message="set exactly one of header or cookie",
-    )
-    def _one_kind(self) -> bool:
-        return _count(self.header is not None, self.cookie is not None) == 1
-
-
 class UserHash(ApiModel):
     """A sticky split: a hash of a user-id header decides the side, so a user always lands on the same one."""
 
@@ -624,7 +469,7 @@ class AbTest(ApiModel):
         message="set exactly one of match or userHash",
     )
     def _one_routing(self) -> bool:
-        return _count(self.match is not None, self.user_hash is not None) == 1
+        return count(self.match is not None, self.user_hash is not None) == 1
 
 
 class Shadow(ApiModel):
@@ -710,7 +555,7 @@ class MetricCheck(ApiModel):
         message="set exactly one of builtin or query",
     )
     def _one_source(self) -> bool:
-        return _count(self.builtin is not None, self.query is not None) == 1
+        return count(self.builtin is not None, self.query is not None) == 1
 
     @rule(
         cel="!has(self.feature) || (has(self.builtin) && self.builtin == 'inputDrift')",
@@ -728,7 +573,7 @@ class AnalysisSpec(ApiModel):
     no data never passes. A Prometheus error counts as a failure.
     """
 
-    metrics: list[MetricCheck] = Field(min_length=1, max_length=16, json_schema_extra=_map_list("name"))
+    metrics: list[MetricCheck] = Field(min_length=1, max_length=16, json_schema_extra=map_list("name"))
     """Checks taken every interval."""
     interval_seconds: int = Field(default=60, ge=5, le=3600)
     """Seconds between measurements; also the PromQL range. Default 60."""
@@ -870,7 +715,7 @@ class Rollout(ApiModel):
     """Metrics the analysis steps measure."""
     traffic: Traffic = Field(default_factory=Traffic)
     """Traffic router; unset uses provider replicas."""
-    webhooks: list[Webhook] = Field(default_factory=list, max_length=16, json_schema_extra=_map_list("name"))
+    webhooks: list[Webhook] = Field(default_factory=list, max_length=16, json_schema_extra=map_list("name"))
     """HTTP gates called during the rollout."""
     progress_deadline_seconds: int = Field(default=600, ge=30, le=24 * 3600)
     """Seconds a candidate may take to become ready (or a step to make progress) before it is rolled
@@ -883,9 +728,7 @@ class Rollout(ApiModel):
         message="set exactly one strategy block: canary, blueGreen, abTest or shadow",
     )
     def _one_strategy(self) -> bool:
-        return (
-            _count(*(b is not None for b in (self.canary, self.blue_green, self.ab_test, self.shadow))) == 1
-        )
+        return count(*(b is not None for b in (self.canary, self.blue_green, self.ab_test, self.shadow))) == 1
 
     @rule(
         cel="has(self.analysis) || !((has(self.canary) && self.canary.steps.exists(s, has(s.analysis)))"
@@ -1109,7 +952,7 @@ class ModelDeploymentStatus(StatusModel):
     weight: Percent = 0
     """Percent of traffic on the candidate."""
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=8, json_schema_extra=_map_list("type")
+        default_factory=list, max_length=8, json_schema_extra=map_list("type")
     )
     """kstatus conditions: Ready, Reconciling, Stalled."""
     analysis: AnalysisStatus | None = None

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 from kubernetes import client
 from pydantic import ValidationError
+from rollwise_contract.base import describe_errors
 
 from rollwise import telemetry
-from rollwise.api.base import describe_errors
 from rollwise.api.v1alpha1 import ConditionType, ModelDeployment, ModelDeploymentStatus, Phase, Reason
 from rollwise.kube.apply import ObjectKey, apply_objects, delete_objects, desired_hash
 from rollwise.kube.events import post_events

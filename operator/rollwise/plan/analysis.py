@@ -27,6 +27,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+from rollwise_contract.features import OutputKind
+
 from rollwise.api.v1alpha1 import (
     AnalysisSpec,
     AnalysisStatus,
@@ -34,7 +36,6 @@ from rollwise.api.v1alpha1 import (
     MetricCheck,
     MetricResult,
     ModelDeployment,
-    OutputKind,
     Phase,
     ThresholdRange,
     Verdict,

@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
-from rollwise.api.v1alpha1 import ModelDeployment, RequestMatch, TrafficProvider
+from rollwise_contract.matches import RequestMatch
+
+from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import Track
 from rollwise.plan.split import TrafficSplit

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rollwise.api.v1alpha1 import RequestMatch
+from rollwise_contract.matches import RequestMatch
 
 
 @dataclass(frozen=True)

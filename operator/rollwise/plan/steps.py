@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from rollwise.api.v1alpha1 import AbTest, AnalysisStep, BlueGreen, Canary, RequestMatch, Rollout, Shadow
+from rollwise_contract.matches import RequestMatch
+
+from rollwise.api.v1alpha1 import AbTest, AnalysisStep, BlueGreen, Canary, Rollout, Shadow
 from rollwise.plan.split import TrafficSplit
 
 

@@ -19,7 +19,9 @@ import re
 from collections.abc import Sequence
 from typing import ClassVar
 
-from rollwise.api.v1alpha1 import CookieMatch, HeaderMatch, ModelDeployment, RequestMatch, TrafficProvider
+from rollwise_contract.matches import CookieMatch, HeaderMatch, RequestMatch
+
+from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
 from rollwise.plan.desired import SERVICE_PORT
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.names import Track, track_name

@@ -17,19 +17,15 @@ import copy
 from collections.abc import Sequence
 from typing import ClassVar
 
+from rollwise_contract.matches import CookieMatch, HeaderMatch, RequestMatch
+
 from rollwise.api.v1alpha1 import (
     API_VERSION as MD_API_VERSION,
 )
 from rollwise.api.v1alpha1 import (
     KIND as MD_KIND,
 )
-from rollwise.api.v1alpha1 import (
-    CookieMatch,
-    HeaderMatch,
-    ModelDeployment,
-    RequestMatch,
-    TrafficProvider,
-)
+from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
 from rollwise.plan.desired import SERVICE_PORT
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.names import Track, track_labels, track_name

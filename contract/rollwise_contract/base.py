@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
@@ -174,3 +175,13 @@ def describe_errors(err: ValidationError) -> list[str]:
         else:
             lines.append(f"{field_path(loc)}: {_shorten(repr(e['input']))} is invalid: {e['msg']}")
     return lines
+
+
+def map_list(key: str) -> JsonDict:
+    """Server-side apply merges these lists item by item, keyed by `key`, which must be unique."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
+
+
+def count(*flags: bool) -> int:
+    """How many of `flags` are set: the body of every "exactly one of" rule."""
+    return sum(1 for f in flags if f)
