@@ -20,7 +20,7 @@ from rollwise.plan.decision import Decision
 from rollwise.plan.machine import decide
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.observed import Observed, WebhookResult
-from rollwise.plan.routing import Router
+from rollwise.plan.router import Router
 from rollwise.routers import router_for
 
 UID = "0b5c1a7e-1111-4222-8333-444455556666"
@@ -237,3 +237,19 @@ class World:
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
+
+
+def steady_children(
+    md: ModelDeployment, *, owner_uid: str = UID, serving_image: str = IMAGE
+) -> list[Manifest]:
+    """What the first pass of a new ModelDeployment asks for (no children yet, no rollout): the
+    planner's steady state, planned through `decide` with the router its spec names."""
+    decision = decide(
+        md,
+        Observed(),
+        now=T0,
+        owner_uid=owner_uid,
+        serving_image=serving_image,
+        router=router_for(md.spec.rollout.traffic.provider),
+    )
+    return list(decision.desired)

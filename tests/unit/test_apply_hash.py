@@ -7,15 +7,15 @@ import json
 
 from rollwise.api.v1alpha1 import ModelDeployment
 from rollwise.kube.apply import HASH_ANNOTATION, desired_hash, is_current, stamped
-from rollwise.plan.desired import desired_children
 
 from tests.unit.manifests import base
+from tests.unit.rollout_world import steady_children
 
 
 def children() -> list[dict[str, object]]:
     doc = base()
     doc["metadata"]["uid"] = "u"
-    return desired_children(ModelDeployment.model_validate(doc), owner_uid="u", serving_image="img")
+    return steady_children(ModelDeployment.model_validate(doc), owner_uid="u", serving_image="img")
 
 
 def test_the_hash_is_the_one_earlier_releases_stamped() -> None:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from rollwise.api.actions import Action
 from rollwise.api.v1alpha1 import ModelDeployment, Phase
 from rollwise.cli.outcome import ExitCode, Outcome, ended, refusal
-from rollwise.plan.machine import Action
 
 from tests.unit.cli_objects import aborted, conditions, md, paused_at_pause_step, promoted
 from tests.unit.rollout_world import World, at

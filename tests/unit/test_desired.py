@@ -9,18 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rollwise.api.v1alpha1 import ModelDeployment, RevisionSpec
-from rollwise.plan import desired
-from rollwise.plan.desired import (
-    desired_children,
-    desired_deployment,
-    desired_services,
-    revision_from_spec,
-    revision_of,
-)
+from rollwise.plan import revision as revisions
+from rollwise.plan.desired import desired_deployment, desired_services
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import Track
+from rollwise.plan.revision import revision_from_spec, revision_of
 
 from tests.unit.manifests import SHA, base, edit
+from tests.unit.rollout_world import steady_children
 
 UID = "0b5c1a7e-1111-4222-8333-444455556666"
 IMAGE = "rollwise-serving:test"
@@ -33,7 +29,7 @@ def md_of(doc: dict[str, Any]) -> ModelDeployment:
 def children(doc: dict[str, Any]) -> dict[str, Manifest]:
     return {
         f"{m['kind']}/{m['metadata']['name']}": m
-        for m in desired_children(md_of(doc), owner_uid=UID, serving_image=IMAGE)
+        for m in steady_children(md_of(doc), owner_uid=UID, serving_image=IMAGE)
     }
 
 
@@ -392,9 +388,9 @@ def test_planning_is_deterministic_and_survives_a_round_trip_through_the_api(
         "spec": spec,
     }
     md = md_of(doc)
-    first = desired_children(md, owner_uid=UID, serving_image=IMAGE)
+    first = steady_children(md, owner_uid=UID, serving_image=IMAGE)
     # What kube/ reads back: the object as JSON, as the API server returns it.
-    again = desired_children(
+    again = steady_children(
         md_of(json.loads(md.model_dump_json(exclude_none=True))), owner_uid=UID, serving_image=IMAGE
     )
     assert json.dumps(first) == json.dumps(again)
@@ -411,10 +407,10 @@ def test_the_revision_memo_answers_what_hashing_would_for_every_value() -> None:
 
     md = md_of(B)
     versions = [
-        md.spec.model.model_copy(update={"version": f"1.{i}"}) for i in range(desired._REVISIONS_KEPT + 50)
+        md.spec.model.model_copy(update={"version": f"1.{i}"}) for i in range(revisions._REVISIONS_KEPT + 50)
     ]
     for model in [md.spec.model, *versions, md.spec.model]:
         revision = RevisionSpec(model=model, runtime=md.spec.runtime)
-        assert revision_of(revision) == desired._revision_hash(revision)
+        assert revision_of(revision) == revisions._revision_hash(revision)
     twin = RevisionSpec(model=md.spec.model.model_copy(), runtime=md.spec.runtime.model_copy())
     assert revision_of(twin) == revision_of(revision_from_spec(md))

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import yaml
 from rollwise.api.v1alpha1 import ModelDeployment, StrategyName, TrafficProvider
-from rollwise.plan.desired import desired_children
 from rollwise.plan.split import TrafficSplit
 from rollwise.plan.steps import rollout_steps
 from rollwise.routers import router_for
 
 from tests.unit.admission import cel_rejections
+from tests.unit.rollout_world import steady_children
 from tests.unit.test_routers import live_after
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -61,7 +61,7 @@ def test_example_is_valid_and_plans(name: str, strategy: StrategyName) -> None:
     assert cel_rejections(doc) == []
     assert md.spec.rollout.strategy is strategy
     assert rollout_steps(md.spec.rollout)
-    kinds = [m["kind"] for m in desired_children(md, owner_uid="uid", serving_image="img")]
+    kinds = [m["kind"] for m in steady_children(md, owner_uid="uid", serving_image="img")]
     assert kinds[:2] == ["Deployment", "Service"]
 
 

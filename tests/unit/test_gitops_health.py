@@ -21,9 +21,10 @@ import lupa.lua51 as lua51
 import pytest
 from rollwise.api.v1alpha1 import ModelDeployment, Phase, Reason
 from rollwise.kube.reconcile import status_json
-from rollwise.plan.desired import revision_from_spec
-from rollwise.plan.machine import State, status_of
+from rollwise.plan.revision import revision_from_spec
 from rollwise.plan.split import TrafficSplit
+from rollwise.plan.state import State
+from rollwise.plan.status import status_of
 
 from e2e import paths
 from tests.unit.manifests import base

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rollwise.api.v1alpha1 import ModelDeployment
-from rollwise.plan.desired import desired_deployment, desired_services, revision_from_spec
+from rollwise.plan.desired import desired_deployment, desired_services
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import Track
-from rollwise.plan.routing import Router, Routing
+from rollwise.plan.revision import revision_from_spec
+from rollwise.plan.router import Router, RouterPlan
 from rollwise.plan.split import TrafficSplit
 from rollwise.routers import ROUTERS, UnknownRouterError, router_for
 from rollwise_contract.matches import CookieMatch, HeaderMatch, RequestMatch
@@ -48,7 +49,9 @@ def md_for(provider: str) -> ModelDeployment:
     return ModelDeployment.model_validate(doc)
 
 
-def live_after(md: ModelDeployment, router: Router, routing: Routing, user: list[Manifest]) -> list[Manifest]:
+def live_after(
+    md: ModelDeployment, router: Router, routing: RouterPlan, user: list[Manifest]
+) -> list[Manifest]:
     """What the cluster holds once kube/ applied the routing (SSA of our fields, ready pods)."""
     children: list[Manifest] = []
     for track, args in ((Track.STABLE, routing.stable_args), (Track.CANDIDATE, routing.candidate_args)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from rollwise.plan.split import TrackReplicas, TrafficSplit, replicas_for, split_of
+from rollwise.plan.split import TrackReplicas, TrafficSplit, pods_per_track, replicas_for
 
 
 @pytest.mark.parametrize(
@@ -25,20 +25,6 @@ from rollwise.plan.split import TrackReplicas, TrafficSplit, replicas_for, split
 )
 def test_replicas_for(weight: int, total: int, stable: int, candidate: int) -> None:
     assert replicas_for(TrafficSplit(weight), total) == TrackReplicas(stable, candidate)
-
-
-@pytest.mark.parametrize(
-    ("stable", "candidate", "weight"),
-    [
-        pytest.param(3, 1, 25, id="one candidate pod of four is 25 %"),
-        pytest.param(2, 1, 33, id="one of three rounds to 33 %"),
-        pytest.param(1, 2, 67, id="two of three rounds half up to 67 %"),
-        pytest.param(0, 0, 0, id="no pods at all reads as all stable"),
-        pytest.param(0, 5, 100, id="only candidate pods is 100 %"),
-    ],
-)
-def test_split_of(stable: int, candidate: int, weight: int) -> None:
-    assert split_of(TrackReplicas(stable, candidate)).candidate == weight
 
 
 @pytest.mark.parametrize("weight", [pytest.param(-1, id="negative"), pytest.param(101, id="above 100")])
@@ -78,15 +64,17 @@ def test_more_weight_never_means_fewer_candidate_pods(a: int, b: int, total: int
     )
 
 
-@given(st.integers(0, 500), st.integers(0, 500))
-def test_split_of_any_replica_counts_is_a_valid_split(stable: int, candidate: int) -> None:
-    split = split_of(TrackReplicas(stable, candidate))
-    assert split.stable + split.candidate == 100
-    if stable and candidate:
-        assert 0 < split.candidate < 100 or stable + candidate >= 200  # one pod < 0.5 %
-
-
 @given(weights, st.integers(1, 500))
 def test_the_real_weight_is_within_one_pod_of_the_asked_weight(weight: int, total: int) -> None:
-    real = split_of(replicas_for(TrafficSplit(weight), total)).candidate
+    """The `replicas` router's pods during a canary step, as the planner sizes them."""
+    pods = pods_per_track(
+        TrafficSplit(weight),
+        total,
+        candidate_runs=True,
+        promoting=False,
+        blue_green_preview=None,
+        preview_step=False,
+        by_weight=True,
+    )
+    real = 100 * pods.candidate / (pods.stable + pods.candidate)
     assert abs(real - weight) <= 100 / total + 1

@@ -22,10 +22,10 @@ from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 from pydantic import ValidationError
 
+from rollwise.api.actions import ACTION_ANNOTATION
 from rollwise.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment
 from rollwise.cli.outcome import ExitCode
 from rollwise.cli.view import EventRow
-from rollwise.plan.machine import ACTION_ANNOTATION
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 REQUEST_TIMEOUT_SECONDS = 15

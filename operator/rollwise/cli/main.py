@@ -25,12 +25,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
+from rollwise.api.actions import ACTION_ANNOTATION, Action
 from rollwise.api.v1alpha1 import ModelDeployment
 from rollwise.cli.client import Client, CliError, Target
 from rollwise.cli.live import Followed, Snapshot, follow
 from rollwise.cli.outcome import Ended, ExitCode, ended, refusal
 from rollwise.cli.view import history_table, list_table, progress_line, status_view
-from rollwise.plan.machine import ACTION_ANNOTATION, Action
 
 PROG = "kubectl rollwise"
 ACK_TIMEOUT_SECONDS = 30.0

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
+from rollwise.api.actions import Action
 from rollwise.api.v1alpha1 import ModelDeployment, Phase, Reason
-from rollwise.plan.machine import Action
 
 
 class ExitCode(IntEnum):

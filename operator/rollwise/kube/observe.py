@@ -7,8 +7,7 @@ from typing import Any
 
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import ANNOTATION_REVISION, LABEL_TRACK, Track
-from rollwise.plan.observed import Observed, TrackState
-from rollwise.plan.routing import rolled_out
+from rollwise.plan.observed import Observed, TrackState, deployment_rolled_out
 
 
 def child_view(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,7 +56,7 @@ def track_state(deployment: Mapping[str, Any] | None) -> TrackState:
         ready_replicas=int(status.get("readyReplicas", 0)),
         available_replicas=available,
         updated_replicas=updated,
-        rolled_out=rolled_out(dict(deployment)),
+        rolled_out=deployment_rolled_out(dict(deployment)),
         progress_deadline_exceeded=deadline,
         message=message,
     )

@@ -21,17 +21,17 @@ from pydantic import ValidationError
 from rollwise_contract.base import describe_errors
 
 from rollwise import telemetry
-from rollwise.api.v1alpha1 import ConditionType, ModelDeployment, ModelDeploymentStatus, Phase, Reason
+from rollwise.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus, Phase, Reason
 from rollwise.kube.apply import ObjectKey, apply_objects, delete_objects, desired_hash
 from rollwise.kube.events import post_events
 from rollwise.kube.observe import observe
 from rollwise.kube.status import patch_status
 from rollwise.kube.webhooks import call_webhook
 from rollwise.plan.analysis import Measured, MetricProvider, due_queries
-from rollwise.plan.conditions import kstatus_conditions
 from rollwise.plan.decision import Decision, EventType, Note
 from rollwise.plan.machine import decide
 from rollwise.plan.observed import WebhookKey, WebhookResult
+from rollwise.plan.status import invalid_status
 from rollwise.routers import router_for
 from rollwise.settings import OperatorSettings
 
@@ -108,30 +108,6 @@ def status_json(status: ModelDeploymentStatus) -> dict[str, Any]:
     full = status.model_dump(mode="json", by_alias=True)
     sparse = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     return {key: sparse.get(key) for key in full}
-
-
-def invalid_status(
-    body: Mapping[str, Any], problems: Sequence[str], now: dt.datetime
-) -> ModelDeploymentStatus:
-    """Ready=False/Stalled, reason InvalidSpec: children are left untouched, so stable serves on."""
-    previous = ModelDeploymentStatus.model_validate(body.get("status") or {}, strict=False)
-    message = "; ".join(problems)
-    generation = (body.get("metadata") or {}).get("generation")
-    return previous.model_copy(
-        update={
-            "observed_generation": generation,
-            "phase": Phase.INVALID,
-            "message": message[:32768],
-            "conditions": kstatus_conditions(
-                previous.conditions,
-                state=ConditionType.STALLED,
-                reason=Reason.INVALID_SPEC,
-                message=message[:32768],
-                generation=generation,
-                now=now,
-            ),
-        }
-    )
 
 
 async def reconcile(

@@ -4,11 +4,14 @@ Every function here is deterministic: the same inputs give equal manifests, fiel
 the same order, so `kube/` can apply them under one field manager and an idle reconcile writes
 nothing. A track's pods are built from a `RevisionSpec` (model + runtime), not from the live spec,
 so that during a rollout the stable track keeps running exactly what it ran before.
+
+`desired_objects` puts them together for a rollout's position (pods per track from
+`split.pods_per_track`, HPA bounds narrowed to the step, the router's objects), and
+`stale_children` is the deletion diff.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 
@@ -19,10 +22,13 @@ from rollwise.api.v1alpha1 import (
     FallbackModel,
     ModelDeployment,
     ModelSpec,
+    Phase,
     ResourceList,
     RevisionSpec,
     RuntimeSpec,
+    StrategyName,
 )
+from rollwise.plan.decision import ChildRef
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.names import (
     ANNOTATION_MODEL_VERSION,
@@ -34,6 +40,10 @@ from rollwise.plan.names import (
     track_name,
     track_selector,
 )
+from rollwise.plan.revision import revision_from_spec, revision_of
+from rollwise.plan.split import TrackReplicas, TrafficSplit, pods_per_track
+from rollwise.plan.state import ENDED_PHASES, State, World, candidate_exists, current_step, routed_split
+from rollwise.plan.steps import Preview
 
 SERVING_PORT = 8080
 """The serving container's one port: OIP v2 inference, health and /metrics."""
@@ -47,41 +57,6 @@ GPU_RESOURCE = "nvidia.com/gpu"
 SERVE_COMMAND = "rollwise-serve"
 PRESTOP_SLEEP_SECONDS = 5
 """How long a terminating serving pod keeps serving before SIGTERM reaches the server."""
-
-
-_REVISIONS: dict[tuple[int, int], tuple[object, object, str]] = {}
-"""revision_of's memo, by the identity of the (frozen) model and runtime values; the planner asks
-for the same few hashes many times a pass, and each costs two dumps, a JSON encoding and a SHA-256."""
-_REVISIONS_KEPT = 4096
-
-
-def revision_of(revision: RevisionSpec) -> str:
-    """A short hash of what shapes the pods: the model and the runtime minus its scale settings.
-
-    Changing replicas or autoscaling scales the tracks; it does not start a rollout.
-    """
-    key = (id(revision.model), id(revision.runtime))
-    hit = _REVISIONS.get(key)
-    # The entry keeps both values alive, so their ids cannot be reused while it stands.
-    if hit is not None and hit[0] is revision.model and hit[1] is revision.runtime:
-        return hit[2]
-    digest = _revision_hash(revision)
-    if len(_REVISIONS) >= _REVISIONS_KEPT:
-        del _REVISIONS[next(iter(_REVISIONS))]
-    _REVISIONS[key] = (revision.model, revision.runtime, digest)
-    return digest
-
-
-def _revision_hash(revision: RevisionSpec) -> str:
-    runtime = revision.runtime.model_dump(mode="json", exclude={"replicas", "autoscaling"}, exclude_none=True)
-    payload = {"model": revision.model.model_dump(mode="json", exclude_none=True), "runtime": runtime}
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
-
-
-def revision_from_spec(md: ModelDeployment) -> RevisionSpec:
-    """What the spec asks the (next) stable to run."""
-    return RevisionSpec(model=md.spec.model, runtime=md.spec.runtime)
 
 
 def owner_reference(md: ModelDeployment, owner_uid: str) -> Manifest:
@@ -467,25 +442,125 @@ def desired_hpa(
     }
 
 
-def desired_children(md: ModelDeployment, *, owner_uid: str, serving_image: str) -> list[Manifest]:
-    """The steady state: the stable track runs the spec's model, with no rollout in progress.
-
-    Returns the stable Deployment, the `<name>` Service and, when autoscaling is set, the stable
-    HPA (the Deployment then carries no `replicas`).
-    """
+def desired_objects(
+    world: World, state: State, *, owner_uid: str, serving_image: str
+) -> tuple[list[Manifest], list[ChildRef], TrafficSplit]:
+    """Children for a state, the children to delete, and the split they route."""
+    md, observed = world.md, world.observed
+    split = routed_split(world, state)
+    routing = world.router.render(md, split, observed.router_objects)
     runtime = md.spec.runtime
-    autoscaling = runtime.autoscaling
-    children = [
+    auto = runtime.autoscaling
+    candidate_runs = candidate_exists(state)
+    fixed = _pods(world, state, split, runtime.replica_count)
+    out: list[Manifest] = [
         desired_deployment(
             md,
             track=Track.STABLE,
-            revision=revision_from_spec(md),
-            replicas=None if autoscaling is not None else runtime.replica_count,
+            revision=state.stable,
+            replicas=None if auto is not None and fixed.stable > 0 else fixed.stable,
             owner_uid=owner_uid,
             serving_image=serving_image,
-        ),
-        *desired_services(md, owner_uid=owner_uid, track_services=False),
+            extra_args=routing.stable_args,
+        )
     ]
-    if autoscaling is not None:
-        children.append(desired_hpa(md, track=Track.STABLE, autoscaling=autoscaling, owner_uid=owner_uid))
-    return children
+    if candidate_runs:
+        out.append(
+            desired_deployment(
+                md,
+                track=Track.CANDIDATE,
+                revision=revision_from_spec(md),
+                replicas=None if auto is not None and fixed.candidate > 0 else fixed.candidate,
+                owner_uid=owner_uid,
+                serving_image=serving_image,
+                extra_args=routing.candidate_args,
+            )
+        )
+    out += desired_services(
+        md,
+        owner_uid=owner_uid,
+        main_track=routing.main_track,
+        main_annotations=dict(routing.main_annotations),
+        track_services=candidate_runs or world.router.routes_to_tracks,
+    )
+    if auto is not None:
+        out += _hpas(world, state, split, auto, owner_uid)
+    out += list(routing.objects)
+    return out, stale_children(md, observed.children, out, autoscaled=auto is not None), split
+
+
+def _name(m: Manifest) -> str:
+    meta = m.get("metadata")
+    return str(meta.get("name", "")) if isinstance(meta, dict) else ""
+
+
+def _hpas(world: World, state: State, split: TrafficSplit, auto: Autoscaling, uid: str) -> list[Manifest]:
+    """One HPA per track, bounds narrowed to the step so the HPA never fights the rollout."""
+    low = _pods(world, state, split, auto.min_replicas)
+    high = _pods(world, state, split, auto.max_replicas)
+    md = world.md
+    out: list[Manifest] = []
+    if high.stable > 0:
+        out.append(
+            desired_hpa(
+                md,
+                track=Track.STABLE,
+                autoscaling=auto,
+                owner_uid=uid,
+                min_replicas=max(1, min(low.stable, high.stable)),
+                max_replicas=max(1, high.stable),
+            )
+        )
+    if candidate_exists(state) and high.candidate > 0:
+        out.append(
+            desired_hpa(
+                md,
+                track=Track.CANDIDATE,
+                autoscaling=auto,
+                owner_uid=uid,
+                min_replicas=max(1, min(low.candidate, high.candidate)),
+                max_replicas=max(1, high.candidate),
+            )
+        )
+    return out
+
+
+def stale_children(
+    md: ModelDeployment, live: Sequence[Manifest], desired: Sequence[Manifest], *, autoscaled: bool
+) -> list[ChildRef]:
+    """The deletion diff: track children that exist but are no longer desired (the candidate after
+    a promotion, a track Service no router needs, the stable HPA once autoscaling is switched off)."""
+    wanted = {(m["kind"], _name(m)) for m in desired}
+    candidate, stable = (track_name(md.metadata.name, t) for t in (Track.CANDIDATE, Track.STABLE))
+    gone: list[ChildRef] = []
+    for kind, api_version, name in (
+        ("Deployment", "apps/v1", candidate),
+        ("HorizontalPodAutoscaler", "autoscaling/v2", candidate),
+        ("Service", "v1", candidate),
+        ("Service", "v1", stable),
+    ):
+        if (kind, name) not in wanted and any(c.get("kind") == kind and _name(c) == name for c in live):
+            gone.append(ChildRef(api_version, kind, name))
+    if not autoscaled and any(
+        c.get("kind") == "HorizontalPodAutoscaler" and _name(c) == stable for c in live
+    ):
+        gone.append(ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", stable))
+    return gone
+
+
+def _pods(world: World, state: State, split: TrafficSplit, total: int) -> TrackReplicas:
+    """`pods_per_track` for a rollout position."""
+    rollout = world.md.spec.rollout
+    preview: int | None = None
+    if rollout.strategy is StrategyName.BLUE_GREEN:
+        bg = rollout.blue_green
+        preview = bg.preview_replicas if bg is not None and bg.preview_replicas is not None else total
+    return pods_per_track(
+        split,
+        total,
+        candidate_runs=state.phase not in ENDED_PHASES and state.candidate is not None,
+        promoting=state.phase is Phase.PROMOTING,
+        blue_green_preview=preview,
+        preview_step=isinstance(current_step(world, state), Preview),
+        by_weight=world.router.scales_by_weight,
+    )

@@ -77,3 +77,28 @@ class Observed:
     webhooks: tuple[WebhookResult, ...] = ()
     """Answers to the `Decision.webhook_calls` of earlier passes (kept by the I/O layer until the
     gate moves on)."""
+
+
+def deployment_rolled_out(obj: Manifest) -> bool:
+    """Kubernetes' rollout-complete rule, as `kubectl rollout status` applies it: the controller has
+    seen the latest spec, every replica is updated and available, and no old pod is left.
+
+    "No old pod left" matters for routing: user-hash forwarding and mirroring live in the stable
+    pods' flags, so until the last old pod is gone some requests still bypass them.
+    """
+    meta, spec, status = obj.get("metadata"), obj.get("spec"), obj.get("status")
+    if not isinstance(meta, dict) or not isinstance(spec, dict) or not isinstance(status, dict):
+        return False
+    numbers = (
+        meta.get("generation", 0),
+        status.get("observedGeneration", 0),
+        spec.get("replicas", 1),
+        status.get("updatedReplicas", 0),
+        status.get("replicas", 0),
+        status.get("availableReplicas", 0),
+    )
+    ints = [n for n in numbers if isinstance(n, int)]
+    if len(ints) != len(numbers):
+        return False
+    generation, observed, want, updated, total, available = ints
+    return observed >= generation and updated >= want and total <= updated and available >= updated

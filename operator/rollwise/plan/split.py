@@ -1,11 +1,13 @@
 """Traffic splits between the stable and candidate tracks, and their replica arithmetic.
 
 The `replicas` router has no proxy: a Service spreads requests evenly over ready pods, so the only
-lever on the weight is how many pods each track runs. These functions convert both ways.
+lever on the weight is how many pods each track runs: `replicas_for` turns a weight into pods, and
+`pods_per_track` sizes both tracks for any rollout position.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from rollwise_contract.matches import RequestMatch
@@ -81,14 +83,46 @@ def replicas_for(split: TrafficSplit, total: int) -> TrackReplicas:
     return TrackReplicas(stable=total - candidate, candidate=candidate)
 
 
-def split_of(replicas: TrackReplicas) -> TrafficSplit:
-    """The split a replica ratio actually gives (what users see in `status.weight`).
+def candidate_share(total: int, weight: int) -> int:
+    """Candidate pods for a weight when the stable stays full: ceil(total * weight / 100), >= 1."""
+    return max(1, math.ceil(total * weight / 100))
 
-    Rounded half up to whole percent; no pods at all counts as all-stable.
-    Example: stable 3, candidate 1 -> candidate 25.
+
+def pods_per_track(
+    split: TrafficSplit,
+    total: int,
+    *,
+    candidate_runs: bool,
+    promoting: bool,
+    blue_green_preview: int | None,
+    preview_step: bool,
+    by_weight: bool,
+) -> TrackReplicas:
+    """Pods per track for `total` pods per track (the spec's replicas, or an HPA bound).
+
+    - No candidate running (none, or after an abort or rollback): stable full, candidate 0.
+    - Blue/green (`blue_green_preview`: its preview size): both full, the preview possibly smaller;
+      the old stable stays full after the switch, as the instant rollback.
+    - Shadow, or a preview step: both full (the candidate receives a copy of all traffic).
+    - A router that weights by pod ratio (`by_weight`): `replicas_for`, with one pod on each side at
+      any weight strictly between 0 and 100 (even with total 1: a 5 % canary must be measured).
+    - Other routers and user-hash forwarding: the stable stays full, the candidate gets the
+      weight's share, at least one pod.
+    Example, total 4, weight 25: by weight stable 3, candidate 1; otherwise stable 4, candidate 1.
     """
-    if replicas.stable < 0 or replicas.candidate < 0:
-        raise ValueError(f"replica counts must not be negative: {replicas}")
-    if replicas.total == 0:
-        return TrafficSplit.stable_only()
-    return TrafficSplit(candidate=(200 * replicas.candidate + replicas.total) // (2 * replicas.total))
+    if not candidate_runs:
+        return TrackReplicas(total, 0)
+    if blue_green_preview is not None:
+        before_switch = split.candidate < 100 and not promoting
+        return TrackReplicas(total, blue_green_preview if before_switch else total)
+    if split.mirror or preview_step:
+        return TrackReplicas(total, total)
+    w = split.candidate
+    if by_weight and split.sticky_header is None and not split.matches:
+        r = replicas_for(TrafficSplit(w), total)
+        if promoting:
+            return TrackReplicas(total, max(1, r.candidate))
+        if w == 100:
+            return TrackReplicas(0, total)
+        return TrackReplicas(max(1, r.stable), max(1, r.candidate))
+    return TrackReplicas(total, total if w == 100 else candidate_share(total, w))

@@ -8,7 +8,7 @@ fallback to another router.
 from __future__ import annotations
 
 from rollwise.api.v1alpha1 import TrafficProvider
-from rollwise.plan.routing import Router
+from rollwise.plan.router import Router
 from rollwise.routers.gateway_api import GatewayApiRouter
 from rollwise.routers.istio import IstioRouter
 from rollwise.routers.nginx import NginxRouter

@@ -25,8 +25,9 @@ from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
 from rollwise.plan.desired import SERVICE_PORT
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.names import Track, track_name
-from rollwise.plan.routing import RouterState, Routing, forward_args, serving_flags
+from rollwise.plan.router import RouterPlan, RouterReading
 from rollwise.plan.split import TrafficSplit
+from rollwise.routers.common import forward_args, serving_flags
 
 API_VERSION = "gateway.networking.k8s.io/v1"
 KIND = "HTTPRoute"
@@ -77,11 +78,11 @@ class GatewayApiRouter:
         gw = md.spec.rollout.traffic.gateway_api
         return gw.http_route if gw is not None else ""
 
-    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> Routing:
+    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> RouterPlan:
         route = _find(live, self.route_name(md))
         stable_args = forward_args(md, split)
         if route is None:
-            return Routing(stable_args=stable_args)
+            return RouterPlan(stable_args=stable_args)
         name = md.metadata.name
         ours = {name, track_name(name, Track.STABLE), track_name(name, Track.CANDIDATE)}
         candidate = track_name(name, Track.CANDIDATE)
@@ -99,15 +100,15 @@ class GatewayApiRouter:
         meta: Manifest = {"name": self.route_name(md)}
         if md.metadata.namespace:
             meta["namespace"] = md.metadata.namespace
-        return Routing(
+        return RouterPlan(
             objects=({"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": spec},),
             stable_args=stable_args,
         )
 
-    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterState:
+    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
         route = _find(objects, self.route_name(md))
         if route is None:
-            return RouterState(
+            return RouterReading(
                 None,
                 False,
                 f"HTTPRoute {self.route_name(md)} not found in namespace {md.metadata.namespace}; "
@@ -134,7 +135,7 @@ class GatewayApiRouter:
                     weights[target] = weights.get(target, 0) + (w if isinstance(w, int) else 0)
             mirror = mirror or any(_mirrors_to(f, candidate) for f in _as_list(rule.get("filters")))
         if stable not in weights:
-            return RouterState(None, False, f"HTTPRoute {self.route_name(md)} has no rule for {name}")
+            return RouterReading(None, False, f"HTTPRoute {self.route_name(md)} has no rule for {name}")
         total = weights.get(stable, 0) + weights.get(candidate, 0)
         weight = 0 if total == 0 else round(100 * weights.get(candidate, 0) / total)
         flags = serving_flags(md, objects)
@@ -143,7 +144,7 @@ class GatewayApiRouter:
             weight, header = flags.sticky_weight, flags.sticky_header
         split = TrafficSplit(candidate=weight, mirror=mirror, matches=tuple(matches), sticky_header=header)
         rejected = _rejection(route)
-        return RouterState(split, rejected is None, rejected or "")
+        return RouterReading(split, rejected is None, rejected or "")
 
 
 def _find(objects: Sequence[Manifest], name: str) -> Manifest | None:

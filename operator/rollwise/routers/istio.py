@@ -23,8 +23,9 @@ from rollwise_contract.matches import CookieMatch, HeaderMatch, RequestMatch
 from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.names import Track, track_name
-from rollwise.plan.routing import RouterState, Routing, forward_args, serving_flags
+from rollwise.plan.router import RouterPlan, RouterReading
 from rollwise.plan.split import TrafficSplit
+from rollwise.routers.common import forward_args, serving_flags
 
 API_VERSION = "networking.istio.io/v1"
 KIND = "VirtualService"
@@ -113,17 +114,17 @@ class IstioRouter:
         istio = md.spec.rollout.traffic.istio
         return (istio.virtual_service, istio.route) if istio is not None else ("", None)
 
-    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> Routing:
+    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> RouterPlan:
         vs_name, route_name = self._target(md)
         vs = _find(live, vs_name)
         stable_args = forward_args(md, split)
         if vs is None:
-            return Routing(stable_args=stable_args)
+            return RouterPlan(stable_args=stable_args)
         prefix = f"rollwise-{md.metadata.name}-candidate-"
         routes = [r for r in _http(vs) if not str(r.get("name", "")).startswith(prefix)]
         index = _route_index(routes, route_name)
         if index is None:
-            return Routing(stable_args=stable_args)
+            return RouterPlan(stable_args=stable_args)
         weight = 0 if split.sticky_header is not None else split.candidate
         target = copy.deepcopy(routes[index])
         target["route"] = [
@@ -153,13 +154,13 @@ class IstioRouter:
         if md.metadata.namespace:
             meta["namespace"] = md.metadata.namespace
         obj: Manifest = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": {"http": http}}
-        return Routing(objects=(obj,), stable_args=stable_args)
+        return RouterPlan(objects=(obj,), stable_args=stable_args)
 
-    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterState:
+    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
         vs_name, route_name = self._target(md)
         vs = _find(objects, vs_name)
         if vs is None:
-            return RouterState(
+            return RouterReading(
                 None, False, f"VirtualService {vs_name} not found in namespace {md.metadata.namespace}"
             )
         prefix = f"rollwise-{md.metadata.name}-candidate-"
@@ -168,7 +169,7 @@ class IstioRouter:
         routes = [r for r in all_routes if r not in ours]
         index = _route_index(routes, route_name)
         if index is None:
-            return RouterState(
+            return RouterReading(
                 None, False, f"VirtualService {vs_name} has no route {route_name or ''}".strip()
             )
         target = routes[index]
@@ -183,7 +184,7 @@ class IstioRouter:
                 weights[host] = weights.get(host, 0) + (w if isinstance(w, int) else 0)
         stable, candidate = _fqdn(md, Track.STABLE), _fqdn(md, Track.CANDIDATE)
         if stable not in weights:
-            return RouterState(None, False, f"VirtualService {vs_name} does not route to {stable}")
+            return RouterReading(None, False, f"VirtualService {vs_name} does not route to {stable}")
         total = weights.get(stable, 0) + weights.get(candidate, 0)
         weight = 0 if total == 0 else round(100 * weights.get(candidate, 0) / total)
         mirror_to = target.get("mirror")
@@ -200,7 +201,7 @@ class IstioRouter:
         header = None
         if flags.sticky_header is not None and flags.sticky_weight is not None:
             weight, header = flags.sticky_weight, flags.sticky_header
-        return RouterState(
+        return RouterReading(
             TrafficSplit(candidate=weight, mirror=mirror, matches=tuple(matches), sticky_header=header), True
         )
 

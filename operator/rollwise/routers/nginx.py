@@ -29,8 +29,9 @@ from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
 from rollwise.plan.desired import SERVICE_PORT
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.names import Track, track_labels, track_name
-from rollwise.plan.routing import RouterState, Routing, forward_args, service_url, serving_flags
+from rollwise.plan.router import RouterPlan, RouterReading
 from rollwise.plan.split import TrafficSplit
+from rollwise.routers.common import forward_args, service_url, serving_flags
 
 API_VERSION = "networking.k8s.io/v1"
 KIND = "Ingress"
@@ -87,11 +88,11 @@ class NginxRouter:
     def canary_name(self, md: ModelDeployment) -> str:
         return track_name(md.metadata.name, Track.CANDIDATE)
 
-    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> Routing:
+    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> RouterPlan:
         stable_args = forward_args(md, split)
         main = _find(live, self.ingress_name(md))
         if main is None:
-            return Routing(stable_args=stable_args)
+            return RouterPlan(stable_args=stable_args)
         weight = 0 if split.sticky_header is not None else split.candidate
         annotations: dict[str, JsonValue] = {CANARY: "true", WEIGHT: str(weight), WEIGHT_TOTAL: "100"}
         for m in split.matches:
@@ -133,12 +134,12 @@ class NginxRouter:
         if split.mirror:
             main_meta["annotations"] = {MIRROR_TARGET: f"{service_url(md, Track.CANDIDATE)}$request_uri"}
         mirror_patch: Manifest = {"apiVersion": API_VERSION, "kind": KIND, "metadata": main_meta}
-        return Routing(objects=(canary, mirror_patch), stable_args=stable_args)
+        return RouterPlan(objects=(canary, mirror_patch), stable_args=stable_args)
 
-    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterState:
+    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
         main = _find(objects, self.ingress_name(md))
         if main is None:
-            return RouterState(
+            return RouterReading(
                 None,
                 False,
                 f"Ingress {self.ingress_name(md)} not found in namespace {md.metadata.namespace}; "
@@ -146,11 +147,11 @@ class NginxRouter:
             )
         canary = _find(objects, self.canary_name(md))
         if canary is None:
-            return RouterState(None, False, f"canary Ingress {self.canary_name(md)} not created yet")
+            return RouterReading(None, False, f"canary Ingress {self.canary_name(md)} not created yet")
         a = _annotations(canary)
         raw = a.get(WEIGHT, "0")
         if a.get(CANARY) != "true" or not raw.isdigit():
-            return RouterState(None, False, f"Ingress {self.canary_name(md)} is not an nginx canary")
+            return RouterReading(None, False, f"Ingress {self.canary_name(md)} is not an nginx canary")
         matches: list[RequestMatch] = []
         if BY_HEADER in a and BY_HEADER_VALUE in a:
             matches.append(RequestMatch(header=HeaderMatch(name=a[BY_HEADER], value=a[BY_HEADER_VALUE])))
@@ -165,7 +166,7 @@ class NginxRouter:
         if flags.sticky_header is not None and flags.sticky_weight is not None:
             weight, header = flags.sticky_weight, flags.sticky_header
         split = TrafficSplit(candidate=weight, mirror=mirror, matches=tuple(matches), sticky_header=header)
-        return RouterState(split, True)
+        return RouterReading(split, True)
 
 
 def _find(objects: Sequence[Manifest], name: str) -> Manifest | None:

@@ -20,17 +20,16 @@ from typing import ClassVar
 from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import LABEL_TRACK, Track
-from rollwise.plan.routing import (
+from rollwise.plan.observed import deployment_rolled_out
+from rollwise.plan.router import RouterPlan, RouterReading
+from rollwise.plan.split import TrafficSplit
+from rollwise.routers.common import (
     ANNOTATION_WEIGHT,
-    RouterState,
-    Routing,
     forward_args,
     match_forward_args,
     mirror_args,
-    rolled_out,
     serving_flags,
 )
-from rollwise.plan.split import TrafficSplit
 
 
 class ReplicasRouter:
@@ -41,7 +40,7 @@ class ReplicasRouter:
     def problems(self, md: ModelDeployment) -> list[str]:
         return []
 
-    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> Routing:
+    def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> RouterPlan:
         stable_args: tuple[str, ...] = ()
         main: Track | None
         if split.sticky_header is not None:
@@ -56,16 +55,16 @@ class ReplicasRouter:
             main = None
         if split.mirror:
             stable_args = (*stable_args, *mirror_args(md))
-        return Routing(
+        return RouterPlan(
             main_track=main,
             main_annotations=((ANNOTATION_WEIGHT, str(split.candidate)),),
             stable_args=stable_args,
         )
 
-    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterState:
+    def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
         service = _find(objects, "Service", md.metadata.name)
         if service is None:
-            return RouterState(None, False, f"Service {md.metadata.name} not found")
+            return RouterReading(None, False, f"Service {md.metadata.name} not found")
         meta = service.get("metadata")
         annotations = meta.get("annotations") if isinstance(meta, dict) else None
         raw = annotations.get(ANNOTATION_WEIGHT) if isinstance(annotations, dict) else None
@@ -79,11 +78,11 @@ class ReplicasRouter:
         elif track == Track.CANDIDATE:
             weight = 100
         else:
-            return RouterState(None, False, f"Service {md.metadata.name} records no weight")
+            return RouterReading(None, False, f"Service {md.metadata.name} records no weight")
         flags = serving_flags(md, objects)
         header = flags.sticky_header if flags.sticky_weight is not None else None
         if header is not None and not 0 < weight < 100:
-            return RouterState(None, False, f"user-hash forwarding with weight {weight}")
+            return RouterReading(None, False, f"user-hash forwarding with weight {weight}")
         split = TrafficSplit(weight, mirror=flags.mirror, matches=flags.matches, sticky_header=header)
         deployments = [
             o
@@ -92,15 +91,15 @@ class ReplicasRouter:
         ]
         stable = _find(objects, "Deployment", f"{md.metadata.name}-{Track.STABLE}")
         if stable is None:
-            return RouterState(split, False, "the stable Deployment does not exist yet")
-        waiting = [_name(d) for d in deployments if not rolled_out(d)]
+            return RouterReading(split, False, "the stable Deployment does not exist yet")
+        waiting = [_name(d) for d in deployments if not deployment_rolled_out(d)]
         if waiting:
-            return RouterState(split, False, f"waiting for {', '.join(waiting)} to roll out")
+            return RouterReading(split, False, f"waiting for {', '.join(waiting)} to roll out")
         if (split.mirror or split.matches or header is not None) and _terminating(stable):
             # Old stable pods lack the routing flags and answer every request they still get
             # until they exit (preStop keeps them serving a few seconds): not in effect yet.
-            return RouterState(split, False, f"waiting for old {_name(stable)} pods to terminate")
-        return RouterState(split, True)
+            return RouterReading(split, False, f"waiting for old {_name(stable)} pods to terminate")
+        return RouterReading(split, True)
 
 
 def _terminating(deployment: Manifest) -> bool:

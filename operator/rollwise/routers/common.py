@@ -1,0 +1,121 @@
+"""What every router shares: finding live objects, the shape of a spec problem, and the serving
+image's own routing flags.
+
+User-hash forwarding and A/B matches work the same behind any provider (stable pods forward a hash
+range of users, or the matching requests, to the candidate Service), and the `replicas` router
+mirrors through the same flags; so each router renders and reads them back through this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rollwise_contract.matches import RequestMatch
+
+from rollwise.api.v1alpha1 import ModelDeployment
+from rollwise.plan.manifest import Manifest
+from rollwise.plan.names import Track
+from rollwise.plan.split import TrafficSplit
+
+ANNOTATION_WEIGHT = "rollwise.dev/weight"
+"""On the `<name>` Service: the candidate weight the replicas router routes (a ratio of pods
+cannot tell 5 % from 20 % with few pods, so the intent is recorded)."""
+
+
+def service_url(md: ModelDeployment, track: Track) -> str:
+    """A track's Service by cluster DNS: `http://iris-candidate.ml.svc.cluster.local`."""
+    return f"http://{md.metadata.name}-{track}.{md.metadata.namespace or 'default'}.svc.cluster.local"
+
+
+def forward_args(md: ModelDeployment, split: TrafficSplit) -> tuple[str, ...]:
+    """Stable pods forward hash buckets 0..weight-1 of 100 (by the user-id header) to the candidate.
+
+    Example: weight 20 on x-user-id -> `--hash-header x-user-id --hash-range 0-19 --forward-url ...`.
+    """
+    if split.sticky_header is None:
+        return ()
+    return (
+        "--hash-header",
+        split.sticky_header,
+        "--hash-range",
+        f"0-{split.candidate - 1}",
+        "--forward-url",
+        service_url(md, Track.CANDIDATE),
+    )
+
+
+def match_forward_args(md: ModelDeployment, split: TrafficSplit) -> tuple[str, ...]:
+    """Stable pods forward requests matching the A/B matches to the candidate (no proxy needed).
+
+    Example: [{header: {name: x-variant, value: b}}] ->
+    `--forward-match '[{"header":{"name":"x-variant","value":"b"}}]' --forward-url ...`.
+    """
+    if not split.matches:
+        return ()
+    matches = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in split.matches]
+    return (
+        "--forward-match",
+        json.dumps(matches, separators=(",", ":"), sort_keys=True),
+        "--forward-url",
+        service_url(md, Track.CANDIDATE),
+    )
+
+
+def mirror_args(md: ModelDeployment) -> tuple[str, ...]:
+    """Stable pods copy every request to the candidate Service and discard its answers."""
+    return ("--mirror-url", service_url(md, Track.CANDIDATE))
+
+
+@dataclass(frozen=True)
+class ServingFlags:
+    """Routing flags found on the live stable Deployment's serving container."""
+
+    mirror: bool = False
+    sticky_header: str | None = None
+    sticky_weight: int | None = None
+    matches: tuple[RequestMatch, ...] = ()
+
+
+def serving_flags(md: ModelDeployment, objects: Sequence[Manifest]) -> ServingFlags:
+    """Read `forward_args`/`mirror_args` back from the stable Deployment among `objects`."""
+    name = f"{md.metadata.name}-{Track.STABLE}"
+    for obj in objects:
+        meta = obj.get("metadata")
+        if obj.get("kind") != "Deployment" or not isinstance(meta, dict) or meta.get("name") != name:
+            continue
+        args = _container_args(obj)
+        flags = dict(zip(args[::1], [*args[1:], ""], strict=True))
+        header = flags.get("--hash-header") or None
+        weight: int | None = None
+        low, _, high = (flags.get("--hash-range") or "").partition("-")
+        if low.isdigit() and high.isdigit():
+            weight = int(high) - int(low) + 1
+        return ServingFlags(
+            mirror="--mirror-url" in flags,
+            sticky_header=header,
+            sticky_weight=weight,
+            matches=_matches(flags.get("--forward-match", "")),
+        )
+    return ServingFlags()
+
+
+def _matches(raw: str) -> tuple[RequestMatch, ...]:
+    """`--forward-match` read back; anything unreadable reads as no matches (the step then re-applies)."""
+    try:
+        entries = json.loads(raw) if raw else []
+        return tuple(RequestMatch.model_validate(e) for e in entries)
+    except (ValueError, TypeError):
+        return ()
+
+
+def _container_args(deployment: Manifest) -> list[str]:
+    spec = deployment.get("spec")
+    template = spec.get("template") if isinstance(spec, dict) else None
+    pod = template.get("spec") if isinstance(template, dict) else None
+    containers = pod.get("containers") if isinstance(pod, dict) else None
+    if not isinstance(containers, list) or not containers or not isinstance(containers[0], dict):
+        return []
+    args = containers[0].get("args")
+    return [str(a) for a in args] if isinstance(args, list) else []
