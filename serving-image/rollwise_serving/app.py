@@ -42,7 +42,7 @@ from rollwise_serving.errors import (
     ModelNotReadyError,
     PredictError,
 )
-from rollwise_serving.features import FeatureSchema, FeatureValidationError
+from rollwise_serving.features import FeatureValidationError, SchemaChecker
 from rollwise_serving.forwarding import Forwarder, Matches, UserHash
 from rollwise_serving.metrics import Outcome, ServerMetrics
 from rollwise_serving.mirroring import HOP_HEADER, Mirror
@@ -87,7 +87,7 @@ class ServingApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        schema = FeatureSchema.load(settings.feature_schema) if settings.feature_schema else None
+        schema = SchemaChecker.load(settings.feature_schema) if settings.feature_schema else None
         reference = Reference.load(settings.reference) if settings.reference else None
         self.metrics = ServerMetrics(
             model=settings.name,

@@ -18,7 +18,7 @@ import uvicorn
 
 from rollwise_serving.config import Settings, SettingsError, parse_settings
 from rollwise_serving.drift import Reference
-from rollwise_serving.features import FeatureSchema, SchemaError
+from rollwise_serving.features import SchemaChecker, SchemaError
 from rollwise_serving.repository import workers_ready_dir
 
 
@@ -26,7 +26,7 @@ def check_files(settings: Settings) -> list[str]:
     problems = []
     if settings.feature_schema:
         try:
-            FeatureSchema.load(settings.feature_schema)
+            SchemaChecker.load(settings.feature_schema)
         except SchemaError as err:
             problems.append(str(err))
     if settings.reference:

@@ -32,7 +32,7 @@ import orjson
 from rollwise_serving.cache import PredictionCache
 from rollwise_serving.config import Settings
 from rollwise_serving.errors import DeadlineError, InputError, PredictError
-from rollwise_serving.features import FeatureSchema, FeatureValidationError
+from rollwise_serving.features import FeatureValidationError, SchemaChecker
 from rollwise_serving.metrics import Outcome, ServerMetrics
 from rollwise_serving.protocol import (
     InferInput,
@@ -236,7 +236,7 @@ class Dataplane:
         settings: Settings,
         repository: Repository,
         metrics: ServerMetrics,
-        schema: FeatureSchema | None,
+        schema: SchemaChecker | None,
         cache: PredictionCache | None,
     ) -> None:
         self.name = settings.name

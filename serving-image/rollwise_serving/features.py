@@ -1,7 +1,9 @@
 """The declared feature schema: what valid input looks like, and every way an input can miss it.
 
-A schema file ships with the model. It declares the features in model-column order (type, range,
-required, allowed values) and what the model outputs (classes or score buckets). From it we build
+A schema file ships with the model, or the operator passes one inline. Its shape is
+``rollwise_contract.features.FeatureSchema``, declared once for the operator's API and this server:
+the features in model-column order (type, range, required, allowed values) and what the model
+outputs (classes or score buckets). This module only checks inputs against it: from it we build
 a pydantic model for the named-feature route, so one request reports *every* offending field in
 one 422, and a vectorised check for the tensor route, so strictness costs microseconds. Each
 problem is classified as ``missing``, ``out_of_range`` or ``rejected`` — the ``problem`` label of
@@ -24,76 +26,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
-
-
-class Problem(StrEnum):
-    MISSING = "missing"
-    OUT_OF_RANGE = "out_of_range"
-    REJECTED = "rejected"
-
-
-class FeatureType(StrEnum):
-    FLOAT = "float"
-    INT = "int"
-    BOOL = "bool"
-    CATEGORY = "category"
-
-
-class OutputKind(StrEnum):
-    CLASSIFIER = "classifier"
-    REGRESSOR = "regressor"
-
-
-class FeatureSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    type: FeatureType = FeatureType.FLOAT
-    min: float | None = None
-    max: float | None = None
-    values: tuple[str, ...] | None = None
-    """Allowed values of a category, in the order the model encodes them (index 0, 1, ...)."""
-    required: bool = True
-    default: float | None = None
-
-    @pydantic.model_validator(mode="after")
-    def _consistent(self) -> FeatureSpec:
-        if self.type is FeatureType.CATEGORY and not self.values:
-            raise ValueError(f"feature {self.name!r}: a category needs a non-empty 'values' list")
-        if self.type is not FeatureType.CATEGORY and self.values is not None:
-            raise ValueError(f"feature {self.name!r}: 'values' only applies to type category")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"feature {self.name!r}: min {self.min} is above max {self.max}")
-        return self
-
-
-class OutputSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: OutputKind = OutputKind.CLASSIFIER
-    classes: tuple[str, ...] | None = None
-    """Class labels as the model returns them; bounds the ``class`` metric label."""
-    buckets: tuple[float, ...] | None = None
-    """Upper bounds of prediction-value histogram buckets for a regressor."""
-
-
-class SchemaDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    features: tuple[FeatureSpec, ...] = Field(min_length=1, max_length=1000)
-    output: OutputSpec | None = None
-
-    @pydantic.model_validator(mode="after")
-    def _unique(self) -> SchemaDoc:
-        names = [f.name for f in self.features]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"feature names must be unique; repeated: {', '.join(dupes)}")
-        return self
+from rollwise_contract.base import describe_errors
+from rollwise_contract.features import Feature, FeatureSchema, FeatureType
+from rollwise_contract.metrics import Problem
 
 
 class SchemaError(ValueError):
@@ -126,40 +67,42 @@ _PROBLEM_OF_PYDANTIC = {
 }
 
 
-class FeatureSchema:
-    """A loaded schema: the pydantic instance model plus vectorised bounds for tensors."""
+class SchemaChecker:
+    """Checks inputs against a declared schema: a pydantic model of one named-feature row, plus
+    vectorised bounds for tensors."""
 
-    def __init__(self, doc: SchemaDoc) -> None:
-        self.doc = doc
-        self.features = doc.features
-        self.names = tuple(f.name for f in doc.features)
-        self.output = doc.output
-        self._instance = _instance_model(doc.features)
+    def __init__(self, declared: FeatureSchema) -> None:
+        self.declared = declared
+        self.features = declared.features
+        self.names = tuple(f.name for f in declared.features)
+        self.output = declared.output
+        self._instance = _instance_model(declared.features)
         self._instances = pydantic.TypeAdapter(list[self._instance])  # type: ignore[name-defined]  # dynamic model
-        self.lower = np.array([-np.inf if f.min is None else f.min for f in doc.features])
-        self.upper = np.array([np.inf if f.max is None else f.max for f in doc.features])
-        for i, f in enumerate(doc.features):
+        self.lower = np.array([-np.inf if f.min is None else f.min for f in declared.features])
+        self.upper = np.array([np.inf if f.max is None else f.max for f in declared.features])
+        for i, f in enumerate(declared.features):
             if f.type is FeatureType.CATEGORY and f.values:
                 self.lower[i], self.upper[i] = 0, len(f.values) - 1
             elif f.type is FeatureType.BOOL:
                 self.lower[i], self.upper[i] = 0, 1
-        self._integral = np.array([f.type is not FeatureType.FLOAT for f in doc.features])
+        self._integral = np.array([f.type is not FeatureType.FLOAT for f in declared.features])
 
     @classmethod
-    def load(cls, source: str) -> FeatureSchema:
-        """From a path or inline JSON (a value starting with ``{``)."""
+    def load(cls, source: str) -> SchemaChecker:
+        """From a path or inline JSON (a value starting with ``{``).
+
+        Raises ``SchemaError`` listing every problem, each with its field path and fix, e.g.
+        ``--feature-schema: features[0].min: must not exceed max; swap or fix the bounds``.
+        """
         text = source if source.lstrip().startswith("{") else _read(source, "--feature-schema")
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as err:
             raise SchemaError(f"--feature-schema: not valid JSON ({err})") from err
         try:
-            return cls(SchemaDoc.model_validate(raw))
+            return cls(FeatureSchema.model_validate(raw))
         except pydantic.ValidationError as err:
-            details = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
-            )
-            raise SchemaError(f"--feature-schema: {details}") from err
+            raise SchemaError(f"--feature-schema: {'; '.join(describe_errors(err))}") from err
 
     def matrix_from_instances(self, instances: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Validate named-feature rows and return the model's ``[N, F]`` float64 matrix."""
@@ -247,7 +190,7 @@ class FeatureSchema:
         raise FeatureValidationError(problems)
 
 
-def _instance_model(features: Sequence[FeatureSpec]) -> type[BaseModel]:
+def _instance_model(features: Sequence[Feature]) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for f in features:
         annotation: Any

@@ -29,9 +29,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from rollwise_contract.features import OutputKind
+from rollwise_contract.metrics import Problem
 
 from rollwise_serving import drift
-from rollwise_serving.features import FeatureSchema, OutputKind, Problem
+from rollwise_serving.features import SchemaChecker
 
 PREFIX: Final = "rollwise_"
 LABELS: Final = ("model", "version", "track")
@@ -81,7 +83,7 @@ class ServerMetrics:
         model: str,
         version: str,
         track: str,
-        schema: FeatureSchema | None = None,
+        schema: SchemaChecker | None = None,
         reference: drift.Reference | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -217,17 +219,17 @@ class ServerMetrics:
 
     # ---- bucket layout -------------------------------------------------------------------------
 
-    def _prediction_buckets(self, schema: FeatureSchema | None) -> tuple[float, ...]:
+    def _prediction_buckets(self, schema: SchemaChecker | None) -> tuple[float, ...]:
         if self.is_classifier:
             return SCORE_BUCKETS
         ref = self.reference.prediction if self.reference else None
         if isinstance(ref, drift.Binned):
             return ref.cuts
         if schema and schema.output and schema.output.buckets:
-            return schema.output.buckets
+            return tuple(schema.output.buckets)
         return DEFAULT_VALUE_BUCKETS
 
-    def _feature_cuts(self, name: str, schema: FeatureSchema | None, index: int) -> tuple[float, ...]:
+    def _feature_cuts(self, name: str, schema: SchemaChecker | None, index: int) -> tuple[float, ...]:
         ref = self.reference.features.get(name) if self.reference else None
         if ref is not None:
             return ref.cuts

@@ -251,7 +251,7 @@ def test_python_model_with_a_tampered_file_is_refused(
                 '{"features": [{"name": "a", "min": 3, "max": 1}]}',
             ],
             {},
-            "--feature-schema: features.0: Value error, feature 'a': min 3.0 is above max 1.0",
+            "--feature-schema: features[0].min: must not exceed max; swap or fix the bounds",
             id="bad inline schema",
         ),
     ],

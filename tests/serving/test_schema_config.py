@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rollwise_contract.metrics import Problem
 from rollwise_serving.config import HashRange, ModelFormat, SettingsError, Track, parse_settings
 from rollwise_serving.drift import Reference, bin_counts, psi
-from rollwise_serving.features import FeatureSchema, FeatureValidationError, Problem, SchemaError
+from rollwise_serving.features import FeatureValidationError, SchemaChecker, SchemaError
 from rollwise_serving.forwarding import bucket_of
 
 SCHEMA = {
@@ -25,11 +26,11 @@ SCHEMA = {
 
 
 @pytest.fixture
-def schema() -> FeatureSchema:
-    return FeatureSchema.load(json.dumps(SCHEMA))
+def schema() -> SchemaChecker:
+    return SchemaChecker.load(json.dumps(SCHEMA))
 
 
-def test_valid_instances_become_the_model_matrix(schema: FeatureSchema) -> None:
+def test_valid_instances_become_the_model_matrix(schema: SchemaChecker) -> None:
     matrix = schema.matrix_from_instances(
         [
             {"age": 30, "income": 1.5, "colour": "blue", "member": True},
@@ -40,7 +41,7 @@ def test_valid_instances_become_the_model_matrix(schema: FeatureSchema) -> None:
     assert matrix[1, 0] == 1 and np.isnan(matrix[1, 2]) and matrix[1, 3] == 0
 
 
-def test_every_bad_field_is_listed_in_one_error(schema: FeatureSchema) -> None:
+def test_every_bad_field_is_listed_in_one_error(schema: SchemaChecker) -> None:
     with pytest.raises(FeatureValidationError) as err:
         schema.matrix_from_instances(
             [
@@ -60,7 +61,7 @@ def test_every_bad_field_is_listed_in_one_error(schema: FeatureSchema) -> None:
     }
 
 
-def test_tensor_check_flags_range_and_fractions_per_cell(schema: FeatureSchema) -> None:
+def test_tensor_check_flags_range_and_fractions_per_cell(schema: SchemaChecker) -> None:
     ok = np.array([[30, 10.0, 0, 1]])
     schema.check_matrix("x", ok)
     with pytest.raises(FeatureValidationError) as err:
@@ -73,7 +74,7 @@ def test_tensor_check_flags_range_and_fractions_per_cell(schema: FeatureSchema) 
     assert err.value.problems[1].message == "x[0][1] (income): -1 is outside [0, inf]"
 
 
-def test_tensor_with_the_wrong_column_count_names_the_expected_shape(schema: FeatureSchema) -> None:
+def test_tensor_with_the_wrong_column_count_names_the_expected_shape(schema: SchemaChecker) -> None:
     with pytest.raises(FeatureValidationError, match=r"send shape \[N, 4\]"):
         schema.check_matrix("x", np.zeros((2, 3)))
 
@@ -81,22 +82,35 @@ def test_tensor_with_the_wrong_column_count_names_the_expected_shape(schema: Fea
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        pytest.param({"features": []}, "features: Tuple should have at least 1 item", id="no features"),
+        pytest.param(
+            {"features": []}, "features: [] is invalid: List should have at least 1 item", id="no features"
+        ),
         pytest.param(
             {"features": [{"name": "a", "type": "category"}]},
-            "needs a non-empty 'values'",
+            "features[0].values: required for type category and not allowed otherwise; list the "
+            "category's values or change the type",
             id="category without values",
         ),
         pytest.param(
-            {"features": [{"name": "a", "min": 2, "max": 1}]}, "min 2.0 is above max 1.0", id="inverted range"
+            {"features": [{"name": "a", "min": 2, "max": 1}]},
+            "features[0].min: must not exceed max; swap or fix the bounds",
+            id="inverted range",
         ),
-        pytest.param({"features": [{"name": "a"}, {"name": "a"}]}, "repeated: a", id="duplicate names"),
-        pytest.param({"features": [{"name": "a", "type": "text"}]}, "features.0.type", id="unknown type"),
+        pytest.param(
+            {"features": [{"name": "a"}, {"name": "a"}]},
+            "features: duplicate name 'a'; each name may appear once",
+            id="duplicate names",
+        ),
+        pytest.param(
+            {"features": [{"name": "a", "type": "text"}]},
+            "features[0].type: 'text' is invalid",
+            id="unknown type",
+        ),
     ],
 )
 def test_bad_schemas_name_the_field(doc: dict[str, object], message: str) -> None:
     with pytest.raises(SchemaError, match="--feature-schema") as err:
-        FeatureSchema.load(json.dumps(doc))
+        SchemaChecker.load(json.dumps(doc))
     assert message in str(err.value)
 
 

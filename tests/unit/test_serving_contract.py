@@ -16,7 +16,7 @@ from rollwise.api.v1alpha1 import ModelDeployment
 from rollwise.plan.desired import serve_args
 from rollwise.plan.names import Track
 from rollwise_serving.config import parse_settings
-from rollwise_serving.features import FeatureSchema
+from rollwise_serving.features import SchemaChecker
 
 from tests.unit.manifests import SHA, base, edit
 
@@ -65,7 +65,7 @@ def test_serving_image_accepts_the_planned_arguments(doc: dict[str, Any], track:
     assert settings.sha256 == model.sha256
     if model.feature_schema is not None:
         assert settings.feature_schema is not None
-        loaded = FeatureSchema.load(settings.feature_schema)
+        loaded = SchemaChecker.load(settings.feature_schema)
         assert loaded.names == tuple(f.name for f in model.feature_schema.features)
 
 
