@@ -29,7 +29,7 @@ from rollwise.api.v1alpha1 import (
     StrategyName,
 )
 from rollwise.plan.decision import ChildRef
-from rollwise.plan.manifest import JsonValue, Manifest
+from rollwise.plan.manifest import JsonValue, Manifest, name_of
 from rollwise.plan.names import (
     ANNOTATION_MODEL_VERSION,
     ANNOTATION_REVISION,
@@ -489,11 +489,6 @@ def desired_objects(
     return out, stale_children(md, observed.children, out, autoscaled=auto is not None), split
 
 
-def _name(m: Manifest) -> str:
-    meta = m.get("metadata")
-    return str(meta.get("name", "")) if isinstance(meta, dict) else ""
-
-
 def _hpas(world: World, state: State, split: TrafficSplit, auto: Autoscaling, uid: str) -> list[Manifest]:
     """One HPA per track, bounds narrowed to the step so the HPA never fights the rollout."""
     low = _pods(world, state, split, auto.min_replicas)
@@ -530,7 +525,7 @@ def stale_children(
 ) -> list[ChildRef]:
     """The deletion diff: track children that exist but are no longer desired (the candidate after
     a promotion, a track Service no router needs, the stable HPA once autoscaling is switched off)."""
-    wanted = {(m["kind"], _name(m)) for m in desired}
+    wanted = {(m["kind"], name_of(m)) for m in desired}
     candidate, stable = (track_name(md.metadata.name, t) for t in (Track.CANDIDATE, Track.STABLE))
     gone: list[ChildRef] = []
     for kind, api_version, name in (
@@ -539,10 +534,10 @@ def stale_children(
         ("Service", "v1", candidate),
         ("Service", "v1", stable),
     ):
-        if (kind, name) not in wanted and any(c.get("kind") == kind and _name(c) == name for c in live):
+        if (kind, name) not in wanted and any(c.get("kind") == kind and name_of(c) == name for c in live):
             gone.append(ChildRef(api_version, kind, name))
     if not autoscaled and any(
-        c.get("kind") == "HorizontalPodAutoscaler" and _name(c) == stable for c in live
+        c.get("kind") == "HorizontalPodAutoscaler" and name_of(c) == stable for c in live
     ):
         gone.append(ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", stable))
     return gone

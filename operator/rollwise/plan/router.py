@@ -17,9 +17,9 @@ which belong to objects the planner builds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
 from rollwise.plan.manifest import Manifest
@@ -71,6 +71,35 @@ class RouterReading:
         )
 
 
+@dataclass(frozen=True)
+class Resource:
+    """A kind the operator watches for a router, as Kopf and the API name it."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+@dataclass(frozen=True)
+class UserObject:
+    """The provider object a router edits but does not own (watched by name, not by owner label)."""
+
+    resource: Resource
+    spec_field: tuple[str, str]
+    """Where the spec names it, as wire names under `spec.rollout.traffic`: ("gatewayAPI", "httpRoute")."""
+
+    def name_in(self, traffic: Mapping[str, Any]) -> str | None:
+        """The object's name in a raw `spec.rollout.traffic` (read before the spec is parsed)."""
+        block = traffic.get(self.spec_field[0])
+        name = block.get(self.spec_field[1]) if isinstance(block, Mapping) else None
+        return name if isinstance(name, str) and name else None
+
+
 class Router(Protocol):
     name: ClassVar[TrafficProvider]
     """The value users write in spec.rollout.traffic.provider."""
@@ -82,6 +111,12 @@ class Router(Protocol):
     """True when the provider's route names the `<name>-stable` and `<name>-candidate` Services
     (an HTTPRoute's backends, a VirtualService's destinations, a canary Ingress): they then exist
     between rollouts too. Otherwise they exist only while a candidate does."""
+    edits: ClassVar[UserObject | None]
+    """The user's object this router edits (an HTTPRoute, a VirtualService, an Ingress), if any: the
+    operator watches it and hands the live copy to `render` and `read`."""
+    owns: ClassVar[tuple[Resource, ...]]
+    """Provider kinds this router creates as children (the nginx canary Ingress): watched by the
+    owner label like the Deployments."""
 
     def problems(self, md: ModelDeployment) -> list[str]:
         """What this router cannot do for `md`, one line each naming the field and the fix."""

@@ -17,6 +17,7 @@ from rollwise_contract.matches import RequestMatch
 from rollwise.api.v1alpha1 import ModelDeployment
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import Track
+from rollwise.plan.router import UserObject
 from rollwise.plan.split import TrafficSplit
 
 ANNOTATION_WEIGHT = "rollwise.dev/weight"
@@ -119,3 +120,26 @@ def _container_args(deployment: Manifest) -> list[str]:
         return []
     args = containers[0].get("args")
     return [str(a) for a in args] if isinstance(args, list) else []
+
+
+def target_problems(configured: bool, edits: UserObject) -> list[str]:
+    """The block naming the router's object is missing: the one problem every editing router shares."""
+    block, field = edits.spec_field
+    return (
+        [] if configured else [f"spec.rollout.traffic.{block}: required with provider {block}; add {field}"]
+    )
+
+
+def ab_matches(md: ModelDeployment) -> list[RequestMatch]:
+    """The A/B test's declared matches (none without an abTest block)."""
+    ab = md.spec.rollout.ab_test
+    return list(ab.match or []) if ab is not None else []
+
+
+def with_user_hash(md: ModelDeployment, objects: Sequence[Manifest], weight: int) -> tuple[int, str | None]:
+    """A provider's weight overlaid with user-hash forwarding, which lives in the stable pods' flags:
+    while it runs, the share of users hashed to the candidate is the split's weight."""
+    flags = serving_flags(md, objects)
+    if flags.sticky_header is not None and flags.sticky_weight is not None:
+        return flags.sticky_weight, flags.sticky_header
+    return weight, None

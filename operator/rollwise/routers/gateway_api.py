@@ -23,14 +23,16 @@ from rollwise_contract.matches import CookieMatch, HeaderMatch, RequestMatch
 
 from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
 from rollwise.plan.desired import SERVICE_PORT
-from rollwise.plan.manifest import JsonValue, Manifest
+from rollwise.plan.manifest import JsonValue, Manifest, as_list, find
 from rollwise.plan.names import Track, track_name
-from rollwise.plan.router import RouterPlan, RouterReading
+from rollwise.plan.router import Resource, RouterPlan, RouterReading, UserObject
 from rollwise.plan.split import TrafficSplit
-from rollwise.routers.common import forward_args, serving_flags
+from rollwise.routers.common import forward_args, target_problems, with_user_hash
 
-API_VERSION = "gateway.networking.k8s.io/v1"
-KIND = "HTTPRoute"
+RESOURCE = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
+API_VERSION = RESOURCE.api_version
+KIND = RESOURCE.kind
+EDITS = UserObject(RESOURCE, ("gatewayAPI", "httpRoute"))
 _COOKIE = re.compile(r"^\(\^\|;\\s\*\)(?P<name>.+?)=(?P<value>.*)\(;\|\$\)$")
 
 
@@ -68,10 +70,12 @@ class GatewayApiRouter:
     name: ClassVar[TrafficProvider] = TrafficProvider.GATEWAY_API
     scales_by_weight: ClassVar[bool] = False
     routes_to_tracks: ClassVar[bool] = True
+    edits: ClassVar[UserObject | None] = EDITS
+    owns: ClassVar[tuple[Resource, ...]] = ()
 
     def problems(self, md: ModelDeployment) -> list[str]:
-        if md.spec.rollout.traffic.gateway_api is None:
-            return ["spec.rollout.traffic.gatewayAPI: required with provider gatewayAPI; add httpRoute"]
+        if missing := target_problems(md.spec.rollout.traffic.gateway_api is not None, EDITS):
+            return missing
         return []
 
     def route_name(self, md: ModelDeployment) -> str:
@@ -79,7 +83,7 @@ class GatewayApiRouter:
         return gw.http_route if gw is not None else ""
 
     def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> RouterPlan:
-        route = _find(live, self.route_name(md))
+        route = find(live, KIND, self.route_name(md))
         stable_args = forward_args(md, split)
         if route is None:
             return RouterPlan(stable_args=stable_args)
@@ -106,7 +110,7 @@ class GatewayApiRouter:
         )
 
     def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
-        route = _find(objects, self.route_name(md))
+        route = find(objects, KIND, self.route_name(md))
         if route is None:
             return RouterReading(
                 None,
@@ -121,8 +125,8 @@ class GatewayApiRouter:
         matches: list[RequestMatch] = []
         for rule in _rules(route):
             if _is_match_rule(rule, candidate):
-                for m in _as_list(rule.get("matches")):
-                    headers = _as_list(m.get("headers"))  # ours is the last; the rest are the base's
+                for m in as_list(rule.get("matches")):
+                    headers = as_list(m.get("headers"))  # ours is the last; the rest are the base's
                     if headers and (found := _read_match(headers[-1])) is not None and found not in matches:
                         matches.append(found)
                 continue
@@ -133,39 +137,24 @@ class GatewayApiRouter:
                 if target in (stable, candidate):
                     w = b.get("weight", 1)
                     weights[target] = weights.get(target, 0) + (w if isinstance(w, int) else 0)
-            mirror = mirror or any(_mirrors_to(f, candidate) for f in _as_list(rule.get("filters")))
+            mirror = mirror or any(_mirrors_to(f, candidate) for f in as_list(rule.get("filters")))
         if stable not in weights:
             return RouterReading(None, False, f"HTTPRoute {self.route_name(md)} has no rule for {name}")
         total = weights.get(stable, 0) + weights.get(candidate, 0)
         weight = 0 if total == 0 else round(100 * weights.get(candidate, 0) / total)
-        flags = serving_flags(md, objects)
-        header = None
-        if flags.sticky_header is not None and flags.sticky_weight is not None:
-            weight, header = flags.sticky_weight, flags.sticky_header
+        weight, header = with_user_hash(md, objects, weight)
         split = TrafficSplit(candidate=weight, mirror=mirror, matches=tuple(matches), sticky_header=header)
         rejected = _rejection(route)
         return RouterReading(split, rejected is None, rejected or "")
 
 
-def _find(objects: Sequence[Manifest], name: str) -> Manifest | None:
-    for o in objects:
-        meta = o.get("metadata")
-        if o.get("kind") == KIND and isinstance(meta, dict) and meta.get("name") == name:
-            return o
-    return None
-
-
-def _as_list(value: JsonValue) -> list[dict[str, JsonValue]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
 def _rules(route: Manifest) -> list[dict[str, JsonValue]]:
     spec = route.get("spec")
-    return _as_list(spec.get("rules")) if isinstance(spec, dict) else []
+    return as_list(spec.get("rules")) if isinstance(spec, dict) else []
 
 
 def _backends(rule: dict[str, JsonValue]) -> list[dict[str, JsonValue]]:
-    return _as_list(rule.get("backendRefs"))
+    return as_list(rule.get("backendRefs"))
 
 
 def _backend_name(backend: dict[str, JsonValue]) -> str | None:
@@ -184,7 +173,7 @@ def _is_match_rule(rule: dict[str, JsonValue], candidate: str) -> bool:
     return (
         len(backends) == 1
         and _backend_name(backends[0]) == candidate
-        and any(_as_list(m.get("headers")) for m in _as_list(rule.get("matches")))
+        and any(as_list(m.get("headers")) for m in as_list(rule.get("matches")))
     )
 
 
@@ -198,7 +187,7 @@ def _weighted(rule: dict[str, JsonValue], name: str, weight: int, *, mirror: boo
     out = copy.deepcopy(rule)
     candidate = track_name(name, Track.CANDIDATE)
     out["backendRefs"] = [_ref(track_name(name, Track.STABLE), 100 - weight), _ref(candidate, weight)]
-    filters: list[JsonValue] = [f for f in _as_list(rule.get("filters")) if not _mirrors_to(f, candidate)]
+    filters: list[JsonValue] = [f for f in as_list(rule.get("filters")) if not _mirrors_to(f, candidate)]
     if mirror:
         filters.append(
             {
@@ -219,13 +208,13 @@ def _match_rules(
     """One rule per A/B match, keeping the base rule's path so only its requests are diverted."""
     if not matches:
         return []
-    base = _as_list(rule.get("matches")) or [{}]
+    base = as_list(rule.get("matches")) or [{}]
     out: list[dict[str, JsonValue]] = []
     for m in matches:
         combined: list[JsonValue] = []
         for b in base:
             entry = {k: v for k, v in b.items() if k != "headers"}
-            entry["headers"] = [*_as_list(b.get("headers")), _header_match(m)]
+            entry["headers"] = [*as_list(b.get("headers")), _header_match(m)]
             combined.append(entry)
         out.append({"matches": combined, "backendRefs": [_ref(candidate, 1)]})
     return out
@@ -236,8 +225,8 @@ def _rejection(route: Manifest) -> str | None:
     meta, status = route.get("metadata"), route.get("status")
     generation = meta.get("generation") if isinstance(meta, dict) else None
     parents = status.get("parents") if isinstance(status, dict) else None
-    for parent in _as_list(parents):
-        for c in _as_list(parent.get("conditions")):
+    for parent in as_list(parents):
+        for c in as_list(parent.get("conditions")):
             current = generation is None or c.get("observedGeneration") in (None, generation)
             if c.get("type") == "Accepted" and c.get("status") == "False" and current:
                 return f"HTTPRoute not accepted: {c.get('reason')}: {c.get('message')}"

@@ -21,14 +21,16 @@ from typing import ClassVar
 from rollwise_contract.matches import CookieMatch, HeaderMatch, RequestMatch
 
 from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
-from rollwise.plan.manifest import JsonValue, Manifest
+from rollwise.plan.manifest import JsonValue, Manifest, as_dict, as_list, find
 from rollwise.plan.names import Track, track_name
-from rollwise.plan.router import RouterPlan, RouterReading
+from rollwise.plan.router import Resource, RouterPlan, RouterReading, UserObject
 from rollwise.plan.split import TrafficSplit
-from rollwise.routers.common import forward_args, serving_flags
+from rollwise.routers.common import ab_matches, forward_args, target_problems, with_user_hash
 
-API_VERSION = "networking.istio.io/v1"
-KIND = "VirtualService"
+RESOURCE = Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
+API_VERSION = RESOURCE.api_version
+KIND = RESOURCE.kind
+EDITS = UserObject(RESOURCE, ("istio", "virtualService"))
 _COOKIE = re.compile(r"^\^\(\.\*\?;\)\?\(\?:\\s\*\)\?(?P<name>.+?)=(?P<value>.*)\(;\.\*\)\?\$$")
 
 
@@ -83,8 +85,7 @@ def _as_declared(md: ModelDeployment, found: RequestMatch) -> RequestMatch:
     """
     if found.header is None:
         return found
-    ab = md.spec.rollout.ab_test
-    for declared in ab.match or [] if ab is not None else []:
+    for declared in ab_matches(md):
         h = declared.header
         f = found.header
         if h is not None and (h.name.lower(), h.value, h.regex) == (f.name, f.value, f.regex):
@@ -96,13 +97,14 @@ class IstioRouter:
     name: ClassVar[TrafficProvider] = TrafficProvider.ISTIO
     scales_by_weight: ClassVar[bool] = False
     routes_to_tracks: ClassVar[bool] = True
+    edits: ClassVar[UserObject | None] = EDITS
+    owns: ClassVar[tuple[Resource, ...]] = ()
 
     def problems(self, md: ModelDeployment) -> list[str]:
-        if md.spec.rollout.traffic.istio is None:
-            return ["spec.rollout.traffic.istio: required with provider istio; add virtualService"]
-        ab = md.spec.rollout.ab_test
+        if missing := target_problems(md.spec.rollout.traffic.istio is not None, EDITS):
+            return missing
         out: list[str] = []
-        for i, m in enumerate(ab.match or [] if ab is not None else []):
+        for i, m in enumerate(ab_matches(md)):
             if m.header is not None and m.header.name.lower() == "cookie":
                 out.append(
                     f"spec.rollout.abTest.match[{i}].header.name: istio matches cookies through the "
@@ -116,7 +118,7 @@ class IstioRouter:
 
     def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> RouterPlan:
         vs_name, route_name = self._target(md)
-        vs = _find(live, vs_name)
+        vs = find(live, KIND, vs_name)
         stable_args = forward_args(md, split)
         if vs is None:
             return RouterPlan(stable_args=stable_args)
@@ -136,11 +138,11 @@ class IstioRouter:
         if split.mirror:
             target["mirror"] = {"host": _fqdn(md, Track.CANDIDATE)}
             target["mirrorPercentage"] = {"value": 100.0}
-        base_matches = _as_list(target.get("match")) or [{}]
+        base_matches = as_list(target.get("match")) or [{}]
         added: list[JsonValue] = []
         for i, m in enumerate(split.matches):
             combined: list[JsonValue] = [
-                {**b, "headers": {**_dict(b.get("headers")), **_headers(m)}} for b in base_matches
+                {**b, "headers": {**as_dict(b.get("headers")), **_headers(m)}} for b in base_matches
             ]
             added.append(
                 {
@@ -158,7 +160,7 @@ class IstioRouter:
 
     def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
         vs_name, route_name = self._target(md)
-        vs = _find(objects, vs_name)
+        vs = find(objects, KIND, vs_name)
         if vs is None:
             return RouterReading(
                 None, False, f"VirtualService {vs_name} not found in namespace {md.metadata.namespace}"
@@ -174,7 +176,7 @@ class IstioRouter:
             )
         target = routes[index]
         weights: dict[str, int] = {}
-        for dest in _as_list(target.get("route")):
+        for dest in as_list(target.get("route")):
             d = dest.get("destination")
             host = d.get("host") if isinstance(d, dict) else None
             w = dest.get("weight", 100)
@@ -191,40 +193,21 @@ class IstioRouter:
         mirror = isinstance(mirror_to, dict) and mirror_to.get("host") == candidate
         matches: list[RequestMatch] = []
         for r in ours:
-            for m in _as_list(r.get("match")):
-                headers = _dict(m.get("headers"))
+            for m in as_list(r.get("match")):
+                headers = as_dict(m.get("headers"))
                 mine = {k: v for k, v in headers.items() if k not in _base_header_names(target)}
                 found = _read_headers(mine)
                 if found is not None and (found := _as_declared(md, found)) not in matches:
                     matches.append(found)
-        flags = serving_flags(md, objects)
-        header = None
-        if flags.sticky_header is not None and flags.sticky_weight is not None:
-            weight, header = flags.sticky_weight, flags.sticky_header
+        weight, header = with_user_hash(md, objects, weight)
         return RouterReading(
             TrafficSplit(candidate=weight, mirror=mirror, matches=tuple(matches), sticky_header=header), True
         )
 
 
-def _find(objects: Sequence[Manifest], name: str) -> Manifest | None:
-    for o in objects:
-        meta = o.get("metadata")
-        if o.get("kind") == KIND and isinstance(meta, dict) and meta.get("name") == name:
-            return o
-    return None
-
-
-def _as_list(value: JsonValue) -> list[dict[str, JsonValue]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def _dict(value: JsonValue) -> dict[str, JsonValue]:
-    return dict(value) if isinstance(value, dict) else {}
-
-
 def _http(vs: Manifest) -> list[dict[str, JsonValue]]:
     spec = vs.get("spec")
-    return _as_list(spec.get("http")) if isinstance(spec, dict) else []
+    return as_list(spec.get("http")) if isinstance(spec, dict) else []
 
 
 def _route_index(routes: list[dict[str, JsonValue]], name: str | None) -> int | None:
@@ -234,4 +217,4 @@ def _route_index(routes: list[dict[str, JsonValue]], name: str | None) -> int | 
 
 
 def _base_header_names(route: dict[str, JsonValue]) -> set[str]:
-    return {k for m in _as_list(route.get("match")) for k in _dict(m.get("headers"))}
+    return {k for m in as_list(route.get("match")) for k in as_dict(m.get("headers"))}

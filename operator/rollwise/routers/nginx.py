@@ -27,14 +27,16 @@ from rollwise.api.v1alpha1 import (
 )
 from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
 from rollwise.plan.desired import SERVICE_PORT
-from rollwise.plan.manifest import JsonValue, Manifest
+from rollwise.plan.manifest import JsonValue, Manifest, annotations_of, find
 from rollwise.plan.names import Track, track_labels, track_name
-from rollwise.plan.router import RouterPlan, RouterReading
+from rollwise.plan.router import Resource, RouterPlan, RouterReading, UserObject
 from rollwise.plan.split import TrafficSplit
-from rollwise.routers.common import forward_args, service_url, serving_flags
+from rollwise.routers.common import ab_matches, forward_args, service_url, target_problems, with_user_hash
 
-API_VERSION = "networking.k8s.io/v1"
-KIND = "Ingress"
+RESOURCE = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
+API_VERSION = RESOURCE.api_version
+KIND = RESOURCE.kind
+EDITS = UserObject(RESOURCE, ("nginx", "ingress"))
 PREFIX = "nginx.ingress.kubernetes.io/"
 CANARY = PREFIX + "canary"
 WEIGHT = PREFIX + "canary-weight"
@@ -52,12 +54,14 @@ class NginxRouter:
     name: ClassVar[TrafficProvider] = TrafficProvider.NGINX
     scales_by_weight: ClassVar[bool] = False
     routes_to_tracks: ClassVar[bool] = True
+    edits: ClassVar[UserObject | None] = EDITS
+    owns: ClassVar[tuple[Resource, ...]] = (RESOURCE,)
+    """The canary Ingress."""
 
     def problems(self, md: ModelDeployment) -> list[str]:
-        if md.spec.rollout.traffic.nginx is None:
-            return ["spec.rollout.traffic.nginx: required with provider nginx; add ingress"]
-        ab = md.spec.rollout.ab_test
-        matches = ab.match or [] if ab is not None else []
+        if missing := target_problems(md.spec.rollout.traffic.nginx is not None, EDITS):
+            return missing
+        matches = ab_matches(md)
         out: list[str] = []
         headers = [i for i, m in enumerate(matches) if m.header is not None]
         cookies = [i for i, m in enumerate(matches) if m.cookie is not None]
@@ -90,7 +94,7 @@ class NginxRouter:
 
     def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> RouterPlan:
         stable_args = forward_args(md, split)
-        main = _find(live, self.ingress_name(md))
+        main = find(live, KIND, self.ingress_name(md))
         if main is None:
             return RouterPlan(stable_args=stable_args)
         weight = 0 if split.sticky_header is not None else split.candidate
@@ -137,7 +141,7 @@ class NginxRouter:
         return RouterPlan(objects=(canary, mirror_patch), stable_args=stable_args)
 
     def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
-        main = _find(objects, self.ingress_name(md))
+        main = find(objects, KIND, self.ingress_name(md))
         if main is None:
             return RouterReading(
                 None,
@@ -145,10 +149,10 @@ class NginxRouter:
                 f"Ingress {self.ingress_name(md)} not found in namespace {md.metadata.namespace}; "
                 f"create it routing to Service {md.metadata.name}",
             )
-        canary = _find(objects, self.canary_name(md))
+        canary = find(objects, KIND, self.canary_name(md))
         if canary is None:
             return RouterReading(None, False, f"canary Ingress {self.canary_name(md)} not created yet")
-        a = _annotations(canary)
+        a = annotations_of(canary)
         raw = a.get(WEIGHT, "0")
         if a.get(CANARY) != "true" or not raw.isdigit():
             return RouterReading(None, False, f"Ingress {self.canary_name(md)} is not an nginx canary")
@@ -159,28 +163,11 @@ class NginxRouter:
             matches.append(RequestMatch(header=HeaderMatch(name=a[BY_HEADER], regex=a[BY_HEADER_PATTERN])))
         if BY_COOKIE in a:
             matches.append(RequestMatch(cookie=CookieMatch(name=a[BY_COOKIE], value=COOKIE_ALWAYS)))
-        mirror = _annotations(main).get(MIRROR_TARGET, "").startswith(service_url(md, Track.CANDIDATE))
+        mirror = annotations_of(main).get(MIRROR_TARGET, "").startswith(service_url(md, Track.CANDIDATE))
         weight = int(raw)
-        flags = serving_flags(md, objects)
-        header = None
-        if flags.sticky_header is not None and flags.sticky_weight is not None:
-            weight, header = flags.sticky_weight, flags.sticky_header
+        weight, header = with_user_hash(md, objects, weight)
         split = TrafficSplit(candidate=weight, mirror=mirror, matches=tuple(matches), sticky_header=header)
         return RouterReading(split, True)
-
-
-def _find(objects: Sequence[Manifest], name: str) -> Manifest | None:
-    for o in objects:
-        meta = o.get("metadata")
-        if o.get("kind") == KIND and isinstance(meta, dict) and meta.get("name") == name:
-            return o
-    return None
-
-
-def _annotations(obj: Manifest) -> dict[str, str]:
-    meta = obj.get("metadata")
-    raw = meta.get("annotations") if isinstance(meta, dict) else None
-    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
 
 def _retarget(rules: JsonValue, service: str, canary: str) -> list[JsonValue]:

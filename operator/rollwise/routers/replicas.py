@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
-from rollwise.plan.manifest import Manifest
+from rollwise.plan.manifest import Manifest, find, name_of
 from rollwise.plan.names import LABEL_TRACK, Track
 from rollwise.plan.observed import deployment_rolled_out
-from rollwise.plan.router import RouterPlan, RouterReading
+from rollwise.plan.router import Resource, RouterPlan, RouterReading, UserObject
 from rollwise.plan.split import TrafficSplit
 from rollwise.routers.common import (
     ANNOTATION_WEIGHT,
@@ -36,6 +36,8 @@ class ReplicasRouter:
     name: ClassVar[TrafficProvider] = TrafficProvider.REPLICAS
     scales_by_weight: ClassVar[bool] = True
     routes_to_tracks: ClassVar[bool] = False
+    edits: ClassVar[UserObject | None] = None
+    owns: ClassVar[tuple[Resource, ...]] = ()
 
     def problems(self, md: ModelDeployment) -> list[str]:
         return []
@@ -62,7 +64,7 @@ class ReplicasRouter:
         )
 
     def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
-        service = _find(objects, "Service", md.metadata.name)
+        service = find(objects, "Service", md.metadata.name)
         if service is None:
             return RouterReading(None, False, f"Service {md.metadata.name} not found")
         meta = service.get("metadata")
@@ -87,18 +89,18 @@ class ReplicasRouter:
         deployments = [
             o
             for o in objects
-            if o.get("kind") == "Deployment" and _name(o).startswith(f"{md.metadata.name}-")
+            if o.get("kind") == "Deployment" and name_of(o).startswith(f"{md.metadata.name}-")
         ]
-        stable = _find(objects, "Deployment", f"{md.metadata.name}-{Track.STABLE}")
+        stable = find(objects, "Deployment", f"{md.metadata.name}-{Track.STABLE}")
         if stable is None:
             return RouterReading(split, False, "the stable Deployment does not exist yet")
-        waiting = [_name(d) for d in deployments if not deployment_rolled_out(d)]
+        waiting = [name_of(d) for d in deployments if not deployment_rolled_out(d)]
         if waiting:
             return RouterReading(split, False, f"waiting for {', '.join(waiting)} to roll out")
         if (split.mirror or split.matches or header is not None) and _terminating(stable):
             # Old stable pods lack the routing flags and answer every request they still get
             # until they exit (preStop keeps them serving a few seconds): not in effect yet.
-            return RouterReading(split, False, f"waiting for old {_name(stable)} pods to terminate")
+            return RouterReading(split, False, f"waiting for old {name_of(stable)} pods to terminate")
         return RouterReading(split, True)
 
 
@@ -106,12 +108,3 @@ def _terminating(deployment: Manifest) -> bool:
     status = deployment.get("status")
     count = status.get("terminatingReplicas", 0) if isinstance(status, dict) else 0
     return isinstance(count, int) and count > 0
-
-
-def _name(obj: Manifest) -> str:
-    meta = obj.get("metadata")
-    return str(meta.get("name", "")) if isinstance(meta, dict) else ""
-
-
-def _find(objects: Sequence[Manifest], kind: str, name: str) -> Manifest | None:
-    return next((o for o in objects if o.get("kind") == kind and _name(o) == name), None)
