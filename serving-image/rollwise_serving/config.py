@@ -18,23 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+from rollwise_contract.base import field_path
+from rollwise_contract.matches import RequestMatch
+from rollwise_contract.model import PICKLE_FORMATS, ModelFormat, Track
 
 ENV_PREFIX = "ROLLWISE_"
-
-
-class ModelFormat(StrEnum):
-    SKLEARN = "sklearn"
-    ONNX = "onnx"
-    PYTHON = "python"
-
-
-class Track(StrEnum):
-    STABLE = "stable"
-    CANDIDATE = "candidate"
-
-
-# Formats whose loading runs code from the artifact: they load only with a pinned sha256.
-CODE_EXECUTING_FORMATS = frozenset({ModelFormat.SKLEARN, ModelFormat.PYTHON})
 
 
 class SettingsError(ValueError):
@@ -59,48 +51,56 @@ class HashRange:
         return f"{self.low}-{self.high}"
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardMatch:
-    """One A/B condition: a header equal to ``value`` or matching ``regex``, or a cookie's value."""
+_MATCHES = TypeAdapter(Annotated[list[RequestMatch], Field(min_length=1)])
+_LIST_FIX = "must be a non-empty JSON list of {header: {...}} or {cookie: {...}} entries"
+_NAME_FIX = "must be a non-empty string of letters, digits and !#$%&'*+.^_`|~-"
+_ENTRY_FIXES = {
+    (): "must have exactly one key, header or cookie",
+    ("header",): "header needs exactly one of value or regex",
+    ("header", "name"): "header.name " + _NAME_FIX,
+    ("cookie", "name"): "cookie.name " + _NAME_FIX,
+    ("cookie", "value"): "cookie needs a string value (no regex)",
+    ("cookie", "regex"): "cookie needs a string value (no regex)",
+}
+"""What to say about a wrong entry, by the place in the entry pydantic found wrong."""
 
-    kind: str
-    """``header`` or ``cookie``."""
-    name: str
-    value: str | None = None
-    regex: str | None = None
 
-
-def parse_forward_match(text: str) -> tuple[ForwardMatch, ...]:
-    """The ``--forward-match`` JSON: a list in the ModelDeployment's ``abTest.match`` shape, e.g.
+def parse_forward_match(text: str) -> tuple[RequestMatch, ...]:
+    """The ``--forward-match`` JSON: a list in the ModelDeployment's ``abTest.match`` shape
+    (``rollwise_contract.matches.RequestMatch``), e.g.
     ``[{"header": {"name": "x-variant", "value": "b"}}, {"cookie": {"name": "beta", "value": "1"}}]``.
 
-    Raises ValueError naming the entry that is wrong.
+    Raises ValueError naming the first entry that is wrong and how to fix it.
     """
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"is not JSON ({err.msg})") from None
-    if not isinstance(entries, list) or not entries:
-        raise ValueError("must be a non-empty JSON list of {header: {...}} or {cookie: {...}} entries")
-    out: list[ForwardMatch] = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in ("header", "cookie"):
-            raise ValueError(f"entry {i} must have exactly one key, header or cookie")
-        kind, body = next(iter(entry.items()))
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"]:
-            raise ValueError(f"entry {i}: {kind}.name must be a non-empty string")
-        value, regex = body.get("value"), body.get("regex")
-        if kind == "cookie" and (not isinstance(value, str) or regex is not None):
-            raise ValueError(f"entry {i}: cookie needs a string value (no regex)")
-        if kind == "header" and (value is None) == (regex is None):
-            raise ValueError(f"entry {i}: header needs exactly one of value or regex")
+    try:
+        matches = _MATCHES.validate_python(entries)
+    except ValidationError as err:
+        raise ValueError(_entry_problem(err.errors()[0])) from None
+    for i, match in enumerate(matches):
+        regex = match.header.regex if match.header else None
         if regex is not None:
             try:
-                re.compile(str(regex))
+                re.compile(regex)
             except re.error as err:
                 raise ValueError(f"entry {i}: header.regex {regex!r} is not a valid regex ({err})") from None
-        out.append(ForwardMatch(kind, body["name"], None if value is None else str(value), regex))
-    return tuple(out)
+    return tuple(matches)
+
+
+def _entry_problem(error: ErrorDetails) -> str:
+    if not error["loc"]:
+        return _LIST_FIX
+    i, *rest = error["loc"]
+    place = tuple(str(p) for p in rest)
+    if error["type"] == "extra_forbidden" and len(place) == 1:
+        place = ()  # an unknown key where header or cookie belongs
+    fix = _ENTRY_FIXES.get(place)
+    if fix is None:
+        return f"entry {i}: {field_path(place)}: {error['msg']}"
+    return f"entry {i} {fix}" if not place else f"entry {i}: {fix}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,14 +369,14 @@ def settings_from_strings(raw: Mapping[str, str]) -> Settings:
             f"hash forwarding needs --hash-header, --hash-range and --forward-url together; add {missing}"
         )
     fmt = values.get("format", ModelFormat.SKLEARN)
-    if fmt in CODE_EXECUTING_FORMATS and raw.get("model_uri") and not raw.get("sha256"):
+    if fmt in PICKLE_FORMATS and raw.get("model_uri") and not raw.get("sha256"):
         problems.append(
             f"{where('sha256')} is required for --format {fmt}: loading it runs code from the artifact; "
             "pin its digest (`sha256sum FILE`)"
         )
     if raw.get("fallback_uri"):
         ffmt = values.get("fallback_format", fmt)
-        if ffmt in CODE_EXECUTING_FORMATS and not raw.get("fallback_sha256"):
+        if ffmt in PICKLE_FORMATS and not raw.get("fallback_sha256"):
             problems.append(
                 f"{where('fallback_sha256')} is required for a {ffmt} fallback: loading it runs code; "
                 "pin its digest"

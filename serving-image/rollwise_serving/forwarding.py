@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from http.cookies import CookieError, SimpleCookie
 
 import httpx
+from rollwise_contract.matches import RequestMatch
 
-from rollwise_serving.config import ForwardMatch, HashRange
+from rollwise_serving.config import HashRange
 from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.mirroring import HOP_HEADER
 
@@ -58,13 +59,13 @@ class Matches:
     """Forward requests matching any of ``matches``. Header names are case-insensitive, values exact;
     a regex must match the whole value, as Envoy's and Istio's RE2 matches do."""
 
-    def __init__(self, matches: Sequence[ForwardMatch]) -> None:
+    def __init__(self, matches: Sequence[RequestMatch]) -> None:
         self.headers = [
-            (m.name.lower().encode("latin-1"), m.value, re.compile(m.regex) if m.regex else None)
-            for m in matches
-            if m.kind == "header"
+            (h.name.lower().encode("latin-1"), h.value, re.compile(h.regex) if h.regex else None)
+            for h in (m.header for m in matches)
+            if h is not None
         ]
-        self.cookies = [(m.name, m.value) for m in matches if m.kind == "cookie"]
+        self.cookies = [(c.name, c.value) for c in (m.cookie for m in matches) if c is not None]
         self.keep = frozenset({h for h, _, _ in self.headers} | ({b"cookie"} if self.cookies else set()))
 
     def wants(self, headers: Headers) -> bool:

@@ -22,7 +22,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from rollwise_serving.config import CODE_EXECUTING_FORMATS, ModelFormat, Settings
+from rollwise_contract.model import PICKLE_FORMATS, ModelFormat
+
+from rollwise_serving.config import Settings
 from rollwise_serving.errors import ArtifactError, ModelNotReadyError, StorageError
 from rollwise_serving.runtimes import Runtime, load_runtime
 from rollwise_serving.storage import digest_of, fetch_artifact
@@ -76,7 +78,7 @@ def load_slot(slot: ModelSlot, settings: Settings) -> None:
                 f"sha256 mismatch for {slot.uri}: the artifact's digest is {digest}, the pinned one is "
                 f"{slot.sha256}; refusing to load it. Pin the right digest or publish the right artifact."
             )
-        if slot.sha256 is None and slot.format in CODE_EXECUTING_FORMATS:
+        if slot.sha256 is None and slot.format in PICKLE_FORMATS:
             raise ArtifactError(f"{slot.format} artifacts load only with a pinned sha256; pass --sha256")
         slot.digest = digest
         slot.runtime = load_runtime(slot.format, Path(path), python_class=settings.python_class)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+from rollwise_contract.model import ModelFormat
 
-from rollwise_serving.config import ModelFormat
 from rollwise_serving.errors import InputError
 from rollwise_serving.protocol import InferInput
 

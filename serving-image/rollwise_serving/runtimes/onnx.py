@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnxruntime as ort
+from rollwise_contract.model import ModelFormat
 
-from rollwise_serving.config import ModelFormat
 from rollwise_serving.errors import ArtifactError, InputError
 from rollwise_serving.protocol import InferInput
 from rollwise_serving.runtimes import Array, Prediction, TensorSpec, check_shape

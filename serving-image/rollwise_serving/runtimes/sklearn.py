@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import joblib
 import numpy as np
 import sklearn
+from rollwise_contract.model import ModelFormat
 
-from rollwise_serving.config import ModelFormat
 from rollwise_serving.errors import ArtifactError, InputError
 from rollwise_serving.protocol import InferInput, datatype_of
 from rollwise_serving.runtimes import Array, Prediction, TensorSpec, check_shape, classify, single_input
