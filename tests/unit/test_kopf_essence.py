@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 import pytest
-from rollwise.handlers import EssenceStorage
+from rollwise.kube.kopf_tuning import EssenceStorage
 
 DEPLOYMENT: dict[str, Any] = {
     "apiVersion": "apps/v1",

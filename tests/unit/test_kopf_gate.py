@@ -1,4 +1,4 @@
-"""Kopf's start-up gate as `rollwise.handlers` rewires it: waiters wake when the gate opens or
+"""Kopf's start-up gate as `rollwise.kube.kopf_tuning` rewires it: waiters wake when the gate opens or
 closes, not once per object listed (bench/operator_scale.py measures the restart it speeds up)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from kopf._cogs.aiokits import aiotoggles
-from rollwise import handlers
+from rollwise.kube import kopf_tuning
 
 
 class CountingCondition(asyncio.Condition):
@@ -27,7 +27,7 @@ def gate(fn: type[all] | type[any] = all) -> tuple[aiotoggles.ToggleSet, Countin
 
 
 def test_the_gate_is_rewired_for_this_kopf() -> None:
-    assert handlers.quiet_kopf_readiness_gate() is True
+    assert kopf_tuning.quiet_kopf_readiness_gate() is True
 
 
 async def test_a_thousand_objects_listed_wake_the_waiters_only_when_the_gate_opens() -> None:

@@ -45,7 +45,7 @@ def run(spec: dict[str, Any], monkeypatch: Any) -> tuple[Any, Recorder]:
             body(spec),
             [],
             settings=from_env({}),
-            memory=rec.Memory(),
+            memory=rec.DaemonState(),
             now=NOW,
         )
     )
@@ -79,7 +79,7 @@ def test_the_same_invalid_spec_is_not_written_twice(monkeypatch: Any) -> None:
     calls = Recorder()
     monkeypatch.setattr(rec, "patch_status", lambda api, ns, name, status: calls.status.append(status))
     monkeypatch.setattr(rec, "post_events", lambda api, b, notes: calls.events.extend(notes))
-    memory = rec.Memory()
+    memory = rec.DaemonState()
     for _ in range(3):
         asyncio.run(rec.reconcile(object(), body(spec), [], settings=from_env({}), memory=memory, now=NOW))  # type: ignore[arg-type]
     assert len(calls.status) == 1

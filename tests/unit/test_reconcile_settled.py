@@ -70,19 +70,19 @@ def body(version: str, status: dict[str, Any]) -> dict[str, Any]:
     return dict(md)
 
 
-def one_pass(memory: rec.Memory, b: dict[str, Any], children: list[dict[str, Any]]) -> None:
+def one_pass(memory: rec.DaemonState, b: dict[str, Any], children: list[dict[str, Any]]) -> None:
     asyncio.run(rec.reconcile(object(), b, children, settings=from_env({}), memory=memory, now=NOW))  # type: ignore[arg-type]  # the I/O functions are faked
 
 
 def test_our_status_write_coming_back_changes_nothing(cluster: FakeCluster) -> None:
-    memory = rec.Memory()
+    memory = rec.DaemonState()
     one_pass(memory, body("10", {}), [])
     assert cluster.children and cluster.status, "the first pass creates the children and a status"
     assert memory.settled == rec.pass_inputs(body(str(cluster.version), cluster.status), [], [], memory)
 
 
 def test_anything_else_that_changed_is_planned_from(cluster: FakeCluster) -> None:
-    memory = rec.Memory()
+    memory = rec.DaemonState()
     one_pass(memory, body("10", {}), [])
     after = body(str(cluster.version), cluster.status)
     children = list(cluster.children.values())
@@ -113,12 +113,12 @@ def test_anything_else_that_changed_is_planned_from(cluster: FakeCluster) -> Non
     assert memory.settled != rec.pass_inputs(after, children, [route], memory)
     # A webhook answer arrives for the planner.
     answer = WebhookResult(WebhookKey("check", WebhookType.PRE_ROLLOUT, "r1", None), ok=True)
-    memory.webhooks[answer.key] = answer
+    memory.answers.keep(answer)
     assert memory.settled != rec.pass_inputs(after, children, [], memory)
 
 
 def test_a_failed_pass_settles_nothing(cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    memory = rec.Memory()
+    memory = rec.DaemonState()
     one_pass(memory, body("10", {}), [])
     assert memory.settled is not None
 
@@ -127,8 +127,8 @@ def test_a_failed_pass_settles_nothing(cluster: FakeCluster, monkeypatch: pytest
 
     monkeypatch.setattr(rec, "apply_objects", refuse)
     with pytest.raises(RuntimeError):
-        one_pass(rec.Memory(), body("10", {}), [])
-    failing = rec.Memory(settled=memory.settled)
+        one_pass(rec.DaemonState(), body("10", {}), [])
+    failing = rec.DaemonState(settled=memory.settled)
     with pytest.raises(RuntimeError):
         one_pass(failing, body("10", {}), [])
     assert failing.settled is None, "the next event must plan again"

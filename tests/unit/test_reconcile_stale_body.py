@@ -49,7 +49,7 @@ class FakeApi:
         return str(self.version)
 
 
-def one_pass(memory: rec.Memory, b: dict[str, Any], now: dt.datetime) -> object:
+def one_pass(memory: rec.DaemonState, b: dict[str, Any], now: dt.datetime) -> object:
     return asyncio.run(rec.reconcile(object(), b, [], settings=from_env({}), memory=memory, now=now))  # type: ignore[arg-type]  # never called: the I/O functions are faked
 
 
@@ -60,7 +60,7 @@ def passes(monkeypatch: Any, bodies: list[dict[str, Any]], *, unchanged: bool = 
     else:
         monkeypatch.setattr(rec, "patch_status", api.patch_status)
     monkeypatch.setattr(rec, "post_events", lambda a, b, notes: api.events.extend(notes))
-    memory = rec.Memory()
+    memory = rec.DaemonState()
     for i, b in enumerate(bodies):
         now = NOW + dt.timedelta(seconds=i)  # later each pass: a replanned status differs in its times
         one_pass(memory, b, now)
@@ -77,7 +77,7 @@ def test_once_the_body_catches_up_passes_resume(monkeypatch: Any) -> None:
     api = FakeApi()
     monkeypatch.setattr(rec, "post_events", lambda a, b, notes: api.events.extend(notes))
     monkeypatch.setattr(rec, "patch_status", api.patch_status)
-    memory = rec.Memory()
+    memory = rec.DaemonState()
     asyncio.run(
         rec.reconcile(
             object(), body("9", {"phase": "Healthy"}), [], settings=from_env({}), memory=memory, now=NOW

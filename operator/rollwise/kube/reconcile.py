@@ -1,4 +1,4 @@
-"""One reconcile pass: observe -> plan -> apply -> patch status -> post events.
+"""One reconcile pass: observe -> decide -> write (children, status, Events) -> call webhooks.
 
 The only place where the planner's decision meets the API. Blocking client calls run in worker
 threads so one slow write never stalls the event loop that serves every other ModelDeployment.
@@ -30,7 +30,7 @@ from rollwise.kube.webhooks import call_webhook
 from rollwise.plan.analysis import Measured, MetricProvider, due_queries
 from rollwise.plan.decision import Decision, EventType, Note
 from rollwise.plan.machine import decide
-from rollwise.plan.observed import WebhookKey, WebhookResult
+from rollwise.plan.observed import Observed, WebhookKey, WebhookResult
 from rollwise.plan.status import invalid_status
 from rollwise.routers import router_for
 from rollwise.settings import OperatorSettings
@@ -39,17 +39,42 @@ log = logging.getLogger("rollwise.reconcile")
 
 
 @dataclass
-class Memory:
+class WebhookAnswers:
+    """Webhook answers held for the planner, by call: an ok one until the gate moves on (the
+    candidate changes), a failed one for exactly one pass, so that a retry calls again."""
+
+    answers: dict[WebhookKey, WebhookResult] = field(default_factory=dict)
+    revision: str | None = None
+
+    def for_pass(self, candidate_revision: str | None) -> tuple[WebhookResult, ...]:
+        """The answers this pass sees; failed ones are then forgotten (the gate retries or fails)."""
+        if candidate_revision != self.revision:
+            self.answers.clear()  # answers belong to the candidate they were asked about
+            self.revision = candidate_revision
+        shown = tuple(self.answers.values())
+        for failed in [k for k, r in self.answers.items() if not r.ok]:
+            del self.answers[failed]
+        return shown
+
+    def has(self, key: WebhookKey) -> bool:
+        return key in self.answers
+
+    def keep(self, result: WebhookResult) -> None:
+        self.answers[result.key] = result
+
+    def seen(self) -> frozenset[tuple[WebhookKey, bool]]:
+        return frozenset((k, r.ok) for k, r in self.answers.items())
+
+
+@dataclass
+class DaemonState:
     """What one ModelDeployment's daemon remembers between passes (in memory only: all state that
     must survive a restart is in the resource's status)."""
 
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     last_status: dict[str, Any] | None = None
     applied: dict[ObjectKey, str] = field(default_factory=dict)
-    webhooks: dict[WebhookKey, WebhookResult] = field(default_factory=dict)
-    """Webhook answers held for the planner: ok ones until the gate moves on, a failed one for
-    exactly one pass (so a retry calls again)."""
-    webhook_revision: str | None = None
+    answers: WebhookAnswers = field(default_factory=WebhookAnswers)
     written_over: str | None = None
     """The resourceVersion our last status write was planned from. A body still at that version
     has not caught up with the write (the watch delivers it an event later): planning from it would
@@ -85,7 +110,7 @@ def pass_inputs(
     body: Mapping[str, Any],
     children: Sequence[Mapping[str, Any]],
     router_objects: Sequence[Mapping[str, Any]],
-    memory: Memory,
+    memory: DaemonState,
 ) -> Inputs:
     stored = body.get("status") or {}
     meta = {k: v for k, v in body["metadata"].items() if k not in ("resourceVersion", "managedFields")}
@@ -97,7 +122,7 @@ def pass_inputs(
             (ObjectKey.of(o), (o.get("metadata") or {}).get("resourceVersion"))
             for o in [*children, *router_objects]
         ),
-        frozenset((k, r.ok) for k, r in memory.webhooks.items()),
+        memory.answers.seen(),
     )
 
 
@@ -110,30 +135,37 @@ def status_json(status: ModelDeploymentStatus) -> dict[str, Any]:
     return {key: sparse.get(key) for key in full}
 
 
+class Behind:
+    """`reconcile`'s answer for a body that predates our own last status write."""
+
+
+BEHIND = Behind()
+
+
 async def reconcile(
     api: client.ApiClient,
     body: Mapping[str, Any],
     children: Sequence[Mapping[str, Any]],
     *,
     settings: OperatorSettings,
-    memory: Memory,
+    memory: DaemonState,
     now: dt.datetime,
     router_objects: Sequence[Mapping[str, Any]] = (),
     provider: MetricProvider | None = None,
     write_slots: asyncio.Semaphore | None = None,
     inputs: Inputs | None = None,
-) -> Decision | None:
-    """Run one pass; returns the decision, or None when there was nothing to decide: the spec is
-    invalid, the object is going away, or `body` predates our own last status write."""
+) -> Decision | Behind | None:
+    """One pass: observe -> decide -> write -> call webhooks. Returns the decision; `BEHIND` when
+    `body` predates our own last status write (nothing was planned: the write's event is on its
+    way); None when there was nothing to decide (the spec does not parse, or the object is going
+    away)."""
     meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
     if meta.get("deletionTimestamp"):
         # Going away: the garbage collector removes the children; nothing to write.
         return None
     if memory.behind_own_write(body):
-        # The watch has not delivered our last status write yet; its event wakes the daemon. A pass
-        # now would plan from the older status and redo its transition (a step entered twice).
-        return None
+        # Planning from the older status would redo its transition (a step entered twice).
+        return BEHIND
     memory.settled = None  # until this pass has written all it planned
     # Taken before the first await (Kopf replaces the body under us when an event comes), unless
     # the daemon took them already to decide whether to pass at all.
@@ -144,34 +176,9 @@ async def reconcile(
             # 1 000 of them cost more memory (22 MB) than the parsing costs CPU.
             md = ModelDeployment.model_validate(dict(body))
         except ValidationError as err:
-            status = invalid_status(body, describe_errors(err), now)
-            note = Note(EventType.WARNING, Reason.INVALID_SPEC, status.message)
-            await _send(api, write_slots, memory, body, Writes(status=status_json(status), notes=(note,)))
-            telemetry.RECONCILES.labels("invalid").inc()
-            telemetry.PHASES.set(namespace, name, Phase.INVALID.value, status.weight)
+            await _write_invalid(api, write_slots, memory, body, problems=describe_errors(err), now=now)
             return None
-        candidate_revision = md.status.candidate_revision
-        if candidate_revision != memory.webhook_revision:
-            memory.webhooks.clear()  # answers belong to the candidate they were asked about
-            memory.webhook_revision = candidate_revision
-        measurements: tuple[Measured, ...] = ()
-        if provider is not None:
-            due = due_queries(md, now)
-            measurements = tuple(
-                await asyncio.gather(*(asyncio.to_thread(_measure, provider, request) for request in due))
-            )
-        observed = replace(
-            observe(children),
-            router_objects=tuple(dict(o) for o in router_objects),
-            measurements=measurements,
-            webhooks=tuple(memory.webhooks.values()),
-        )
-        # A failed answer is shown to the planner once; the gate then decides to retry or fail.
-        for failed in [k for k, r in memory.webhooks.items() if not r.ok]:
-            del memory.webhooks[failed]
-        log.debug(
-            "%s/%s observed stable=%s candidate=%s", namespace, name, observed.stable, observed.candidate
-        )
+        observed = await _observe(md, children, router_objects, memory=memory, provider=provider, now=now)
         decision = decide(
             md,
             observed,
@@ -180,42 +187,104 @@ async def reconcile(
             serving_image=settings.serving_image,
             router=router_for(md.spec.rollout.traffic.provider),
         )
-        live = {ObjectKey.of(c): c for c in [*children, *router_objects]}
-        # Skip what we applied already when the index still shows the older copy (it lags our own
-        # write by an event); apply_objects skips what the live object already matches.
-        hashes = {ObjectKey.of(m): desired_hash(m) for m in decision.desired}
-        stale = [
-            m
-            for m in decision.desired
-            if not (
-                ObjectKey.of(m) in live and memory.applied.get(ObjectKey.of(m)) == hashes[ObjectKey.of(m)]
-            )
-        ]
-        gone = [ObjectKey(c.api_version, c.kind, namespace, c.name) for c in decision.delete]
-        writes = Writes(
-            apply=stale,
-            live=live,
-            delete=[k for k in gone if k in live],
-            status=status_json(decision.status),
-            notes=decision.notes,
+        await _write(
+            api, write_slots, memory, body, decision=decision, live_objects=[*children, *router_objects]
         )
-        await _send(api, write_slots, memory, body, writes)
-        memory.applied.update(hashes)
         if memory.last_status is not None:
             # Webhook answers as the planner left them, before this pass's new ones come in.
-            memory.settled = replace(
-                seen,
-                status=memory.last_status,
-                webhooks=frozenset((k, r.ok) for k, r in memory.webhooks.items()),
-            )
-        pending = [c for c in decision.webhook_calls if c.key not in memory.webhooks]
-        for result in await asyncio.gather(*(asyncio.to_thread(call_webhook, c, body) for c in pending)):
-            memory.webhooks[result.key] = result
-            memory.wake.set()  # the planner acts on the answer in the next pass
+            memory.settled = replace(seen, status=memory.last_status, webhooks=memory.answers.seen())
+        await _call_webhooks(memory, decision, body)
         telemetry.RECONCILES.labels("ok").inc()
         if decision.status.phase is not None:
-            telemetry.PHASES.set(namespace, name, decision.status.phase.value, decision.status.weight)
+            telemetry.PHASES.set(
+                meta["namespace"], meta["name"], decision.status.phase.value, decision.status.weight
+            )
         return decision
+
+
+async def _write_invalid(
+    api: client.ApiClient,
+    slots: asyncio.Semaphore | None,
+    memory: DaemonState,
+    body: Mapping[str, Any],
+    *,
+    problems: Sequence[str],
+    now: dt.datetime,
+) -> None:
+    """A manifest that does not parse: only its status is written; children stay, stable serves on."""
+    status = invalid_status(body, problems, now)
+    note = Note(EventType.WARNING, Reason.INVALID_SPEC, status.message)
+    await _send(api, slots, memory, body, Writes(status=status_json(status), notes=(note,)))
+    telemetry.RECONCILES.labels("invalid").inc()
+    meta = body["metadata"]
+    telemetry.PHASES.set(meta["namespace"], meta["name"], Phase.INVALID.value, status.weight)
+
+
+async def _observe(
+    md: ModelDeployment,
+    children: Sequence[Mapping[str, Any]],
+    router_objects: Sequence[Mapping[str, Any]],
+    *,
+    memory: DaemonState,
+    provider: MetricProvider | None,
+    now: dt.datetime,
+) -> Observed:
+    """The planner's snapshot: children by track, the router's objects, the measurements due now,
+    and the webhook answers held for this candidate."""
+    measurements: tuple[Measured, ...] = ()
+    if provider is not None:
+        due = due_queries(md, now)
+        measurements = tuple(
+            await asyncio.gather(*(asyncio.to_thread(_measure, provider, request) for request in due))
+        )
+    observed = replace(
+        observe(children),
+        router_objects=tuple(dict(o) for o in router_objects),
+        measurements=measurements,
+        webhooks=memory.answers.for_pass(md.status.candidate_revision),
+    )
+    log.debug("%s observed stable=%s candidate=%s", md.metadata.name, observed.stable, observed.candidate)
+    return observed
+
+
+async def _write(
+    api: client.ApiClient,
+    slots: asyncio.Semaphore | None,
+    memory: DaemonState,
+    body: Mapping[str, Any],
+    *,
+    decision: Decision,
+    live_objects: Sequence[Mapping[str, Any]],
+) -> None:
+    """Apply what differs, delete what goes, write the status and its Events."""
+    namespace = body["metadata"]["namespace"]
+    live = {ObjectKey.of(c): c for c in live_objects}
+    # Skip what we applied already when the index still shows the older copy (it lags our own
+    # write by an event); apply_objects skips what the live object already matches.
+    hashes = {ObjectKey.of(m): desired_hash(m) for m in decision.desired}
+    stale = [
+        m
+        for m in decision.desired
+        if not (ObjectKey.of(m) in live and memory.applied.get(ObjectKey.of(m)) == hashes[ObjectKey.of(m)])
+    ]
+    gone = [ObjectKey(c.api_version, c.kind, namespace, c.name) for c in decision.delete]
+    writes = Writes(
+        apply=stale,
+        live=live,
+        delete=[k for k in gone if k in live],
+        status=status_json(decision.status),
+        notes=decision.notes,
+    )
+    await _send(api, slots, memory, body, writes)
+    memory.applied.update(hashes)
+
+
+async def _call_webhooks(memory: DaemonState, decision: Decision, body: Mapping[str, Any]) -> None:
+    """The calls the decision asks for that have no answer yet; the next pass acts on the answers."""
+    pending = [c for c in decision.webhook_calls if not memory.answers.has(c.key)]
+    for result in await asyncio.gather(*(asyncio.to_thread(call_webhook, c, body) for c in pending)):
+        memory.answers.keep(result)
+        memory.wake.set()
 
 
 def _measure(provider: MetricProvider, request: Any) -> Measured:
@@ -244,7 +313,7 @@ class Sent:
 async def _send(
     api: client.ApiClient,
     slots: asyncio.Semaphore | None,
-    memory: Memory,
+    memory: DaemonState,
     body: Mapping[str, Any],
     writes: Writes,
 ) -> None:
