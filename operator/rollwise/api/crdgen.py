@@ -69,32 +69,38 @@ def structural(node: Mapping[str, Any], defs: Mapping[str, Any], path: str, *, r
             continue
         if key == "additionalProperties" and not isinstance(value, dict):
             continue  # extra="forbid": the API server prunes or rejects unknown fields itself
-        if key == "const":
-            out["enum"] = [value]
-        elif key == "exclusiveMinimum":
-            out["minimum"], out["exclusiveMinimum"] = value, True
-        elif key == "exclusiveMaximum":
-            out["maximum"], out["exclusiveMaximum"] = value, True
-        elif key == "properties":
-            out["properties"] = {
-                name: structural(sub, defs, _join(path, name), rules=rules) for name, sub in value.items()
-            }
-        elif key == "items":
-            out["items"] = structural(value, defs, path + "[]", rules=rules)
-        elif key == "additionalProperties":
-            out["additionalProperties"] = structural(value, defs, path + ".*", rules=rules)
-        elif key == "x-rollwise-rules":
-            if rules:
-                out["x-kubernetes-validations"] = [_cel_rule(r, path) for r in value]
-        elif key == "description":
-            out["description"] = " ".join(value.split())
-        else:
-            out[key] = value
+        out.update(_keyword(key, value, defs, path, rules=rules))
     if "type" not in out and not out.get("x-kubernetes-int-or-string"):
         raise ValueError(
             f"{path or '<root>'}: no type in generated schema {out}; structural schemas need one"
         )
     return dict(sorted(out.items()))
+
+
+def _keyword(key: str, value: Any, defs: Mapping[str, Any], path: str, *, rules: bool) -> Schema:
+    """One JSON-schema keyword of pydantic's as its structural-schema equivalent."""
+    match key:
+        case "const":
+            return {"enum": [value]}
+        case "exclusiveMinimum":
+            return {"minimum": value, "exclusiveMinimum": True}
+        case "exclusiveMaximum":
+            return {"maximum": value, "exclusiveMaximum": True}
+        case "properties":
+            props = {
+                name: structural(sub, defs, _join(path, name), rules=rules) for name, sub in value.items()
+            }
+            return {"properties": props}
+        case "items":
+            return {"items": structural(value, defs, path + "[]", rules=rules)}
+        case "additionalProperties":
+            return {"additionalProperties": structural(value, defs, path + ".*", rules=rules)}
+        case "x-rollwise-rules":
+            return {"x-kubernetes-validations": [_cel_rule(r, path) for r in value]} if rules else {}
+        case "description":
+            return {"description": " ".join(value.split())}
+        case _:
+            return {key: value}
 
 
 def _cel_rule(r: Mapping[str, Any], path: str) -> Schema:

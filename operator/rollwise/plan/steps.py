@@ -195,7 +195,7 @@ def compact_duration(delta: timedelta) -> str:
     return f"{days}d{hours}h"
 
 
-def describe_step(step: Step) -> str:
+def describe_step(step: Step) -> str:  # noqa: C901 - a flat table: one case per step kind
     """A step as a user wrote it in the spec (or as the strategy implies it): one wording for the
     status message the operator writes and the plugin's step table."""
     match step:

@@ -99,15 +99,7 @@ class NginxRouter:
             return RouterPlan(stable_args=stable_args)
         weight = 0 if split.sticky_header is not None else split.candidate
         annotations: dict[str, JsonValue] = {CANARY: "true", WEIGHT: str(weight), WEIGHT_TOTAL: "100"}
-        for m in split.matches:
-            if m.header is not None and m.header.value is not None:
-                annotations[BY_HEADER] = m.header.name
-                annotations[BY_HEADER_VALUE] = m.header.value
-            elif m.header is not None:
-                annotations[BY_HEADER] = m.header.name
-                annotations[BY_HEADER_PATTERN] = m.header.regex
-            elif m.cookie is not None:
-                annotations[BY_COOKIE] = m.cookie.name
+        annotations.update(_match_annotations(split))
         name = md.metadata.name
         meta: Manifest = {"name": self.canary_name(md)}
         if md.metadata.namespace:
@@ -168,6 +160,21 @@ class NginxRouter:
         weight, header = with_user_hash(md, objects, weight)
         split = TrafficSplit(candidate=weight, mirror=mirror, matches=tuple(matches), sticky_header=header)
         return RouterReading(split, True)
+
+
+def _match_annotations(split: TrafficSplit) -> dict[str, JsonValue]:
+    """The canary's header and cookie conditions (`problems` allows one of each)."""
+    out: dict[str, JsonValue] = {}
+    for m in split.matches:
+        if m.header is not None and m.header.value is not None:
+            out[BY_HEADER] = m.header.name
+            out[BY_HEADER_VALUE] = m.header.value
+        elif m.header is not None:
+            out[BY_HEADER] = m.header.name
+            out[BY_HEADER_PATTERN] = m.header.regex
+        elif m.cookie is not None:
+            out[BY_COOKIE] = m.cookie.name
+    return out
 
 
 def _retarget(rules: JsonValue, service: str, canary: str) -> list[JsonValue]:
