@@ -28,6 +28,14 @@ from enum import StrEnum
 from typing import Protocol
 
 from rollwise_contract.features import OutputKind
+from rollwise_contract.metrics import (
+    FEATURE_PSI,
+    PREDICTION_PSI,
+    PREDICTION_VALUE,
+    REQUEST_DURATION,
+    REQUESTS,
+)
+from rollwise_contract.metrics import Outcome as RequestOutcome
 
 from rollwise.api.v1alpha1 import (
     AnalysisSpec,
@@ -154,8 +162,8 @@ def _share(md: ModelDeployment, track: Track, win: str) -> str:
     """Share of predictions per class on one track (docs/metrics.md `class_share`)."""
     sel = _selector(md, track)
     return (
-        f"(sum by (class) (rate(rollwise_prediction_value_count{{{sel}}}[{win}]))"
-        f" / ignoring(class) group_left sum(rate(rollwise_prediction_value_count{{{sel}}}[{win}])))"
+        f"(sum by (class) (rate({PREDICTION_VALUE}_count{{{sel}}}[{win}]))"
+        f" / ignoring(class) group_left sum(rate({PREDICTION_VALUE}_count{{{sel}}}[{win}])))"
     )
 
 
@@ -177,11 +185,13 @@ def _success_rate(md: ModelDeployment, win: str) -> str:
     cand, stable = Track.CANDIDATE, Track.STABLE
 
     def rate(track: Track, outcome: str = "") -> str:
-        return f"sum(rate(rollwise_requests_total{{{_selector(md, track, outcome)}}}[{win}]))"
+        return f"sum(rate({REQUESTS}_total{{{_selector(md, track, outcome)}}}[{win}]))"
 
-    ok = rate(cand, ',outcome="success"')
-    judged = rate(cand, ',outcome=~"success|server_error|fallback"')
-    refused = ',outcome="client_error"'
+    ok = rate(cand, f',outcome="{RequestOutcome.SUCCESS}"')
+    judged = rate(
+        cand, f',outcome=~"{RequestOutcome.SUCCESS}|{RequestOutcome.SERVER_ERROR}|{RequestOutcome.FALLBACK}"'
+    )
+    refused = f',outcome="{RequestOutcome.CLIENT_ERROR}"'
     stable_share = f"({rate(stable, refused)} / clamp_min({rate(stable)}, 1e-9) or on() vector(0))"
     excess = f"clamp_min(({rate(cand, refused)} or on() vector(0)) - {rate(cand)} * {stable_share}, 0)"
     return f"100 * {ok} / ({judged} + {excess})"
@@ -207,10 +217,7 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
             return _success_rate(md, win)
         case BuiltinMetric.LATENCY_P99:
             sel = _selector(md, cand)
-            return (
-                "histogram_quantile(0.99, sum by (le) "
-                f"(rate(rollwise_request_duration_seconds_bucket{{{sel}}}[{win}])))"
-            )
+            return f"histogram_quantile(0.99, sum by (le) (rate({REQUEST_DURATION}_bucket{{{sel}}}[{win}])))"
         case BuiltinMetric.PREDICTION_DRIFT:
             schema = md.spec.model.feature_schema
             if (
@@ -218,13 +225,13 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
                 and schema.output is not None
                 and schema.output.kind is OutputKind.REGRESSOR
             ):
-                return f"max(rollwise_prediction_psi{{{_selector(md, cand)}}})"
+                return f"max({PREDICTION_PSI}{{{_selector(md, cand)}}})"
             c = f"clamp_min({_share(md, cand, win)}, {PSI_FLOOR})"
             s = f"clamp_min({_share(md, Track.STABLE, win)}, {PSI_FLOOR})"
             return f"sum(({c} - on(class) {s}) * ln({c} / on(class) {s}))"
         case BuiltinMetric.INPUT_DRIFT:
             extra = "" if check.feature is None else f',feature="{check.feature}"'
-            return f"max(rollwise_feature_psi{{{_selector(md, cand, extra)}}})"
+            return f"max({FEATURE_PSI}{{{_selector(md, cand, extra)}}})"
         case None:
             raise ValueError(f"metric {check.name!r} has no builtin")
 
@@ -258,7 +265,7 @@ def metric_query(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) ->
 def samples_query(md: ModelDeployment, spec: AnalysisSpec) -> str:
     """Inference requests the candidate served during the last interval (all outcomes)."""
     sel = _selector(md, Track.CANDIDATE)
-    return f"sum(increase(rollwise_requests_total{{{sel}}}[{window(spec)}]))"
+    return f"sum(increase({REQUESTS}_total{{{sel}}}[{window(spec)}]))"
 
 
 def taken(analysis: AnalysisStatus) -> int:
