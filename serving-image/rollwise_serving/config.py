@@ -1,27 +1,29 @@
-"""The server's settings: one frozen value built from flags and ``ROLLWISE_*`` variables.
+"""The server's settings: one frozen pydantic model built from flags and ``ROLLWISE_*`` variables.
 
 Every flag has an environment twin (``--model-uri`` <-> ``ROLLWISE_MODEL_URI``) because the operator
-sets env vars on its pods while people at a shell type flags; a flag wins over its variable. All
-problems are reported in one pass, each naming the flag, the value and the fix, so a pod that fails
-to start says exactly what to change. Uvicorn workers re-import the app, so the settings travel to
-them as the same variables (``to_environ``/``from_environ``).
+sets env vars on its pods while people at a shell type flags; a flag wins over its variable. Each
+setting is declared once, in ``Settings``: its type, default, ``--help`` text and what its problems
+say (a ``Flag``). All problems are reported in one pass, each naming the flag, its variable, the
+value and the fix, so a pod that fails to start says exactly what to change. Uvicorn workers
+re-import the app, so the settings travel to them as the same variables
+(``to_environ``/``from_environ``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, TypeAdapter, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError
+from pydantic_core import CoreSchema, ErrorDetails, core_schema
 from rollwise_contract.base import field_path
 from rollwise_contract.matches import RequestMatch
 from rollwise_contract.model import PICKLE_FORMATS, ModelFormat, Track
@@ -37,6 +39,9 @@ class SettingsError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+_HASH_RANGE = re.compile(r"^(\d{1,2})-(\d{1,2})$")
+
+
 @dataclass(frozen=True, slots=True)
 class HashRange:
     """Buckets ``low..high`` (inclusive) of 100 that are forwarded to the peer; ``10-19`` is 10 %."""
@@ -44,12 +49,22 @@ class HashRange:
     low: int
     high: int
 
+    @classmethod
+    def parse(cls, text: str) -> HashRange:
+        """``"0-9"`` -> ``HashRange(0, 9)``; ValueError unless ``0 <= low <= high <= 99``."""
+        m = _HASH_RANGE.match(text)
+        if not m or int(m[1]) > int(m[2]):
+            raise ValueError(f"{text!r} is not a bucket range")
+        return cls(int(m[1]), int(m[2]))
+
     def __contains__(self, bucket: object) -> bool:
         return isinstance(bucket, int) and self.low <= bucket <= self.high
 
     def __str__(self) -> str:
         return f"{self.low}-{self.high}"
 
+
+# ---- --forward-match ---------------------------------------------------------------------------
 
 _MATCHES = TypeAdapter(Annotated[list[RequestMatch], Field(min_length=1)])
 _LIST_FIX = "must be a non-empty JSON list of {header: {...}} or {cookie: {...}} entries"
@@ -103,61 +118,47 @@ def _entry_problem(error: ErrorDetails) -> str:
     return f"entry {i} {fix}" if not place else f"entry {i}: {fix}"
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    model_uri: str
-    name: str
-    version: str
-    format: ModelFormat = ModelFormat.SKLEARN
-    sha256: str | None = None
-    track: Track = Track.STABLE
-    host: str = "0.0.0.0"
-    port: int = 8080
-    feature_schema: str | None = None
-    """Path to the feature schema JSON, or the JSON itself (starts with ``{``)."""
-    reference: str | None = None
-    """Path to the reference distribution JSON shipped with the model (drift baseline)."""
-    fallback_uri: str | None = None
-    fallback_format: ModelFormat | None = None
-    fallback_sha256: str | None = None
-    deadline_ms: int | None = None
-    """Primary predict budget; past it the fallback answers (without fallback: 504)."""
-    redis_url: str | None = None
-    cache_size: int = 0
-    """In-process LRU entries; 0 disables the cache (predictions are cheap for small models)."""
-    cache_ttl_seconds: int = 300
-    mirror_url: str | None = None
-    hash_header: str | None = None
-    hash_range: HashRange | None = None
-    forward_match: str | None = None
-    """JSON list of A/B matches (see ``parse_forward_match``); matching requests go to --forward-url."""
-    forward_url: str | None = None
-    max_body_bytes: int = 1 << 20
-    workers: int = 1
-    max_batch_size: int = 64
-    """Rows per predict call when concurrent requests are coalesced; bounds latency of a batch."""
-    cache_dir: Path = Path("/tmp/rollwise-cache")
-    python_class: str = "Model"
-    s3_endpoint: str | None = None
-    log_level: str = "info"
-    access_log: bool = False
-
-    def to_environ(self) -> dict[str, str]:
-        """The ``ROLLWISE_*`` variables that rebuild these settings in a worker process."""
-        env: dict[str, str] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is None:
-                continue
-            env[ENV_PREFIX + field.name.upper()] = (
-                str(value).lower() if isinstance(value, bool) else str(value)
-            )
-        return env
+# ---- how one setting reads and complains -------------------------------------------------------
 
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_HASH_RANGE = re.compile(r"^(\d{1,2})-(\d{1,2})$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+@dataclass(frozen=True)
+class Flag:
+    """One setting's command-line face: its ``--help``, how its string is read, what its problems say.
+
+    A problem reads ``--flag (env VAR): 'value' <problem>``, or ``--flag (env VAR) is required;
+    <required>`` for a missing setting without default.
+    """
+
+    help: str
+    problem: str = ""
+    """What is wrong with the value and the fix, e.g. ``is not valid; use stable or candidate``."""
+    parse: Callable[[str], object] | None = None
+    """String -> value; raises ValueError when the string is not valid. Values given typed pass as is."""
+    required: str = ""
+    """The fix when a setting without default is missing or blank."""
+    blank_is_unset: bool = True
+    """Whether a blank value means "not given" (default applies); numbers, choices and switches
+    refuse a blank instead, as a likely mistake."""
+    explains: bool = False
+    """The parser's own message says what is wrong (``--forward-match entry 0: ...``); ``problem``
+    then only adds an example."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        schema = handler(source)
+        if self.parse is None:
+            return schema
+        return core_schema.no_info_before_validator_function(self._read, schema)
+
+    def _read(self, value: object) -> object:
+        return self.parse(value) if self.parse is not None and isinstance(value, str) else value
+
+    def describe(self, name: str, error: ErrorDetails) -> str:
+        where = f"{_flag(name)} (env {_env(name)})"
+        if error["type"] == "missing":
+            return f"{where} is required; {self.required}"
+        if self.explains:
+            return f"{where} {error.get('ctx', {}).get('error', error['msg'])}; {self.problem}"
+        return f"{where}: {error['input']!r} {self.problem}"
 
 
 def _flag(name: str) -> str:
@@ -168,6 +169,236 @@ def _env(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
+def _int_between(low: int, high: int, text: str) -> int:
+    n = int(text)
+    if not low <= n <= high:
+        raise ValueError(f"{n} is out of range")
+    return n
+
+
+def _integer(help: str, low: int, high: int) -> Flag:
+    problem = f"is not valid; use an integer from {low} to {high}"
+    return Flag(help, problem, partial(_int_between, low, high), blank_is_unset=False)
+
+
+def _choice(help: str, enum: type[StrEnum]) -> Flag:
+    problem = f"is not valid; use {' or '.join(e.value for e in enum)}"
+    return Flag(help, problem, lambda text: enum(text.lower()), blank_is_unset=False)
+
+
+def _matching(pattern: str, text: str) -> str:
+    if not re.fullmatch(pattern, text):
+        raise ValueError(f"{text!r} does not match {pattern}")
+    return text
+
+
+def _digest(text: str) -> str:
+    return _matching(r"[0-9a-f]{64}", text.lower().removeprefix("sha256:"))
+
+
+def _http_url(text: str) -> str:
+    return _matching(r"https?://.*", text).rstrip("/")
+
+
+def _identifier(text: str) -> str:
+    if not text.isidentifier():
+        raise ValueError(f"{text!r} is not an identifier")
+    return text
+
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+_SWITCH = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in get_args(LogLevel):
+        raise ValueError(f"{text!r} is not a log level")
+    return text.lower()
+
+
+def _switch(text: str) -> bool:
+    try:
+        return _SWITCH[text.lower()]
+    except KeyError:
+        raise ValueError(f"{text!r} is not true or false") from None
+
+
+def _checked_matches(text: str) -> str:
+    parse_forward_match(text)
+    return text
+
+
+_NAME = partial(_matching, r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_NAME_PROBLEM = (
+    "is not valid; use letters, digits, '.', '_' or '-' (up to 128, starting with a letter or digit)"
+)
+_DIGEST_PROBLEM = "is not a sha256 digest; use 64 hex characters (`sha256sum FILE`)"
+_URL_PROBLEM = "is not a URL; use http://host:port"
+_MATCH_EXAMPLE = 'e.g. [{"header": {"name": "x-variant", "value": "b"}}]'
+
+
+# ---- the settings ------------------------------------------------------------------------------
+
+
+class Settings(BaseModel):
+    """Everything the server is told at start-up; built by ``parse_settings`` from flags and env."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    model_uri: Annotated[
+        str,
+        Flag(
+            "file:///path, /path, http(s)://..., or s3://bucket/key",
+            required="point it at the model artifact, e.g. file:///models/model.joblib or s3://bucket/key",
+        ),
+    ]
+    name: Annotated[
+        str,
+        Flag(
+            "model name used in URLs and metric labels",
+            _NAME_PROBLEM,
+            _NAME,
+            required="give the model a name, e.g. --name iris",
+        ),
+    ]
+    version: Annotated[
+        str,
+        Flag(
+            "model version used in metadata and metric labels",
+            _NAME_PROBLEM,
+            _NAME,
+            required="give the model a version, e.g. --version v1",
+        ),
+    ]
+    format: Annotated[ModelFormat, _choice("sklearn | onnx | python (default sklearn)", ModelFormat)] = (
+        ModelFormat.SKLEARN
+    )
+    sha256: Annotated[
+        str | None,
+        Flag(
+            "hex digest the artifact must match (required for sklearn and python)", _DIGEST_PROBLEM, _digest
+        ),
+    ] = None
+    track: Annotated[Track, _choice("stable | candidate (default stable)", Track)] = Track.STABLE
+    host: Annotated[str, Flag("listen address (default 0.0.0.0)")] = "0.0.0.0"
+    port: Annotated[int, _integer("listen port (default 8080)", 1, 65535)] = 8080
+    feature_schema: Annotated[str | None, Flag("feature schema JSON: a path or inline JSON")] = None
+    """Path to the feature schema JSON, or the JSON itself (starts with ``{``)."""
+    reference: Annotated[str | None, Flag("reference distribution JSON (path) for drift (PSI)")] = None
+    """Path to the reference distribution JSON shipped with the model (drift baseline)."""
+    fallback_uri: Annotated[
+        str | None, Flag("model answering when the primary fails or misses the deadline")
+    ] = None
+    fallback_format: Annotated[
+        ModelFormat | None, _choice("format of the fallback (default: same as --format)", ModelFormat)
+    ] = None
+    fallback_sha256: Annotated[
+        str | None, Flag("digest of the fallback artifact", _DIGEST_PROBLEM, _digest)
+    ] = None
+    deadline_ms: Annotated[int | None, _integer("primary predict deadline in milliseconds", 1, 3_600_000)] = (
+        None
+    )
+    """Primary predict budget; past it the fallback answers (without fallback: 504)."""
+    redis_url: Annotated[
+        str | None,
+        Flag(
+            "redis://host:port/db for the shared prediction cache",
+            "is not valid; use redis://host:6379/0",
+            partial(_matching, r"(redis|rediss|unix)://.*"),
+        ),
+    ] = None
+    cache_size: Annotated[int, _integer("in-process LRU entries (0 disables; default 0)", 0, 10_000_000)] = 0
+    """In-process LRU entries; 0 disables the cache (predictions are cheap for small models)."""
+    cache_ttl_seconds: Annotated[int, _integer("Redis entry time-to-live (default 300)", 1, 30 * 86400)] = 300
+    mirror_url: Annotated[
+        str | None,
+        Flag("base URL of a shadow server receiving a copy of each request", _URL_PROBLEM, _http_url),
+    ] = None
+    hash_header: Annotated[
+        str | None, Flag("header whose value is hashed for sticky forwarding (e.g. x-user-id)")
+    ] = None
+    hash_range: Annotated[
+        HashRange | None,
+        Flag(
+            "buckets LOW-HIGH of 0-99 forwarded to --forward-url (e.g. 0-9)",
+            "is not valid; use LOW-HIGH with 0 <= LOW <= HIGH <= 99, e.g. 0-9 for 10 % of users",
+            HashRange.parse,
+        ),
+    ] = None
+    forward_match: Annotated[
+        str | None,
+        Flag(
+            "JSON list of header/cookie matches forwarded to --forward-url, e.g. "
+            '[{"header": {"name": "x-variant", "value": "b"}}]',
+            _MATCH_EXAMPLE,
+            _checked_matches,
+            explains=True,
+        ),
+    ] = None
+    """JSON list of A/B matches (see ``parse_forward_match``); matching requests go to --forward-url."""
+    forward_url: Annotated[
+        str | None,
+        Flag(
+            "base URL of the peer answering forwarded requests (hash buckets or matches)",
+            _URL_PROBLEM,
+            _http_url,
+        ),
+    ] = None
+    max_body_bytes: Annotated[
+        int, _integer("largest accepted request body (default 1048576)", 64, 1 << 31)
+    ] = 1 << 20
+    workers: Annotated[int, _integer("worker processes (default 1)", 1, 64)] = 1
+    max_batch_size: Annotated[int, _integer("rows per coalesced predict call (default 64)", 1, 100_000)] = 64
+    """Rows per predict call when concurrent requests are coalesced; bounds latency of a batch."""
+    cache_dir: Annotated[Path, Flag("writable directory for downloads (default /tmp/rollwise-cache)")] = Path(
+        "/tmp/rollwise-cache"
+    )
+    python_class: Annotated[
+        str,
+        Flag(
+            "class name in a python-format model file (default Model)",
+            "is not a Python class name",
+            _identifier,
+        ),
+    ] = "Model"
+    s3_endpoint: Annotated[
+        str | None, Flag("S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS)", _URL_PROBLEM, _http_url)
+    ] = None
+    log_level: Annotated[
+        LogLevel,
+        Flag(
+            "critical | error | warning | info | debug (default info)",
+            "is not valid; use critical, error, warning, info or debug",
+            _log_level,
+            blank_is_unset=False,
+        ),
+    ] = "info"
+    access_log: Annotated[
+        bool,
+        Flag(
+            "true | false: log every request (default false)",
+            "is not valid; use true or false",
+            _switch,
+            blank_is_unset=False,
+        ),
+    ] = False
+
+    def to_environ(self) -> dict[str, str]:
+        """The ``ROLLWISE_*`` variables that rebuild these settings in a worker process."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is not None:
+                env[_env(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
+
+def _flag_of(name: str) -> Flag:
+    info = Settings.model_fields.get(name)
+    flag = next((m for m in info.metadata if isinstance(m, Flag)), None) if info else None
+    return flag or Flag("", "is not a setting; remove it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags only; defaults come from the environment later so we can name both in errors."""
     p = argparse.ArgumentParser(
@@ -176,41 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Every flag can also be set as ROLLWISE_<FLAG> (e.g. ROLLWISE_MODEL_URI).",
         argument_default=argparse.SUPPRESS,
     )
-    add = p.add_argument
-    add("--model-uri", help="file:///path, /path, http(s)://..., or s3://bucket/key")
-    add("--sha256", help="hex digest the artifact must match (required for sklearn and python)")
-    add("--format", help="sklearn | onnx | python (default sklearn)")
-    add("--name", help="model name used in URLs and metric labels")
-    add("--version", help="model version used in metadata and metric labels")
-    add("--track", help="stable | candidate (default stable)")
-    add("--host", help="listen address (default 0.0.0.0)")
-    add("--port", help="listen port (default 8080)")
-    add("--feature-schema", help="feature schema JSON: a path or inline JSON")
-    add("--reference", help="reference distribution JSON (path) for drift (PSI)")
-    add("--fallback-uri", help="model answering when the primary fails or misses the deadline")
-    add("--fallback-format", help="format of the fallback (default: same as --format)")
-    add("--fallback-sha256", help="digest of the fallback artifact")
-    add("--deadline-ms", help="primary predict deadline in milliseconds")
-    add("--redis-url", help="redis://host:port/db for the shared prediction cache")
-    add("--cache-size", help="in-process LRU entries (0 disables; default 0)")
-    add("--cache-ttl-seconds", help="Redis entry time-to-live (default 300)")
-    add("--mirror-url", help="base URL of a shadow server receiving a copy of each request")
-    add("--hash-header", help="header whose value is hashed for sticky forwarding (e.g. x-user-id)")
-    add("--hash-range", help="buckets LOW-HIGH of 0-99 forwarded to --forward-url (e.g. 0-9)")
-    add(
-        "--forward-match",
-        help="JSON list of header/cookie matches forwarded to --forward-url, e.g. "
-        '[{"header": {"name": "x-variant", "value": "b"}}]',
-    )
-    add("--forward-url", help="base URL of the peer answering forwarded requests (hash buckets or matches)")
-    add("--max-body-bytes", help="largest accepted request body (default 1048576)")
-    add("--workers", help="worker processes (default 1)")
-    add("--max-batch-size", help="rows per coalesced predict call (default 64)")
-    add("--cache-dir", help="writable directory for downloads (default /tmp/rollwise-cache)")
-    add("--python-class", help="class name in a python-format model file (default Model)")
-    add("--s3-endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS)")
-    add("--log-level", help="critical | error | warning | info | debug (default info)")
-    add("--access-log", help="true | false: log every request (default false)")
+    for name in Settings.model_fields:
+        p.add_argument(_flag(name), help=_flag_of(name).help)
     return p
 
 
@@ -219,11 +417,11 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     environ = os.environ if environ is None else environ
     flags = vars(build_parser().parse_args(argv))
     raw: dict[str, str] = {}
-    for field in dataclasses.fields(Settings):
-        if field.name in flags:
-            raw[field.name] = str(flags[field.name])
-        elif _env(field.name) in environ:
-            raw[field.name] = environ[_env(field.name)]
+    for name in Settings.model_fields:
+        if name in flags:
+            raw[name] = str(flags[name])
+        elif _env(name) in environ:
+            raw[name] = environ[_env(name)]
     return settings_from_strings(raw)
 
 
@@ -232,159 +430,75 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def settings_from_strings(raw: Mapping[str, str]) -> Settings:
-    problems: list[str] = []
-    values: dict[str, object] = {}
+    """Settings from strings keyed by field name; raises ``SettingsError`` listing every problem.
 
-    def where(name: str) -> str:
-        return f"{_flag(name)} (env {_env(name)})"
+    Pydantic checks each setting; the rules about combinations of settings read the strings
+    themselves, so they are reported even when a setting they mention is wrong too (pydantic
+    skips model validators once a field fails): one pass, every problem.
+    """
+    given = {k: v for k, v in raw.items() if v or not _flag_of(k).blank_is_unset}
+    problems = _combination_problems(given)
+    try:
+        settings = Settings.model_validate(given)
+    except ValidationError as err:
+        fields = [_flag_of(str(e["loc"][0])).describe(str(e["loc"][0]), e) for e in err.errors()]
+        raise SettingsError([*fields, *problems]) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings
 
-    def need(name: str, fix: str) -> None:
-        if not raw.get(name):
-            problems.append(f"{where(name)} is required; {fix}")
 
-    def choice(name: str, enum: type[StrEnum]) -> None:
-        if name in raw:
-            try:
-                values[name] = enum(raw[name].lower())
-            except ValueError:
-                options = " or ".join(e.value for e in enum)
-                problems.append(f"{where(name)}: {raw[name]!r} is not valid; use {options}")
+_HASH_ROUTING = ("hash_header", "hash_range", "forward_url")
 
-    def integer(name: str, low: int, high: int) -> None:
-        if name in raw:
-            try:
-                n = int(raw[name])
-            except ValueError:
-                n = low - 1
-            if not low <= n <= high:
-                problems.append(
-                    f"{where(name)}: {raw[name]!r} is not valid; use an integer from {low} to {high}"
-                )
-            else:
-                values[name] = n
 
-    def digest(name: str) -> None:
-        if raw.get(name):
-            d = raw[name].lower().removeprefix("sha256:")
-            if not _SHA256.match(d):
-                problems.append(
-                    f"{where(name)}: {raw[name]!r} is not a sha256 digest; use 64 hex characters "
-                    "(`sha256sum FILE`)"
-                )
-            else:
-                values[name] = d
+def _combination_problems(given: Mapping[str, str]) -> list[str]:
+    return [*_routing_problems(given), *_digest_problems(given)]
 
-    def url(name: str) -> None:
-        if raw.get(name):
-            if not raw[name].startswith(("http://", "https://")):
-                problems.append(f"{where(name)}: {raw[name]!r} is not a URL; use http://host:port")
-            else:
-                values[name] = raw[name].rstrip("/")
 
-    need("model_uri", "point it at the model artifact, e.g. file:///models/model.joblib or s3://bucket/key")
-    need("name", "give the model a name, e.g. --name iris")
-    need("version", "give the model a version, e.g. --version v1")
-    for name in ("model_uri", "feature_schema", "reference", "fallback_uri", "redis_url", "hash_header"):
-        if raw.get(name):
-            values[name] = raw[name]
-    for name in ("name", "version"):
-        if raw.get(name):
-            if _NAME.match(raw[name]):
-                values[name] = raw[name]
-            else:
-                problems.append(
-                    f"{where(name)}: {raw[name]!r} is not valid; use letters, digits, '.', '_' or '-' "
-                    "(up to 128, starting with a letter or digit)"
-                )
-    choice("format", ModelFormat)
-    choice("fallback_format", ModelFormat)
-    choice("track", Track)
-    digest("sha256")
-    digest("fallback_sha256")
-    integer("port", 1, 65535)
-    integer("deadline_ms", 1, 3_600_000)
-    integer("cache_size", 0, 10_000_000)
-    integer("cache_ttl_seconds", 1, 30 * 86400)
-    integer("max_body_bytes", 64, 1 << 31)
-    integer("workers", 1, 64)
-    integer("max_batch_size", 1, 100_000)
-    url("mirror_url")
-    url("forward_url")
-    url("s3_endpoint")
-    if raw.get("host"):
-        values["host"] = raw["host"]
-    if raw.get("cache_dir"):
-        values["cache_dir"] = Path(raw["cache_dir"])
-    if raw.get("python_class"):
-        if raw["python_class"].isidentifier():
-            values["python_class"] = raw["python_class"]
-        else:
-            problems.append(f"{where('python_class')}: {raw['python_class']!r} is not a Python class name")
-    if "log_level" in raw:
-        level = raw["log_level"].lower()
-        if level in {"critical", "error", "warning", "info", "debug", "trace"}:
-            values["log_level"] = level
-        else:
-            problems.append(
-                f"{where('log_level')}: {raw['log_level']!r} is not valid; "
-                "use critical, error, warning, info or debug"
-            )
-    if "access_log" in raw:
-        flag = raw["access_log"].lower()
-        if flag in {"true", "1", "yes", "false", "0", "no"}:
-            values["access_log"] = flag in {"true", "1", "yes"}
-        else:
-            problems.append(f"{where('access_log')}: {raw['access_log']!r} is not valid; use true or false")
-    if raw.get("redis_url") and not raw["redis_url"].startswith(("redis://", "rediss://", "unix://")):
-        problems.append(f"{where('redis_url')}: {raw['redis_url']!r} is not valid; use redis://host:6379/0")
-    if raw.get("hash_range"):
-        m = _HASH_RANGE.match(raw["hash_range"])
-        if not m or int(m[1]) > int(m[2]):
-            problems.append(
-                f"{where('hash_range')}: {raw['hash_range']!r} is not valid; use LOW-HIGH with "
-                "0 <= LOW <= HIGH <= 99, e.g. 0-9 for 10 % of users"
-            )
-        else:
-            values["hash_range"] = HashRange(int(m[1]), int(m[2]))
-    if raw.get("forward_match"):
-        try:
-            parse_forward_match(raw["forward_match"])
-            values["forward_match"] = raw["forward_match"]
-        except ValueError as err:
-            problems.append(
-                f'{where("forward_match")} {err}; e.g. [{{"header": {{"name": "x-variant", "value": "b"}}}}]'
-            )
-        if not raw.get("forward_url"):
+def _routing_problems(given: Mapping[str, str]) -> list[str]:
+    """Forward by matches or by user hash, each with its peer; never both."""
+    if "forward_match" in given:
+        problems = []
+        if "forward_url" not in given:
             problems.append("--forward-match needs --forward-url (the peer answering matching requests)")
-        if raw.get("hash_header") or raw.get("hash_range"):
+        if "hash_header" in given or "hash_range" in given:
             problems.append("set either --forward-match or --hash-header/--hash-range, not both")
-    routing = [n for n in ("hash_header", "hash_range", "forward_url") if raw.get(n)]
-    if raw.get("forward_match"):
-        routing = []
-    if routing and len(routing) != 3:
-        missing = ", ".join(
-            _flag(n) for n in ("hash_header", "hash_range", "forward_url") if n not in routing
-        )
-        problems.append(
+        return problems
+    routing = [n for n in _HASH_ROUTING if n in given]
+    if routing and len(routing) != len(_HASH_ROUTING):
+        missing = ", ".join(_flag(n) for n in _HASH_ROUTING if n not in routing)
+        return [
             f"hash forwarding needs --hash-header, --hash-range and --forward-url together; add {missing}"
-        )
-    fmt = values.get("format", ModelFormat.SKLEARN)
-    if fmt in PICKLE_FORMATS and raw.get("model_uri") and not raw.get("sha256"):
+        ]
+    return []
+
+
+def _digest_problems(given: Mapping[str, str]) -> list[str]:
+    """Pickles run code from the artifact when loaded: they load only with a pinned digest."""
+    fmt = _format_or(given.get("format"), ModelFormat.SKLEARN)
+    problems = []
+    if fmt in PICKLE_FORMATS and "model_uri" in given and "sha256" not in given:
         problems.append(
-            f"{where('sha256')} is required for --format {fmt}: loading it runs code from the artifact; "
-            "pin its digest (`sha256sum FILE`)"
+            f"--sha256 (env {_env('sha256')}) is required for --format {fmt}: loading it runs code from "
+            "the artifact; pin its digest (`sha256sum FILE`)"
         )
-    if raw.get("fallback_uri"):
-        ffmt = values.get("fallback_format", fmt)
-        if ffmt in PICKLE_FORMATS and not raw.get("fallback_sha256"):
+    if "fallback_uri" in given:
+        ffmt = _format_or(given.get("fallback_format"), fmt)
+        if ffmt in PICKLE_FORMATS and "fallback_sha256" not in given:
             problems.append(
-                f"{where('fallback_sha256')} is required for a {ffmt} fallback: loading it runs code; "
-                "pin its digest"
+                f"--fallback-sha256 (env {_env('fallback_sha256')}) is required for a {ffmt} fallback: "
+                "loading it runs code; pin its digest"
             )
-    elif raw.get("fallback_format") or raw.get("fallback_sha256"):
+    elif given.get("fallback_format") or "fallback_sha256" in given:
         problems.append(
             "--fallback-format/--fallback-sha256 given without --fallback-uri; add --fallback-uri"
         )
-    if problems:
-        raise SettingsError(problems)
-    return Settings(**values)  # type: ignore[arg-type]  # keys are Settings fields, checked above
+    return problems
+
+
+def _format_or(text: str | None, default: ModelFormat) -> ModelFormat:
+    """The format ``text`` names, or ``default`` when unset or invalid (reported on its own)."""
+    try:
+        return ModelFormat((text or "").lower())
+    except ValueError:
+        return default
