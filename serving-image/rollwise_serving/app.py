@@ -178,21 +178,8 @@ class ServingApp:
         parts = path.strip("/").split("/")
         try:
             if parts[0] == "v2":
-                if len(parts) >= 3 and parts[1] == "models":
-                    await self._model_route(parts[2:], method, scope, receive, send)
+                if await self._v2_route(parts, method, scope, receive, send):
                     return
-                if method != "GET":
-                    raise _MethodNotAllowedError
-                if len(parts) == 1:
-                    await respond(send, 200, orjson.dumps(self.server_metadata()))
-                    return
-                if len(parts) == 3 and parts[1] == "health":
-                    if parts[2] == "live":
-                        await respond(send, 200, b'{"live":true}')
-                        return
-                    if parts[2] == "ready":
-                        await self._ready(send)
-                        return
             elif parts == ["metrics"] and method == "GET":
                 await respond(
                     send, 200, self.metrics.exposition(), [(b"content-type", b"text/plain; version=0.0.4")]
@@ -206,6 +193,25 @@ class ServingApp:
         except Exception as err:
             status, _ = ERRORS.get(type(err), (500, Outcome.SERVER_ERROR))
             await respond(send, status, error_body(err))
+
+    async def _v2_route(
+        self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Answer a ``/v2/...`` route; False when there is no such route."""
+        if len(parts) >= 3 and parts[1] == "models":
+            await self._model_route(parts[2:], method, scope, receive, send)
+            return True
+        if method != "GET":
+            raise _MethodNotAllowedError
+        if len(parts) == 1:
+            await respond(send, 200, orjson.dumps(self.server_metadata()))
+        elif parts[1:] == ["health", "live"]:
+            await respond(send, 200, b'{"live":true}')
+        elif parts[1:] == ["health", "ready"]:
+            await self._ready(send)
+        else:
+            return False
+        return True
 
     async def _model_route(
         self, rest: list[str], method: str, scope: Scope, receive: Receive, send: Send

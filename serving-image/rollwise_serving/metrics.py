@@ -320,55 +320,59 @@ class PsiCollector(Collector):
         self.source = source
 
     def collect(self) -> Iterable[Metric]:
-        m = self.metrics
-        ref = m.reference
+        ref = self.metrics.reference
         if ref is None or self.source is None:
             return []
+        buckets, class_counts = self._read_histograms(self.source)
+        values = list(self.metrics._labelvalues)
+        feature_psi = GaugeMetricFamily(
+            PREFIX + "feature_psi",
+            "Population stability index of each feature's live values against the model's reference.",
+            labels=[*LABELS, "feature"],
+        )
+        for name, binned in ref.features.items():
+            value = _psi_at(buckets.get(("f", name), []), binned)
+            if value is not None:
+                feature_psi.add_metric([*values, name], value)
+        prediction_psi = GaugeMetricFamily(
+            PREFIX + "prediction_psi",
+            "Population stability index of live predictions against the model's reference.",
+            labels=list(LABELS),
+        )
+        pref = ref.prediction
+        if isinstance(pref, drift.ClassShares):
+            value = drift.psi([class_counts.get(c, 0.0) for c in pref.classes], pref.fractions)
+        else:
+            value = _psi_at(buckets.get(("p", ""), []), pref) if isinstance(pref, drift.Binned) else None
+        if value is not None:
+            prediction_psi.add_metric(values, value)
+        return [feature_psi, prediction_psi]
+
+    def _read_histograms(
+        self, source: CollectorRegistry
+    ) -> tuple[dict[tuple[str, str], list[tuple[float, float]]], dict[str, float]]:
+        """Cumulative ``(le, count)`` points per feature (``("f", name)``) and for a regressor's
+        predictions (``("p", "")``), and a classifier's prediction count per class."""
+        classifier = self.metrics.is_classifier
         buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
         class_counts: dict[str, float] = {}
-        for family in self.source.collect():
+        for family in source.collect():
             for s in family.samples:
                 if s.name == PREFIX + "feature_value_bucket":
                     key = ("f", s.labels["feature"])
                     buckets.setdefault(key, []).append((_le(s.labels["le"]), s.value))
-                elif s.name == PREFIX + "prediction_value_bucket":
-                    if m.is_classifier:
-                        continue
+                elif s.name == PREFIX + "prediction_value_bucket" and not classifier:
                     buckets.setdefault(("p", ""), []).append((_le(s.labels["le"]), s.value))
-                elif s.name == PREFIX + "prediction_value_count" and m.is_classifier:
+                elif s.name == PREFIX + "prediction_value_count" and classifier:
                     cls = s.labels["class"]
                     class_counts[cls] = class_counts.get(cls, 0.0) + s.value
-        labels = list(LABELS)
-        values = list(m._labelvalues)
-        feature_psi = GaugeMetricFamily(
-            PREFIX + "feature_psi",
-            "Population stability index of each feature's live values against the model's reference.",
-            labels=[*labels, "feature"],
-        )
-        for name, binned in ref.features.items():
-            counts = _bin_counts_at(buckets.get(("f", name), []), binned.cuts)
-            if counts is not None:
-                value = drift.psi(counts, binned.fractions)
-                if value is not None:
-                    feature_psi.add_metric([*values, name], value)
-        prediction_psi = GaugeMetricFamily(
-            PREFIX + "prediction_psi",
-            "Population stability index of live predictions against the model's reference.",
-            labels=labels,
-        )
-        pref = ref.prediction
-        if isinstance(pref, drift.ClassShares):
-            counts_list = [class_counts.get(c, 0.0) for c in pref.classes]
-            value = drift.psi(counts_list, pref.fractions)
-            if value is not None:
-                prediction_psi.add_metric(values, value)
-        elif isinstance(pref, drift.Binned):
-            counts = _bin_counts_at(buckets.get(("p", ""), []), pref.cuts)
-            if counts is not None:
-                value = drift.psi(counts, pref.fractions)
-                if value is not None:
-                    prediction_psi.add_metric(values, value)
-        return [feature_psi, prediction_psi]
+        return buckets, class_counts
+
+
+def _psi_at(points: list[tuple[float, float]], binned: drift.Binned) -> float | None:
+    """PSI of the live histogram against a reference's bins; None without data in those bins."""
+    counts = _bin_counts_at(points, binned.cuts)
+    return None if counts is None else drift.psi(counts, binned.fractions)
 
 
 def _le(text: str) -> float:

@@ -131,15 +131,7 @@ def _decode_input(index: int, raw: Any) -> InferInput:
     datatype = raw.get("datatype")
     if datatype not in DATATYPES:
         raise ProtocolError(f"{path}.datatype: {datatype!r} is not valid; use one of {', '.join(DATATYPES)}")
-    shape = raw.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not 0 < len(shape) <= MAX_RANK
-        or not all(type(d) is int and d >= 0 for d in shape)
-    ):
-        raise ProtocolError(
-            f"{path}.shape: {shape!r} is not valid; use a list of 1 to {MAX_RANK} non-negative ints"
-        )
+    shape = _shape(path, raw.get("shape"))
     if "data" not in raw:
         raise ProtocolError(f"{path}.data is missing")
     data = raw["data"]
@@ -152,6 +144,26 @@ def _decode_input(index: int, raw: Any) -> InferInput:
             f"{path}: shape {shape} needs {expected} elements but data has {array.size}; "
             "make data match the shape"
         )
+    _check_elements(path, datatype, array)
+    parameters = raw.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ProtocolError(f"{path}.parameters must be a JSON object")
+    return InferInput(name, datatype, tuple(shape), array.reshape(shape), parameters)
+
+
+def _shape(path: str, shape: Any) -> list[int]:
+    if (
+        not isinstance(shape, list)
+        or not 0 < len(shape) <= MAX_RANK
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise ProtocolError(
+            f"{path}.shape: {shape!r} is not valid; use a list of 1 to {MAX_RANK} non-negative ints"
+        )
+    return shape
+
+
+def _check_elements(path: str, datatype: str, array: np.ndarray[Any, Any]) -> None:
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in array.flat):
             raise ProtocolError(f"{path}.data: BYTES elements must be strings")
@@ -159,10 +171,6 @@ def _decode_input(index: int, raw: Any) -> InferInput:
         raise ProtocolError(
             f"{path}.data holds a non-finite value (overflow of {datatype}); send finite numbers"
         )
-    parameters = raw.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise ProtocolError(f"{path}.parameters must be a JSON object")
-    return InferInput(name, datatype, tuple(shape), array.reshape(shape), parameters)
 
 
 def _to_array(path: str, datatype: str, data: list[Any]) -> np.ndarray[Any, Any]:
