@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import orjson
+from rollwise_contract.metrics import Outcome
 
 from rollwise_serving import __version__
 from rollwise_serving.cache import PredictionCache
@@ -44,7 +45,7 @@ from rollwise_serving.errors import (
 )
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
 from rollwise_serving.forwarding import Forwarder, Matches, UserHash
-from rollwise_serving.metrics import Outcome, ServerMetrics
+from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.mirroring import HOP_HEADER, Mirror
 from rollwise_serving.protocol import ProtocolError
 from rollwise_serving.repository import Repository
@@ -57,7 +58,7 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("rollwise_serving.app")
 
 # exception type -> (HTTP status, outcome label). Order matters only for subclasses (none today).
-ERRORS: Final[dict[type[Exception], tuple[int, str]]] = {
+ERRORS: Final[dict[type[Exception], tuple[int, Outcome]]] = {
     ProtocolError: (400, Outcome.CLIENT_ERROR),
     InputError: (400, Outcome.CLIENT_ERROR),
     FeatureValidationError: (422, Outcome.CLIENT_ERROR),
@@ -251,14 +252,14 @@ class ServingApp:
         start = time.perf_counter()
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         self._inflight.inc()
-        outcome = Outcome.SERVER_ERROR
+        outcome: Outcome | None = Outcome.SERVER_ERROR
         try:
             body = await read_body(receive, headers, self.settings.max_body_bytes)
             hopped = any(k == HOP for k, _ in headers)
             if self.forwarder is not None and not hopped and self.forwarder.wants(headers):
                 answer = await self.forwarder.forward(scope["path"], body, headers)
                 if answer is not None:
-                    outcome = ""  # the peer counts it
+                    outcome = None  # the peer counts it
                     await respond(send, answer.status_code, answer.content)
                     return
             if action == "infer":
@@ -275,7 +276,7 @@ class ServingApp:
             await respond(send, status, error_body(err))
         finally:
             self._inflight.dec()
-            if outcome:
+            if outcome is not None:
                 self._requests[outcome].inc()
                 self._duration.observe(time.perf_counter() - start)
 

@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 import orjson
+from rollwise_contract.metrics import Outcome
 
 from rollwise_serving.cache import PredictionCache
 from rollwise_serving.config import Settings
 from rollwise_serving.errors import DeadlineError, InputError, PredictError
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
-from rollwise_serving.metrics import Outcome, ServerMetrics
+from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.protocol import (
     InferInput,
     InferOutput,
@@ -249,7 +250,7 @@ class Dataplane:
             repository, metrics, max_rows=settings.max_batch_size, deadline_ms=settings.deadline_ms
         )
 
-    async def infer(self, body: bytes) -> tuple[bytes, str]:
+    async def infer(self, body: bytes) -> tuple[bytes, Outcome]:
         """An OIP infer request body -> (response body, outcome)."""
         request = decode_infer_request(body)
         runtime = self.repository.runtime()
@@ -259,7 +260,7 @@ class Dataplane:
         outputs_json, outcome = await self._predict(runtime, prepared, request.inputs, selected)
         return encode_infer_response(self.name, self.version, outputs_json, request.id), outcome
 
-    async def predict_instances(self, body: bytes) -> tuple[bytes, str]:
+    async def predict_instances(self, body: bytes) -> tuple[bytes, Outcome]:
         """Named features ``{"instances": [{feature: value}, ...]}`` -> predictions."""
         if self.schema is None:
             raise InputError(
@@ -308,7 +309,7 @@ class Dataplane:
         prepared: dict[str, Array],
         raw: Sequence[InferInput],
         selected: Sequence[str] | None,
-    ) -> tuple[bytes, str]:
+    ) -> tuple[bytes, Outcome]:
         key = None
         if self.cache is not None:
             key = self.cache.key(prepared, selected)

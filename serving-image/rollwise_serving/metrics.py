@@ -30,13 +30,28 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from rollwise_contract.features import OutputKind
-from rollwise_contract.metrics import Problem
+from rollwise_contract.metrics import (
+    CACHE,
+    DATA_QUALITY,
+    FALLBACK,
+    FEATURE_PSI,
+    FEATURE_VALUE,
+    FORWARD,
+    INFLIGHT,
+    LABELS,
+    MIRROR,
+    MODEL_LOADED,
+    PREDICTION_PSI,
+    PREDICTION_VALUE,
+    REQUEST_DURATION,
+    REQUESTS,
+    Outcome,
+    Problem,
+)
 
 from rollwise_serving import drift
 from rollwise_serving.features import SchemaChecker
 
-PREFIX: Final = "rollwise_"
-LABELS: Final = ("model", "version", "track")
 LATENCY_BUCKETS: Final = (
     0.0005,
     0.001,
@@ -60,14 +75,6 @@ OTHER_CLASS: Final = "other"
 
 # `*_created` series double the scrape for no use of ours (Prometheus reads counters' resets itself).
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
-
-
-class Outcome:
-    SUCCESS: Final = "success"
-    CLIENT_ERROR: Final = "client_error"
-    SERVER_ERROR: Final = "server_error"
-    FALLBACK: Final = "fallback"
-    ALL: Final = (SUCCESS, CLIENT_ERROR, SERVER_ERROR, FALLBACK)
 
 
 def multiprocess_dir() -> str | None:
@@ -98,21 +105,21 @@ class ServerMetrics:
         self.prediction_by_class: dict[str, Any] = {}
         self._prediction_family: Histogram | None = None
         requests = Counter(
-            PREFIX + "requests",
+            REQUESTS,
             "Inference requests by outcome (success, client_error, server_error, fallback).",
             [*LABELS, "outcome"],
             registry=reg,
         )
-        self.requests = {o: requests.labels(*labels, o) for o in Outcome.ALL}
+        self.requests = {o: requests.labels(*labels, o) for o in Outcome}
         self.request_duration = Histogram(
-            PREFIX + "request_duration_seconds",
+            REQUEST_DURATION,
             "Inference request latency in seconds, from request received to response ready.",
             LABELS,
             buckets=LATENCY_BUCKETS,
             registry=reg,
         ).labels(*labels)
         self.inflight = Gauge(
-            PREFIX + "inflight_requests",
+            INFLIGHT,
             "Inference requests being handled now.",
             LABELS,
             registry=reg,
@@ -127,7 +134,7 @@ class ServerMetrics:
             self.bind_output(reference.prediction.classes)
 
         feature_hist = _FeatureHistogram(
-            PREFIX + "feature_value",
+            FEATURE_VALUE,
             "Input feature values per declared feature; buckets are the reference bins.",
             [*LABELS, "feature"],
             buckets=DEFAULT_VALUE_BUCKETS,
@@ -144,7 +151,7 @@ class ServerMetrics:
             self.feature_value.append(child)
 
         quality = Counter(
-            PREFIX + "data_quality",
+            DATA_QUALITY,
             "Input data-quality problems by feature and kind (missing, out_of_range, rejected).",
             [*LABELS, "feature", "problem"],
             registry=reg,
@@ -155,7 +162,7 @@ class ServerMetrics:
             for p in Problem
         }
         self.fallback = Counter(
-            PREFIX + "fallback",
+            FALLBACK,
             "Requests answered by the fallback model because the primary failed or missed its deadline.",
             [*LABELS, "reason"],
             registry=reg,
@@ -163,25 +170,21 @@ class ServerMetrics:
         self.fallback_by_reason = {
             r: self.fallback.labels(*labels, r) for r in ("error", "deadline", "unavailable")
         }
-        cache = Counter(
-            PREFIX + "cache", "Prediction cache look-ups.", [*LABELS, "tier", "result"], registry=reg
-        )
+        cache = Counter(CACHE, "Prediction cache look-ups.", [*LABELS, "tier", "result"], registry=reg)
         self.cache = {
             (t, r): cache.labels(*labels, t, r) for t in ("memory", "redis") for r in ("hit", "miss", "error")
         }
-        mirror = Counter(
-            PREFIX + "mirror", "Requests mirrored to the shadow URL.", [*LABELS, "result"], registry=reg
-        )
+        mirror = Counter(MIRROR, "Requests mirrored to the shadow URL.", [*LABELS, "result"], registry=reg)
         self.mirror = {r: mirror.labels(*labels, r) for r in ("sent", "dropped", "failed")}
         forward = Counter(
-            PREFIX + "forward",
+            FORWARD,
             "Requests forwarded to the peer by user hash.",
             [*LABELS, "result"],
             registry=reg,
         )
         self.forward = {r: forward.labels(*labels, r) for r in ("sent", "dropped", "failed")}
         self.model_loaded = Gauge(
-            PREFIX + "model_loaded",
+            MODEL_LOADED,
             "1 when the model (role primary or fallback) is loaded and its digest verified, else 0.",
             [*LABELS, "role"],
             registry=reg,
@@ -202,7 +205,7 @@ class ServerMetrics:
         self.is_classifier = classes is not None
         self.classes = tuple(str(c) for c in classes or ())[:MAX_CLASSES]
         self._prediction_family = Histogram(
-            PREFIX + "prediction_value",
+            PREDICTION_VALUE,
             "Predictions: for classifiers the predicted class's score, labelled by class; "
             "for regressors the predicted value (class empty).",
             [*LABELS, "class"],
@@ -326,7 +329,7 @@ class PsiCollector(Collector):
         buckets, class_counts = self._read_histograms(self.source)
         values = list(self.metrics._labelvalues)
         feature_psi = GaugeMetricFamily(
-            PREFIX + "feature_psi",
+            FEATURE_PSI,
             "Population stability index of each feature's live values against the model's reference.",
             labels=[*LABELS, "feature"],
         )
@@ -335,7 +338,7 @@ class PsiCollector(Collector):
             if value is not None:
                 feature_psi.add_metric([*values, name], value)
         prediction_psi = GaugeMetricFamily(
-            PREFIX + "prediction_psi",
+            PREDICTION_PSI,
             "Population stability index of live predictions against the model's reference.",
             labels=list(LABELS),
         )
@@ -358,12 +361,12 @@ class PsiCollector(Collector):
         class_counts: dict[str, float] = {}
         for family in source.collect():
             for s in family.samples:
-                if s.name == PREFIX + "feature_value_bucket":
+                if s.name == FEATURE_VALUE + "_bucket":
                     key = ("f", s.labels["feature"])
                     buckets.setdefault(key, []).append((_le(s.labels["le"]), s.value))
-                elif s.name == PREFIX + "prediction_value_bucket" and not classifier:
+                elif s.name == PREDICTION_VALUE + "_bucket" and not classifier:
                     buckets.setdefault(("p", ""), []).append((_le(s.labels["le"]), s.value))
-                elif s.name == PREFIX + "prediction_value_count" and classifier:
+                elif s.name == PREDICTION_VALUE + "_count" and classifier:
                     cls = s.labels["class"]
                     class_counts[cls] = class_counts.get(cls, 0.0) + s.value
         return buckets, class_counts
