@@ -94,21 +94,30 @@ class ServerMetrics:
         reference: drift.Reference | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        reg = self.registry
-        labels = (model, version, track)
         self.reference = reference
         self.feature_names = schema.names if schema else ()
-        self._labelvalues = labels
+        self._labelvalues = (model, version, track)
         self._schema = schema
         self.classes: tuple[str, ...] = ()
         self.is_classifier: bool | None = None
         self.prediction_by_class: dict[str, Any] = {}
         self._prediction_family: Histogram | None = None
+        # Registration order is the order of families in /metrics; keep it stable.
+        self._bind_requests()
+        self._bind_declared_output(schema, reference)
+        self._bind_features(schema)
+        self._bind_routing_counters()
+        self._bind_model_loaded()
+
+    # ---- start-up: one builder per metric family -----------------------------------------------
+
+    def _bind_requests(self) -> None:
+        labels = self._labelvalues
         requests = Counter(
             REQUESTS,
             "Inference requests by outcome (success, client_error, server_error, fallback).",
             [*LABELS, "outcome"],
-            registry=reg,
+            registry=self.registry,
         )
         self.requests = {o: requests.labels(*labels, o) for o in Outcome}
         self.request_duration = Histogram(
@@ -116,15 +125,18 @@ class ServerMetrics:
             "Inference request latency in seconds, from request received to response ready.",
             LABELS,
             buckets=LATENCY_BUCKETS,
-            registry=reg,
+            registry=self.registry,
         ).labels(*labels)
         self.inflight = Gauge(
             INFLIGHT,
             "Inference requests being handled now.",
             LABELS,
-            registry=reg,
+            registry=self.registry,
             multiprocess_mode="livesum",
         ).labels(*labels)
+
+    def _bind_declared_output(self, schema: SchemaChecker | None, reference: drift.Reference | None) -> None:
+        """Bind the prediction histogram now when the schema or reference says what the model outputs."""
         declared = schema.output if schema else None
         if declared is not None and declared.kind is OutputKind.CLASSIFIER:
             self.bind_output(declared.classes or [])
@@ -133,12 +145,14 @@ class ServerMetrics:
         elif reference is not None and isinstance(reference.prediction, drift.ClassShares):
             self.bind_output(reference.prediction.classes)
 
+    def _bind_features(self, schema: SchemaChecker | None) -> None:
+        labels = self._labelvalues
         feature_hist = _FeatureHistogram(
             FEATURE_VALUE,
             "Input feature values per declared feature; buckets are the reference bins.",
             [*LABELS, "feature"],
             buckets=DEFAULT_VALUE_BUCKETS,
-            registry=reg,
+            registry=self.registry,
         )
         self.feature_value: list[Any] = []
         self._feature_cuts_arrays: list[np.ndarray[Any, np.dtype[np.float64]]] = []
@@ -149,18 +163,21 @@ class ServerMetrics:
             child = feature_hist.labels(*labels, name)
             self._feature_cuts_arrays.append(np.asarray(cuts, dtype=np.float64))
             self.feature_value.append(child)
-
         quality = Counter(
             DATA_QUALITY,
             "Input data-quality problems by feature and kind (missing, out_of_range, rejected).",
             [*LABELS, "feature", "problem"],
-            registry=reg,
+            registry=self.registry,
         )
         self.data_quality = {
             (f, p.value): quality.labels(*labels, f, p.value)
             for f in (*self.feature_names, "")
             for p in Problem
         }
+
+    def _bind_routing_counters(self) -> None:
+        """Where requests went other than the primary: fallback, cache, mirror, forward."""
+        labels, reg = self._labelvalues, self.registry
         self.fallback = Counter(
             FALLBACK,
             "Requests answered by the fallback model because the primary failed or missed its deadline.",
@@ -183,14 +200,18 @@ class ServerMetrics:
             registry=reg,
         )
         self.forward = {r: forward.labels(*labels, r) for r in ("sent", "dropped", "failed")}
+
+    def _bind_model_loaded(self) -> None:
         self.model_loaded = Gauge(
             MODEL_LOADED,
             "1 when the model (role primary or fallback) is loaded and its digest verified, else 0.",
             [*LABELS, "role"],
-            registry=reg,
+            registry=self.registry,
             multiprocess_mode="livemax",
         )
-        self.loaded_by_role = {r: self.model_loaded.labels(*labels, r) for r in ("primary", "fallback")}
+        self.loaded_by_role = {
+            r: self.model_loaded.labels(*self._labelvalues, r) for r in ("primary", "fallback")
+        }
 
     def bind_output(self, classes: Sequence[str] | None) -> None:
         """Fix the prediction histogram's layout once the output kind is known.
