@@ -43,6 +43,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     op: OperatorSettings = memo.settings
     tune(settings, op)
     daemon.start_io(memo, op)
+    memo.routers = list(WATCHED_ROUTERS)
 
 
 # Every Kopf callback below is a coroutine although none awaits: Kopf runs plain functions in a
@@ -129,25 +130,5 @@ def register_routers(enabled: frozenset[str]) -> None:
             watch_children(owned)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
-async def model_deployment(
-    *,
-    body: kopf.Body,
-    namespace: str | None,
-    name: str | None,
-    memo: kopf.Memo,
-    stopped: kopf.DaemonStopped,
-    logger: kopf.Logger,
-    **indices: Any,
-) -> None:
-    """One daemon per ModelDeployment: `kube/daemon.run` with Kopf's indices."""
-    await daemon.run(
-        body=body,
-        namespace=namespace,
-        name=name,
-        memo=memo,
-        stopped=stopped,
-        logger=logger,
-        routers=WATCHED_ROUTERS,
-        indices=indices,
-    )
+# One daemon per ModelDeployment: it reconciles, then sleeps until woken or due again.
+kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10, id="model_deployment")(daemon.run)

@@ -29,8 +29,6 @@ faster: the API server allocates Service IPs one at a time (bench/operator_scale
 IO_THREADS = 32
 """Worker threads for blocking calls: the write slots, analysis queries and webhooks, so that a
 slow webhook or Prometheus never holds up writes (asyncio's default is cpu + 4: 6 on 2 cores)."""
-CHILD_INDICES = ("owned_deployments", "owned_services", "owned_hpas")
-"""The Kopf indices of our children every installation has (routers may add more: `owned_index`)."""
 
 
 def api_client() -> client.ApiClient:
@@ -107,10 +105,10 @@ async def run(
     memo: kopf.Memo,
     stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
-    routers: list[Router],
-    indices: Mapping[str, Any],
+    **kwargs: Any,
 ) -> None:
-    """Passes until the object goes away; `indices` are Kopf's (children and edited objects)."""
+    """Passes until the object goes away. `kwargs` are Kopf's, its indices among them: our children
+    of each kind (`owned_*`) and the objects the enabled routers (`memo.routers`) edit."""
     state = daemon_state(memo)
     settings: OperatorSettings = memo.settings
     key = (namespace, name or "")
@@ -119,8 +117,8 @@ async def run(
     while not stopped:
         state.wake.clear()
         timer = loop.time() >= due
-        children = children_of(key, indices)
-        routes = edited_objects_of(body, routers, indices)
+        children = children_of(key, kwargs)
+        routes = edited_objects_of(body, memo.routers, kwargs)
         inputs = pass_inputs(body, children, routes, state)
         if not timer and state.settled == inputs:
             # Our own writes coming back, nothing else: the last decision stands.

@@ -493,31 +493,21 @@ def _hpas(world: World, state: State, split: TrafficSplit, auto: Autoscaling, ui
     """One HPA per track, bounds narrowed to the step so the HPA never fights the rollout."""
     low = _pods(world, state, split, auto.min_replicas)
     high = _pods(world, state, split, auto.max_replicas)
-    md = world.md
-    out: list[Manifest] = []
-    if high.stable > 0:
-        out.append(
-            desired_hpa(
-                md,
-                track=Track.STABLE,
-                autoscaling=auto,
-                owner_uid=uid,
-                min_replicas=max(1, min(low.stable, high.stable)),
-                max_replicas=max(1, high.stable),
-            )
+    bounds = [(Track.STABLE, low.stable, high.stable)]
+    if candidate_exists(state):
+        bounds.append((Track.CANDIDATE, low.candidate, high.candidate))
+    return [
+        desired_hpa(
+            world.md,
+            track=track,
+            autoscaling=auto,
+            owner_uid=uid,
+            min_replicas=max(1, min(lo, hi)),
+            max_replicas=max(1, hi),
         )
-    if candidate_exists(state) and high.candidate > 0:
-        out.append(
-            desired_hpa(
-                md,
-                track=Track.CANDIDATE,
-                autoscaling=auto,
-                owner_uid=uid,
-                min_replicas=max(1, min(low.candidate, high.candidate)),
-                max_replicas=max(1, high.candidate),
-            )
-        )
-    return out
+        for track, lo, hi in bounds
+        if hi > 0
+    ]
 
 
 def stale_children(

@@ -17,7 +17,7 @@ from rollwise_contract.matches import RequestMatch
 from rollwise.api.v1alpha1 import ModelDeployment
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import Track
-from rollwise.plan.router import UserObject
+from rollwise.plan.router import RouterReading, UserObject
 from rollwise.plan.split import TrafficSplit
 
 ANNOTATION_WEIGHT = "rollwise.dev/weight"
@@ -143,3 +143,9 @@ def with_user_hash(md: ModelDeployment, objects: Sequence[Manifest], weight: int
     if flags.sticky_header is not None and flags.sticky_weight is not None:
         return flags.sticky_weight, flags.sticky_header
     return weight, None
+
+
+def not_found(md: ModelDeployment, kind: str, name: str, fix: str = "") -> RouterReading:
+    """The reading while the object the spec names does not exist: nothing routes, and why."""
+    where = f"{kind} {name} not found in namespace {md.metadata.namespace}"
+    return RouterReading(None, False, f"{where}; {fix}" if fix else where)

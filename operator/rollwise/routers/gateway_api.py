@@ -27,7 +27,7 @@ from rollwise.plan.manifest import JsonValue, Manifest, as_list, find
 from rollwise.plan.names import Track, track_name
 from rollwise.plan.router import Resource, RouterPlan, RouterReading, UserObject
 from rollwise.plan.split import TrafficSplit
-from rollwise.routers.common import forward_args, target_problems, with_user_hash
+from rollwise.routers.common import forward_args, not_found, target_problems, with_user_hash
 
 RESOURCE = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
 API_VERSION = RESOURCE.api_version
@@ -112,12 +112,8 @@ class GatewayApiRouter:
     def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
         route = find(objects, KIND, self.route_name(md))
         if route is None:
-            return RouterReading(
-                None,
-                False,
-                f"HTTPRoute {self.route_name(md)} not found in namespace {md.metadata.namespace}; "
-                f"create it with a rule routing to Service {md.metadata.name}",
-            )
+            fix = f"create it with a rule routing to Service {md.metadata.name}"
+            return not_found(md, KIND, self.route_name(md), fix)
         name = md.metadata.name
         stable, candidate = track_name(name, Track.STABLE), track_name(name, Track.CANDIDATE)
         weights: dict[str, int] = {}

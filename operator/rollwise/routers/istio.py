@@ -25,7 +25,7 @@ from rollwise.plan.manifest import JsonValue, Manifest, as_dict, as_list, find
 from rollwise.plan.names import Track, track_name
 from rollwise.plan.router import Resource, RouterPlan, RouterReading, UserObject
 from rollwise.plan.split import TrafficSplit
-from rollwise.routers.common import ab_matches, forward_args, target_problems, with_user_hash
+from rollwise.routers.common import ab_matches, forward_args, not_found, target_problems, with_user_hash
 
 RESOURCE = Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
 API_VERSION = RESOURCE.api_version
@@ -162,9 +162,7 @@ class IstioRouter:
         vs_name, route_name = self._target(md)
         vs = find(objects, KIND, vs_name)
         if vs is None:
-            return RouterReading(
-                None, False, f"VirtualService {vs_name} not found in namespace {md.metadata.namespace}"
-            )
+            return not_found(md, KIND, vs_name)
         prefix = f"rollwise-{md.metadata.name}-candidate-"
         all_routes = _http(vs)
         ours = [r for r in all_routes if str(r.get("name", "")).startswith(prefix)]

@@ -31,7 +31,14 @@ from rollwise.plan.manifest import JsonValue, Manifest, annotations_of, find
 from rollwise.plan.names import Track, track_labels, track_name
 from rollwise.plan.router import Resource, RouterPlan, RouterReading, UserObject
 from rollwise.plan.split import TrafficSplit
-from rollwise.routers.common import ab_matches, forward_args, service_url, target_problems, with_user_hash
+from rollwise.routers.common import (
+    ab_matches,
+    forward_args,
+    not_found,
+    service_url,
+    target_problems,
+    with_user_hash,
+)
 
 RESOURCE = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
 API_VERSION = RESOURCE.api_version
@@ -135,12 +142,8 @@ class NginxRouter:
     def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
         main = find(objects, KIND, self.ingress_name(md))
         if main is None:
-            return RouterReading(
-                None,
-                False,
-                f"Ingress {self.ingress_name(md)} not found in namespace {md.metadata.namespace}; "
-                f"create it routing to Service {md.metadata.name}",
-            )
+            fix = f"create it routing to Service {md.metadata.name}"
+            return not_found(md, KIND, self.ingress_name(md), fix)
         canary = find(objects, KIND, self.canary_name(md))
         if canary is None:
             return RouterReading(None, False, f"canary Ingress {self.canary_name(md)} not created yet")
