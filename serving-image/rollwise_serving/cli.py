@@ -20,6 +20,7 @@ from rollwise_serving.config import Settings, SettingsError, parse_settings
 from rollwise_serving.drift import Reference
 from rollwise_serving.features import SchemaChecker, SchemaError
 from rollwise_serving.repository import workers_ready_dir
+from rollwise_serving.transport import BoundedHttpProtocol
 
 
 def check_files(settings: Settings) -> list[str]:
@@ -61,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server_header": False,
         "date_header": False,
         "timeout_graceful_shutdown": 10,
+        # httptools with a deadline per request and header limits (transport.py); its class-level
+        # limits are set by create_app, in this process and in each worker.
+        "http": BoundedHttpProtocol,
     }
     if settings.workers == 1:
         from rollwise_serving.app import create_app  # noqa: PLC0415 - after logging is set up

@@ -347,6 +347,14 @@ class Settings(BaseModel):
     max_body_bytes: Annotated[
         int, _integer("largest accepted request body (default 1048576)", 64, 1 << 31)
     ] = 1 << 20
+    request_timeout_seconds: Annotated[
+        int, _integer("seconds from a request's first byte to its last (default 10)", 1, 3600)
+    ] = 10
+    """A client slower than this gets 408: no stalled upload holds a worker (`transport.py`)."""
+    max_header_bytes: Annotated[
+        int, _integer("largest request line plus headers, in bytes (default 16384)", 1024, 1 << 20)
+    ] = 16 * 1024
+    max_headers: Annotated[int, _integer("most headers in a request (default 100)", 8, 10_000)] = 100
     workers: Annotated[int, _integer("worker processes (default 1)", 1, 64)] = 1
     max_batch_size: Annotated[int, _integer("rows per coalesced predict call (default 64)", 1, 100_000)] = 64
     """Rows per predict call when concurrent requests are coalesced; bounds latency of a batch."""

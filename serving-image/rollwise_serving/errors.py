@@ -37,3 +37,8 @@ class PredictError(RuntimeError):
 
 class DeadlineError(TimeoutError):
     """The model missed ``--deadline-ms`` and no fallback answered."""
+
+
+class RequestAbortedError(ConnectionError):
+    """The connection closed before the whole request arrived (the client left, was too slow for
+    ``--request-timeout-seconds``, or the server is shutting down)."""
