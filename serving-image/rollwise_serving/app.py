@@ -42,6 +42,7 @@ from rollwise_serving.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     PredictError,
+    RequestAbortedError,
 )
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
 from rollwise_serving.forwarding import Forwarder, Matches, UserHash
@@ -49,6 +50,7 @@ from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.mirroring import HOP_HEADER, Mirror
 from rollwise_serving.protocol import ProtocolError
 from rollwise_serving.repository import Repository
+from rollwise_serving.transport import BoundedHttpProtocol, Limits
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -63,6 +65,7 @@ ERRORS: Final[dict[type[Exception], tuple[int, Outcome]]] = {
     InputError: (400, Outcome.CLIENT_ERROR),
     FeatureValidationError: (422, Outcome.CLIENT_ERROR),
     BodyTooLargeError: (413, Outcome.CLIENT_ERROR),
+    RequestAbortedError: (408, Outcome.CLIENT_ERROR),
     ModelNotFoundError: (404, Outcome.CLIENT_ERROR),
     ModelNotReadyError: (503, Outcome.SERVER_ERROR),
     DeadlineError: (504, Outcome.SERVER_ERROR),
@@ -181,7 +184,9 @@ class ServingApp:
             if parts[0] == "v2":
                 if await self._v2_route(parts, method, scope, receive, send):
                     return
-            elif parts == ["metrics"] and method == "GET":
+            elif parts == ["metrics"]:
+                if method != "GET":
+                    raise _MethodNotAllowedError("GET")
                 await respond(
                     send, 200, self.metrics.exposition(), [(b"content-type", b"text/plain; version=0.0.4")]
                 )
@@ -189,8 +194,10 @@ class ServingApp:
             raise ModelNotFoundError(
                 f"no route {method} {path}; see /v2 for the Open Inference Protocol routes"
             )
-        except _MethodNotAllowedError:
-            await respond(send, 405, orjson.dumps({"error": f"{method} is not allowed on {path}"}))
+        except _MethodNotAllowedError as err:
+            allowed = err.allowed
+            body = orjson.dumps({"error": f"{method} is not allowed on {path}; use {allowed}"})
+            await respond(send, 405, body, [*JSON, (b"allow", allowed.encode())])
         except Exception as err:
             status, _ = ERRORS.get(type(err), (500, Outcome.SERVER_ERROR))
             await respond(send, status, error_body(err))
@@ -203,7 +210,7 @@ class ServingApp:
             await self._model_route(parts[2:], method, scope, receive, send)
             return True
         if method != "GET":
-            raise _MethodNotAllowedError
+            raise _MethodNotAllowedError("GET")
         if len(parts) == 1:
             await respond(send, 200, orjson.dumps(self.server_metadata()))
         elif parts[1:] == ["health", "live"]:
@@ -231,10 +238,10 @@ class ServingApp:
             raise ModelNotFoundError(f"no route {scope['path']}")
         if action in ("infer", "predict"):
             if method != "POST":
-                raise _MethodNotAllowedError
+                raise _MethodNotAllowedError("POST")
             await self._inference(action, scope, receive, send)
         elif method != "GET":
-            raise _MethodNotAllowedError
+            raise _MethodNotAllowedError("GET")
         elif action == "":
             await respond(send, 200, orjson.dumps(self.dataplane.model_metadata()))
         elif action == "ready":
@@ -289,31 +296,33 @@ class ServingApp:
 
 
 class _MethodNotAllowedError(Exception):
-    pass
+    def __init__(self, allowed: str) -> None:
+        super().__init__(allowed)
+        self.allowed = allowed
+        """The route's methods, for the `Allow` header RFC 9110 requires with a 405."""
 
 
 async def read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
+    """The whole request body, at most `limit` bytes. A connection that closes first (a client
+    that left, or one `transport` cut off for its deadline or a shutdown) is the client's doing."""
     for name, value in headers:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
             raise BodyTooLargeError(
                 f"request body of {int(value)} bytes is over the {limit}-byte limit (--max-body-bytes)"
             )
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise BodyTooLargeError(f"request body is over the {limit}-byte limit (--max-body-bytes)")
-        return body
-    chunks = [body]
-    size = len(body)
-    while message.get("more_body", False):
+    chunks: list[bytes] = []
+    size = 0
+    while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestAbortedError("the connection closed before the whole request body arrived")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLargeError(f"request body is over the {limit}-byte limit (--max-body-bytes)")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON) -> None:
@@ -329,12 +338,21 @@ def _content_type(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 def create_app(settings: Settings) -> ServingApp:
+    BoundedHttpProtocol.limits = limits_of(settings)
     return ServingApp(settings)
 
 
 def create_app_from_env() -> ServingApp:
     """Uvicorn's factory in each worker process: settings arrive as ``ROLLWISE_*`` variables."""
-    return ServingApp(from_environ())
+    return create_app(from_environ())
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(
+        request_timeout_seconds=settings.request_timeout_seconds,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+    )
 
 
 def _forwarder(settings: Settings, metrics: ServerMetrics) -> Forwarder | None:

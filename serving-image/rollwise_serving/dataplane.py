@@ -92,13 +92,20 @@ class Dataplane:
         return orjson.dumps(doc_out), Outcome.FALLBACK if fallback else Outcome.SUCCESS
 
     def _check_schema(self, runtime: Runtime, prepared: dict[str, Array]) -> None:
+        """The feature schema, on the tensor the model receives. Strings reach only models that
+        take strings; they are read as the declared features and checked like the same numbers,
+        so text (`"nan"`, `"a"`, `"99"`) never slips past the schema into the model."""
         if self.schema is None or len(prepared) != 1:
             return
-        matrix = next(iter(prepared.values()))
-        if matrix.dtype.kind not in "biuf":
-            return
+        name, tensor = next(iter(prepared.items()))
         try:
-            self.schema.check_matrix(next(iter(prepared)), matrix)
+            if tensor.dtype.kind in "OUS":
+                matrix = self.schema.matrix_from_strings(name, tensor)
+            elif tensor.dtype.kind in "biuf":
+                matrix = tensor
+            else:
+                return
+            self.schema.check_matrix(name, matrix)
         except FeatureValidationError as err:
             self.metrics.count_problems((p.feature, p.problem.value) for p in err.problems)
             raise

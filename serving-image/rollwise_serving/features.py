@@ -24,6 +24,7 @@ feature left out becomes its ``default`` or NaN (the model must then handle NaN)
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,34 @@ class SchemaChecker:
                     matrix[r, c] = float(v)
         return matrix
 
+    def matrix_from_strings(
+        self, name: str, tensor: np.ndarray[Any, Any]
+    ) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """A BYTES tensor ``[N, F]`` read as the declared features (numbers parsed, a category by
+        its value, a bool as true/false/1/0), so strings get exactly the checks numbers get; every
+        value that is none of these is a problem, never something the model sees."""
+        if tensor.ndim != 2 or tensor.shape[1] != len(self.features):
+            self.check_matrix(name, np.zeros(tensor.shape))  # raises the shape problem
+        matrix = np.empty(tensor.shape, dtype=np.float64)
+        problems: list[FeatureProblem] = []
+        for (r, c), text in np.ndenumerate(tensor):
+            f = self.features[c]
+            value = _parse(f, str(text))
+            if value is None:
+                where = f"{name}[{r}][{c}] ({f.name})"
+                problems.append(
+                    FeatureProblem(
+                        where, f.name, Problem.REJECTED, f"{where}: {str(text)[:40]!r} {_expected(f)}"
+                    )
+                )
+                if len(problems) >= 100:
+                    break
+                continue
+            matrix[r, c] = value
+        if problems:
+            raise FeatureValidationError(problems)
+        return matrix
+
     def missing_counts(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.int64]]:
         """Per feature, how many rows left an optional feature out (NaN after decoding)."""
         counts: np.ndarray[Any, np.dtype[np.int64]] = np.isnan(matrix).sum(axis=0).astype(np.int64)
@@ -188,6 +217,31 @@ class SchemaChecker:
             if len(problems) >= 100:  # enough to act on; the body stays small
                 break
         raise FeatureValidationError(problems)
+
+
+_BOOLS = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0}
+
+
+def _parse(feature: Feature, text: str) -> float | None:
+    """One string as the feature's model value, or None when it is not one (NaN and infinity are
+    never values: a finite number is what every model here is trained on)."""
+    if feature.type is FeatureType.CATEGORY:
+        return float(feature.values.index(text)) if feature.values and text in feature.values else None
+    if feature.type is FeatureType.BOOL:
+        return _BOOLS.get(text.strip().lower())
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _expected(feature: Feature) -> str:
+    if feature.type is FeatureType.CATEGORY:
+        return f"is not one of {', '.join(feature.values or ())}"
+    if feature.type is FeatureType.BOOL:
+        return "is not a bool; send true, false, 1 or 0"
+    return "is not a finite number; send a number"
 
 
 def _instance_model(features: Sequence[Feature]) -> type[BaseModel]:

@@ -14,6 +14,7 @@ multiprocess mode.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Final
@@ -282,6 +283,8 @@ class ServerMetrics:
     def observe_predictions(
         self, labels: np.ndarray[Any, Any] | None, scores: np.ndarray[Any, Any] | None
     ) -> None:
+        """One observation per row. A non-finite score is never observed: one NaN would make the
+        histogram's sum NaN for the life of the pod (its class is still counted, with score 0)."""
         if self.is_classifier:
             if labels is None:
                 return
@@ -291,9 +294,10 @@ class ServerMetrics:
                 child = by_class.get(label if isinstance(label, str) else str(label))
                 if child is None:
                     child = self._new_class(str(label))
-                child.observe(score)
+                child.observe(score if math.isfinite(score) else 0.0)
         elif scores is not None and self.is_classifier is not None:
-            _observe_many(self.prediction_by_class[""], scores.astype(np.float64, copy=False).ravel())
+            values = scores.astype(np.float64, copy=False).ravel()
+            _observe_many(self.prediction_by_class[""], values[np.isfinite(values)])
 
     def _new_class(self, label: str) -> Any:
         """A class seen but not declared: its own series while fewer than MAX_CLASSES exist."""

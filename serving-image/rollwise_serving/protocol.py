@@ -139,6 +139,7 @@ def _decode_input(index: int, raw: Any) -> InferInput:
         data = [data]
     expected = math.prod(shape)
     array = _to_array(path, datatype, data)
+    _check_nesting(path, shape, data, array)
     if array.size != expected:
         raise ProtocolError(
             f"{path}: shape {shape} needs {expected} elements but data has {array.size}; "
@@ -163,6 +164,35 @@ def _shape(path: str, shape: Any) -> list[int]:
     return shape
 
 
+def _check_nesting(path: str, shape: list[int], data: list[Any], array: np.ndarray[Any, Any]) -> None:
+    """Flat data is read row-major into `shape`; nested data must be nested exactly as `shape` (a
+    rank-5 list is not a `[1, 4]` tensor just because it holds four numbers)."""
+    if not data or not isinstance(data[0], list):
+        return
+    nested = np.shape(data) if array.dtype.kind != "O" else _nested_shape(data)
+    if tuple(nested) != tuple(shape):
+        raise ProtocolError(
+            f"{path}.data is nested as {list(nested)} but shape is {shape}; send flat data, or nest it "
+            "exactly as the shape"
+        )
+
+
+def _nested_shape(data: list[Any]) -> tuple[int, ...]:
+    """The shape of a nested list, or () when it is ragged (which then never matches a shape)."""
+    dims: list[int] = []
+    level: list[Any] = data
+    while isinstance(level, list):
+        dims.append(len(level))
+        if not level:
+            break
+        if any(isinstance(x, list) != isinstance(level[0], list) for x in level):
+            return ()
+        if isinstance(level[0], list) and any(len(x) != len(level[0]) for x in level):
+            return ()
+        level = level[0]
+    return tuple(dims)
+
+
 def _check_elements(path: str, datatype: str, array: np.ndarray[Any, Any]) -> None:
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in array.flat):
@@ -184,6 +214,11 @@ def _to_array(path: str, datatype: str, data: list[Any]) -> np.ndarray[Any, Any]
         # Parse strictly: a bool in an int tensor or a float in an int tensor is an error, not a cast.
         array = np.asarray(data)
         kind = array.dtype.kind
+        if kind == "f" and dtype.kind in "iu":
+            # JSON integers past int64 (UINT64 above 2**63) next to smaller ones make numpy pick
+            # float64, losing digits: read them as the exact integers they are.
+            array = _exact_integers(path, datatype, array, data)
+            kind = array.dtype.kind
         if datatype == "BOOL":
             ok = kind == "b"
         elif dtype.kind in "iu":
@@ -203,6 +238,18 @@ def _to_array(path: str, datatype: str, data: list[Any]) -> np.ndarray[Any, Any]
         raise ProtocolError(
             f"{path}.data cannot be read as {datatype} ({err}); send a flat or nested list"
         ) from err
+
+
+def _exact_integers(
+    path: str, datatype: str, array: np.ndarray[Any, Any], data: list[Any]
+) -> np.ndarray[Any, Any]:
+    flat = _flatten(data)
+    if not flat or not all(type(v) is int for v in flat):
+        return array
+    info = np.iinfo(DATATYPES[datatype])
+    if min(flat) < info.min or max(flat) > info.max:
+        raise ProtocolError(f"{path}.data holds a value out of the {datatype} range")
+    return np.array(flat, dtype=DATATYPES[datatype])
 
 
 def _fits(array: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> bool:

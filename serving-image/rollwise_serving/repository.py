@@ -89,8 +89,20 @@ def load_slot(slot: ModelSlot, settings: Settings) -> None:
         slot.state, slot.reason = LoadState.FAILED, f"{type(err).__name__}: {err}"
         log.exception("%s model not loaded", slot.role)
     else:
-        slot.state, slot.reason = LoadState.READY, "loaded and verified"
-        log.info("%s model loaded from %s (sha256 %s)", slot.role, slot.uri, slot.digest)
+        if slot.sha256 is None:
+            slot.state = LoadState.READY
+            slot.reason = (
+                f"loaded, not verified: no digest pinned (its sha256 is {slot.digest}; pin it with --sha256)"
+            )
+            log.warning(
+                "%s model loaded from %s without a pinned digest (sha256 %s)",
+                slot.role,
+                slot.uri,
+                slot.digest,
+            )
+        else:
+            slot.state, slot.reason = LoadState.READY, "loaded and verified"
+            log.info("%s model loaded from %s (sha256 %s)", slot.role, slot.uri, slot.digest)
 
 
 class Repository:

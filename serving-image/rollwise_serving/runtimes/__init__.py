@@ -18,7 +18,7 @@ import numpy as np
 from rollwise_contract.model import ModelFormat
 
 from rollwise_serving.errors import InputError
-from rollwise_serving.protocol import InferInput
+from rollwise_serving.protocol import DATATYPES, InferInput
 
 Array = np.ndarray[Any, Any]
 
@@ -98,3 +98,31 @@ def classify(probabilities: Array, classes: Array) -> tuple[Array, Array]:
     """(label, score) per row: the most probable class and its probability."""
     index = probabilities.argmax(axis=1)
     return classes[index], probabilities[np.arange(len(index)), index]
+
+
+def cast_checked(tensor: InferInput, spec: TensorSpec, want: np.dtype[Any]) -> Array:
+    """The tensor in the model's dtype; a value finite in the request but not in that dtype (FP64
+    1e300 for an FP32 input) is refused here, before the model would answer it with NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = tensor.data.astype(want, copy=False)
+    if want.kind == "f" and tensor.data.dtype.kind in "fiu" and not np.isfinite(cast).all():
+        limit = float(np.finfo(want).max)
+        raise InputError(
+            f"input {tensor.name!r} holds a value beyond {spec.datatype}'s range (about ±{limit:.3g}), "
+            f"which this model takes; send values within it"
+        )
+    return cast
+
+
+def declared_type(spec: TensorSpec, tensor: InferInput) -> Array:
+    """A tensor as the input the model declares: strings only where it takes strings, numbers cast
+    to its numeric type (so a declared FP64 input never receives text it would fail on)."""
+    if spec.datatype not in DATATYPES:
+        return tensor.data
+    if (spec.datatype == "BYTES") != (tensor.datatype == "BYTES") or (spec.datatype == "BOOL") != (
+        tensor.datatype == "BOOL"
+    ):
+        raise InputError(f"input {tensor.name!r} is {tensor.datatype}; the model takes {spec.datatype}")
+    if spec.datatype == "BYTES":
+        return tensor.data
+    return cast_checked(tensor, spec, DATATYPES[spec.datatype])

@@ -23,7 +23,7 @@ from rollwise_contract.model import ModelFormat
 
 from rollwise_serving.errors import ArtifactError, InputError
 from rollwise_serving.protocol import InferInput
-from rollwise_serving.runtimes import Array, Prediction, TensorSpec, check_shape
+from rollwise_serving.runtimes import Array, Prediction, TensorSpec, check_shape, declared_type
 
 _ONNX_TYPES: dict[str, tuple[str, np.dtype[Any]]] = {
     "tensor(float)": ("FP32", np.dtype(np.float32)),
@@ -55,15 +55,13 @@ class OnnxRuntime:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:
             raise ArtifactError(f"{path.name} is not a loadable ONNX model: {err}") from err
-        self._input_dtypes: dict[str, np.dtype[Any]] = {}
         self.inputs = []
         for arg in self.session.get_inputs():
             if arg.type not in _ONNX_TYPES:
                 raise ArtifactError(f"ONNX input {arg.name!r} has type {arg.type}, which is not served")
-            datatype, dtype = _ONNX_TYPES[arg.type]
+            datatype = _ONNX_TYPES[arg.type][0]
             shape = _dims(arg.shape)
             self.inputs.append(TensorSpec(arg.name, datatype, (-1, *shape[1:]) if shape else (-1,)))
-            self._input_dtypes[arg.name] = dtype
         self.outputs = []
         for arg in self.session.get_outputs():
             if arg.type in _ONNX_TYPES:
@@ -100,14 +98,7 @@ class OnnxRuntime:
         for spec in self.inputs:
             tensor = by_name[spec.name]
             check_shape(spec, tensor)
-            want = self._input_dtypes[spec.name]
-            if (want.kind == "O") != (tensor.datatype == "BYTES") or (want.kind == "b") != (
-                tensor.datatype == "BOOL"
-            ):
-                raise InputError(
-                    f"input {tensor.name!r} is {tensor.datatype}; the model takes {spec.datatype}"
-                )
-            prepared[spec.name] = tensor.data.astype(want, copy=False)
+            prepared[spec.name] = declared_type(spec, tensor)
         return prepared
 
     def predict(self, inputs: Mapping[str, Array]) -> Prediction:

@@ -23,7 +23,7 @@ from rollwise_contract.model import ModelFormat
 
 from rollwise_serving.errors import ArtifactError, InputError
 from rollwise_serving.protocol import InferInput
-from rollwise_serving.runtimes import Array, Prediction, TensorSpec, check_shape, classify
+from rollwise_serving.runtimes import Array, Prediction, TensorSpec, check_shape, classify, declared_type
 
 
 class PythonRuntime:
@@ -67,6 +67,7 @@ class PythonRuntime:
             specs = {s.name: s for s in self.inputs}
             for tensor in inputs:
                 check_shape(specs[tensor.name], tensor)
+            return {i.name: declared_type(specs[i.name], i) for i in inputs}
         return {i.name: i.data for i in inputs}
 
     def predict(self, inputs: Mapping[str, Array]) -> Prediction:

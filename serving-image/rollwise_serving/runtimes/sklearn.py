@@ -18,12 +18,26 @@ import joblib
 import numpy as np
 import sklearn
 from rollwise_contract.model import ModelFormat
+from sklearn.feature_extraction import DictVectorizer, FeatureHasher
+from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, TargetEncoder
 
 from rollwise_serving.errors import ArtifactError, InputError
 from rollwise_serving.protocol import InferInput, datatype_of
 from rollwise_serving.runtimes import Array, Prediction, TensorSpec, check_shape, classify, single_input
 
 INPUT_NAME = "input-0"
+_STRING_ENCODERS = (
+    OneHotEncoder,
+    OrdinalEncoder,
+    TargetEncoder,
+    CountVectorizer,
+    TfidfVectorizer,
+    HashingVectorizer,
+    DictVectorizer,
+    FeatureHasher,
+)
+"""scikit-learn steps whose inputs are categories or text, i.e. strings."""
 
 
 class SklearnRuntime:
@@ -37,7 +51,10 @@ class SklearnRuntime:
         try:
             self.model: Any = joblib.load(path)
         except Exception as err:
-            raise ArtifactError(f"{path.name} is not a loadable scikit-learn artifact: {err}") from err
+            raise ArtifactError(
+                f"{path.name} is not a joblib or pickle file scikit-learn can load "
+                f"({type(err).__name__}: {err}); check --format, or save the model with joblib.dump"
+            ) from err
         if not hasattr(self.model, "predict"):
             raise ArtifactError(f"{path.name} holds a {type(self.model).__name__}, which has no predict()")
         n_features = getattr(self.model, "n_features_in_", None)
@@ -80,4 +97,14 @@ class SklearnRuntime:
 
 
 def _takes_strings(model: Any) -> bool:
-    return hasattr(model, "steps") or hasattr(model, "transformers")
+    """Whether strings are values for this model: it (or a step of its pipeline, column
+    transformer or feature union) encodes categories or text. A numeric pipeline given strings
+    would parse or fail on them inside predict, so it is refused BYTES (400) instead."""
+    if isinstance(model, _STRING_ENCODERS):
+        return True
+    parts: list[Any] = []
+    for attribute in ("steps", "transformers", "transformer_list"):
+        for entry in getattr(model, attribute, None) or []:
+            if isinstance(entry, tuple) and len(entry) >= 2:  # (name, estimator[, columns])
+                parts.append(entry[1])
+    return any(_takes_strings(part) for part in parts if not isinstance(part, str))
