@@ -207,8 +207,8 @@ class Target:
     cwd: Path | None = None
 
 
-@contextmanager
-def running(target: Target) -> Iterator[int]:
+def start(target: Target) -> tuple[int, subprocess.Popen[bytes], Path]:
+    """Start a server and wait until it is ready: (port, process, log file)."""
     port = free_port()
     logfile = WORK / f"{target.name}.log"
     env = {**os.environ, **target.env}
@@ -221,27 +221,38 @@ def running(target: Target) -> Iterator[int]:
             cwd=target.cwd,
             start_new_session=True,
         )
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{target.name} exited {proc.returncode}; see {logfile}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{target.ready_path}", timeout=1).status_code == 200:
+                return port, proc, logfile
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise RuntimeError(f"{target.name} not ready in 120 s; see {logfile}")
+        time.sleep(0.2)
+
+
+def terminate(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """SIGTERM its process group, SIGKILL after `grace` seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{target.name} exited {proc.returncode}; see {logfile}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}{target.ready_path}", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{target.name} not ready in 120 s; see {logfile}")
-            time.sleep(0.2)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextmanager
+def running(target: Target) -> Iterator[int]:
+    port, proc, _ = start(target)
+    try:
         yield port
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        terminate(proc)
 
 
 def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:

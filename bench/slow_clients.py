@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -74,31 +70,9 @@ def answers(sockets: list[socket.socket]) -> dict[str, int]:
 
 
 def measure(target: serving.Target, stalled: int, duration: int, script: Path) -> Row:
-    port = serving.free_port()
-    logfile = serving.WORK / f"slow-{target.name}.log"
-    with logfile.open("wb") as out:
-        proc = subprocess.Popen(
-            target.argv(port),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **target.env},
-            cwd=target.cwd,
-            start_new_session=True,
-        )
+    port, proc, logfile = serving.start(target)
     sockets: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{target.name} exited {proc.returncode}; see {logfile}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}{target.ready_path}", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{target.name} not ready in 120 s; see {logfile}")
-            time.sleep(0.2)
         url = f"http://127.0.0.1:{port}{target.path}"
         serving.check_answer(port, target.path)
         serving.wrk(url, 16, 1, script)  # warm-up
@@ -107,20 +81,14 @@ def measure(target: serving.Target, stalled: int, duration: int, script: Path) -
         time.sleep(0.5)
         loaded = serving.wrk(url, 16, duration, script)
         got = answers(sockets)
-        start = time.monotonic()
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        took = time.monotonic() - start
+        started = time.monotonic()
+        serving.terminate(proc, grace=30)
+        took = time.monotonic() - started
     finally:
         for s in sockets:
             s.close()
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            serving.terminate(proc, grace=0)
     return Row(
         target.name,
         baseline.rps,

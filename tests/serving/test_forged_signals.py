@@ -228,19 +228,7 @@ def test_a_file_that_is_not_a_joblib_artifact_says_so(fresh_servers: ServerFacto
     bogus = tmp_path / "model.joblib"
     bogus.write_bytes(b"\x08not a pickle at all")
     digest = hashlib.sha256(bogus.read_bytes()).hexdigest()
-    server = fresh_servers.start(
-        "--model-uri",
-        str(bogus),
-        "--sha256",
-        digest,
-        "--format",
-        "sklearn",
-        "--name",
-        "iris",
-        "--version",
-        "v1",
-        wait_ready=False,
-    )
+    server = fresh_servers.start(*pipeline_args((bogus, digest)), wait_ready=False)
     reason = ""
     for _ in range(50):
         reason = server.get("/v2/health/ready").json()["reason"]
