@@ -490,7 +490,8 @@ class BuiltinMetric(StrEnum):
 
     SUCCESS_RATE = "successRate"
     """Percent of the candidate's inference requests it answered (0..100); its client errors count as
-    failures only beyond the stable's share of them (an input-contract change); set threshold.min."""
+    failures only beyond the stable's share of them and beyond sampling noise (an input-contract change,
+    not one refusal more at a few requests an interval); set threshold.min."""
     LATENCY_P99 = "latencyP99"
     """99th percentile inference latency in seconds; set threshold.max."""
     PREDICTION_DRIFT = "predictionDrift"

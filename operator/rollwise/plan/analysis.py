@@ -172,28 +172,59 @@ PSI_FLOOR = 0.0001
 gives a large finite PSI instead of +Inf or NaN (the usual PSI epsilon)."""
 
 
+CLIENT_ERROR_Z = 2.326
+"""One-sided 99 % normal quantile: a candidate's client errors beyond stable's share count as its
+failures only past this many standard errors of sampling noise, so tracks refusing the same share of
+requests (a client sending garbage to both) make a good candidate fail this way in at most about
+1 % of intervals (tests/unit/test_analysis.py simulates it)."""
+
+
+def client_error_excess(cl_c: float, n_c: float, cl_s: float, n_s: float) -> float:
+    """The candidate's client errors beyond stable's share, less sampling noise: `_success_rate`'s
+    rule in numbers (its PromQL computes exactly this), for the simulation that states its error
+    rate. `cl_*` client errors, `n_*` all requests of a track in the interval.
+
+    Under equal shares p (pooled over both tracks) the candidate's excess over `n_c * share_s` has
+    variance `n_c p (1 - p) (1 + n_c / n_s)` (its own draw and the error of stable's estimate).
+    Without stable traffic there is nothing to compare with: every client error counts.
+    """
+    if n_s <= 0:
+        return max(cl_c, 0.0)
+    share = cl_s / n_s
+    pooled = (cl_c + cl_s) / max(n_c + n_s, 1e-9)
+    noise = CLIENT_ERROR_Z * math.sqrt(max(n_c * pooled * (1 - pooled) * (1 + n_c / max(n_s, 1.0)), 0.0))
+    return max(cl_c - n_c * share - noise, 0.0)
+
+
 def _success_rate(md: ModelDeployment, win: str) -> str:
     """Percent of the candidate's requests it answered, counting the client errors it returns
-    beyond the stable's client-error share as its own failures.
+    beyond the stable's client-error share, and beyond sampling noise, as its own failures
+    (`client_error_excess`).
 
     A client error is usually the caller's fault (docs' `success_rate` leaves them out), but a
     candidate that changed its input contract refuses requests the stable accepts: left out, its
     success rate would read "no data" while users got 400s. Both tracks see the same requests (a
-    random split, mirrored or hashed users), so only the excess is the candidate's doing.
-    Example: stable refuses 2 % of requests, candidate 50 %, answers the rest: 100*48/(48+48) = 50.
+    random split, mirrored or hashed users), so only the excess is the candidate's doing; and at a
+    few requests per interval one refusal more on either side is noise, which any client could
+    otherwise send to roll a good candidate back. Example: stable refuses 2 % of 1 000 requests,
+    candidate 50 % of 1 000 and answers the rest: excess 480 - 2.326 * 19.6 = 434, 100*500/934 = 53.5.
     """
     cand, stable = Track.CANDIDATE, Track.STABLE
 
-    def rate(track: Track, outcome: str = "") -> str:
-        return f"sum(rate({REQUESTS}_total{{{_selector(md, track, outcome)}}}[{win}]))"
+    def count(track: Track, outcome: str = "") -> str:
+        return f"sum(increase({REQUESTS}_total{{{_selector(md, track, outcome)}}}[{win}]))"
 
-    ok = rate(cand, f',outcome="{RequestOutcome.SUCCESS}"')
-    judged = rate(
-        cand, f',outcome=~"{RequestOutcome.SUCCESS}|{RequestOutcome.SERVER_ERROR}|{RequestOutcome.FALLBACK}"'
-    )
+    ok = count(cand, f',outcome="{RequestOutcome.SUCCESS}"')
+    counted = "|".join((RequestOutcome.SUCCESS, RequestOutcome.SERVER_ERROR, RequestOutcome.FALLBACK))
+    judged = count(cand, f',outcome=~"{counted}"')
     refused = f',outcome="{RequestOutcome.CLIENT_ERROR}"'
-    stable_share = f"({rate(stable, refused)} / clamp_min({rate(stable)}, 1e-9) or on() vector(0))"
-    excess = f"clamp_min(({rate(cand, refused)} or on() vector(0)) - {rate(cand)} * {stable_share}, 0)"
+    cl_c, n_c = f"({count(cand, refused)} or on() vector(0))", count(cand)
+    cl_s, n_s = f"({count(stable, refused)} or on() vector(0))", f"({count(stable)} or on() vector(0))"
+    share = f"({cl_s} / clamp_min({n_s}, 1e-9))"
+    pooled = f"(({cl_c} + {cl_s}) / clamp_min({n_c} + {n_s}, 1e-9))"
+    variance = f"{n_c} * {pooled} * (1 - {pooled}) * (1 + {n_c} / clamp_min({n_s}, 1))"
+    noise = f"({CLIENT_ERROR_Z} * sqrt(clamp_min({variance}, 0)) * ({n_s} > bool 0))"
+    excess = f"clamp_min({cl_c} - {n_c} * {share} - {noise}, 0)"
     return f"100 * {ok} / ({judged} + {excess})"
 
 
