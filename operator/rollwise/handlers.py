@@ -21,8 +21,8 @@ from rollwise.kube import daemon
 from rollwise.kube.kopf_tuning import quiet_kopf_readiness_gate, tune
 from rollwise.kube.observe import child_view
 from rollwise.plan.names import LABEL_MODEL_DEPLOYMENT
-from rollwise.plan.router import Resource, Router
-from rollwise.routers import ROUTERS
+from rollwise.plan.router import Resource
+from rollwise.routers import enabled_routers
 from rollwise.settings import OperatorSettings
 
 OWNED = {LABEL_MODEL_DEPLOYMENT: kopf.PRESENT}
@@ -34,8 +34,6 @@ CHILDREN = (
 """The kinds every ModelDeployment owns; routers add their own (`Router.owns`)."""
 
 quiet_kopf_readiness_gate()
-WATCHED_ROUTERS: list[Router] = []
-"""The routers this installation enables (settings.routers), filled by `register_routers`."""
 
 
 @kopf.on.startup()
@@ -43,7 +41,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     op: OperatorSettings = memo.settings
     tune(settings, op)
     daemon.start_io(memo, op)
-    memo.routers = list(WATCHED_ROUTERS)
+    memo.routers = enabled_routers(op.routers)
 
 
 # Every Kopf callback below is a coroutine although none awaits: Kopf runs plain functions in a
@@ -118,10 +116,7 @@ async def _edited_changed(*, namespace: str | None, daemon_states: kopf.Index[An
 def register_routers(enabled: frozenset[str]) -> None:
     """Watch what the enabled routers declare (`Router.edits`, `Router.owns`), so clusters without
     those CRDs or RBAC watch nothing extra."""
-    for router in ROUTERS.values():
-        if router.name.value not in enabled:
-            continue
-        WATCHED_ROUTERS.append(router)
+    for router in enabled_routers(enabled):
         if (edits := router.edits) is not None:
             res, index = edits.resource, daemon.edited_index(router)
             kopf.index(res.group, res.version, res.plural, id=index)(_edited_by_name)

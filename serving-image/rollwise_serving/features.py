@@ -146,8 +146,7 @@ class SchemaChecker:
         """A BYTES tensor ``[N, F]`` read as the declared features (numbers parsed, a category by
         its value, a bool as true/false/1/0), so strings get exactly the checks numbers get; every
         value that is none of these is a problem, never something the model sees."""
-        if tensor.ndim != 2 or tensor.shape[1] != len(self.features):
-            self.check_matrix(name, np.zeros(tensor.shape))  # raises the shape problem
+        self._check_columns(name, tensor)
         matrix = np.empty(tensor.shape, dtype=np.float64)
         problems: list[FeatureProblem] = []
         for (r, c), text in np.ndenumerate(tensor):
@@ -173,21 +172,25 @@ class SchemaChecker:
         counts: np.ndarray[Any, np.dtype[np.int64]] = np.isnan(matrix).sum(axis=0).astype(np.int64)
         return counts
 
-    def check_matrix(self, name: str, matrix: np.ndarray[Any, Any]) -> None:
-        """Vectorised range/type check of a tensor whose columns are the declared features."""
-        if matrix.ndim != 2 or matrix.shape[1] != len(self.features):
+    def _check_columns(self, name: str, tensor: np.ndarray[Any, Any]) -> None:
+        """A tensor ``[N, F]`` with one column per declared feature, or the problem saying so."""
+        if tensor.ndim != 2 or tensor.shape[1] != len(self.features):
             raise FeatureValidationError(
                 [
                     FeatureProblem(
                         name,
                         "",
                         Problem.REJECTED,
-                        f"input {name!r} has shape {list(matrix.shape)}; the feature schema declares "
+                        f"input {name!r} has shape {list(tensor.shape)}; the feature schema declares "
                         f"{len(self.features)} columns ({', '.join(self.names)}): "
                         f"send shape [N, {len(self.features)}]",
                     )
                 ]
             )
+
+    def check_matrix(self, name: str, matrix: np.ndarray[Any, Any]) -> None:
+        """Vectorised range/type check of a tensor whose columns are the declared features."""
+        self._check_columns(name, matrix)
         values = matrix.astype(np.float64, copy=False)
         with np.errstate(invalid="ignore"):
             low = values < self.lower

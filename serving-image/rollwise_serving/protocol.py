@@ -140,6 +140,7 @@ def _decode_input(index: int, raw: Any) -> InferInput:
     expected = math.prod(shape)
     array = _to_array(path, datatype, data)
     _check_nesting(path, shape, data, array)
+    array = array.ravel()
     if array.size != expected:
         raise ProtocolError(
             f"{path}: shape {shape} needs {expected} elements but data has {array.size}; "
@@ -169,7 +170,7 @@ def _check_nesting(path: str, shape: list[int], data: list[Any], array: np.ndarr
     rank-5 list is not a `[1, 4]` tensor just because it holds four numbers)."""
     if not data or not isinstance(data[0], list):
         return
-    nested = np.shape(data) if array.dtype.kind != "O" else _nested_shape(data)
+    nested = array.shape if array.dtype.kind != "O" else _nested_shape(data)
     if tuple(nested) != tuple(shape):
         raise ProtocolError(
             f"{path}.data is nested as {list(nested)} but shape is {shape}; send flat data, or nest it "
@@ -231,7 +232,7 @@ def _to_array(path: str, datatype: str, data: list[Any]) -> np.ndarray[Any, Any]
         with np.errstate(over="ignore"):
             if dtype.kind in "iu" and array.size and not _fits(array, dtype):
                 raise ProtocolError(f"{path}.data holds a value out of the {datatype} range")
-            return array.astype(dtype, copy=False).ravel()
+            return array.astype(dtype, copy=False)  # as nested as `data`: `_check_nesting` reads it
     except ProtocolError:
         raise
     except (ValueError, TypeError, OverflowError) as err:
@@ -249,7 +250,7 @@ def _exact_integers(
     info = np.iinfo(DATATYPES[datatype])
     if min(flat) < info.min or max(flat) > info.max:
         raise ProtocolError(f"{path}.data holds a value out of the {datatype} range")
-    return np.array(flat, dtype=DATATYPES[datatype])
+    return np.array(flat, dtype=DATATYPES[datatype]).reshape(array.shape)
 
 
 def _fits(array: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> bool:

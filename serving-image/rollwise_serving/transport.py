@@ -23,6 +23,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 STATUS_TEXT = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
@@ -115,7 +116,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         )
 
     def _answer_and_close(self, status: int, message: str) -> None:
-        body = ('{"error": ' + _json_string(message) + "}").encode()
+        body = orjson.dumps({"error": message})
         head = b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT.get(status, b"Error"))
         self.transport.write(
             head
@@ -145,7 +146,3 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         super().shutdown()
-
-
-def _json_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -91,9 +91,10 @@ def edited_objects_of(
     found: list[Any] = []
     for router in routers:
         edits, index = router.edits, indices.get(edited_index(router))
-        name = edits.name_in(traffic) if edits is not None else None
-        if name and index is not None:
-            found += list(index.get((namespace, edits.resource.kind, name), []))  # type: ignore[union-attr]  # name implies edits
+        if edits is None or index is None:
+            continue
+        if name := edits.name_in(traffic):
+            found += list(index.get((namespace, edits.resource.kind, name), []))
     return found
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from rollwise.api.v1alpha1 import (
     AnalysisSpec,
@@ -24,7 +25,7 @@ from rollwise.api.v1alpha1 import (
 from rollwise.plan.decision import EventType, Note
 from rollwise.plan.observed import Observed
 from rollwise.plan.revision import revision_from_spec, revision_of
-from rollwise.plan.router import Router
+from rollwise.plan.router import Router, RouterReading
 from rollwise.plan.split import TrafficSplit
 from rollwise.plan.steps import Analyze, Pause, SetWeight, Step, routing_at
 
@@ -120,19 +121,22 @@ class World:
         s = self.observed.stable
         return s.available and s.revision == revision_of(state.stable)
 
+    @cached_property
+    def reading(self) -> RouterReading:
+        """The router's reading of the live objects, read once a pass (the objects do not change
+        within one, and the machine asks several times)."""
+        return self.router.read(self.md, (*self.observed.children, *self.observed.router_objects))
+
     def routes(self, split: TrafficSplit) -> bool:
         """The router reports `split` in effect on the live objects."""
-        objects = (*self.observed.children, *self.observed.router_objects)
-        return self.router.read(self.md, objects).carries(split)
+        return self.reading.carries(split)
 
     def unrouted(self) -> bool:
         """The router's object is missing: nothing can route to the candidate through it."""
-        objects = (*self.observed.children, *self.observed.router_objects)
-        return self.router.read(self.md, objects).split is None
+        return self.reading.split is None
 
     def router_message(self) -> str:
-        objects = (*self.observed.children, *self.observed.router_objects)
-        return self.router.read(self.md, objects).message
+        return self.reading.message
 
 
 def current_step(world: World, state: State) -> Step | None:

@@ -32,3 +32,8 @@ def router_for(provider: TrafficProvider | str) -> Router:
         raise UnknownRouterError(
             f"spec.rollout.traffic.provider: {str(provider)!r} is not a traffic router; use one of {known}"
         ) from None
+
+
+def enabled_routers(enabled: frozenset[str]) -> list[Router]:
+    """The routers an installation enables (`settings.routers`), in registry order."""
+    return [r for name, r in ROUTERS.items() if name in enabled]
