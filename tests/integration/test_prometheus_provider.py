@@ -15,14 +15,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from rollwise.api.v1alpha1 import ModelDeployment
 from rollwise.metrics.prometheus import BreakerState, CircuitBreaker, PrometheusProvider, RetryPolicy
-from rollwise.plan.analysis import NoData, QueryError, Value, builtin_query, samples_query, window
+from rollwise.plan.analysis import builtin_query, samples_query, success_rate_query, window
+from rollwise.plan.compare import SUCCESS_GROUPS
+from rollwise.plan.measurement import Counts, NoData, QueryError, Value
 
 from tests.unit.manifests import base
 
@@ -37,8 +39,12 @@ pair.labels("b").set(2)
 labels = ["model", "version", "track", "outcome"]
 requests = Counter("rollwise_requests_total", "requests", labels, registry=registry)
 start_http_server(int(sys.argv[1]), addr="127.0.0.1", registry=registry)
+started = time.monotonic()
 while True:
     requests.labels("iris", "2.0.0", "candidate", "success").inc(10)
+    requests.labels("iris", "1.0.0", "stable", "client_error").inc(1)
+    if time.monotonic() - started > 8:  # a series first seen late: it counts from zero
+        requests.labels("iris", "2.0.0", "candidate", "server_error").inc(3)
     time.sleep(0.1)
 """
 
@@ -195,15 +201,54 @@ def test_the_builtin_queries_parse_on_a_real_prometheus(prometheus: Prom) -> Non
     spec = md.spec.rollout.analysis
     assert spec is not None
     p = provider(prometheus.url)
-    for check in spec.metrics:
+    for check in spec.metrics[1:]:
         m = p.query(builtin_query(md, check, window(spec)), now())
         assert not isinstance(m, QueryError), (check.name, m)
-    # The success rate counts the exporter's real counter: all successes -> 100 % (rate() ratios
-    # of the same counter may differ from 100 in the last bits).
-    success = p.query(builtin_query(md, spec.metrics[0], "10s"), now())
-    assert isinstance(success, Value) and success.value == pytest.approx(100.0)
     samples = p.query(samples_query(md, spec), now())
     assert isinstance(samples, Value) and samples.value > 0
+
+
+def _raw_increments(url: str, *, since: datetime, at: datetime) -> dict[tuple[str, str], float]:
+    """What successRate's counts must be, from the raw samples: per series, its last sample up to
+    `at` minus its last sample up to `since` (zero without one), summed by track and outcome."""
+    r = httpx.get(
+        url + "/api/v1/query",
+        params={"query": "rollwise_requests_total[10m]", "time": f"{at.timestamp():.3f}"},
+        timeout=5,
+    )
+    out: dict[tuple[str, str], float] = {}
+    for series in r.json()["data"]["result"]:
+        samples = [(float(t), float(v)) for t, v in series["values"]]
+        before = [v for t, v in samples if t <= since.timestamp()]
+        key = (series["metric"]["track"], series["metric"]["outcome"])
+        out[key] = out.get(key, 0.0) + samples[-1][1] - (before[-1] if before else 0.0)
+    return out
+
+
+def test_success_rate_counts_are_exact_sample_differences_on_a_real_prometheus(prometheus: Prom) -> None:
+    """successRate's query gives whole numbers of requests, exactly what the raw samples say, for a
+    series seen before the analysis started and one first seen after (no `increase()` extrapolation)."""
+    doc = base()
+    doc["spec"]["model"]["version"] = "2.0.0"
+    md = ModelDeployment.model_validate(doc)
+    wait_for(
+        lambda: (
+            "server_error"
+            in httpx.get(
+                prometheus.url + "/api/v1/query", params={"query": "rollwise_requests_total"}, timeout=2
+            ).text
+        ),
+        30,
+        "the late series",
+        Path("/dev/null"),
+    )
+    at = now()
+    since = at - timedelta(seconds=6)
+    counts = provider(prometheus.url).query(success_rate_query(md, since=since, at=at), at, SUCCESS_GROUPS)
+    assert isinstance(counts, Counts), counts
+    assert dict(counts.values) == _raw_increments(prometheus.url, since=since, at=at)
+    assert counts.get("candidate", "success") > 0 and counts.get("stable", "client_error") > 0
+    assert all(v == int(v) for v in counts.values.values()), counts
 
 
 def test_a_dead_prometheus_is_an_error_and_opens_the_breaker(prometheus: Prom, exporter: int) -> None:

@@ -10,21 +10,19 @@ import pytest
 from rollwise.api.v1alpha1 import AnalysisSpec, MetricCheck, ModelDeployment, Verdict
 from rollwise.plan.analysis import (
     Measured,
-    Measurement,
-    NoData,
-    Outcome,
-    QueryError,
     QueryRequest,
-    Value,
     builtin_query,
-    client_error_excess,
     judge,
     record,
     render_template,
+    requests_for,
     samples_query,
     start,
+    success_rate_query,
     verdict_of,
 )
+from rollwise.plan.compare import client_error_excess
+from rollwise.plan.measurement import Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
 
 from tests.unit.manifests import base
@@ -141,12 +139,24 @@ def test_verdicts(kw: dict[str, Any], rounds: list[Measurement], verdict: Verdic
     assert verdict_of(s, a, count=None)[0] is verdict and a.verdict is verdict
 
 
-def test_too_few_requests_make_a_good_value_inconclusive_and_say_why() -> None:
-    s = spec(minSampleCount=50, intervalSeconds=60)
+def test_too_few_requests_retake_the_look_then_make_it_inconclusive_and_say_why() -> None:
+    """A thin look (a new pod not scraped yet) is retaken, up to `count` times, before it counts
+    as inconclusive: no data delays a pass and never pauses the rollout on its own."""
+    s = spec(minSampleCount=50, intervalSeconds=60, count=1)
     a = record(s, start(s, step=1, now=T0), answer(Value(100), Value(12)), step=1, count=None)
     m = a.metrics[0]
-    assert (m.inconclusive, m.successful) == (1, 0)
+    assert (a.deferred, m.inconclusive, m.successful, a.verdict) == (1, 0, 0, Verdict.RUNNING)
+    assert m.message == "the candidate served 12 requests in 60s, fewer than minSampleCount 50; looking again"
+    a = record(s, a, answer(Value(100), Value(12), index=1), step=1, count=None)
+    m = a.metrics[0]
+    assert (a.deferred, m.inconclusive, m.successful) == (1, 1, 0)
     assert m.message == "the candidate served 12 requests in 60s, fewer than minSampleCount 50"
+
+
+def test_a_thin_look_that_fails_is_not_retaken() -> None:
+    s = spec(minSampleCount=50, count=3)
+    a = record(s, start(s, step=1, now=T0), answer(Value(50), Value(12)), step=1, count=None)
+    assert (a.deferred, a.metrics[0].failed, a.verdict) == (0, 1, Verdict.FAILED)
 
 
 def md(**model: Any) -> ModelDeployment:
@@ -181,26 +191,20 @@ CAND = 'namespace="ml",pod=~"iris-candidate-[^-]+-[^-]+",model="iris",track="can
 STABLE = 'namespace="ml",pod=~"iris-stable-[^-]+-[^-]+",model="iris",track="stable"'
 
 
-def test_success_rate_counts_client_errors_beyond_the_stables_share_as_failures() -> None:
-    c = MetricCheck.model_validate({"name": "s", "builtin": "successRate", "threshold": {"min": 99}})
-
-    def count(sel: str, outcome: str = "") -> str:
-        return f"sum(increase(rollwise_requests_total{{{sel}{outcome}}}[60s]))"
-
-    refused, ok, judged = (
-        ',outcome="client_error"',
-        ',outcome="success"',
-        ',outcome=~"success|server_error|fallback"',
+def test_success_rate_is_exact_counts_of_both_tracks_since_the_analysis_started() -> None:
+    """Not `increase()` over an interval: each series' last sample minus its last sample before the
+    start (a new series from zero, a reset one from its last value), grouped by track and outcome."""
+    since, at = T0, T0 + timedelta(seconds=12.4)
+    both = 'namespace="ml",pod=~"iris-(stable|candidate)-[^-]+-[^-]+",model="iris",track=~"stable|candidate"'
+    now = f"last_over_time(rollwise_requests_total{{{both}}}[13s])"
+    then = f"last_over_time(rollwise_requests_total{{{both}}}[5m] @ {T0.timestamp():.3f})"
+    assert success_rate_query(md(), since=since, at=at) == (
+        f"sum by (track, outcome) ((({now} - {then}) >= 0) or ({now} * 1))"
     )
-    cl_c, n_c = f"({count(CAND, refused)} or on() vector(0))", count(CAND)
-    cl_s, n_s = f"({count(STABLE, refused)} or on() vector(0))", f"({count(STABLE)} or on() vector(0))"
-    pooled = f"(({cl_c} + {cl_s}) / clamp_min({n_c} + {n_s}, 1e-9))"
-    variance = f"{n_c} * {pooled} * (1 - {pooled}) * (1 + {n_c} / clamp_min({n_s}, 1))"
-    noise = f"(2.326 * sqrt(clamp_min({variance}, 0)) * ({n_s} > bool 0))"
-    assert builtin_query(md(), c, "60s") == (
-        f"100 * {count(CAND, ok)} / ({count(CAND, judged)}"
-        f" + clamp_min({cl_c} - {n_c} * ({cl_s} / clamp_min({n_s}, 1e-9)) - {noise}, 0))"
-    )
+    s = spec(intervalSeconds=5)
+    a = start(s, step=1, now=since)
+    requests = requests_for(md(), s, a, step=1, at=at)
+    assert [(r.metric, r.by) for r in requests] == [(None, ()), ("ok", ("track", "outcome"))]
 
 
 def _fails(rng: np.random.Generator, total: int, candidate_refuses: float, stable_refuses: float) -> float:

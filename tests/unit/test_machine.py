@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 from rollwise.api.v1alpha1 import ConditionType, ModelDeployment, Phase, Reason, Verdict
-from rollwise.plan.analysis import Measured, Measurement, NoData, QueryError, Value, due_queries
+from rollwise.plan.analysis import Measured, due_queries
 from rollwise.plan.decision import Decision
 from rollwise.plan.machine import decide
+from rollwise.plan.measurement import Measurement, NoData, QueryError, Value
 from rollwise.plan.observed import WebhookResult
 from rollwise.routers import ReplicasRouter
 
@@ -144,13 +145,6 @@ def test_planning_again_from_our_own_status_asks_for_nothing() -> None:
             id="no data pauses for a human, never promotes",
         ),
         pytest.param(
-            Value(100),
-            Value(3),
-            Phase.PAUSED,
-            Reason.ANALYSIS_INCONCLUSIVE,
-            id="too few requests is inconclusive however good the value",
-        ),
-        pytest.param(
             Value(float("nan")), Value(500), Phase.PAUSED, Reason.ANALYSIS_INCONCLUSIVE, id="NaN is no data"
         ),
     ],
@@ -173,6 +167,17 @@ def test_an_analysis_that_does_not_pass_never_promotes(
         assert replicas(d) == {"iris-stable": 4, "iris-candidate": 0}
         assert w.md.status.history[0].outcome is Reason.ROLLED_BACK
         assert "analysis failed" in w.md.status.history[0].message
+
+
+def test_too_few_requests_are_looked_at_again_count_times_then_pause_however_good_the_value() -> None:
+    w = started(md_of({"canary": {"steps": [{"setWeight": 10}, {"analysis": {}}]}, "analysis": METRICS}))
+    phases = []
+    for t in (12, 22, 32):
+        d = w.settle(at(t), measurements=answers(w, t, Value(100), Value(3)))
+        phases.append(d.status.phase)
+    assert phases == [Phase.PROGRESSING, Phase.PROGRESSING, Phase.PAUSED]
+    assert condition(d, ConditionType.RECONCILING).reason is Reason.ANALYSIS_INCONCLUSIVE
+    assert d.status.stable_version == "1.0.0"
 
 
 def test_a_rollback_is_recorded_in_status_conditions_history_and_events() -> None:

@@ -8,9 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from rollwise.api.v1alpha1 import ModelDeployment, Phase, Rollout
-from rollwise.plan.analysis import Measured, Measurement, NoData, QueryError, Value, due_queries
+from rollwise.plan.analysis import Measured, due_queries
 from rollwise.plan.decision import Decision
 from rollwise.plan.machine import decide
+from rollwise.plan.measurement import Measurement, NoData, QueryError, Value
 from rollwise.plan.split import TrafficSplit
 from rollwise.plan.steps import rollout_steps, routing_at
 

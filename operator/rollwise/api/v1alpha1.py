@@ -489,9 +489,11 @@ class BuiltinMetric(StrEnum):
     """Checks computed from the serving image's own metrics, usable by name."""
 
     SUCCESS_RATE = "successRate"
-    """Percent of the candidate's inference requests it answered (0..100); its client errors count as
-    failures only beyond the stable's share of them and beyond sampling noise (an input-contract change,
-    not one refusal more at a few requests an interval); set threshold.min."""
+    """Percent of the candidate's inference requests it answered (0..100) since the analysis started,
+    from exact counts; set threshold.min. While stable serves requests too, it is also compared with
+    stable's (`compare`): more failures than stable's, client errors included, beyond `worseBy` at
+    `confidence` fail it. Without that comparison its client errors count only beyond the stable's
+    share of them and sampling noise."""
     LATENCY_P99 = "latencyP99"
     """99th percentile inference latency in seconds; set threshold.max."""
     PREDICTION_DRIFT = "predictionDrift"
@@ -535,6 +537,23 @@ class ThresholdRange(ApiModel):
         return self.min is None or self.max is None or self.min <= self.max
 
 
+class Comparison(ApiModel):
+    """How a check compares the candidate with stable over the same requests (docs/analysis.md).
+
+    Evidence accumulates from the start of the analysis; the rule stays valid however often it is
+    looked at (a confidence sequence), so a candidate no worse than `worseBy` is failed by it in at
+    most `1 - confidence` of rollouts.
+    """
+
+    enabled: bool = True
+    """Compare while stable serves requests. Default true."""
+    worse_by: float = Field(default=0.5, ge=0, le=100)
+    """The worsening that matters, in the check's unit (successRate: percentage points of failed
+    requests); the candidate fails when it is shown worse than stable by more. Default 0.5."""
+    confidence: float = Field(default=0.99, ge=0.5, le=0.9999)
+    """How sure the judge must be before it fails a candidate. Default 0.99."""
+
+
 class MetricCheck(ApiModel):
     """One measurement taken every interval: a built-in check or a PromQL query."""
 
@@ -549,6 +568,8 @@ class MetricCheck(ApiModel):
     """Passing range for the value."""
     feature: str | None = Field(default=None, min_length=1, max_length=128)
     """For inputDrift: the one feature to watch; unset watches every feature."""
+    compare: Comparison | None = None
+    """Compare with stable (successRate only, for now); unset uses the defaults, on."""
 
     @rule(
         cel="(has(self.builtin) ? 1 : 0) + (has(self.query) ? 1 : 0) == 1",
@@ -565,6 +586,22 @@ class MetricCheck(ApiModel):
     )
     def _feature_for_input_drift(self) -> bool:
         return self.feature is None or self.builtin is BuiltinMetric.INPUT_DRIFT
+
+    @rule(
+        cel="!has(self.compare) || (has(self.builtin) && self.builtin == 'successRate')",
+        field="compare",
+        message="applies to builtin successRate only in this version; remove it",
+    )
+    def _compare_for_success_rate(self) -> bool:
+        return self.compare is None or self.builtin is BuiltinMetric.SUCCESS_RATE
+
+    @property
+    def comparison(self) -> Comparison | None:
+        """The comparison this check makes, defaults filled; None when it makes none."""
+        if self.builtin is not BuiltinMetric.SUCCESS_RATE:
+            return None
+        chosen = self.compare or Comparison()
+        return chosen if chosen.enabled else None
 
 
 class AnalysisSpec(ApiModel):
@@ -869,6 +906,29 @@ class Condition(StatusModel):
     """The spec generation this condition was computed from."""
 
 
+class ComparisonResult(StatusModel):
+    """The latest comparison of the candidate with stable: what a human needs to trust the verdict."""
+
+    candidate: float
+    """The candidate's value (successRate: percent of its requests answered)."""
+    stable: float
+    """Stable's value over the same time."""
+    difference: float
+    """Candidate worse than stable by this much (successRate: percentage points more failed)."""
+    lower: float
+    """Lower bound of the difference at `confidence`, valid at every look."""
+    upper: float
+    """Upper bound of the difference."""
+    confidence: float
+    """The confidence of the bounds."""
+    candidate_samples: int = Field(ge=0)
+    """Candidate requests since the analysis started."""
+    stable_samples: int = Field(ge=0)
+    """Stable requests since the analysis started."""
+    rule: str = Field(max_length=256)
+    """The decision rule, e.g. `worse when lower > 0.5`."""
+
+
 class MetricResult(StatusModel):
     """Running tally for one metric of the current analysis."""
 
@@ -885,7 +945,9 @@ class MetricResult(StatusModel):
     last_value: float | None = None
     """The latest measured value."""
     message: str = Field(default="", max_length=4096)
-    """Why the last measurement failed or was inconclusive."""
+    """Why the last measurement failed or was inconclusive, or the comparison in one line."""
+    comparison: ComparisonResult | None = None
+    """The latest comparison with stable, when the check makes one."""
 
 
 class AnalysisStatus(StatusModel):
@@ -899,6 +961,9 @@ class AnalysisStatus(StatusModel):
     """When the first measurement was due."""
     metrics: list[MetricResult] = Field(default_factory=list, max_length=16)
     """Per-metric tallies."""
+    deferred: int = Field(default=0, ge=0)
+    """Looks retaken because the candidate had served fewer than minSampleCount requests (at most
+    `count` of them; later thin looks are inconclusive): no data only delays a pass."""
 
 
 class HistoryEntry(StatusModel):

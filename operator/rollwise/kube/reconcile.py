@@ -27,9 +27,10 @@ from rollwise.kube.events import post_events
 from rollwise.kube.observe import observe
 from rollwise.kube.status import patch_status
 from rollwise.kube.webhooks import call_webhook
-from rollwise.plan.analysis import Measured, MetricProvider, due_queries
+from rollwise.plan.analysis import Measured, QueryRequest, due_queries
 from rollwise.plan.decision import Decision, EventType, Note
 from rollwise.plan.machine import decide
+from rollwise.plan.measurement import MetricProvider
 from rollwise.plan.observed import Observed, WebhookKey, WebhookResult
 from rollwise.plan.status import invalid_status
 from rollwise.routers import router_for
@@ -287,8 +288,8 @@ async def _call_webhooks(memory: DaemonState, decision: Decision, body: Mapping[
         memory.wake.set()
 
 
-def _measure(provider: MetricProvider, request: Any) -> Measured:
-    return Measured(request, provider.query(request.promql, request.at))
+def _measure(provider: MetricProvider, request: QueryRequest) -> Measured:
+    return Measured(request, provider.query(request.promql, request.at, request.by))
 
 
 @dataclass(frozen=True)

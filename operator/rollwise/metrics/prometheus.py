@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -26,7 +26,7 @@ from enum import StrEnum
 import httpx
 
 from rollwise import telemetry
-from rollwise.plan.analysis import Measurement, NoData, QueryError, Value
+from rollwise.plan.measurement import Counts, Measurement, NoData, QueryError, Value
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
 """Per request; an analysis interval is at least 5 s, and a slow Prometheus is a failed check."""
@@ -111,8 +111,8 @@ class PrometheusProvider:
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
 
-    def query(self, promql: str, at: datetime) -> Measurement:
-        """Evaluate `promql` at `at` (the end of its ranges)."""
+    def query(self, promql: str, at: datetime, by: Sequence[str] = ()) -> Measurement:
+        """Evaluate `promql` at `at` (the end of its ranges); `by` asks for `Counts` by those labels."""
         if not self.url:
             return QueryError("no Prometheus URL is configured (ROLLWISE_PROMETHEUS_URL)")
         if not self.breaker.allow():
@@ -125,7 +125,7 @@ class PrometheusProvider:
             if attempt > 1:
                 self.sleep(self.retry.delay_seconds(attempt - 1, self.rng))
             try:
-                result = self._once(promql, at)
+                result = self._once(promql, at, tuple(by))
             except _UnavailableError as err:
                 telemetry.PROVIDER_QUERIES.labels("prometheus", "unavailable").inc()
                 last = str(err)
@@ -137,7 +137,7 @@ class PrometheusProvider:
         self.breaker.record_failure(last)
         return QueryError(detail)
 
-    def _once(self, promql: str, at: datetime) -> Measurement:
+    def _once(self, promql: str, at: datetime, by: tuple[str, ...]) -> Measurement:
         params = {"query": promql, "time": f"{at.timestamp():.3f}"}
         endpoint = self.url.rstrip("/") + "/api/v1/query"
         try:
@@ -160,7 +160,8 @@ class PrometheusProvider:
         if response.status_code >= 400 or body.get("status") != "success":
             kind = body.get("errorType", f"HTTP {response.status_code}")
             return QueryError(f"Prometheus rejected the query ({kind}): {body.get('error', '')}: {promql}")
-        return _measurement(body.get("data") or {})
+        data = body.get("data") or {}
+        return _counts(data, by) if by else _measurement(data)
 
 
 def _outcome(result: Measurement) -> str:
@@ -191,6 +192,31 @@ def _measurement(data: dict[str, object]) -> Measurement:
         if isinstance(value, list) and len(value) == 2:
             return _number(value[1])
     return QueryError(f"unexpected result type {kind!r}; a check needs an instant vector or scalar")
+
+
+MAX_GROUPS = 256
+"""Groups a grouped answer may have: successRate has at most 2 tracks x 4 outcomes; more means the
+query is not the one Rollwise wrote."""
+
+
+def _counts(data: dict[str, object], by: tuple[str, ...]) -> Measurement:
+    """A grouped instant vector as `Counts` keyed by the `by` labels' values; NaN samples skipped."""
+    kind, result = data.get("resultType"), data.get("result")
+    if kind != "vector" or not isinstance(result, list):
+        return QueryError(f"unexpected result type {kind!r}; grouped counts need an instant vector")
+    if len(result) > MAX_GROUPS:
+        return QueryError(f"the query returned {len(result)} groups, more than {MAX_GROUPS}")
+    values: dict[tuple[str, ...], float] = {}
+    for sample in result:
+        labels = sample.get("metric") if isinstance(sample, dict) else None
+        value = sample.get("value") if isinstance(sample, dict) else None
+        if not isinstance(labels, dict) or not isinstance(value, list) or len(value) != 2:
+            return QueryError("a grouped sample without labels or value")
+        number = _number(value[1])
+        if isinstance(number, Value):
+            key = tuple(str(labels.get(label, "")) for label in by)
+            values[key] = values.get(key, 0.0) + number.value
+    return Counts(values)
 
 
 def _number(raw: object) -> Measurement:

@@ -24,8 +24,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Protocol
 
 from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import (
@@ -35,7 +33,6 @@ from rollwise_contract.metrics import (
     REQUEST_DURATION,
     REQUESTS,
 )
-from rollwise_contract.metrics import Outcome as RequestOutcome
 
 from rollwise.api.v1alpha1 import (
     AnalysisSpec,
@@ -48,43 +45,10 @@ from rollwise.api.v1alpha1 import (
     ThresholdRange,
     Verdict,
 )
+from rollwise.plan.compare import SUCCESS_GROUPS, judge_success_rate
+from rollwise.plan.measurement import Counts, Judged, Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
-
-# ---------------------------------------------------------------------------------------------
-# What a provider answers
-
-
-@dataclass(frozen=True)
-class Value:
-    """The query returned one finite-or-infinite number (NaN is reported as `NoData`)."""
-
-    value: float
-
-
-@dataclass(frozen=True)
-class NoData:
-    """The query succeeded but returned nothing to judge (empty vector, NaN)."""
-
-    detail: str = "the query returned no data"
-
-
-@dataclass(frozen=True)
-class QueryError:
-    """The query could not be answered: unreachable, timed out, rejected, circuit open."""
-
-    detail: str
-
-
-Measurement = Value | NoData | QueryError
-
-
-class MetricProvider(Protocol):
-    """A metric source (`metrics/prometheus.py`). Providers do I/O and never judge."""
-
-    def query(self, promql: str, at: datetime) -> Measurement:
-        """Evaluate `promql` at instant `at`: a `Value` when it yields exactly one number."""
-        ...
-
+from rollwise.plan.promql import counts_since, selector
 
 # ---------------------------------------------------------------------------------------------
 # What the I/O layer is asked to run, and hands back
@@ -108,6 +72,8 @@ class QueryRequest:
     """The rendered query, ready for `MetricProvider.query`."""
     at: datetime
     """When it was due; evaluate at `now` (the PromQL range ends there)."""
+    by: tuple[str, ...] = ()
+    """The labels a grouped query's answer is keyed by (`Counts`); empty for one number."""
 
 
 @dataclass(frozen=True)
@@ -116,21 +82,6 @@ class Measured:
 
     request: QueryRequest
     measurement: Measurement
-
-
-class Outcome(StrEnum):
-    """One measurement's judgement."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    INCONCLUSIVE = "inconclusive"
-
-
-@dataclass(frozen=True)
-class Judged:
-    outcome: Outcome
-    value: float | None
-    reason: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,25 +93,9 @@ def window(spec: AnalysisSpec) -> str:
     return f"{spec.interval_seconds}s"
 
 
-def _selector(md: ModelDeployment, track: Track, extra: str = "") -> str:
-    """One track of this ModelDeployment: its namespace and its Deployment's pods, then the server's
-    own labels. Without the first two, two ModelDeployments serving a model of the same name (in
-    two namespaces, or side by side) would be judged on each other's traffic.
-
-    Example: `namespace="ml",pod=~"iris-candidate-[^-]+-[^-]+",model="iris",track="candidate"`.
-    `namespace` and `pod` are the labels Kubernetes service discovery (and the Prometheus
-    Operator's PodMonitor) put on every pod target; pod names are `<deployment>-<hash>-<id>`.
-    """
-    name = md.metadata.name  # a-z, 0-9 and "-" only (the API refuses others): safe in a regex
-    return (
-        f'namespace="{md.metadata.namespace or "default"}",pod=~"{name}-{track}-[^-]+-[^-]+",'
-        f'model="{md.spec.model.name}",track="{track}"{extra}'
-    )
-
-
 def _share(md: ModelDeployment, track: Track, win: str) -> str:
     """Share of predictions per class on one track (docs/metrics.md `class_share`)."""
-    sel = _selector(md, track)
+    sel = selector(md, track)
     return (
         f"(sum by (class) (rate({PREDICTION_VALUE}_count{{{sel}}}[{win}]))"
         f" / ignoring(class) group_left sum(rate({PREDICTION_VALUE}_count{{{sel}}}[{win}])))"
@@ -172,67 +107,11 @@ PSI_FLOOR = 0.0001
 gives a large finite PSI instead of +Inf or NaN (the usual PSI epsilon)."""
 
 
-CLIENT_ERROR_Z = 2.326
-"""One-sided 99 % normal quantile: a candidate's client errors beyond stable's share count as its
-failures only past this many standard errors of sampling noise, so tracks refusing the same share of
-requests (a client sending garbage to both) make a good candidate fail this way in at most about
-1 % of intervals (tests/unit/test_analysis.py simulates it)."""
-
-
-def client_error_excess(cl_c: float, n_c: float, cl_s: float, n_s: float) -> float:
-    """The candidate's client errors beyond stable's share, less sampling noise: `_success_rate`'s
-    rule in numbers (its PromQL computes exactly this), for the simulation that states its error
-    rate. `cl_*` client errors, `n_*` all requests of a track in the interval.
-
-    Under equal shares p (pooled over both tracks) the candidate's excess over `n_c * share_s` has
-    variance `n_c p (1 - p) (1 + n_c / n_s)` (its own draw and the error of stable's estimate).
-    Without stable traffic there is nothing to compare with: every client error counts.
-    """
-    if n_s <= 0:
-        return max(cl_c, 0.0)
-    share = cl_s / n_s
-    pooled = (cl_c + cl_s) / max(n_c + n_s, 1e-9)
-    noise = CLIENT_ERROR_Z * math.sqrt(max(n_c * pooled * (1 - pooled) * (1 + n_c / max(n_s, 1.0)), 0.0))
-    return max(cl_c - n_c * share - noise, 0.0)
-
-
-def _success_rate(md: ModelDeployment, win: str) -> str:
-    """Percent of the candidate's requests it answered, counting the client errors it returns
-    beyond the stable's client-error share, and beyond sampling noise, as its own failures
-    (`client_error_excess`).
-
-    A client error is usually the caller's fault (docs' `success_rate` leaves them out), but a
-    candidate that changed its input contract refuses requests the stable accepts: left out, its
-    success rate would read "no data" while users got 400s. Both tracks see the same requests (a
-    random split, mirrored or hashed users), so only the excess is the candidate's doing; and at a
-    few requests per interval one refusal more on either side is noise, which any client could
-    otherwise send to roll a good candidate back. Example: stable refuses 2 % of 1 000 requests,
-    candidate 50 % of 1 000 and answers the rest: excess 480 - 2.326 * 19.6 = 434, 100*500/934 = 53.5.
-    """
-    cand, stable = Track.CANDIDATE, Track.STABLE
-
-    def count(track: Track, outcome: str = "") -> str:
-        return f"sum(increase({REQUESTS}_total{{{_selector(md, track, outcome)}}}[{win}]))"
-
-    ok = count(cand, f',outcome="{RequestOutcome.SUCCESS}"')
-    counted = "|".join((RequestOutcome.SUCCESS, RequestOutcome.SERVER_ERROR, RequestOutcome.FALLBACK))
-    judged = count(cand, f',outcome=~"{counted}"')
-    refused = f',outcome="{RequestOutcome.CLIENT_ERROR}"'
-    cl_c, n_c = f"({count(cand, refused)} or on() vector(0))", count(cand)
-    cl_s, n_s = f"({count(stable, refused)} or on() vector(0))", f"({count(stable)} or on() vector(0))"
-    share = f"({cl_s} / clamp_min({n_s}, 1e-9))"
-    pooled = f"(({cl_c} + {cl_s}) / clamp_min({n_c} + {n_s}, 1e-9))"
-    variance = f"{n_c} * {pooled} * (1 - {pooled}) * (1 + {n_c} / clamp_min({n_s}, 1))"
-    noise = f"({CLIENT_ERROR_Z} * sqrt(clamp_min({variance}, 0)) * ({n_s} > bool 0))"
-    excess = f"clamp_min({cl_c} - {n_c} * {share} - {noise}, 0)"
-    return f"100 * {ok} / ({judged} + {excess})"
-
-
 def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
     """The PromQL of a built-in check, from the serving image's metric contract (docs/metrics.md).
 
-    - successRate: percent of requests answered; client errors count only beyond the stable's
-      share of them (`_success_rate`).
+    - successRate is not one number but exact counts since the analysis started
+      (`success_rate_query`, judged by `compare.judge_success_rate`).
     - latencyP99: docs' `latency_p99_seconds`, seconds.
     - predictionDrift: PSI between the candidate's and the stable's class shares, computed in
       PromQL from `rollwise_prediction_value_count` by class. A regressor (feature schema
@@ -245,9 +124,9 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
     cand = Track.CANDIDATE
     match check.builtin:
         case BuiltinMetric.SUCCESS_RATE:
-            return _success_rate(md, win)
+            raise ValueError("successRate is counted since the analysis started: use success_rate_query")
         case BuiltinMetric.LATENCY_P99:
-            sel = _selector(md, cand)
+            sel = selector(md, cand)
             return f"histogram_quantile(0.99, sum by (le) (rate({REQUEST_DURATION}_bucket{{{sel}}}[{win}])))"
         case BuiltinMetric.PREDICTION_DRIFT:
             schema = md.spec.model.feature_schema
@@ -256,13 +135,13 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
                 and schema.output is not None
                 and schema.output.kind is OutputKind.REGRESSOR
             ):
-                return f"max({PREDICTION_PSI}{{{_selector(md, cand)}}})"
+                return f"max({PREDICTION_PSI}{{{selector(md, cand)}}})"
             c = f"clamp_min({_share(md, cand, win)}, {PSI_FLOOR})"
             s = f"clamp_min({_share(md, Track.STABLE, win)}, {PSI_FLOOR})"
             return f"sum(({c} - on(class) {s}) * ln({c} / on(class) {s}))"
         case BuiltinMetric.INPUT_DRIFT:
             extra = "" if check.feature is None else f',feature="{check.feature}"'
-            return f"max({FEATURE_PSI}{{{_selector(md, cand, extra)}}})"
+            return f"max({FEATURE_PSI}{{{selector(md, cand, extra)}}})"
         case None:
             raise ValueError(f"metric {check.name!r} has no builtin")
 
@@ -293,18 +172,24 @@ def metric_query(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) ->
     return builtin_query(md, check, win)
 
 
+def success_rate_query(md: ModelDeployment, *, since: datetime, at: datetime) -> str:
+    """Both tracks' requests by outcome, exactly, from `since` (the analysis start) to `at`."""
+    series = f"{REQUESTS}_total{{{selector(md, None)}}}"
+    return counts_since(series, SUCCESS_GROUPS, since=since, at=at)
+
+
 def samples_query(md: ModelDeployment, spec: AnalysisSpec) -> str:
     """Inference requests the candidate served during the last interval (all outcomes)."""
-    sel = _selector(md, Track.CANDIDATE)
+    sel = selector(md, Track.CANDIDATE)
     return f"sum(increase({REQUESTS}_total{{{sel}}}[{window(spec)}]))"
 
 
 def taken(analysis: AnalysisStatus) -> int:
-    """Measurements recorded so far (every metric is measured together)."""
+    """Looks taken so far, retaken thin ones included (every metric is measured together)."""
     if not analysis.metrics:
         return 0
     m = analysis.metrics[0]
-    return m.successful + m.failed + m.inconclusive
+    return m.successful + m.failed + m.inconclusive + analysis.deferred
 
 
 def next_due(spec: AnalysisSpec, analysis: AnalysisStatus) -> datetime:
@@ -321,7 +206,11 @@ def requests_for(
     if spec.min_sample_count > 0:
         out.append(QueryRequest(SAMPLES, index, step, samples_query(md, spec), at))
     for check in spec.metrics:
-        out.append(QueryRequest(check.name, index, step, metric_query(md, check, spec), at))
+        if check.builtin is BuiltinMetric.SUCCESS_RATE:
+            promql = success_rate_query(md, since=analysis.started_at, at=at)
+            out.append(QueryRequest(check.name, index, step, promql, at, SUCCESS_GROUPS))
+        else:
+            out.append(QueryRequest(check.name, index, step, metric_query(md, check, spec), at))
     return out
 
 
@@ -368,12 +257,18 @@ def _bounds(threshold: ThresholdRange) -> str:
 
 
 def judge(check: MetricCheck, measurement: Measurement) -> Judged:
-    """One metric's measurement against its threshold (the sample gate is applied by `record`)."""
+    """One metric's measurement against its rules (the sample gate is applied by `record`)."""
     match measurement:
         case QueryError(detail=detail):
             return Judged(Outcome.FAIL, None, f"query failed: {detail}")
         case NoData(detail=detail):
             return Judged(Outcome.INCONCLUSIVE, None, f"no data: {detail}")
+        case Counts() if check.builtin is BuiltinMetric.SUCCESS_RATE:
+            return judge_success_rate(check, measurement)
+        case Counts():
+            return Judged(
+                Outcome.FAIL, None, "query failed: grouped counts answered a check that needs one number"
+            )
         case Value(value=v) if math.isnan(v):
             return Judged(Outcome.INCONCLUSIVE, None, "no data: the query returned NaN")
         case Value(value=v):
@@ -444,30 +339,43 @@ def record(
     if spec.min_sample_count > 0 and SAMPLES not in mine:
         return analysis
     gate = _gate(spec, mine.get(SAMPLES)) if spec.min_sample_count > 0 else None
-    checks = {m.name: m for m in spec.metrics}
-    tallies: list[MetricResult] = []
-    for result in analysis.metrics:
-        check = checks.get(result.name)
-        if check is None:
-            continue
-        judged = judge(check, mine[check.name])
-        if gate is not None and judged.outcome is not Outcome.FAIL:
-            # Too little traffic makes a value meaningless; a query error still counts as failed.
-            judged = Judged(gate.outcome, judged.value, gate.reason)
-        if gate is not None and gate.outcome is Outcome.FAIL:
-            judged = gate
-        tallies.append(
-            result.model_copy(
-                update={
-                    "successful": result.successful + (judged.outcome is Outcome.PASS),
-                    "failed": result.failed + (judged.outcome is Outcome.FAIL),
-                    "inconclusive": result.inconclusive + (judged.outcome is Outcome.INCONCLUSIVE),
-                    "last_value": judged.value if judged.value is not None else result.last_value,
-                    "message": judged.reason[:4096],
-                }
-            )
-        )
+    judged = {m.name: _gated(judge(m, mine[m.name]), gate) for m in spec.metrics}
+    need = spec.count if count is None else count
+    failing = any(j.outcome is Outcome.FAIL for j in judged.values())
+    if gate is not None and gate.outcome is Outcome.INCONCLUSIVE and analysis.deferred < need and not failing:
+        # Too few requests yet (a new pod Prometheus has not scraped): look again next interval
+        # instead of counting it inconclusive, so no data delays a pass and never pauses the
+        # rollout while the next look, on counts since the start, may already show a failure.
+        retaken = [
+            r.model_copy(update={"message": f"{gate.reason}; looking again", "comparison": None})
+            for r in analysis.metrics
+        ]
+        return analysis.model_copy(update={"metrics": retaken, "deferred": analysis.deferred + 1})
+    tallies = [_tally(r, judged[r.name]) for r in analysis.metrics if r.name in judged]
     return conclude(spec, analysis.model_copy(update={"metrics": tallies}), count=count)
+
+
+def _gated(judged: Judged, gate: Judged | None) -> Judged:
+    """A judgement under the minSampleCount gate: too little traffic makes a pass meaningless, but a
+    failure stands (a query error, or a candidate shown worse on the counts it did serve)."""
+    if gate is None or judged.outcome is Outcome.FAIL:
+        return judged
+    if gate.outcome is Outcome.FAIL:
+        return gate
+    return Judged(gate.outcome, judged.value, gate.reason, judged.comparison)
+
+
+def _tally(result: MetricResult, judged: Judged) -> MetricResult:
+    return result.model_copy(
+        update={
+            "successful": result.successful + (judged.outcome is Outcome.PASS),
+            "failed": result.failed + (judged.outcome is Outcome.FAIL),
+            "inconclusive": result.inconclusive + (judged.outcome is Outcome.INCONCLUSIVE),
+            "last_value": judged.value if judged.value is not None else result.last_value,
+            "message": judged.reason[:4096],
+            "comparison": judged.comparison or result.comparison,
+        }
+    )
 
 
 def _metric_verdict(spec: AnalysisSpec, m: MetricResult, count: int) -> Verdict:
@@ -510,7 +418,9 @@ def verdict_of(spec: AnalysisSpec, analysis: AnalysisStatus, *, count: int | Non
         return Verdict.INCONCLUSIVE, why
     if all(_metric_verdict(spec, m, need) is Verdict.SUCCESSFUL for m in results):
         return Verdict.SUCCESSFUL, f"every metric passed {need} measurement(s)"
-    return Verdict.RUNNING, f"{taken(analysis)} of {need} measurement(s) taken"
+    first = results[0]
+    measured = first.successful + first.failed + first.inconclusive
+    return Verdict.RUNNING, f"{measured} of {need} measurement(s) taken"
 
 
 def conclude(spec: AnalysisSpec, analysis: AnalysisStatus, *, count: int | None) -> AnalysisStatus:

@@ -1,0 +1,167 @@
+"""The candidate against stable: successRate judged on exact counts since the analysis started.
+
+Two rules on the same counts, either fails the measurement:
+- the guard rail: the candidate's own success percentage against `threshold` (the SLO);
+- the comparison, while stable served requests too: the candidate's failure rate minus stable's,
+  every non-success outcome counted on both tracks (refusals included: both tracks see the same
+  requests, so a client sending garbage raises both, and a candidate that changed its input
+  contract raises only its own), with a confidence sequence (`stats.rate_difference`). The
+  candidate is *worse* when the whole interval lies above `worseBy`.
+
+While the comparison runs, the guard rail leaves client errors out (the comparison owns them).
+Without stable requests there is nothing to compare with, and the candidate's client errors count
+against it beyond stable's share and sampling noise (`client_error_excess`), as before comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rollwise_contract.metrics import Outcome as RequestOutcome
+
+from rollwise.api.v1alpha1 import Comparison, ComparisonResult, MetricCheck, ThresholdRange
+from rollwise.plan.measurement import Counts, Judged, Outcome
+from rollwise.plan.names import Track
+from rollwise.plan.stats import rate_difference
+
+SUCCESS_GROUPS = ("track", "outcome")
+"""The labels successRate's counts are grouped by."""
+
+CLIENT_ERROR_Z = 2.326
+"""One-sided 99 % normal quantile: without a comparison, a candidate's client errors beyond stable's
+share count as its failures only past this many standard errors of sampling noise."""
+
+
+@dataclass(frozen=True)
+class TrackCounts:
+    """One track's requests since the analysis started, by outcome."""
+
+    ok: float
+    server_errors: float
+    fallbacks: float
+    client_errors: float
+
+    @property
+    def requests(self) -> float:
+        return self.ok + self.server_errors + self.fallbacks + self.client_errors
+
+    @property
+    def judged(self) -> float:
+        """Requests the server answered or failed on its own account (client errors left out)."""
+        return self.ok + self.server_errors + self.fallbacks
+
+    @classmethod
+    def of(cls, counts: Counts, track: Track) -> TrackCounts:
+        t = str(track)
+        return cls(
+            ok=counts.get(t, RequestOutcome.SUCCESS),
+            server_errors=counts.get(t, RequestOutcome.SERVER_ERROR),
+            fallbacks=counts.get(t, RequestOutcome.FALLBACK),
+            client_errors=counts.get(t, RequestOutcome.CLIENT_ERROR),
+        )
+
+
+def client_error_excess(cl_c: float, n_c: float, cl_s: float, n_s: float) -> float:
+    """The candidate's client errors beyond stable's share, less sampling noise. `cl_*` client
+    errors, `n_*` all requests of a track.
+
+    Under equal shares p (pooled over both tracks) the candidate's excess over `n_c * share_s` has
+    variance `n_c p (1 - p) (1 + n_c / n_s)` (its own draw and the error of stable's estimate).
+    Without stable traffic there is nothing to compare with: every client error counts.
+    """
+    if n_s <= 0:
+        return max(cl_c, 0.0)
+    share = cl_s / n_s
+    pooled = (cl_c + cl_s) / max(n_c + n_s, 1e-9)
+    noise = CLIENT_ERROR_Z * math.sqrt(max(n_c * pooled * (1 - pooled) * (1 + n_c / max(n_s, 1.0)), 0.0))
+    return max(cl_c - n_c * share - noise, 0.0)
+
+
+def _bounds(threshold: ThresholdRange) -> str:
+    if threshold.min is not None and threshold.max is not None:
+        return f"{threshold.min:g}..{threshold.max:g}"
+    if threshold.min is not None:
+        return f">= {threshold.min:g}"
+    return f"<= {threshold.max:g}"
+
+
+def _inside(threshold: ThresholdRange, value: float) -> bool:
+    return (threshold.min is None or value >= threshold.min) and (
+        threshold.max is None or value <= threshold.max
+    )
+
+
+def compared(cand: TrackCounts, stable: TrackCounts, rule: Comparison) -> ComparisonResult | None:
+    """The comparison in percent and percentage points; None without requests on either track."""
+    interval = rate_difference(
+        cand.requests - cand.ok, cand.requests, stable.requests - stable.ok, stable.requests,
+        alpha=1 - rule.confidence,
+    )  # fmt: skip
+    if interval is None:
+        return None
+    return ComparisonResult(
+        candidate=100 * cand.ok / cand.requests,
+        stable=100 * stable.ok / stable.requests,
+        difference=100 * interval.estimate,
+        lower=100 * interval.lower,
+        upper=100 * interval.upper,
+        confidence=rule.confidence,
+        candidate_samples=round(cand.requests),
+        stable_samples=round(stable.requests),
+        rule=f"worse when the lower bound of (candidate - stable) failed % exceeds {rule.worse_by:g}",
+    )
+
+
+def worse(result: ComparisonResult, rule: Comparison) -> bool:
+    return result.lower > rule.worse_by
+
+
+def explain(result: ComparisonResult, rule: Comparison) -> str:
+    """One line a human reads, e.g. `success 70.0 % vs stable 100.0 % (+30.0 pp failed, 99 % CI
+    +12.1..+47.9; 40 vs 160 requests): worse`."""
+    verdict = (
+        "worse" if worse(result, rule) else ("not worse" if result.upper <= rule.worse_by else "undecided")
+    )
+    c, st = result.candidate, result.stable
+    return (
+        f"success {c:.1f} % vs stable {st:.1f} % ({result.difference:+.1f} pp failed, "
+        f"{100 * result.confidence:g} % CI {result.lower:+.1f}..{result.upper:+.1f}; "
+        f"{result.candidate_samples} vs {result.stable_samples} requests): {verdict}"
+    )
+
+
+def judge_success_rate(check: MetricCheck, counts: Counts) -> Judged:
+    """successRate on exact counts since the analysis started (the module docstring's rules)."""
+    cand, stable = TrackCounts.of(counts, Track.CANDIDATE), TrackCounts.of(counts, Track.STABLE)
+    if cand.requests <= 0:
+        return Judged(
+            Outcome.INCONCLUSIVE, None, "no data: the candidate served no requests since it started"
+        )
+    rule = check.comparison
+    result = compared(cand, stable, rule) if rule is not None else None
+    if result is None or rule is None:
+        return _alone(check.threshold, cand, stable)
+    line = explain(result, rule)
+    own = 100 * cand.ok / cand.judged if cand.judged > 0 else None
+    reasons = [line]
+    if own is not None and not _inside(check.threshold, own):
+        reasons.append(f"{own:g} is outside {_bounds(check.threshold)}")
+    if worse(result, rule) or len(reasons) > 1:
+        return Judged(Outcome.FAIL, own, "; ".join(reasons), result)
+    if own is None:
+        why = f"no data: every candidate request was a client error; {line}"
+        return Judged(Outcome.INCONCLUSIVE, None, why, result)
+    return Judged(Outcome.PASS, own, line, result)
+
+
+def _alone(threshold: ThresholdRange, cand: TrackCounts, stable: TrackCounts) -> Judged:
+    """The guard rail without a comparison: client errors count beyond stable's share and noise."""
+    excess = client_error_excess(cand.client_errors, cand.requests, stable.client_errors, stable.requests)
+    denominator = cand.judged + excess
+    if denominator <= 0:
+        return Judged(Outcome.INCONCLUSIVE, None, "no data: every candidate request was a client error")
+    value = 100 * cand.ok / denominator
+    if _inside(threshold, value):
+        return Judged(Outcome.PASS, value, "")
+    return Judged(Outcome.FAIL, value, f"{value:g} is outside {_bounds(threshold)}")
