@@ -31,6 +31,11 @@ BAD_MODELS = {
     "iris-broken.py": "raise RuntimeError('this candidate fails every prediction, on purpose')",
     "iris-slow.py": "time.sleep(0.4)\n        return _rule(inputs)",
     "iris-drift.py": "return {'label': np.full(len(_rows(inputs)), 'virginica', dtype=object)}",
+    "iris-flaky.py": (
+        "if np.random.random() < 0.3:\n"
+        "            raise RuntimeError('this candidate fails 30 % of predictions, on purpose')\n"
+        "        return _rule(inputs)"
+    ),
 }
 BAD_MODEL_TEMPLATE = """\
 \"\"\"A bad Iris candidate for Rollwise's rollout tests.\"\"\"

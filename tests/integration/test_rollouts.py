@@ -132,6 +132,33 @@ def test_a_failing_candidate_is_rolled_back_within_seconds(
     )
 
 
+def test_a_candidate_failing_30_percent_is_rolled_back_even_when_its_first_looks_have_no_data(
+    cluster: Cluster, namespace: str, load: Load
+) -> None:
+    """Issue 14's case: `inconclusiveLimit` 0, and the first look finds no scraped candidate
+    requests. That look is retaken instead of pausing the rollout, and the next one, on counts since
+    the analysis started, shows the candidate worse than stable; the status explains it."""
+    wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
+    md = canary("3.0.0-flaky", "iris-flaky.py", "python")
+    md["spec"]["rollout"]["analysis"]["inconclusiveLimit"] = 0
+    assert apply(namespace, md).returncode == 0
+    wait_until("the candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
+    took_traffic = time.monotonic()
+    with_status(
+        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
+    )
+    elapsed = time.monotonic() - took_traffic
+    status = get_md(cluster, namespace, "iris")["status"]
+    assert status["stableVersion"] == "1.0.0"
+    success = next(m for m in status["analysis"]["metrics"] if m["name"] == "success-rate")
+    assert success["verdict"] == "Failed", status["analysis"]
+    comparison = success["comparison"]
+    assert comparison["candidate"] < comparison["stable"] and comparison["lower"] > 0, comparison
+    assert comparison["candidateSamples"] > 0 and comparison["stableSamples"] > 0
+    assert "vs stable" in success["message"] and "success-rate" in status["history"][0]["message"]
+    print(f"\n30 % failures: rolled back {elapsed:.1f}s after its pods took traffic; {success['message']}")
+
+
 BAD_CANDIDATES = [
     pytest.param(
         "iris-slow.py",

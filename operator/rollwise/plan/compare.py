@@ -1,7 +1,8 @@
 """The candidate against stable: successRate judged on exact counts since the analysis started.
 
 Two rules on the same counts, either fails the measurement:
-- the guard rail: the candidate's own success percentage against `threshold` (the SLO);
+- the guard rail: the candidate's own success percentage against `threshold` (the SLO), below
+  `min` only when shown so at the comparison's confidence (`rail`);
 - the comparison, while stable served requests too: the candidate's failure rate minus stable's,
   every non-success outcome counted on both tracks (refusals included: both tracks see the same
   requests, so a client sending garbage raises both, and a candidate that changed its input
@@ -23,7 +24,7 @@ from rollwise_contract.metrics import Outcome as RequestOutcome
 from rollwise.api.v1alpha1 import Comparison, ComparisonResult, MetricCheck, ThresholdRange
 from rollwise.plan.measurement import Counts, Judged, Outcome
 from rollwise.plan.names import Track
-from rollwise.plan.stats import rate_difference
+from rollwise.plan.stats import excess_evidence, rate_difference
 
 SUCCESS_GROUPS = ("track", "outcome")
 """The labels successRate's counts are grouped by."""
@@ -86,9 +87,36 @@ def _bounds(threshold: ThresholdRange) -> str:
     return f"<= {threshold.max:g}"
 
 
-def _inside(threshold: ThresholdRange, value: float) -> bool:
-    return (threshold.min is None or value >= threshold.min) and (
-        threshold.max is None or value <= threshold.max
+DEFAULT_CONFIDENCE = 0.99
+"""The guard rail's confidence when the check makes no comparison."""
+
+
+@dataclass(frozen=True)
+class Rail:
+    """The guard rail's reading: the success percentage and whether it is shown outside."""
+
+    value: float
+    outside: bool
+    why: str
+
+
+def rail(threshold: ThresholdRange, ok: float, n: float, confidence: float) -> Rail:
+    """The candidate's success percentage against `threshold`. Below `min` counts only when shown
+    at `confidence` (`stats.excess_evidence`: 2 failures in 20 requests are not proof of a rate
+    above 1 %, 6 are); above `max` is read as measured."""
+    value = 100 * ok / n
+    if threshold.max is not None and value > threshold.max:
+        return Rail(value, True, f"{value:.4g} is outside {_bounds(threshold)}")
+    if threshold.min is None or value >= threshold.min:
+        return Rail(value, False, "")
+    evidence = excess_evidence(n - ok, n, 1 - threshold.min / 100)
+    if evidence < 1 / (1 - confidence):
+        return Rail(value, False, "")
+    return Rail(
+        value,
+        True,
+        f"{value:.4g} is outside {_bounds(threshold)} (shown at {100 * confidence:g} % confidence: "
+        f"likelihood ratio {evidence:.3g} over {n:.0f} requests)",
     )
 
 
@@ -143,16 +171,16 @@ def judge_success_rate(check: MetricCheck, counts: Counts) -> Judged:
     if result is None or rule is None:
         return _alone(check.threshold, cand, stable)
     line = explain(result, rule)
-    own = 100 * cand.ok / cand.judged if cand.judged > 0 else None
-    reasons = [line]
-    if own is not None and not _inside(check.threshold, own):
-        reasons.append(f"{own:g} is outside {_bounds(check.threshold)}")
-    if worse(result, rule) or len(reasons) > 1:
-        return Judged(Outcome.FAIL, own, "; ".join(reasons), result)
-    if own is None:
+    if cand.judged <= 0:
+        if worse(result, rule):
+            return Judged(Outcome.FAIL, None, line, result)
         why = f"no data: every candidate request was a client error; {line}"
         return Judged(Outcome.INCONCLUSIVE, None, why, result)
-    return Judged(Outcome.PASS, own, line, result)
+    own = rail(check.threshold, cand.ok, cand.judged, rule.confidence)
+    reasons = [line] + ([own.why] if own.outside else [])
+    if worse(result, rule) or own.outside:
+        return Judged(Outcome.FAIL, own.value, "; ".join(reasons), result)
+    return Judged(Outcome.PASS, own.value, line, result)
 
 
 def _alone(threshold: ThresholdRange, cand: TrackCounts, stable: TrackCounts) -> Judged:
@@ -161,7 +189,5 @@ def _alone(threshold: ThresholdRange, cand: TrackCounts, stable: TrackCounts) ->
     denominator = cand.judged + excess
     if denominator <= 0:
         return Judged(Outcome.INCONCLUSIVE, None, "no data: every candidate request was a client error")
-    value = 100 * cand.ok / denominator
-    if _inside(threshold, value):
-        return Judged(Outcome.PASS, value, "")
-    return Judged(Outcome.FAIL, value, f"{value:g} is outside {_bounds(threshold)}")
+    own = rail(threshold, cand.ok, denominator, DEFAULT_CONFIDENCE)
+    return Judged(Outcome.FAIL if own.outside else Outcome.PASS, own.value, own.why)

@@ -87,3 +87,34 @@ def rate_difference(
     variance = n * max(neyman, pooled * (1 - pooled) * (1 / n_c + 1 / n_s))
     lower, upper = mean_sequence(estimate, variance, n, alpha=alpha, horizon=horizon)
     return Interval(estimate, lower, upper)
+
+
+ALTERNATIVES = 32
+"""Failure rates the guard rail's mixture spreads its weight over, evenly in log-odds from just
+above the allowed rate to 99.9 %."""
+
+
+def excess_evidence(failed: float, n: float, allowed: float) -> float:
+    """Likelihood ratio of "the failure rate is above `allowed`" against "it is `allowed`", from
+    `failed` of `n` requests: a mixture SPRT over `ALTERNATIVES` rates above `allowed`.
+
+    Each term of the mixture is a likelihood ratio theta^f (1-theta)^(n-f) / q^f (1-q)^(n-f) with
+    theta > q, whose expectation is at most 1 whenever the true rate is at most q, so the mixture
+    is a nonnegative supermartingale under "no worse than allowed" and, by Ville's inequality,
+    reaches 1/alpha with probability at most alpha, ever, however often it is looked at. Exact at
+    every sample size: no normal approximation. `allowed` 0 (a 100 % threshold): any failure is
+    infinite evidence, none is none.
+    """
+    if n <= 0:
+        return 1.0
+    if allowed <= 0:
+        return math.inf if failed > 0 else 1.0
+    if allowed >= 1:
+        return 0.0
+    lo, hi = math.log(allowed / (1 - allowed)), math.log(999.0)
+    total = 0.0
+    for j in range(1, ALTERNATIVES + 1):
+        theta = 1 / (1 + math.exp(-(lo + (hi - lo) * j / ALTERNATIVES)))
+        log_ratio = failed * math.log(theta / allowed) + (n - failed) * math.log((1 - theta) / (1 - allowed))
+        total += math.exp(min(log_ratio, 700.0)) / ALTERNATIVES
+    return total
