@@ -608,22 +608,26 @@ class AnalysisSpec(ApiModel):
     """How the candidate is judged: metrics taken every interval and how many failures are tolerated.
 
     A measurement is pass, fail, or inconclusive (fewer than minSampleCount requests, no data);
-    no data never passes. A Prometheus error counts as a failure.
+    no data never passes. A Prometheus error counts as a failure. docs/analysis.md has the rules
+    and their error rates.
     """
 
     metrics: list[MetricCheck] = Field(min_length=1, max_length=16, json_schema_extra=map_list("name"))
     """Checks taken every interval."""
     interval_seconds: int = Field(default=60, ge=5, le=3600)
-    """Seconds between measurements; also the PromQL range. Default 60."""
+    """Seconds between measurements; also the PromQL range of every check but successRate, which
+    counts from the start of the analysis. Default 60."""
     count: int = Field(default=5, ge=1, le=1000)
-    """Measurements per analysis; the analysis passes when all are taken within the limits. Default 5."""
+    """Conclusive measurements per analysis; it passes when all are taken within the limits, at least
+    one passing. Default 5."""
     failure_limit: int = Field(default=0, ge=0, le=1000)
     """Failed measurements tolerated; one more fails the analysis and rolls back. Default 0."""
     inconclusive_limit: int = Field(default=0, ge=0, le=1000)
     """Inconclusive measurements tolerated before inconclusivePolicy applies. Default 0."""
     min_sample_count: int = Field(default=50, ge=0, le=1_000_000)
-    """Requests the candidate must have served in an interval for a measurement to count; fewer is
-    inconclusive, so a low-traffic model never passes on no data. Default 50."""
+    """Requests the candidate must have served in an interval for a measurement to pass; a thinner
+    look is retaken (up to `count` times), then inconclusive, so a low-traffic model never passes on
+    no data. A failure stands however few requests it saw. Default 50."""
     inconclusive_policy: InconclusivePolicy = InconclusivePolicy.PAUSE
     """What happens past inconclusiveLimit. Default pause."""
 
