@@ -292,3 +292,17 @@ def test_every_strategy_lists_the_steps_the_operator_walks() -> None:
     assert "✓" in step_row(out, "analysis")
     assert "▶" in step_row(out, "pause until resumed")
     assert "setWeight 100" in out
+
+
+def test_a_compared_check_explains_itself_and_retaken_looks_are_counted() -> None:
+    line = "success 74.0 % vs stable 100.0 % (+26.0 pp failed, 99 % CI +0.9..+51.1; 50 vs 89 requests): worse"
+    doc = analysing()
+    assert doc.status.analysis is not None
+    first = doc.status.analysis.metrics[0].model_copy(update={"message": line})
+    analysis = doc.status.analysis.model_copy(
+        update={"deferred": 1, "metrics": [first, *doc.status.analysis.metrics[1:]]}
+    )
+    doc = doc.model_copy(update={"status": doc.status.model_copy(update={"analysis": analysis})})
+    out = render(status_view(doc, [], NOW))
+    assert "success 74.0 % vs stable 100.0 %" in out and "worse" in line_with(out, "requests): worse")
+    assert "2/3 measurements (1 retaken: too few requests)" in step_row(out, "analysis (3 measurements)")

@@ -184,7 +184,10 @@ def _step_detail(md: ModelDeployment, step: Step, now: datetime) -> str:
             spec = md.spec.rollout.analysis
             wanted = count if count is not None else (spec.count if spec is not None else None)
             taken = _taken(analysis)
-            return f"{spent}, {taken}/{wanted if wanted is not None else '?'} measurements"
+            retaken = (
+                f" ({analysis.deferred} retaken: too few requests)" if analysis and analysis.deferred else ""
+            )
+            return f"{spent}, {taken}/{wanted if wanted is not None else '?'} measurements{retaken}"
         case _:
             return spent
 
