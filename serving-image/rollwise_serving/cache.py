@@ -2,7 +2,9 @@
 
 Keyed by model name, version, artifact digest, the outputs asked for and a hash of the canonical
 input bytes (dtype, shape and data of each tensor), so a new version never reads its predecessor's
-answers. Values are the encoded ``outputs`` JSON, so a hit skips the model *and* the encoder.
+answers. Values are the encoded ``outputs`` JSON behind the predicted labels and scores
+(`pack_entry`), so a hit skips the model *and* the encoder and is still counted in the class
+shares and prediction histograms the judge compares (a cached answer is an answer users got).
 Redis is an optimisation and never a dependency: every call has a short timeout, a failure counts
 ``rollwise_cache_total{tier="redis",result="error"}`` and reads as a miss, and after a failure
 Redis is left alone for a second (each skipped look-up still counts as an error) so an outage
@@ -14,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +32,52 @@ log = logging.getLogger("rollwise_serving.cache")
 REDIS_TIMEOUT_SECONDS = 0.05
 REDIS_BACKOFF_SECONDS = 1.0
 MAX_PENDING_WRITES = 256
+
+
+ENTRY_FORMAT = b"rw2"
+"""Marks an entry `unpack_entry` reads; an entry of another format (an older server's, in a shared
+Redis) reads as a miss."""
+
+
+@dataclass(frozen=True)
+class CachedPrediction:
+    labels: np.ndarray[Any, Any] | None
+    scores: np.ndarray[Any, Any] | None
+    outputs: bytes
+
+
+def pack_entry(
+    labels: np.ndarray[Any, Any] | None, scores: np.ndarray[Any, Any] | None, outputs: bytes
+) -> bytes:
+    head = orjson.dumps(
+        {
+            "labels": labels.tolist() if labels is not None else None,
+            "scores": scores.astype(np.float64).tolist() if scores is not None else None,
+        }
+    )
+    return ENTRY_FORMAT + len(head).to_bytes(4, "big") + head + outputs
+
+
+def unpack_entry(value: bytes) -> CachedPrediction | None:
+    """The entry `pack_entry` made, or None for anything else."""
+    if not value.startswith(ENTRY_FORMAT) or len(value) < len(ENTRY_FORMAT) + 4:
+        return None
+    start = len(ENTRY_FORMAT) + 4
+    size = int.from_bytes(value[len(ENTRY_FORMAT) : start], "big")
+    try:
+        head = orjson.loads(value[start : start + size])
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(head, dict):
+        return None
+    labels, scores = head.get("labels"), head.get("scores")
+    return CachedPrediction(
+        np.asarray(labels, dtype=object) if isinstance(labels, list) else None,
+        np.asarray([math.nan if v is None else v for v in scores], dtype=np.float64)
+        if isinstance(scores, list)
+        else None,
+        value[start + size :],
+    )
 
 
 def cache_key(

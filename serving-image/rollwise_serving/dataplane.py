@@ -14,7 +14,7 @@ import orjson
 from rollwise_contract.metrics import Outcome
 
 from rollwise_serving.batching import Batcher
-from rollwise_serving.cache import PredictionCache
+from rollwise_serving.cache import PredictionCache, pack_entry, unpack_entry
 from rollwise_serving.config import Settings
 from rollwise_serving.errors import InputError
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
@@ -121,16 +121,18 @@ class Dataplane:
         key = None
         if self.cache is not None:
             key = self.cache.key(prepared, selected)
-            cached = await self.cache.get(key)
+            value = await self.cache.get(key)
+            cached = unpack_entry(value) if value is not None else None
             if cached is not None:
-                return cached, Outcome.SUCCESS
+                self.metrics.observe_predictions(cached.labels, cached.scores)
+                return cached.outputs, Outcome.SUCCESS
         prediction, fallback = await self.batcher.submit(prepared, raw)
         self.metrics.observe_predictions(prediction.labels, prediction.scores)
         names = selected if selected is not None else list(prediction.outputs)
         outputs = [InferOutput(n, prediction.outputs[n]) for n in names if n in prediction.outputs]
         outputs_json = encode_outputs(outputs)
         if key is not None and self.cache is not None and not fallback:
-            self.cache.put(key, outputs_json)
+            self.cache.put(key, pack_entry(prediction.labels, prediction.scores, outputs_json))
         return outputs_json, Outcome.FALLBACK if fallback else Outcome.SUCCESS
 
     def model_metadata(self) -> dict[str, Any]:

@@ -156,6 +156,7 @@ def test_redis_cache_hits_and_survives_redis_dying(
     other = fresh_servers.start(*model_args(models, "iris-v1"), "--redis-url", redis_server.url)
     assert other.post("/v2/models/iris/infer", content=body).json()["outputs"] == first["outputs"]
     assert other.sample("rollwise_cache_total", tier="redis", result="hit") == 1
+    assert other.sample("rollwise_prediction_value_count", **{"class": "virginica"}) == 1
 
     stop(redis_server.proc)
     codes = [
@@ -177,7 +178,9 @@ def test_in_process_lru_serves_repeats_without_the_model(
     # hit on the repeat; the third distinct input evicted the first (size 2), so it misses again.
     assert s.sample("rollwise_cache_total", tier="memory", result="hit") == 1
     assert s.sample("rollwise_cache_total", tier="memory", result="miss") == 4
-    assert s.sample("rollwise_prediction_value_count") == 4
+    # Every answer counts in the class shares the judge compares, cached or not (issue 14).
+    assert s.sample("rollwise_prediction_value_count") == 5
+    assert s.sample("rollwise_prediction_value_count", **{"class": "setosa"}) == 3
 
 
 # ---- mirroring and hash forwarding ---------------------------------------------------------------

@@ -12,6 +12,7 @@ from rollwise.plan.analysis import (
     Measured,
     QueryRequest,
     builtin_query,
+    class_counts_query,
     judge,
     record,
     render_template,
@@ -259,11 +260,10 @@ def test_queries_are_scoped_to_the_model_deployment_not_just_the_model_name() ->
     assert samples_query(md(), spec).count(CAND) == 1
 
 
-def test_prediction_drift_compares_candidate_and_stable_class_shares() -> None:
-    c = MetricCheck.model_validate({"name": "d", "builtin": "predictionDrift", "threshold": {"max": 0.2}})
-    q = builtin_query(md(), c, "60s")
-    assert q.startswith("sum((clamp_min(") and "ln(" in q
-    assert 'track="candidate"' in q and 'track="stable"' in q
+def test_prediction_drift_counts_both_tracks_predictions_by_class_since_the_start() -> None:
+    q = class_counts_query(md(), since=T0, at=T0 + timedelta(seconds=30))
+    assert q.startswith("sum by (track, class) (((last_over_time(rollwise_prediction_value_count{")
+    assert 'track=~"stable|candidate"' in q and f"@ {T0.timestamp():.3f}" in q
 
 
 def test_custom_templates_get_every_placeholder() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rollwise.api.v1alpha1 import MetricCheck
-from rollwise.plan.compare import judge_success_rate
+from rollwise.plan.compare import judge_prediction_drift, judge_success_rate
 from rollwise.plan.measurement import Counts, Outcome
 from rollwise.plan.stats import excess_evidence, rate_difference
 
@@ -198,3 +198,89 @@ def test_the_guard_rail_fails_a_candidate_exactly_at_its_threshold_in_at_most_1_
     for row in failures:
         shown += any(excess_evidence(float(row[k]), float(k + 1), allowed) >= 100 for k in looks)
     assert shown / len(failures) <= 0.015
+
+
+def drift(**threshold: float) -> MetricCheck:
+    return MetricCheck.model_validate(
+        {"name": "drift", "builtin": "predictionDrift", "threshold": threshold or {"max": 0.2}}
+    )
+
+
+def classes(candidate: list[float], stable: list[float]) -> Counts:
+    names = ["setosa", "versicolor", "virginica"]
+    values = {("candidate", k): c for k, c in zip(names, candidate, strict=True)}
+    values |= {("stable", k): s for k, s in zip(names, stable, strict=True)}
+    return Counts(values)
+
+
+def _drift_fails(
+    rng: np.random.Generator, *, rate: int, share: float, p_c: list[float], p_s: list[float], trials: int
+) -> list[int | None]:
+    """First look (1-based, 30 looks of 5 s) at which predictionDrift fails, or None."""
+    n = rng.poisson(rate * INTERVAL, (trials, 30))
+    n_c = rng.binomial(n, share)
+    c = np.cumsum([[rng.multinomial(k, p_c) for k in row] for row in n_c], axis=1)
+    s = np.cumsum([[rng.multinomial(k, p_s) for k in row] for row in n - n_c], axis=1)
+    out: list[int | None] = []
+    for t in range(trials):
+        first = None
+        for k in range(30):
+            if judge_prediction_drift(drift(), classes(list(c[t, k]), list(s[t, k]))).outcome is Outcome.FAIL:
+                first = k + 1
+                break
+        out.append(first)
+    return out
+
+
+@pytest.mark.parametrize("rate", [2, 20, 200])
+@pytest.mark.parametrize("share", [0.2, 0.5])
+@pytest.mark.parametrize("p", [[1 / 3, 1 / 3, 1 / 3], [0.9, 0.08, 0.02]])
+def test_an_aa_candidate_never_drifts_in_more_than_1_percent_of_rollouts(
+    rate: int, share: float, p: list[float]
+) -> None:
+    """Issue 14's A/A: identical class shares. The PSI of 20 candidate and 80 stable predictions
+    exceeds 0.2 in 22 % of intervals; judged on counts since the start and only when the shares
+    are also shown to differ, a candidate is failed in at most 1 % of rollouts over 30 looks (1.5 %
+    with the simulation's own error, 500 rollouts a cell)."""
+    rng = np.random.default_rng(rate * 10 + int(share * 10) + int(p[0] * 100))
+    firsts = _drift_fails(rng, rate=rate, share=share, p_c=p, p_s=p, trials=500)
+    assert sum(f is not None for f in firsts) / len(firsts) <= 0.015
+
+
+@pytest.mark.parametrize(
+    ("rate", "within_looks"),
+    [
+        pytest.param(200, 1, id="at 200/s: the first look (5 s)"),
+        pytest.param(20, 2, id="at 20/s: by the 2nd look (10 s)"),
+        pytest.param(2, 11, id="at 2/s: by the 11th look (55 s, about 20 candidate predictions)"),
+    ],
+)
+def test_a_candidate_predicting_one_class_is_caught_at_once(rate: int, within_looks: int) -> None:
+    """One class only, 20 % of traffic: caught in 95 % of rollouts within the stated looks (the
+    95th percentiles measured over 200 rollouts)."""
+    rng = np.random.default_rng(3)
+    thirds = [1 / 3, 1 / 3, 1 / 3]
+    firsts = _drift_fails(rng, rate=rate, share=0.2, p_c=[0.0, 0.0, 1.0], p_s=thirds, trials=200)
+    assert sum(f is not None and f <= within_looks for f in firsts) / len(firsts) >= 0.95, firsts
+
+
+def test_a_drift_verdict_explains_itself() -> None:
+    judged = judge_prediction_drift(drift(), classes([0, 0, 20], [27, 27, 26]))
+    assert judged.outcome is Outcome.FAIL
+    assert judged.reason.startswith("class shares PSI ")
+    assert "most moved: virginica 100.0 % vs 32.5 %" in judged.reason and judged.reason.endswith("drifted")
+    c = judged.comparison
+    assert c is not None and c.evidence is not None and c.evidence > 100
+    assert (c.candidate_samples, c.stable_samples) == (20, 80)
+
+
+def test_a_large_psi_from_a_few_predictions_is_not_shown() -> None:
+    """7/7/6 against 27/27/26 is what identical models give; 3/8/9 has PSI above 0.2 but is not
+    evidence of a difference."""
+    few = judge_prediction_drift(drift(), classes([3, 8, 9], [27, 27, 26]))
+    assert few.outcome is Outcome.PASS and few.value is not None and few.value > 0.2
+    assert few.reason.endswith("not shown")
+
+
+def test_drift_without_stable_predictions_is_no_data() -> None:
+    assert judge_prediction_drift(drift(), classes([5, 5, 5], [0, 0, 0])).outcome is Outcome.INCONCLUSIVE

@@ -497,10 +497,17 @@ class BuiltinMetric(StrEnum):
     LATENCY_P99 = "latencyP99"
     """99th percentile inference latency in seconds; set threshold.max."""
     PREDICTION_DRIFT = "predictionDrift"
-    """PSI between candidate and stable prediction distributions; set threshold.max (0.2 is a
-    common alarm level)."""
+    """PSI between candidate and stable class shares since the analysis started, from exact counts;
+    set threshold.max (0.2 is a common alarm level). A PSI above it fails only when the shares are
+    also shown to differ at `compare.confidence` (a test of homogeneity), so a few dozen requests
+    cannot fail a candidate that predicts like stable. A regressor: its prediction PSI against
+    `spec.model.reference`."""
     INPUT_DRIFT = "inputDrift"
     """Largest per-feature PSI between candidate and stable inputs (or `feature` only); set threshold.max."""
+
+
+COMPARED = frozenset({BuiltinMetric.SUCCESS_RATE, BuiltinMetric.PREDICTION_DRIFT})
+"""The built-in checks that compare the candidate with stable (`compare`)."""
 
 
 class InconclusivePolicy(StrEnum):
@@ -548,8 +555,9 @@ class Comparison(ApiModel):
     enabled: bool = True
     """Compare while stable serves requests. Default true."""
     worse_by: float = Field(default=0.5, ge=0, le=100)
-    """The worsening that matters, in the check's unit (successRate: percentage points of failed
-    requests); the candidate fails when it is shown worse than stable by more. Default 0.5."""
+    """The worsening that matters for successRate, in percentage points of failed requests; the
+    candidate fails when it is shown worse than stable by more. (predictionDrift's tolerance is its
+    threshold.max.) Default 0.5."""
     confidence: float = Field(default=0.99, ge=0.5, le=0.9999)
     """How sure the judge must be before it fails a candidate. Default 0.99."""
 
@@ -569,7 +577,7 @@ class MetricCheck(ApiModel):
     feature: str | None = Field(default=None, min_length=1, max_length=128)
     """For inputDrift: the one feature to watch; unset watches every feature."""
     compare: Comparison | None = None
-    """Compare with stable (successRate only, for now); unset uses the defaults, on."""
+    """Compare with stable (successRate and predictionDrift); unset uses the defaults, on."""
 
     @rule(
         cel="(has(self.builtin) ? 1 : 0) + (has(self.query) ? 1 : 0) == 1",
@@ -588,17 +596,17 @@ class MetricCheck(ApiModel):
         return self.feature is None or self.builtin is BuiltinMetric.INPUT_DRIFT
 
     @rule(
-        cel="!has(self.compare) || (has(self.builtin) && self.builtin == 'successRate')",
+        cel="!has(self.compare) || (has(self.builtin) && self.builtin in ['successRate', 'predictionDrift'])",
         field="compare",
-        message="applies to builtin successRate only in this version; remove it",
+        message="applies to builtin successRate and predictionDrift only in this version; remove it",
     )
     def _compare_for_success_rate(self) -> bool:
-        return self.compare is None or self.builtin is BuiltinMetric.SUCCESS_RATE
+        return self.compare is None or self.builtin in COMPARED
 
     @property
     def comparison(self) -> Comparison | None:
         """The comparison this check makes, defaults filled; None when it makes none."""
-        if self.builtin is not BuiltinMetric.SUCCESS_RATE:
+        if self.builtin not in COMPARED:
             return None
         chosen = self.compare or Comparison()
         return chosen if chosen.enabled else None
@@ -914,21 +922,26 @@ class ComparisonResult(StatusModel):
     """The latest comparison of the candidate with stable: what a human needs to trust the verdict."""
 
     candidate: float
-    """The candidate's value (successRate: percent of its requests answered)."""
+    """The candidate's value (successRate: percent of its requests answered; predictionDrift: the
+    share, in percent, of the class whose share moved most)."""
     stable: float
     """Stable's value over the same time."""
     difference: float
-    """Candidate worse than stable by this much (successRate: percentage points more failed)."""
-    lower: float
-    """Lower bound of the difference at `confidence`, valid at every look."""
-    upper: float
-    """Upper bound of the difference."""
+    """Candidate worse than stable by this much (successRate: percentage points more failed;
+    predictionDrift: the PSI of the class shares)."""
+    lower: float | None = None
+    """Lower bound of the difference at `confidence`, valid at every look (successRate)."""
+    upper: float | None = None
+    """Upper bound of the difference (successRate)."""
+    evidence: float | None = None
+    """Likelihood ratio that the tracks differ; 1 / (1 - confidence) or more is shown
+    (predictionDrift)."""
     confidence: float
     """The confidence of the bounds."""
     candidate_samples: int = Field(ge=0)
-    """Candidate requests since the analysis started."""
+    """Candidate requests (predictionDrift: predictions) since the analysis started."""
     stable_samples: int = Field(ge=0)
-    """Stable requests since the analysis started."""
+    """Stable requests (predictions) since the analysis started."""
     rule: str = Field(max_length=256)
     """The decision rule, e.g. `worse when lower > 0.5`."""
 

@@ -45,7 +45,12 @@ from rollwise.api.v1alpha1 import (
     ThresholdRange,
     Verdict,
 )
-from rollwise.plan.compare import SUCCESS_GROUPS, judge_success_rate
+from rollwise.plan.compare import (
+    DRIFT_GROUPS,
+    SUCCESS_GROUPS,
+    judge_prediction_drift,
+    judge_success_rate,
+)
 from rollwise.plan.measurement import Counts, Judged, Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
 from rollwise.plan.promql import counts_since, selector
@@ -93,31 +98,17 @@ def window(spec: AnalysisSpec) -> str:
     return f"{spec.interval_seconds}s"
 
 
-def _share(md: ModelDeployment, track: Track, win: str) -> str:
-    """Share of predictions per class on one track (docs/metrics.md `class_share`)."""
-    sel = selector(md, track)
-    return (
-        f"(sum by (class) (rate({PREDICTION_VALUE}_count{{{sel}}}[{win}]))"
-        f" / ignoring(class) group_left sum(rate({PREDICTION_VALUE}_count{{{sel}}}[{win}])))"
-    )
-
-
-PSI_FLOOR = 0.0001
-"""Shares are floored at 0.01 % before the PSI logarithm, so a class one side never predicts
-gives a large finite PSI instead of +Inf or NaN (the usual PSI epsilon)."""
-
-
 def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
     """The PromQL of a built-in check, from the serving image's metric contract (docs/metrics.md).
 
     - successRate is not one number but exact counts since the analysis started
       (`success_rate_query`, judged by `compare.judge_success_rate`).
     - latencyP99: docs' `latency_p99_seconds`, seconds.
-    - predictionDrift: PSI between the candidate's and the stable's class shares, computed in
-      PromQL from `rollwise_prediction_value_count` by class. A regressor (feature schema
-      `output.kind: regressor`) has one class, so for it the candidate's `rollwise_prediction_psi`
-      against the model's reference is used instead (absent without `spec.model.reference`: no
-      data, never a pass).
+    - predictionDrift of a classifier is exact counts by class since the analysis started
+      (`class_counts_query`, judged by `compare.judge_prediction_drift`). A regressor (feature
+      schema `output.kind: regressor`) has one class, so for it the candidate's
+      `rollwise_prediction_psi` against the model's reference is used instead (absent without
+      `spec.model.reference`: no data, never a pass).
     - inputDrift: the candidate's largest `rollwise_feature_psi` (or `feature`'s) against the
       reference the model ships (`spec.model.reference`; without one there is no data).
     """
@@ -128,17 +119,10 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
         case BuiltinMetric.LATENCY_P99:
             sel = selector(md, cand)
             return f"histogram_quantile(0.99, sum by (le) (rate({REQUEST_DURATION}_bucket{{{sel}}}[{win}])))"
+        case BuiltinMetric.PREDICTION_DRIFT if _regressor(md):
+            return f"max({PREDICTION_PSI}{{{selector(md, cand)}}})"
         case BuiltinMetric.PREDICTION_DRIFT:
-            schema = md.spec.model.feature_schema
-            if (
-                schema is not None
-                and schema.output is not None
-                and schema.output.kind is OutputKind.REGRESSOR
-            ):
-                return f"max({PREDICTION_PSI}{{{selector(md, cand)}}})"
-            c = f"clamp_min({_share(md, cand, win)}, {PSI_FLOOR})"
-            s = f"clamp_min({_share(md, Track.STABLE, win)}, {PSI_FLOOR})"
-            return f"sum(({c} - on(class) {s}) * ln({c} / on(class) {s}))"
+            raise ValueError("a classifier's predictionDrift is counted: use class_counts_query")
         case BuiltinMetric.INPUT_DRIFT:
             extra = "" if check.feature is None else f',feature="{check.feature}"'
             return f"max({FEATURE_PSI}{{{selector(md, cand, extra)}}})"
@@ -170,6 +154,17 @@ def metric_query(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) ->
     if check.query is not None:
         return render_template(check.query, md, track=Track.CANDIDATE, version=md.spec.model.version, win=win)
     return builtin_query(md, check, win)
+
+
+def _regressor(md: ModelDeployment) -> bool:
+    schema = md.spec.model.feature_schema
+    return schema is not None and schema.output is not None and schema.output.kind is OutputKind.REGRESSOR
+
+
+def class_counts_query(md: ModelDeployment, *, since: datetime, at: datetime) -> str:
+    """Both tracks' predictions by class, exactly, from `since` (the analysis start) to `at`."""
+    series = f"{PREDICTION_VALUE}_count{{{selector(md, None)}}}"
+    return counts_since(series, DRIFT_GROUPS, since=since, at=at)
 
 
 def success_rate_query(md: ModelDeployment, *, since: datetime, at: datetime) -> str:
@@ -209,6 +204,9 @@ def requests_for(
         if check.builtin is BuiltinMetric.SUCCESS_RATE:
             promql = success_rate_query(md, since=analysis.started_at, at=at)
             out.append(QueryRequest(check.name, index, step, promql, at, SUCCESS_GROUPS))
+        elif check.builtin is BuiltinMetric.PREDICTION_DRIFT and not _regressor(md):
+            promql = class_counts_query(md, since=analysis.started_at, at=at)
+            out.append(QueryRequest(check.name, index, step, promql, at, DRIFT_GROUPS))
         else:
             out.append(QueryRequest(check.name, index, step, metric_query(md, check, spec), at))
     return out
@@ -265,6 +263,8 @@ def judge(check: MetricCheck, measurement: Measurement) -> Judged:
             return Judged(Outcome.INCONCLUSIVE, None, f"no data: {detail}")
         case Counts() if check.builtin is BuiltinMetric.SUCCESS_RATE:
             return judge_success_rate(check, measurement)
+        case Counts() if check.builtin is BuiltinMetric.PREDICTION_DRIFT:
+            return judge_prediction_drift(check, measurement)
         case Counts():
             return Judged(
                 Outcome.FAIL, None, "query failed: grouped counts answered a check that needs one number"

@@ -24,7 +24,7 @@ from rollwise_contract.metrics import Outcome as RequestOutcome
 from rollwise.api.v1alpha1 import Comparison, ComparisonResult, MetricCheck, ThresholdRange
 from rollwise.plan.measurement import Counts, Judged, Outcome
 from rollwise.plan.names import Track
-from rollwise.plan.stats import excess_evidence, rate_difference
+from rollwise.plan.stats import excess_evidence, homogeneity_evidence, rate_difference
 
 SUCCESS_GROUPS = ("track", "outcome")
 """The labels successRate's counts are grouped by."""
@@ -87,6 +87,12 @@ def _bounds(threshold: ThresholdRange) -> str:
     return f"<= {threshold.max:g}"
 
 
+def _inside(threshold: ThresholdRange, value: float) -> bool:
+    return (threshold.min is None or value >= threshold.min) and (
+        threshold.max is None or value <= threshold.max
+    )
+
+
 DEFAULT_CONFIDENCE = 0.99
 """The guard rail's confidence when the check makes no comparison."""
 
@@ -142,19 +148,18 @@ def compared(cand: TrackCounts, stable: TrackCounts, rule: Comparison) -> Compar
 
 
 def worse(result: ComparisonResult, rule: Comparison) -> bool:
-    return result.lower > rule.worse_by
+    return result.lower is not None and result.lower > rule.worse_by
 
 
 def explain(result: ComparisonResult, rule: Comparison) -> str:
     """One line a human reads, e.g. `success 70.0 % vs stable 100.0 % (+30.0 pp failed, 99 % CI
     +12.1..+47.9; 40 vs 160 requests): worse`."""
-    verdict = (
-        "worse" if worse(result, rule) else ("not worse" if result.upper <= rule.worse_by else "undecided")
-    )
+    lower, upper = result.lower or 0.0, result.upper or 0.0
+    verdict = "worse" if worse(result, rule) else ("not worse" if upper <= rule.worse_by else "undecided")
     c, st = result.candidate, result.stable
     return (
         f"success {c:.1f} % vs stable {st:.1f} % ({result.difference:+.1f} pp failed, "
-        f"{100 * result.confidence:g} % CI {result.lower:+.1f}..{result.upper:+.1f}; "
+        f"{100 * result.confidence:g} % CI {lower:+.1f}..{upper:+.1f}; "
         f"{result.candidate_samples} vs {result.stable_samples} requests): {verdict}"
     )
 
@@ -191,3 +196,54 @@ def _alone(threshold: ThresholdRange, cand: TrackCounts, stable: TrackCounts) ->
         return Judged(Outcome.INCONCLUSIVE, None, "no data: every candidate request was a client error")
     own = rail(threshold, cand.ok, denominator, DEFAULT_CONFIDENCE)
     return Judged(Outcome.FAIL if own.outside else Outcome.PASS, own.value, own.why)
+
+
+PSI_FLOOR = 0.0001
+"""Shares are floored at 0.01 % before the PSI logarithm, so a class one side never predicts
+gives a large finite PSI instead of +Inf or NaN (the usual PSI epsilon)."""
+
+DRIFT_GROUPS = ("track", "class")
+"""The labels predictionDrift's counts are grouped by."""
+
+
+def judge_prediction_drift(check: MetricCheck, counts: Counts) -> Judged:
+    """predictionDrift of a classifier on exact per-class counts since the analysis started: the PSI
+    of the two tracks' class shares against `threshold`, failed only when the shares are also shown
+    to differ (`stats.homogeneity_evidence` at the comparison's confidence)."""
+    classes = sorted({key[1] for key in counts.values})
+    cand = [counts.get(str(Track.CANDIDATE), k) for k in classes]
+    stable = [counts.get(str(Track.STABLE), k) for k in classes]
+    n_c, n_s = sum(cand), sum(stable)
+    if n_c <= 0:
+        return Judged(
+            Outcome.INCONCLUSIVE, None, "no data: the candidate made no predictions since it started"
+        )
+    if n_s <= 0:
+        return Judged(Outcome.INCONCLUSIVE, None, "no data: stable made no predictions to compare with")
+    share_c = [max(c / n_c, PSI_FLOOR) for c in cand]
+    share_s = [max(s / n_s, PSI_FLOOR) for s in stable]
+    psi = sum((c - s) * math.log(c / s) for c, s in zip(share_c, share_s, strict=True))
+    moved = max(range(len(classes)), key=lambda i: abs(share_c[i] - share_s[i]))
+    rule = check.comparison
+    confidence = rule.confidence if rule is not None else DEFAULT_CONFIDENCE
+    evidence = homogeneity_evidence(cand, stable) if rule is not None else math.inf
+    result = ComparisonResult(
+        candidate=100 * cand[moved] / n_c,
+        stable=100 * stable[moved] / n_s,
+        difference=psi,
+        evidence=evidence if math.isfinite(evidence) else None,
+        confidence=confidence,
+        candidate_samples=round(n_c),
+        stable_samples=round(n_s),
+        rule=f"drifted when PSI is outside {_bounds(check.threshold)} and the likelihood ratio reaches "
+        f"{1 / (1 - confidence):g}",
+    )
+    outside = not _inside(check.threshold, psi)
+    shown = evidence >= 1 / (1 - confidence)
+    verdict = "drifted" if outside and shown else ("within threshold" if not outside else "not shown")
+    line = (
+        f"class shares PSI {psi:.3g} vs stable (most moved: {classes[moved]} {result.candidate:.1f} % vs "
+        f"{result.stable:.1f} %; likelihood ratio {evidence:.3g}; {result.candidate_samples} vs "
+        f"{result.stable_samples} predictions): {verdict}"
+    )
+    return Judged(Outcome.FAIL if outside and shown else Outcome.PASS, psi, line, result)

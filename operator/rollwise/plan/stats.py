@@ -22,6 +22,7 @@ rollouts at 2, 20 and 200 requests/s, with a rare and a common failure rate on b
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 HORIZON_REQUESTS = 500
@@ -118,3 +119,27 @@ def excess_evidence(failed: float, n: float, allowed: float) -> float:
         log_ratio = failed * math.log(theta / allowed) + (n - failed) * math.log((1 - theta) / (1 - allowed))
         total += math.exp(min(log_ratio, 700.0)) / ALTERNATIVES
     return total
+
+
+def homogeneity_evidence(candidate: Sequence[float], stable: Sequence[float]) -> float:
+    """Evidence that the candidate predicts classes in other shares than stable: a likelihood ratio
+    of "each class has its own chance of landing on the candidate" against "one chance for all".
+
+    Under "same shares" (and requests routed to the tracks at random), which track answered a
+    prediction is a Bernoulli(pi) draw independent of its class. The numerator mixes, per class, over
+    a uniform prior on that class's own chance; the denominator is the best single chance pi (the
+    maximum likelihood, at least the true pi's likelihood), so the ratio is at most a nonnegative
+    martingale under the null and reaches 1/alpha with probability at most alpha, ever (Ville).
+    Exact at every sample size. `candidate` and `stable` are per-class counts, in the same order.
+    """
+    c_total, s_total = sum(candidate), sum(stable)
+    if c_total <= 0 or s_total <= 0:
+        return 1.0
+    n = c_total + s_total
+    log_null = c_total * math.log(c_total / n) + s_total * math.log(s_total / n)
+    log_mix = sum(_log_beta(1 + c, 1 + s) for c, s in zip(candidate, stable, strict=True))
+    return math.exp(min(log_mix - log_null, 700.0))
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
