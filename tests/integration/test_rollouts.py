@@ -152,11 +152,44 @@ def test_a_candidate_failing_30_percent_is_rolled_back_even_when_its_first_looks
     assert status["stableVersion"] == "1.0.0"
     success = next(m for m in status["analysis"]["metrics"] if m["name"] == "success-rate")
     assert success["verdict"] == "Failed", status["analysis"]
+    # Either rule may fail it first: the guard rail (shown below 99 %) or the comparison (shown
+    # worse than stable); from a few dozen requests the comparison's interval may still span 0.
     comparison = success["comparison"]
-    assert comparison["candidate"] < comparison["stable"] and comparison["lower"] > 0, comparison
+    assert comparison["candidate"] < comparison["stable"], comparison
     assert comparison["candidateSamples"] > 0 and comparison["stableSamples"] > 0
     assert "vs stable" in success["message"] and "success-rate" in status["history"][0]["message"]
     print(f"\n30 % failures: rolled back {elapsed:.1f}s after its pods took traffic; {success['message']}")
+
+
+AA_METRICS = [
+    *ANALYSIS["metrics"],
+    {"name": "prediction-drift", "builtin": "predictionDrift", "threshold": {"max": 0.2}},
+]
+
+
+def test_an_aa_candidate_is_promoted_every_time(cluster: Cluster, namespace: str, load: Load) -> None:
+    """Issue 14: the same model as stable under a new version, ten times in a row at 25 requests/s,
+    judged on success rate, latency and prediction drift. Before the comparison, the drift check
+    alone rolled back two of three such candidates (PSI 0.33 and 0.31 from a few dozen requests)."""
+    wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
+    durations = []
+    for run in range(1, 11):
+        version = f"1.0.{run}"
+        started = time.monotonic()
+        assert (
+            apply(namespace, canary(version, "iris-v1.joblib", "sklearn", metrics=AA_METRICS)).returncode == 0
+        )
+        with_status(
+            cluster,
+            namespace,
+            lambda version=version: wait_until(
+                f"promotion of {version}", lambda: promoted(cluster, namespace, version), 180
+            ),
+        )
+        history = get_md(cluster, namespace, "iris")["status"]["history"]
+        assert history[0]["outcome"] == "Promoted" and history[0]["version"] == version, history[0]
+        durations.append(time.monotonic() - started)
+    print(f"\nA/A: 10 of 10 promoted, {min(durations):.0f}-{max(durations):.0f}s each")
 
 
 BAD_CANDIDATES = [

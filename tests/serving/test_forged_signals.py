@@ -20,7 +20,7 @@ import httpx
 import joblib
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sklearn.compose import make_column_transformer
 from sklearn.linear_model import LogisticRegression
@@ -158,6 +158,19 @@ def test_bytes_that_are_not_finite_numbers_are_client_errors(with_schema: Server
 def test_a_model_that_takes_strings_answers_valid_ones(with_schema: Server) -> None:
     r = with_schema.post("/v2/models/iris/infer", content=bytes_body([str(v) for v in SETOSA]))
     assert r.status_code == 200, r.text
+
+
+def test_numbers_reach_a_model_fitted_on_strings_as_their_text(with_schema: Server) -> None:
+    """Hypothesis found it: the text pipeline failed on any numeric tensor (500, `server_error`),
+    so a client sending FP64 could make a string-fitted candidate look broken. It now gets the
+    numbers' decimal text and answers as for the same values in BYTES."""
+    before = outcomes(with_schema)
+    doc = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": SETOSA}]}
+    numbers = with_schema.post("/v2/models/iris/infer", content=json.dumps(doc).encode())
+    text = with_schema.post("/v2/models/iris/infer", content=bytes_body([str(float(v)) for v in SETOSA]))
+    assert numbers.status_code == 200, numbers.text
+    assert numbers.json()["outputs"] == text.json()["outputs"]
+    assert delta(before, outcomes(with_schema)) == {"success": 2}
 
 
 @pytest.mark.parametrize("server", ["without_schema", "numeric_with_schema"])
@@ -328,6 +341,7 @@ values = st.one_of(
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(datatype=st.sampled_from(DATATYPES), data=st.lists(values, min_size=4, max_size=4))
+@example(datatype="FP16", data=[3.0, 2.0, True, 0])  # a 500 from the text pipeline once
 def test_no_tensor_makes_a_5xx_or_a_non_finite_metric(
     with_schema: Server, onnx: Server, datatype: str, data: list[Any]
 ) -> None:

@@ -63,6 +63,8 @@ class SklearnRuntime:
         self._classes: Array | None = np.asarray(raw_classes) if raw_classes is not None else None
         self.classes = [str(c) for c in self._classes] if self._classes is not None else None
         self._proba = self._classes is not None and hasattr(self.model, "predict_proba")
+        self._strings = _takes_strings(self.model)
+        self._numbers_as_text = _fitted_on_strings(self.model)
         if self._classes is not None:
             label_type = "BYTES" if self._classes.dtype.kind in "OUS" else datatype_of(self._classes)
             self.outputs = [TensorSpec("label", label_type, (-1,))]
@@ -76,13 +78,18 @@ class SklearnRuntime:
         check_shape(self.inputs[0], tensor)
         if tensor.datatype == "BYTES":
             # Pipelines with encoders take strings; a bare estimator would fail on them mid-batch.
-            if not _takes_strings(self.model):
+            if not self._strings:
                 raise InputError(
                     f"input {tensor.name!r} is BYTES; this model takes numbers (FP32, FP64, INT*)"
                 )
             return {INPUT_NAME: tensor.data}
+        numbers = tensor.data.astype(np.float64, copy=False)
+        if self._numbers_as_text:
+            # A model fitted on strings fails on numbers inside predict (a 500 any client could
+            # cause): it gets their decimal text, as the same request in BYTES would carry it.
+            return {INPUT_NAME: numbers.astype(str).astype(object)}
         # One dtype for every request, so concurrent FP32 and FP64 requests share a batch.
-        return {INPUT_NAME: tensor.data.astype(np.float64, copy=False)}
+        return {INPUT_NAME: numbers}
 
     def predict(self, inputs: Mapping[str, Array]) -> Prediction:
         x = inputs[INPUT_NAME]
@@ -96,15 +103,38 @@ class SklearnRuntime:
         return Prediction({"prediction": y}, None, y)
 
 
+def _encoders(model: Any) -> list[Any]:
+    """The encoders in a model: itself, or the steps of its pipeline, column transformer (the
+    fitted `transformers_` when there) or feature union, recursively."""
+    if isinstance(model, _STRING_ENCODERS):
+        return [model]
+    found: list[Any] = []
+    for attribute in ("steps", "transformers_", "transformer_list"):
+        for entry in getattr(model, attribute, None) or []:
+            if isinstance(entry, tuple) and len(entry) >= 2 and not isinstance(entry[1], str):
+                found += _encoders(entry[1])  # (name, estimator[, columns])
+    if not hasattr(model, "transformers_"):
+        for entry in getattr(model, "transformers", None) or []:
+            if isinstance(entry, tuple) and len(entry) >= 2 and not isinstance(entry[1], str):
+                found += _encoders(entry[1])
+    return found
+
+
 def _takes_strings(model: Any) -> bool:
     """Whether strings are values for this model: it (or a step of its pipeline, column
     transformer or feature union) encodes categories or text. A numeric pipeline given strings
     would parse or fail on them inside predict, so it is refused BYTES (400) instead."""
-    if isinstance(model, _STRING_ENCODERS):
-        return True
-    parts: list[Any] = []
-    for attribute in ("steps", "transformers", "transformer_list"):
-        for entry in getattr(model, attribute, None) or []:
-            if isinstance(entry, tuple) and len(entry) >= 2:  # (name, estimator[, columns])
-                parts.append(entry[1])
-    return any(_takes_strings(part) for part in parts if not isinstance(part, str))
+    return bool(_encoders(model))
+
+
+def _fitted_on_strings(model: Any) -> bool:
+    """Whether an encoder of this model learned string categories (or reads text): numbers given
+    to it would fail inside predict, so they are handed over as their decimal text instead. An
+    encoder fitted on numbers keeps getting numbers."""
+    for encoder in _encoders(model):
+        if isinstance(encoder, CountVectorizer | TfidfVectorizer):
+            return True
+        for categories in getattr(encoder, "categories_", None) or []:
+            if any(isinstance(c, str) for c in np.asarray(categories).ravel().tolist()):
+                return True
+    return False
