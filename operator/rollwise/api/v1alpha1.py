@@ -543,6 +543,18 @@ class ThresholdRange(ApiModel):
     def _ordered(self) -> bool:
         return self.min is None or self.max is None or self.min <= self.max
 
+    def contains(self, value: float) -> bool:
+        """Whether `value` passes: inside the bounds, inclusive."""
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def label(self) -> str:
+        """The bounds as a message reads them: `>= 99`, `<= 0.25`, `1..3`."""
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g}..{self.max:g}"
+        if self.min is not None:
+            return f">= {self.min:g}"
+        return f"<= {self.max:g}"
+
 
 class Comparison(ApiModel):
     """How a check compares the candidate with stable over the same requests (docs/analysis.md).

@@ -42,7 +42,6 @@ from rollwise.api.v1alpha1 import (
     MetricResult,
     ModelDeployment,
     Phase,
-    ThresholdRange,
     Verdict,
 )
 from rollwise.plan.compare import (
@@ -246,14 +245,6 @@ def due_queries(md: ModelDeployment, now: datetime) -> list[QueryRequest]:
 # Judging
 
 
-def _bounds(threshold: ThresholdRange) -> str:
-    if threshold.min is not None and threshold.max is not None:
-        return f"{threshold.min:g}..{threshold.max:g}"
-    if threshold.min is not None:
-        return f">= {threshold.min:g}"
-    return f"<= {threshold.max:g}"
-
-
 def judge(check: MetricCheck, measurement: Measurement) -> Judged:
     """One metric's measurement against its rules (the sample gate is applied by `record`)."""
     match measurement:
@@ -272,11 +263,9 @@ def judge(check: MetricCheck, measurement: Measurement) -> Judged:
         case Value(value=v) if math.isnan(v):
             return Judged(Outcome.INCONCLUSIVE, None, "no data: the query returned NaN")
         case Value(value=v):
-            t = check.threshold
-            inside = (t.min is None or v >= t.min) and (t.max is None or v <= t.max)
-            if inside:
+            if check.threshold.contains(v):
                 return Judged(Outcome.PASS, v, "")
-            return Judged(Outcome.FAIL, v, f"{v:g} is outside {_bounds(t)}")
+            return Judged(Outcome.FAIL, v, f"{v:g} is outside {check.threshold.label()}")
 
 
 def _gate(spec: AnalysisSpec, samples: Measurement | None) -> Judged | None:

@@ -79,20 +79,6 @@ def client_error_excess(cl_c: float, n_c: float, cl_s: float, n_s: float) -> flo
     return max(cl_c - n_c * share - noise, 0.0)
 
 
-def _bounds(threshold: ThresholdRange) -> str:
-    if threshold.min is not None and threshold.max is not None:
-        return f"{threshold.min:g}..{threshold.max:g}"
-    if threshold.min is not None:
-        return f">= {threshold.min:g}"
-    return f"<= {threshold.max:g}"
-
-
-def _inside(threshold: ThresholdRange, value: float) -> bool:
-    return (threshold.min is None or value >= threshold.min) and (
-        threshold.max is None or value <= threshold.max
-    )
-
-
 DEFAULT_CONFIDENCE = 0.99
 """The guard rail's confidence when the check makes no comparison."""
 
@@ -112,7 +98,7 @@ def rail(threshold: ThresholdRange, ok: float, n: float, confidence: float) -> R
     above 1 %, 6 are); above `max` is read as measured."""
     value = 100 * ok / n
     if threshold.max is not None and value > threshold.max:
-        return Rail(value, True, f"{value:.4g} is outside {_bounds(threshold)}")
+        return Rail(value, True, f"{value:.4g} is outside {threshold.label()}")
     if threshold.min is None or value >= threshold.min:
         return Rail(value, False, "")
     evidence = excess_evidence(n - ok, n, 1 - threshold.min / 100)
@@ -121,7 +107,7 @@ def rail(threshold: ThresholdRange, ok: float, n: float, confidence: float) -> R
     return Rail(
         value,
         True,
-        f"{value:.4g} is outside {_bounds(threshold)} (shown at {100 * confidence:g} % confidence: "
+        f"{value:.4g} is outside {threshold.label()} (shown at {100 * confidence:g} % confidence: "
         f"likelihood ratio {evidence:.3g} over {n:.0f} requests)",
     )
 
@@ -235,10 +221,10 @@ def judge_prediction_drift(check: MetricCheck, counts: Counts) -> Judged:
         confidence=confidence,
         candidate_samples=round(n_c),
         stable_samples=round(n_s),
-        rule=f"drifted when PSI is outside {_bounds(check.threshold)} and the likelihood ratio reaches "
+        rule=f"drifted when PSI is outside {check.threshold.label()} and the likelihood ratio reaches "
         f"{1 / (1 - confidence):g}",
     )
-    outside = not _inside(check.threshold, psi)
+    outside = not check.threshold.contains(psi)
     shown = evidence >= 1 / (1 - confidence)
     verdict = "drifted" if outside and shown else ("within threshold" if not outside else "not shown")
     line = (
