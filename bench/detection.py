@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from rollwise.api.v1alpha1 import AnalysisSpec, Verdict
-from rollwise.plan.analysis import SAMPLES, Measured, QueryRequest, next_due, record, start
+from rollwise.plan.analysis import SAMPLES, Measured, QueryRequest, next_due, record, start, taken
 from rollwise.plan.compare import client_error_excess
 from rollwise.plan.measurement import Counts, Value
 
@@ -146,11 +146,8 @@ def rollwise(traffic: Traffic, rng: np.random.Generator, scrape: float) -> Resul
             t = (due - T0).total_seconds()
             if t >= HORIZON:
                 return Result("running", t)
-            first = analysis.metrics[0]
-            k = first.successful + first.failed + first.inconclusive + analysis.deferred
-            analysis = record(
-                SPEC, analysis, _look(split, step_start, t, index, k, due), step=index, count=None
-            )
+            answers = _look(split, step_start, t, index, taken(analysis), due)
+            analysis = record(SPEC, analysis, answers, step=index, count=None)
         if analysis.verdict is Verdict.FAILED:
             return Result("rolled back", t)
         if analysis.verdict is Verdict.INCONCLUSIVE:

@@ -978,6 +978,11 @@ class MetricResult(StatusModel):
     comparison: ComparisonResult | None = None
     """The latest comparison with stable, when the check makes one."""
 
+    @property
+    def measurements(self) -> int:
+        """Conclusive or inconclusive measurements taken (retaken thin looks not included)."""
+        return self.successful + self.failed + self.inconclusive
+
 
 class AnalysisStatus(StatusModel):
     """The analysis of the current (or last) step."""

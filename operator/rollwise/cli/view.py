@@ -195,8 +195,7 @@ def _step_detail(md: ModelDeployment, step: Step, now: datetime) -> str:
 def _taken(analysis: AnalysisStatus | None) -> int:
     if analysis is None or not analysis.metrics:
         return 0
-    m = analysis.metrics[0]
-    return m.successful + m.failed + m.inconclusive
+    return analysis.metrics[0].measurements
 
 
 def steps_table(md: ModelDeployment, now: datetime) -> Table:

@@ -21,7 +21,7 @@ Why the rules are what they are:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -160,16 +160,46 @@ def _regressor(md: ModelDeployment) -> bool:
     return schema is not None and schema.output is not None and schema.output.kind is OutputKind.REGRESSOR
 
 
+@dataclass(frozen=True)
+class Counted:
+    """A built-in check read as exact counts of both tracks since the analysis started."""
+
+    series: str
+    """The counter, e.g. `rollwise_requests_total`."""
+    groups: tuple[str, ...]
+    """The labels its counts are grouped by (`QueryRequest.by`)."""
+    judge: Callable[[MetricCheck, Counts], Judged]
+
+
+COUNTED = {
+    BuiltinMetric.SUCCESS_RATE: Counted(f"{REQUESTS}_total", SUCCESS_GROUPS, judge_success_rate),
+    BuiltinMetric.PREDICTION_DRIFT: Counted(
+        f"{PREDICTION_VALUE}_count", DRIFT_GROUPS, judge_prediction_drift
+    ),
+}
+"""The checks judged on counts; the others are one number from `builtin_query`."""
+
+
+def counted(md: ModelDeployment, check: MetricCheck) -> Counted | None:
+    """How `check` is counted, or None when it is one number (a regressor's drift is its PSI gauge)."""
+    if check.builtin is None or (check.builtin is BuiltinMetric.PREDICTION_DRIFT and _regressor(md)):
+        return None
+    return COUNTED.get(check.builtin)
+
+
+def counts_query(md: ModelDeployment, how: Counted, *, since: datetime, at: datetime) -> str:
+    """Both tracks' counts of `how.series`, exactly, from `since` (the analysis start) to `at`."""
+    return counts_since(f"{how.series}{{{selector(md, None)}}}", how.groups, since=since, at=at)
+
+
 def class_counts_query(md: ModelDeployment, *, since: datetime, at: datetime) -> str:
-    """Both tracks' predictions by class, exactly, from `since` (the analysis start) to `at`."""
-    series = f"{PREDICTION_VALUE}_count{{{selector(md, None)}}}"
-    return counts_since(series, DRIFT_GROUPS, since=since, at=at)
+    """Both tracks' predictions by class since `since`."""
+    return counts_query(md, COUNTED[BuiltinMetric.PREDICTION_DRIFT], since=since, at=at)
 
 
 def success_rate_query(md: ModelDeployment, *, since: datetime, at: datetime) -> str:
-    """Both tracks' requests by outcome, exactly, from `since` (the analysis start) to `at`."""
-    series = f"{REQUESTS}_total{{{selector(md, None)}}}"
-    return counts_since(series, SUCCESS_GROUPS, since=since, at=at)
+    """Both tracks' requests by outcome since `since`."""
+    return counts_query(md, COUNTED[BuiltinMetric.SUCCESS_RATE], since=since, at=at)
 
 
 def samples_query(md: ModelDeployment, spec: AnalysisSpec) -> str:
@@ -182,8 +212,7 @@ def taken(analysis: AnalysisStatus) -> int:
     """Looks taken so far, retaken thin ones included (every metric is measured together)."""
     if not analysis.metrics:
         return 0
-    m = analysis.metrics[0]
-    return m.successful + m.failed + m.inconclusive + analysis.deferred
+    return analysis.metrics[0].measurements + analysis.deferred
 
 
 def next_due(spec: AnalysisSpec, analysis: AnalysisStatus) -> datetime:
@@ -200,12 +229,10 @@ def requests_for(
     if spec.min_sample_count > 0:
         out.append(QueryRequest(SAMPLES, index, step, samples_query(md, spec), at))
     for check in spec.metrics:
-        if check.builtin is BuiltinMetric.SUCCESS_RATE:
-            promql = success_rate_query(md, since=analysis.started_at, at=at)
-            out.append(QueryRequest(check.name, index, step, promql, at, SUCCESS_GROUPS))
-        elif check.builtin is BuiltinMetric.PREDICTION_DRIFT and not _regressor(md):
-            promql = class_counts_query(md, since=analysis.started_at, at=at)
-            out.append(QueryRequest(check.name, index, step, promql, at, DRIFT_GROUPS))
+        how = counted(md, check)
+        if how is not None:
+            promql = counts_query(md, how, since=analysis.started_at, at=at)
+            out.append(QueryRequest(check.name, index, step, promql, at, how.groups))
         else:
             out.append(QueryRequest(check.name, index, step, metric_query(md, check, spec), at))
     return out
@@ -252,10 +279,8 @@ def judge(check: MetricCheck, measurement: Measurement) -> Judged:
             return Judged(Outcome.FAIL, None, f"query failed: {detail}")
         case NoData(detail=detail):
             return Judged(Outcome.INCONCLUSIVE, None, f"no data: {detail}")
-        case Counts() if check.builtin is BuiltinMetric.SUCCESS_RATE:
-            return judge_success_rate(check, measurement)
-        case Counts() if check.builtin is BuiltinMetric.PREDICTION_DRIFT:
-            return judge_prediction_drift(check, measurement)
+        case Counts() if check.builtin is not None and check.builtin in COUNTED:
+            return COUNTED[check.builtin].judge(check, measurement)
         case Counts():
             return Judged(
                 Outcome.FAIL, None, "query failed: grouped counts answered a check that needs one number"
@@ -407,9 +432,7 @@ def verdict_of(spec: AnalysisSpec, analysis: AnalysisStatus, *, count: int | Non
         return Verdict.INCONCLUSIVE, why
     if all(_metric_verdict(spec, m, need) is Verdict.SUCCESSFUL for m in results):
         return Verdict.SUCCESSFUL, f"every metric passed {need} measurement(s)"
-    first = results[0]
-    measured = first.successful + first.failed + first.inconclusive
-    return Verdict.RUNNING, f"{measured} of {need} measurement(s) taken"
+    return Verdict.RUNNING, f"{results[0].measurements} of {need} measurement(s) taken"
 
 
 def conclude(spec: AnalysisSpec, analysis: AnalysisStatus, *, count: int | None) -> AnalysisStatus:

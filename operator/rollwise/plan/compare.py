@@ -1,6 +1,7 @@
-"""The candidate against stable: successRate judged on exact counts since the analysis started.
+"""The candidate against stable, on exact counts since the analysis started: successRate and a
+classifier's predictionDrift (`judge_prediction_drift`, at the end).
 
-Two rules on the same counts, either fails the measurement:
+successRate has two rules on the same counts; either fails the measurement:
 - the guard rail: the candidate's own success percentage against `threshold` (the SLO), below
   `min` only when shown so at the comparison's confidence (`rail`);
 - the comparison, while stable served requests too: the candidate's failure rate minus stable's,

@@ -108,15 +108,12 @@ def _encoders(model: Any) -> list[Any]:
     fitted `transformers_` when there) or feature union, recursively."""
     if isinstance(model, _STRING_ENCODERS):
         return [model]
+    transformers = "transformers_" if hasattr(model, "transformers_") else "transformers"
     found: list[Any] = []
-    for attribute in ("steps", "transformers_", "transformer_list"):
+    for attribute in ("steps", transformers, "transformer_list"):
         for entry in getattr(model, attribute, None) or []:
             if isinstance(entry, tuple) and len(entry) >= 2 and not isinstance(entry[1], str):
                 found += _encoders(entry[1])  # (name, estimator[, columns])
-    if not hasattr(model, "transformers_"):
-        for entry in getattr(model, "transformers", None) or []:
-            if isinstance(entry, tuple) and len(entry) >= 2 and not isinstance(entry[1], str):
-                found += _encoders(entry[1])
     return found
 
 
