@@ -329,6 +329,39 @@ BAD = [
         id="a missing required field is named",
     ),
     pytest.param(
+        edit(
+            B,
+            spec__rollout__analysis__metrics=[
+                {"name": "l", "builtin": "latencyP99", "threshold": {"max": 1}, "compare": {}}
+            ],
+        ),
+        [
+            "spec.rollout.analysis.metrics[0].compare: applies to builtin successRate and "
+            "predictionDrift only in this version; remove it"
+        ],
+        RULE,
+        id="compare on a check that cannot compare is rejected naming the checks that can",
+    ),
+    pytest.param(
+        edit(
+            B,
+            spec__rollout__analysis__metrics=[
+                {
+                    "name": "s",
+                    "builtin": "successRate",
+                    "threshold": {"min": 99},
+                    "compare": {"confidence": 1.5},
+                }
+            ],
+        ),
+        [
+            "spec.rollout.analysis.metrics[0].compare.confidence: 1.5 is invalid: "
+            "Input should be less than or equal to 0.9999"
+        ],
+        SCHEMA,
+        id="a confidence above 0.9999 names the field and the bound",
+    ),
+    pytest.param(
         edit(B, metadata__name="a-model-deployment-name-that-is-far-too-long-for-its-children"),
         [
             "metadata.name: must start with a letter, use only a-z, 0-9 and '-', and have at most 53 "
