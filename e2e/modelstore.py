@@ -30,6 +30,7 @@ COMMITTED = paths.REPO / "examples" / "models"
 BAD_MODELS = {
     "iris-broken.py": "raise RuntimeError('this candidate fails every prediction, on purpose')",
     "iris-slow.py": "time.sleep(0.4)\n        return _rule(inputs)",
+    "iris-slow50.py": "time.sleep(0.05)\n        return _rule(inputs)",
     "iris-drift.py": "return {'label': np.full(len(_rows(inputs)), 'virginica', dtype=object)}",
     "iris-flaky.py": (
         "if np.random.random() < 0.3:\n"

@@ -228,6 +228,30 @@ def test_a_bad_candidate_is_rolled_back_on_its_signal(
     print(f"\n{artifact}: rolled back {elapsed:.1f}s after its pods took traffic")
 
 
+def test_a_candidate_50_ms_slower_than_stable_is_rolled_back_though_its_p99_is_within_the_slo(
+    cluster: Cluster, namespace: str, load: Load
+) -> None:
+    """Issue 14: the demo's analysis has latencyP99 `max: 0.25`, which a candidate 50 ms slower
+    than stable meets; the comparison with stable (tolerance 25 ms) rolls it back."""
+    wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
+    assert apply(namespace, canary("3.1.0-slower", "iris-slow50.py", "python")).returncode == 0
+    wait_until("the slower candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
+    took_traffic = time.monotonic()
+    with_status(
+        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
+    )
+    elapsed = time.monotonic() - took_traffic
+    status = get_md(cluster, namespace, "iris")["status"]
+    assert status["stableVersion"] == "1.0.0"
+    latency = next(m for m in status["analysis"]["metrics"] if m["name"] == "latency")
+    assert latency["verdict"] == "Failed", status["analysis"]
+    comparison = latency["comparison"]
+    assert comparison["candidate"] <= 0.25, comparison  # the SLO alone would have passed it
+    assert comparison["lower"] > 0 and comparison["stableSamples"] > 0, comparison
+    assert "outside" not in latency["message"] and "worse" in latency["message"], latency["message"]
+    print(f"\n+50 ms: rolled back {elapsed:.1f}s after its pods took traffic; {latency['message']}")
+
+
 def test_a_candidate_that_refuses_inputs_the_stable_accepts_is_rolled_back(
     cluster: Cluster, namespace: str, load: Load
 ) -> None:

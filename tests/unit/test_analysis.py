@@ -170,12 +170,6 @@ def md(**model: Any) -> ModelDeployment:
     ("metric", "promql"),
     [
         pytest.param(
-            {"builtin": "latencyP99", "threshold": {"max": 0.5}},
-            "histogram_quantile(0.99, sum by (le) (rate(rollwise_request_duration_seconds_bucket"
-            '{namespace="ml",pod=~"iris-candidate-[^-]+-[^-]+",model="iris",track="candidate"}[60s])))',
-            id="latencyP99 is docs/metrics.md's latency_p99_seconds",
-        ),
-        pytest.param(
             {"builtin": "inputDrift", "feature": "age", "threshold": {"max": 0.2}},
             'max(rollwise_feature_psi{namespace="ml",pod=~"iris-candidate-[^-]+-[^-]+",model="iris",'
             'track="candidate",feature="age"})',
@@ -249,11 +243,13 @@ def test_without_stable_traffic_every_candidate_client_error_counts() -> None:
 
 def test_queries_are_scoped_to_the_model_deployment_not_just_the_model_name() -> None:
     """Two ModelDeployments serving model "iris" (another namespace, or another name) never mix."""
-    c = MetricCheck.model_validate({"name": "l", "builtin": "latencyP99", "threshold": {"max": 1}})
+    c = MetricCheck.model_validate({"name": "l", "builtin": "inputDrift", "threshold": {"max": 1}})
     doc = base()
     doc["metadata"] |= {"name": "iris-b", "namespace": "team-b"}
     q = builtin_query(ModelDeployment.model_validate(doc), c, "60s")
     assert 'namespace="team-b",pod=~"iris-b-candidate-[^-]+-[^-]+",model="iris"' in q
+    both = success_rate_query(ModelDeployment.model_validate(doc), since=T0, at=T0 + timedelta(seconds=30))
+    assert 'namespace="team-b",pod=~"iris-b-(stable|candidate)-[^-]+-[^-]+"' in both
     spec = AnalysisSpec.model_validate(
         {"metrics": [{"name": "l", "builtin": "latencyP99", "threshold": {"max": 1}}]}
     )

@@ -332,11 +332,11 @@ BAD = [
         edit(
             B,
             spec__rollout__analysis__metrics=[
-                {"name": "l", "builtin": "latencyP99", "threshold": {"max": 1}, "compare": {}}
+                {"name": "l", "builtin": "inputDrift", "threshold": {"max": 1}, "compare": {}}
             ],
         ),
         [
-            "spec.rollout.analysis.metrics[0].compare: applies to builtin successRate and "
+            "spec.rollout.analysis.metrics[0].compare: applies to builtin successRate, latencyP99 and "
             "predictionDrift only in this version; remove it"
         ],
         RULE,

@@ -506,8 +506,11 @@ class BuiltinMetric(StrEnum):
     """Largest per-feature PSI between candidate and stable inputs (or `feature` only); set threshold.max."""
 
 
-COMPARED = frozenset({BuiltinMetric.SUCCESS_RATE, BuiltinMetric.PREDICTION_DRIFT})
+COMPARED = frozenset({BuiltinMetric.SUCCESS_RATE, BuiltinMetric.LATENCY_P99, BuiltinMetric.PREDICTION_DRIFT})
 """The built-in checks that compare the candidate with stable (`compare`)."""
+
+DEFAULT_WORSE_BY = {BuiltinMetric.SUCCESS_RATE: 0.5, BuiltinMetric.LATENCY_P99: 0.025}
+"""`compare.worseBy` when unset: 0.5 percentage points of failed requests, 25 ms of latency."""
 
 
 class InconclusivePolicy(StrEnum):
@@ -566,10 +569,10 @@ class Comparison(ApiModel):
 
     enabled: bool = True
     """Compare while stable serves requests. Default true."""
-    worse_by: float = Field(default=0.5, ge=0, le=100)
-    """The worsening that matters for successRate, in percentage points of failed requests; the
-    candidate fails when it is shown worse than stable by more. (predictionDrift's tolerance is its
-    threshold.max.) Default 0.5."""
+    worse_by: float | None = Field(default=None, ge=0, le=100)
+    """The worsening that matters, in the check's unit: successRate in percentage points of failed
+    requests (default 0.5), latencyP99 in seconds (default 0.025). The candidate fails when it is
+    shown worse than stable by more. (predictionDrift's tolerance is its threshold.max.)"""
     confidence: float = Field(default=0.99, ge=0.5, le=0.9999)
     """How sure the judge must be before it fails a candidate. Default 0.99."""
 
@@ -589,7 +592,7 @@ class MetricCheck(ApiModel):
     feature: str | None = Field(default=None, min_length=1, max_length=128)
     """For inputDrift: the one feature to watch; unset watches every feature."""
     compare: Comparison | None = None
-    """Compare with stable (successRate and predictionDrift); unset uses the defaults, on."""
+    """Compare with stable (successRate, latencyP99 and predictionDrift); unset uses the defaults, on."""
 
     @rule(
         cel="(has(self.builtin) ? 1 : 0) + (has(self.query) ? 1 : 0) == 1",
@@ -608,9 +611,11 @@ class MetricCheck(ApiModel):
         return self.feature is None or self.builtin is BuiltinMetric.INPUT_DRIFT
 
     @rule(
-        cel="!has(self.compare) || (has(self.builtin) && self.builtin in ['successRate', 'predictionDrift'])",
+        cel="!has(self.compare) || (has(self.builtin) && self.builtin in ['successRate', 'latencyP99', "
+        "'predictionDrift'])",
         field="compare",
-        message="applies to builtin successRate and predictionDrift only in this version; remove it",
+        message="applies to builtin successRate, latencyP99 and predictionDrift only in this version; "
+        "remove it",
     )
     def _compare_for_success_rate(self) -> bool:
         return self.compare is None or self.builtin in COMPARED
@@ -618,9 +623,11 @@ class MetricCheck(ApiModel):
     @property
     def comparison(self) -> Comparison | None:
         """The comparison this check makes, defaults filled; None when it makes none."""
-        if self.builtin not in COMPARED:
+        if self.builtin is None or self.builtin not in COMPARED:
             return None
         chosen = self.compare or Comparison()
+        if chosen.worse_by is None and self.builtin in DEFAULT_WORSE_BY:
+            chosen = chosen.model_copy(update={"worse_by": DEFAULT_WORSE_BY[self.builtin]})
         return chosen if chosen.enabled else None
 
 

@@ -50,6 +50,7 @@ from rollwise.plan.compare import (
     judge_prediction_drift,
     judge_success_rate,
 )
+from rollwise.plan.latency import LATENCY_GROUPS, judge_latency
 from rollwise.plan.measurement import Counts, Judged, Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
 from rollwise.plan.promql import counts_since, selector
@@ -102,7 +103,7 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
 
     - successRate is not one number but exact counts since the analysis started
       (`success_rate_query`, judged by `compare.judge_success_rate`).
-    - latencyP99: docs' `latency_p99_seconds`, seconds.
+    - latencyP99 is both tracks' latency buckets since the analysis started (`judge_latency`).
     - predictionDrift of a classifier is exact counts by class since the analysis started
       (`class_counts_query`, judged by `compare.judge_prediction_drift`). A regressor (feature
       schema `output.kind: regressor`) has one class, so for it the candidate's
@@ -116,8 +117,7 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
         case BuiltinMetric.SUCCESS_RATE:
             raise ValueError("successRate is counted since the analysis started: use success_rate_query")
         case BuiltinMetric.LATENCY_P99:
-            sel = selector(md, cand)
-            return f"histogram_quantile(0.99, sum by (le) (rate({REQUEST_DURATION}_bucket{{{sel}}}[{win}])))"
+            raise ValueError("latencyP99 is counted since the analysis started: use counts_query")
         case BuiltinMetric.PREDICTION_DRIFT if _regressor(md):
             return f"max({PREDICTION_PSI}{{{selector(md, cand)}}})"
         case BuiltinMetric.PREDICTION_DRIFT:
@@ -173,6 +173,7 @@ class Counted:
 
 COUNTED = {
     BuiltinMetric.SUCCESS_RATE: Counted(f"{REQUESTS}_total", SUCCESS_GROUPS, judge_success_rate),
+    BuiltinMetric.LATENCY_P99: Counted(f"{REQUEST_DURATION}_bucket", LATENCY_GROUPS, judge_latency),
     BuiltinMetric.PREDICTION_DRIFT: Counted(
         f"{PREDICTION_VALUE}_count", DRIFT_GROUPS, judge_prediction_drift
     ),

@@ -130,19 +130,24 @@ def compared(cand: TrackCounts, stable: TrackCounts, rule: Comparison) -> Compar
         confidence=rule.confidence,
         candidate_samples=round(cand.requests),
         stable_samples=round(stable.requests),
-        rule=f"worse when the lower bound of (candidate - stable) failed % exceeds {rule.worse_by:g}",
+        rule=f"worse when the lower bound of (candidate - stable) failed % exceeds {tolerance(rule):g}",
     )
 
 
+def tolerance(rule: Comparison) -> float:
+    """`worseBy` in the check's unit (`MetricCheck.comparison` fills the check's default)."""
+    return 0.0 if rule.worse_by is None else rule.worse_by
+
+
 def worse(result: ComparisonResult, rule: Comparison) -> bool:
-    return result.lower is not None and result.lower > rule.worse_by
+    return result.lower is not None and result.lower > tolerance(rule)
 
 
 def explain(result: ComparisonResult, rule: Comparison) -> str:
     """One line a human reads, e.g. `success 70.0 % vs stable 100.0 % (+30.0 pp failed, 99 % CI
     +12.1..+47.9; 40 vs 160 requests): worse`."""
     lower, upper = result.lower or 0.0, result.upper or 0.0
-    verdict = "worse" if worse(result, rule) else ("not worse" if upper <= rule.worse_by else "undecided")
+    verdict = "worse" if worse(result, rule) else ("not worse" if upper <= tolerance(rule) else "undecided")
     c, st = result.candidate, result.stable
     return (
         f"success {c:.1f} % vs stable {st:.1f} % ({result.difference:+.1f} pp failed, "

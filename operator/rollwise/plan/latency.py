@@ -1,0 +1,158 @@
+"""latencyP99 against stable, on both tracks' latency histograms counted since the analysis started.
+
+The rule is a test of "the candidate is no slower than stable plus the tolerance", read off the
+histogram's buckets, because bucket counts are all Prometheus keeps:
+- Let `t` be the tolerance (`compare.worseBy`, seconds) and `b` a bucket boundary. If every
+  candidate request took at most what a stable one takes plus `t` (in distribution), then
+  P(candidate > b) <= P(stable > b - t) <= P(stable > b'), where b' is the largest boundary at or
+  below `b - t`. Both shares are exact counts.
+- So at each boundary the judge bounds "share of candidate requests above b minus share of stable
+  requests above b'" with the same confidence sequence as successRate (`stats.rate_difference`).
+  The candidate is *worse* when that lower bound is above 0 at some boundary.
+- Every boundary is tested at `(1 - confidence) / k` for `k` boundaries (Bonferroni), so the rule
+  fails a candidate no slower than stable plus `t` in at most `1 - confidence` of rollouts, at every
+  look; the bucket rounding only makes it more conservative.
+
+Why a shift test over all boundaries and not only stable's p99: the p99's bucket would be chosen
+from the same counts it is tested on; a fixed family of boundaries needs no such choice, and a
+candidate slower by more than `t` in its median is slower for most users, not only in its tail.
+
+The guard rail stays the check's `threshold`: the candidate's p99 since the analysis started,
+interpolated in its buckets as `histogram_quantile` does, read as measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rollwise.api.v1alpha1 import ComparisonResult, MetricCheck
+from rollwise.plan.compare import tolerance
+from rollwise.plan.measurement import Counts, Judged, Outcome
+from rollwise.plan.names import Track
+from rollwise.plan.stats import Interval, rate_difference
+
+LATENCY_GROUPS = ("track", "le")
+"""The labels latencyP99's bucket counts are grouped by."""
+
+QUANTILE = 0.99
+"""The guard rail's quantile."""
+
+ROUNDING = 1e-9
+"""Slack when a boundary minus the tolerance lands on another boundary (0.05 - 0.025 is 0.025)."""
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """One track's cumulative bucket counts since the analysis started, finite boundaries ascending."""
+
+    bounds: tuple[float, ...]
+    cumulative: tuple[float, ...]
+    total: float
+
+    @classmethod
+    def of(cls, counts: Counts, track: Track, bounds: tuple[float, ...]) -> Histogram:
+        t = str(track)
+        by_le = {_le(key[1]): v for key, v in counts.values.items() if key[0] == t}
+        # A cumulative histogram never decreases; a scrape that caught buckets mid-update can, so
+        # each count is at least the one below it.
+        cumulative, running = [], 0.0
+        for b in bounds:
+            running = max(running, by_le.get(b, 0.0))
+            cumulative.append(running)
+        total = max(running, by_le.get(math.inf, 0.0))
+        return cls(bounds, tuple(cumulative), total)
+
+    def above(self, i: int) -> float:
+        """Requests slower than boundary `i`."""
+        return self.total - self.cumulative[i]
+
+    def quantile(self, q: float) -> float | None:
+        """`histogram_quantile(q)`: linear within the bucket holding rank q * total; the highest
+        finite boundary when that rank is in +Inf; None without requests."""
+        if self.total <= 0:
+            return None
+        rank = q * self.total
+        lower_bound, lower_count = 0.0, 0.0
+        for bound, count in zip(self.bounds, self.cumulative, strict=True):
+            if count >= rank and count > lower_count:
+                return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+            lower_bound, lower_count = bound, count
+        return self.bounds[-1] if self.bounds else None
+
+
+def _le(text: str) -> float:
+    try:
+        return float(text)  # "+Inf" parses to inf
+    except ValueError:
+        return math.nan
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One boundary's test: candidate's share above `bound` minus stable's above `against`."""
+
+    bound: float
+    against: float
+    interval: Interval
+
+
+def shifts(cand: Histogram, stable: Histogram, tolerance: float, *, alpha: float) -> list[Shift]:
+    """Every boundary's test at `alpha / k` (the module docstring). A boundary with no boundary at
+    or below it minus the tolerance is left out: stable's share above 0 is all its requests, so it
+    could never show anything."""
+    pairs = []
+    for i, b in enumerate(cand.bounds):
+        below = [j for j, other in enumerate(cand.bounds) if other <= b - tolerance + ROUNDING]
+        if below:
+            pairs.append((i, below[-1]))
+    out = []
+    for i, j in pairs:
+        interval = rate_difference(
+            cand.above(i), cand.total, stable.above(j), stable.total, alpha=alpha / len(pairs)
+        )
+        if interval is not None:
+            out.append(Shift(cand.bounds[i], cand.bounds[j], interval))
+    return out
+
+
+def judge_latency(check: MetricCheck, counts: Counts) -> Judged:
+    """latencyP99 on both tracks' bucket counts since the analysis started (the module docstring)."""
+    bounds = tuple(sorted({b for key in counts.values if math.isfinite(b := _le(key[1]))}))
+    cand = Histogram.of(counts, Track.CANDIDATE, bounds)
+    stable = Histogram.of(counts, Track.STABLE, bounds)
+    p99 = cand.quantile(QUANTILE)
+    if p99 is None:
+        return Judged(
+            Outcome.INCONCLUSIVE, None, "no data: the candidate served no requests since it started"
+        )
+    outside = not check.threshold.contains(p99)
+    own = f"p99 {p99:.3g} s is outside {check.threshold.label()}" if outside else ""
+    rule = check.comparison
+    tests = shifts(cand, stable, tolerance(rule), alpha=1 - rule.confidence) if rule is not None else []
+    if rule is None or not tests:
+        return Judged(Outcome.FAIL if outside else Outcome.PASS, p99, own)
+    worst = max(tests, key=lambda s: s.interval.lower)
+    shown = worst.interval.lower > 0
+    result = ComparisonResult(
+        candidate=p99,
+        stable=stable.quantile(QUANTILE) or 0.0,
+        difference=100 * worst.interval.estimate,
+        lower=100 * worst.interval.lower,
+        upper=100 * worst.interval.upper,
+        confidence=rule.confidence,
+        candidate_samples=round(cand.total),
+        stable_samples=round(stable.total),
+        rule=f"worse when, at some bucket boundary b, the candidate's share of requests above b is "
+        f"shown larger than stable's above b - {tolerance(rule):g} s",
+    )
+    verdict = "worse" if shown else "not shown slower"
+    line = (
+        f"latency p99 {p99:.3g} s vs stable {result.stable:.3g} s ({result.difference:+.1f} pp of requests "
+        f"above {worst.bound:g} s than stable's above {worst.against:g} s, {100 * rule.confidence:g} % CI "
+        f"{result.lower:+.1f}..{result.upper:+.1f}; {result.candidate_samples} vs {result.stable_samples} "
+        f"requests): {verdict}"
+    )
+    if shown or outside:
+        return Judged(Outcome.FAIL, p99, "; ".join(r for r in (line, own) if r), result)
+    return Judged(Outcome.PASS, p99, line, result)
