@@ -248,7 +248,7 @@ def test_a_candidate_50_ms_slower_than_stable_is_rolled_back_though_its_p99_is_w
     comparison = latency["comparison"]
     assert comparison["candidate"] <= 0.25, comparison  # the SLO alone would have passed it
     assert comparison["lower"] > 0 and comparison["stableSamples"] > 0, comparison
-    assert "outside" not in latency["message"] and "worse" in latency["message"], latency["message"]
+    assert "outside" not in latency["message"] and ": worse" in latency["message"], latency["message"]
     print(f"\n+50 ms: rolled back {elapsed:.1f}s after its pods took traffic; {latency['message']}")
 
 

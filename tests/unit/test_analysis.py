@@ -22,8 +22,8 @@ from rollwise.plan.analysis import (
     success_rate_query,
     verdict_of,
 )
-from rollwise.plan.compare import client_error_excess
-from rollwise.plan.measurement import Measurement, NoData, Outcome, QueryError, Value
+from rollwise.plan.compare import client_error_excess, judge_success_rate
+from rollwise.plan.measurement import Counts, Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
 
 from tests.unit.manifests import base
@@ -293,3 +293,63 @@ def test_measurements_are_due_one_interval_after_the_analysis_started() -> None:
     assert [(q.metric, q.index, q.step) for q in due] == [(None, 0, 1), ("ok", 0, 1)]
     doc["status"]["phase"] = "Paused"
     assert due_queries(ModelDeployment.model_validate(doc), T0 + timedelta(seconds=90)) == []
+
+
+def _requests(cand_ok: float, cand_failed: float, stable_ok: float, stable_failed: float = 0) -> Counts:
+    return Counts(
+        {
+            ("candidate", "success"): cand_ok,
+            ("candidate", "server_error"): cand_failed,
+            ("stable", "success"): stable_ok,
+            ("stable", "server_error"): stable_failed,
+        }
+    )
+
+
+def test_with_max_duration_a_candidate_shown_no_worse_passes_at_once_without_it_after_count() -> None:
+    """Issue 14: the evidence ends the step. 6 000 good requests a track bound the candidate's
+    excess failures below 0.5 points at the first look, which alone passes it; without
+    maxDurationSeconds the same look is one of `count`."""
+    plenty = _requests(6000, 0, 6000)
+    assert judge_success_rate(spec().metrics[0], plenty).not_worse
+    timed = spec(count=5, maxDurationSeconds=300, intervalSeconds=10)
+    a = record(timed, start(timed, step=1, now=T0), answer(plenty), step=1, count=None)
+    assert a.verdict is Verdict.SUCCESSFUL and a.metrics[0].not_worse
+    assert "not worse" in verdict_of(timed, a, count=None)[1]
+    counted_ = spec(count=5, intervalSeconds=10)
+    b = record(counted_, start(counted_, step=1, now=T0), answer(plenty), step=1, count=None)
+    assert b.verdict is Verdict.RUNNING
+
+
+def test_with_max_duration_a_candidate_not_yet_shown_either_way_waits_then_is_inconclusive() -> None:
+    """40 good requests a track prove neither: the step waits (no pass after `count` looks) until
+    maxDurationSeconds, then it is inconclusive (inconclusivePolicy applies), naming the check."""
+    thin = _requests(40, 0, 40)
+    s = spec(count=1, maxDurationSeconds=30, intervalSeconds=10, minSampleCount=0)
+    a = start(s, step=1, now=T0)
+    verdicts = []
+    for i in range(3):
+        a = record(s, a, answer(thin, samples=None, index=i), step=1, count=None)
+        verdicts.append(a.verdict)
+    assert verdicts == [Verdict.RUNNING, Verdict.RUNNING, Verdict.INCONCLUSIVE]
+    why = verdict_of(s, a, count=None)[1]
+    assert why.startswith("no decision within maxDurationSeconds 30: ok: success 100.0 % vs stable")
+    assert "undecided" in why
+
+
+def test_with_max_duration_a_worse_candidate_still_fails_at_once_and_other_checks_need_count() -> None:
+    s = spec(count=2, maxDurationSeconds=300, intervalSeconds=10)
+    a = record(s, start(s, step=1, now=T0), answer(_requests(70, 30, 400)), step=1, count=None)
+    assert a.verdict is Verdict.FAILED
+    custom = AnalysisSpec.model_validate(
+        {
+            "metrics": [{"name": "ok", "query": "x", "threshold": {"min": 1}}],
+            "count": 2,
+            "maxDurationSeconds": 300,
+            "intervalSeconds": 10,
+        }
+    )
+    b = start(custom, step=1, now=T0)
+    for i in range(2):
+        b = record(custom, b, answer(Value(5), index=i), step=1, count=None)
+    assert b.verdict is Verdict.SUCCESSFUL

@@ -74,7 +74,8 @@ def _first_fail(
             hist_c += np.bincount(c_idx, minlength=len(BOUNDS) + 1)
             hist_s += np.bincount(s_idx, minlength=len(BOUNDS) + 1)
             judged = judge_latency(rule, _cumulative(hist_c, hist_s))
-            if judged.outcome is Outcome.FAIL and judged.comparison is not None and "worse" in judged.reason:
+            comparison = judged.comparison
+            if comparison is not None and comparison.lower is not None and comparison.lower > 0:
                 first = k + 1
                 break
         out.append(first)

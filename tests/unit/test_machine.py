@@ -605,3 +605,12 @@ def test_routes_that_name_the_track_services_keep_them_at_rest(traffic: dict[str
     w = World.of(md_of({"canary": {"steps": [{"setWeight": 10}]}, "traffic": traffic}), user)
     assert w.settle(at(0)).status.phase is Phase.HEALTHY
     assert services(w) == ["iris", "iris-candidate", "iris-stable"]
+
+
+def test_inconclusive_policy_proceed_goes_on_to_the_next_step() -> None:
+    analysis = {**METRICS, "inconclusivePolicy": "proceed"}
+    w = started(md_of({"canary": {"steps": [{"setWeight": 10}, {"analysis": {}}]}, "analysis": analysis}))
+    d = w.step(at(12), measurements=answers(w, 12, NoData(), Value(500)))
+    assert any("inconclusivePolicy proceed" in n.message and n.type == "Warning" for n in d.notes), d.notes
+    d = w.settle(at(13))
+    assert d.status.phase is Phase.HEALTHY and d.status.stable_version == "2.0.0"

@@ -520,6 +520,9 @@ class InconclusivePolicy(StrEnum):
     """Pause the rollout for a human to resume, promote or abort."""
     FAIL = "fail"
     """Treat it as a failed analysis and roll back."""
+    PROCEED = "proceed"
+    """Go on to the next step as if it had passed: the candidate was not shown worse, and the
+    traffic was too thin to show it no worse. For models whose owners accept that risk."""
 
 
 class ThresholdRange(ApiModel):
@@ -656,7 +659,21 @@ class AnalysisSpec(ApiModel):
     look is retaken (up to `count` times), then inconclusive, so a low-traffic model never passes on
     no data. A failure stands however few requests it saw. Default 50."""
     inconclusive_policy: InconclusivePolicy = InconclusivePolicy.PAUSE
-    """What happens past inconclusiveLimit. Default pause."""
+    """What happens past inconclusiveLimit, or at maxDurationSeconds without a decision. Default pause."""
+    max_duration_seconds: int | None = Field(default=None, ge=5, le=86_400)
+    """Let the evidence end the analysis: it passes as soon as every successRate and latencyP99
+    check that compares has shown the candidate no worse than stable by more than `worseBy` (other
+    checks still need `count` passing looks), fails as soon as one is shown worse, and after this
+    many seconds without a decision inconclusivePolicy applies. Unset: the analysis passes after
+    `count` looks in which nothing was shown worse (no proof of "no worse" is asked for)."""
+
+    @rule(
+        cel="!has(self.maxDurationSeconds) || self.maxDurationSeconds >= self.intervalSeconds",
+        field="maxDurationSeconds",
+        message="must be at least intervalSeconds (one look); raise it or lower intervalSeconds",
+    )
+    def _max_duration_holds_a_look(self) -> bool:
+        return self.max_duration_seconds is None or self.max_duration_seconds >= self.interval_seconds
 
 
 class TrafficProvider(StrEnum):
@@ -984,6 +1001,9 @@ class MetricResult(StatusModel):
     """Why the last measurement failed or was inconclusive, or the comparison in one line."""
     comparison: ComparisonResult | None = None
     """The latest comparison with stable, when the check makes one."""
+    not_worse: bool = False
+    """The latest look showed the candidate no worse than stable by more than `worseBy`, at the
+    comparison's confidence (successRate, latencyP99): what passes it when maxDurationSeconds is set."""
 
     @property
     def measurements(self) -> int:

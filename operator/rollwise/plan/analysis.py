@@ -389,8 +389,22 @@ def _tally(result: MetricResult, judged: Judged) -> MetricResult:
             "last_value": judged.value if judged.value is not None else result.last_value,
             "message": judged.reason[:4096],
             "comparison": judged.comparison or result.comparison,
+            "not_worse": judged.outcome is Outcome.PASS and judged.not_worse,
         }
     )
+
+
+SETTLING = frozenset({BuiltinMetric.SUCCESS_RATE, BuiltinMetric.LATENCY_P99})
+"""The checks that can show a candidate *no worse* than stable (a bound on the difference)."""
+
+
+def settles(spec: AnalysisSpec, name: str) -> bool:
+    """Whether metric `name` passes on evidence of "no worse" rather than on `count` looks: with
+    maxDurationSeconds set, for a successRate or latencyP99 check that compares."""
+    if spec.max_duration_seconds is None:
+        return False
+    check = next((m for m in spec.metrics if m.name == name), None)
+    return check is not None and check.builtin in SETTLING and check.comparison is not None
 
 
 def _metric_verdict(spec: AnalysisSpec, m: MetricResult, count: int) -> Verdict:
@@ -398,9 +412,18 @@ def _metric_verdict(spec: AnalysisSpec, m: MetricResult, count: int) -> Verdict:
         return Verdict.FAILED
     if m.inconclusive > spec.inconclusive_limit:
         return Verdict.INCONCLUSIVE
+    if settles(spec, m.name):
+        return Verdict.SUCCESSFUL if m.not_worse else Verdict.RUNNING
     if m.successful + m.failed >= count and m.successful > 0:
         return Verdict.SUCCESSFUL
     return Verdict.RUNNING
+
+
+def out_of_time(spec: AnalysisSpec, analysis: AnalysisStatus) -> bool:
+    """maxDurationSeconds has passed: the looks taken span it (pure: no clock, the looks are the
+    time, one every intervalSeconds from the start)."""
+    limit = spec.max_duration_seconds
+    return limit is not None and taken(analysis) * spec.interval_seconds >= limit
 
 
 def verdict_of(spec: AnalysisSpec, analysis: AnalysisStatus, *, count: int | None) -> tuple[Verdict, str]:
@@ -432,7 +455,19 @@ def verdict_of(spec: AnalysisSpec, analysis: AnalysisStatus, *, count: int | Non
         )
         return Verdict.INCONCLUSIVE, why
     if all(_metric_verdict(spec, m, need) is Verdict.SUCCESSFUL for m in results):
+        if spec.max_duration_seconds is not None:
+            return Verdict.SUCCESSFUL, "every metric passed: " + "; ".join(
+                f"{m.name}: {m.message}" if settles(spec, m.name) else f"{m.name}: {need} measurement(s)"
+                for m in results
+            )
         return Verdict.SUCCESSFUL, f"every metric passed {need} measurement(s)"
+    if out_of_time(spec, analysis):
+        open_ = [m for m in results if _metric_verdict(spec, m, need) is Verdict.RUNNING]
+        why = "; ".join(f"{m.name}: {m.message or 'no decision'}" for m in open_)
+        return (
+            Verdict.INCONCLUSIVE,
+            f"no decision within maxDurationSeconds {spec.max_duration_seconds}: {why}",
+        )
     return Verdict.RUNNING, f"{results[0].measurements} of {need} measurement(s) taken"
 
 

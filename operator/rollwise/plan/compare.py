@@ -143,11 +143,16 @@ def worse(result: ComparisonResult, rule: Comparison) -> bool:
     return result.lower is not None and result.lower > tolerance(rule)
 
 
+def not_worse(result: ComparisonResult, rule: Comparison) -> bool:
+    """Shown no worse than the tolerance: the whole interval lies at or below it."""
+    return result.upper is not None and result.upper <= tolerance(rule)
+
+
 def explain(result: ComparisonResult, rule: Comparison) -> str:
     """One line a human reads, e.g. `success 70.0 % vs stable 100.0 % (+30.0 pp failed, 99 % CI
     +12.1..+47.9; 40 vs 160 requests): worse`."""
     lower, upper = result.lower or 0.0, result.upper or 0.0
-    verdict = "worse" if worse(result, rule) else ("not worse" if upper <= tolerance(rule) else "undecided")
+    verdict = "worse" if worse(result, rule) else ("not worse" if not_worse(result, rule) else "undecided")
     c, st = result.candidate, result.stable
     return (
         f"success {c:.1f} % vs stable {st:.1f} % ({result.difference:+.1f} pp failed, "
@@ -177,7 +182,7 @@ def judge_success_rate(check: MetricCheck, counts: Counts) -> Judged:
     reasons = [line] + ([own.why] if own.outside else [])
     if worse(result, rule) or own.outside:
         return Judged(Outcome.FAIL, own.value, "; ".join(reasons), result)
-    return Judged(Outcome.PASS, own.value, line, result)
+    return Judged(Outcome.PASS, own.value, line, result, not_worse=not_worse(result, rule))
 
 
 def _alone(threshold: ThresholdRange, cand: TrackCounts, stable: TrackCounts) -> Judged:

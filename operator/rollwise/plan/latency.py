@@ -8,7 +8,8 @@ histogram's buckets, because bucket counts are all Prometheus keeps:
   below `b - t`. Both shares are exact counts.
 - So at each boundary the judge bounds "share of candidate requests above b minus share of stable
   requests above b'" with the same confidence sequence as successRate (`stats.rate_difference`).
-  The candidate is *worse* when that lower bound is above 0 at some boundary.
+  The candidate is *worse* when that lower bound is above 0 at some boundary, and shown *not
+  worse* when every upper bound is at most 1 percentage point (`NOT_SLOWER_SHARE`).
 - Every boundary is tested at `(1 - confidence) / k` for `k` boundaries (Bonferroni), so the rule
   fails a candidate no slower than stable plus `t` in at most `1 - confidence` of rollouts, at every
   look; the bucket rounding only makes it more conservative.
@@ -37,6 +38,10 @@ LATENCY_GROUPS = ("track", "le")
 
 QUANTILE = 0.99
 """The guard rail's quantile."""
+
+NOT_SLOWER_SHARE = 0.01
+"""Shown not slower: at every boundary, the candidate's excess share of slow requests is bounded by
+1 percentage point (zero cannot be shown: in the far tail both shares are 0 and stay uncertain)."""
 
 ROUNDING = 1e-9
 """Slack when a boundary minus the tolerance lands on another boundary (0.05 - 0.025 is 0.025)."""
@@ -146,7 +151,8 @@ def judge_latency(check: MetricCheck, counts: Counts) -> Judged:
         rule=f"worse when, at some bucket boundary b, the candidate's share of requests above b is "
         f"shown larger than stable's above b - {tolerance(rule):g} s",
     )
-    verdict = "worse" if shown else "not shown slower"
+    settled = not shown and all(s.interval.upper <= NOT_SLOWER_SHARE for s in tests)
+    verdict = "worse" if shown else ("not worse" if settled else "undecided")
     line = (
         f"latency p99 {p99:.3g} s vs stable {result.stable:.3g} s ({result.difference:+.1f} pp of requests "
         f"above {worst.bound:g} s than stable's above {worst.against:g} s, {100 * rule.confidence:g} % CI "
@@ -155,4 +161,4 @@ def judge_latency(check: MetricCheck, counts: Counts) -> Judged:
     )
     if shown or outside:
         return Judged(Outcome.FAIL, p99, "; ".join(r for r in (line, own) if r), result)
-    return Judged(Outcome.PASS, p99, line, result)
+    return Judged(Outcome.PASS, p99, line, result, not_worse=settled)

@@ -174,6 +174,12 @@ def _judged(world: World, state: State, judged: Judged) -> State:
             return replace(
                 state, phase=Phase.PAUSED, reason=Reason.ANALYSIS_INCONCLUSIVE, message=message
             ).note(EventType.WARNING, Reason.ANALYSIS_INCONCLUSIVE, message)
+        case Verdict.INCONCLUSIVE if (
+            required_analysis_spec(world).inconclusive_policy is InconclusivePolicy.PROCEED
+        ):
+            message = f"analysis inconclusive, going on as inconclusivePolicy proceed says: {why}"
+            noted = state.note(EventType.WARNING, Reason.ANALYSIS_INCONCLUSIVE, message)
+            return _enter(world, noted, (state.step or 0) + 1)
         case Verdict.INCONCLUSIVE:
             return _rollback(world, state, Reason.ANALYSIS_INCONCLUSIVE, f"analysis inconclusive: {why}")
         case _:

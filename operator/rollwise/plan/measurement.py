@@ -73,3 +73,5 @@ class Judged:
     value: float | None
     reason: str
     comparison: ComparisonResult | None = None
+    not_worse: bool = False
+    """The comparison showed the candidate no worse than stable by more than the tolerance."""
