@@ -41,6 +41,7 @@ import numpy as np
 from rollwise.api.v1alpha1 import AnalysisSpec, Verdict
 from rollwise.plan.analysis import SAMPLES, Measured, QueryRequest, next_due, record, start, taken
 from rollwise.plan.compare import client_error_excess
+from rollwise.plan.latency import Histogram
 from rollwise.plan.measurement import Counts, Value
 
 HORIZON = 2500
@@ -48,14 +49,30 @@ HORIZON = 2500
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""The serving image's latency buckets (rollwise_serving.metrics.LATENCY_BUCKETS)."""
+
+
+def bucket_probabilities(shift: float, rng: np.random.Generator, n: int = 200_000) -> np.ndarray:
+    """Each latency bucket's share (the last is above 10 s) for a server answering in about 4 ms
+    (lognormal, sigma 0.5) with 2 % of requests on a slow path of 30-300 ms, plus `shift` seconds."""
+    body = rng.lognormal(np.log(0.004), 0.5, n)
+    slow = rng.random(n) < 0.02
+    body[slow] = rng.uniform(0.03, 0.3, int(slow.sum()))
+    index = np.searchsorted(np.asarray(BOUNDS), body + shift, side="left")
+    return np.bincount(index, minlength=len(BOUNDS) + 1) / n
+
+
 @dataclass(frozen=True)
 class Traffic:
-    """One rollout's requests per second and each track's failure probability; each judge applies
-    its own weights to them."""
+    """One rollout's requests per second, each track's failure probability and latency buckets'
+    shares; each judge applies its own weights to them."""
 
     arrivals: np.ndarray
     p_c: float
     p_s: float
+    lat_c: np.ndarray
+    lat_s: np.ndarray
 
 
 @dataclass
@@ -64,8 +81,10 @@ class Result:
     seconds: float
 
 
-def simulate(rng: np.random.Generator, rate: float, p_c: float, p_s: float) -> Traffic:
-    return Traffic(rng.poisson(rate, HORIZON), p_c, p_s)
+def simulate(
+    rng: np.random.Generator, rate: float, p_c: float, p_s: float, lat_c: np.ndarray, lat_s: np.ndarray
+) -> Traffic:
+    return Traffic(rng.poisson(rate, HORIZON), p_c, p_s, lat_c, lat_s)
 
 
 @dataclass
@@ -76,6 +95,9 @@ class Split:
     f_c: np.ndarray
     n_s: np.ndarray
     f_s: np.ndarray
+    h_c: np.ndarray
+    """Per second, the candidate's requests in each latency bucket (HORIZON x buckets + 1)."""
+    h_s: np.ndarray
     scrape: float
     phase: float
 
@@ -84,7 +106,8 @@ class Split:
         n_c = rng.binomial(traffic.arrivals, weights)
         n_s = traffic.arrivals - n_c
         f_c, f_s = rng.binomial(n_c, traffic.p_c), rng.binomial(n_s, traffic.p_s)
-        return cls(n_c, f_c, n_s, f_s, scrape, float(rng.random() * scrape))
+        h_c, h_s = rng.multinomial(n_c, traffic.lat_c), rng.multinomial(n_s, traffic.lat_s)
+        return cls(n_c, f_c, n_s, f_s, h_c, h_s, scrape, float(rng.random() * scrape))
 
     def seen(self, t: float) -> int:
         """Seconds of traffic Prometheus holds at time t (up to its last scrape)."""
@@ -96,6 +119,11 @@ class Split:
         i, j = self.seen(a), self.seen(b)
         n_c, f_c, n_s, f_s = (float(x[i:j].sum()) for x in (self.n_c, self.f_c, self.n_s, self.f_s))
         return n_c, f_c, n_s, f_s
+
+    def buckets(self, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each track's requests per latency bucket Prometheus shows between times a and b."""
+        i, j = self.seen(a), self.seen(b)
+        return self.h_c[i:j].sum(axis=0), self.h_s[i:j].sum(axis=0)
 
 
 def schedule(*steps: tuple[float, float]) -> np.ndarray:
@@ -112,9 +140,21 @@ def schedule(*steps: tuple[float, float]) -> np.ndarray:
 SPEC = AnalysisSpec.model_validate(
     {
         "intervalSeconds": 5, "count": 3, "failureLimit": 0, "inconclusiveLimit": 0, "minSampleCount": 5,
-        "metrics": [{"name": "success-rate", "builtin": "successRate", "threshold": {"min": 99}}],
+        "metrics": [
+            {"name": "success-rate", "builtin": "successRate", "threshold": {"min": 99}},
+            {"name": "latency", "builtin": "latencyP99", "threshold": {"max": 0.25}},
+        ],
     }
 )  # fmt: skip
+EVIDENCE_SPEC = SPEC.model_copy(update={"max_duration_seconds": 300})
+"""The same, ended by the evidence: each step passes once both checks show the candidate no worse."""
+
+
+def _cumulative(track: str, hist: np.ndarray) -> dict[tuple[str, ...], float]:
+    cum = np.cumsum(hist)
+    out = {(track, repr(b)): float(cum[i]) for i, b in enumerate(BOUNDS)}
+    out[(track, "+Inf")] = float(cum[-1])
+    return out
 
 
 def _look(split: Split, since: float, t: float, index: int, k: int, due: datetime) -> list[Measured]:
@@ -126,13 +166,21 @@ def _look(split: Split, since: float, t: float, index: int, k: int, due: datetim
          ("stable", "success"): n_s - f_s, ("stable", "server_error"): f_s}
     )  # fmt: skip
     thin = split.between(t - SPEC.interval_seconds, t)[0]
+    h_c, h_s = split.buckets(since, t)
+    latency = Counts(_cumulative("candidate", h_c) | _cumulative("stable", h_s))
     return [
         Measured(QueryRequest(SAMPLES, k, index, "", due), Value(thin)),
         Measured(QueryRequest("success-rate", k, index, "", due, ("track", "outcome")), counts),
+        Measured(QueryRequest("latency", k, index, "", due, ("track", "le")), latency),
     ]
 
 
-def rollwise(traffic: Traffic, rng: np.random.Generator, scrape: float) -> Result:
+def _p99(hist: np.ndarray) -> float | None:
+    """histogram_quantile(0.99) of one interval's buckets (None without requests)."""
+    return Histogram.of(Counts(_cumulative("c", hist)), "c", BOUNDS).quantile(0.99)  # type: ignore[arg-type]
+
+
+def rollwise(traffic: Traffic, rng: np.random.Generator, scrape: float, spec: AnalysisSpec = SPEC) -> Result:
     """The real analysis code (`record`), two analysis steps at 20 % and 60 %, the second starting
     at the look that passed the first; looks when `next_due` says."""
     step_start, t = 0.0, 0.0
@@ -140,20 +188,25 @@ def rollwise(traffic: Traffic, rng: np.random.Generator, scrape: float) -> Resul
     for index, weight in enumerate((0.2, 0.6)):
         split = Split.of(traffic, schedule((0, weight)), rng, scrape)  # read only from step_start on
         split.phase = phase
-        analysis = start(SPEC, step=index, now=T0 + timedelta(seconds=step_start))
+        analysis = start(spec, step=index, now=T0 + timedelta(seconds=step_start))
         while analysis.verdict is Verdict.RUNNING:
-            due = next_due(SPEC, analysis)
+            due = next_due(spec, analysis)
             t = (due - T0).total_seconds()
             if t >= HORIZON:
                 return Result("running", t)
             answers = _look(split, step_start, t, index, taken(analysis), due)
-            analysis = record(SPEC, analysis, answers, step=index, count=None)
+            analysis = record(spec, analysis, answers, step=index, count=None)
         if analysis.verdict is Verdict.FAILED:
             return Result("rolled back", t)
         if analysis.verdict is Verdict.INCONCLUSIVE:
             return Result("paused", t)
         step_start = t
     return Result("promoted", t)
+
+
+def rollwise_evidence(traffic: Traffic, rng: np.random.Generator, scrape: float) -> Result:
+    """The same with `maxDurationSeconds: 300`: a step ends as soon as the evidence decides."""
+    return rollwise(traffic, rng, scrape, EVIDENCE_SPEC)
 
 
 def rollwise_before(traffic: Traffic, rng: np.random.Generator, scrape: float) -> Result:
@@ -172,7 +225,8 @@ def rollwise_before(traffic: Traffic, rng: np.random.Generator, scrape: float) -
             if n_c < SPEC.min_sample_count:
                 return Result("paused", t)  # inconclusiveLimit 0: a human is asked
             excess = client_error_excess(0, n_c, 0, n_s)
-            if 100 * (n_c - f_c) / (n_c + excess) < 99:
+            p99 = _p99(split.buckets(t - SPEC.interval_seconds, t)[0])
+            if 100 * (n_c - f_c) / (n_c + excess) < 99 or (p99 is not None and p99 > 0.25):
                 return Result("rolled back", t)
             passed += 1
         step_start = t
@@ -184,7 +238,8 @@ def flagger(traffic: Traffic, rng: np.random.Generator, scrape: float) -> Result
     split = Split.of(traffic, schedule((0, 0.2), (60, 0.6)), rng, scrape)
     for t in (60.0, 120.0):
         n_c, f_c, _, _ = split.between(t - 60, t)
-        if n_c <= 0 or 100 * (n_c - f_c) / n_c < 99:
+        p99 = _p99(split.buckets(t - 60, t)[0])
+        if n_c <= 0 or 100 * (n_c - f_c) / n_c < 99 or (p99 is not None and p99 > 0.5):
             return Result("rolled back", t)
     return Result("promoted", 120.0)
 
@@ -208,6 +263,7 @@ def argo(traffic: Traffic, rng: np.random.Generator, scrape: float) -> Result:
 
 JUDGES: dict[str, Callable[[Traffic, np.random.Generator, float], Result]] = {
     "rollwise": rollwise,
+    "rollwise-evidence": rollwise_evidence,
     "rollwise-before": rollwise_before,
     "flagger": flagger,
     "argo": argo,
@@ -230,24 +286,34 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     background = 0.001
+    base = bucket_probabilities(0.0, rng)
+    bad = {
+        "30 %": (0.3, base), "5 %": (0.05, base), "1 %": (0.01, base),
+        "+150 ms": (background, bucket_probabilities(0.150, rng)),
+        "+20 ms": (background, bucket_probabilities(0.020, rng)),
+    }  # fmt: skip
     print(f"scrape {args.scrape:g} s; A/A: {args.aa} rollouts, bad: {args.bad}; background failures 0.1 %")
-    header = f"{'rate/s':>6} {'judge':<16} {'A/A rolled back':>15} {'paused':>7} {'promoted in':>11}"
-    for p in (0.3, 0.05, 0.01):
-        header += f" {f'{p:.0%} caught':>10} {'in':>6}"
+    header = f"{'rate/s':>6} {'judge':<17} {'A/A rolled back':>15} {'paused':>7} {'promoted in':>11}"
+    for label in bad:
+        header += f" {f'{label} caught':>15} {'in':>6}"
     print(header)
     for rate in (float(r) for r in args.rates.split(",")):
         for name, judge in JUDGES.items():
             aa = [
-                judge(simulate(rng, rate, background, background), rng, args.scrape) for _ in range(args.aa)
+                judge(simulate(rng, rate, background, background, base, base), rng, args.scrape)
+                for _ in range(args.aa)
             ]
             back = sum(r.outcome == "rolled back" for r in aa) / len(aa)
             paused = sum(r.outcome == "paused" for r in aa) / len(aa)
             promoted = [r.seconds for r in aa if r.outcome == "promoted"]
-            row = f"{rate:>6g} {name:<16} {back:>15.1%} {paused:>7.1%} {median(promoted):>11}"
-            for p in (0.3, 0.05, 0.01):
-                bad = [judge(simulate(rng, rate, p, background), rng, args.scrape) for _ in range(args.bad)]
-                caught = [r.seconds for r in bad if r.outcome == "rolled back"]
-                row += f" {len(caught) / len(bad):>10.0%} {median(caught):>6}"
+            row = f"{rate:>6g} {name:<17} {back:>15.1%} {paused:>7.1%} {median(promoted):>11}"
+            for p, lat in bad.values():
+                runs = [
+                    judge(simulate(rng, rate, p, background, lat, base), rng, args.scrape)
+                    for _ in range(args.bad)
+                ]
+                caught = [r.seconds for r in runs if r.outcome == "rolled back"]
+                row += f" {len(caught) / len(runs):>15.0%} {median(caught):>6}"
             print(row, flush=True)
 
 

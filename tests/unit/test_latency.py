@@ -195,3 +195,25 @@ def test_a_slower_candidate_never_turns_a_fail_into_a_pass(
     s = [edges[i] for i in stable]
     if judge_latency(check(), counts(before, s)).outcome is Outcome.FAIL:
         assert judge_latency(check(), counts(after, s)).outcome is Outcome.FAIL
+
+
+def test_the_guard_rail_fails_a_p99_above_max_only_when_more_than_1_percent_are_shown_slower() -> None:
+    """A p99 from 20 requests is their slowest one: one slow request of 20 is no proof that more
+    than 1 % are slower than max; 10 % of 200 are."""
+    one_slow = judge_latency(check(enabled=False), counts([0.004] * 19 + [0.4], []))
+    assert one_slow.value is not None and one_slow.value > 0.25 and one_slow.outcome is Outcome.PASS
+    many = judge_latency(check(enabled=False), counts([0.004] * 180 + [0.4] * 20, []))
+    assert many.outcome is Outcome.FAIL
+    assert "10.0 % of 200 requests above 0.25 s" in many.reason
+
+
+def test_an_aa_candidate_at_high_traffic_is_shown_not_slower() -> None:
+    """What `maxDurationSeconds` passes on: 10 000 requests a track of the same latencies bound
+    the candidate's excess of slow requests below 1 point at every boundary (5 000 do not yet)."""
+    rng = np.random.default_rng(2)
+    judged = judge_latency(
+        check(), counts(list(_latencies(rng, 10_000, 0.0)), list(_latencies(rng, 10_000, 0.0)))
+    )
+    assert judged.outcome is Outcome.PASS and judged.not_worse and judged.reason.endswith(": not worse")
+    few = judge_latency(check(), counts(list(_latencies(rng, 100, 0.0)), list(_latencies(rng, 100, 0.0))))
+    assert few.outcome is Outcome.PASS and not few.not_worse and few.reason.endswith(": undecided")

@@ -19,7 +19,8 @@ from the same counts it is tested on; a fixed family of boundaries needs no such
 candidate slower by more than `t` in its median is slower for most users, not only in its tail.
 
 The guard rail stays the check's `threshold`: the candidate's p99 since the analysis started,
-interpolated in its buckets as `histogram_quantile` does, read as measured.
+interpolated in its buckets as `histogram_quantile` does, outside `max` only when more than 1 % of
+requests are *shown* slower than it (`rail`), as successRate's rail is.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rollwise.api.v1alpha1 import ComparisonResult, MetricCheck
-from rollwise.plan.compare import tolerance
+from rollwise.api.v1alpha1 import ComparisonResult, MetricCheck, ThresholdRange
+from rollwise.plan.compare import DEFAULT_CONFIDENCE, tolerance
 from rollwise.plan.measurement import Counts, Judged, Outcome
 from rollwise.plan.names import Track
-from rollwise.plan.stats import Interval, rate_difference
+from rollwise.plan.stats import Interval, excess_evidence, rate_difference
 
 LATENCY_GROUPS = ("track", "le")
 """The labels latencyP99's bucket counts are grouped by."""
@@ -121,6 +122,30 @@ def shifts(cand: Histogram, stable: Histogram, tolerance: float, *, alpha: float
     return out
 
 
+def rail(threshold: ThresholdRange, cand: Histogram, confidence: float) -> tuple[bool, str]:
+    """The guard rail: the p99 above `threshold.max` means more than 1 % of requests slower than
+    it, and that counts only when *shown* at `confidence` (`stats.excess_evidence` on the requests
+    above the first boundary at or past max): a p99 from 20 requests is their slowest one. A max
+    beyond the last boundary cannot be shown; a `min` is read as measured."""
+    p99 = cand.quantile(QUANTILE) or 0.0
+    if threshold.min is not None and p99 < threshold.min:
+        return True, f"p99 {p99:.3g} s is outside {threshold.label()}"
+    if threshold.max is None or p99 <= threshold.max:
+        return False, ""
+    at = next((i for i, b in enumerate(cand.bounds) if b >= threshold.max - ROUNDING), None)
+    if at is None:
+        return False, ""
+    slow = cand.above(at)
+    evidence = excess_evidence(slow, cand.total, 1 - QUANTILE)
+    if evidence < 1 / (1 - confidence):
+        return False, ""
+    return True, (
+        f"p99 {p99:.3g} s is outside {threshold.label()} (shown at {100 * confidence:g} % confidence: "
+        f"{100 * slow / cand.total:.1f} % of {cand.total:.0f} requests above {cand.bounds[at]:g} s, "
+        f"likelihood ratio {evidence:.3g})"
+    )
+
+
 def judge_latency(check: MetricCheck, counts: Counts) -> Judged:
     """latencyP99 on both tracks' bucket counts since the analysis started (the module docstring)."""
     bounds = tuple(sorted({b for key in counts.values if math.isfinite(b := _le(key[1]))}))
@@ -131,9 +156,8 @@ def judge_latency(check: MetricCheck, counts: Counts) -> Judged:
         return Judged(
             Outcome.INCONCLUSIVE, None, "no data: the candidate served no requests since it started"
         )
-    outside = not check.threshold.contains(p99)
-    own = f"p99 {p99:.3g} s is outside {check.threshold.label()}" if outside else ""
     rule = check.comparison
+    outside, own = rail(check.threshold, cand, rule.confidence if rule is not None else DEFAULT_CONFIDENCE)
     tests = shifts(cand, stable, tolerance(rule), alpha=1 - rule.confidence) if rule is not None else []
     if rule is None or not tests:
         return Judged(Outcome.FAIL if outside else Outcome.PASS, p99, own)
