@@ -23,13 +23,12 @@ import pytest
 from rollwise.api.v1alpha1 import ModelDeployment
 from rollwise.metrics.prometheus import BreakerState, CircuitBreaker, PrometheusProvider, RetryPolicy
 from rollwise.plan.analysis import (
-    builtin_query,
-    class_counts_query,
+    requests_for,
     samples_query,
+    start,
     success_rate_query,
-    window,
 )
-from rollwise.plan.compare import DRIFT_GROUPS, SUCCESS_GROUPS
+from rollwise.plan.compare import SUCCESS_GROUPS
 from rollwise.plan.measurement import Counts, NoData, QueryError, Value
 
 from tests.unit.manifests import base
@@ -207,12 +206,13 @@ def test_the_builtin_queries_parse_on_a_real_prometheus(prometheus: Prom) -> Non
     spec = md.spec.rollout.analysis
     assert spec is not None
     p = provider(prometheus.url)
-    for check in (spec.metrics[1], spec.metrics[3]):
-        m = p.query(builtin_query(md, check, window(spec)), now())
-        assert not isinstance(m, QueryError), (check.name, m)
     at = now()
-    drift = p.query(class_counts_query(md, since=at - timedelta(seconds=5), at=at), at, DRIFT_GROUPS)
-    assert drift == Counts({}), drift  # the exporter predicts nothing: no counts, not an error
+    analysis = start(spec, step=0, now=at - timedelta(seconds=5))
+    for request in requests_for(md, spec, analysis, step=0, at=at):
+        m = p.query(request.promql, at, request.by)
+        assert not isinstance(m, QueryError), (request.metric, m)
+        if request.metric in ("p99", "drift"):  # the exporter keeps no latency or predictions
+            assert m == Counts({}), (request.metric, m)  # no counts, not an error
     samples = p.query(samples_query(md, spec), now())
     assert isinstance(samples, Value) and samples.value > 0
 

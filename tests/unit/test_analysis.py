@@ -22,7 +22,7 @@ from rollwise.plan.analysis import (
     success_rate_query,
     verdict_of,
 )
-from rollwise.plan.compare import client_error_excess, judge_success_rate
+from rollwise.plan.compare import client_error_excess, judge_regressor_drift, judge_success_rate
 from rollwise.plan.measurement import Counts, Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
 
@@ -353,3 +353,38 @@ def test_with_max_duration_a_worse_candidate_still_fails_at_once_and_other_check
     for i in range(2):
         b = record(custom, b, answer(Value(5), index=i), step=1, count=None)
     assert b.verdict is Verdict.SUCCESSFUL
+
+
+def _regressor_md() -> ModelDeployment:
+    return md(featureSchema={"features": [{"name": "x", "type": "float"}], "output": {"kind": "regressor"}})
+
+
+def _buckets(track: str, cumulative: dict[str, float]) -> dict[tuple[str, ...], float]:
+    return {(track, le): v for le, v in cumulative.items()}
+
+
+def test_a_regressors_prediction_drift_compares_both_tracks_prediction_buckets_since_the_start() -> None:
+    """Issue 14: a regressor's predictionDrift was its PSI gauge against a reference since the pod
+    started (no data without one); it is now both tracks' prediction buckets over the analysis."""
+    m = _regressor_md()
+    drift = MetricCheck.model_validate({"name": "d", "builtin": "predictionDrift", "threshold": {"max": 0.2}})
+    s = AnalysisSpec.model_validate({"metrics": [drift.model_dump(by_alias=True)], "minSampleCount": 0})
+    a = start(s, step=1, now=T0)
+    (request,) = requests_for(m, s, a, step=1, at=T0 + timedelta(seconds=60))
+    assert request.by == ("track", "le") and "rollwise_prediction_value_bucket{" in request.promql
+    same = {"0.0": 100.0, "1.0": 300.0, "10.0": 400.0, "+Inf": 400.0}
+    shifted = {"0.0": 0.0, "1.0": 0.0, "10.0": 390.0, "+Inf": 400.0}
+    ok = record(s, a, [Measured(request, Counts(_buckets("candidate", same) | _buckets("stable", same)))],
+                step=1, count=None)  # fmt: skip
+    assert ok.metrics[0].successful == 1 and ok.metrics[0].message.startswith("prediction bins PSI 0 ")
+    bad = record(s, a, [Measured(request, Counts(_buckets("candidate", shifted) | _buckets("stable", same)))],
+                 step=1, count=None)  # fmt: skip
+    assert bad.verdict is Verdict.FAILED and "most moved: <= 10" in bad.metrics[0].message
+
+
+def test_a_regressor_with_finer_bins_than_stable_is_compared_on_the_bins_both_export() -> None:
+    drift = MetricCheck.model_validate({"name": "d", "builtin": "predictionDrift", "threshold": {"max": 0.2}})
+    fine = {"0.0": 100.0, "0.5": 200.0, "1.0": 300.0, "10.0": 400.0, "+Inf": 400.0}
+    coarse = {"0.0": 100.0, "1.0": 300.0, "10.0": 400.0, "+Inf": 400.0}
+    judged = judge_regressor_drift(drift, Counts(_buckets("candidate", fine) | _buckets("stable", coarse)))
+    assert judged.outcome is Outcome.PASS and judged.value == pytest.approx(0.0)

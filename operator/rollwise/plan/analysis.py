@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import (
     FEATURE_PSI,
-    PREDICTION_PSI,
     PREDICTION_VALUE,
     REQUEST_DURATION,
     REQUESTS,
@@ -46,8 +45,10 @@ from rollwise.api.v1alpha1 import (
 )
 from rollwise.plan.compare import (
     DRIFT_GROUPS,
+    REGRESSOR_DRIFT_GROUPS,
     SUCCESS_GROUPS,
     judge_prediction_drift,
+    judge_regressor_drift,
     judge_success_rate,
 )
 from rollwise.plan.latency import LATENCY_GROUPS, judge_latency
@@ -104,11 +105,9 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
     - successRate is not one number but exact counts since the analysis started
       (`success_rate_query`, judged by `compare.judge_success_rate`).
     - latencyP99 is both tracks' latency buckets since the analysis started (`judge_latency`).
-    - predictionDrift of a classifier is exact counts by class since the analysis started
-      (`class_counts_query`, judged by `compare.judge_prediction_drift`). A regressor (feature
-      schema `output.kind: regressor`) has one class, so for it the candidate's
-      `rollwise_prediction_psi` against the model's reference is used instead (absent without
-      `spec.model.reference`: no data, never a pass).
+    - predictionDrift is exact counts of both tracks since the analysis started: by class for a
+      classifier (`compare.judge_prediction_drift`), by prediction bucket for a regressor (feature
+      schema `output.kind: regressor`, `compare.judge_regressor_drift`).
     - inputDrift: the candidate's largest `rollwise_feature_psi` (or `feature`'s) against the
       reference the model ships (`spec.model.reference`; without one there is no data).
     """
@@ -118,10 +117,8 @@ def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
             raise ValueError("successRate is counted since the analysis started: use success_rate_query")
         case BuiltinMetric.LATENCY_P99:
             raise ValueError("latencyP99 is counted since the analysis started: use counts_query")
-        case BuiltinMetric.PREDICTION_DRIFT if _regressor(md):
-            return f"max({PREDICTION_PSI}{{{selector(md, cand)}}})"
         case BuiltinMetric.PREDICTION_DRIFT:
-            raise ValueError("a classifier's predictionDrift is counted: use class_counts_query")
+            raise ValueError("predictionDrift is counted: use counts_query")
         case BuiltinMetric.INPUT_DRIFT:
             extra = "" if check.feature is None else f',feature="{check.feature}"'
             return f"max({FEATURE_PSI}{{{selector(md, cand, extra)}}})"
@@ -180,12 +177,27 @@ COUNTED = {
 }
 """The checks judged on counts; the others are one number from `builtin_query`."""
 
+REGRESSOR_DRIFT = Counted(f"{PREDICTION_VALUE}_bucket", REGRESSOR_DRIFT_GROUPS, judge_regressor_drift)
+"""A regressor's predictionDrift: its prediction histogram's bins take the place of classes."""
+
 
 def counted(md: ModelDeployment, check: MetricCheck) -> Counted | None:
-    """How `check` is counted, or None when it is one number (a regressor's drift is its PSI gauge)."""
-    if check.builtin is None or (check.builtin is BuiltinMetric.PREDICTION_DRIFT and _regressor(md)):
+    """How `check` is counted, or None when it is one number (inputDrift, a custom query)."""
+    if check.builtin is BuiltinMetric.PREDICTION_DRIFT and _regressor(md):
+        return REGRESSOR_DRIFT
+    return COUNTED.get(check.builtin) if check.builtin is not None else None
+
+
+def _counted_by(check: MetricCheck, by: Sequence[str]) -> Counted | None:
+    """The judge of a grouped answer: the table entry of the check whose groups the query used."""
+    if check.builtin is None:
         return None
-    return COUNTED.get(check.builtin)
+    entries = [COUNTED[check.builtin]] if check.builtin in COUNTED else []
+    if check.builtin is BuiltinMetric.PREDICTION_DRIFT:
+        entries.append(REGRESSOR_DRIFT)
+    if not by:
+        return entries[0] if entries else None  # an answer handed over without its query's groups
+    return next((c for c in entries if c.groups == tuple(by)), None)
 
 
 def counts_query(md: ModelDeployment, how: Counted, *, since: datetime, at: datetime) -> str:
@@ -273,15 +285,17 @@ def due_queries(md: ModelDeployment, now: datetime) -> list[QueryRequest]:
 # Judging
 
 
-def judge(check: MetricCheck, measurement: Measurement) -> Judged:
-    """One metric's measurement against its rules (the sample gate is applied by `record`)."""
+def judge(check: MetricCheck, measurement: Measurement, by: Sequence[str] = ()) -> Judged:
+    """One metric's measurement against its rules (the sample gate is applied by `record`); `by`
+    is the grouping its query used (`QueryRequest.by`)."""
+    how = _counted_by(check, by) if isinstance(measurement, Counts) else None
     match measurement:
         case QueryError(detail=detail):
             return Judged(Outcome.FAIL, None, f"query failed: {detail}")
         case NoData(detail=detail):
             return Judged(Outcome.INCONCLUSIVE, None, f"no data: {detail}")
-        case Counts() if check.builtin is not None and check.builtin in COUNTED:
-            return COUNTED[check.builtin].judge(check, measurement)
+        case Counts() if how is not None:
+            return how.judge(check, measurement)
         case Counts():
             return Judged(
                 Outcome.FAIL, None, "query failed: grouped counts answered a check that needs one number"
@@ -348,13 +362,14 @@ def record(
         for a in answers
         if a.request.index == index and a.request.step == step
     }
+    grouped = {a.request.metric: a.request.by for a in answers}
     needed = [m.name for m in spec.metrics]
     if any(name not in mine for name in needed):
         return analysis
     if spec.min_sample_count > 0 and SAMPLES not in mine:
         return analysis
     gate = _gate(spec, mine.get(SAMPLES)) if spec.min_sample_count > 0 else None
-    judged = {m.name: _gated(judge(m, mine[m.name]), gate) for m in spec.metrics}
+    judged = {m.name: _gated(judge(m, mine[m.name], grouped.get(m.name, ())), gate) for m in spec.metrics}
     need = spec.count if count is None else count
     failing = any(j.outcome is Outcome.FAIL for j in judged.values())
     if gate is not None and gate.outcome is Outcome.INCONCLUSIVE and analysis.deferred < need and not failing:

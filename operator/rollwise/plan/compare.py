@@ -210,6 +210,47 @@ def judge_prediction_drift(check: MetricCheck, counts: Counts) -> Judged:
     classes = sorted({key[1] for key in counts.values})
     cand = [counts.get(str(Track.CANDIDATE), k) for k in classes]
     stable = [counts.get(str(Track.STABLE), k) for k in classes]
+    return judge_shares(check, classes, cand, stable, "class shares")
+
+
+REGRESSOR_DRIFT_GROUPS = ("track", "le")
+"""The labels a regressor's prediction buckets are grouped by."""
+
+
+def judge_regressor_drift(check: MetricCheck, counts: Counts) -> Judged:
+    """predictionDrift of a regressor: its predictions' histogram bins are its classes. Bins are
+    the boundaries both tracks export (a candidate shipping other bins is compared on the common
+    ones, which sum its finer bins exactly), so the rule is the classifier's (`judge_shares`)."""
+    by_track: dict[str, dict[float, float]] = {}
+    for (track, le), value in counts.values.items():
+        try:
+            by_track.setdefault(track, {})[float(le)] = value
+        except ValueError:
+            continue
+    cand_le = by_track.get(str(Track.CANDIDATE), {})
+    stable_le = by_track.get(str(Track.STABLE), {})
+    edges = (
+        sorted((set(cand_le) & set(stable_le)) | {math.inf}) if stable_le else sorted({*cand_le, math.inf})
+    )
+    names = [f"<= {e:g}" if math.isfinite(e) else "above" for e in edges]
+    return judge_shares(check, names, _bins(cand_le, edges), _bins(stable_le, edges), "prediction bins")
+
+
+def _bins(cumulative: dict[float, float], edges: list[float]) -> list[float]:
+    """Per-bin counts at `edges` from cumulative `le` counts (never negative: a scrape mid-update)."""
+    out, below = [], 0.0
+    for e in edges:
+        at = max(cumulative.get(e, below), below)
+        out.append(at - below)
+        below = at
+    return out
+
+
+def judge_shares(
+    check: MetricCheck, classes: list[str], cand: list[float], stable: list[float], noun: str
+) -> Judged:
+    """The PSI of two tracks' shares over `classes` against `threshold`, failed only when the
+    shares are also shown to differ at the comparison's confidence."""
     n_c, n_s = sum(cand), sum(stable)
     if n_c <= 0:
         return Judged(
@@ -239,7 +280,7 @@ def judge_prediction_drift(check: MetricCheck, counts: Counts) -> Judged:
     shown = evidence >= 1 / (1 - confidence)
     verdict = "drifted" if outside and shown else ("within threshold" if not outside else "not shown")
     line = (
-        f"class shares PSI {psi:.3g} vs stable (most moved: {classes[moved]} {result.candidate:.1f} % vs "
+        f"{noun} PSI {psi:.3g} vs stable (most moved: {classes[moved]} {result.candidate:.1f} % vs "
         f"{result.stable:.1f} %; likelihood ratio {evidence:.3g}; {result.candidate_samples} vs "
         f"{result.stable_samples} predictions): {verdict}"
     )
