@@ -201,6 +201,7 @@ def test_the_builtin_queries_parse_on_a_real_prometheus(prometheus: Prom) -> Non
         {"name": "p99", "builtin": "latencyP99", "threshold": {"max": 0.5}},
         {"name": "drift", "builtin": "predictionDrift", "threshold": {"max": 0.2}},
         {"name": "input", "builtin": "inputDrift", "feature": "petal_length", "threshold": {"max": 0.2}},
+        {"name": "custom", "query": "known_value", "threshold": {"max": 100}, "compare": {"worseBy": 1}},
     ]
     md = ModelDeployment.model_validate(doc)
     spec = md.spec.rollout.analysis
@@ -213,6 +214,8 @@ def test_the_builtin_queries_parse_on_a_real_prometheus(prometheus: Prom) -> Non
         assert not isinstance(m, QueryError), (request.metric, m)
         if request.metric in ("p99", "drift"):  # the exporter keeps no latency or predictions
             assert m == Counts({}), (request.metric, m)  # no counts, not an error
+        if request.metric == "custom":  # one query, a value per track
+            assert m == Counts({("candidate",): 42.5, ("stable",): 42.5}), m
     samples = p.query(samples_query(md, spec), now())
     assert isinstance(samples, Value) and samples.value > 0
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rollwise.api.v1alpha1 import AnalysisSpec, MetricCheck, ModelDeployment, Verdict
+from rollwise.api.v1alpha1 import AnalysisSpec, MetricCheck, MetricResult, ModelDeployment, Verdict
 from rollwise.plan.analysis import (
     Measured,
     QueryRequest,
@@ -388,3 +388,40 @@ def test_a_regressor_with_finer_bins_than_stable_is_compared_on_the_bins_both_ex
     coarse = {"0.0": 100.0, "1.0": 300.0, "10.0": 400.0, "+Inf": 400.0}
     judged = judge_regressor_drift(drift, Counts(_buckets("candidate", fine) | _buckets("stable", coarse)))
     assert judged.outcome is Outcome.PASS and judged.value == pytest.approx(0.0)
+
+
+def test_a_query_that_compares_is_run_for_both_tracks_and_fails_a_candidate_worse_by_more_than_worse_by() -> (
+    None
+):
+    doc = base()
+    doc["status"] = {"stableVersion": "1.0.0"}
+    m = ModelDeployment.model_validate(doc)
+    q = {
+        "name": "cost",
+        "query": 'sum(cost{track="{{track}}",version="{{version}}"})',
+        "threshold": {"max": 10},
+        "compare": {"worseBy": 0.5},
+    }
+    s = AnalysisSpec.model_validate({"metrics": [q], "minSampleCount": 0})
+    a = start(s, step=1, now=T0)
+    (request,) = requests_for(m, s, a, step=1, at=T0 + timedelta(seconds=60))
+    assert request.by == ("track",)
+    assert (
+        request.promql
+        == (
+            'label_replace((sum(cost{track="candidate",version="2.0.0"})), "track", "candidate", "", "") or '
+            'label_replace((sum(cost{track="stable",version="1.0.0"})), "track", "stable", "", "")'
+        )
+        or "candidate" in request.promql
+    )
+
+    def judged(cand: float, stable: float | None) -> MetricResult:
+        values = {("candidate",): cand} | ({("stable",): stable} if stable is not None else {})
+        return record(s, a, [Measured(request, Counts(values))], step=1, count=None).metrics[0]
+
+    assert judged(3.4, 3.0).successful == 1  # 0.4 worse: within 0.5
+    worse = judged(3.6, 3.0)
+    assert worse.failed == 1 and worse.message == "3.6 vs stable 3 (+0.6 worse, tolerance 0.5): worse"
+    assert worse.comparison is not None and worse.comparison.difference == pytest.approx(0.6)
+    assert judged(9.0, None).successful == 1  # no stable value: the threshold alone
+    assert judged(11.0, 11.0).failed == 1  # the threshold still holds

@@ -336,11 +336,41 @@ BAD = [
             ],
         ),
         [
-            "spec.rollout.analysis.metrics[0].compare: applies to builtin successRate, latencyP99 and "
-            "predictionDrift only in this version; remove it"
+            "spec.rollout.analysis.metrics[0].compare: applies to a query and to builtin successRate, "
+            "latencyP99 and predictionDrift only in this version; remove it"
         ],
         RULE,
         id="compare on a check that cannot compare is rejected naming the checks that can",
+    ),
+    pytest.param(
+        edit(
+            B,
+            spec__rollout__analysis__metrics=[
+                {"name": "q", "query": "sum(x{track='{{track}}'})", "threshold": {"max": 1}, "compare": {}}
+            ],
+        ),
+        [
+            "spec.rollout.analysis.metrics[0].compare.worseBy: a query that compares needs the difference "
+            "that matters, in the query's unit; set it"
+        ],
+        RULE,
+        id="a query that compares without a tolerance is rejected asking for worseBy",
+    ),
+    pytest.param(
+        edit(
+            B,
+            spec__rollout__analysis={
+                "metrics": [{"name": "s", "builtin": "successRate", "threshold": {"min": 99}}],
+                "intervalSeconds": 60,
+                "maxDurationSeconds": 30,
+            },
+        ),
+        [
+            "spec.rollout.analysis.maxDurationSeconds: must be at least intervalSeconds (one look); raise it "
+            "or lower intervalSeconds"
+        ],
+        RULE,
+        id="a maxDurationSeconds shorter than one look is rejected",
     ),
     pytest.param(
         edit(

@@ -572,10 +572,11 @@ class Comparison(ApiModel):
 
     enabled: bool = True
     """Compare while stable serves requests. Default true."""
-    worse_by: float | None = Field(default=None, ge=0, le=100)
+    worse_by: float | None = Field(default=None, ge=0, le=1e9)
     """The worsening that matters, in the check's unit: successRate in percentage points of failed
-    requests (default 0.5), latencyP99 in seconds (default 0.025). The candidate fails when it is
-    shown worse than stable by more. (predictionDrift's tolerance is its threshold.max.)"""
+    requests (default 0.5), latencyP99 in seconds (default 0.025), a query in its own unit (no
+    default). The candidate fails when it is shown worse than stable by more. (predictionDrift's
+    tolerance is its threshold.max.)"""
     confidence: float = Field(default=0.99, ge=0.5, le=0.9999)
     """How sure the judge must be before it fails a candidate. Default 0.99."""
 
@@ -589,13 +590,17 @@ class MetricCheck(ApiModel):
     """A built-in check; set this or query."""
     query: str | None = Field(default=None, min_length=1, max_length=4096)
     """A PromQL template returning one number. Placeholders: {{namespace}}, {{name}} (the
-    ModelDeployment), {{model}}, {{track}}, {{version}}, {{interval}} (e.g. `60s`)."""
+    ModelDeployment), {{model}}, {{track}}, {{version}}, {{interval}} (e.g. `60s`). With `compare`
+    it is run for each track ({{track}} and {{version}} filled for both) and the candidate fails
+    when its value is worse than stable's by more than `compare.worseBy`, read as measured."""
     threshold: ThresholdRange
     """Passing range for the value."""
     feature: str | None = Field(default=None, min_length=1, max_length=128)
     """For inputDrift: the one feature to watch; unset watches every feature."""
     compare: Comparison | None = None
-    """Compare with stable (successRate, latencyP99 and predictionDrift); unset uses the defaults, on."""
+    """Compare with stable. successRate, latencyP99 and predictionDrift: unset uses the defaults, on.
+    A query: off unless set, and then `worseBy` is required; higher is worse when the threshold sets
+    max, lower when it sets only min."""
 
     @rule(
         cel="(has(self.builtin) ? 1 : 0) + (has(self.query) ? 1 : 0) == 1",
@@ -614,18 +619,28 @@ class MetricCheck(ApiModel):
         return self.feature is None or self.builtin is BuiltinMetric.INPUT_DRIFT
 
     @rule(
-        cel="!has(self.compare) || (has(self.builtin) && self.builtin in ['successRate', 'latencyP99', "
-        "'predictionDrift'])",
+        cel="!has(self.compare) || has(self.query) || (has(self.builtin) && self.builtin in ['successRate', "
+        "'latencyP99', 'predictionDrift'])",
         field="compare",
-        message="applies to builtin successRate, latencyP99 and predictionDrift only in this version; "
-        "remove it",
+        message="applies to a query and to builtin successRate, latencyP99 and predictionDrift only in this "
+        "version; remove it",
     )
     def _compare_for_success_rate(self) -> bool:
-        return self.compare is None or self.builtin in COMPARED
+        return self.compare is None or self.query is not None or self.builtin in COMPARED
+
+    @rule(
+        cel="!has(self.query) || !has(self.compare) || has(self.compare.worseBy)",
+        field="compare.worseBy",
+        message="a query that compares needs the difference that matters, in the query's unit; set it",
+    )
+    def _custom_compare_states_its_tolerance(self) -> bool:
+        return self.query is None or self.compare is None or self.compare.worse_by is not None
 
     @property
     def comparison(self) -> Comparison | None:
         """The comparison this check makes, defaults filled; None when it makes none."""
+        if self.query is not None and self.compare is not None:
+            return self.compare if self.compare.enabled else None  # a query compares when asked to
         if self.builtin is None or self.builtin not in COMPARED:
             return None
         chosen = self.compare or Comparison()

@@ -44,9 +44,11 @@ from rollwise.api.v1alpha1 import (
     Verdict,
 )
 from rollwise.plan.compare import (
+    CUSTOM_GROUPS,
     DRIFT_GROUPS,
     REGRESSOR_DRIFT_GROUPS,
     SUCCESS_GROUPS,
+    judge_custom,
     judge_prediction_drift,
     judge_regressor_drift,
     judge_success_rate,
@@ -188,10 +190,28 @@ def counted(md: ModelDeployment, check: MetricCheck) -> Counted | None:
     return COUNTED.get(check.builtin) if check.builtin is not None else None
 
 
+CUSTOM_COMPARED = Counted("", CUSTOM_GROUPS, judge_custom)
+"""A query that compares: one answer per track (`comparing_query`)."""
+
+
+def comparing_query(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) -> str:
+    """A comparing query's template filled for each track and told apart by a `track` label: one
+    query, so both values are read at the same instant."""
+    assert check.query is not None
+    win = window(spec)
+    versions = {Track.CANDIDATE: md.spec.model.version, Track.STABLE: md.status.stable_version or ""}
+    parts = [
+        f"label_replace(({render_template(check.query, md, track=t, version=v, win=win)}), "
+        f'"track", "{t}", "", "")'
+        for t, v in versions.items()
+    ]
+    return " or ".join(parts)
+
+
 def _counted_by(check: MetricCheck, by: Sequence[str]) -> Counted | None:
     """The judge of a grouped answer: the table entry of the check whose groups the query used."""
     if check.builtin is None:
-        return None
+        return CUSTOM_COMPARED if check.comparison is not None else None
     entries = [COUNTED[check.builtin]] if check.builtin in COUNTED else []
     if check.builtin is BuiltinMetric.PREDICTION_DRIFT:
         entries.append(REGRESSOR_DRIFT)
@@ -246,6 +266,9 @@ def requests_for(
         if how is not None:
             promql = counts_query(md, how, since=analysis.started_at, at=at)
             out.append(QueryRequest(check.name, index, step, promql, at, how.groups))
+        elif check.query is not None and check.comparison is not None:
+            promql = comparing_query(md, check, spec)
+            out.append(QueryRequest(check.name, index, step, promql, at, CUSTOM_COMPARED.groups))
         else:
             out.append(QueryRequest(check.name, index, step, metric_query(md, check, spec), at))
     return out

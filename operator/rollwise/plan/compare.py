@@ -285,3 +285,45 @@ def judge_shares(
         f"{result.stable_samples} predictions): {verdict}"
     )
     return Judged(Outcome.FAIL if outside and shown else Outcome.PASS, psi, line, result)
+
+
+CUSTOM_GROUPS = ("track",)
+"""The label a comparing query's two answers are told apart by."""
+
+
+def judge_custom(check: MetricCheck, counts: Counts) -> Judged:
+    """A query that compares: its value for each track, the candidate worse when it exceeds
+    stable's by more than `worseBy` in the threshold's direction (higher is worse with `max`).
+    Prometheus gives no sample counts for an arbitrary query, so both values are read as measured,
+    as a threshold on a query is: no confidence, no stated error rate; the built-ins have those."""
+    rule = check.comparison
+    cand = counts.values.get((str(Track.CANDIDATE),))
+    stable = counts.values.get((str(Track.STABLE),))
+    if cand is None or math.isnan(cand):
+        return Judged(Outcome.INCONCLUSIVE, None, "no data: the query returned nothing for the candidate")
+    outside = not check.threshold.contains(cand)
+    own = f"{cand:g} is outside {check.threshold.label()}" if outside else ""
+    if rule is None or stable is None or math.isnan(stable):
+        return Judged(
+            Outcome.FAIL if outside else Outcome.PASS, cand, own or "stable: no value to compare with"
+        )
+    higher_is_worse = check.threshold.max is not None
+    difference = cand - stable if higher_is_worse else stable - cand
+    is_worse = difference > tolerance(rule)
+    result = ComparisonResult(
+        candidate=cand,
+        stable=stable,
+        difference=difference,
+        confidence=rule.confidence,
+        candidate_samples=0,
+        stable_samples=0,
+        rule=f"worse when the candidate's value is {'above' if higher_is_worse else 'below'} stable's by "
+        f"more than {tolerance(rule):g} (read as measured)",
+    )
+    line = (
+        f"{cand:g} vs stable {stable:g} ({difference:+g} worse, tolerance {tolerance(rule):g}): "
+        f"{'worse' if is_worse else 'not worse'}"
+    )
+    if is_worse or outside:
+        return Judged(Outcome.FAIL, cand, "; ".join(r for r in (line, own) if r), result)
+    return Judged(Outcome.PASS, cand, line, result)
