@@ -24,6 +24,10 @@ PREDICTION_PSI = PREFIX + "prediction_psi"
 FEATURE_VALUE = PREFIX + "feature_value"
 FEATURE_PSI = PREFIX + "feature_psi"
 """Gauge: PSI of one input feature (`feature` label) against the model's reference."""
+FEATURE_REFERENCE = PREFIX + "feature_reference_share"
+"""Gauge: the model's reference share of one feature's values at or below `le` (cumulative, like
+the `rollwise_feature_value` buckets it matches), so the operator reads live bins and reference
+bins from Prometheus alike."""
 DATA_QUALITY = PREFIX + "data_quality"
 FALLBACK = PREFIX + "fallback"
 CACHE = PREFIX + "cache"

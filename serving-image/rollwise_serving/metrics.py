@@ -30,12 +30,14 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import (
     CACHE,
     DATA_QUALITY,
     FALLBACK,
     FEATURE_PSI,
+    FEATURE_REFERENCE,
     FEATURE_VALUE,
     FORWARD,
     INFLIGHT,
@@ -358,10 +360,17 @@ class PsiCollector(Collector):
             "Population stability index of each feature's live values against the model's reference.",
             labels=[*LABELS, "feature"],
         )
+        reference_share = GaugeMetricFamily(
+            FEATURE_REFERENCE,
+            "The model's reference share of each feature's values at or below le (cumulative).",
+            labels=[*LABELS, "feature", "le"],
+        )
         for name, binned in ref.features.items():
             value = _psi_at(buckets.get(("f", name), []), binned)
             if value is not None:
                 feature_psi.add_metric([*values, name], value)
+            for le, share in _reference_points(binned):
+                reference_share.add_metric([*values, name, le], share)
         prediction_psi = GaugeMetricFamily(
             PREDICTION_PSI,
             "Population stability index of live predictions against the model's reference.",
@@ -374,7 +383,7 @@ class PsiCollector(Collector):
             value = _psi_at(buckets.get(("p", ""), []), pref) if isinstance(pref, drift.Binned) else None
         if value is not None:
             prediction_psi.add_metric(values, value)
-        return [feature_psi, prediction_psi]
+        return [feature_psi, prediction_psi, reference_share]
 
     def _read_histograms(
         self, source: CollectorRegistry
@@ -401,6 +410,16 @@ def _psi_at(points: list[tuple[float, float]], binned: drift.Binned) -> float | 
     """PSI of the live histogram against a reference's bins; None without data in those bins."""
     counts = _bin_counts_at(points, binned.cuts)
     return None if counts is None else drift.psi(counts, binned.fractions)
+
+
+def _reference_points(binned: drift.Binned) -> list[tuple[str, float]]:
+    """A reference's cumulative shares at its cuts and +Inf, `le` written as Prometheus writes the
+    matching histogram's bounds (prometheus_client's float formatting)."""
+    points, running = [], 0.0
+    for cut, fraction in zip([*binned.cuts, math.inf], binned.fractions, strict=True):
+        running += fraction
+        points.append((floatToGoString(cut), min(running, 1.0)))  # type: ignore[no-untyped-call]
+    return points
 
 
 def _le(text: str) -> float:

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from prometheus_client.utils import floatToGoString
 from sklearn.datasets import load_iris
 
 from tests.serving.conftest import (
@@ -273,6 +274,17 @@ def test_metrics_count_outcomes_features_predictions_and_quality(
     assert len(petal_buckets) == len(reference["features"]["petal_length"]["cuts"]) + 1
     assert 'rollwise_feature_psi{feature="petal_length"' in text
     assert metric_value(text, "rollwise_prediction_psi", **labels) > 0
+    # The reference's shares, cumulative at the same bounds, for the operator's inputDrift.
+    petal = reference["features"]["petal_length"]
+    for cut, share in zip(petal["cuts"], np.cumsum(petal["fractions"]), strict=False):
+        le = floatToGoString(cut)
+        read = metric_value(text, "rollwise_feature_reference_share", feature="petal_length", le=le, **labels)
+        assert read == pytest.approx(share), (le, read, share)
+        assert any(f'le="{le}"' in line for line in petal_buckets), (le, petal_buckets)  # the same bounds
+    assert (
+        metric_value(text, "rollwise_feature_reference_share", feature="petal_length", le="+Inf", **labels)
+        == 1
+    )
 
 
 def test_drifted_traffic_raises_psi_above_in_distribution_traffic(

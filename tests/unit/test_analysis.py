@@ -11,8 +11,9 @@ from rollwise.api.v1alpha1 import AnalysisSpec, MetricCheck, MetricResult, Model
 from rollwise.plan.analysis import (
     Measured,
     QueryRequest,
-    builtin_query,
     class_counts_query,
+    counted,
+    counts_query,
     judge,
     record,
     render_template,
@@ -166,20 +167,24 @@ def md(**model: Any) -> ModelDeployment:
     return ModelDeployment.model_validate(doc)
 
 
-@pytest.mark.parametrize(
-    ("metric", "promql"),
-    [
-        pytest.param(
-            {"builtin": "inputDrift", "feature": "age", "threshold": {"max": 0.2}},
-            'max(rollwise_feature_psi{namespace="ml",pod=~"iris-candidate-[^-]+-[^-]+",model="iris",'
-            'track="candidate",feature="age"})',
-            id="inputDrift watches one feature's PSI",
-        ),
-    ],
-)
-def test_builtin_queries_use_the_metric_contract(metric: dict[str, Any], promql: str) -> None:
-    c = MetricCheck.model_validate({"name": "m", **metric})
-    assert builtin_query(md(), c, "60s") == promql
+def test_input_drift_counts_both_tracks_values_of_its_feature_and_brings_the_reference() -> None:
+    """A `feature` enters PromQL as a quoted, escaped string: `x"}) or vector(1) #` stays a name."""
+    c = MetricCheck.model_validate(
+        {"name": "m", "builtin": "inputDrift", "feature": "age", "threshold": {"max": 0.2}}
+    )
+    how = counted(md(), c)
+    assert how is not None and how.groups == ("track", "feature", "le")
+    q = counts_query(md(), how, since=T0, at=T0 + timedelta(seconds=30), check=c)
+    assert q.startswith("sum by (track, feature, le) (((last_over_time(rollwise_feature_value_bucket{")
+    assert 'track=~"stable|candidate",feature="age"}' in q
+    assert q.endswith(
+        "or label_replace(max by (feature, le) (rollwise_feature_reference_share{"
+        f'{CAND},feature="age"}}), "track", "reference", "", "")'
+    )
+    evil = MetricCheck.model_validate(
+        {"name": "m", "builtin": "inputDrift", "feature": 'x"}) or vector(1) #', "threshold": {"max": 0.2}}
+    )
+    assert 'feature="x\\"}) or vector(1) #"' in counts_query(md(), how, since=T0, at=T0, check=evil)
 
 
 CAND = 'namespace="ml",pod=~"iris-candidate-[^-]+-[^-]+",model="iris",track="candidate"'
@@ -246,7 +251,9 @@ def test_queries_are_scoped_to_the_model_deployment_not_just_the_model_name() ->
     c = MetricCheck.model_validate({"name": "l", "builtin": "inputDrift", "threshold": {"max": 1}})
     doc = base()
     doc["metadata"] |= {"name": "iris-b", "namespace": "team-b"}
-    q = builtin_query(ModelDeployment.model_validate(doc), c, "60s")
+    how = counted(ModelDeployment.model_validate(doc), c)
+    assert how is not None
+    q = counts_query(ModelDeployment.model_validate(doc), how, since=T0, at=T0, check=c)
     assert 'namespace="team-b",pod=~"iris-b-candidate-[^-]+-[^-]+",model="iris"' in q
     both = success_rate_query(ModelDeployment.model_validate(doc), since=T0, at=T0 + timedelta(seconds=30))
     assert 'namespace="team-b",pod=~"iris-b-(stable|candidate)-[^-]+-[^-]+"' in both

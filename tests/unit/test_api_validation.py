@@ -332,20 +332,6 @@ BAD = [
         edit(
             B,
             spec__rollout__analysis__metrics=[
-                {"name": "l", "builtin": "inputDrift", "threshold": {"max": 1}, "compare": {}}
-            ],
-        ),
-        [
-            "spec.rollout.analysis.metrics[0].compare: applies to a query and to builtin successRate, "
-            "latencyP99 and predictionDrift only in this version; remove it"
-        ],
-        RULE,
-        id="compare on a check that cannot compare is rejected naming the checks that can",
-    ),
-    pytest.param(
-        edit(
-            B,
-            spec__rollout__analysis__metrics=[
                 {"name": "q", "query": "sum(x{track='{{track}}'})", "threshold": {"max": 1}, "compare": {}}
             ],
         ),

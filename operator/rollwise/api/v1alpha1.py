@@ -495,19 +495,25 @@ class BuiltinMetric(StrEnum):
     `confidence` fail it. Without that comparison its client errors count only beyond the stable's
     share of them and sampling noise."""
     LATENCY_P99 = "latencyP99"
-    """99th percentile inference latency in seconds; set threshold.max."""
+    """99th percentile inference latency in seconds since the analysis started; set threshold.max
+    (outside only when more than 1 % of requests are shown slower). While stable serves requests it
+    is also compared with stable's: slower by more than `compare.worseBy` seconds (default 0.025)
+    at some bucket boundary, shown at `compare.confidence`, fails it."""
     PREDICTION_DRIFT = "predictionDrift"
     """PSI between candidate and stable class shares since the analysis started, from exact counts;
     set threshold.max (0.2 is a common alarm level). A PSI above it fails only when the shares are
     also shown to differ at `compare.confidence` (a test of homogeneity), so a few dozen requests
-    cannot fail a candidate that predicts like stable. A regressor: its prediction PSI against
-    `spec.model.reference`."""
+    cannot fail a candidate that predicts like stable. A regressor: the same on its prediction
+    histogram's bins."""
     INPUT_DRIFT = "inputDrift"
-    """Largest per-feature PSI between candidate and stable inputs (or `feature` only); set threshold.max."""
+    """Largest per-feature PSI of the candidate's inputs since the analysis started (or `feature`
+    only) against the reference the model ships (`spec.model.reference`), or without one against
+    stable's inputs over the same time; set threshold.max. A PSI above it fails only when the
+    feature's shares are also shown to differ at `compare.confidence` (Bonferroni over features)."""
 
 
-COMPARED = frozenset({BuiltinMetric.SUCCESS_RATE, BuiltinMetric.LATENCY_P99, BuiltinMetric.PREDICTION_DRIFT})
-"""The built-in checks that compare the candidate with stable (`compare`)."""
+COMPARED = frozenset(BuiltinMetric)
+"""The built-in checks that compare the candidate with stable (`compare`): all of them."""
 
 DEFAULT_WORSE_BY = {BuiltinMetric.SUCCESS_RATE: 0.5, BuiltinMetric.LATENCY_P99: 0.025}
 """`compare.worseBy` when unset: 0.5 percentage points of failed requests, 25 ms of latency."""
@@ -617,16 +623,6 @@ class MetricCheck(ApiModel):
     )
     def _feature_for_input_drift(self) -> bool:
         return self.feature is None or self.builtin is BuiltinMetric.INPUT_DRIFT
-
-    @rule(
-        cel="!has(self.compare) || has(self.query) || (has(self.builtin) && self.builtin in ['successRate', "
-        "'latencyP99', 'predictionDrift'])",
-        field="compare",
-        message="applies to a query and to builtin successRate, latencyP99 and predictionDrift only in this "
-        "version; remove it",
-    )
-    def _compare_for_success_rate(self) -> bool:
-        return self.compare is None or self.query is not None or self.builtin in COMPARED
 
     @rule(
         cel="!has(self.query) || !has(self.compare) || has(self.compare.worseBy)",

@@ -20,6 +20,7 @@ Why the rules are what they are:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from datetime import datetime, timedelta
 
 from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import (
-    FEATURE_PSI,
+    FEATURE_REFERENCE,
+    FEATURE_VALUE,
     PREDICTION_VALUE,
     REQUEST_DURATION,
     REQUESTS,
@@ -53,6 +55,7 @@ from rollwise.plan.compare import (
     judge_regressor_drift,
     judge_success_rate,
 )
+from rollwise.plan.input_drift import INPUT_GROUPS, REFERENCE, judge_input_drift
 from rollwise.plan.latency import LATENCY_GROUPS, judge_latency
 from rollwise.plan.measurement import Counts, Judged, Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
@@ -101,33 +104,6 @@ def window(spec: AnalysisSpec) -> str:
     return f"{spec.interval_seconds}s"
 
 
-def builtin_query(md: ModelDeployment, check: MetricCheck, win: str) -> str:
-    """The PromQL of a built-in check, from the serving image's metric contract (docs/metrics.md).
-
-    - successRate is not one number but exact counts since the analysis started
-      (`success_rate_query`, judged by `compare.judge_success_rate`).
-    - latencyP99 is both tracks' latency buckets since the analysis started (`judge_latency`).
-    - predictionDrift is exact counts of both tracks since the analysis started: by class for a
-      classifier (`compare.judge_prediction_drift`), by prediction bucket for a regressor (feature
-      schema `output.kind: regressor`, `compare.judge_regressor_drift`).
-    - inputDrift: the candidate's largest `rollwise_feature_psi` (or `feature`'s) against the
-      reference the model ships (`spec.model.reference`; without one there is no data).
-    """
-    cand = Track.CANDIDATE
-    match check.builtin:
-        case BuiltinMetric.SUCCESS_RATE:
-            raise ValueError("successRate is counted since the analysis started: use success_rate_query")
-        case BuiltinMetric.LATENCY_P99:
-            raise ValueError("latencyP99 is counted since the analysis started: use counts_query")
-        case BuiltinMetric.PREDICTION_DRIFT:
-            raise ValueError("predictionDrift is counted: use counts_query")
-        case BuiltinMetric.INPUT_DRIFT:
-            extra = "" if check.feature is None else f',feature="{check.feature}"'
-            return f"max({FEATURE_PSI}{{{selector(md, cand, extra)}}})"
-        case None:
-            raise ValueError(f"metric {check.name!r} has no builtin")
-
-
 def render_template(template: str, md: ModelDeployment, *, track: Track, version: str, win: str) -> str:
     """Fill a custom query's placeholders: {{namespace}}, {{name}}, {{model}}, {{track}},
     {{version}}, {{interval}}. Unknown `{{...}}` are left as written, so Prometheus rejects them
@@ -147,11 +123,12 @@ def render_template(template: str, md: ModelDeployment, *, track: Track, version
 
 
 def metric_query(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) -> str:
-    """The PromQL for one check against the candidate."""
-    win = window(spec)
-    if check.query is not None:
-        return render_template(check.query, md, track=Track.CANDIDATE, version=md.spec.model.version, win=win)
-    return builtin_query(md, check, win)
+    """The PromQL of a custom check against the candidate (every built-in is counted)."""
+    if check.query is None:
+        raise ValueError(f"metric {check.name!r} is a built-in: use counts_query")
+    return render_template(
+        check.query, md, track=Track.CANDIDATE, version=md.spec.model.version, win=window(spec)
+    )
 
 
 def _regressor(md: ModelDeployment) -> bool:
@@ -176,8 +153,9 @@ COUNTED = {
     BuiltinMetric.PREDICTION_DRIFT: Counted(
         f"{PREDICTION_VALUE}_count", DRIFT_GROUPS, judge_prediction_drift
     ),
+    BuiltinMetric.INPUT_DRIFT: Counted(f"{FEATURE_VALUE}_bucket", INPUT_GROUPS, judge_input_drift),
 }
-"""The checks judged on counts; the others are one number from `builtin_query`."""
+"""How each built-in is counted: every one reads both tracks' counts since the analysis started."""
 
 REGRESSOR_DRIFT = Counted(f"{PREDICTION_VALUE}_bucket", REGRESSOR_DRIFT_GROUPS, judge_regressor_drift)
 """A regressor's predictionDrift: its prediction histogram's bins take the place of classes."""
@@ -220,9 +198,19 @@ def _counted_by(check: MetricCheck, by: Sequence[str]) -> Counted | None:
     return next((c for c in entries if c.groups == tuple(by)), None)
 
 
-def counts_query(md: ModelDeployment, how: Counted, *, since: datetime, at: datetime) -> str:
-    """Both tracks' counts of `how.series`, exactly, from `since` (the analysis start) to `at`."""
-    return counts_since(f"{how.series}{{{selector(md, None)}}}", how.groups, since=since, at=at)
+def counts_query(
+    md: ModelDeployment, how: Counted, *, since: datetime, at: datetime, check: MetricCheck | None = None
+) -> str:
+    """Both tracks' counts of `how.series`, exactly, from `since` (the analysis start) to `at`.
+    inputDrift's (`check`) watches its `feature` only, and brings the reference's shares too."""
+    if check is None or check.builtin is not BuiltinMetric.INPUT_DRIFT:
+        return counts_since(f"{how.series}{{{selector(md, None)}}}", how.groups, since=since, at=at)
+    extra = "" if check.feature is None else f",feature={json.dumps(check.feature)}"
+    live = counts_since(f"{how.series}{{{selector(md, None, extra)}}}", how.groups, since=since, at=at)
+    shares = f"{FEATURE_REFERENCE}{{{selector(md, Track.CANDIDATE, extra)}}}"
+    reference = f'label_replace(max by (feature, le) ({shares}), "track", "{REFERENCE}", "", "")'
+
+    return f"{live} or {reference}"
 
 
 def class_counts_query(md: ModelDeployment, *, since: datetime, at: datetime) -> str:
@@ -264,7 +252,7 @@ def requests_for(
     for check in spec.metrics:
         how = counted(md, check)
         if how is not None:
-            promql = counts_query(md, how, since=analysis.started_at, at=at)
+            promql = counts_query(md, how, since=analysis.started_at, at=at, check=check)
             out.append(QueryRequest(check.name, index, step, promql, at, how.groups))
         elif check.query is not None and check.comparison is not None:
             promql = comparing_query(md, check, spec)

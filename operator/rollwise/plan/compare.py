@@ -233,10 +233,10 @@ def judge_regressor_drift(check: MetricCheck, counts: Counts) -> Judged:
         sorted((set(cand_le) & set(stable_le)) | {math.inf}) if stable_le else sorted({*cand_le, math.inf})
     )
     names = [f"<= {e:g}" if math.isfinite(e) else "above" for e in edges]
-    return judge_shares(check, names, _bins(cand_le, edges), _bins(stable_le, edges), "prediction bins")
+    return judge_shares(check, names, bins_at(cand_le, edges), bins_at(stable_le, edges), "prediction bins")
 
 
-def _bins(cumulative: dict[float, float], edges: list[float]) -> list[float]:
+def bins_at(cumulative: dict[float, float], edges: list[float]) -> list[float]:
     """Per-bin counts at `edges` from cumulative `le` counts (never negative: a scrape mid-update)."""
     out, below = [], 0.0
     for e in edges:

@@ -143,3 +143,23 @@ def homogeneity_evidence(candidate: Sequence[float], stable: Sequence[float]) ->
 
 def _log_beta(a: float, b: float) -> float:
     return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def fixed_shares_evidence(counts: Sequence[float], fractions: Sequence[float], floor: float = 1e-4) -> float:
+    """Evidence that values fall in other shares than `fractions` (a reference's): a likelihood
+    ratio of a uniform Dirichlet mixture over all shares against the reference's multinomial.
+
+    Each share vector's likelihood ratio against the reference has expectation 1 under the
+    reference, so the mixture is a nonnegative martingale and reaches 1/alpha with probability at
+    most alpha, ever (Ville): valid at every look and every sample size. Reference shares are
+    floored at `floor` (the PSI's floor), so a bin the reference never saw is strong evidence, not
+    infinite."""
+    n = sum(counts)
+    if n <= 0:
+        return 1.0
+    k = len(counts)
+    shares = [max(f, floor) for f in fractions]
+    total = sum(shares)
+    log_null = sum(c * math.log(p / total) for c, p in zip(counts, shares, strict=True) if c > 0)
+    log_mix = math.lgamma(k) + sum(math.lgamma(1 + c) for c in counts) - math.lgamma(k + n)
+    return math.exp(min(log_mix - log_null, 700.0))
