@@ -51,6 +51,8 @@ class Load:
     rate_per_second: float = 25.0
     limit_seconds: float = 600.0
     headers: Callable[[int], dict[str, str]] | None = None
+    bodies: list[bytes] = field(default_factory=lambda: list(BODIES))
+    """The request bodies, cycled (the three Iris rows by default)."""
     results: list[Answer] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -60,7 +62,7 @@ class Load:
         while not self.stop.is_set() and time.monotonic() < deadline:
             started = time.monotonic()
             code, version = send(
-                self.url, BODIES[sent % len(BODIES)], self.headers(sent) if self.headers else None
+                self.url, self.bodies[sent % len(self.bodies)], self.headers(sent) if self.headers else None
             )
             sent += 1
             self.results.append((started, code, version))

@@ -210,3 +210,46 @@ def on_kwok(spec_runtime: dict[str, Any] | None = None) -> dict[str, Any]:
     runtime["nodeSelector"] = {"rollwise.dev/node-kind": "simulated"}
     runtime["tolerations"] = [{"key": "rollwise.dev/simulated", "operator": "Exists", "effect": "NoSchedule"}]
     return runtime
+
+
+@pytest.fixture
+def reference_claim(namespace: str) -> Iterator[str]:
+    """A read-only claim `reference` on a hostPath volume with the example models (and their reference)."""
+    models = modelstore.make_models()
+    assert (models / "iris-reference.json").is_file()
+    volume = f"{namespace}-reference"
+    manifest = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Mi"},
+                "accessModes": ["ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(models), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": "reference"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "reference", "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Mi"}},
+            },
+        },
+    ]
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifest}))
+    try:
+        kubectl(
+            "-n", namespace, "wait", "pvc/reference", "--for=jsonpath={.status.phase}=Bound", "--timeout=60s"
+        )
+        yield "reference"
+    finally:
+        # Cluster-scoped, so the namespace's deletion would leave it; it goes once the claim is gone.
+        kubectl("delete", "pv", volume, "--wait=false", check=False)

@@ -24,7 +24,7 @@ import pytest
 
 from e2e import modelstore, paths
 from tests.conftest import NAMESPACE_PREFIX, Cluster, wait_until
-from tests.integration.conftest import Operator, kubectl
+from tests.integration.conftest import Operator
 from tests.integration.test_operator import apply, get_md
 from tests.integration.traffic import (
     Load,
@@ -95,49 +95,6 @@ def operator_scraped(cluster: Cluster, operator: Operator) -> Iterator[str]:
         yield instance
     finally:
         target.unlink(missing_ok=True)
-
-
-@pytest.fixture
-def reference_claim(namespace: str) -> Iterator[str]:
-    """A read-only claim `reference` on a hostPath volume with the example models (and their reference)."""
-    models = modelstore.make_models()
-    assert (models / "iris-reference.json").is_file()
-    volume = f"{namespace}-reference"
-    manifest = [
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": {"storage": "1Mi"},
-                "accessModes": ["ReadOnlyMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(models), "type": "Directory"},
-                "claimRef": {"namespace": namespace, "name": "reference"},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "reference", "namespace": namespace},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "volumeName": volume,
-                "resources": {"requests": {"storage": "1Mi"}},
-            },
-        },
-    ]
-    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifest}))
-    try:
-        kubectl(
-            "-n", namespace, "wait", "pvc/reference", "--for=jsonpath={.status.phase}=Bound", "--timeout=60s"
-        )
-        yield "reference"
-    finally:
-        # Cluster-scoped, so the namespace's deletion would leave it; it goes once the claim is gone.
-        kubectl("delete", "pv", volume, "--wait=false", check=False)
 
 
 def iris(version: str, artifact: str, claim: str) -> dict[str, Any]:

@@ -194,9 +194,10 @@ def _measurement(data: dict[str, object]) -> Measurement:
     return QueryError(f"unexpected result type {kind!r}; a check needs an instant vector or scalar")
 
 
-MAX_GROUPS = 256
-"""Groups a grouped answer may have: successRate has at most 2 tracks x 4 outcomes; more means the
-query is not the one Rollwise wrote."""
+MAX_GROUPS = 4096
+"""Groups a grouped answer may have. successRate has at most 2 tracks x 4 outcomes, latencyP99 3 x
+15 buckets, inputDrift 3 tracks x features x bins (about 100 features of 12 bins; watch one
+`feature` on a wider model): a bound on what is parsed, not a limit any of them meets."""
 
 
 def _counts(data: dict[str, object], by: tuple[str, ...]) -> Measurement:
