@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -63,6 +63,12 @@ def bucket_probabilities(shift: float, rng: np.random.Generator, n: int = 200_00
     return np.bincount(index, minlength=len(BOUNDS) + 1) / n
 
 
+THIRDS = np.full(3, 1 / 3)
+SHIFTED = np.asarray([0.8, 0.1, 0.1])
+"""One class shifted: 80 % of predictions instead of a third, PSI 0.97 against the 0.2 threshold."""
+CLASSES = ("setosa", "versicolor", "virginica")
+
+
 @dataclass(frozen=True)
 class Traffic:
     """One rollout's requests per second, each track's failure probability and latency buckets'
@@ -73,6 +79,8 @@ class Traffic:
     p_s: float
     lat_c: np.ndarray
     lat_s: np.ndarray
+    classes_c: np.ndarray = field(default_factory=lambda: THIRDS)
+    """The candidate's predicted class shares (stable's are a third each)."""
 
 
 @dataclass
@@ -82,9 +90,12 @@ class Result:
 
 
 def simulate(
-    rng: np.random.Generator, rate: float, p_c: float, p_s: float, lat_c: np.ndarray, lat_s: np.ndarray
-) -> Traffic:
-    return Traffic(rng.poisson(rate, HORIZON), p_c, p_s, lat_c, lat_s)
+    rng: np.random.Generator, rate: float, p_c: float, p_s: float, lat_c: np.ndarray, lat_s: np.ndarray,
+    classes_c: np.ndarray | None = None,
+) -> Traffic:  # fmt: skip
+    return Traffic(
+        rng.poisson(rate, HORIZON), p_c, p_s, lat_c, lat_s, THIRDS if classes_c is None else classes_c
+    )
 
 
 @dataclass
@@ -98,6 +109,9 @@ class Split:
     h_c: np.ndarray
     """Per second, the candidate's requests in each latency bucket (HORIZON x buckets + 1)."""
     h_s: np.ndarray
+    k_c: np.ndarray
+    """Per second, the candidate's predictions of each class."""
+    k_s: np.ndarray
     scrape: float
     phase: float
 
@@ -107,7 +121,8 @@ class Split:
         n_s = traffic.arrivals - n_c
         f_c, f_s = rng.binomial(n_c, traffic.p_c), rng.binomial(n_s, traffic.p_s)
         h_c, h_s = rng.multinomial(n_c, traffic.lat_c), rng.multinomial(n_s, traffic.lat_s)
-        return cls(n_c, f_c, n_s, f_s, h_c, h_s, scrape, float(rng.random() * scrape))
+        k_c, k_s = rng.multinomial(n_c - f_c, traffic.classes_c), rng.multinomial(n_s - f_s, THIRDS)
+        return cls(n_c, f_c, n_s, f_s, h_c, h_s, k_c, k_s, scrape, float(rng.random() * scrape))
 
     def seen(self, t: float) -> int:
         """Seconds of traffic Prometheus holds at time t (up to its last scrape)."""
@@ -119,6 +134,11 @@ class Split:
         i, j = self.seen(a), self.seen(b)
         n_c, f_c, n_s, f_s = (float(x[i:j].sum()) for x in (self.n_c, self.f_c, self.n_s, self.f_s))
         return n_c, f_c, n_s, f_s
+
+    def classes(self, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each track's predictions per class Prometheus shows between times a and b."""
+        i, j = self.seen(a), self.seen(b)
+        return self.k_c[i:j].sum(axis=0), self.k_s[i:j].sum(axis=0)
 
     def buckets(self, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
         """Each track's requests per latency bucket Prometheus shows between times a and b."""
@@ -143,6 +163,7 @@ SPEC = AnalysisSpec.model_validate(
         "metrics": [
             {"name": "success-rate", "builtin": "successRate", "threshold": {"min": 99}},
             {"name": "latency", "builtin": "latencyP99", "threshold": {"max": 0.25}},
+            {"name": "drift", "builtin": "predictionDrift", "threshold": {"max": 0.2}},
         ],
     }
 )  # fmt: skip
@@ -168,16 +189,31 @@ def _look(split: Split, since: float, t: float, index: int, k: int, due: datetim
     thin = split.between(t - SPEC.interval_seconds, t)[0]
     h_c, h_s = split.buckets(since, t)
     latency = Counts(_cumulative("candidate", h_c) | _cumulative("stable", h_s))
+    k_c, k_s = split.classes(since, t)
+    drift = Counts(
+        {("candidate", k): float(v) for k, v in zip(CLASSES, k_c, strict=True)}
+        | {("stable", k): float(v) for k, v in zip(CLASSES, k_s, strict=True)}
+    )
     return [
         Measured(QueryRequest(SAMPLES, k, index, "", due), Value(thin)),
         Measured(QueryRequest("success-rate", k, index, "", due, ("track", "outcome")), counts),
         Measured(QueryRequest("latency", k, index, "", due, ("track", "le")), latency),
+        Measured(QueryRequest("drift", k, index, "", due, ("track", "class")), drift),
     ]
 
 
 def _p99(hist: np.ndarray) -> float | None:
     """histogram_quantile(0.99) of one interval's buckets (None without requests)."""
     return Histogram.of(Counts(_cumulative("c", hist)), "c", BOUNDS).quantile(0.99)  # type: ignore[arg-type]
+
+
+def _psi(candidate: np.ndarray, stable: np.ndarray) -> float:
+    """The PSI of one interval's class shares (floored at 0.01 %), as the judge before read it."""
+    if candidate.sum() <= 0 or stable.sum() <= 0:
+        return 0.0
+    a = np.maximum(candidate / candidate.sum(), 1e-4)
+    b = np.maximum(stable / stable.sum(), 1e-4)
+    return float(np.sum((a - b) * np.log(a / b)))
 
 
 def rollwise(traffic: Traffic, rng: np.random.Generator, scrape: float, spec: AnalysisSpec = SPEC) -> Result:
@@ -226,7 +262,8 @@ def rollwise_before(traffic: Traffic, rng: np.random.Generator, scrape: float) -
                 return Result("paused", t)  # inconclusiveLimit 0: a human is asked
             excess = client_error_excess(0, n_c, 0, n_s)
             p99 = _p99(split.buckets(t - SPEC.interval_seconds, t)[0])
-            if 100 * (n_c - f_c) / (n_c + excess) < 99 or (p99 is not None and p99 > 0.25):
+            psi = _psi(*split.classes(t - SPEC.interval_seconds, t))
+            if 100 * (n_c - f_c) / (n_c + excess) < 99 or (p99 is not None and p99 > 0.25) or psi > 0.2:
                 return Result("rolled back", t)
             passed += 1
         step_start = t
@@ -291,6 +328,7 @@ def main() -> None:
         "30 %": (0.3, base), "5 %": (0.05, base), "1 %": (0.01, base),
         "+150 ms": (background, bucket_probabilities(0.150, rng)),
         "+20 ms": (background, bucket_probabilities(0.020, rng)),
+        "a class shifted": (background, base),
     }  # fmt: skip
     print(f"scrape {args.scrape:g} s; A/A: {args.aa} rollouts, bad: {args.bad}; background failures 0.1 %")
     header = f"{'rate/s':>6} {'judge':<17} {'A/A rolled back':>15} {'paused':>7} {'promoted in':>11}"
@@ -307,9 +345,10 @@ def main() -> None:
             paused = sum(r.outcome == "paused" for r in aa) / len(aa)
             promoted = [r.seconds for r in aa if r.outcome == "promoted"]
             row = f"{rate:>6g} {name:<17} {back:>15.1%} {paused:>7.1%} {median(promoted):>11}"
-            for p, lat in bad.values():
+            for label, (p, lat) in bad.items():
+                shifted = SHIFTED if label == "a class shifted" else None
                 runs = [
-                    judge(simulate(rng, rate, p, background, lat, base), rng, args.scrape)
+                    judge(simulate(rng, rate, p, background, lat, base, shifted), rng, args.scrape)
                     for _ in range(args.bad)
                 ]
                 caught = [r.seconds for r in runs if r.outcome == "rolled back"]

@@ -32,6 +32,11 @@ BAD_MODELS = {
     "iris-slow.py": "time.sleep(0.4)\n        return _rule(inputs)",
     "iris-slow50.py": "time.sleep(0.05)\n        return _rule(inputs)",
     "iris-drift.py": "return {'label': np.full(len(_rows(inputs)), 'virginica', dtype=object)}",
+    "iris-flaky5.py": (
+        "if np.random.random() < 0.05:\n"
+        "            raise RuntimeError('this candidate fails 5 % of predictions, on purpose')\n"
+        "        return _rule(inputs)"
+    ),
     "iris-flaky.py": (
         "if np.random.random() < 0.3:\n"
         "            raise RuntimeError('this candidate fails 30 % of predictions, on purpose')\n"

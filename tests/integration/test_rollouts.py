@@ -228,6 +228,28 @@ def test_a_bad_candidate_is_rolled_back_on_its_signal(
     print(f"\n{artifact}: rolled back {elapsed:.1f}s after its pods took traffic")
 
 
+def test_a_candidate_failing_5_percent_of_requests_is_rolled_back_when_the_evidence_ends_the_step(
+    cluster: Cluster, namespace: str, load: Load
+) -> None:
+    """Issue 14: 5 % failures are too few to be shown in three 5 s looks at this traffic; with
+    `maxDurationSeconds` the step waits for the evidence instead of passing what it has not seen."""
+    wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
+    md = canary("3.2.0-flaky5", "iris-flaky5.py", "python")
+    md["spec"]["rollout"]["analysis"] |= {"maxDurationSeconds": 300, "inconclusivePolicy": "pause"}
+    assert apply(namespace, md).returncode == 0
+    wait_until("the candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
+    took_traffic = time.monotonic()
+    with_status(
+        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 200)
+    )
+    elapsed = time.monotonic() - took_traffic
+    status = get_md(cluster, namespace, "iris")["status"]
+    assert status["stableVersion"] == "1.0.0"
+    success = next(m for m in status["analysis"]["metrics"] if m["name"] == "success-rate")
+    assert success["verdict"] == "Failed", status["analysis"]
+    print(f"\n5 % failures: rolled back {elapsed:.1f}s after its pods took traffic; {success['message']}")
+
+
 def test_a_candidate_50_ms_slower_than_stable_is_rolled_back_though_its_p99_is_within_the_slo(
     cluster: Cluster, namespace: str, load: Load
 ) -> None:

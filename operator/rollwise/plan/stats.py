@@ -87,7 +87,7 @@ def rate_difference(
     pooled = (failed_c + failed_s) / n
     variance = n * max(neyman, pooled * (1 - pooled) * (1 / n_c + 1 / n_s))
     lower, upper = mean_sequence(estimate, variance, n, alpha=alpha, horizon=horizon)
-    return Interval(estimate, lower, upper)
+    return Interval(estimate, max(lower, -1.0), min(upper, 1.0))  # a difference of two rates
 
 
 ALTERNATIVES = 32
