@@ -251,7 +251,8 @@ def test_an_aa_candidate_never_drifts_in_more_than_1_percent_of_rollouts(
     ("rate", "within_looks"),
     [
         pytest.param(200, 1, id="at 200/s: the first look (5 s)"),
-        pytest.param(20, 6, id="at 20/s: by the 6th look (30 s, about 120 candidate predictions)"),
+        pytest.param(20, 2, id="at 20/s: by the 2nd look (10 s)"),
+        pytest.param(2, 11, id="at 2/s: by the 11th look (55 s, about 20 candidate predictions)"),
     ],
 )
 def test_a_candidate_predicting_one_class_is_caught_at_once(rate: int, within_looks: int) -> None:
@@ -263,33 +264,14 @@ def test_a_candidate_predicting_one_class_is_caught_at_once(rate: int, within_lo
     assert sum(f is not None and f <= within_looks for f in firsts) / len(firsts) >= 0.95, firsts
 
 
-@pytest.mark.parametrize("rate", [20, 200])
-def test_a_true_shift_just_below_the_threshold_is_failed_in_at_most_1_percent_of_rollouts(rate: int) -> None:
-    """The rule is "shown above threshold.max", not "above it and shown different": a candidate
-    whose class shares really moved, by a PSI of 0.18 against a 0.2 threshold, is within its
-    tolerance and failed in at most 1 % of rollouts (1.5 % with 300 rollouts' own error). The
-    rule before this one failed 2-20 % of such candidates."""
-    p_s = [1 / 3, 1 / 3, 1 / 3]
-    p_c = [0.54, 0.25, 0.21]
-    shares = np.asarray(p_c), np.asarray(p_s)
-    assert 0.17 < float(np.sum((shares[0] - shares[1]) * np.log(shares[0] / shares[1]))) < 0.2
-    rng = np.random.default_rng(rate)
-    firsts = _drift_fails(rng, rate=rate, share=0.5, p_c=p_c, p_s=p_s, trials=300)
-    assert sum(f is not None for f in firsts) / len(firsts) <= 0.015
-
-
 def test_a_drift_verdict_explains_itself() -> None:
-    judged = judge_prediction_drift(drift(), classes([0, 0, 60], [80, 80, 80]))
+    judged = judge_prediction_drift(drift(), classes([0, 0, 20], [27, 27, 26]))
     assert judged.outcome is Outcome.FAIL
     assert judged.reason.startswith("class shares PSI ")
-    assert "most moved: virginica 100.0 % vs 33.3 %; 99 % lower bound " in judged.reason
-    assert judged.reason.endswith("60 vs 240 predictions): drifted")
+    assert "most moved: virginica 100.0 % vs 32.5 %" in judged.reason and judged.reason.endswith("drifted")
     c = judged.comparison
-    assert c is not None and c.lower is not None and 0.2 < c.lower < c.difference
-    assert (c.candidate_samples, c.stable_samples) == (60, 240)
-    # 20 predictions of one class against 80 are a PSI of 6.2, not yet shown above 0.2.
-    few = judge_prediction_drift(drift(), classes([0, 0, 20], [27, 27, 26]))
-    assert few.outcome is Outcome.PASS and few.reason.endswith("not shown")
+    assert c is not None and c.evidence is not None and c.evidence > 100
+    assert (c.candidate_samples, c.stable_samples) == (20, 80)
 
 
 def test_a_large_psi_from_a_few_predictions_is_not_shown() -> None:

@@ -1,6 +1,5 @@
-"""The candidate against stable, on exact counts since the analysis started: successRate,
-predictionDrift of a classifier or a regressor (`judge_shares`), and a query that compares
-(`judge_custom`, at the end).
+"""The candidate against stable, on exact counts since the analysis started: successRate and a
+classifier's predictionDrift (`judge_prediction_drift`, at the end).
 
 successRate has two rules on the same counts; either fails the measurement:
 - the guard rail: the candidate's own success percentage against `threshold` (the SLO), below
@@ -26,7 +25,7 @@ from rollwise_contract.metrics import Outcome as RequestOutcome
 from rollwise.api.v1alpha1 import Comparison, ComparisonResult, MetricCheck, ThresholdRange
 from rollwise.plan.measurement import Counts, Judged, Outcome
 from rollwise.plan.names import Track
-from rollwise.plan.stats import excess_evidence, psi_lower_bound, rate_difference
+from rollwise.plan.stats import excess_evidence, homogeneity_evidence, rate_difference
 
 SUCCESS_GROUPS = ("track", "outcome")
 """The labels successRate's counts are grouped by."""
@@ -205,8 +204,9 @@ DRIFT_GROUPS = ("track", "class")
 
 
 def judge_prediction_drift(check: MetricCheck, counts: Counts) -> Judged:
-    """predictionDrift of a classifier on exact per-class counts since the analysis started
-    (`judge_shares`)."""
+    """predictionDrift of a classifier on exact per-class counts since the analysis started: the PSI
+    of the two tracks' class shares against `threshold`, failed only when the shares are also shown
+    to differ (`stats.homogeneity_evidence` at the comparison's confidence)."""
     classes = sorted({key[1] for key in counts.values})
     cand = [counts.get(str(Track.CANDIDATE), k) for k in classes]
     stable = [counts.get(str(Track.STABLE), k) for k in classes]
@@ -249,10 +249,8 @@ def bins_at(cumulative: dict[float, float], edges: list[float]) -> list[float]:
 def judge_shares(
     check: MetricCheck, classes: list[str], cand: list[float], stable: list[float], noun: str
 ) -> Judged:
-    """The PSI of two tracks' shares over `classes` against `threshold.max`, failed only when it is
-    *shown* above it: its lower confidence bound at the comparison's confidence is outside too
-    (`stats.psi_lower_bound`), so a candidate whose true PSI is at or below the threshold is failed
-    in at most `1 - confidence` of rollouts, at every look. Comparison off: the PSI as measured."""
+    """The PSI of two tracks' shares over `classes` against `threshold`, failed only when the
+    shares are also shown to differ at the comparison's confidence."""
     n_c, n_s = sum(cand), sum(stable)
     if n_c <= 0:
         return Judged(
@@ -266,29 +264,27 @@ def judge_shares(
     moved = max(range(len(classes)), key=lambda i: abs(share_c[i] - share_s[i]))
     rule = check.comparison
     confidence = rule.confidence if rule is not None else DEFAULT_CONFIDENCE
-    outside = not check.threshold.contains(psi)
-    # The bound is needed only when the estimate itself is outside (it is never above the estimate).
-    lower = psi_lower_bound(cand, stable, alpha=1 - confidence) if rule is not None and outside else None
-    shown = outside and (lower is None or not check.threshold.contains(lower))
+    evidence = homogeneity_evidence(cand, stable) if rule is not None else math.inf
     result = ComparisonResult(
         candidate=100 * cand[moved] / n_c,
         stable=100 * stable[moved] / n_s,
         difference=psi,
-        lower=lower,
+        evidence=evidence if math.isfinite(evidence) else None,
         confidence=confidence,
         candidate_samples=round(n_c),
         stable_samples=round(n_s),
-        rule=f"drifted when the PSI's {100 * confidence:g} % lower bound is outside "
-        f"{check.threshold.label()}",
+        rule=f"drifted when PSI is outside {check.threshold.label()} and the likelihood ratio reaches "
+        f"{1 / (1 - confidence):g}",
     )
-    verdict = "drifted" if shown else ("within threshold" if not outside else "not shown")
-    bound = f"; {100 * confidence:g} % lower bound {lower:.3g}" if lower is not None else ""
+    outside = not check.threshold.contains(psi)
+    shown = evidence >= 1 / (1 - confidence)
+    verdict = "drifted" if outside and shown else ("within threshold" if not outside else "not shown")
     line = (
         f"{noun} PSI {psi:.3g} vs stable (most moved: {classes[moved]} {result.candidate:.1f} % vs "
-        f"{result.stable:.1f} %{bound}; {result.candidate_samples} vs {result.stable_samples} predictions): "
-        f"{verdict}"
+        f"{result.stable:.1f} %; likelihood ratio {evidence:.3g}; {result.candidate_samples} vs "
+        f"{result.stable_samples} predictions): {verdict}"
     )
-    return Judged(Outcome.FAIL if shown else Outcome.PASS, psi, line, result)
+    return Judged(Outcome.FAIL if outside and shown else Outcome.PASS, psi, line, result)
 
 
 CUSTOM_GROUPS = ("track",)

@@ -121,65 +121,45 @@ def excess_evidence(failed: float, n: float, allowed: float) -> float:
     return total
 
 
-def share_bounds(count: float, n: float, *, alpha: float) -> tuple[float, float]:
-    """A (1 - alpha) confidence sequence for one share, exact at every sample size: the shares p
-    whose Beta(1, 1)-mixture likelihood ratio against p stays below 1 / alpha (Robbins' mixture
-    martingale; by Ville's inequality the true share leaves it with probability at most alpha,
-    ever). The set is an interval around count / n, found by bisection on each side."""
+def homogeneity_evidence(candidate: Sequence[float], stable: Sequence[float]) -> float:
+    """Evidence that the candidate predicts classes in other shares than stable: a likelihood ratio
+    of "each class has its own chance of landing on the candidate" against "one chance for all".
+
+    Under "same shares" (and requests routed to the tracks at random), which track answered a
+    prediction is a Bernoulli(pi) draw independent of its class. The numerator mixes, per class, over
+    a uniform prior on that class's own chance; the denominator is the best single chance pi (the
+    maximum likelihood, at least the true pi's likelihood), so the ratio is at most a nonnegative
+    martingale under the null and reaches 1/alpha with probability at most alpha, ever (Ville).
+    Exact at every sample size. `candidate` and `stable` are per-class counts, in the same order.
+    """
+    c_total, s_total = sum(candidate), sum(stable)
+    if c_total <= 0 or s_total <= 0:
+        return 1.0
+    n = c_total + s_total
+    log_null = c_total * math.log(c_total / n) + s_total * math.log(s_total / n)
+    log_mix = sum(_log_beta(1 + c, 1 + s) for c, s in zip(candidate, stable, strict=True))
+    return math.exp(min(log_mix - log_null, 700.0))
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def fixed_shares_evidence(counts: Sequence[float], fractions: Sequence[float], floor: float = 1e-4) -> float:
+    """Evidence that values fall in other shares than `fractions` (a reference's): a likelihood
+    ratio of a uniform Dirichlet mixture over all shares against the reference's multinomial.
+
+    Each share vector's likelihood ratio against the reference has expectation 1 under the
+    reference, so the mixture is a nonnegative martingale and reaches 1/alpha with probability at
+    most alpha, ever (Ville): valid at every look and every sample size. Reference shares are
+    floored at `floor` (the PSI's floor), so a bin the reference never saw is strong evidence, not
+    infinite."""
+    n = sum(counts)
     if n <= 0:
-        return 0.0, 1.0
-    bar = math.log(1 / alpha)
-    log_mix = math.lgamma(1 + count) + math.lgamma(1 + n - count) - math.lgamma(2 + n)
-
-    def log_ratio(p: float) -> float:
-        p = min(max(p, 1e-300), 1 - 1e-16)
-        return log_mix - count * math.log(p) - (n - count) * math.log1p(-p)
-
-    def edge(inside: float, outside: float) -> float:
-        if log_ratio(outside) < bar:
-            return outside
-        for _ in range(32):  # to 2^-32 of the unit interval
-            mid = (inside + outside) / 2
-            inside, outside = (mid, outside) if log_ratio(mid) < bar else (inside, mid)
-        return inside
-
-    centre = count / n
-    return edge(centre, 0.0), edge(centre, 1.0)
-
-
-def psi_lower_bound(
-    candidate: Sequence[float],
-    base: Sequence[float],
-    *,
-    alpha: float,
-    base_fixed: bool = False,
-    floor: float = 1e-4,
-) -> float:
-    """A lower confidence bound on the PSI of the candidate's shares against the base's, valid at
-    every look: each share gets a confidence sequence at alpha / (number of intervals); the bound
-    is the larger of each bin's PSI term minimised over its box and Pinsker's 4 TV^2 with the
-    smallest total variation the boxes allow. With probability 1 - alpha every true share is
-    in its box at every look, so the true PSI is at least this bound: "shown above the threshold"
-    then fails a candidate whose true PSI is at or below it in at most alpha of rollouts, however
-    close to the threshold it is. `base_fixed`: `base` are a reference's shares, known exactly."""
-    n_c = sum(candidate)
-    n_b = sum(base)
-    k = len(candidate)
-    intervals = k if base_fixed else 2 * k
-    terms, gaps = 0.0, 0.0
-    for c, b in zip(candidate, base, strict=True):
-        a_lo, a_hi = share_bounds(c, n_c, alpha=alpha / intervals)
-        if base_fixed:
-            b_lo = b_hi = b / n_b if n_b > 0 else 0.0
-        else:
-            b_lo, b_hi = share_bounds(b, n_b, alpha=alpha / intervals)
-        gaps += max(a_lo - b_hi, b_lo - a_hi, 0.0)
-        a_lo, a_hi, b_lo, b_hi = (max(x, floor) for x in (a_lo, a_hi, b_lo, b_hi))
-        if a_lo > b_hi:
-            terms += (a_lo - b_hi) * math.log(a_lo / b_hi)
-        elif b_lo > a_hi:
-            terms += (b_lo - a_hi) * math.log(b_lo / a_hi)
-    # The PSI is the symmetric Kullback-Leibler divergence, so by Pinsker's inequality it is at
-    # least 4 TV^2, TV being half the L1 distance: far tighter than the per-bin terms when a share
-    # near 0 is uncertain (its log ratio is then unbounded below).
-    return max(terms, 4 * (gaps / 2) ** 2)
+        return 1.0
+    k = len(counts)
+    shares = [max(f, floor) for f in fractions]
+    total = sum(shares)
+    log_null = sum(c * math.log(p / total) for c, p in zip(counts, shares, strict=True) if c > 0)
+    log_mix = math.lgamma(k) + sum(math.lgamma(1 + c) for c in counts) - math.lgamma(k + n)
+    return math.exp(min(log_mix - log_null, 700.0))
