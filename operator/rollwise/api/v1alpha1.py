@@ -656,11 +656,12 @@ class AnalysisSpec(ApiModel):
     metrics: list[MetricCheck] = Field(min_length=1, max_length=16, json_schema_extra=map_list("name"))
     """Checks taken every interval."""
     interval_seconds: int = Field(default=60, ge=5, le=3600)
-    """Seconds between measurements; also the PromQL range of every check but successRate, which
-    counts from the start of the analysis. Default 60."""
+    """Seconds between measurements. Every built-in check counts from the start of the analysis;
+    this is also a custom query's `{{interval}}` and minSampleCount's window. Default 60."""
     count: int = Field(default=5, ge=1, le=1000)
-    """Conclusive measurements per analysis; it passes when all are taken within the limits, at least
-    one passing. Default 5."""
+    """Conclusive measurements (pass or fail) after which the analysis passes, when within
+    failureLimit and at least one passed; with maxDurationSeconds, only for checks that cannot
+    show "no worse" (drift, custom queries). Default 5."""
     failure_limit: int = Field(default=0, ge=0, le=1000)
     """Failed measurements tolerated; one more fails the analysis and rolls back. Default 0."""
     inconclusive_limit: int = Field(default=0, ge=0, le=1000)
@@ -974,15 +975,16 @@ class ComparisonResult(StatusModel):
     stable: float
     """Stable's value over the same time."""
     difference: float
-    """Candidate worse than stable by this much (successRate: percentage points more failed;
-    predictionDrift: the PSI of the class shares)."""
+    """Candidate worse than stable by this much: successRate, percentage points more failed;
+    latencyP99, percentage points more requests slower (at the boundary the message names); drift,
+    the PSI; a query, its value's difference."""
     lower: float | None = None
-    """Lower bound of the difference at `confidence`, valid at every look (successRate)."""
+    """Lower bound of the difference at `confidence`, valid at every look (successRate, latencyP99)."""
     upper: float | None = None
-    """Upper bound of the difference (successRate)."""
+    """Upper bound of the difference (successRate, latencyP99)."""
     evidence: float | None = None
-    """Likelihood ratio that the tracks differ; 1 / (1 - confidence) or more is shown
-    (predictionDrift)."""
+    """Likelihood ratio that the shares differ (from stable's, or the reference's); 1 / (1 -
+    confidence) or more is shown (predictionDrift, inputDrift)."""
     confidence: float
     """The confidence of the bounds."""
     candidate_samples: int = Field(ge=0)
