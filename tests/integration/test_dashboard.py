@@ -22,16 +22,15 @@ from typing import Any
 
 import pytest
 
-from e2e import modelstore, paths
+from e2e import paths
 from tests.conftest import NAMESPACE_PREFIX, Cluster, wait_until
 from tests.integration.conftest import Operator
 from tests.integration.test_operator import apply, get_md
 from tests.integration.traffic import (
     Load,
-    base_md,
     candidate_pods_ready,
-    model,
     service_url,
+    with_reference,
     with_status,
 )
 from tests.unit.test_dashboard import (
@@ -98,15 +97,7 @@ def operator_scraped(cluster: Cluster, operator: Operator) -> Iterator[str]:
 
 
 def iris(version: str, artifact: str, claim: str) -> dict[str, Any]:
-    md = base_md()
-    md["spec"]["model"] = model(version, artifact, "sklearn")
-    md["spec"]["model"]["featureSchema"] = json.loads(
-        (modelstore.make_models() / "iris-schema.json").read_text()
-    )
-    md["spec"]["model"]["reference"] = {"uri": f"pvc://{claim}/iris-reference.json"}
-    md["spec"]["runtime"] = {"replicas": 1}
-    md["spec"]["rollout"] = CANARY
-    return md
+    return with_reference(version, artifact, claim, CANARY)
 
 
 @pytest.fixture

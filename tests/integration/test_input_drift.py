@@ -17,19 +17,17 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 
-from e2e import modelstore
 from tests.conftest import Cluster, wait_until
 from tests.integration.conftest import Operator
 from tests.integration.test_operator import apply, get_md, wait_healthy
 from tests.integration.traffic import (
     ANALYSIS,
     Load,
-    base_md,
     candidate_pods_ready,
-    model,
     promoted,
     rolled_back,
     service_url,
+    with_reference,
     with_status,
 )
 
@@ -55,19 +53,12 @@ VIRGINICA = bodies(IRIS.data[IRIS.target == 2])
 
 
 def iris(version: str, artifact: str, claim: str) -> dict[str, Any]:
-    md = base_md()
-    md["spec"]["model"] = model(version, artifact, "sklearn")
-    md["spec"]["model"]["featureSchema"] = json.loads(
-        (modelstore.make_models() / "iris-schema.json").read_text()
-    )
-    md["spec"]["model"]["reference"] = {"uri": f"pvc://{claim}/iris-reference.json"}
-    md["spec"]["runtime"] = {"replicas": 1}
-    md["spec"]["rollout"] = {
+    rollout = {
         "canary": {"steps": [{"setWeight": 50}, {"analysis": {}}]},
         "analysis": {**ANALYSIS, "metrics": [DRIFT_CHECK]},
         "progressDeadlineSeconds": 120,
     }
-    return md
+    return with_reference(version, artifact, claim, rollout)
 
 
 @pytest.fixture

@@ -52,6 +52,28 @@ def canary(
     return md
 
 
+def rolled_back_in(
+    cluster: Cluster, namespace: str, md: dict[str, Any], timeout: float = 120
+) -> tuple[float, Any]:
+    """Apply a bad candidate and wait for its rollback: seconds from its pods taking traffic to
+    the rollback, and the status, stable still at 1.0.0."""
+    assert apply(namespace, md).returncode == 0
+    wait_until("the candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
+    took_traffic = time.monotonic()
+    with_status(
+        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), timeout)
+    )
+    elapsed = time.monotonic() - took_traffic
+    status = get_md(cluster, namespace, "iris")["status"]
+    assert status["stableVersion"] == "1.0.0"
+    return elapsed, status
+
+
+def metric(status: Any, name: str) -> Any:
+    """One check's result in the status's analysis."""
+    return next(m for m in status["analysis"]["metrics"] if m["name"] == name)
+
+
 @pytest.fixture
 def serving(
     cluster: Cluster, operator: Operator, namespace: str, serving_image: None, model_store: None
@@ -141,16 +163,8 @@ def test_a_candidate_failing_30_percent_is_rolled_back_even_when_its_first_looks
     wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
     md = canary("3.0.0-flaky", "iris-flaky.py", "python")
     md["spec"]["rollout"]["analysis"]["inconclusiveLimit"] = 0
-    assert apply(namespace, md).returncode == 0
-    wait_until("the candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
-    took_traffic = time.monotonic()
-    with_status(
-        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
-    )
-    elapsed = time.monotonic() - took_traffic
-    status = get_md(cluster, namespace, "iris")["status"]
-    assert status["stableVersion"] == "1.0.0"
-    success = next(m for m in status["analysis"]["metrics"] if m["name"] == "success-rate")
+    elapsed, status = rolled_back_in(cluster, namespace, md)
+    success = metric(status, "success-rate")
     assert success["verdict"] == "Failed", status["analysis"]
     # Either rule may fail it first: the guard rail (shown below 99 %) or the comparison (shown
     # worse than stable); from a few dozen requests the comparison's interval may still span 0.
@@ -214,17 +228,10 @@ def test_a_bad_candidate_is_rolled_back_on_its_signal(
     failed_check: str,
 ) -> None:  # fmt: skip
     wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
-    assert apply(namespace, canary("3.0.0-bad", artifact, "python", metrics=metrics)).returncode == 0
-    wait_until("the bad candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
-    took_traffic = time.monotonic()
-    with_status(
-        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
+    elapsed, status = rolled_back_in(
+        cluster, namespace, canary("3.0.0-bad", artifact, "python", metrics=metrics)
     )
-    elapsed = time.monotonic() - took_traffic
-    md = get_md(cluster, namespace, "iris")
-    assert md["status"]["stableVersion"] == "1.0.0"
-    verdicts = {m["name"]: m["verdict"] for m in md["status"]["analysis"]["metrics"]}
-    assert verdicts[failed_check] == "Failed", verdicts
+    assert metric(status, failed_check)["verdict"] == "Failed", status["analysis"]
     print(f"\n{artifact}: rolled back {elapsed:.1f}s after its pods took traffic")
 
 
@@ -236,16 +243,8 @@ def test_a_candidate_failing_5_percent_of_requests_is_rolled_back_when_the_evide
     wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
     md = canary("3.2.0-flaky5", "iris-flaky5.py", "python")
     md["spec"]["rollout"]["analysis"] |= {"maxDurationSeconds": 300, "inconclusivePolicy": "pause"}
-    assert apply(namespace, md).returncode == 0
-    wait_until("the candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
-    took_traffic = time.monotonic()
-    with_status(
-        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 200)
-    )
-    elapsed = time.monotonic() - took_traffic
-    status = get_md(cluster, namespace, "iris")["status"]
-    assert status["stableVersion"] == "1.0.0"
-    success = next(m for m in status["analysis"]["metrics"] if m["name"] == "success-rate")
+    elapsed, status = rolled_back_in(cluster, namespace, md, timeout=200)
+    success = metric(status, "success-rate")
     assert success["verdict"] == "Failed", status["analysis"]
     print(f"\n5 % failures: rolled back {elapsed:.1f}s after its pods took traffic; {success['message']}")
 
@@ -256,16 +255,8 @@ def test_a_candidate_50_ms_slower_than_stable_is_rolled_back_though_its_p99_is_w
     """Issue 14: the demo's analysis has latencyP99 `max: 0.25`, which a candidate 50 ms slower
     than stable meets; the comparison with stable (tolerance 25 ms) rolls it back."""
     wait_until("steady traffic", lambda: len(load.results) >= 20, 30)
-    assert apply(namespace, canary("3.1.0-slower", "iris-slow50.py", "python")).returncode == 0
-    wait_until("the slower candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
-    took_traffic = time.monotonic()
-    with_status(
-        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
-    )
-    elapsed = time.monotonic() - took_traffic
-    status = get_md(cluster, namespace, "iris")["status"]
-    assert status["stableVersion"] == "1.0.0"
-    latency = next(m for m in status["analysis"]["metrics"] if m["name"] == "latency")
+    elapsed, status = rolled_back_in(cluster, namespace, canary("3.1.0-slower", "iris-slow50.py", "python"))
+    latency = metric(status, "latency")
     assert latency["verdict"] == "Failed", status["analysis"]
     comparison = latency["comparison"]
     assert comparison["candidate"] <= 0.25, comparison  # the SLO alone would have passed it
@@ -289,18 +280,10 @@ def test_a_candidate_that_refuses_inputs_the_stable_accepts_is_rolled_back(
             {"name": "petal_width", "type": "float"},
         ]
     }
-    assert apply(namespace, bad).returncode == 0
-    wait_until("the candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 90)
-    took_traffic = time.monotonic()
-    with_status(
-        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 120)
-    )
-    elapsed = time.monotonic() - took_traffic
-    status = get_md(cluster, namespace, "iris")["status"]
-    assert status["stableVersion"] == "1.0.0"
-    verdicts = {m["name"]: m["verdict"] for m in status["analysis"]["metrics"]}
-    assert verdicts["success-rate"] == "Failed", status["analysis"]
-    refused = [r for r in load.results if r[0] >= took_traffic and r[1] == 422]
+    applied = time.monotonic()
+    elapsed, status = rolled_back_in(cluster, namespace, bad)
+    assert metric(status, "success-rate")["verdict"] == "Failed", status["analysis"]
+    refused = [r for r in load.results if r[0] >= applied and r[1] == 422]
     assert refused, "the strict candidate should have refused some live requests"
     print(f"\ninput-contract change: rolled back {elapsed:.1f}s after its pods took traffic")
 

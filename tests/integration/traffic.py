@@ -31,6 +31,20 @@ def base_md() -> dict[str, Any]:
     return copy.deepcopy(doc)
 
 
+def with_reference(version: str, artifact: str, claim: str, rollout: dict[str, Any]) -> dict[str, Any]:
+    """One replica of a scikit-learn Iris model with its feature schema and the reference
+    distribution read from the claim `claim` (the example models' `iris-reference.json`)."""
+    md = base_md()
+    md["spec"]["model"] = model(version, artifact, "sklearn")
+    md["spec"]["model"]["featureSchema"] = json.loads(
+        (modelstore.make_models() / "iris-schema.json").read_text()
+    )
+    md["spec"]["model"]["reference"] = {"uri": f"pvc://{claim}/iris-reference.json"}
+    md["spec"]["runtime"] = {"replicas": 1}
+    md["spec"]["rollout"] = rollout
+    return md
+
+
 def model(version: str, artifact: str, fmt: str) -> dict[str, Any]:
     return {
         "name": "iris",
