@@ -1,32 +1,36 @@
 """How fast each judge rolls a bad candidate back, and how often it rolls a good one back (issue 14).
 
-    .venv/bin/python bench/detection.py                    # 1 000 A/A rollouts a cell (about 10 min)
+    .venv/bin/python bench/detection.py                    # 1 000 A/A rollouts a cell (about 11 min)
     .venv/bin/python bench/detection.py --aa 200 --bad 50  # a quick look
 
 Side by side on the same simulated traffic: requests arrive as a Poisson stream at 2, 20 and 200
-per second; each second the router sends each request to the candidate with the step's weight, and
-each request fails with its track's failure probability. Prometheus is modelled by what it can see:
-counters scraped every `--scrape` seconds at a random phase, so a look sees the requests up to its
-last scrape (the "no data yet" of a new pod is in it). Judges, each with its own documented setup:
+per second; each second the router sends each request to the candidate with the step's weight;
+each request fails with its track's failure probability, lands in a latency bucket by its track's
+latency distribution (about 4 ms, 2 % on a 30-300 ms slow path, plus the candidate's shift) and,
+when answered, predicts a class by its track's class shares. Prometheus is modelled by what it can
+see: counters scraped every `--scrape` seconds at a random phase, so a look sees the requests up to
+its last scrape (the "no data yet" of a new pod is in it). Judges, each with its own documented
+setup:
 
 - `rollwise`: this repository's judge, the real code (`plan.analysis.record` on `Counts`):
   the README's canary (setWeight 20, analysis, setWeight 60, analysis; interval 5 s, count 3,
-  failureLimit 0, inconclusiveLimit 0, minSampleCount 5), successRate >= 99 as the guard rail and
-  the comparison with stable at its defaults (worseBy 0.5 points, confidence 0.99).
-- `rollwise-before`: the judge before issue 14, the same spec: successRate >= 99 on each 5 s
-  interval alone (client errors beyond stable's share and noise), a thin interval inconclusive.
-- `flagger`: Flagger's defaults: a check every 60 s of request-success-rate >= 99 over the last
-  60 s, threshold 1 (the first failed check rolls back), no data a failed check; stepWeight
-  schedule 20 -> 60 -> promote, one interval each.
+  failureLimit 0, inconclusiveLimit 0, minSampleCount 5), successRate >= 99, latencyP99 <= 0.25
+  and predictionDrift <= 0.2, each compared with stable at its defaults.
+- `rollwise-evidence`: the same with `maxDurationSeconds: 300` (the evidence ends each step).
+- `rollwise-before`: the judge before issue 14, the same spec on each 5 s interval alone (success
+  rate with client errors beyond stable's share and noise, `histogram_quantile` p99, PSI).
+- `flagger`: Flagger's defaults: a check every 60 s of request-success-rate >= 99 and
+  request-duration p99 <= 500 ms over the last 60 s, threshold 1 (the first failed check rolls
+  back), no data a failed check; stepWeight schedule 20 -> 60 -> promote, one interval each.
 - `argo`: Argo Rollouts' documented background analysis (docs/features/analysis.md): the
   success-rate AnalysisTemplate (interval 5m, `irate(...[5m])`, successCondition
   result[0] >= 0.95, failureLimit 3) from step 2 of setWeight 20/40/60/80 with 10 min pauses.
 
 Printed per judge and traffic level: A/A false rollbacks (the same failure rate on both tracks,
 0.1 %: a real service's background noise), rollouts left paused, time to promote the A/A
-candidate (median), and for candidates failing 30 %, 5 % and 1 % of requests the share rolled back
-and the median time from the candidate's first request to the rollback. Latency and class-share
-scenarios are not in it: those checks are still per-interval thresholds (issue 14, next part).
+candidate (median), and for candidates failing 30 %, 5 % and 1 % of requests, 150 ms and 20 ms
+slower, or predicting one class 80 % of the time, the share rolled back and the median time from
+the candidate's first request to the rollback.
 """
 
 from __future__ import annotations
