@@ -37,6 +37,7 @@ def run(spec: dict[str, Any], monkeypatch: Any) -> tuple[Any, Recorder]:
         rec, "patch_status", lambda api, ns, name, status: calls.status.append((ns, name, status))
     )
     monkeypatch.setattr(rec, "post_events", lambda api, b, notes: calls.events.extend(notes))
+    monkeypatch.setattr(rec, "foreign_children", lambda *a, **k: [])  # nothing else owns a child
     applied: list[Any] = []
     monkeypatch.setattr(rec, "apply_objects", lambda api, desired, live: applied.extend(desired) or [])
     decision = asyncio.run(
@@ -79,6 +80,7 @@ def test_the_same_invalid_spec_is_not_written_twice(monkeypatch: Any) -> None:
     calls = Recorder()
     monkeypatch.setattr(rec, "patch_status", lambda api, ns, name, status: calls.status.append(status))
     monkeypatch.setattr(rec, "post_events", lambda api, b, notes: calls.events.extend(notes))
+    monkeypatch.setattr(rec, "foreign_children", lambda *a, **k: [])  # nothing else owns a child
     memory = rec.DaemonState()
     for _ in range(3):
         asyncio.run(rec.reconcile(object(), body(spec), [], settings=from_env({}), memory=memory, now=NOW))  # type: ignore[arg-type]

@@ -60,6 +60,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
     monkeypatch.setattr(rec, "apply_objects", fake.apply_objects)
     monkeypatch.setattr(rec, "patch_status", fake.patch_status)
     monkeypatch.setattr(rec, "post_events", lambda api, body, notes: None)
+    monkeypatch.setattr(rec, "foreign_children", lambda *a, **k: [])  # nothing else owns a child
     return fake
 
 

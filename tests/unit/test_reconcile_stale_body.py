@@ -60,6 +60,7 @@ def passes(monkeypatch: Any, bodies: list[dict[str, Any]], *, unchanged: bool = 
     else:
         monkeypatch.setattr(rec, "patch_status", api.patch_status)
     monkeypatch.setattr(rec, "post_events", lambda a, b, notes: api.events.extend(notes))
+    monkeypatch.setattr(rec, "foreign_children", lambda *a, **k: [])  # nothing else owns a child
     memory = rec.DaemonState()
     for i, b in enumerate(bodies):
         now = NOW + dt.timedelta(seconds=i)  # later each pass: a replanned status differs in its times
@@ -76,6 +77,7 @@ def test_a_body_that_lags_our_write_is_not_planned_from(monkeypatch: Any) -> Non
 def test_once_the_body_catches_up_passes_resume(monkeypatch: Any) -> None:
     api = FakeApi()
     monkeypatch.setattr(rec, "post_events", lambda a, b, notes: api.events.extend(notes))
+    monkeypatch.setattr(rec, "foreign_children", lambda *a, **k: [])  # nothing else owns a child
     monkeypatch.setattr(rec, "patch_status", api.patch_status)
     memory = rec.DaemonState()
     asyncio.run(

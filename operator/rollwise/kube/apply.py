@@ -104,6 +104,22 @@ def _request(
         raise ApiException(status=response.status, reason=response.reason, body=data.decode(errors="replace"))
 
 
+def read_object(api: client.ApiClient, key: ObjectKey) -> dict[str, Any] | None:
+    """The live object at `key`, or None when there is none (404)."""
+    serialized = api.param_serialize(
+        "GET", key.path(), header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+    )
+    resp_method, url, headers, _, post_params = serialized
+    response = api.call_api(resp_method, url, headers, None, post_params)
+    data: bytes = response.read() or b""  # type: ignore[no-untyped-call]  # untyped upstream
+    if response.status == 404:
+        return None
+    if not 200 <= response.status < 300:
+        raise ApiException(status=response.status, reason=response.reason, body=data.decode(errors="replace"))
+    found: dict[str, Any] = json.loads(data)
+    return found
+
+
 def apply_objects(
     api: client.ApiClient,
     desired: Sequence[Mapping[str, Any]],

@@ -25,6 +25,7 @@ from rollwise.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus, Phase,
 from rollwise.kube.apply import ObjectKey, apply_objects, delete_objects, desired_hash
 from rollwise.kube.events import post_events
 from rollwise.kube.observe import observe
+from rollwise.kube.ownership import foreign_children
 from rollwise.kube.status import patch_status
 from rollwise.kube.webhooks import call_webhook
 from rollwise.plan.analysis import Measured, QueryRequest, due_queries
@@ -188,9 +189,20 @@ async def reconcile(
             serving_image=settings.serving_image,
             router=router_for(md.spec.rollout.traffic.provider),
         )
-        await _write(
-            api, write_slots, memory, body, decision=decision, live_objects=[*children, *router_objects]
+        live_objects = [*children, *router_objects]
+        foreign = await asyncio.to_thread(
+            foreign_children,
+            api,
+            decision.desired,
+            {ObjectKey.of(c): c for c in live_objects},
+            owner_uid=meta["uid"],
+            router_objects=[ObjectKey.of(o) for o in router_objects],
         )
+        if foreign:
+            # Another owner's object at a child's name: write nothing of ours, say which and why.
+            await _write_invalid(api, write_slots, memory, body, problems=foreign, now=now)
+            return None
+        await _write(api, write_slots, memory, body, decision=decision, live_objects=live_objects)
         if memory.last_status is not None:
             # Webhook answers as the planner left them, before this pass's new ones come in.
             memory.settled = replace(seen, status=memory.last_status, webhooks=memory.answers.seen())
