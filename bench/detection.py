@@ -44,9 +44,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from rollwise.api.v1alpha1 import AnalysisSpec, Verdict
 from rollwise.plan.analysis import SAMPLES, Measured, QueryRequest, next_due, record, start, taken
-from rollwise.plan.compare import client_error_excess
+from rollwise.plan.compare import client_error_excess, psi_of
 from rollwise.plan.latency import Histogram
 from rollwise.plan.measurement import Counts, Value
+from rollwise.plan.names import Track
 
 HORIZON = 2500
 """Seconds simulated per rollout: Argo's documented schedule takes 40 minutes."""
@@ -208,16 +209,15 @@ def _look(split: Split, since: float, t: float, index: int, k: int, due: datetim
 
 def _p99(hist: np.ndarray) -> float | None:
     """histogram_quantile(0.99) of one interval's buckets (None without requests)."""
-    return Histogram.of(Counts(_cumulative("c", hist)), "c", BOUNDS).quantile(0.99)  # type: ignore[arg-type]
+    track = Track.CANDIDATE
+    return Histogram.of(Counts(_cumulative(str(track), hist)), track, BOUNDS).quantile(0.99)
 
 
 def _psi(candidate: np.ndarray, stable: np.ndarray) -> float:
-    """The PSI of one interval's class shares (floored at 0.01 %), as the judge before read it."""
+    """The PSI of one interval's class shares, as the judge before read it."""
     if candidate.sum() <= 0 or stable.sum() <= 0:
         return 0.0
-    a = np.maximum(candidate / candidate.sum(), 1e-4)
-    b = np.maximum(stable / stable.sum(), 1e-4)
-    return float(np.sum((a - b) * np.log(a / b)))
+    return psi_of(list(candidate / candidate.sum()), list(stable / stable.sum()))[0]
 
 
 def rollwise(traffic: Traffic, rng: np.random.Generator, scrape: float, spec: AnalysisSpec = SPEC) -> Result:

@@ -75,47 +75,42 @@ def is_current(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bo
     return bool(annotations.get(HASH_ANNOTATION) == desired_hash(desired))
 
 
-def _request(
+def _call(
     api: client.ApiClient,
     method: str,
     path: str,
     *,
-    query: list[tuple[str, str]],
-    content_type: str,
-    body: str | dict[str, Any],
-) -> None:
-    """One raw request (the typed API classes have no server-side apply); raises on non-2xx.
+    query: list[tuple[str, str]] | None = None,
+    content_type: str | None = None,
+    body: str | dict[str, Any] | None = None,
+    missing_ok: bool = False,
+) -> bytes | None:
+    """One raw request (the typed API classes have no server-side apply); its body, None for a 404
+    when `missing_ok`; raises on any other non-2xx.
 
     `body` is a dict for JSON (the client encodes it) and a pre-encoded string for the apply-patch
     content type (which the client will not encode); a string sent as JSON would be encoded twice
     and rejected with 400.
     """
+    headers = {"Accept": "application/json"} | ({"Content-Type": content_type} if content_type else {})
     serialized = api.param_serialize(
-        method,
-        path,
-        query_params=query,
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
-        auth_settings=["BearerToken"],
+        method, path, query_params=query or [], header_params=headers, auth_settings=["BearerToken"]
     )
-    resp_method, url, headers, _, post_params = serialized
-    response = api.call_api(resp_method, url, headers, body, post_params)
+    resp_method, url, resp_headers, _, post_params = serialized
+    response = api.call_api(resp_method, url, resp_headers, body, post_params)
     data: bytes = response.read() or b""  # type: ignore[no-untyped-call]  # untyped upstream
+    if missing_ok and response.status == 404:
+        return None
     if not 200 <= response.status < 300:
         raise ApiException(status=response.status, reason=response.reason, body=data.decode(errors="replace"))
+    return data
 
 
 def read_object(api: client.ApiClient, key: ObjectKey) -> dict[str, Any] | None:
     """The live object at `key`, or None when there is none (404)."""
-    serialized = api.param_serialize(
-        "GET", key.path(), header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
-    )
-    resp_method, url, headers, _, post_params = serialized
-    response = api.call_api(resp_method, url, headers, None, post_params)
-    data: bytes = response.read() or b""  # type: ignore[no-untyped-call]  # untyped upstream
-    if response.status == 404:
+    data = _call(api, "GET", key.path(), missing_ok=True)
+    if data is None:
         return None
-    if not 200 <= response.status < 300:
-        raise ApiException(status=response.status, reason=response.reason, body=data.decode(errors="replace"))
     found: dict[str, Any] = json.loads(data)
     return found
 
@@ -131,7 +126,7 @@ def apply_objects(
         key = ObjectKey.of(manifest)
         if is_current(manifest, live.get(key)):
             continue
-        _request(
+        _call(
             api,
             "PATCH",
             key.path(),
@@ -148,7 +143,7 @@ def delete_objects(api: client.ApiClient, keys: Sequence[ObjectKey]) -> list[Obj
     deleted: list[ObjectKey] = []
     for key in keys:
         try:
-            _request(
+            _call(
                 api,
                 "DELETE",
                 key.path(),

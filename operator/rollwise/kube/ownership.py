@@ -38,6 +38,16 @@ def describe_owner(obj: Mapping[str, Any]) -> str:
     return f"controlled by {controller.get('kind', '?')} {controller.get('name', '?')}"
 
 
+def unread(
+    desired: Sequence[Mapping[str, Any]],
+    live: Mapping[ObjectKey, Mapping[str, Any]],
+    skip: Sequence[ObjectKey],
+) -> list[ObjectKey]:
+    """The desired children `foreign_children` must read: not in the index, not a router's."""
+    excluded = set(skip)
+    return [k for m in desired if (k := ObjectKey.of(m)) not in live and k not in excluded]
+
+
 def foreign_children(
     api: client.ApiClient,
     desired: Sequence[Mapping[str, Any]],
@@ -46,17 +56,15 @@ def foreign_children(
     owner_uid: str,
     router_objects: Sequence[ObjectKey] = (),
 ) -> list[str]:
-    """One problem per desired child that exists and is not ours, naming it and the fix."""
-    problems = []
+    """One problem per desired child that exists and is not ours, naming it and the fix. Reads only
+    the `unread` ones, so with every child in the index it makes no API call."""
+    found = {key: read_object(api, key) for key in unread(desired, live, router_objects)}
     skip = set(router_objects)
+    problems = []
     for manifest in desired:
         key = ObjectKey.of(manifest)
-        if key in skip:
-            continue
-        existing = live.get(key)
-        if existing is None:
-            existing = read_object(api, key)
-        if existing is None or controlled_by(existing, owner_uid):
+        existing = live.get(key) or found.get(key)
+        if key in skip or existing is None or controlled_by(existing, owner_uid):
             continue
         problems.append(
             f"{key.kind} {key.namespace}/{key.name} already exists ({describe_owner(existing)}) and is not "

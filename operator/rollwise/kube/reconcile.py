@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ from rollwise.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus, Phase,
 from rollwise.kube.apply import ObjectKey, apply_objects, delete_objects, desired_hash
 from rollwise.kube.events import post_events
 from rollwise.kube.observe import observe
-from rollwise.kube.ownership import foreign_children
+from rollwise.kube.ownership import foreign_children, unread
 from rollwise.kube.status import patch_status
 from rollwise.kube.webhooks import call_webhook
 from rollwise.plan.analysis import Measured, QueryRequest, due_queries
@@ -189,20 +190,19 @@ async def reconcile(
             serving_image=settings.serving_image,
             router=router_for(md.spec.rollout.traffic.provider),
         )
-        live_objects = [*children, *router_objects]
-        foreign = await asyncio.to_thread(
-            foreign_children,
-            api,
-            decision.desired,
-            {ObjectKey.of(c): c for c in live_objects},
-            owner_uid=meta["uid"],
-            router_objects=[ObjectKey.of(o) for o in router_objects],
+        live = {ObjectKey.of(c): c for c in [*children, *router_objects]}
+        routed = [ObjectKey.of(o) for o in router_objects]
+        check = partial(
+            foreign_children, api, decision.desired, live, owner_uid=meta["uid"], router_objects=routed
         )
+        # Reads happen only for children not in the index (a new ModelDeployment): off the loop then,
+        # and on it, with no API call, for every steady pass.
+        foreign = await asyncio.to_thread(check) if unread(decision.desired, live, routed) else check()
         if foreign:
             # Another owner's object at a child's name: write nothing of ours, say which and why.
             await _write_invalid(api, write_slots, memory, body, problems=foreign, now=now)
             return None
-        await _write(api, write_slots, memory, body, decision=decision, live_objects=live_objects)
+        await _write(api, write_slots, memory, body, decision=decision, live=live)
         if memory.last_status is not None:
             # Webhook answers as the planner left them, before this pass's new ones come in.
             memory.settled = replace(seen, status=memory.last_status, webhooks=memory.answers.seen())
@@ -267,11 +267,11 @@ async def _write(
     body: Mapping[str, Any],
     *,
     decision: Decision,
-    live_objects: Sequence[Mapping[str, Any]],
+    live: Mapping[ObjectKey, Mapping[str, Any]],
 ) -> None:
-    """Apply what differs, delete what goes, write the status and its Events."""
+    """Apply what differs, delete what goes, write the status and its Events; `live` is the
+    children and router objects by key."""
     namespace = body["metadata"]["namespace"]
-    live = {ObjectKey.of(c): c for c in live_objects}
     # Skip what we applied already when the index still shows the older copy (it lags our own
     # write by an event); apply_objects skips what the live object already matches.
     hashes = {ObjectKey.of(m): desired_hash(m) for m in decision.desired}

@@ -162,7 +162,7 @@ REGRESSOR_DRIFT = Counted(f"{PREDICTION_VALUE}_bucket", REGRESSOR_DRIFT_GROUPS, 
 
 
 def counted(md: ModelDeployment, check: MetricCheck) -> Counted | None:
-    """How `check` is counted, or None when it is one number (inputDrift, a custom query)."""
+    """How `check` is counted, or None for a custom query (one number, or one per track)."""
     if check.builtin is BuiltinMetric.PREDICTION_DRIFT and _regressor(md):
         return REGRESSOR_DRIFT
     return COUNTED.get(check.builtin) if check.builtin is not None else None

@@ -221,14 +221,8 @@ def judge_regressor_drift(check: MetricCheck, counts: Counts) -> Judged:
     """predictionDrift of a regressor: its predictions' histogram bins are its classes. Bins are
     the boundaries both tracks export (a candidate shipping other bins is compared on the common
     ones, which sum its finer bins exactly), so the rule is the classifier's (`judge_shares`)."""
-    by_track: dict[str, dict[float, float]] = {}
-    for (track, le), value in counts.values.items():
-        try:
-            by_track.setdefault(track, {})[float(le)] = value
-        except ValueError:
-            continue
-    cand_le = by_track.get(str(Track.CANDIDATE), {})
-    stable_le = by_track.get(str(Track.STABLE), {})
+    cand_le = counts.by_le(str(Track.CANDIDATE))
+    stable_le = counts.by_le(str(Track.STABLE))
     edges = (
         sorted((set(cand_le) & set(stable_le)) | {math.inf}) if stable_le else sorted({*cand_le, math.inf})
     )
@@ -246,6 +240,15 @@ def bins_at(cumulative: dict[float, float], edges: list[float]) -> list[float]:
     return out
 
 
+def psi_of(live: list[float], base: list[float]) -> tuple[float, int]:
+    """The PSI of two share vectors, each share floored at `PSI_FLOOR`, and the index of the bin
+    whose share moved most."""
+    a = [max(x, PSI_FLOOR) for x in live]
+    b = [max(x, PSI_FLOOR) for x in base]
+    psi = sum((x - y) * math.log(x / y) for x, y in zip(a, b, strict=True))
+    return psi, max(range(len(a)), key=lambda i: abs(a[i] - b[i]))
+
+
 def judge_shares(
     check: MetricCheck, classes: list[str], cand: list[float], stable: list[float], noun: str
 ) -> Judged:
@@ -258,10 +261,7 @@ def judge_shares(
         )
     if n_s <= 0:
         return Judged(Outcome.INCONCLUSIVE, None, "no data: stable made no predictions to compare with")
-    share_c = [max(c / n_c, PSI_FLOOR) for c in cand]
-    share_s = [max(s / n_s, PSI_FLOOR) for s in stable]
-    psi = sum((c - s) * math.log(c / s) for c, s in zip(share_c, share_s, strict=True))
-    moved = max(range(len(classes)), key=lambda i: abs(share_c[i] - share_s[i]))
+    psi, moved = psi_of([c / n_c for c in cand], [x / n_s for x in stable])
     rule = check.comparison
     confidence = rule.confidence if rule is not None else DEFAULT_CONFIDENCE
     evidence = homogeneity_evidence(cand, stable) if rule is not None else math.inf

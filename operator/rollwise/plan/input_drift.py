@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 from rollwise.api.v1alpha1 import ComparisonResult, MetricCheck
-from rollwise.plan.compare import DEFAULT_CONFIDENCE, PSI_FLOOR, bins_at
+from rollwise.plan.compare import DEFAULT_CONFIDENCE, bins_at, psi_of
 from rollwise.plan.measurement import Counts, Judged, Outcome
 from rollwise.plan.names import Track
 from rollwise.plan.stats import fixed_shares_evidence, homogeneity_evidence
@@ -46,30 +46,11 @@ class FeatureDrift:
     base_samples: float
 
 
-def _cumulative(counts: Counts, track: str, feature: str) -> dict[float, float]:
-    out: dict[float, float] = {}
-    for key, value in counts.values.items():
-        if key[0] == track and key[1] == feature:
-            try:
-                out[float(key[2])] = value
-            except ValueError:
-                continue
-    return out
-
-
-def _psi(live: list[float], base: list[float]) -> tuple[float, int]:
-    """PSI of two share vectors (floored) and the index of the most moved bin."""
-    a = [max(x, PSI_FLOOR) for x in live]
-    b = [max(x, PSI_FLOOR) for x in base]
-    psi = sum((x - y) * math.log(x / y) for x, y in zip(a, b, strict=True))
-    return psi, max(range(len(a)), key=lambda i: abs(a[i] - b[i]))
-
-
 def feature_drift(counts: Counts, feature: str, *, evidence: bool) -> FeatureDrift | None:
     """One feature's PSI and evidence; None without candidate values or anything to compare with."""
-    cand = _cumulative(counts, str(Track.CANDIDATE), feature)
-    reference = _cumulative(counts, REFERENCE, feature)
-    stable = _cumulative(counts, str(Track.STABLE), feature)
+    cand = counts.by_le(str(Track.CANDIDATE), feature)
+    reference = counts.by_le(REFERENCE, feature)
+    stable = counts.by_le(str(Track.STABLE), feature)
     if reference:
         edges = sorted(set(reference) | {math.inf})
         base_bins, against = bins_at(reference, edges), REFERENCE
@@ -84,7 +65,7 @@ def feature_drift(counts: Counts, feature: str, *, evidence: bool) -> FeatureDri
         return None
     live = [x / n_live for x in live_bins]
     base = [x / n_base for x in base_bins]
-    psi, moved = _psi(live, base)
+    psi, moved = psi_of(live, base)
     shown = math.inf
     if evidence:
         shown = (

@@ -58,8 +58,7 @@ class Histogram:
 
     @classmethod
     def of(cls, counts: Counts, track: Track, bounds: tuple[float, ...]) -> Histogram:
-        t = str(track)
-        by_le = {_le(key[1]): v for key, v in counts.values.items() if key[0] == t}
+        by_le = counts.by_le(str(track))
         # A cumulative histogram never decreases; a scrape that caught buckets mid-update can, so
         # each count is at least the one below it.
         cumulative, running = [], 0.0
@@ -85,13 +84,6 @@ class Histogram:
                 return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
             lower_bound, lower_count = bound, count
         return self.bounds[-1] if self.bounds else None
-
-
-def _le(text: str) -> float:
-    try:
-        return float(text)  # "+Inf" parses to inf
-    except ValueError:
-        return math.nan
 
 
 @dataclass(frozen=True)
@@ -122,12 +114,12 @@ def shifts(cand: Histogram, stable: Histogram, tolerance: float, *, alpha: float
     return out
 
 
-def rail(threshold: ThresholdRange, cand: Histogram, confidence: float) -> tuple[bool, str]:
+def rail(threshold: ThresholdRange, cand: Histogram, p99: float, confidence: float) -> tuple[bool, str]:
     """The guard rail: the p99 above `threshold.max` means more than 1 % of requests slower than
     it, and that counts only when *shown* at `confidence` (`stats.excess_evidence` on the requests
     above the first boundary at or past max): a p99 from 20 requests is their slowest one. A max
-    beyond the last boundary cannot be shown; a `min` is read as measured."""
-    p99 = cand.quantile(QUANTILE) or 0.0
+    beyond the last boundary cannot be shown; a `min` is read as measured. `p99` is the
+    candidate's, as `Histogram.quantile` gives it."""
     if threshold.min is not None and p99 < threshold.min:
         return True, f"p99 {p99:.3g} s is outside {threshold.label()}"
     if threshold.max is None or p99 <= threshold.max:
@@ -148,7 +140,7 @@ def rail(threshold: ThresholdRange, cand: Histogram, confidence: float) -> tuple
 
 def judge_latency(check: MetricCheck, counts: Counts) -> Judged:
     """latencyP99 on both tracks' bucket counts since the analysis started (the module docstring)."""
-    bounds = tuple(sorted({b for key in counts.values if math.isfinite(b := _le(key[1]))}))
+    bounds = tuple(sorted({b for t in Track for b in counts.by_le(str(t)) if math.isfinite(b)}))
     cand = Histogram.of(counts, Track.CANDIDATE, bounds)
     stable = Histogram.of(counts, Track.STABLE, bounds)
     p99 = cand.quantile(QUANTILE)
@@ -157,7 +149,9 @@ def judge_latency(check: MetricCheck, counts: Counts) -> Judged:
             Outcome.INCONCLUSIVE, None, "no data: the candidate served no requests since it started"
         )
     rule = check.comparison
-    outside, own = rail(check.threshold, cand, rule.confidence if rule is not None else DEFAULT_CONFIDENCE)
+    outside, own = rail(
+        check.threshold, cand, p99, rule.confidence if rule is not None else DEFAULT_CONFIDENCE
+    )
     tests = shifts(cand, stable, tolerance(rule), alpha=1 - rule.confidence) if rule is not None else []
     if rule is None or not tests:
         return Judged(Outcome.FAIL if outside else Outcome.PASS, p99, own)

@@ -32,6 +32,19 @@ class Counts:
     def get(self, *key: str) -> float:
         return self.values.get(key, 0.0)
 
+    def by_le(self, *prefix: str) -> dict[float, float]:
+        """A histogram's cumulative counts keyed by bound, for the keys that start with `prefix`
+        and end with an `le` label (`"+Inf"` is inf; a key whose last label is not a number is left
+        out), e.g. `by_le("candidate")` of counts grouped by (track, le)."""
+        out: dict[float, float] = {}
+        for key, value in self.values.items():
+            if len(key) == len(prefix) + 1 and key[:-1] == prefix:
+                try:
+                    out[float(key[-1])] = value
+                except ValueError:
+                    continue
+        return out
+
 
 @dataclass(frozen=True)
 class NoData:
