@@ -6,12 +6,18 @@ at start with a message naming the variable and the fix; it never falls back sil
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
+from rollwise.plan.guardrails import Guardrails
 from rollwise.routers import ROUTERS  # the names users write in spec.rollout.traffic.provider
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -49,6 +55,15 @@ class OperatorSettings:
     routers: frozenset[str] = frozenset({"replicas"})
     """Traffic routers this installation serves (`ROLLWISE_ROUTERS`, comma-separated): only their
     objects are watched, so a cluster without Gateway API or Istio CRDs needs no RBAC for them."""
+    webhook_allowed_hosts: frozenset[str] = frozenset()
+    """Webhook host names allowed whatever they resolve to (`ROLLWISE_WEBHOOK_ALLOWED_HOSTS`)."""
+    webhook_allowed_cidrs: tuple[Network, ...] = ()
+    """Address ranges webhooks may reach although refused otherwise (`ROLLWISE_WEBHOOK_ALLOWED_CIDRS`)."""
+    webhook_denied_cidrs: tuple[Network, ...] = ()
+    """Ranges refused on top of loopback, link-local and the API server
+    (`ROLLWISE_WEBHOOK_DENIED_CIDRS`): set the cluster's pod and service ranges here."""
+    guardrails: Guardrails = field(default_factory=Guardrails)
+    """What a ModelDeployment may ask for (`ROLLWISE_GUARDRAILS`, JSON of the chart's `guardrails`)."""
 
 
 def _int(env: Mapping[str, str], key: str, default: int, errors: list[str], *, low: int, high: int) -> int:
@@ -88,6 +103,23 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         errors.append(
             f"ROLLWISE_ROUTERS names unknown routers {unknown}; use any of {', '.join(sorted(ROUTERS))}"
         )
+    allowed = _cidrs(env, "ROLLWISE_WEBHOOK_ALLOWED_CIDRS", errors)
+    denied = _cidrs(env, "ROLLWISE_WEBHOOK_DENIED_CIDRS", errors)
+    hosts = frozenset(
+        h.strip().lower().rstrip(".")
+        for h in env.get("ROLLWISE_WEBHOOK_ALLOWED_HOSTS", "").split(",")
+        if h.strip()
+    )
+    guardrails = Guardrails()
+    try:
+        guardrails = Guardrails.model_validate_json(env.get("ROLLWISE_GUARDRAILS") or "{}")
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(the whole value)"
+        errors.append(
+            f"ROLLWISE_GUARDRAILS: {where}: {first['msg']}; set the chart's guardrails as documented "
+            "in charts/rollwise/values.yaml"
+        )
     if errors:
         raise SettingsError("invalid operator settings:\n  " + "\n  ".join(errors))
     return OperatorSettings(
@@ -102,4 +134,20 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         resync_seconds=float(resync),
         log_level=log_level,
         routers=frozenset(routers | {"replicas"}),
+        webhook_allowed_hosts=hosts,
+        webhook_allowed_cidrs=allowed,
+        webhook_denied_cidrs=denied,
+        guardrails=guardrails,
     )
+
+
+def _cidrs(env: Mapping[str, str], key: str, errors: list[str]) -> tuple[Network, ...]:
+    out: list[Network] = []
+    for raw in (c.strip() for c in env.get(key, "").split(",")):
+        if not raw:
+            continue
+        try:
+            out.append(ipaddress.ip_network(raw, strict=False))
+        except ValueError:
+            errors.append(f"{key}: {raw!r} is not an address range; use CIDRs such as 10.96.0.0/12")
+    return tuple(out)

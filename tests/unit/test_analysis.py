@@ -14,7 +14,9 @@ from rollwise.plan.analysis import (
     class_counts_query,
     counted,
     counts_query,
+    fill_template,
     judge,
+    query_problems,
     record,
     render_template,
     requests_for,
@@ -270,7 +272,7 @@ def test_prediction_drift_counts_both_tracks_predictions_by_class_since_the_star
 
 
 def test_custom_templates_get_every_placeholder() -> None:
-    q = render_template(
+    q = fill_template(
         "x{ns='{{namespace}}',n='{{name}}',m='{{model}}',t='{{track}}',v='{{version}}'}"
         "[{{interval}}] {{other}}",
         md(),
@@ -279,6 +281,23 @@ def test_custom_templates_get_every_placeholder() -> None:
         win="30s",
     )
     assert q == "x{ns='ml',n='iris',m='iris',t='candidate',v='2.0.0'}[30s] {{other}}"
+
+
+def test_a_rendered_custom_query_reads_only_its_namespace() -> None:
+    q = render_template("sum(rate(x{t='{{track}}'}[{{interval}}])) / sum(y)", md(), track=Track.CANDIDATE,
+                        version="2.0.0", win="30s")  # fmt: skip
+    assert q == """sum(rate(x{t='candidate',namespace="ml"}[30s])) / sum(y{namespace="ml"})"""
+
+
+def test_an_unknown_placeholder_is_refused_naming_the_field() -> None:
+    doc = base()
+    doc["spec"]["rollout"]["analysis"]["metrics"] = [{"name": "odd", "query": "sum(rate(x[{{other}}]))",
+                                                      "threshold": {"max": 1}}]  # fmt: skip
+    problems = query_problems(ModelDeployment.model_validate(doc))
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        "spec.rollout.analysis.metrics[0].query: a '{' inside a label matcher block"
+    )
 
 
 def test_measurements_are_due_one_interval_after_the_analysis_started() -> None:

@@ -38,9 +38,7 @@ NAMESPACED_RULES: RuleTable = {
     ("apps", "deployments"): OWN,
     ("", "services"): OWN,
     ("autoscaling", "horizontalpodautoscalers"): OWN,
-    ("", "pods"): READ,
-    ("", "events"): frozenset({"create", "patch"}),
-    ("events.k8s.io", "events"): frozenset({"create", "patch"}),
+    ("", "events"): frozenset({"create"}),
 }
 KOPF_SCANS: RuleTable = {
     ("", "namespaces"): READ,

@@ -75,17 +75,12 @@ Rules for namespaced objects: the same list goes into the ClusterRole (all names
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Read-only: why a candidate's pods are not ready.
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Every decision is an Event (Kopf posts core/v1 Events; events.k8s.io for newer clients).
+# Every decision is an Event: Kopf and the operator post core/v1 Events (create only; neither
+# patches an Event nor uses events.k8s.io). No pods rule: the operator reads Deployments' status,
+# never a pod.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 # Routers edit the user's own route object (server-side apply of the weights); never create it.
 {{- if .Values.routers.gatewayAPI.enabled }}
 - apiGroups: ["gateway.networking.k8s.io"]

@@ -1064,6 +1064,20 @@ class RevisionSpec(StatusModel):
     """The runtime the track uses."""
 
 
+class PassedGate(StatusModel):
+    """A gate webhook that answered 2xx about the candidate. Kept in status so that an operator
+    restarted mid-rollout does not ask again (a gate may have side effects: a ticket, a page)."""
+
+    name: Name
+    """The webhook's name from spec.rollout.webhooks."""
+    type: WebhookType
+    """preRollout, step or confirmPromotion."""
+    revision: str = Field(max_length=64)
+    """The candidate revision it answered about."""
+    step: int | None = Field(default=None, ge=0, le=MAX_STEPS)
+    """The step gate it opened (preRollout and step webhooks)."""
+
+
 class ModelDeploymentStatus(StatusModel):
     """Observed state, rebuilt and written by the operator."""
 
@@ -1099,6 +1113,8 @@ class ModelDeploymentStatus(StatusModel):
     """The current (or last) analysis."""
     history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)
     """Finished rollouts, newest first, at most 10."""
+    passed_gates: list[PassedGate] = Field(default_factory=list, max_length=64)
+    """Gate webhooks that answered 2xx for the current candidate (see PassedGate)."""
     last_action: str | None = Field(default=None, max_length=256)
     """The `rollwise.dev/action` annotation value last applied (e.g. `promote:7`); an annotation
     equal to it is not applied again, so an action stays applied once however often we reconcile."""

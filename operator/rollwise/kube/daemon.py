@@ -17,6 +17,8 @@ from kubernetes import client, config
 
 from rollwise import telemetry
 from rollwise.kube.reconcile import Behind, DaemonState, Inputs, pass_inputs, reconcile
+from rollwise.kube.slots import Slots
+from rollwise.kube.webhooks import Egress, WebhookSender, api_server_addresses
 from rollwise.metrics.prometheus import CircuitBreaker, PrometheusProvider
 from rollwise.plan.decision import Decision
 from rollwise.plan.router import Router
@@ -27,8 +29,15 @@ WRITE_SLOTS = 8
 controller's work-queue workers (Argo Rollouts runs 10). More made every write slower, not the wave
 faster: the API server allocates Service IPs one at a time (bench/operator_scale.py)."""
 IO_THREADS = 32
-"""Worker threads for blocking calls: the write slots, analysis queries and webhooks, so that a
-slow webhook or Prometheus never holds up writes (asyncio's default is cpu + 4: 6 on 2 cores)."""
+"""Worker threads for blocking calls: the write slots and analysis queries, so that a slow
+Prometheus never holds up writes (asyncio's default is cpu + 4: 6 on 2 cores). Webhooks run on
+the loop, and queries behind their own slots (`kube/slots.py`), so neither can take them all."""
+
+QUERY_SLOTS = 12
+"""Analysis queries in flight at once (each holds a worker thread until Prometheus answers or its
+deadline passes), leaving the other threads to writes."""
+QUERY_SLOTS_PER_NAMESPACE = 4
+"""Of those, from one namespace: one tenant's heavy queries wait for each other, not for anyone else."""
 
 
 def api_client() -> client.ApiClient:
@@ -52,6 +61,15 @@ def start_io(memo: kopf.Memo, op: OperatorSettings) -> None:
     # One Prometheus, one breaker: when it is down, every analysis fails fast instead of each
     # ModelDeployment hammering it with retries.
     memo.prometheus = PrometheusProvider(op.prometheus_url, breaker=CircuitBreaker())
+    memo.query_slots = Slots(QUERY_SLOTS, QUERY_SLOTS_PER_NAMESPACE)
+    memo.webhooks = WebhookSender(
+        Egress(
+            allowed_hosts=op.webhook_allowed_hosts,
+            allowed_nets=op.webhook_allowed_cidrs,
+            denied_nets=op.webhook_denied_cidrs,
+            api_server=api_server_addresses(memo.api.configuration.host),
+        )
+    )
 
 
 def owned_index(plural: str) -> str:
@@ -166,6 +184,8 @@ async def _pass(
             inputs=inputs,
             provider=memo.prometheus,
             write_slots=None if first else memo.write_slots,
+            webhooks=memo.webhooks,
+            query_slots=memo.query_slots,
         )
 
 

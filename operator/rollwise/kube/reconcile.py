@@ -22,15 +22,17 @@ from pydantic import ValidationError
 from rollwise_contract.base import describe_errors
 
 from rollwise import telemetry
-from rollwise.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus, Phase, Reason
+from rollwise.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus, PassedGate, Phase, Reason
 from rollwise.kube.apply import ObjectKey, apply_objects, delete_objects, desired_hash
 from rollwise.kube.events import post_events
 from rollwise.kube.observe import observe
 from rollwise.kube.ownership import foreign_children, unread
+from rollwise.kube.slots import Slots
 from rollwise.kube.status import patch_status
-from rollwise.kube.webhooks import call_webhook
+from rollwise.kube.webhooks import WebhookSender
 from rollwise.plan.analysis import Measured, QueryRequest, due_queries
 from rollwise.plan.decision import Decision, EventType, Note
+from rollwise.plan.guardrails import violations
 from rollwise.plan.machine import decide
 from rollwise.plan.measurement import MetricProvider
 from rollwise.plan.observed import Observed, WebhookKey, WebhookResult
@@ -49,11 +51,20 @@ class WebhookAnswers:
     answers: dict[WebhookKey, WebhookResult] = field(default_factory=dict)
     revision: str | None = None
 
-    def for_pass(self, candidate_revision: str | None) -> tuple[WebhookResult, ...]:
-        """The answers this pass sees; failed ones are then forgotten (the gate retries or fails)."""
+    def for_pass(
+        self, candidate_revision: str | None, stored: Sequence[PassedGate] = ()
+    ) -> tuple[WebhookResult, ...]:
+        """The answers this pass sees; failed ones are then forgotten (the gate retries or fails).
+
+        `stored` are the gates the status records as passed (`status.passedGates`): a restarted
+        operator starts from them instead of asking those webhooks again."""
         if candidate_revision != self.revision:
             self.answers.clear()  # answers belong to the candidate they were asked about
             self.revision = candidate_revision
+            for g in stored:
+                if g.revision == candidate_revision:
+                    key = WebhookKey(g.name, g.type, g.revision, g.step)
+                    self.answers[key] = WebhookResult(key, ok=True, detail="answered 2xx (kept in status)")
         shown = tuple(self.answers.values())
         for failed in [k for k, r in self.answers.items() if not r.ok]:
             del self.answers[failed]
@@ -157,6 +168,8 @@ async def reconcile(
     provider: MetricProvider | None = None,
     write_slots: asyncio.Semaphore | None = None,
     inputs: Inputs | None = None,
+    webhooks: WebhookSender | None = None,
+    query_slots: Slots | None = None,
 ) -> Decision | Behind | None:
     """One pass: observe -> decide -> write -> call webhooks. Returns the decision; `BEHIND` when
     `body` predates our own last status write (nothing was planned: the write's event is on its
@@ -181,7 +194,13 @@ async def reconcile(
         except ValidationError as err:
             await _write_invalid(api, write_slots, memory, body, problems=describe_errors(err), now=now)
             return None
-        observed = await _observe(md, children, router_objects, memory=memory, provider=provider, now=now)
+        if refused := violations(md, settings.guardrails, serving_image=settings.serving_image):
+            # The administrator's guardrails refuse it: nothing is created or changed, stable serves on.
+            await _write_invalid(api, write_slots, memory, body, problems=refused, now=now)
+            return None
+        observed = await _observe(
+            md, children, router_objects, memory=memory, provider=provider, now=now, slots=query_slots
+        )
         decision = decide(
             md,
             observed,
@@ -206,7 +225,7 @@ async def reconcile(
         if memory.last_status is not None:
             # Webhook answers as the planner left them, before this pass's new ones come in.
             memory.settled = replace(seen, status=memory.last_status, webhooks=memory.answers.seen())
-        await _call_webhooks(memory, decision, body)
+        await _call_webhooks(memory, decision, body, webhooks or WebhookSender())
         telemetry.RECONCILES.labels("ok").inc()
         if decision.status.phase is not None:
             telemetry.PHASES.set(
@@ -241,6 +260,7 @@ async def _observe(
     memory: DaemonState,
     provider: MetricProvider | None,
     now: dt.datetime,
+    slots: Slots | None = None,
 ) -> Observed:
     """The planner's snapshot: children by track, the router's objects, the measurements due now,
     and the webhook answers held for this candidate."""
@@ -248,13 +268,13 @@ async def _observe(
     if provider is not None:
         due = due_queries(md, now)
         measurements = tuple(
-            await asyncio.gather(*(asyncio.to_thread(_measure, provider, request) for request in due))
+            await asyncio.gather(*(_measure_held(slots, md, provider, request) for request in due))
         )
     observed = replace(
         observe(children),
         router_objects=tuple(dict(o) for o in router_objects),
         measurements=measurements,
-        webhooks=memory.answers.for_pass(md.status.candidate_revision),
+        webhooks=memory.answers.for_pass(md.status.candidate_revision, md.status.passed_gates),
     )
     log.debug("%s observed stable=%s candidate=%s", md.metadata.name, observed.stable, observed.candidate)
     return observed
@@ -292,12 +312,22 @@ async def _write(
     memory.applied.update(hashes)
 
 
-async def _call_webhooks(memory: DaemonState, decision: Decision, body: Mapping[str, Any]) -> None:
+async def _call_webhooks(
+    memory: DaemonState, decision: Decision, body: Mapping[str, Any], sender: WebhookSender
+) -> None:
     """The calls the decision asks for that have no answer yet; the next pass acts on the answers."""
     pending = [c for c in decision.webhook_calls if not memory.answers.has(c.key)]
-    for result in await asyncio.gather(*(asyncio.to_thread(call_webhook, c, body) for c in pending)):
+    for result in await asyncio.gather(*(sender.call(c, body) for c in pending)):
         memory.answers.keep(result)
         memory.wake.set()
+
+
+async def _measure_held(
+    slots: Slots | None, md: ModelDeployment, provider: MetricProvider, request: QueryRequest
+) -> Measured:
+    """One query in a worker thread, once its namespace has a query slot."""
+    async with slots.held(md.metadata.namespace or "") if slots else contextlib.nullcontext():
+        return await asyncio.to_thread(_measure, provider, request)
 
 
 def _measure(provider: MetricProvider, request: QueryRequest) -> Measured:

@@ -60,6 +60,7 @@ from rollwise.plan.latency import LATENCY_GROUPS, judge_latency
 from rollwise.plan.measurement import Counts, Judged, Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
 from rollwise.plan.promql import counts_since, selector
+from rollwise.plan.scope import ScopeError, scoped
 
 # ---------------------------------------------------------------------------------------------
 # What the I/O layer is asked to run, and hands back
@@ -104,10 +105,10 @@ def window(spec: AnalysisSpec) -> str:
     return f"{spec.interval_seconds}s"
 
 
-def render_template(template: str, md: ModelDeployment, *, track: Track, version: str, win: str) -> str:
+def fill_template(template: str, md: ModelDeployment, *, track: Track, version: str, win: str) -> str:
     """Fill a custom query's placeholders: {{namespace}}, {{name}}, {{model}}, {{track}},
-    {{version}}, {{interval}}. Unknown `{{...}}` are left as written, so Prometheus rejects them
-    with its own parse error (a failed measurement naming the query)."""
+    {{version}}, {{interval}}; unknown `{{...}}` are left as written (and `render_template` refuses
+    them)."""
     values = {
         "namespace": md.metadata.namespace or "",
         "name": md.metadata.name,
@@ -120,6 +121,31 @@ def render_template(template: str, md: ModelDeployment, *, track: Track, version
     for key, value in values.items():
         out = out.replace("{{" + key + "}}", value)
     return out
+
+
+def render_template(template: str, md: ModelDeployment, *, track: Track, version: str, win: str) -> str:
+    """The filled template confined to the namespace (`plan/scope.py`); raises `ScopeError` for a
+    query it cannot confine, an unknown placeholder among them."""
+    filled = fill_template(template, md, track=track, version=version, win=win)
+    return scoped(filled, md.metadata.namespace or "default")
+
+
+def query_problems(md: ModelDeployment) -> list[str]:
+    """Custom queries that cannot be confined to the namespace (`plan/scope.py`): the spec is
+    refused naming each, rather than a query sent unscoped."""
+    spec = md.spec.rollout.analysis
+    problems: list[str] = []
+    for i, check in enumerate(spec.metrics if spec is not None else []):
+        if check.query is None:
+            continue
+        try:
+            metric_query(md, check, spec)  # type: ignore[arg-type]  # spec is set when metrics exist
+        except ScopeError as err:
+            problems.append(
+                f"spec.rollout.analysis.metrics[{i}].query: {err}; every custom query is confined to "
+                "its namespace, so write plain PromQL with only the documented {{...}} placeholders"
+            )
+    return problems
 
 
 def metric_query(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) -> str:
@@ -250,6 +276,8 @@ def requests_for(
     if spec.min_sample_count > 0:
         out.append(QueryRequest(SAMPLES, index, step, samples_query(md, spec), at))
     for check in spec.metrics:
+        if check.query is not None and not _scopes(md, check, spec):
+            continue  # refused by query_problems: the spec goes Invalid, nothing is sent
         how = counted(md, check)
         if how is not None:
             promql = counts_query(md, how, since=analysis.started_at, at=at, check=check)
@@ -260,6 +288,14 @@ def requests_for(
         else:
             out.append(QueryRequest(check.name, index, step, metric_query(md, check, spec), at))
     return out
+
+
+def _scopes(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) -> bool:
+    try:
+        metric_query(md, check, spec)
+    except ScopeError:
+        return False
+    return True
 
 
 def running_analysis(md: ModelDeployment) -> AnalysisStatus | None:

@@ -510,7 +510,7 @@ def decide(
     """Plan one pass; `router` is the traffic router for `spec.rollout.traffic.provider`
     (`routers.router_for`)."""
     steps = rollout_steps(md.spec.rollout)
-    world = World(md, observed, now, router, steps, tuple(router.problems(md)))
+    world = World(md, observed, now, router, steps, (*router.problems(md), *analysis.query_problems(md)))
     before = State.of(md)
     state = _fold_measurements(world, before)
     for _ in range(MAX_TRANSITIONS):
@@ -522,7 +522,7 @@ def decide(
     state = _health(state, _stable_view(observed.stable, state.stable), first=md.status.phase is None)
     desired, delete, split = desired_objects(world, state, owner_uid=owner_uid, serving_image=serving_image)
     calls = [*webhook_calls(world, state), *post_rollout_calls(world, before, state)]
-    status = status_of(md, state, split, now=now)
+    status = status_of(md, state, split, now=now, answers=observed.webhooks)
     return Decision(
         desired=tuple(desired),
         delete=tuple(delete),

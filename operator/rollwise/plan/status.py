@@ -11,11 +11,14 @@ from rollwise.api.v1alpha1 import (
     ConditionType,
     ModelDeployment,
     ModelDeploymentStatus,
+    PassedGate,
     Phase,
     Reason,
     RevisionSpec,
+    WebhookType,
 )
 from rollwise.plan.conditions import kstatus_conditions
+from rollwise.plan.observed import WebhookResult
 from rollwise.plan.revision import revision_of
 from rollwise.plan.split import TrafficSplit
 from rollwise.plan.state import State, candidate_exists
@@ -27,8 +30,33 @@ _STATE_OF: dict[Phase, ConditionType] = {
 }
 
 
+GATE_TYPES = frozenset({WebhookType.PRE_ROLLOUT, WebhookType.STEP, WebhookType.CONFIRM_PROMOTION})
+"""The webhooks whose 2xx opens a gate, and so is kept in status (a rollback poll's is acted on at
+once, a postRollout notice is sent once)."""
+
+
+def passed_gates(state: State, answers: Sequence[WebhookResult]) -> list[PassedGate]:
+    """The gates that answered 2xx about the candidate of `state`, at its current step or later."""
+    if state.candidate is None:
+        return []
+    step = state.step or 0
+    return [
+        PassedGate(name=a.key.name, type=a.key.type, revision=a.key.revision, step=a.key.step)
+        for a in answers
+        if a.ok
+        and a.key.type in GATE_TYPES
+        and a.key.revision == state.candidate
+        and (a.key.step is None or a.key.step >= step)
+    ][:64]
+
+
 def status_of(
-    md: ModelDeployment, state: State, split: TrafficSplit, *, now: dt.datetime
+    md: ModelDeployment,
+    state: State,
+    split: TrafficSplit,
+    *,
+    now: dt.datetime,
+    answers: Sequence[WebhookResult] = (),
 ) -> ModelDeploymentStatus:
     """The whole next status: the state plus kstatus conditions.
 
@@ -62,6 +90,7 @@ def status_of(
         ),
         analysis=state.analysis,
         history=list(state.history),
+        passed_gates=passed_gates(state, answers) if in_rollout else [],
         last_action=state.last_action,
     )
 

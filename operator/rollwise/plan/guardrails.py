@@ -1,0 +1,129 @@
+"""What an administrator lets a ModelDeployment do, checked before anything is created.
+
+Creating a ModelDeployment amounts to creating pods, so the chart's `guardrails` bound what those
+pods may be: which images, which Secrets their env may read, which PVCs `pvc://` may mount, which
+nodes they may select or tolerate, and whether custom PromQL may run at all (when it may, it is
+confined to the namespace: `plan/scope.py`). A spec outside them is `Invalid`, naming the field and
+the rule; the running version keeps serving.
+
+Every list holds glob patterns (`fnmatch`): `["*"]` allows anything, `[]` nothing. The defaults
+allow what the first release allowed, but images: only the operator's own serving image, in any
+tag or digest, unless the administrator lists more.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from rollwise.api.v1alpha1 import FallbackModel, ModelDeployment, ModelSpec, RuntimeSpec
+
+ANY = ["*"]
+
+
+class Guardrails(BaseModel):
+    """The chart's `guardrails` values, as the operator reads them (`ROLLWISE_GUARDRAILS`, JSON)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    allowed_images: list[str] = Field(default_factory=list)
+    """Images `spec.runtime.image` may name; empty: the operator's serving image only."""
+    allowed_env_secrets: list[str] = Field(default_factory=lambda: list(ANY))
+    """Secrets `env[].valueFrom.secretKeyRef.name` may read."""
+    allowed_pvcs: list[str] = Field(default_factory=lambda: list(ANY))
+    """Claims `pvc://<claim>/...` URIs may mount."""
+    allowed_node_selectors: list[str] = Field(default_factory=lambda: list(ANY))
+    """`key=value` pairs `spec.runtime.nodeSelector` may ask for (e.g. `pool=ml-*`)."""
+    allowed_tolerations: list[str] = Field(default_factory=lambda: list(ANY))
+    """Taint keys `spec.runtime.tolerations` may tolerate (a toleration without a key tolerates
+    every taint, so it needs `*`)."""
+    custom_queries: bool = True
+    """Whether `analysis.metrics[].query` may be used at all."""
+
+
+def _allowed(value: str, patterns: list[str]) -> bool:
+    return any(fnmatchcase(value, p) for p in patterns)
+
+
+def _repository(image: str) -> str:
+    """`reg:5000/rollwise/serving:0.1.0@sha256:...` -> `reg:5000/rollwise/serving`."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def violations(md: ModelDeployment, rails: Guardrails, *, serving_image: str) -> list[str]:
+    """Every field of `md` the guardrails refuse, each with the rule and the fix."""
+    out: list[str] = []
+    runtime = md.spec.runtime
+    out += _runtime(runtime, rails, serving_image=serving_image)
+    out += _model(md.spec.model, rails)
+    analysis = md.spec.rollout.analysis
+    if not rails.custom_queries and analysis is not None:
+        for i, check in enumerate(analysis.metrics):
+            if check.query is not None:
+                out.append(
+                    f"spec.rollout.analysis.metrics[{i}].query: custom queries are turned off by the "
+                    "administrator (guardrails.customQueries); use a built-in check"
+                )
+    return out
+
+
+def _runtime(runtime: RuntimeSpec, rails: Guardrails, *, serving_image: str) -> list[str]:
+    out: list[str] = []
+    image = runtime.image
+    if image is not None and image != serving_image:
+        patterns = rails.allowed_images or [
+            f"{_repository(serving_image)}:*",
+            f"{_repository(serving_image)}@*",
+        ]
+        if not _allowed(image, patterns):
+            out.append(
+                f"spec.runtime.image: {image} is not an allowed image (guardrails.allowedImages: "
+                f"{', '.join(patterns)}); leave it unset for the bundled server or ask the "
+                "administrator to allow it"
+            )
+    for i, env in enumerate(runtime.env):
+        ref = env.value_from.secret_key_ref if env.value_from is not None else None
+        if ref is not None and not _allowed(ref.name, rails.allowed_env_secrets):
+            out.append(
+                f"spec.runtime.env[{i}].valueFrom.secretKeyRef.name: Secret {ref.name} is not one env "
+                "may read (guardrails.allowedEnvSecrets); use an allowed Secret"
+            )
+    for key, value in sorted(runtime.node_selector.items()):
+        if not _allowed(f"{key}={value}", rails.allowed_node_selectors):
+            out.append(
+                f"spec.runtime.nodeSelector: {key}={value} is not allowed "
+                "(guardrails.allowedNodeSelectors); remove it or ask the administrator"
+            )
+    for i, toleration in enumerate(runtime.tolerations):
+        key = toleration.key or ""
+        if not (_allowed(key, rails.allowed_tolerations) if key else "*" in rails.allowed_tolerations):
+            what = f"taint {key}" if key else "every taint (no key)"
+            out.append(
+                f"spec.runtime.tolerations[{i}]: tolerating {what} is not allowed "
+                "(guardrails.allowedTolerations); remove it or ask the administrator"
+            )
+    return out
+
+
+def _model(model: ModelSpec, rails: Guardrails) -> list[str]:
+    uris: list[tuple[str, str]] = [("spec.model.uri", model.uri)]
+    fallback: FallbackModel | None = model.fallback
+    if fallback is not None:
+        uris.append(("spec.model.fallback.uri", fallback.uri))
+    if model.reference is not None:
+        uris.append(("spec.model.reference.uri", model.reference.uri))
+    out: list[str] = []
+    for where, uri in uris:
+        if uri.startswith("pvc://"):
+            claim = uri.removeprefix("pvc://").split("/", 1)[0]
+            if not _allowed(claim, rails.allowed_pvcs):
+                out.append(
+                    f"{where}: PVC {claim} is not one a ModelDeployment may mount (guardrails.allowedPvcs); "
+                    "use an allowed claim"
+                )
+    return out
