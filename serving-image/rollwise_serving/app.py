@@ -14,7 +14,8 @@ Health (what Kubernetes probes should use):
   why (loading, fetch failure, digest mismatch...). The body also lists the fallback's state.
 
 Forwarding (``--hash-*``) and mirroring (``--mirror-url``) wrap the inference routes; requests
-that already made a hop (``x-rollwise-hop``) are served here and never sent on again.
+that already made a hop (``x-rollwise-hop`` signed with ``--hop-token``) are served here and never
+sent on again. A client's own hop header, unsigned or forged, is ignored.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from rollwise_serving.errors import (
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
 from rollwise_serving.forwarding import Forwarder, Matches, UserHash
 from rollwise_serving.metrics import ServerMetrics
-from rollwise_serving.mirroring import HOP_HEADER, Mirror
+from rollwise_serving.mirroring import HopSeal, Mirror
 from rollwise_serving.protocol import ProtocolError
 from rollwise_serving.repository import Repository
 from rollwise_serving.transport import BoundedHttpProtocol, Limits
@@ -72,7 +73,6 @@ ERRORS: Final[dict[type[Exception], tuple[int, Outcome]]] = {
     PredictError: (500, Outcome.SERVER_ERROR),
 }
 JSON: Final = [(b"content-type", b"application/json")]
-HOP: Final = HOP_HEADER.encode()
 
 
 def error_body(err: Exception) -> bytes:
@@ -109,8 +109,9 @@ class ServingApp:
             namespace=f"rollwise:{settings.name}:{settings.version}:{settings.sha256 or ''}:",
         )
         self.dataplane = Dataplane(settings, self.repository, self.metrics, schema, self.cache)
-        self.mirror = Mirror(settings.mirror_url, self.metrics) if settings.mirror_url else None
-        self.forwarder = _forwarder(settings, self.metrics)
+        self.hops = HopSeal(settings.hop_token)
+        self.mirror = Mirror(settings.mirror_url, self.metrics, self.hops) if settings.mirror_url else None
+        self.forwarder = _forwarder(settings, self.metrics, self.hops)
         self._loader: asyncio.Task[None] | None = None
         m = self.metrics
         self._inflight, self._duration, self._requests = m.inflight, m.request_duration, m.requests
@@ -262,7 +263,7 @@ class ServingApp:
         outcome: Outcome | None = Outcome.SERVER_ERROR
         try:
             body = await read_body(receive, headers, self.settings.max_body_bytes)
-            hopped = any(k == HOP for k, _ in headers)
+            hopped = self.hops.is_hop(headers)
             if self.forwarder is not None and not hopped and self.forwarder.wants(headers):
                 answer = await self.forwarder.forward(scope["path"], body, headers)
                 if answer is not None:
@@ -355,12 +356,15 @@ def limits_of(settings: Settings) -> Limits:
     )
 
 
-def _forwarder(settings: Settings, metrics: ServerMetrics) -> Forwarder | None:
+def _forwarder(settings: Settings, metrics: ServerMetrics, seal: HopSeal) -> Forwarder | None:
     """A/B forwarding to --forward-url, by user hash or by header/cookie match (config validated it)."""
     if not settings.forward_url:
         return None
+    rule: Matches | UserHash
     if settings.forward_match:
-        return Forwarder(settings.forward_url, Matches(parse_forward_match(settings.forward_match)), metrics)
-    if settings.hash_header and settings.hash_range:
-        return Forwarder(settings.forward_url, UserHash(settings.hash_header, settings.hash_range), metrics)
-    return None
+        rule = Matches(parse_forward_match(settings.forward_match))
+    elif settings.hash_header and settings.hash_range:
+        rule = UserHash(settings.hash_header, settings.hash_range)
+    else:
+        return None
+    return Forwarder(settings.forward_url, rule, metrics, seal)

@@ -142,6 +142,8 @@ class Flag:
     explains: bool = False
     """The parser's own message says what is wrong (``--forward-match entry 0: ...``); ``problem``
     then only adds an example."""
+    secret: bool = False
+    """The value is a secret: a problem never shows it (pod logs are read by more people)."""
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         schema = handler(source)
@@ -158,7 +160,8 @@ class Flag:
             return f"{where} is required; {self.required}"
         if self.explains:
             return f"{where} {error.get('ctx', {}).get('error', error['msg'])}; {self.problem}"
-        return f"{where}: {error['input']!r} {self.problem}"
+        shown = "(the value, hidden)" if self.secret else repr(error["input"])
+        return f"{where}: {shown} {self.problem}"
 
 
 def _flag(name: str) -> str:
@@ -221,6 +224,12 @@ def _switch(text: str) -> bool:
         return _SWITCH[text.lower()]
     except KeyError:
         raise ValueError(f"{text!r} is not true or false") from None
+
+
+def _hop_token(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,256}", text):
+        raise ValueError("not a hop token")  # never the token itself: errors are logged
+    return text
 
 
 def _checked_matches(text: str) -> str:
@@ -344,6 +353,22 @@ class Settings(BaseModel):
             _http_url,
         ),
     ] = None
+    hop_token: Annotated[
+        str | None,
+        Flag(
+            "secret signing mirrored and forwarded copies as hops; set the same on both tracks "
+            "(prefer the env var: flags show in `ps`)",
+            "is not valid; use 16 to 256 letters, digits or ._~+/=- (e.g. `openssl rand -hex 32`)",
+            _hop_token,
+            secret=True,
+        ),
+        Field(repr=False),
+    ] = None
+    """Copies this server mirrors or forwards carry ``x-rollwise-hop: mirror:<token>`` (or
+    ``forward:<token>``), and an incoming hop header is honoured (the request served here, not sent
+    on) only when it carries this token. Without a token every incoming hop header is ignored, so a
+    client can never opt its requests out of mirroring or forwarding; a shadow that mirrors again
+    then needs the token to recognise its primary's copies. Default: none."""
     max_body_bytes: Annotated[
         int, _integer("largest accepted request body (default 1048576)", 64, 1 << 31)
     ] = 1 << 20

@@ -8,7 +8,8 @@ equal to a value or matching a regex, or a cookie's value, as in ``abTest.match`
 Forwarding is bounded (at most ``MAX_CONCURRENT`` at once; beyond that the
 request is answered here and counted ``dropped``), and a peer that fails or times out is counted
 ``failed`` and the request is answered here: forwarding can move traffic, never break it.
-Forwarded requests carry ``x-rollwise-hop: forward`` so the peer answers them itself.
+Forwarded requests carry ``x-rollwise-hop: forward:<token>`` (``--hop-token``, see ``mirroring``) so
+the peer answers them itself.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from rollwise_contract.matches import RequestMatch
 
 from rollwise_serving.config import HashRange
 from rollwise_serving.metrics import ServerMetrics
-from rollwise_serving.mirroring import HOP_HEADER
+from rollwise_serving.mirroring import HOP_HEADER, HopSeal
 
 log = logging.getLogger("rollwise_serving.forwarding")
 MAX_CONCURRENT = 64
@@ -90,8 +91,11 @@ class Matches:
 
 
 class Forwarder:
-    def __init__(self, base_url: str, rule: UserHash | Matches, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, base_url: str, rule: UserHash | Matches, metrics: ServerMetrics, seal: HopSeal
+    ) -> None:
         self.base_url = base_url
+        self._hop = seal.value("forward")
         self.rule = rule
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._sent, self._dropped, self._failed = (metrics.forward[r] for r in ("sent", "dropped", "failed"))
@@ -112,7 +116,7 @@ class Forwarder:
             return None
         keep = {b"content-type", *self.rule.keep}
         out = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in keep}
-        out[HOP_HEADER] = "forward"
+        out[HOP_HEADER] = self._hop
         async with self._slots:
             try:
                 response = await self._client.post(path, content=body, headers=out)

@@ -2,15 +2,24 @@
 
 The primary answer is never delayed or changed: the handler only ``put_nowait``s onto a bounded
 queue (full -> counted ``dropped``) and a few sender tasks drain it. Send failures are counted
-``failed`` and forgotten. Mirrored copies carry ``x-rollwise-hop: mirror`` so the shadow never
-mirrors or forwards them again.
+``failed`` and forgotten.
+
+Hops. Mirrored copies carry ``x-rollwise-hop: mirror:<token>`` (forwarded ones ``forward:<token>``)
+so the shadow never mirrors or forwards them again. The header is signed with ``--hop-token``, a
+secret the operator gives both tracks of one ModelDeployment, because clients can send any header:
+an unsigned mark would let a client opt its requests out of the shadow's comparison or out of an
+A/B split. An incoming mark is honoured only when it carries the token (compared in constant
+time); without a token no incoming mark is honoured at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+from collections.abc import Sequence
 
 import httpx
 
@@ -18,14 +27,43 @@ from rollwise_serving.metrics import ServerMetrics
 
 log = logging.getLogger("rollwise_serving.mirroring")
 HOP_HEADER = "x-rollwise-hop"
+_HOP = HOP_HEADER.encode()
+_HOP_KINDS = frozenset({b"mirror", b"forward"})
 QUEUE_SIZE = 512
 SENDERS = 4
 TIMEOUT = httpx.Timeout(2.0, connect=0.5)
 
 
+class HopSeal:
+    """Signs this server's hops and recognises its peers' (``--hop-token``)."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        # Compared as digests, so not even the token's length shows in the comparison's timing.
+        self._want = hashlib.sha256(token.encode()).digest() if token else None
+
+    def value(self, kind: str) -> str:
+        """The mark a copy of ``kind`` (mirror, forward) carries: ``mirror:<token>``; without a
+        token the bare kind, which tells a reader what the copy is and which no peer honours."""
+        return f"{kind}:{self.token}" if self.token else kind
+
+    def is_hop(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Whether the request carries a mark signed with our token, i.e. a peer already sent it."""
+        if self._want is None:
+            return False
+        for name, value in headers:
+            if name != _HOP:
+                continue
+            kind, sep, given = value.partition(b":")
+            if sep and kind in _HOP_KINDS and hmac.compare_digest(hashlib.sha256(given).digest(), self._want):
+                return True
+        return False
+
+
 class Mirror:
-    def __init__(self, base_url: str, metrics: ServerMetrics) -> None:
+    def __init__(self, base_url: str, metrics: ServerMetrics, seal: HopSeal) -> None:
         self.base_url = base_url
+        self._hop = seal.value("mirror")
         self._queue: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(QUEUE_SIZE)
         self._sent, self._dropped, self._failed = (metrics.mirror[r] for r in ("sent", "dropped", "failed"))
         self._client: httpx.AsyncClient | None = None
@@ -50,7 +88,7 @@ class Mirror:
             path, body, content_type = await self._queue.get()
             try:
                 response = await self._client.post(
-                    path, content=body, headers={"content-type": content_type, HOP_HEADER: "mirror"}
+                    path, content=body, headers={"content-type": content_type, HOP_HEADER: self._hop}
                 )
                 if response.status_code >= 500:
                     self._failed.inc()

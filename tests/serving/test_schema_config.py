@@ -263,3 +263,15 @@ def test_user_buckets_are_stable_and_spread() -> None:
     buckets = [bucket_of(f"user-{i}") for i in range(10_000)]
     share = sum(b < 10 for b in buckets) / len(buckets)
     assert 0.08 < share < 0.12
+
+
+def test_a_bad_hop_token_is_refused_without_showing_it() -> None:
+    with pytest.raises(SettingsError) as err:
+        parse_settings([*BASE_FLAGS, "--hop-token", "s3cret:short"], {})
+    assert err.value.problems == [
+        "--hop-token (env ROLLWISE_HOP_TOKEN): (the value, hidden) is not valid; use 16 to 256 letters, "
+        "digits or ._~+/=- (e.g. `openssl rand -hex 32`)"
+    ]
+    ok = parse_settings(BASE_FLAGS, {"ROLLWISE_HOP_TOKEN": "f" * 64})
+    assert ok.hop_token == "f" * 64 and "f" * 16 not in repr(ok)
+    assert parse_settings([], ok.to_environ()) == ok  # workers get it too

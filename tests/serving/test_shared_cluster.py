@@ -1,0 +1,151 @@
+"""Safe on a shared cluster: every ModelDeployment, and every request, may come from a tenant
+who means harm. Each case runs real `rollwise-serve` processes (and real peers: an HTTP recorder,
+redis-server) and checks what the tenant could do before: opt out of mirroring and forwarding
+with a forged hop header, hang a worker with a backtracking regex, fill memory through the mirror
+queue or the disk through an endless artifact, read credentials from the model URI, or read
+another tenant's cached answers.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.serving.conftest import SETOSA, ServerFactory, infer_body, model_args
+
+HOP = "x-rollwise-hop"
+TOKEN = "hop-" + "0123456789abcdef" * 2
+
+
+# ---- an HTTP peer that records what it is sent -----------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """A loopback HTTP server answering every POST with ``answer``, keeping each request's headers."""
+
+    url: str
+    requests: list[dict[str, str]] = field(default_factory=list)
+    answer: bytes = b'{"model_version": "recorder"}'
+
+    def hop_values(self) -> list[str]:
+        return [r.get(HOP, "<none>") for r in self.requests]
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    lock = threading.Lock()
+    rec = Recorder(url="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            with lock:
+                rec.requests.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(rec.answer)))
+            self.end_headers()
+            self.wfile.write(rec.answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    rec.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield rec
+    server.shutdown()
+    server.server_close()
+
+
+def eventually(check: Any, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+# ---- 1. the hop header is signed ----------------------------------------------------------------
+
+FORGED = ["mirror", "forward", "mirror:not-the-token", f"mirror:{TOKEN}x", f"forward:{TOKEN[:-1]}", ""]
+
+
+@pytest.mark.parametrize("token", [TOKEN, None], ids=["with a hop token", "without a hop token"])
+def test_a_forged_hop_header_does_not_opt_a_request_out_of_mirroring(
+    fresh_servers: ServerFactory, models: dict[str, Any], recorder: Recorder, token: str | None
+) -> None:
+    args = ["--hop-token", token] if token else []
+    primary = fresh_servers.start(*model_args(models, "iris-v1"), "--mirror-url", recorder.url, *args)
+    for forged in FORGED:
+        r = primary.post("/v2/models/iris/infer", content=infer_body([SETOSA]), headers={HOP: forged})
+        assert r.status_code == 200 and r.json()["model_version"] == "v1"
+    eventually(lambda: len(recorder.requests) == len(FORGED), "every request to be mirrored")
+    # The copies carry the server's own hop value (signed when it has a token), never the client's.
+    assert recorder.hop_values() == [f"mirror:{token}" if token else "mirror"] * len(FORGED)
+    assert primary.sample("rollwise_mirror_total", result="sent") == len(FORGED)
+
+
+def test_a_forged_hop_header_does_not_opt_a_request_out_of_forwarding(
+    fresh_servers: ServerFactory, models: dict[str, Any], recorder: Recorder
+) -> None:
+    match = json.dumps([{"header": {"name": "x-variant", "value": "b"}}])
+    front = fresh_servers.start(
+        *model_args(models, "iris-v1"),
+        "--forward-match",
+        match,
+        "--forward-url",
+        recorder.url,
+        "--hop-token",
+        TOKEN,
+    )
+    for forged in FORGED:
+        r = front.post(
+            "/v2/models/iris/infer", content=infer_body([SETOSA]), headers={"x-variant": "b", HOP: forged}
+        )
+        assert r.status_code == 200 and r.json()["model_version"] == "recorder", forged
+    assert recorder.hop_values() == [f"forward:{TOKEN}"] * len(FORGED)
+    assert front.sample("rollwise_forward_total", result="sent") == len(FORGED)
+
+
+def test_only_a_hop_signed_with_the_shared_token_stops_the_next_hop(
+    fresh_servers: ServerFactory, models: dict[str, Any], recorder: Recorder
+) -> None:
+    """primary -> shadow -> recorder: the shadow, itself mirroring, sends on only what a client
+    sent it, never the copies the primary signed with the token they share."""
+    shadow = fresh_servers.start(
+        *model_args(models, "iris-v2", version="v2"),
+        "--track",
+        "candidate",
+        "--mirror-url",
+        recorder.url,
+        "--hop-token",
+        TOKEN,
+    )
+    primary = fresh_servers.start(
+        *model_args(models, "iris-v1"), "--mirror-url", shadow.url, "--hop-token", TOKEN
+    )
+    for _ in range(3):
+        assert primary.post("/v2/models/iris/infer", content=infer_body([SETOSA])).status_code == 200
+    eventually(
+        lambda: shadow.sample("rollwise_requests_total", outcome="success") == 3, "the primary's 3 copies"
+    )
+    # A client holding the token may mark its own request as a hop; one guessing may not.
+    signed = shadow.post(
+        "/v2/models/iris/infer", content=infer_body([SETOSA]), headers={HOP: f"mirror:{TOKEN}"}
+    )
+    forged = shadow.post("/v2/models/iris/infer", content=infer_body([SETOSA]), headers={HOP: "mirror"})
+    assert signed.status_code == forged.status_code == 200
+    eventually(lambda: len(recorder.requests) >= 1, "the forged request's copy")
+    time.sleep(0.5)  # any other copy would have arrived by now: the sender queue was empty
+    assert len(recorder.requests) == 1
+    assert shadow.sample("rollwise_mirror_total", result="sent") == 1
