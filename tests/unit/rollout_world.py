@@ -18,10 +18,11 @@ from rollwise.kube.observe import child_view, observe
 from rollwise.plan.analysis import Measured
 from rollwise.plan.decision import Decision
 from rollwise.plan.machine import decide
-from rollwise.plan.manifest import Manifest
+from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.observed import Observed, WebhookResult
 from rollwise.plan.router import Router
 from rollwise.routers import router_for
+from rollwise.routers.common import TRAFFIC_FOR
 
 UID = "0b5c1a7e-1111-4222-8333-444455556666"
 IMAGE = "rollwise-serving:test"
@@ -35,11 +36,16 @@ def key(m: Manifest) -> tuple[str, str]:
     return (str(m["kind"]), str(meta["name"]))
 
 
-def http_route(name: str = "web", service: str = "iris") -> Manifest:
+def opted_in(traffic_for: str | None) -> dict[str, JsonValue]:
+    """A user object's consent annotation (`rollwise.dev/traffic-for`), or none."""
+    return {} if traffic_for is None else {TRAFFIC_FOR: traffic_for}
+
+
+def http_route(name: str = "web", service: str = "iris", traffic_for: str | None = "iris") -> Manifest:
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
-        "metadata": {"name": name, "namespace": "ml", "generation": 1},
+        "metadata": {"name": name, "namespace": "ml", "generation": 1, "annotations": opted_in(traffic_for)},
         "spec": {
             "parentRefs": [{"name": "gw"}],
             "rules": [
@@ -56,11 +62,11 @@ def http_route(name: str = "web", service: str = "iris") -> Manifest:
     }
 
 
-def virtual_service(name: str = "web", service: str = "iris") -> Manifest:
+def virtual_service(name: str = "web", service: str = "iris", traffic_for: str | None = "iris") -> Manifest:
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
-        "metadata": {"name": name, "namespace": "ml"},
+        "metadata": {"name": name, "namespace": "ml", "annotations": opted_in(traffic_for)},
         "spec": {
             "hosts": ["iris.example"],
             "http": [
@@ -75,11 +81,11 @@ def virtual_service(name: str = "web", service: str = "iris") -> Manifest:
     }
 
 
-def ingress(name: str = "web", service: str = "iris") -> Manifest:
+def ingress(name: str = "web", service: str = "iris", traffic_for: str | None = "iris") -> Manifest:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": {"name": name, "namespace": "ml", "annotations": {"team": "ml"}},
+        "metadata": {"name": name, "namespace": "ml", "annotations": {"team": "ml", **opted_in(traffic_for)}},
         "spec": {
             "ingressClassName": "nginx",
             "rules": [

@@ -87,7 +87,12 @@ class Resource:
 
 @dataclass(frozen=True)
 class UserObject:
-    """The provider object a router edits but does not own (watched by name, not by owner label)."""
+    """The provider object a router edits but does not own (watched by name, not by owner label).
+
+    Named by the spec, which any tenant of the namespace may write; so a router edits it only when
+    the object itself consents (`routers.common.TRAFFIC_FOR` naming the ModelDeployment), and
+    otherwise renders nothing for it and reads it as not routing, the fix in the message.
+    """
 
     resource: Resource
     spec_field: tuple[str, str]
@@ -123,9 +128,11 @@ class Router(Protocol):
         ...
 
     def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> RouterPlan:
-        """Objects and flags that route `split`; `live` holds the current provider objects."""
+        """Objects and flags that route `split`; `live` holds the current provider objects. Nothing
+        is rendered for a user object that has not opted in for `md`, or that routes elsewhere too."""
         ...
 
     def read(self, md: ModelDeployment, objects: Sequence[Manifest]) -> RouterReading:
-        """The split that the live `objects` (children and provider objects) route."""
+        """The split that the live `objects` (children and provider objects) route; a user object
+        the router may not edit reads as no split, its message naming the object and the fix."""
         ...

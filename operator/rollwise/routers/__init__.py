@@ -2,17 +2,21 @@
 
 Each implements `plan.routing.Router`; the I/O layer picks one with `router_for` and passes it to
 `plan.machine.decide`. A provider without a router is an error naming the field, never a quiet
-fallback to another router.
+fallback to another router. A user's route object is edited only when it carries `TRAFFIC_FOR`
+naming the ModelDeployment (`common.consent_refusal`).
 """
 
 from __future__ import annotations
 
 from rollwise.api.v1alpha1 import TrafficProvider
 from rollwise.plan.router import Router
+from rollwise.routers.common import TRAFFIC_FOR
 from rollwise.routers.gateway_api import GatewayApiRouter
 from rollwise.routers.istio import IstioRouter
 from rollwise.routers.nginx import NginxRouter
 from rollwise.routers.replicas import ReplicasRouter
+
+__all__ = ["ROUTERS", "TRAFFIC_FOR", "UnknownRouterError", "enabled_routers", "router_for"]
 
 ROUTERS: dict[str, Router] = {
     r.name.value: r for r in (ReplicasRouter(), GatewayApiRouter(), IstioRouter(), NginxRouter())

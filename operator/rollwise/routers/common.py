@@ -1,5 +1,11 @@
-"""What every router shares: finding live objects, the shape of a spec problem, and the serving
-image's own routing flags.
+"""What every router shares: the consent a user's route object must carry, finding live objects,
+the shape of a spec problem, and the serving image's own routing flags.
+
+A ModelDeployment is written by a tenant of its namespace, and its spec names the HTTPRoute,
+VirtualService or Ingress to edit; naming an object is not the right to edit it. So an object is
+edited only when it carries `TRAFFIC_FOR` naming this very ModelDeployment (`consent_refusal`): the
+object's owner opts in, and without that a router writes nothing to it and reads it as not
+routing, with the fix in the message (which the rollout shows while it waits and rolls back with).
 
 User-hash forwarding and A/B matches work the same behind any provider (stable pods forward a hash
 range of users, or the matching requests, to the candidate Service), and the `replicas` router
@@ -15,10 +21,15 @@ from dataclasses import dataclass
 from rollwise_contract.matches import RequestMatch
 
 from rollwise.api.v1alpha1 import ModelDeployment
-from rollwise.plan.manifest import Manifest
-from rollwise.plan.names import Track
+from rollwise.plan.manifest import Manifest, annotations_of, name_of
+from rollwise.plan.names import Track, track_name
 from rollwise.plan.router import RouterReading, UserObject
 from rollwise.plan.split import TrafficSplit
+
+TRAFFIC_FOR = "rollwise.dev/traffic-for"
+"""On a user's HTTPRoute, VirtualService or Ingress: the name of the one ModelDeployment (in the
+object's namespace) allowed to edit it, e.g. `rollwise.dev/traffic-for: iris`. Set by the object's
+owner, never by Rollwise (an applied copy never carries it, so removing it revokes at once)."""
 
 ANNOTATION_WEIGHT = "rollwise.dev/weight"
 """On the `<name>` Service: the candidate weight the replicas router routes (a ratio of pods
@@ -143,6 +154,41 @@ def with_user_hash(md: ModelDeployment, objects: Sequence[Manifest], weight: int
     if flags.sticky_header is not None and flags.sticky_weight is not None:
         return flags.sticky_weight, flags.sticky_header
     return weight, None
+
+
+def own_services(md: ModelDeployment) -> tuple[str, str, str]:
+    """The Services a ModelDeployment's routes may point at: `<name>`, `<name>-stable`, `<name>-candidate`."""
+    name = md.metadata.name
+    return (name, track_name(name, Track.STABLE), track_name(name, Track.CANDIDATE))
+
+
+def object_ref(md: ModelDeployment, kind: str, name: str) -> str:
+    """How messages name a user's object: `HTTPRoute ml/web`."""
+    return f"{kind} {md.metadata.namespace or 'default'}/{name}"
+
+
+def consent_refusal(md: ModelDeployment, obj: Manifest) -> str | None:
+    """Why a router may not edit the user's `obj`, or None when it carries `TRAFFIC_FOR: <md name>`.
+
+    Only an exact match consents: no annotation, an empty value or another ModelDeployment's name
+    all refuse, so one tenant cannot route another's traffic by naming its object in a spec.
+    """
+    where = object_ref(md, str(obj.get("kind", "")), name_of(obj))
+    fix = f"annotate {where} with {TRAFFIC_FOR}={md.metadata.name} to let this ModelDeployment route it"
+    value = annotations_of(obj).get(TRAFFIC_FOR)
+    if value == md.metadata.name:
+        return None
+    if value is None:
+        return f"{where} is not opted in (no {TRAFFIC_FOR} annotation), so nothing is written to it; {fix}"
+    return (
+        f"{where} is opted in for ModelDeployment {value!r} ({TRAFFIC_FOR}={value}), not this one, "
+        f"so nothing is written to it; {fix}"
+    )
+
+
+def refused(message: str) -> RouterReading:
+    """The reading of a user's object the router may not edit: nothing routes through it, and why."""
+    return RouterReading(None, False, message)
 
 
 def not_found(md: ModelDeployment, kind: str, name: str, fix: str = "") -> RouterReading:
