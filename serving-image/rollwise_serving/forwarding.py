@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 from collections.abc import Sequence
 from http.cookies import CookieError, SimpleCookie
 
 import httpx
-from rollwise_contract.matches import RequestMatch
+from rollwise_contract.matches import RequestMatch, compile_re2
 
 from rollwise_serving.config import HashRange
 from rollwise_serving.metrics import ServerMetrics
@@ -58,11 +57,13 @@ class UserHash:
 
 class Matches:
     """Forward requests matching any of ``matches``. Header names are case-insensitive, values exact;
-    a regex must match the whole value, as Envoy's and Istio's RE2 matches do."""
+    a regex must match the whole value, as Envoy's and Istio's RE2 matches do. The regexes are RE2
+    too (the contract refused any other): linear in the header's length, so a tenant's pattern can
+    never hold the event loop, whatever the client sends."""
 
     def __init__(self, matches: Sequence[RequestMatch]) -> None:
         self.headers = [
-            (h.name.lower().encode("latin-1"), h.value, re.compile(h.regex) if h.regex else None)
+            (h.name.lower().encode("latin-1"), h.value, compile_re2(h.regex) if h.regex else None)
             for h in (m.header for m in matches)
             if h is not None
         ]

@@ -225,7 +225,20 @@ BASE_FLAGS = ["--model-uri", "/m", "--name", "n", "--version", "1", "--sha256", 
         ('[{"header": {"name": "x-v"}}]', "entry 0: header needs exactly one of value or regex"),
         ('[{"header": {"name": "x-v", "value": "b", "regex": "b"}}]', "exactly one of value or regex"),
         ('[{"cookie": {"name": "c", "regex": "b"}}]', "entry 0: cookie needs a string value"),
-        ('[{"header": {"name": "x-v", "regex": "("}}]', "entry 0: header.regex '(' is not a valid regex"),
+        (
+            '[{"header": {"name": "x-v", "regex": "("}}]',
+            "entry 0: header.regex '(' is invalid: not valid RE2 syntax (missing ): ()",
+        ),
+        (
+            '[{"header": {"name": "x-v", "regex": "(a)\\\\1"}}]',
+            "entry 0: header.regex '(a)\\\\1' is invalid: not valid RE2 syntax (invalid escape sequence: "
+            "\\1); RE2, which Envoy, Istio and the model server match with, has no backreferences like "
+            "\\1 and no lookaround like (?=...) or (?<=...): rewrite the pattern without them",
+        ),
+        (
+            '[{"header": {"name": "x-v", "regex": "(?<=a)b"}}]',
+            "entry 0: header.regex '(?<=a)b' is invalid: not valid RE2 syntax (invalid perl operator: (?<=)",
+        ),
     ],
 )
 def test_a_bad_forward_match_names_the_entry_and_the_fix(value: str, problem: str) -> None:

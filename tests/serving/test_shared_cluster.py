@@ -149,3 +149,31 @@ def test_only_a_hop_signed_with_the_shared_token_stops_the_next_hop(
     time.sleep(0.5)  # any other copy would have arrived by now: the sender queue was empty
     assert len(recorder.requests) == 1
     assert shadow.sample("rollwise_mirror_total", result="sent") == 1
+
+
+# ---- 2. user regexes run on RE2 -----------------------------------------------------------------
+
+
+def test_a_catastrophic_regex_is_answered_at_once(
+    fresh_servers: ServerFactory, models: dict[str, Any], recorder: Recorder
+) -> None:
+    """`(a+)+$` on 30 000 a's and a b takes a backtracking engine longer than the age of the universe
+    (and holds the event loop meanwhile); RE2 answers in linear time."""
+    match = json.dumps([{"header": {"name": "x-group", "regex": "(a+)+$"}}])
+    front = fresh_servers.start(
+        *model_args(models, "iris-v1"),
+        "--forward-match",
+        match,
+        "--forward-url",
+        recorder.url,
+        "--max-header-bytes",
+        "65536",
+    )
+    evil = front.post(
+        "/v2/models/iris/infer", content=infer_body([SETOSA]), headers={"x-group": "a" * 30_000 + "b"}
+    )
+    assert evil.status_code == 200 and evil.json()["model_version"] == "v1"
+    # Still a match of the whole value: all a's go to the peer.
+    ok = front.post("/v2/models/iris/infer", content=infer_body([SETOSA]), headers={"x-group": "a" * 30_000})
+    assert ok.status_code == 200 and ok.json()["model_version"] == "recorder"
+    assert front.get("/v2/health/live").status_code == 200
