@@ -7,6 +7,7 @@ operator reads, and that bad values fail at `helm install` time naming the value
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 from kopf._cogs.structs import references as kopf_references
+from rollwise.plan.guardrails import Guardrails
+from rollwise.settings import from_env
 
 from e2e import paths
 
@@ -236,9 +239,15 @@ def test_operator_container_runs_the_operator_with_its_settings(default_render: 
         "ROLLWISE_RESYNC_SECONDS": "300",
         "ROLLWISE_ROUTERS": "replicas",
         "ROLLWISE_LIVENESS_ENDPOINT": "http://0.0.0.0:8080/healthz",
+        "ROLLWISE_WEBHOOK_ALLOWED_HOSTS": "",
+        "ROLLWISE_WEBHOOK_ALLOWED_CIDRS": "",
+        "ROLLWISE_WEBHOOK_DENIED_CIDRS": "",
+        "ROLLWISE_GUARDRAILS": env["ROLLWISE_GUARDRAILS"],
         "POD_ID": None,
         "POD_NAMESPACE": None,
     }
+    # The chart's default guardrails are the operator's own defaults.
+    assert from_env({"ROLLWISE_GUARDRAILS": str(env["ROLLWISE_GUARDRAILS"])}).guardrails == Guardrails()
     # Kopf identifies each replica in the peering object by POD_ID.
     assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -248,6 +257,31 @@ def test_operator_container_runs_the_operator_with_its_settings(default_render: 
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == "9100"
+
+
+def test_webhook_egress_and_guardrail_values_reach_the_operator_settings(helm: Path) -> None:
+    webhooks = {
+        "allowedHosts": ["gate.ops"],
+        "allowedCIDRs": ["10.20.0.0/16"],
+        "deniedCIDRs": ["10.96.0.0/12"],
+    }
+    rails = {"allowedImages": ["ghcr.io/acme/*"], "allowedPvcs": [], "customQueries": False}
+    args = ["--set-json", f"webhooks={json.dumps(webhooks)}", "--set-json", f"guardrails={json.dumps(rails)}"]
+    (container,) = only(render(helm, {}, *args), "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {k: str(v) for k, v in env_of(container).items() if k.startswith("ROLLWISE_")}
+    settings = from_env(env)
+    assert settings.webhook_allowed_hosts == {"gate.ops"}
+    assert [str(n) for n in settings.webhook_allowed_cidrs] == ["10.20.0.0/16"]
+    assert [str(n) for n in settings.webhook_denied_cidrs] == ["10.96.0.0/12"]
+    got = settings.guardrails
+    assert (got.allowed_images, got.allowed_pvcs, got.custom_queries) == (["ghcr.io/acme/*"], [], False)
+    assert got.allowed_env_secrets == ["*"]  # a value not set keeps its default
+
+
+def test_a_guardrail_value_of_the_wrong_shape_fails_at_install_naming_it(helm: Path) -> None:
+    proc = run_helm(helm, "template", "rw", str(CHART), "--set", "guardrails.customQueries=maybe")
+    assert proc.returncode != 0
+    assert "customQueries" in proc.stderr
 
 
 def test_values_reach_the_operator_environment(helm: Path) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from rollwise.api.v1alpha1 import ModelDeployment, RevisionSpec
 from rollwise.plan import revision as revisions
-from rollwise.plan.desired import desired_deployment, desired_services
+from rollwise.plan.desired import desired_deployment, desired_services, hop_token
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import Track
 from rollwise.plan.revision import revision_from_spec, revision_of
@@ -137,7 +138,7 @@ def test_a_pvc_artifact_is_mounted_read_only_and_passed_as_a_file_uri() -> None:
     )
     spec = pod_spec(doc)
     assert spec["volumes"] == [
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
         {"name": "pvc-models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
     ]
     assert spec["containers"][0]["volumeMounts"] == [
@@ -216,7 +217,29 @@ def test_runtime_placement_and_env_are_copied() -> None:
     assert spec["containers"][0]["env"] == [
         {"name": "A", "value": "1"},
         {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "ROLLWISE_HOP_TOKEN", "value": hop_token(UID)},
     ]
+
+
+def test_the_hop_token_differs_per_model_deployment_and_never_is_the_uid() -> None:
+    assert hop_token("a") != hop_token("b")
+    assert hop_token("a") == hop_token("a")
+    assert "a" not in {hop_token("a")}
+    assert len(hop_token("a")) == 64
+
+
+def test_an_ephemeral_storage_limit_sizes_the_scratch_volume_and_is_requested() -> None:
+    doc = edit(B, spec__runtime__resources={"limits": {"ephemeralStorage": "3Gi"}})
+    spec = pod_spec(doc)
+    assert spec["volumes"][0] == {"name": "tmp", "emptyDir": {"sizeLimit": "3Gi"}}
+    assert spec["containers"][0]["resources"] == {"limits": {"ephemeral-storage": "3Gi"}}
+
+
+@pytest.mark.parametrize("name", ["POD_NAMESPACE", "ROLLWISE_HOP_TOKEN"])
+def test_env_the_operator_sets_is_refused_naming_the_field(name: str) -> None:
+    with pytest.raises(ValidationError, match="is set by the operator"):
+        ModelDeployment.model_validate(edit(B, spec__runtime__env=[{"name": name, "value": "x"}]))
 
 
 AUTOSCALED = edit(

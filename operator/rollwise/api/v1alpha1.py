@@ -9,6 +9,7 @@ enforces as CEL and pydantic enforces in Python (see `base.py`).
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -185,6 +186,9 @@ class ResourceList(ApiModel):
     """CPU cores, e.g. 500m or 2."""
     memory: Quantity | None = None
     """Memory, e.g. 512Mi or 2Gi."""
+    ephemeral_storage: Quantity | None = None
+    """Local disk, e.g. 10Gi; a limit also sizes the pod's `/tmp` scratch volume (8Gi without one),
+    where artifacts are downloaded."""
 
 
 class Resources(ApiModel):
@@ -233,11 +237,16 @@ class EnvVarSource(ApiModel):
         return count(self.secret_key_ref is not None, self.config_map_key_ref is not None) == 1
 
 
+RESERVED_ENV = ("POD_NAMESPACE", "ROLLWISE_HOP_TOKEN")
+"""Env the operator sets on every serving container: a tenant setting POD_NAMESPACE could share
+another namespace's cache entries, and one setting the hop token could forge hops."""
+
+
 class EnvVar(ApiModel):
     """An environment variable for the serving container."""
 
     name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    """Variable name."""
+    """Variable name; not one the operator sets (POD_NAMESPACE, ROLLWISE_HOP_TOKEN)."""
     value: str | None = Field(default=None, max_length=32768)
     """Literal value."""
     value_from: EnvVarSource | None = None
@@ -250,6 +259,14 @@ class EnvVar(ApiModel):
     )
     def _one_value(self) -> bool:
         return self.value is None or self.value_from is None
+
+    @rule(
+        cel="!(self.name in " + json.dumps(list(RESERVED_ENV)) + ")",
+        field="name",
+        message="is set by the operator (POD_NAMESPACE, ROLLWISE_HOP_TOKEN); use another name",
+    )
+    def _not_reserved(self) -> bool:
+        return self.name not in RESERVED_ENV
 
 
 class TolerationOperator(StrEnum):

@@ -15,6 +15,7 @@ What can go wrong, and what it becomes (never a pass: `plan/analysis.py` fails o
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -29,7 +30,13 @@ from rollwise import telemetry
 from rollwise.plan.measurement import Counts, Measurement, NoData, QueryError, Value
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
-"""Per request; an analysis interval is at least 5 s, and a slow Prometheus is a failed check."""
+"""Per request, all of it (connect to last byte); an analysis interval is at least 5 s, and a slow
+Prometheus is a failed check."""
+MAX_VALUE_BYTES = 64 * 1024
+"""A one-number answer: one series with its labels is well under 1 KiB; a query selecting
+thousands of series (`{__name__=~".+"}`) is refused at this size instead of parsed."""
+MAX_GROUPED_BYTES = 4 * 1024 * 1024
+"""A grouped answer: `MAX_GROUPS` groups of about 300 bytes each, with room to spare."""
 
 
 @dataclass(frozen=True)
@@ -140,28 +147,64 @@ class PrometheusProvider:
     def _once(self, promql: str, at: datetime, by: tuple[str, ...]) -> Measurement:
         params = {"query": promql, "time": f"{at.timestamp():.3f}"}
         endpoint = self.url.rstrip("/") + "/api/v1/query"
+        cap = MAX_GROUPED_BYTES if by else MAX_VALUE_BYTES
         try:
-            if self.client is not None:
-                response = self.client.get(endpoint, params=params, timeout=self.timeout_seconds)
-            else:
-                response = httpx.get(endpoint, params=params, timeout=self.timeout_seconds)
+            status, raw = self._read(endpoint, params, cap)
         except httpx.TimeoutException as err:
             raise _UnavailableError(
                 f"timed out after {self.timeout_seconds:g}s ({type(err).__name__})"
             ) from err
         except httpx.HTTPError as err:
             raise _UnavailableError(f"{type(err).__name__}: {err}") from err
-        if response.status_code >= 500:
-            raise _UnavailableError(f"HTTP {response.status_code}: {response.text[:200]}")
+        if raw is None:
+            return QueryError(
+                f"the answer is larger than {cap // 1024} KiB, more than a check reads: the query "
+                "selects too many series; aggregate it, e.g. sum(...)"
+            )
+        if status >= 500:
+            raise _UnavailableError(f"HTTP {status}")
         try:
-            body = response.json()
+            body = json.loads(raw)
         except ValueError as err:
-            raise _UnavailableError(f"HTTP {response.status_code} with a body that is not JSON") from err
-        if response.status_code >= 400 or body.get("status") != "success":
-            kind = body.get("errorType", f"HTTP {response.status_code}")
-            return QueryError(f"Prometheus rejected the query ({kind}): {body.get('error', '')}: {promql}")
+            raise _UnavailableError(f"HTTP {status} with a body that is not JSON") from err
+        if not isinstance(body, dict):
+            raise _UnavailableError(f"HTTP {status} with a body that is not a JSON object")
+        if status >= 400 or body.get("status") != "success":
+            kind = body.get("errorType", f"HTTP {status}")
+            error = str(body.get("error", ""))[:500]
+            return QueryError(f"Prometheus rejected the query ({kind}): {error}: {promql}")
         data = body.get("data") or {}
         return _counts(data, by) if by else _measurement(data)
+
+    def _read(self, endpoint: str, params: dict[str, str], cap: int) -> tuple[int, bytes | None]:
+        """The status and body, read within one deadline and at most `cap` bytes (None past it):
+        an answer of hundreds of MB is cut off, not parsed, and a trickle cannot outlast the
+        deadline (each read waits at most what is left of it)."""
+        deadline = time.monotonic() + self.timeout_seconds
+        client = self.client or httpx.Client()
+        try:
+            # Identity encoding: the cap then bounds what is parsed, not only what crosses the wire.
+            headers = {"Accept-Encoding": "identity"}
+            with client.stream(
+                "GET", endpoint, params=params, headers=headers, timeout=self.timeout_seconds
+            ) as response:
+                if response.headers.get("content-encoding", "identity").lower() != "identity":
+                    raise httpx.DecodingError(
+                        "Prometheus answered with a content encoding it was not asked for"
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_raw():
+                    size += len(chunk)
+                    if size > cap:
+                        return response.status_code, None
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout("the answer took longer than the deadline")
+                return response.status_code, b"".join(chunks)
+        finally:
+            if self.client is None:
+                client.close()
 
 
 def _outcome(result: Measurement) -> str:

@@ -12,6 +12,7 @@ so that during a rollout the stable track keeps running exactly what it ran befo
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 
@@ -55,6 +56,9 @@ PVC_ROOT = "/mnt/pvc"
 """`pvc://claim/path` is mounted read-only at `/mnt/pvc/claim` and passed as `file:///mnt/pvc/claim/path`."""
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVE_COMMAND = "rollwise-serve"
+DEFAULT_SCRATCH = "8Gi"
+"""The scratch volume's size without an ephemeral-storage limit in the spec: room for the server's
+default download cap (4 GiB) and the unpacked copy beside it."""
 PRESTOP_SLEEP_SECONDS = 5
 """How long a terminating serving pod keeps serving before SIGTERM reaches the server."""
 
@@ -156,7 +160,19 @@ def _resource_list(rl: ResourceList | None) -> dict[str, JsonValue]:
         out["cpu"] = rl.cpu
     if rl.memory is not None:
         out["memory"] = rl.memory
+    if rl.ephemeral_storage is not None:
+        out["ephemeral-storage"] = rl.ephemeral_storage
     return out
+
+
+def scratch_size(runtime: RuntimeSpec) -> str:
+    """The `/tmp` emptyDir's sizeLimit: the ephemeral-storage limit when the spec sets one, else
+    `DEFAULT_SCRATCH`. Past it the kubelet evicts the pod, so an endless artifact fills this volume,
+    not the node's disk (the server stops a download at its own byte cap before that)."""
+    limits = runtime.resources.limits if runtime.resources is not None else None
+    if limits is not None and limits.ephemeral_storage is not None:
+        return limits.ephemeral_storage
+    return DEFAULT_SCRATCH
 
 
 def container_resources(runtime: RuntimeSpec) -> Manifest:
@@ -186,12 +202,29 @@ def _probe(path: str, *, period: int, failures: int) -> Manifest:
     }
 
 
-def _env(runtime: RuntimeSpec) -> list[JsonValue]:
-    return [e.model_dump(mode="json", exclude_none=True) for e in runtime.env]
+def hop_token(owner_uid: str) -> str:
+    """The secret both tracks' servers share to tell their own mirrored and forwarded copies
+    (`x-rollwise-hop`) from a client's forged header: derived from the ModelDeployment's UID, which
+    clients never see, so it is stable across passes and different for every ModelDeployment."""
+    return hashlib.sha256(f"rollwise-hop:{owner_uid}".encode()).hexdigest()
+
+
+def _env(runtime: RuntimeSpec, owner_uid: str) -> list[JsonValue]:
+    """The user's env, then ours (the API refuses user env of these names: `RESERVED_ENV`).
+    POD_NAMESPACE keys the server's shared cache by namespace."""
+    ours: list[JsonValue] = [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "ROLLWISE_HOP_TOKEN", "value": hop_token(owner_uid)},
+    ]
+    return [*(e.model_dump(mode="json", exclude_none=True) for e in runtime.env), *ours]
 
 
 def serving_container(
-    revision: RevisionSpec, track: Track, serving_image: str, extra_args: Sequence[str] = ()
+    revision: RevisionSpec,
+    track: Track,
+    serving_image: str,
+    extra_args: Sequence[str] = (),
+    owner_uid: str = "",
 ) -> Manifest:
     """The `rollwise-serve` container, locked down to the restricted Pod Security profile.
 
@@ -205,9 +238,7 @@ def serving_container(
         "args": [*serve_args(model, track), *extra_args],
         "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
     }
-    env = _env(runtime)
-    if env:
-        container["env"] = env
+    container["env"] = _env(runtime, owner_uid)
     resources = container_resources(runtime)
     if resources:
         container["resources"] = resources
@@ -251,11 +282,13 @@ def pod_template(
     track: Track,
     serving_image: str,
     extra_args: Sequence[str] = (),
+    *,
+    owner_uid: str,
 ) -> Manifest:
     """The pod template of a track's Deployment."""
     name = md.metadata.name
     runtime = revision.runtime
-    volumes: list[JsonValue] = [{"name": "tmp", "emptyDir": {}}]
+    volumes: list[JsonValue] = [{"name": "tmp", "emptyDir": {"sizeLimit": scratch_size(runtime)}}]
     for claim in _claims(revision.model):
         volumes.append(
             {"name": f"pvc-{claim}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
@@ -270,7 +303,7 @@ def pod_template(
             "fsGroup": RUN_AS,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [serving_container(revision, track, serving_image, extra_args)],
+        "containers": [serving_container(revision, track, serving_image, extra_args, owner_uid)],
         "volumes": volumes,
     }
     if runtime.node_selector:
@@ -314,7 +347,7 @@ def desired_deployment(
         # Never take a serving pod down before its replacement is ready.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "progressDeadlineSeconds": md.spec.rollout.progress_deadline_seconds,
-        "template": pod_template(md, revision, track, serving_image, extra_args),
+        "template": pod_template(md, revision, track, serving_image, extra_args, owner_uid=owner_uid),
     }
     annotations = {
         ANNOTATION_REVISION: revision_of(revision),
