@@ -110,7 +110,11 @@ class ServingApp:
         )
         self.dataplane = Dataplane(settings, self.repository, self.metrics, schema, self.cache)
         self.hops = HopSeal(settings.hop_token)
-        self.mirror = Mirror(settings.mirror_url, self.metrics, self.hops) if settings.mirror_url else None
+        self.mirror = (
+            Mirror(settings.mirror_url, self.metrics, self.hops, queue_bytes=settings.mirror_queue_bytes)
+            if settings.mirror_url
+            else None
+        )
         self.forwarder = _forwarder(settings, self.metrics, self.hops)
         self._loader: asyncio.Task[None] | None = None
         m = self.metrics

@@ -319,6 +319,19 @@ class Settings(BaseModel):
         str | None,
         Flag("base URL of a shadow server receiving a copy of each request", _URL_PROBLEM, _http_url),
     ] = None
+    mirror_queue_bytes: Annotated[
+        int,
+        _integer(
+            "bytes of request bodies waiting for or being sent to --mirror-url (default 33554432)",
+            1 << 16,
+            1 << 34,
+        ),
+    ] = 32 << 20
+    """Memory for mirrored copies, in bytes; a copy that would go over it is dropped (counted). The
+    default, 32 MiB, holds 32 bodies at the --max-body-bytes default (1 MiB), 8 per sender, or
+    thousands of typical small ones (then the 512-copy bound applies first), and is small next to
+    a serving pod's memory. Keep it at least --max-body-bytes or the largest bodies are never
+    mirrored."""
     hash_header: Annotated[
         str | None, Flag("header whose value is hashed for sticky forwarding (e.g. x-user-id)")
     ] = None

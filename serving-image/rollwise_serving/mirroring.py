@@ -1,8 +1,10 @@
 """Shadow traffic without a mesh: a copy of each inference request goes to ``--mirror-url``.
 
-The primary answer is never delayed or changed: the handler only ``put_nowait``s onto a bounded
-queue (full -> counted ``dropped``) and a few sender tasks drain it. Send failures are counted
-``failed`` and forgotten.
+The primary answer is never delayed or changed: the handler only ``put_nowait``s onto a queue
+bounded twice, at ``QUEUE_SIZE`` copies and at ``--mirror-queue-bytes`` of bodies queued or being
+sent (over either -> counted ``dropped``), and a few sender tasks drain it. The byte budget is what
+bounds memory: a shadow that stops answering holds every copy for the sender's timeout, and 512
+copies of 1 MiB bodies would be 512 MiB. Send failures are counted ``failed`` and forgotten.
 
 Hops. Mirrored copies carry ``x-rollwise-hop: mirror:<token>`` (forwarded ones ``forward:<token>``)
 so the shadow never mirrors or forwards them again. The header is signed with ``--hop-token``, a
@@ -61,9 +63,12 @@ class HopSeal:
 
 
 class Mirror:
-    def __init__(self, base_url: str, metrics: ServerMetrics, seal: HopSeal) -> None:
+    def __init__(self, base_url: str, metrics: ServerMetrics, seal: HopSeal, *, queue_bytes: int) -> None:
         self.base_url = base_url
         self._hop = seal.value("mirror")
+        self.queue_bytes = queue_bytes
+        self._held_bytes = 0
+        """Bytes of the bodies queued or being sent; never above ``queue_bytes``."""
         self._queue: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(QUEUE_SIZE)
         self._sent, self._dropped, self._failed = (metrics.mirror[r] for r in ("sent", "dropped", "failed"))
         self._client: httpx.AsyncClient | None = None
@@ -77,26 +82,38 @@ class Mirror:
 
     def offer(self, path: str, body: bytes, content_type: str) -> None:
         """Queue a copy; O(1), never blocks, never raises."""
+        if self._held_bytes + len(body) > self.queue_bytes:
+            self._dropped.inc()
+            return
         try:
             self._queue.put_nowait((path, body, content_type))
         except asyncio.QueueFull:
             self._dropped.inc()
+            return
+        self._held_bytes += len(body)
 
     async def _send_forever(self) -> None:
         assert self._client is not None
         while True:
             path, body, content_type = await self._queue.get()
             try:
-                response = await self._client.post(
-                    path, content=body, headers={"content-type": content_type, HOP_HEADER: self._hop}
-                )
-                if response.status_code >= 500:
-                    self._failed.inc()
-                else:
-                    self._sent.inc()
-            except Exception as err:  # the shadow's trouble is never ours
+                await self._send(path, body, content_type)
+            finally:
+                self._held_bytes -= len(body)
+
+    async def _send(self, path: str, body: bytes, content_type: str) -> None:
+        assert self._client is not None
+        try:
+            response = await self._client.post(
+                path, content=body, headers={"content-type": content_type, HOP_HEADER: self._hop}
+            )
+            if response.status_code >= 500:
                 self._failed.inc()
-                log.debug("mirror to %s failed: %s", self.base_url, err)
+            else:
+                self._sent.inc()
+        except Exception as err:  # the shadow's trouble is never ours
+            self._failed.inc()
+            log.debug("mirror to %s failed: %s", self.base_url, err)
 
     async def close(self) -> None:
         for task in self._tasks:

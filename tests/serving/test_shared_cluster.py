@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -65,6 +66,33 @@ def recorder() -> Iterator[Recorder]:
     yield rec
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def silent_peer() -> Iterator[str]:
+    """A loopback peer that accepts connections and never reads or answers: every copy sent to it
+    is held until the sender's timeout."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stopping.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
 
 
 def eventually(check: Any, what: str, timeout: float = 10) -> None:
@@ -177,3 +205,28 @@ def test_a_catastrophic_regex_is_answered_at_once(
     ok = front.post("/v2/models/iris/infer", content=infer_body([SETOSA]), headers={"x-group": "a" * 30_000})
     assert ok.status_code == 200 and ok.json()["model_version"] == "recorder"
     assert front.get("/v2/health/live").status_code == 200
+
+
+# ---- 3. the mirror queue is bounded in bytes ------------------------------------------------------
+
+
+def test_large_bodies_to_a_stalled_shadow_are_dropped_past_the_byte_budget(
+    fresh_servers: ServerFactory, models: dict[str, Any], silent_peer: str
+) -> None:
+    """512 queued copies of 1 MiB bodies were 512 MiB held for a shadow that does not answer; the
+    budget counts the bytes of copies queued or being sent."""
+    primary = fresh_servers.start(
+        *model_args(models, "iris-v1"), "--mirror-url", silent_peer, "--mirror-queue-bytes", str(1 << 20)
+    )
+    big = infer_body([SETOSA]) + b" " * 300_000  # valid JSON: whitespace after the document
+    for _ in range(20):
+        assert primary.post("/v2/models/iris/infer", content=big).status_code == 200
+    # At most 3 copies of ~300 kB fit in 1 MiB; the rest were dropped, and counted.
+    dropped = primary.sample("rollwise_mirror_total", result="dropped")
+    assert dropped >= 15, dropped
+    # The held copies time out (2 s) and give their bytes back: mirroring resumes.
+    eventually(
+        lambda: primary.sample("rollwise_mirror_total", result="failed") == 20 - dropped, "the copies to fail"
+    )
+    assert primary.post("/v2/models/iris/infer", content=big).status_code == 200
+    assert primary.sample("rollwise_mirror_total", result="dropped") == dropped
