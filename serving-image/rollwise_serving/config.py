@@ -395,6 +395,16 @@ class Settings(BaseModel):
     cache_dir: Annotated[Path, Flag("writable directory for downloads (default /tmp/rollwise-cache)")] = Path(
         "/tmp/rollwise-cache"
     )
+    max_model_bytes: Annotated[
+        int,
+        _integer("largest model artifact, in bytes (default 4294967296 = 4 GiB)", 1024, 1 << 40),
+    ] = 4 << 30
+    """Largest artifact (primary or fallback) fetched or read, in bytes; a download is stopped where
+    it crosses the limit and removed, so an endless or oversized artifact cannot fill the pod's
+    disk (``--cache-dir``), and the model fails to load with a reason naming this setting. The
+    default, 4 GiB, is twice the largest single-file ONNX model (protobuf caps a file at 2 GiB) and
+    far above the scikit-learn and Python models a CPU server loads; give ``--cache-dir`` room for
+    the primary and the fallback at this size."""
     python_class: Annotated[
         str,
         Flag(

@@ -11,6 +11,17 @@ class StorageError(RuntimeError):
     """The artifact could not be fetched."""
 
 
+class ArtifactTooLargeError(StorageError):
+    """The artifact is over ``--max-model-bytes``; the download was stopped (and its part removed)."""
+
+    def __init__(self, shown_uri: str, limit: int) -> None:
+        super().__init__(
+            f"model artifact {shown_uri} is over the {limit}-byte limit (--max-model-bytes, env "
+            "ROLLWISE_MAX_MODEL_BYTES): the download was stopped and removed; raise the limit if the "
+            "artifact really is this large"
+        )
+
+
 class ArtifactError(RuntimeError):
     """The artifact was fetched but refused: digest mismatch, wrong format, load failure."""
 

@@ -68,7 +68,11 @@ def load_slot(slot: ModelSlot, settings: Settings) -> None:
     """Fetch, verify and deserialise one model; never raises: the outcome lands in ``slot``."""
     try:
         path = fetch_artifact(
-            slot.uri, settings.cache_dir, sha256=slot.sha256, s3_endpoint=settings.s3_endpoint
+            slot.uri,
+            settings.cache_dir,
+            max_bytes=settings.max_model_bytes,
+            sha256=slot.sha256,
+            s3_endpoint=settings.s3_endpoint,
         )
         digest = digest_of(path)
         if slot.sha256 is not None and digest != slot.sha256:

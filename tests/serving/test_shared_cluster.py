@@ -15,11 +15,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
-from tests.serving.conftest import SETOSA, ServerFactory, infer_body, model_args
+from tests.serving.conftest import S3, SETOSA, Server, ServerFactory, infer_body, model_args
 
 HOP = "x-rollwise-hop"
 TOKEN = "hop-" + "0123456789abcdef" * 2
@@ -230,3 +232,108 @@ def test_large_bodies_to_a_stalled_shadow_are_dropped_past_the_byte_budget(
     )
     assert primary.post("/v2/models/iris/infer", content=big).status_code == 200
     assert primary.sample("rollwise_mirror_total", result="dropped") == dropped
+
+
+# ---- 4. model downloads are capped --------------------------------------------------------------
+
+CAP = 1 << 20
+
+
+@dataclass
+class Endless:
+    url: str
+    written: list[int] = field(default_factory=lambda: [0])
+    """Bytes written so far (one cell, shared with the server thread)."""
+
+
+@pytest.fixture
+def endless_artifact() -> Iterator[Endless]:
+    """An HTTP server whose artifact never ends: zeros, 64 kB at a time, with no Content-Length,
+    until the client hangs up."""
+    endless = Endless(url="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/octet-stream")
+            self.end_headers()
+            chunk = b"\0" * 65536
+            try:
+                while True:
+                    self.wfile.write(chunk)
+                    endless.written[0] += len(chunk)
+            except OSError:
+                return  # the client hung up
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    endless.url = f"http://127.0.0.1:{server.server_address[1]}/model.onnx"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield endless
+    server.shutdown()
+    server.server_close()
+
+
+def onnx_args(uri: str) -> list[str]:
+    return ["--model-uri", uri, "--format", "onnx", "--name", "iris", "--version", "v1"]
+
+
+def failed_reason(server: Server) -> str:
+    def failed() -> bool:
+        return bool(server.get("/v2/health/ready").json()["models"][0]["state"] == "failed")
+
+    eventually(failed, "the model load to fail", timeout=30)
+    ready = server.get("/v2/health/ready")
+    assert ready.status_code == 503
+    assert server.get("/v2/health/live").status_code == 200
+    return str(ready.json()["reason"])
+
+
+def test_an_endless_artifact_is_cut_at_the_cap_and_removed(
+    fresh_servers: ServerFactory, endless_artifact: Endless, tmp_path: Path
+) -> None:
+    s = fresh_servers.start(*onnx_args(endless_artifact.url), "--max-model-bytes", str(CAP), wait_ready=False)
+    reason = failed_reason(s)
+    assert reason == (
+        f"model artifact {endless_artifact.url} is over the {CAP}-byte limit (--max-model-bytes, env "
+        "ROLLWISE_MAX_MODEL_BYTES): the download was stopped and removed; raise the limit if the "
+        "artifact really is this large"
+    )
+    assert "--max-model-bytes" in s.logs()
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == [], "a partial download stayed"
+    written = endless_artifact.written[0]
+    time.sleep(0.5)
+    assert endless_artifact.written[0] == written < 32 * CAP, "the download did not stop"
+
+
+def test_an_artifact_over_the_cap_is_refused_from_a_file_and_from_s3(
+    fresh_servers: ServerFactory, s3_server: S3, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    big = tmp_path / "big.onnx"
+    with big.open("wb") as f:
+        f.truncate(2 * CAP)  # sparse: costs no disk
+    local = fresh_servers.start(*onnx_args(str(big)), "--max-model-bytes", str(CAP), wait_ready=False)
+    assert failed_reason(local).startswith(
+        f"model artifact {big} is over the {CAP}-byte limit (--max-model-bytes"
+    )
+
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="models")
+    client.upload_file(str(big), "models", "big.onnx")
+    remote = fresh_servers.start(
+        *onnx_args("s3://models/big.onnx"),
+        "--s3-endpoint",
+        s3_server.endpoint,
+        "--max-model-bytes",
+        str(CAP),
+        env=aws_env,
+        wait_ready=False,
+    )
+    assert failed_reason(remote).startswith(
+        f"model artifact s3://models/big.onnx is over the {CAP}-byte limit (--max-model-bytes"
+    )
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []

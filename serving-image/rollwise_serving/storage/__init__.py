@@ -20,11 +20,18 @@ __all__ = ["StorageError", "cache_path", "digest_of", "fetch_artifact"]
 
 
 def fetch_artifact(
-    uri: str, cache_dir: Path, *, sha256: str | None = None, s3_endpoint: str | None = None
+    uri: str,
+    cache_dir: Path,
+    *,
+    max_bytes: int,
+    sha256: str | None = None,
+    s3_endpoint: str | None = None,
 ) -> Path:
+    """The artifact as a local file, at most ``max_bytes`` (``--max-model-bytes``) long: a longer
+    download is stopped where it crosses the limit and its part removed."""
     scheme = urlsplit(uri).scheme.lower()
     if scheme in file.SCHEMES:
-        return file.fetch(uri)
+        return file.fetch(uri, max_bytes=max_bytes)
     cached = cache_path(uri, cache_dir, sha256)
     if sha256 is not None and cached.is_file() and digest_of(cached) == sha256:
         return cached
@@ -32,9 +39,9 @@ def fetch_artifact(
     partial = cached.with_name(cached.name + ".partial")
     try:
         if scheme in http.SCHEMES:
-            http.fetch(uri, partial)
+            http.fetch(uri, partial, max_bytes=max_bytes)
         elif scheme in s3.SCHEMES:
-            s3.fetch(uri, partial, endpoint=s3_endpoint)
+            s3.fetch(uri, partial, max_bytes=max_bytes, endpoint=s3_endpoint)
         else:
             raise StorageError(
                 f"--model-uri {uri!r}: scheme {scheme!r} is not supported; use file://, http(s):// or s3://"

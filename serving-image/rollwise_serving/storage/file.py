@@ -1,20 +1,23 @@
-"""Local paths and mounted volumes (a PVC, a ConfigMap, an image layer): nothing to download."""
+"""Local paths and mounted volumes (a PVC, a ConfigMap, an image layer): nothing to download, but
+the same ``--max-model-bytes`` applies, so every scheme refuses the same artifacts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from rollwise_serving.errors import StorageError
+from rollwise_serving.errors import ArtifactTooLargeError, StorageError
 
 SCHEMES = frozenset({"", "file"})
 
 
-def fetch(uri: str) -> Path:
+def fetch(uri: str, *, max_bytes: int) -> Path:
     parts = urlsplit(uri)
     path = Path(unquote(parts.path) if parts.scheme else uri)
     if not path.is_file():
         raise StorageError(
             f"model artifact {str(path)!r} is not a readable file; check the path or the volume mount"
         )
+    if path.stat().st_size > max_bytes:
+        raise ArtifactTooLargeError(uri, max_bytes)
     return path

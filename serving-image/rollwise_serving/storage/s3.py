@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from rollwise_serving.errors import StorageError
+from rollwise_serving.errors import ArtifactTooLargeError, StorageError
 
 SCHEMES = frozenset({"s3"})
 
 
-def fetch(uri: str, dest: Path, *, endpoint: str | None = None) -> None:
+def fetch(uri: str, dest: Path, *, max_bytes: int, endpoint: str | None = None) -> None:
     import boto3  # noqa: PLC0415 - heavy; only S3 users pay for the import
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
@@ -29,7 +29,20 @@ def fetch(uri: str, dest: Path, *, endpoint: str | None = None) -> None:
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
     )
     try:
-        client.download_file(bucket, key, str(dest))
+        # One streamed GET rather than download_file's parallel ranges: the bytes are counted as
+        # they arrive, so the download stops at --max-model-bytes whatever the store claims.
+        obj = client.get_object(Bucket=bucket, Key=key)
+        if int(obj.get("ContentLength") or 0) > max_bytes:
+            obj["Body"].close()
+            raise ArtifactTooLargeError(uri, max_bytes)
+        size = 0
+        with dest.open("wb") as out:
+            for chunk in obj["Body"].iter_chunks(1 << 20):
+                size += len(chunk)
+                if size > max_bytes:
+                    obj["Body"].close()
+                    raise ArtifactTooLargeError(uri, max_bytes)
+                out.write(chunk)
     except (ClientError, BotoCoreError) as err:
         raise StorageError(
             f"cannot fetch {uri}: {err}; check the bucket, key, endpoint and credentials"
