@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from rollwise.plan.analysis import (
 )
 from rollwise.plan.compare import SUCCESS_GROUPS
 from rollwise.plan.measurement import Counts, NoData, QueryError, Value
+from rollwise.plan.scope import scoped
 
 from tests.unit.manifests import base
 
@@ -41,6 +43,9 @@ Gauge("known_value", "a fixed number", registry=registry).set(42.5)
 pair = Gauge("two_series", "two series", ["side"], registry=registry)
 pair.labels("a").set(1)
 pair.labels("b").set(2)
+many = Gauge("many_series", "a query that selects thousands of series", ["i"], registry=registry)
+for i in range(3000):
+    many.labels(str(i)).set(i)
 labels = ["model", "version", "track", "outcome"]
 requests = Counter("rollwise_requests_total", "requests", labels, registry=registry)
 start_http_server(int(sys.argv[1]), addr="127.0.0.1", registry=registry)
@@ -193,6 +198,25 @@ def test_bad_promql_is_an_error_with_prometheus_message_and_no_retry(prometheus:
     assert p.breaker.state is BreakerState.CLOSED  # and Prometheus itself is fine
 
 
+def test_an_answer_of_thousands_of_series_is_refused_by_size_not_parsed(prometheus: Prom) -> None:
+    """`{__name__=~".+"}`-style answers: cut off at the byte cap with an error asking to aggregate."""
+    m = provider(prometheus.url).query("many_series", now())
+    assert isinstance(m, QueryError) and "larger than 64 KiB" in m.detail and "sum(" in m.detail
+    grouped = provider(prometheus.url).query("many_series", now(), by=("i",))
+    assert isinstance(grouped, Counts) and len(grouped.values) == 3000  # under the grouped cap
+
+
+def test_a_scoped_custom_query_parses_and_reads_only_its_namespace(prometheus: Prom) -> None:
+    """The exporter's series carry namespace=ml (its target labels), as a tenant's pods' would."""
+    p = provider(prometheus.url)
+    assert p.query(scoped("known_value", "ml"), now()) == Value(42.5)
+    assert isinstance(p.query(scoped("known_value", "other-team"), now()), NoData)
+    everything = scoped('count({__name__=~".+"})', "other-team")
+    assert isinstance(p.query(everything, now()), NoData)
+    mine = p.query(scoped('count({__name__=~"many_series|known_value"})', "ml"), now())
+    assert mine == Value(3001.0)
+
+
 def test_the_builtin_queries_parse_on_a_real_prometheus(prometheus: Prom) -> None:
     doc = base()
     doc["spec"]["model"]["version"] = "2.0.0"
@@ -298,3 +322,37 @@ def test_an_unreachable_port_is_an_error_not_a_pass() -> None:
     p = provider(f"http://127.0.0.1:{free_port()}", retry=RetryPolicy(attempts=2))
     m = p.query("up", now())
     assert isinstance(m, QueryError) and "ConnectError" in m.detail
+
+
+def test_a_trickling_prometheus_is_cut_off_at_the_deadline() -> None:
+    """A byte every half second passes every per-read timeout; the whole read has one deadline."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    stop_event = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            while not stop_event.wait(0.5):
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        m = provider(f"http://127.0.0.1:{port}", retry=RetryPolicy(attempts=1), timeout_seconds=2.0).query(
+            "up", now()
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        stop_event.set()
+        server.close()
+    assert isinstance(m, QueryError) and "timed out after 2s" in m.detail
+    assert elapsed < 10  # the trickle would take 14 hours

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from rollwise.api.v1alpha1 import ConditionType, ModelDeployment, Phase, Reason, Verdict
+from rollwise.kube.reconcile import WebhookAnswers
 from rollwise.plan.analysis import Measured, due_queries
 from rollwise.plan.decision import Decision
 from rollwise.plan.machine import decide
@@ -519,6 +520,31 @@ def test_a_step_webhook_is_asked_before_each_step_and_a_refusal_rolls_back() -> 
     d = w.settle(at(3), webhooks=[WebhookResult(call.key, ok=False, detail="HTTP 503")])
     assert d.status.phase is Phase.ROLLED_BACK
     assert "webhook step (step) refused: HTTP 503" in d.status.message
+
+
+def test_a_passed_gate_is_kept_in_status_so_a_restarted_operator_does_not_ask_again() -> None:
+    md = md_of(
+        {"canary": {"steps": [{"setWeight": 10}, {"pause": {}}]}, "webhooks": hooks("preRollout", "step")}
+    )
+    w = World.of(md)
+    w.settle(at(0))
+    w.with_spec(spec__model__version="2.0.0")
+    calls = w.settle(at(1)).webhook_calls
+    assert sorted(c.key.type for c in calls) == ["preRollout", "step"]
+    answers = [WebhookResult(c.key, ok=True) for c in calls]
+    d = w.settle(at(2), webhooks=answers)
+    assert d.status.current_step == 0
+    kept = {(g.name, g.type, g.step) for g in d.status.passed_gates}
+    assert kept == {("prerollout", "preRollout", 0), ("step", "step", 0)}
+    # A restarted operator has no answers in memory: the I/O layer seeds them from the status.
+    memory = WebhookAnswers()
+    seeded = memory.for_pass(d.status.candidate_revision, d.status.passed_gates)
+    assert {r.key for r in seeded} == {c.key for c in calls}
+    again = w.settle(at(3), webhooks=list(seeded))
+    assert (again.status.current_step, again.status.weight) == (0, 10)
+    assert [c for c in again.webhook_calls if c.key.step == 0] == []  # nobody is asked twice
+    # Answers about another candidate are not taken.
+    assert WebhookAnswers().for_pass("other-revision", d.status.passed_gates) == ()
 
 
 def test_confirm_promotion_refusal_pauses_until_it_answers_2xx() -> None:

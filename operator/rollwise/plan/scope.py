@@ -58,6 +58,7 @@ def scoped(query: str, namespace: str) -> str:
     """`query` with `namespace="<namespace>"` on every selector; raises `ScopeError`."""
     matcher = f"namespace={json.dumps(namespace)}"
     tokens = _tokens(query)
+    _balanced(tokens)
     out: list[str] = []
     i = 0
     while i < len(tokens):
@@ -96,6 +97,22 @@ def _ident(tokens: list[tuple[str, str]], i: int, matcher: str, out: list[str]) 
         return _braces(tokens, j, matcher, out)
     out.append("{" + matcher + "}")  # a bare metric name
     return i + 1
+
+
+def _balanced(tokens: list[tuple[str, str]]) -> None:
+    """Brackets pair up (strings and comments aside): a query that does not parse is refused here,
+    before a selector could be misread."""
+    stack: list[str] = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for kind, text in tokens:
+        if kind != "op":
+            continue
+        if text in "([{":
+            stack.append(text)
+        elif text in pairs and (not stack or stack.pop() != pairs[text]):
+            raise ScopeError(f"a {text!r} without its {pairs[text]!r}")
+    if stack:
+        raise ScopeError(f"a {stack[-1]!r} that is never closed")
 
 
 def _closing(tokens: list[tuple[str, str]], start: int, opening: str, closing: str) -> int:
