@@ -25,6 +25,8 @@ from tests.conftest import NAMESPACE_PREFIX, Cluster, wait_until
 OPERATOR_USER = "rollwise-operator-test"
 SERVING_IMAGE = "rollwise/serving:0.1.0"
 ROUTERS = "replicas,gatewayAPI,istio,nginx"
+WEBHOOK_HOST = "127.0.0.2"
+"""Where the tests' webhook servers listen (the operator runs on this host)."""
 """Every router on, as a chart with all `routers.<name>.enabled` runs it (the `crds` fixture
 installs the Gateway API and Istio CRDs their watches need)."""
 
@@ -98,6 +100,9 @@ def start_operator(
         "ROLLWISE_RESYNC_SECONDS": str(resync_seconds),
         "ROLLWISE_ROUTERS": routers,
         "ROLLWISE_LOG_LEVEL": os.environ.get("ROLLWISE_TEST_OPERATOR_LOG_LEVEL", "info"),
+        # Test webhooks listen on 127.0.0.2, as an administrator would allow a gate's range; the
+        # rest of loopback (the API server's 127.0.0.1 among it) stays refused.
+        "ROLLWISE_WEBHOOK_ALLOWED_CIDRS": f"{WEBHOOK_HOST}/32",
         **{f"ROLLWISE_{key.upper()}": value for key, value in settings.items()},
     }
     log = tmp / f"{name}-{time.time_ns()}.log"

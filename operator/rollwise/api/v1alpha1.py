@@ -801,9 +801,11 @@ class Webhook(ApiModel):
     type: WebhookType
     """When it is called."""
     url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^ ]+$")
-    """http(s) URL to POST to."""
+    """http(s) URL to POST to. Loopback, link-local, the API server and the ranges the administrator
+    denies are refused (chart `webhooks.*`); only the answer's status counts, its body is not read."""
     timeout_seconds: int = Field(default=10, ge=1, le=300)
-    """Seconds to wait for an answer; a timeout is a failure. Default 10."""
+    """Seconds the whole call may take, from name lookup to the status line; past it the call is a
+    failure. Default 10."""
 
 
 class StrategyName(StrEnum):
