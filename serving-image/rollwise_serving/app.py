@@ -33,7 +33,7 @@ from rollwise_contract.metrics import Outcome
 
 from rollwise_serving import __version__
 from rollwise_serving.cache import PredictionCache
-from rollwise_serving.config import Settings, from_environ, parse_forward_match
+from rollwise_serving.config import Settings, configure_logging, from_environ, parse_forward_match
 from rollwise_serving.dataplane import Dataplane
 from rollwise_serving.drift import Reference
 from rollwise_serving.errors import (
@@ -348,8 +348,11 @@ def create_app(settings: Settings) -> ServingApp:
 
 
 def create_app_from_env() -> ServingApp:
-    """Uvicorn's factory in each worker process: settings arrive as ``ROLLWISE_*`` variables."""
-    return create_app(from_environ())
+    """Uvicorn's factory in each worker process: settings arrive as ``ROLLWISE_*`` variables. A
+    worker starts with no log handler of ours: it gets the same, redacting one."""
+    settings = from_environ()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def limits_of(settings: Settings) -> Limits:

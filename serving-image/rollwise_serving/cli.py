@@ -8,7 +8,6 @@ start. The model itself loads after start-up (readiness tells how that went).
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
@@ -16,7 +15,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from rollwise_serving.config import Settings, SettingsError, parse_settings
+from rollwise_serving.config import Settings, SettingsError, configure_logging, parse_settings
 from rollwise_serving.drift import Reference
 from rollwise_serving.features import SchemaChecker, SchemaError
 from rollwise_serving.repository import workers_ready_dir
@@ -49,10 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"rollwise-serve: error: {problem}", file=sys.stderr)
         print("rollwise-serve: see `rollwise-serve --help`", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)  # every line scrubbed of the settings' credentials
     common = {
         "host": settings.host,
         "port": settings.port,

@@ -7,20 +7,27 @@ say (a ``Flag``). All problems are reported in one pass, each naming the flag, i
 value and the fix, so a pod that fails to start says exactly what to change. Uvicorn workers
 re-import the app, so the settings travel to them as the same variables
 (``to_environ``/``from_environ``).
+
+Some settings carry secrets: a model URI with ``user:password@`` or a presigned query string, a
+``rediss://:password@`` URL, the hop token. They are shown only through ``redact_uri`` (readiness,
+error messages) and every log line passes ``Redactor`` (``configure_logging``), so neither
+``/v2/health/ready`` nor ``kubectl logs`` hands a tenant's credentials to whoever can read them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError
 from pydantic_core import CoreSchema, ErrorDetails, core_schema
@@ -114,6 +121,114 @@ def _entry_problem(error: ErrorDetails) -> str:
     return f"entry {i} {fix}" if not place else f"entry {i}: {fix}"
 
 
+# ---- what of a setting may be shown -------------------------------------------------------------
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` as readiness, errors and logs show it: the userinfo starred, the query (where a
+    presigned URL carries its credential and signature) and fragment dropped, e.g.
+    ``https://u:p@host:8443/m.onnx?X-Amz-Signature=..`` -> ``https://***@host:8443/m.onnx``. A plain
+    path is shown as it is."""
+    if "://" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # e.g. a broken IPv6 literal: show nothing that could be a secret
+        return uri.partition("://")[0] + "://***"
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+_SHORTEST_SECRET = 8
+"""Query values shorter than this (``X-Amz-Expires=3600``) are not hunted for in log lines on their
+own: they are no credential, and starring every ``3600`` would garble the log. The whole query and
+the userinfo are starred whatever their length."""
+
+
+def _secret_parts(uri: str) -> set[str]:
+    """The pieces of ``uri`` that may be credentials, as they may appear in a library's message."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return {uri}
+    pieces: set[str] = set()
+    userinfo = parts.netloc.rpartition("@")[0]
+    if userinfo:
+        pieces |= {userinfo, unquote(userinfo)}
+        if parts.password and len(parts.password) >= 3:
+            pieces |= {parts.password, unquote(parts.password)}
+    if parts.query:
+        pieces.add(parts.query)
+        for pair in parts.query.split("&"):
+            value = pair.partition("=")[2]
+            for form in (value, unquote(value), quote(unquote(value), safe="")):
+                if len(form) >= _SHORTEST_SECRET:
+                    pieces.add(form)
+    return pieces
+
+
+class Redactor:
+    """Hides secrets in any text: each URI by its ``redact_uri`` form, then any piece of a
+    credential still there (a library may print a URI its own way, or just the password) and the
+    other secrets by ``***``."""
+
+    def __init__(self, uris: Iterable[str | None], secrets: Iterable[str | None] = ()) -> None:
+        self._uris = sorted({u for u in uris if u and redact_uri(u) != u}, key=len, reverse=True)
+        pieces = {s for s in secrets if s}
+        for uri in self._uris:
+            pieces |= _secret_parts(uri)
+        self._pieces = sorted(pieces, key=len, reverse=True)
+
+    @classmethod
+    def of(cls, settings: Settings) -> Redactor:
+        return cls([settings.model_uri, settings.fallback_uri, settings.redis_url], [settings.hop_token])
+
+    def __bool__(self) -> bool:
+        return bool(self._pieces)
+
+    def scrub(self, text: str) -> str:
+        for uri in self._uris:
+            text = text.replace(uri, redact_uri(uri))
+        for piece in self._pieces:
+            text = text.replace(piece, "***")
+        return text
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter passing every record, its secrets scrubbed (message and traceback)."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+        self._formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self.redactor.scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            # the formatter prints exc_text when set: the traceback's messages are scrubbed too
+            record.exc_text = self.redactor.scrub(self._formatter.formatException(record.exc_info))
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    """The server's log lines on stderr, every one through ``RedactingFilter``. Called in the
+    process that parsed the flags and in each ``--workers`` process (which starts with none)."""
+    logging.basicConfig(
+        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    redactor = Redactor.of(settings)
+    if not redactor:
+        return
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter(redactor))
+
+
 # ---- how one setting reads and complains -------------------------------------------------------
 
 
@@ -140,6 +255,8 @@ class Flag:
     then only adds an example."""
     secret: bool = False
     """The value is a secret: a problem never shows it (pod logs are read by more people)."""
+    uri: bool = False
+    """The value is a URI that may carry credentials: a problem shows it through ``redact_uri``."""
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         schema = handler(source)
@@ -156,7 +273,13 @@ class Flag:
             return f"{where} is required; {self.required}"
         if self.explains:
             return f"{where} {error.get('ctx', {}).get('error', error['msg'])}; {self.problem}"
-        shown = "(the value, hidden)" if self.secret else repr(error["input"])
+        value = error["input"]
+        if self.secret:
+            shown = "(the value, hidden)"
+        elif self.uri and isinstance(value, str):
+            shown = repr(redact_uri(value))
+        else:
+            shown = repr(value)
         return f"{where}: {shown} {self.problem}"
 
 
@@ -310,6 +433,7 @@ class Settings(BaseModel):
             "redis://host:port/db for the shared prediction cache",
             "is not valid; use redis://host:6379/0",
             partial(_matching, r"(redis|rediss|unix)://.*"),
+            uri=True,
         ),
     ] = None
     cache_size: Annotated[int, _integer("in-process LRU entries (0 disables; default 0)", 0, 10_000_000)] = 0

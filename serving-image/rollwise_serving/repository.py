@@ -10,6 +10,9 @@ readiness (the primary serves), but readiness reports it.
 With ``--workers`` > 1 each worker loads its own copy, and a probe reaches only one of them:
 every worker marks itself ready in ``<cache-dir>/workers-ready/`` and readiness is true only when
 all ``--workers`` live workers have, so no request lands on a worker still loading.
+
+A model URI may carry credentials (``user:password@``, a presigned query): readiness, reasons and
+log lines show it only as ``config.redact_uri`` does.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 from rollwise_contract.model import PICKLE_FORMATS, ModelFormat
 
-from rollwise_serving.config import Settings
+from rollwise_serving.config import Redactor, Settings, redact_uri
 from rollwise_serving.errors import ArtifactError, ModelNotReadyError, StorageError
 from rollwise_serving.runtimes import Runtime, load_runtime
 from rollwise_serving.storage import digest_of, fetch_artifact
@@ -53,10 +56,15 @@ class ModelSlot:
     digest: str | None = None
     runtime: Runtime | None = field(default=None, repr=False)
 
+    @property
+    def shown_uri(self) -> str:
+        """The URI without its credentials: what readiness and the log show."""
+        return redact_uri(self.uri)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "role": self.role,
-            "uri": self.uri,
+            "uri": self.shown_uri,
             "format": self.format.value,
             "state": self.state.value,
             "reason": self.reason,
@@ -65,7 +73,9 @@ class ModelSlot:
 
 
 def load_slot(slot: ModelSlot, settings: Settings) -> None:
-    """Fetch, verify and deserialise one model; never raises: the outcome lands in ``slot``."""
+    """Fetch, verify and deserialise one model; never raises: the outcome lands in ``slot``, its
+    reason scrubbed of the URI's credentials (a library's message may quote the URI)."""
+    secrets = Redactor([slot.uri])
     try:
         path = fetch_artifact(
             slot.uri,
@@ -79,7 +89,7 @@ def load_slot(slot: ModelSlot, settings: Settings) -> None:
             if path.is_relative_to(settings.cache_dir):
                 path.unlink(missing_ok=True)  # never keep a bad download where it looks cached
             raise ArtifactError(
-                f"sha256 mismatch for {slot.uri}: the artifact's digest is {digest}, the pinned one is "
+                f"sha256 mismatch for {slot.shown_uri}: the artifact's digest is {digest}, the pinned one is "
                 f"{slot.sha256}; refusing to load it. Pin the right digest or publish the right artifact."
             )
         if slot.sha256 is None and slot.format in PICKLE_FORMATS:
@@ -87,10 +97,10 @@ def load_slot(slot: ModelSlot, settings: Settings) -> None:
         slot.digest = digest
         slot.runtime = load_runtime(slot.format, Path(path), python_class=settings.python_class)
     except (StorageError, ArtifactError) as err:
-        slot.state, slot.reason = LoadState.FAILED, str(err)
-        log.error("%s model not loaded: %s", slot.role, err)
+        slot.state, slot.reason = LoadState.FAILED, secrets.scrub(str(err))
+        log.error("%s model not loaded: %s", slot.role, slot.reason)
     except Exception as err:  # a broken artifact must never take the server down
-        slot.state, slot.reason = LoadState.FAILED, f"{type(err).__name__}: {err}"
+        slot.state, slot.reason = LoadState.FAILED, secrets.scrub(f"{type(err).__name__}: {err}")
         log.exception("%s model not loaded", slot.role)
     else:
         if slot.sha256 is None:
@@ -101,12 +111,12 @@ def load_slot(slot: ModelSlot, settings: Settings) -> None:
             log.warning(
                 "%s model loaded from %s without a pinned digest (sha256 %s)",
                 slot.role,
-                slot.uri,
+                slot.shown_uri,
                 slot.digest,
             )
         else:
             slot.state, slot.reason = LoadState.READY, "loaded and verified"
-            log.info("%s model loaded from %s (sha256 %s)", slot.role, slot.uri, slot.digest)
+            log.info("%s model loaded from %s (sha256 %s)", slot.role, slot.shown_uri, slot.digest)
 
 
 class Repository:

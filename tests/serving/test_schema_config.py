@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rollwise_contract.metrics import Problem
-from rollwise_serving.config import HashRange, ModelFormat, SettingsError, Track, parse_settings
+from rollwise_serving.config import (
+    HashRange,
+    ModelFormat,
+    Redactor,
+    SettingsError,
+    Track,
+    parse_settings,
+    redact_uri,
+)
 from rollwise_serving.drift import Reference, bin_counts, psi
 from rollwise_serving.features import FeatureValidationError, SchemaChecker, SchemaError
 from rollwise_serving.forwarding import bucket_of
@@ -288,3 +296,41 @@ def test_a_bad_hop_token_is_refused_without_showing_it() -> None:
     ok = parse_settings(BASE_FLAGS, {"ROLLWISE_HOP_TOKEN": "f" * 64})
     assert ok.hop_token == "f" * 64 and "f" * 16 not in repr(ok)
     assert parse_settings([], ok.to_environ()) == ok  # workers get it too
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        pytest.param("/models/m.onnx", "/models/m.onnx", id="a path is shown as it is"),
+        pytest.param("file:///models/m.onnx", "file:///models/m.onnx", id="a file URI is shown as it is"),
+        pytest.param(
+            "https://u:p@host:8443/m.onnx?X-Amz-Signature=abc#x",
+            "https://***@host:8443/m.onnx",
+            id="userinfo starred, query and fragment dropped",
+        ),
+        pytest.param("https://token@host/m", "https://***@host/m", id="a user without password is starred"),
+        pytest.param("s3://bucket/key?versionId=3", "s3://bucket/key", id="an s3 query is dropped"),
+        pytest.param(
+            "rediss://:pw@redis:6380/0", "rediss://***@redis:6380/0", id="a redis password is starred"
+        ),
+        pytest.param("http://[::1/m", "http://***", id="an unparseable URI shows no more than its scheme"),
+    ],
+)
+def test_uris_are_shown_without_their_credentials(uri: str, shown: str) -> None:
+    assert redact_uri(uri) == shown
+
+
+def test_the_redactor_hides_credentials_however_a_library_quotes_them() -> None:
+    uri = "https://alice:pa%2Fss@h/m.onnx?X-Amz-Credential=AKIA%2F2026&X-Amz-Expires=3600"
+    scrub = Redactor([uri], ["hop-token-0123456789"]).scrub
+    assert scrub(f"GET {uri} failed") == "GET https://***@h/m.onnx failed"
+    assert scrub("auth for pa/ss with AKIA/2026 and hop-token-0123456789") == "auth for *** with *** and ***"
+    assert scrub("expires in 3600 s") == "expires in 3600 s"  # too short to be a credential on its own
+
+
+def test_a_bad_redis_url_is_shown_without_its_password() -> None:
+    with pytest.raises(SettingsError) as err:
+        parse_settings([*BASE_FLAGS, "--redis-url", "http://:hunter2-pw@redis:6379"], {})
+    assert err.value.problems == [
+        "--redis-url (env ROLLWISE_REDIS_URL): 'http://***@redis:6379' is not valid; use redis://host:6379/0"
+    ]

@@ -8,8 +8,10 @@ another tenant's cached answers.
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
+import shutil
 import socket
 import threading
 import time
@@ -337,3 +339,88 @@ def test_an_artifact_over_the_cap_is_refused_from_a_file_and_from_s3(
         f"model artifact s3://models/big.onnx is over the {CAP}-byte limit (--max-model-bytes"
     )
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+# ---- 5. credentials in model URIs are never shown ---------------------------------------------
+
+SECRETS = [
+    "alice",
+    "s3cr3t-pw",
+    "AKIAEXAMPLE",
+    "X-Amz",
+    "deadbeefcafe0123456789",
+    "abcdefgh12345678",
+    "tok-0123",
+]
+QUERY = (
+    "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20260101%2Fus-east-1%2Fs3"
+    "&X-Amz-Signature=deadbeefcafe0123456789&sig=abcdefgh12345678&token=tok-0123456789"
+)
+
+
+@pytest.fixture
+def model_files(tmp_path: Path, models: dict[str, Any]) -> Iterator[str]:
+    """A loopback HTTP server over the example models that ignores credentials and query strings."""
+    root = tmp_path / "www" / "models"
+    root.mkdir(parents=True)
+    shutil.copy(models["dir"] / models["models"]["iris-v1-onnx"]["file"], root / "iris.onnx")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path / "www"))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def assert_no_secret(text: str, where: str) -> None:
+    leaked = [s for s in SECRETS if s in text]
+    assert not leaked, f"{where} shows {leaked}: {text[:2000]}"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_credentials_in_the_model_uri_are_shown_nowhere(
+    fresh_servers: ServerFactory, model_files: str, workers: str
+) -> None:
+    uri = f"http://alice:s3cr3t-pw@{model_files}/models/iris.onnx{QUERY}"
+    s = fresh_servers.start(*onnx_args(uri), "--log-level", "debug", "--workers", workers)
+    for path in (
+        "/v2/health/ready",
+        "/v2/models/iris/ready",
+        "/v2/models/iris",
+        "/v2/models/iris/versions/v1",
+    ):
+        r = s.get(path)
+        assert r.status_code == 200
+        assert_no_secret(r.text, path)
+    assert (
+        s.get("/v2/health/ready").json()["models"][0]["uri"] == f"http://***@{model_files}/models/iris.onnx"
+    )
+    assert s.post("/v2/models/iris/infer", content=infer_body([SETOSA])).status_code == 200
+    logs = s.logs()
+    assert f"loaded from http://***@{model_files}/models/iris.onnx" in logs  # the load is logged ...
+    assert "HTTP Request: GET" in logs  # ... and so is the download, at debug level
+    assert_no_secret(logs, "the log")
+
+
+def test_credentials_stay_hidden_when_the_download_fails(
+    fresh_servers: ServerFactory, model_files: str
+) -> None:
+    uri = f"https://alice:s3cr3t-pw@{model_files}/models/absent.onnx{QUERY}"  # TLS to a plain server
+    fallback = f"http://alice:s3cr3t-pw@{model_files}/models/absent.onnx{QUERY}"  # 404
+    s = fresh_servers.start(*onnx_args(uri), "--fallback-uri", fallback, wait_ready=False)
+    reason = failed_reason(s)
+    assert reason.startswith(f"cannot fetch https://***@{model_files}/models/absent.onnx: "), reason
+    eventually(
+        lambda: s.get("/v2/health/ready").json()["models"][1]["state"] == "failed", "the fallback to fail"
+    )
+    body = s.get("/v2/health/ready").text
+    assert f"GET http://***@{model_files}/models/absent.onnx answered HTTP 404" in body
+    assert_no_secret(body, "readiness")
+    assert_no_secret(s.logs(), "the log")

@@ -4,7 +4,8 @@ Every scheme ends with a local file. Remote artifacts are downloaded once into t
 directory, under the pinned digest when there is one (a restart or a second worker reuses a
 verified copy instead of downloading again), to a temporary name renamed into place only when
 complete, so a crash never leaves a half file that looks cached. Verification of the digest is
-the repository's job and happens before anything is deserialised.
+the repository's job and happens before anything is deserialised. Messages show the URI through
+``redact_uri``: it may carry credentials.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from rollwise_serving.config import Redactor, redact_uri
 from rollwise_serving.errors import StorageError
 from rollwise_serving.storage import file, http, s3
 
@@ -44,14 +46,15 @@ def fetch_artifact(
             s3.fetch(uri, partial, max_bytes=max_bytes, endpoint=s3_endpoint)
         else:
             raise StorageError(
-                f"--model-uri {uri!r}: scheme {scheme!r} is not supported; use file://, http(s):// or s3://"
+                f"--model-uri {redact_uri(uri)!r}: scheme {scheme!r} is not supported; "
+                "use file://, http(s):// or s3://"
             )
     except StorageError:
         partial.unlink(missing_ok=True)
         raise
     except Exception as err:
         partial.unlink(missing_ok=True)
-        raise StorageError(f"cannot fetch {uri}: {err}") from err
+        raise StorageError(f"cannot fetch {redact_uri(uri)}: {Redactor([uri]).scrub(str(err))}") from err
     partial.replace(cached)
     return cached
 

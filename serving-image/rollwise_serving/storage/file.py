@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from rollwise_serving.config import redact_uri
 from rollwise_serving.errors import ArtifactTooLargeError, StorageError
 
 SCHEMES = frozenset({"", "file"})
@@ -19,5 +20,5 @@ def fetch(uri: str, *, max_bytes: int) -> Path:
             f"model artifact {str(path)!r} is not a readable file; check the path or the volume mount"
         )
     if path.stat().st_size > max_bytes:
-        raise ArtifactTooLargeError(uri, max_bytes)
+        raise ArtifactTooLargeError(redact_uri(uri), max_bytes)
     return path

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from rollwise_serving.config import redact_uri
 from rollwise_serving.errors import ArtifactTooLargeError, StorageError
 
 SCHEMES = frozenset({"s3"})
@@ -20,9 +21,10 @@ def fetch(uri: str, dest: Path, *, max_bytes: int, endpoint: str | None = None) 
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
     parts = urlsplit(uri)
+    shown = redact_uri(uri)
     bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
     if not bucket or not key:
-        raise StorageError(f"--model-uri {uri!r}: use s3://BUCKET/KEY")
+        raise StorageError(f"--model-uri {shown!r}: use s3://BUCKET/KEY")
     client = boto3.client(
         "s3",
         endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL") or None,
@@ -34,16 +36,16 @@ def fetch(uri: str, dest: Path, *, max_bytes: int, endpoint: str | None = None) 
         obj = client.get_object(Bucket=bucket, Key=key)
         if int(obj.get("ContentLength") or 0) > max_bytes:
             obj["Body"].close()
-            raise ArtifactTooLargeError(uri, max_bytes)
+            raise ArtifactTooLargeError(shown, max_bytes)
         size = 0
         with dest.open("wb") as out:
             for chunk in obj["Body"].iter_chunks(1 << 20):
                 size += len(chunk)
                 if size > max_bytes:
                     obj["Body"].close()
-                    raise ArtifactTooLargeError(uri, max_bytes)
+                    raise ArtifactTooLargeError(shown, max_bytes)
                 out.write(chunk)
     except (ClientError, BotoCoreError) as err:
         raise StorageError(
-            f"cannot fetch {uri}: {err}; check the bucket, key, endpoint and credentials"
+            f"cannot fetch {shown}: {err}; check the bucket, key, endpoint and credentials"
         ) from err
