@@ -30,10 +30,14 @@ class FeatureType(StrEnum):
     """One of `values`; reaches the model as the value's index."""
 
 
+FEATURE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+"""A feature's name: also a Prometheus label value and a check's `feature`, so kept plain."""
+
+
 class Feature(ApiModel):
     """One named input column; requests that break it get HTTP 422 listing every bad field."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    name: str = Field(min_length=1, max_length=64, pattern=FEATURE_NAME)
     """Feature name as it appears in inference requests."""
     type: FeatureType = FeatureType.FLOAT
     """Value type. Default float."""

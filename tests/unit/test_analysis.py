@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from rollwise.api.v1alpha1 import AnalysisSpec, MetricCheck, MetricResult, ModelDeployment, Verdict
 from rollwise.plan.analysis import (
     Measured,
@@ -170,7 +171,8 @@ def md(**model: Any) -> ModelDeployment:
 
 
 def test_input_drift_counts_both_tracks_values_of_its_feature_and_brings_the_reference() -> None:
-    """A `feature` enters PromQL as a quoted, escaped string: `x"}) or vector(1) #` stays a name."""
+    """A `feature` must be a feature name, and enters PromQL as a quoted, escaped string anyway:
+    `x"}) or vector(1) #` is refused, and would stay a name."""
     c = MetricCheck.model_validate(
         {"name": "m", "builtin": "inputDrift", "feature": "age", "threshold": {"max": 0.2}}
     )
@@ -183,9 +185,12 @@ def test_input_drift_counts_both_tracks_values_of_its_feature_and_brings_the_ref
         "or label_replace(max by (feature, le) (rollwise_feature_reference_share{"
         f'{CAND},feature="age"}}), "track", "reference", "", "")'
     )
-    evil = MetricCheck.model_validate(
-        {"name": "m", "builtin": "inputDrift", "feature": 'x"}) or vector(1) #', "threshold": {"max": 0.2}}
-    )
+    injected = 'x"}) or vector(1) #'
+    with pytest.raises(ValidationError, match="String should match pattern"):
+        MetricCheck.model_validate(
+            {"name": "m", "builtin": "inputDrift", "feature": injected, "threshold": {"max": 0.2}}
+        )
+    evil = c.model_copy(update={"feature": injected})  # past the API's pattern: still only a name
     assert 'feature="x\\"}) or vector(1) #"' in counts_query(md(), how, since=T0, at=T0, check=evil)
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from rollwise_contract.base import ApiModel, StatusModel, count, map_list, rule
-from rollwise_contract.features import FeatureSchema
+from rollwise_contract.features import FEATURE_NAME, FeatureSchema
 from rollwise_contract.matches import HEADER_NAME, RequestMatch
 from rollwise_contract.model import PICKLE_FORMATS, ModelFormat
 
@@ -618,8 +618,9 @@ class MetricCheck(ApiModel):
     when its value is worse than stable's by more than `compare.worseBy`, read as measured."""
     threshold: ThresholdRange
     """Passing range for the value."""
-    feature: str | None = Field(default=None, min_length=1, max_length=128)
-    """For inputDrift: the one feature to watch; unset watches every feature."""
+    feature: str | None = Field(default=None, min_length=1, max_length=64, pattern=FEATURE_NAME)
+    """For inputDrift: the one feature to watch (a name of the feature schema); unset watches every
+    feature."""
     compare: Comparison | None = None
     """Compare with stable. successRate, latencyP99 and predictionDrift: unset uses the defaults, on.
     A query: off unless set, and then `worseBy` is required; higher is worse when the threshold sets
