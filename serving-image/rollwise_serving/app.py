@@ -106,7 +106,8 @@ class ServingApp:
             size=settings.cache_size,
             redis_url=settings.redis_url,
             ttl_seconds=settings.cache_ttl_seconds,
-            namespace=f"rollwise:{settings.name}:{settings.version}:{settings.sha256 or ''}:",
+            namespace=f"rollwise:{settings.pod_namespace}:{settings.name}:{settings.version}:",
+            redis_ca_file=settings.redis_ca_file,
         )
         self.dataplane = Dataplane(settings, self.repository, self.metrics, schema, self.cache)
         self.hops = HopSeal(settings.hop_token)

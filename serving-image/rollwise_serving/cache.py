@@ -1,10 +1,17 @@
 """Prediction cache: an in-process LRU in front of an optional shared Redis.
 
-Keyed by model name, version, artifact digest, the outputs asked for and a hash of the canonical
-input bytes (dtype, shape and data of each tensor), so a new version never reads its predecessor's
-answers. Values are the encoded ``outputs`` JSON behind the predicted labels and scores
-(`pack_entry`), so a hit skips the model *and* the encoder and is still counted in the class
-shares and prediction histograms the judge compares (a cached answer is an answer users got).
+Keyed by the pod's Kubernetes namespace, model name, version, the digest of the artifact actually
+loaded, the outputs asked for and a hash of the canonical input bytes (dtype, shape and data of
+each tensor): ``rollwise:<namespace>:<name>:<version>:<sha256>:<hash>``. So two tenants' ``fraud``/
+``v1`` never share answers in a shared Redis, a new artifact published under the same version (no
+digest pinned) never reads its predecessor's answers, and a Redis ACL can confine each tenant to
+``rollwise:<namespace>:*``. The digest is the one the repository computed on load, not the pinned
+one: it is there for unpinned artifacts too.
+
+Values are the encoded ``outputs`` JSON behind the predicted labels and scores (`pack_entry`), so
+a hit skips the model *and* the encoder and is still counted in the class shares and prediction
+histograms the judge compares (a cached answer is an answer users got).
+
 Redis is an optimisation and never a dependency: every call has a short timeout, a failure counts
 ``rollwise_cache_total{tier="redis",result="error"}`` and reads as a miss, and after a failure
 Redis is left alone for a second (each skipped look-up still counts as an error) so an outage
@@ -21,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +38,10 @@ from rollwise_serving.metrics import ServerMetrics
 
 log = logging.getLogger("rollwise_serving.cache")
 REDIS_TIMEOUT_SECONDS = 0.05
+REDIS_CONNECT_TIMEOUT_SECONDS = 0.25
+"""A connection is made once and pooled; with ``rediss://`` making it includes a TLS handshake,
+which 50 ms does not always cover on a loaded node. After a failure the backoff below keeps
+requests from paying this again for a second."""
 REDIS_BACKOFF_SECONDS = 1.0
 MAX_PENDING_WRITES = 256
 
@@ -97,8 +109,19 @@ def cache_key(
 
 class PredictionCache:
     def __init__(
-        self, metrics: ServerMetrics, *, size: int, redis_url: str | None, ttl_seconds: int, namespace: str
+        self,
+        metrics: ServerMetrics,
+        *,
+        size: int,
+        redis_url: str | None,
+        ttl_seconds: int,
+        namespace: str,
+        redis_ca_file: Path | None = None,
     ) -> None:
+        """``namespace`` is the key prefix up to the artifact digest, e.g. ``rollwise:team-a:iris:v1:``;
+        ``redis_url`` may carry a password (``rediss://:pw@host:6380/0``, ``redis://user:pw@...``);
+        ``rediss://`` verifies the server's certificate and host name, against ``redis_ca_file``
+        when given."""
         self.size = size
         self.ttl_seconds = ttl_seconds
         self.namespace = namespace.encode()
@@ -107,11 +130,17 @@ class PredictionCache:
         if redis_url:
             import redis.asyncio  # noqa: PLC0415 - only when configured
 
+            tls: dict[str, Any] = {}
+            if redis_url.startswith("rediss://"):
+                tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+                if redis_ca_file is not None:
+                    tls["ssl_ca_certs"] = str(redis_ca_file)
             self._redis = redis.asyncio.Redis.from_url(
                 redis_url,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
                 retry_on_timeout=False,
+                **tls,
             )
         self._redis_down_until = 0.0
         self._writes: set[asyncio.Task[None]] = set()
@@ -127,8 +156,12 @@ class PredictionCache:
     def enabled(self) -> bool:
         return self.size > 0 or self._redis is not None
 
-    def key(self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None) -> bytes:
-        return self.namespace + cache_key(self.namespace, inputs, outputs).hex().encode()
+    def key(
+        self, digest: str, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None
+    ) -> bytes:
+        """The key of an answer of the artifact whose sha256 is ``digest``."""
+        prefix = self.namespace + digest.encode() + b":"
+        return prefix + cache_key(prefix, inputs, outputs).hex().encode()
 
     async def get(self, key: bytes) -> bytes | None:
         if self.size:

@@ -34,6 +34,12 @@ def check_files(settings: Settings) -> list[str]:
             Reference.load(settings.reference)
         except ValueError as err:
             problems.append(str(err))
+    ca = settings.redis_ca_file
+    if ca is not None and not (ca.is_file() and os.access(ca, os.R_OK)):
+        problems.append(
+            f"--redis-ca-file (env ROLLWISE_REDIS_CA_FILE): {str(ca)!r} is not a readable file; "
+            "point it at the PEM bundle of the CA that signed the Redis server's certificate"
+        )
     return problems
 
 

@@ -257,6 +257,8 @@ class Flag:
     """The value is a secret: a problem never shows it (pod logs are read by more people)."""
     uri: bool = False
     """The value is a URI that may carry credentials: a problem shows it through ``redact_uri``."""
+    env: str = ""
+    """The variable, when it is not ``ROLLWISE_<NAME>`` (a Kubernetes convention the pod follows)."""
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         schema = handler(source)
@@ -288,7 +290,10 @@ def _flag(name: str) -> str:
 
 
 def _env(name: str) -> str:
-    return ENV_PREFIX + name.upper()
+    """The setting's variable: ``ROLLWISE_<NAME>``, or the one its ``Flag`` names."""
+    info = Settings.model_fields.get(name)
+    flag = next((m for m in info.metadata if isinstance(m, Flag)), None) if info else None
+    return flag.env if flag is not None and flag.env else ENV_PREFIX + name.upper()
 
 
 def _int_between(low: int, high: int, text: str) -> int:
@@ -436,6 +441,27 @@ class Settings(BaseModel):
             uri=True,
         ),
     ] = None
+    redis_ca_file: Annotated[
+        Path | None,
+        Flag("CA bundle (PEM) that verifies a rediss:// server (default: the system's CAs)"),
+    ] = None
+    """With ``rediss://`` the server's certificate and host name are always verified, against this
+    bundle or, without it, the system's CAs (a private CA needs this file)."""
+    pod_namespace: Annotated[
+        str,
+        Flag(
+            "the pod's Kubernetes namespace, first in every Redis cache key (default: default)",
+            "is not a Kubernetes namespace; use a DNS label (lowercase letters, digits, '-')",
+            partial(_matching, r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"),
+            env="POD_NAMESPACE",
+        ),
+    ] = "default"
+    """The namespace of the ModelDeployment this pod serves; its variable is ``POD_NAMESPACE``, which
+    the operator sets from the downward API (``metadata.namespace``). Redis cache keys start with
+    ``rollwise:<namespace>:<name>:<version>:<artifact digest>:``, so two tenants' ``fraud``/``v1``
+    never share answers, and a Redis ACL can confine each tenant's credentials to its own
+    ``rollwise:<namespace>:*`` keys. Without it (a server run by hand) the namespace is
+    ``default``."""
     cache_size: Annotated[int, _integer("in-process LRU entries (0 disables; default 0)", 0, 10_000_000)] = 0
     """In-process LRU entries; 0 disables the cache (predictions are cheap for small models)."""
     cache_ttl_seconds: Annotated[int, _integer("Redis entry time-to-live (default 300)", 1, 30 * 86400)] = 300
@@ -628,7 +654,13 @@ _HASH_ROUTING = ("hash_header", "hash_range", "forward_url")
 
 
 def _combination_problems(given: Mapping[str, str]) -> list[str]:
-    return [*_routing_problems(given), *_digest_problems(given)]
+    return [*_routing_problems(given), *_digest_problems(given), *_redis_problems(given)]
+
+
+def _redis_problems(given: Mapping[str, str]) -> list[str]:
+    if "redis_ca_file" in given and not given.get("redis_url", "").startswith("rediss://"):
+        return ["--redis-ca-file verifies a TLS Redis: use it with a rediss:// --redis-url"]
+    return []
 
 
 def _routing_problems(given: Mapping[str, str]) -> list[str]:

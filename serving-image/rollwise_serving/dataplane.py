@@ -120,7 +120,7 @@ class Dataplane:
     ) -> tuple[bytes, Outcome]:
         key = None
         if self.cache is not None:
-            key = self.cache.key(prepared, selected)
+            key = self.cache.key(self.repository.primary_digest(), prepared, selected)
             value = await self.cache.get(key)
             cached = unpack_entry(value) if value is not None else None
             if cached is not None:

@@ -165,6 +165,13 @@ class Repository:
             raise ModelNotReadyError(f"model {self.settings.name} is not ready: {self.primary.reason}")
         return self.primary.runtime
 
+    def primary_digest(self) -> str:
+        """The sha256 computed from the loaded primary artifact (pinned or not): part of every cache
+        key, so answers of another artifact under the same name and version are never served."""
+        if self.primary.digest is None:
+            raise ModelNotReadyError(f"model {self.settings.name} is not ready: {self.primary.reason}")
+        return self.primary.digest
+
     def fallback_runtime(self) -> Runtime | None:
         return self.fallback.runtime if self.fallback is not None else None
 

@@ -230,15 +230,28 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Redis]:
+def start_redis(tmp_path: Path, *args: str, tls: dict[str, str] | None = None, **client: Any) -> Redis:
+    """A redis-server on a free loopback port, plus ``args`` (``--requirepass``, ``--user``...);
+    with ``tls`` (cert, key, ca file paths) it listens for TLS only. ``client`` are the redis-py
+    arguments that let the readiness PING in (a password, TLS settings)."""
     binary = require_binary("redis-server", "apt-get install redis-server")
     port = free_port()
+    listen = ["--port", str(port)]
+    if tls is not None:
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"]
+        listen += [
+            "--tls-cert-file",
+            tls["cert"],
+            "--tls-key-file",
+            tls["key"],
+            "--tls-ca-cert-file",
+            tls["ca"],
+        ]
+    log = tmp_path / f"redis-{port}.log"
     proc = subprocess.Popen(
         [
             binary,
-            "--port",
-            str(port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -247,6 +260,9 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
             "no",
             "--dir",
             str(tmp_path),
+            "--logfile",
+            str(log),
+            *args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -254,10 +270,16 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
     )
     import redis  # noqa: PLC0415
 
-    client = redis.Redis(port=port, socket_timeout=1)
-    wait_for(client.ping, 10, "redis-server to answer PING")
-    yield Redis(proc, port)
-    stop(proc)
+    ping = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, **client)
+    wait_for(ping.ping, 10, "redis-server to answer PING", log)
+    return Redis(proc, port)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    server = start_redis(tmp_path)
+    yield server
+    stop(server.proc)
 
 
 @dataclass

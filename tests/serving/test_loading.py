@@ -254,6 +254,16 @@ def test_python_model_with_a_tampered_file_is_refused(
             "--feature-schema: features[0].min: must not exceed max; swap or fix the bounds",
             id="bad inline schema",
         ),
+        pytest.param(
+            [
+                *["--model-uri", "/m.onnx", "--format", "onnx", "--name", "iris", "--version", "v1"],
+                *["--redis-url", "rediss://redis:6380/0", "--redis-ca-file", "/nonexistent/ca.pem"],
+            ],
+            {},
+            "--redis-ca-file (env ROLLWISE_REDIS_CA_FILE): '/nonexistent/ca.pem' is not a readable file; "
+            "point it at the PEM bundle of the CA that signed the Redis server's certificate",
+            id="a CA file that is not there",
+        ),
     ],
 )
 def test_cli_rejects_bad_settings_with_the_flag_and_fix(

@@ -334,3 +334,17 @@ def test_a_bad_redis_url_is_shown_without_its_password() -> None:
     assert err.value.problems == [
         "--redis-url (env ROLLWISE_REDIS_URL): 'http://***@redis:6379' is not valid; use redis://host:6379/0"
     ]
+
+
+def test_the_pod_namespace_comes_from_the_downward_api_variable() -> None:
+    assert parse_settings(BASE_FLAGS, {}).pod_namespace == "default"
+    s = parse_settings(BASE_FLAGS, {"POD_NAMESPACE": "team-a"})
+    assert s.pod_namespace == "team-a" and s.to_environ()["POD_NAMESPACE"] == "team-a"
+    assert parse_settings([], s.to_environ()) == s
+    with pytest.raises(SettingsError) as err:
+        parse_settings([*BASE_FLAGS, "--redis-ca-file", "/ca.pem"], {"POD_NAMESPACE": "Team_A"})
+    assert err.value.problems == [
+        "--pod-namespace (env POD_NAMESPACE): 'Team_A' is not a Kubernetes namespace; use a DNS label "
+        "(lowercase letters, digits, '-')",
+        "--redis-ca-file verifies a TLS Redis: use it with a rediss:// --redis-url",
+    ]

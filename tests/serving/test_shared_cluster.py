@@ -23,7 +23,18 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.serving.conftest import S3, SETOSA, Server, ServerFactory, infer_body, model_args
+from e2e.pki import Identity, issue, make_ca
+from tests.serving.conftest import (
+    S3,
+    SETOSA,
+    Redis,
+    Server,
+    ServerFactory,
+    infer_body,
+    model_args,
+    start_redis,
+    stop,
+)
 
 HOP = "x-rollwise-hop"
 TOKEN = "hop-" + "0123456789abcdef" * 2
@@ -424,3 +435,159 @@ def test_credentials_stay_hidden_when_the_download_fails(
     assert f"GET http://***@{model_files}/models/absent.onnx answered HTTP 404" in body
     assert_no_secret(body, "readiness")
     assert_no_secret(s.logs(), "the log")
+
+
+# ---- 6. the Redis cache is per tenant and per artifact ------------------------------------------
+
+
+def redis_keys(redis: Redis, **client: Any) -> list[str]:
+    import redis as redis_py  # noqa: PLC0415
+
+    with redis_py.Redis(host="127.0.0.1", port=redis.port, socket_timeout=2, **client) as c:
+        return sorted(k.decode() for k in c.keys("*"))
+
+
+def prefixes(keys: list[str]) -> list[str]:
+    """``rollwise:<ns>:<name>:<version>:<digest>:<hash>`` -> everything up to the hash."""
+    return sorted(k.rpartition(":")[0] + ":" for k in keys)
+
+
+def redis_results(server: Server) -> dict[str, float]:
+    return {
+        r: server.sample("rollwise_cache_total", tier="redis", result=r) for r in ("hit", "miss", "error")
+    }
+
+
+def ask(server: Server) -> None:
+    r = server.post("/v2/models/iris/infer", content=infer_body([SETOSA], id="same-question"))
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == ["setosa"], r.text
+
+
+def test_cache_keys_carry_the_namespace_and_the_loaded_artifacts_digest(
+    fresh_servers: ServerFactory, models: dict[str, Any], redis_server: Redis
+) -> None:
+    """Unpinned artifacts (ONNX needs no --sha256): before, both tenants' iris/v1 and a new artifact
+    under the same version all shared ``rollwise:iris:v1::``."""
+    entries = models["models"]
+    float_onnx, int8_onnx = (
+        str(models["dir"] / entries[k]["file"]) for k in ("iris-v1-onnx", "iris-mlp-int8")
+    )
+
+    def start(path: str, namespace: str) -> Server:
+        return fresh_servers.start(
+            *onnx_args(path), "--redis-url", redis_server.url, env={"POD_NAMESPACE": namespace}
+        )
+
+    first = start(float_onnx, "tenant-a")
+    ask(first)
+    eventually(lambda: len(redis_keys(redis_server)) == 1, "the first answer to reach Redis")
+    replica = start(float_onnx, "tenant-a")
+    ask(replica)
+    assert redis_results(replica) == {"hit": 1, "miss": 0, "error": 0}  # replicas still share answers
+    for other in (start(float_onnx, "tenant-b"), start(int8_onnx, "tenant-a")):
+        ask(other)
+        assert redis_results(other) == {"hit": 0, "miss": 1, "error": 0}
+    eventually(lambda: len(redis_keys(redis_server)) == 3, "every answer to reach Redis")
+    float_sha, int8_sha = (entries[k]["sha256"] for k in ("iris-v1-onnx", "iris-mlp-int8"))
+    assert prefixes(redis_keys(redis_server)) == sorted(
+        [
+            f"rollwise:tenant-a:iris:v1:{float_sha}:",
+            f"rollwise:tenant-a:iris:v1:{int8_sha}:",
+            f"rollwise:tenant-b:iris:v1:{float_sha}:",
+        ]
+    )
+
+
+@pytest.fixture
+def redis_tls(tmp_path: Path) -> dict[str, str]:
+    """A CA and a server certificate for 127.0.0.1."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca_key, ca_cert = make_ca(pki, "ca")
+    issue(pki, ca_key, ca_cert, Identity("redis", "redis", server=True, client=False, ips=("127.0.0.1",)))
+    return {"cert": str(pki / "redis.crt"), "key": str(pki / "redis.key"), "ca": str(pki / "ca.crt")}
+
+
+PASSWORD = "redis-pw-0123456789"
+
+
+def test_the_cache_speaks_tls_with_a_password(
+    fresh_servers: ServerFactory, models: dict[str, Any], tmp_path: Path, redis_tls: dict[str, str]
+) -> None:
+    redis = start_redis(
+        tmp_path,
+        "--requirepass",
+        PASSWORD,
+        tls=redis_tls,
+        password=PASSWORD,
+        ssl=True,
+        ssl_ca_certs=redis_tls["ca"],
+    )
+    try:
+        url = f"rediss://:{PASSWORD}@127.0.0.1:{redis.port}/0"
+        iris = model_args(models, "iris-v1")
+        first = fresh_servers.start(*iris, "--redis-url", url, "--redis-ca-file", redis_tls["ca"])
+        ask(first)
+        client = {"password": PASSWORD, "ssl": True, "ssl_ca_certs": redis_tls["ca"]}
+        eventually(lambda: len(redis_keys(redis, **client)) == 1, "the answer to reach Redis over TLS")
+        second = fresh_servers.start(*iris, "--redis-url", url, "--redis-ca-file", redis_tls["ca"])
+        ask(second)
+        assert redis_results(second) == {"hit": 1, "miss": 0, "error": 0}
+        # The certificate is verified: without our CA the cache is off (counted), the answer is not.
+        untrusting = fresh_servers.start(*iris, "--redis-url", url)
+        ask(untrusting)
+        assert redis_results(untrusting) == {"hit": 0, "miss": 0, "error": 1}
+        wrong = fresh_servers.start(
+            *iris,
+            "--redis-url",
+            f"rediss://:not-the-password@127.0.0.1:{redis.port}/0",
+            "--redis-ca-file",
+            redis_tls["ca"],
+        )
+        ask(wrong)
+        assert redis_results(wrong) == {"hit": 0, "miss": 0, "error": 1}
+        for server in (first, second, untrusting):
+            assert PASSWORD not in server.logs()
+        assert "redis cache unavailable" in untrusting.logs()
+    finally:
+        stop(redis.proc)
+
+
+def test_a_redis_acl_can_confine_a_tenant_to_its_namespace(
+    fresh_servers: ServerFactory, models: dict[str, Any], tmp_path: Path
+) -> None:
+    """The namespace comes first in every key, so an ACL user per tenant (``redis://user:pw@``)
+    keeps each tenant's pods to their own answers."""
+    acl = [
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "tenant-a",
+        "on",
+        f">{PASSWORD}",
+        "~rollwise:tenant-a:*",
+        "+@all",
+    ]
+    redis = start_redis(tmp_path, *acl, username="tenant-a", password=PASSWORD)
+    try:
+        url = f"redis://tenant-a:{PASSWORD}@127.0.0.1:{redis.port}/0"
+        iris = model_args(models, "iris-v1")
+        own = [
+            fresh_servers.start(*iris, "--redis-url", url, env={"POD_NAMESPACE": "tenant-a"})
+            for _ in range(2)
+        ]
+        ask(own[0])
+        eventually(
+            lambda: len(redis_keys(redis, username="tenant-a", password=PASSWORD)) == 1,
+            "the answer to reach Redis",
+        )
+        ask(own[1])
+        assert redis_results(own[1]) == {"hit": 1, "miss": 0, "error": 0}
+        # tenant-a's credentials in a tenant-b pod reach no key: refused (counted), answered anyway.
+        elsewhere = fresh_servers.start(*iris, "--redis-url", url, env={"POD_NAMESPACE": "tenant-b"})
+        ask(elsewhere)
+        assert redis_results(elsewhere) == {"hit": 0, "miss": 0, "error": 1}
+        assert PASSWORD not in elsewhere.logs()
+    finally:
+        stop(redis.proc)
