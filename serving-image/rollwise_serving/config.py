@@ -142,8 +142,11 @@ def redact_uri(uri: str) -> str:
 
 _SHORTEST_SECRET = 8
 """Query values shorter than this (``X-Amz-Expires=3600``) are not hunted for in log lines on their
-own: they are no credential, and starring every ``3600`` would garble the log. The whole query and
-the userinfo are starred whatever their length."""
+own: they are no credential, and starring every ``3600`` would garble the log. The whole query is
+starred whatever its length, and so is the whole URI wherever it appears."""
+_SHORTEST_CREDENTIAL = 3
+"""A userinfo or password shorter than this is not hunted for on its own (starring every ``u`` of
+a log line would hide more than it protects); inside its URI it is always starred."""
 
 
 def _secret_parts(uri: str) -> set[str]:
@@ -154,10 +157,8 @@ def _secret_parts(uri: str) -> set[str]:
         return {uri}
     pieces: set[str] = set()
     userinfo = parts.netloc.rpartition("@")[0]
-    if userinfo:
-        pieces |= {userinfo, unquote(userinfo)}
-        if parts.password and len(parts.password) >= 3:
-            pieces |= {parts.password, unquote(parts.password)}
+    for piece in (userinfo, parts.password or ""):
+        pieces |= {form for form in (piece, unquote(piece)) if len(form) >= _SHORTEST_CREDENTIAL}
     if parts.query:
         pieces.add(parts.query)
         for pair in parts.query.split("&"):
