@@ -138,7 +138,7 @@ def test_a_pvc_artifact_is_mounted_read_only_and_passed_as_a_file_uri() -> None:
     )
     spec = pod_spec(doc)
     assert spec["volumes"] == [
-        {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
         {"name": "pvc-models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
     ]
     assert spec["containers"][0]["volumeMounts"] == [

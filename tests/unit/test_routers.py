@@ -308,6 +308,23 @@ def test_a_header_match_spelled_in_capitals_is_read_back_as_routed(provider: str
     assert state.carries(split), state.split
 
 
+@pytest.mark.parametrize("provider", ["gatewayAPI", "istio", "nginx"])
+def test_a_users_edit_to_a_regex_the_api_would_refuse_reads_as_not_ours_not_a_crash(provider: str) -> None:
+    """A lookahead is not RE2, so `HeaderMatch` refuses it: read off a live object it must mean "a
+    match that is not ours" (the step re-applies), not an exception that fails every pass."""
+    doc = base()
+    doc["metadata"]["uid"] = UID
+    match = {"header": {"name": "x-variant", "regex": "b|c"}}
+    doc["spec"]["rollout"] = {"abTest": {"match": [match]}, "traffic": TRAFFIC[provider]}
+    md, router = ModelDeployment.model_validate(doc), router_for(provider)
+    split = TrafficSplit(0, matches=(RequestMatch.model_validate(match),))
+    live = live_after(md, router, router.render(md, split, USER[provider]), USER[provider])
+    edited = json.loads(json.dumps(live).replace('"b|c"', '"(?=b)c"'))
+    assert edited != live
+    state = router.read(md, edited)
+    assert not state.carries(split)
+
+
 # Consent and scope: whose route object a ModelDeployment may edit ---------------------------------
 
 

@@ -187,7 +187,7 @@ class ResourceList(ApiModel):
     memory: Quantity | None = None
     """Memory, e.g. 512Mi or 2Gi."""
     ephemeral_storage: Quantity | None = None
-    """Local disk, e.g. 10Gi; a limit also sizes the pod's `/tmp` scratch volume (8Gi without one),
+    """Local disk, e.g. 10Gi; a limit also sizes the pod's `/tmp` scratch volume (10Gi without one),
     where artifacts are downloaded."""
 
 

@@ -56,9 +56,9 @@ PVC_ROOT = "/mnt/pvc"
 """`pvc://claim/path` is mounted read-only at `/mnt/pvc/claim` and passed as `file:///mnt/pvc/claim/path`."""
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVE_COMMAND = "rollwise-serve"
-DEFAULT_SCRATCH = "8Gi"
+DEFAULT_SCRATCH = "10Gi"
 """The scratch volume's size without an ephemeral-storage limit in the spec: room for the server's
-default download cap (4 GiB) and the unpacked copy beside it."""
+default download cap (4 GiB) twice, the primary and the fallback artifact."""
 PRESTOP_SLEEP_SECONDS = 5
 """How long a terminating serving pod keeps serving before SIGTERM reaches the server."""
 

@@ -15,9 +15,10 @@ mirrors through the same flags; so each router renders and reads them back throu
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pydantic import ValidationError
 from rollwise_contract.matches import RequestMatch
 
 from rollwise.api.v1alpha1 import ModelDeployment
@@ -111,6 +112,16 @@ def serving_flags(md: ModelDeployment, objects: Sequence[Manifest]) -> ServingFl
             matches=_matches(flags.get("--forward-match", "")),
         )
     return ServingFlags()
+
+
+def parsed_match(build: Callable[[], RequestMatch | None]) -> RequestMatch | None:
+    """A match read off a live object, or None when the object holds one the API would refuse (a
+    header regex that is not RE2, a name too long): a user's edit of a route must read as a match
+    that is not ours, never crash the pass."""
+    try:
+        return build()
+    except ValidationError:
+        return None
 
 
 def _matches(raw: str) -> tuple[RequestMatch, ...]:

@@ -44,6 +44,7 @@ from rollwise.routers.common import (
     not_found,
     object_ref,
     own_services,
+    parsed_match,
     refused,
     target_problems,
     with_user_hash,
@@ -72,6 +73,10 @@ def _header_match(match: RequestMatch) -> JsonValue:
 
 
 def _read_match(header: dict[str, JsonValue]) -> RequestMatch | None:
+    return parsed_match(lambda: _match_of(header))
+
+
+def _match_of(header: dict[str, JsonValue]) -> RequestMatch | None:
     name, value, kind = header.get("name"), header.get("value"), header.get("type", "Exact")
     if not isinstance(name, str) or not isinstance(value, str):
         return None

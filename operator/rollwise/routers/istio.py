@@ -45,6 +45,7 @@ from rollwise.routers.common import (
     not_found,
     object_ref,
     own_services,
+    parsed_match,
     refused,
     target_problems,
     with_user_hash,
@@ -132,6 +133,10 @@ def _headers(match: RequestMatch) -> dict[str, JsonValue]:
 
 
 def _read_headers(headers: JsonValue) -> RequestMatch | None:
+    return parsed_match(lambda: _headers_match(headers))
+
+
+def _headers_match(headers: JsonValue) -> RequestMatch | None:
     if not isinstance(headers, dict) or len(headers) != 1:
         return None
     ((name, cond),) = headers.items()

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from functools import partial
 from typing import ClassVar
 
-from rollwise_contract.matches import CookieMatch, HeaderMatch, RequestMatch
+from rollwise_contract.matches import RequestMatch
 
 from rollwise.api.v1alpha1 import (
     API_VERSION as MD_API_VERSION,
@@ -50,6 +51,7 @@ from rollwise.routers.common import (
     not_found,
     object_ref,
     own_services,
+    parsed_match,
     refused,
     service_url,
     target_problems,
@@ -194,13 +196,15 @@ class NginxRouter:
         raw = a.get(WEIGHT, "0")
         if a.get(CANARY) != "true" or not raw.isdigit():
             return RouterReading(None, False, f"Ingress {self.canary_name(md)} is not an nginx canary")
-        matches: list[RequestMatch] = []
+        wanted: list[dict[str, dict[str, str]]] = []
         if BY_HEADER in a and BY_HEADER_VALUE in a:
-            matches.append(RequestMatch(header=HeaderMatch(name=a[BY_HEADER], value=a[BY_HEADER_VALUE])))
+            wanted.append({"header": {"name": a[BY_HEADER], "value": a[BY_HEADER_VALUE]}})
         elif BY_HEADER in a and BY_HEADER_PATTERN in a:
-            matches.append(RequestMatch(header=HeaderMatch(name=a[BY_HEADER], regex=a[BY_HEADER_PATTERN])))
+            wanted.append({"header": {"name": a[BY_HEADER], "regex": a[BY_HEADER_PATTERN]}})
         if BY_COOKIE in a:
-            matches.append(RequestMatch(cookie=CookieMatch(name=a[BY_COOKIE], value=COOKIE_ALWAYS)))
+            wanted.append({"cookie": {"name": a[BY_COOKIE], "value": COOKIE_ALWAYS}})
+        read = (parsed_match(partial(RequestMatch.model_validate, w)) for w in wanted)
+        matches = [m for m in read if m is not None]
         mirror = annotations_of(main).get(MIRROR_TARGET, "").startswith(service_url(md, Track.CANDIDATE))
         weight = int(raw)
         weight, header = with_user_hash(md, objects, weight)
