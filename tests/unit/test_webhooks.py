@@ -216,3 +216,12 @@ async def test_one_namespaces_hanging_webhooks_hold_only_its_own_slots(serve: An
     assert (other.ok, other.detail) == (True, "HTTP 200")
     assert waited < 2  # it never waited for the noisy namespace's slots
     assert all(not r.ok for r in results)
+
+
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [("http://gate:99999/", "the URL's port is not a port number"), ("http://:80/", "the URL names no host")],
+)
+async def test_a_url_the_pattern_lets_through_but_no_call_can_use_is_a_failure(url: str, detail: str) -> None:
+    result = await WebhookSender(ALLOWED).call(call(url), BODY)
+    assert (result.ok, result.detail) == (False, detail)

@@ -111,9 +111,13 @@ class WebhookSender:
         url = urlsplit(call.url)
         host = url.hostname or ""
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM
-            )
+            port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError:
+            return WebhookResult(call.key, ok=False, detail="the URL's port is not a port number")
+        if not host:
+            return WebhookResult(call.key, ok=False, detail="the URL names no host")
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as err:
             return WebhookResult(call.key, ok=False, detail=f"{host} does not resolve ({type(err).__name__})")
         addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
