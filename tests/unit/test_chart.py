@@ -42,6 +42,7 @@ NAMESPACED_RULES: RuleTable = {
     ("", "services"): OWN,
     ("autoscaling", "horizontalpodautoscalers"): OWN,
     ("", "events"): frozenset({"create"}),
+    ("events.k8s.io", "events"): frozenset({"create"}),
 }
 KOPF_SCANS: RuleTable = {
     ("", "namespaces"): READ,

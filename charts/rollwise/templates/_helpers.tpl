@@ -75,10 +75,13 @@ Rules for namespaced objects: the same list goes into the ClusterRole (all names
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Every decision is an Event: Kopf and the operator post core/v1 Events (create only; neither
-# patches an Event nor uses events.k8s.io). No pods rule: the operator reads Deployments' status,
-# never a pod.
+# Every decision is an Event: Kopf posts core/v1 Events, the operator events.k8s.io/v1 ones
+# (kube/events.py); both only create. No pods rule: the operator reads Deployments' status, never
+# a pod.
 - apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+- apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
 # Routers edit the user's own route object (server-side apply of the weights); never create it.
