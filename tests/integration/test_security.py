@@ -316,6 +316,9 @@ def test_a_virtual_service_that_serves_someone_else_is_never_rewritten(
         "traffic": {"provider": "istio", "istio": {"virtualService": "shop", "route": "main"}},
     }
     assert apply(namespace, md).returncode == 0
+    # Serving first, then a rollout: applied back to back, the operator may see only 2.0.0 and
+    # start it as the first stable, with no rollout to route.
+    wait_healthy(cluster, namespace, "evil", 120)
     md["spec"]["model"]["version"] = "2.0.0"
     assert apply(namespace, md).returncode == 0
 
