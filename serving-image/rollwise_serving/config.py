@@ -27,13 +27,14 @@ from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError
 from pydantic_core import CoreSchema, ErrorDetails, core_schema
 from rollwise_contract.base import field_path
 from rollwise_contract.matches import RE2_ERROR, RequestMatch
 from rollwise_contract.model import PICKLE_FORMATS, ModelFormat, Track
+from rollwise_contract.redact import redact_uri
 
 ENV_PREFIX = "ROLLWISE_"
 
@@ -122,22 +123,6 @@ def _entry_problem(error: ErrorDetails) -> str:
 
 
 # ---- what of a setting may be shown -------------------------------------------------------------
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` as readiness, errors and logs show it: the userinfo starred, the query (where a
-    presigned URL carries its credential and signature) and fragment dropped, e.g.
-    ``https://u:p@host:8443/m.onnx?X-Amz-Signature=..`` -> ``https://***@host:8443/m.onnx``. A plain
-    path is shown as it is."""
-    if "://" not in uri:
-        return uri
-    try:
-        parts = urlsplit(uri)
-    except ValueError:  # e.g. a broken IPv6 literal: show nothing that could be a secret
-        return uri.partition("://")[0] + "://***"
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"***@{host}" if "@" in parts.netloc else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 _SHORTEST_SECRET = 8

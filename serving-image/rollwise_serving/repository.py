@@ -12,7 +12,7 @@ every worker marks itself ready in ``<cache-dir>/workers-ready/`` and readiness 
 all ``--workers`` live workers have, so no request lands on a worker still loading.
 
 A model URI may carry credentials (``user:password@``, a presigned query): readiness, reasons and
-log lines show it only as ``config.redact_uri`` does.
+log lines show it only as ``rollwise_contract.redact.redact_uri`` does.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from rollwise_contract.model import PICKLE_FORMATS, ModelFormat
+from rollwise_contract.redact import redact_uri
 
-from rollwise_serving.config import Redactor, Settings, redact_uri
+from rollwise_serving.config import Redactor, Settings
 from rollwise_serving.errors import ArtifactError, ModelNotReadyError, StorageError
 from rollwise_serving.runtimes import Runtime, load_runtime
 from rollwise_serving.storage import digest_of, fetch_artifact

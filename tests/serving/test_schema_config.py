@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rollwise_contract.metrics import Problem
+from rollwise_contract.redact import redact_uri
 from rollwise_serving.config import (
     HashRange,
     ModelFormat,
@@ -17,7 +18,6 @@ from rollwise_serving.config import (
     SettingsError,
     Track,
     parse_settings,
-    redact_uri,
 )
 from rollwise_serving.drift import Reference, bin_counts, psi
 from rollwise_serving.features import FeatureValidationError, SchemaChecker, SchemaError

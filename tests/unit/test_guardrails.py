@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from rollwise.api.v1alpha1 import ModelDeployment
 from rollwise.plan.guardrails import Guardrails, violations
-from rollwise.plan.redact import redact_uri, redacted_body
+from rollwise.plan.redact import redacted_body
 from rollwise.plan.scope import ScopeError, scoped
 from rollwise.settings import SettingsError, from_env
+from rollwise_contract.redact import redact_uri
 
 from tests.unit.manifests import base, edit
 

@@ -276,26 +276,33 @@ def requests_for(
     if spec.min_sample_count > 0:
         out.append(QueryRequest(SAMPLES, index, step, samples_query(md, spec), at))
     for check in spec.metrics:
-        if check.query is not None and not _scopes(md, check, spec):
+        try:
+            out.append(_request(md, spec, analysis, check, index=index, step=step, at=at))
+        except ScopeError:
             continue  # refused by query_problems: the spec goes Invalid, nothing is sent
-        how = counted(md, check)
-        if how is not None:
-            promql = counts_query(md, how, since=analysis.started_at, at=at, check=check)
-            out.append(QueryRequest(check.name, index, step, promql, at, how.groups))
-        elif check.query is not None and check.comparison is not None:
-            promql = comparing_query(md, check, spec)
-            out.append(QueryRequest(check.name, index, step, promql, at, CUSTOM_COMPARED.groups))
-        else:
-            out.append(QueryRequest(check.name, index, step, metric_query(md, check, spec), at))
     return out
 
 
-def _scopes(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) -> bool:
-    try:
-        metric_query(md, check, spec)
-    except ScopeError:
-        return False
-    return True
+def _request(
+    md: ModelDeployment,
+    spec: AnalysisSpec,
+    analysis: AnalysisStatus,
+    check: MetricCheck,
+    *,
+    index: int,
+    step: int,
+    at: datetime,
+) -> QueryRequest:
+    """The query of one check; raises `ScopeError` for a custom query that cannot be confined."""
+    how = counted(md, check)
+    if how is not None:
+        promql = counts_query(md, how, since=analysis.started_at, at=at, check=check)
+        return QueryRequest(check.name, index, step, promql, at, how.groups)
+    if check.query is not None and check.comparison is not None:
+        return QueryRequest(
+            check.name, index, step, comparing_query(md, check, spec), at, CUSTOM_COMPARED.groups
+        )
+    return QueryRequest(check.name, index, step, metric_query(md, check, spec), at)
 
 
 def running_analysis(md: ModelDeployment) -> AnalysisStatus | None:

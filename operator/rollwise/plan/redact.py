@@ -10,22 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from rollwise_contract.redact import redact_uri
 
 REDACTED = "<redacted>"
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without userinfo (shown as `***`) and without its query (presigned URLs carry their
-    signature and credential there); `file:///models/m.onnx` is unchanged."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return REDACTED
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def redacted_body(body: Mapping[str, Any]) -> dict[str, Any]:

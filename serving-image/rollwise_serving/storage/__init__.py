@@ -14,7 +14,9 @@ import hashlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from rollwise_serving.config import Redactor, redact_uri
+from rollwise_contract.redact import redact_uri
+
+from rollwise_serving.config import Redactor
 from rollwise_serving.errors import StorageError
 from rollwise_serving.storage import file, http, s3
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+from rollwise_contract.redact import redact_uri
 
-from rollwise_serving.config import redact_uri
 from rollwise_serving.errors import ArtifactTooLargeError, StorageError
 
 SCHEMES = frozenset({"http", "https"})

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from rollwise_serving.config import redact_uri
+from rollwise_contract.redact import redact_uri
+
 from rollwise_serving.errors import ArtifactTooLargeError, StorageError
 
 SCHEMES = frozenset({"s3"})
