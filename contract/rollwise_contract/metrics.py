@@ -53,3 +53,54 @@ class Problem(StrEnum):
     MISSING = "missing"
     OUT_OF_RANGE = "out_of_range"
     REJECTED = "rejected"
+
+
+# ---- model quality (#15): ground-truth labels joined to predictions, and shadow agreement -------
+# Label series carry the labels of the track that *made* the prediction (model, version, track),
+# whichever pod received the feedback, so `sum by (track)` over them is each track's quality.
+
+FEEDBACK = PREFIX + "feedback"
+"""Counter of feedback items received, by `result` (`FeedbackResult`), exported as
+`rollwise_feedback_total`, on the pod that received them (its own labels)."""
+LABELLED = PREFIX + "labelled"
+"""Counter of predictions joined to a ground-truth label (`rollwise_labelled_total`)."""
+LABEL_CORRECT = PREFIX + "label_correct"
+"""Counter of labelled classifier predictions whose predicted class equals the label."""
+LABEL_ABS_ERROR = PREFIX + "label_abs_error"
+"""Counter: the sum of |label - prediction| over labelled regressor predictions."""
+LABEL_SQUARED_ERROR = PREFIX + "label_squared_error"
+"""Counter: the sum of (label - prediction)^2 over labelled regressor predictions (with the
+absolute sum it gives the spread of the absolute error, which the judge's interval needs)."""
+LABEL_LOG_LOSS = PREFIX + "label_log_loss"
+"""Counter: the sum of -ln(p(label)) over labelled classifier predictions that had probabilities,
+p clipped to [1e-15, 1]."""
+LABEL_LOG_LOSS_SQUARED = PREFIX + "label_log_loss_squared"
+"""Counter: the sum of ln(p(label))^2, for the spread of the log loss."""
+LABEL_WITH_PROBABILITIES = PREFIX + "label_with_probabilities"
+"""Counter of labelled classifier predictions that had probabilities (the log loss's count)."""
+
+SHADOW_COMPARED = PREFIX + "shadow_compared"
+"""Counter, on the pod that mirrors (stable): requests whose shadow answer was compared with its own,
+by `peer_version` (the shadow's `model_version`); one per row."""
+SHADOW_AGREED = PREFIX + "shadow_agreed"
+"""Counter of compared classifier rows where both answered the same class, by `peer_version`."""
+SHADOW_DELTA = PREFIX + "shadow_delta"
+"""Histogram of |own - shadow| per compared row, by `peer_version`: the predicted value for
+regressors, the largest absolute difference of class probabilities for classifiers with
+probabilities (rows without them are not observed)."""
+SHADOW_DELTA_SQUARED = PREFIX + "shadow_delta_squared"
+"""Counter: the sum of the squared deltas, for the spread of the mean delta."""
+PEER_VERSION = "peer_version"
+
+
+class FeedbackResult(StrEnum):
+    """The `result` label of `rollwise_feedback_total`."""
+
+    JOINED = "joined"
+    """Joined to the prediction it names."""
+    UNMATCHED = "unmatched"
+    """No kept prediction has that id: unknown, from another model, or older than the retention."""
+    DUPLICATE = "duplicate"
+    """The prediction already has a label; the first one stands."""
+    INVALID = "invalid"
+    """Refused: malformed item, a label that is not a class, a value that is not a finite number."""
