@@ -144,7 +144,7 @@ def _rootfs_key_of(tag: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def _import_rootfs(tag: str, name: str, include: str | None) -> str:
+def import_rootfs(tag: str, name: str, include: str | None) -> str:
     """The base image, re-imported when its root filesystem's key (package list, month) moved on."""
     ensure_dockerd()
     if _rootfs_key_of(tag) == ROOTFS_KEY:
@@ -157,11 +157,11 @@ def _import_rootfs(tag: str, name: str, include: str | None) -> str:
 
 
 def ensure_base_image() -> str:
-    return _import_rootfs(BASE_TAG, "base", None)
+    return import_rootfs(BASE_TAG, "base", None)
 
 
 def ensure_python_base() -> str:
-    return _import_rootfs(PYTHON_TAG, "python", PYTHON_PACKAGES)
+    return import_rootfs(PYTHON_TAG, "python", PYTHON_PACKAGES)
 
 
 def docker_build(context_dir: Path, tag: str, dockerfile: Path | None = None) -> str:

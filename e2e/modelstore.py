@@ -37,6 +37,16 @@ BAD_MODELS = {
         "            raise RuntimeError('this candidate fails 5 % of predictions, on purpose')\n"
         "        return _rule(inputs)"
     ),
+    # 8 points less accurate than iris-v1 on the Iris rows (89.3 % against 97.3 %), agreeing with it
+    # on 90.7 % of them, with the same class shares within 4 points: only labels (or a shadow
+    # comparison) tell it apart.
+    "iris-mislabel.py": (
+        "label = _rule(inputs)['label']\n"
+        "        width = _rows(inputs)[:, 1]\n"
+        "        band = (width >= 2.9) & (width < 3.0)\n"
+        "        swapped = np.where(label == 'versicolor', 'virginica', 'versicolor').astype(object)\n"
+        "        return {'label': np.where(band & (label != 'setosa'), swapped, label)}"
+    ),
     "iris-flaky.py": (
         "if np.random.random() < 0.3:\n"
         "            raise RuntimeError('this candidate fails 30 % of predictions, on purpose')\n"

@@ -174,8 +174,8 @@ BAD = [
     pytest.param(
         edit(B, spec__rollout__canary__steps=[{"setWeight": 10, "pause": {}}]),
         [
-            "spec.rollout.canary.steps[0]: each step needs exactly one of setWeight, pause or analysis; "
-            "split it into separate steps"
+            "spec.rollout.canary.steps[0]: each step needs exactly one of setWeight, pause, analysis or "
+            "bake; split it into separate steps"
         ],
         RULE,
         id="a canary step with two actions is rejected",

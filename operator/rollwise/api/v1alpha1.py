@@ -403,8 +403,19 @@ class AnalysisStep(ApiModel):
     """Measurements to take at this step; unset uses `spec.rollout.analysis.count`."""
 
 
+class BakeStep(ApiModel):
+    """Hold the current weight while `spec.rollout.analysis` keeps looking, so checks on late
+    signals (ground-truth labels that arrive minutes after the prediction) are judged on them."""
+
+    duration_seconds: int = Field(ge=1, le=7 * 24 * 3600)
+    """How long to hold. A look that fails rolls back at once; passes and inconclusive looks count
+    only from the end of the bake on, on everything counted since the bake began."""
+    count: int | None = Field(default=None, ge=1, le=1000)
+    """Conclusive looks after the bake; unset uses `spec.rollout.analysis.count`."""
+
+
 class CanaryStep(ApiModel):
-    """One canary step: exactly one of setWeight, pause or analysis."""
+    """One canary step: exactly one of setWeight, pause, analysis or bake."""
 
     set_weight: Weight | None = None
     """Send this percent of traffic to the candidate."""
@@ -412,14 +423,19 @@ class CanaryStep(ApiModel):
     """Hold the current weight for a while, or until resumed."""
     analysis: AnalysisStep | None = None
     """Measure the candidate before going on."""
+    bake: BakeStep | None = None
+    """Hold the weight while the analysis runs for a fixed time, then judge on all of it."""
 
     @rule(
-        cel="(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.analysis) ? 1 : 0) == 1",
+        cel="(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.analysis) ? 1 : 0)"
+        " + (has(self.bake) ? 1 : 0) == 1",
         field=None,
-        message="each step needs exactly one of setWeight, pause or analysis; split it into separate steps",
+        message="each step needs exactly one of setWeight, pause, analysis or bake; split it into "
+        "separate steps",
     )
     def _one_action(self) -> bool:
-        return count(self.set_weight is not None, self.pause is not None, self.analysis is not None) == 1
+        chosen = (self.set_weight, self.pause, self.analysis, self.bake)
+        return count(*(c is not None for c in chosen)) == 1
 
 
 _WEIGHTS = "self.steps.filter(s, has(s.setWeight))"
@@ -527,13 +543,54 @@ class BuiltinMetric(StrEnum):
     only) against the reference the model ships (`spec.model.reference`), or without one against
     stable's inputs over the same time; set threshold.max. A PSI above it fails only when the
     feature's shares are also shown to differ at `compare.confidence` (Bonferroni over features)."""
+    ACCURACY = "accuracy"
+    """Percent of the candidate's labelled predictions whose class equals the ground-truth label
+    (`/feedback`), over labels received since the analysis started; set threshold.min (below it
+    fails only when shown at `compare.confidence`). Compared with stable's: more wrong answers than
+    stable's beyond `worseBy` percentage points (default 1) fails it. Needs `minSamples` labels on
+    the candidate to pass."""
+    LOG_LOSS = "logLoss"
+    """Mean log loss (nats) of the candidate's labelled predictions that had probabilities; set
+    threshold.max. Compared with stable's: a higher mean by more than `worseBy` (default 0.02),
+    shown at `compare.confidence`, fails it."""
+    MEAN_ABSOLUTE_ERROR = "meanAbsoluteError"
+    """A regressor's mean |label - prediction| over its labelled predictions, in the target's unit;
+    set threshold.max. Compared with stable's: higher by more than `worseBy` (default 0: shown
+    higher at all), at `compare.confidence`, fails it."""
+    PREDICTION_AGREEMENT = "predictionAgreement"
+    """In shadow: percent of mirrored rows where the candidate answered the same class as stable,
+    counted by the stable pod that mirrors; set threshold.min (below it fails only when shown at
+    `compare.confidence`). It is a comparison with stable by itself; needs `minSamples` rows."""
+    PREDICTION_DELTA = "predictionDelta"
+    """In shadow: mean |stable - candidate| per mirrored row (a regressor's value; a classifier's
+    largest class-probability difference); set threshold.max (above it fails only when shown at
+    `compare.confidence`). Needs `minSamples` rows."""
 
 
-COMPARED = frozenset(BuiltinMetric)
-"""The built-in checks that compare the candidate with stable (`compare`): all of them."""
+LABELLED_CHECKS = frozenset(
+    {BuiltinMetric.ACCURACY, BuiltinMetric.LOG_LOSS, BuiltinMetric.MEAN_ABSOLUTE_ERROR}
+)
+"""Checks on ground-truth labels sent back to the server (`/feedback`)."""
+SHADOW_CHECKS = frozenset({BuiltinMetric.PREDICTION_AGREEMENT, BuiltinMetric.PREDICTION_DELTA})
+"""Checks on the stable pod's comparison of the shadow's answers with its own."""
 
-DEFAULT_WORSE_BY = {BuiltinMetric.SUCCESS_RATE: 0.5, BuiltinMetric.LATENCY_P99: 0.025}
-"""`compare.worseBy` when unset: 0.5 percentage points of failed requests, 25 ms of latency."""
+COMPARED = frozenset(BuiltinMetric) - SHADOW_CHECKS
+"""The built-in checks that compare the candidate's value with stable's (`compare`); the shadow
+checks measure the difference of the two answers directly."""
+
+DEFAULT_WORSE_BY = {
+    BuiltinMetric.SUCCESS_RATE: 0.5,
+    BuiltinMetric.LATENCY_P99: 0.025,
+    BuiltinMetric.ACCURACY: 1.0,
+    BuiltinMetric.LOG_LOSS: 0.02,
+    BuiltinMetric.MEAN_ABSOLUTE_ERROR: 0.0,
+}
+"""`compare.worseBy` when unset: 0.5 percentage points of failed requests, 25 ms of latency, 1
+percentage point of accuracy, 0.02 nats of log loss, and for the mean absolute error (a unit Rollwise
+cannot know) any shown increase."""
+
+DEFAULT_MIN_SAMPLES = 100
+"""Labels (or compared shadow rows) a label or shadow check needs on the candidate to pass."""
 
 
 class InconclusivePolicy(StrEnum):
@@ -621,8 +678,12 @@ class MetricCheck(ApiModel):
     feature: str | None = Field(default=None, min_length=1, max_length=64, pattern=FEATURE_NAME)
     """For inputDrift: the one feature to watch (a name of the feature schema); unset watches every
     feature."""
+    min_samples: int | None = Field(default=None, ge=1, le=10_000_000)
+    """Labels (accuracy, logLoss, meanAbsoluteError) or compared rows (predictionAgreement,
+    predictionDelta) the candidate needs since the analysis started before the check can pass;
+    fewer is inconclusive (a failure shown on fewer stands). Default 100."""
     compare: Comparison | None = None
-    """Compare with stable. successRate, latencyP99 and predictionDrift: unset uses the defaults, on.
+    """Compare with stable. The built-ins (but the shadow checks): unset uses the defaults, on.
     A query: off unless set, and then `worseBy` is required; higher is worse when the threshold sets
     max, lower when it sets only min."""
 
@@ -641,6 +702,31 @@ class MetricCheck(ApiModel):
     )
     def _feature_for_input_drift(self) -> bool:
         return self.feature is None or self.builtin is BuiltinMetric.INPUT_DRIFT
+
+    @rule(
+        cel="!has(self.minSamples) || (has(self.builtin) && self.builtin in "
+        + "[" + ", ".join(f"'{b}'" for b in sorted(LABELLED_CHECKS | SHADOW_CHECKS)) + "])",
+        field="minSamples",
+        message="applies to the label and shadow checks (accuracy, logLoss, meanAbsoluteError, "
+        "predictionAgreement, predictionDelta); use analysis.minSampleCount for the others",
+    )
+    def _min_samples_for_counted_checks(self) -> bool:
+        return self.min_samples is None or self.builtin in LABELLED_CHECKS | SHADOW_CHECKS
+
+    @rule(
+        cel="!has(self.compare) || !has(self.builtin) || !(self.builtin in "
+        "['predictionAgreement', 'predictionDelta'])",
+        field="compare",
+        message="the shadow checks compare the two answers themselves; remove compare (set "
+        "the threshold)",
+    )
+    def _shadow_checks_do_not_compare(self) -> bool:
+        return self.compare is None or self.builtin not in SHADOW_CHECKS
+
+    @property
+    def samples_needed(self) -> int:
+        """`minSamples` with its default."""
+        return self.min_samples if self.min_samples is not None else DEFAULT_MIN_SAMPLES
 
     @rule(
         cel="!has(self.query) || !has(self.compare) || has(self.compare.worseBy)",
@@ -1058,6 +1144,9 @@ class AnalysisStatus(StatusModel):
     deferred: int = Field(default=0, ge=0)
     """Looks retaken because the candidate had served fewer than minSampleCount requests (at most
     `count` of them; later thin looks are inconclusive): no data only delays a pass."""
+    baked: int = Field(default=0, ge=0)
+    """Looks taken during a bake that did not fail: shown in the tallies' messages, counted only
+    once the bake is over."""
 
 
 class HistoryEntry(StatusModel):

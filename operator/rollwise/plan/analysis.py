@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,6 +30,7 @@ from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import (
     FEATURE_REFERENCE,
     FEATURE_VALUE,
+    PEER_VERSION,
     PREDICTION_VALUE,
     REQUEST_DURATION,
     REQUESTS,
@@ -60,6 +61,7 @@ from rollwise.plan.latency import LATENCY_GROUPS, judge_latency
 from rollwise.plan.measurement import Counts, Judged, Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
 from rollwise.plan.promql import counts_since, selector
+from rollwise.plan.quality import QUALITY, SERIES
 from rollwise.plan.scope import ScopeError, scoped
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +173,11 @@ class Counted:
     groups: tuple[str, ...]
     """The labels its counts are grouped by (`QueryRequest.by`)."""
     judge: Callable[[MetricCheck, Counts], Judged]
+    several: Mapping[str, str] | None = None
+    """For a check on several counters (`quality.QUALITY`): each one's `series` label value and
+    exported name, read in one query so all are counted at the same instant."""
+    mirrored: bool = False
+    """The counters are the stable pod's comparison of the shadow's answers (by `peer_version`)."""
 
 
 COUNTED = {
@@ -182,6 +189,13 @@ COUNTED = {
     BuiltinMetric.INPUT_DRIFT: Counted(f"{FEATURE_VALUE}_bucket", INPUT_GROUPS, judge_input_drift),
 }
 """How each built-in is counted: every one reads both tracks' counts since the analysis started."""
+
+COUNTED.update(
+    {
+        builtin: Counted("", q.groups, q.judge, q.series, mirrored=not q.per_track)
+        for builtin, q in QUALITY.items()
+    }
+)
 
 REGRESSOR_DRIFT = Counted(f"{PREDICTION_VALUE}_bucket", REGRESSOR_DRIFT_GROUPS, judge_regressor_drift)
 """A regressor's predictionDrift: its prediction histogram's bins take the place of classes."""
@@ -229,6 +243,8 @@ def counts_query(
 ) -> str:
     """Both tracks' counts of `how.series`, exactly, from `since` (the analysis start) to `at`.
     inputDrift's (`check`) watches its `feature` only, and brings the reference's shares too."""
+    if how.several is not None:
+        return _several_counts(md, how, since=since, at=at)
     if check is None or check.builtin is not BuiltinMetric.INPUT_DRIFT:
         return counts_since(f"{how.series}{{{selector(md, None)}}}", how.groups, since=since, at=at)
     extra = "" if check.feature is None else f",feature={json.dumps(check.feature)}"
@@ -237,6 +253,32 @@ def counts_query(
     reference = f'label_replace(max by (feature, le) ({shares}), "track", "{REFERENCE}", "", "")'
 
     return f"{live} or {reference}"
+
+
+def _several_counts(md: ModelDeployment, how: Counted, *, since: datetime, at: datetime) -> str:
+    """Each counter of a quality check, its `series` label set to its key, joined with `or`.
+
+    Labels count for the track and version that made the prediction, whichever pod exported them
+    (a label may reach any replica of either track), so each track is read by its version: a label
+    for an earlier candidate's prediction never counts for this one. The shadow's counters are the
+    stable pods', of the rows compared with this candidate's version only."""
+    assert how.several is not None
+    candidate, stable = md.spec.model.version, md.status.stable_version or ""
+    if how.mirrored:
+        selectors = [selector(md, Track.STABLE, f",{PEER_VERSION}={json.dumps(candidate)}")]
+    else:
+        selectors = [
+            selector(md, None, f',track="{t}",version={json.dumps(v)}')
+            for t, v in ((Track.CANDIDATE, candidate), (Track.STABLE, stable))
+        ]
+    by = [g for g in how.groups if g != SERIES]
+    parts = [
+        f"label_replace({counts_since(f'{name}{{{sel}}}', by, since=since, at=at)}, "
+        f'"{SERIES}", "{key}", "", "")'
+        for key, name in how.several.items()
+        for sel in selectors
+    ]
+    return " or ".join(parts)
 
 
 def class_counts_query(md: ModelDeployment, *, since: datetime, at: datetime) -> str:
@@ -259,7 +301,7 @@ def taken(analysis: AnalysisStatus) -> int:
     """Looks taken so far, retaken thin ones included (every metric is measured together)."""
     if not analysis.metrics:
         return 0
-    return analysis.metrics[0].measurements + analysis.deferred
+    return analysis.metrics[0].measurements + analysis.deferred + analysis.baked
 
 
 def next_due(spec: AnalysisSpec, analysis: AnalysisStatus) -> datetime:
@@ -404,11 +446,15 @@ def record(
     *,
     step: int,
     count: int | None,
+    bake: timedelta | None = None,
 ) -> AnalysisStatus:
     """Fold one complete measurement (every query of the next index answered) into the tallies.
 
     Answers for another step or index, and incomplete sets, change nothing: the I/O layer may
     hand the same answers twice, or only some of them, and nothing is counted twice or half.
+    During a `bake` (a look taken before `started_at + bake`) only a failure is tallied; any other
+    look is shown in the messages and counted in `baked`, so the verdict waits for the bake's end
+    and is then made on everything counted since it began.
     """
     index = taken(analysis)
     mine = {
@@ -426,6 +472,9 @@ def record(
     judged = {m.name: _gated(judge(m, mine[m.name], grouped.get(m.name, ())), gate) for m in spec.metrics}
     need = spec.count if count is None else count
     failing = any(j.outcome is Outcome.FAIL for j in judged.values())
+    looked_at = max(a.request.at for a in answers if a.request.index == index and a.request.step == step)
+    if bake is not None and not failing and looked_at < analysis.started_at + bake:
+        return _baking(analysis, judged, analysis.started_at + bake - looked_at)
     if gate is not None and gate.outcome is Outcome.INCONCLUSIVE and analysis.deferred < need and not failing:
         # Too few requests yet (a new pod Prometheus has not scraped): look again next interval
         # instead of counting it inconclusive, so no data delays a pass and never pauses the
@@ -437,6 +486,23 @@ def record(
         return analysis.model_copy(update={"metrics": retaken, "deferred": analysis.deferred + 1})
     tallies = [_tally(r, judged[r.name]) for r in analysis.metrics if r.name in judged]
     return conclude(spec, analysis.model_copy(update={"metrics": tallies}), count=count)
+
+
+def _baking(analysis: AnalysisStatus, judged: dict[str, Judged], left: timedelta) -> AnalysisStatus:
+    """A look during a bake that failed nothing: its readings shown, nothing tallied."""
+    wait = f"baking, {max(0, math.ceil(left.total_seconds()))}s left"
+    shown = [
+        r.model_copy(
+            update={
+                "message": f"{wait}: {judged[r.name].reason}"[:4096] if judged[r.name].reason else wait,
+                "last_value": judged[r.name].value if judged[r.name].value is not None else r.last_value,
+                "comparison": judged[r.name].comparison or r.comparison,
+            }
+        )
+        for r in analysis.metrics
+        if r.name in judged
+    ]
+    return analysis.model_copy(update={"metrics": shown, "baked": analysis.baked + 1})
 
 
 def _gated(judged: Judged, gate: Judged | None) -> Judged:

@@ -425,7 +425,7 @@ def _fold_measurements(world: World, state: State) -> State:
         return state
     spec = required_analysis_spec(world)
     folded = analysis.record(
-        spec, state.analysis, world.observed.measurements, step=state.step, count=step.count
+        spec, state.analysis, world.observed.measurements, step=state.step, count=step.count, bake=step.bake
     )
     if folded == state.analysis:
         return state

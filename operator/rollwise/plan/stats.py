@@ -90,6 +90,53 @@ def rate_difference(
     return Interval(estimate, max(lower, -1.0), min(upper, 1.0))  # a difference of two rates
 
 
+@dataclass(frozen=True)
+class Moments:
+    """A track's observations as Prometheus can count them: how many, their sum, their squares'."""
+
+    n: float
+    total: float
+    squares: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n > 0 else math.nan
+
+    @property
+    def variance(self) -> float:
+        """The (biased) sample variance, never negative (a scrape mid-update)."""
+        return max(self.squares / self.n - self.mean**2, 0.0) if self.n > 0 else 0.0
+
+
+def mean_difference(cand: Moments, stable: Moments, *, alpha: float) -> Interval:
+    """Candidate's mean minus stable's, with a (1 - alpha) confidence sequence: the rate
+    difference's construction (an IPW difference per observation, the Robbins mixture) on
+    observations standardised by their pooled spread, so the boundary is the same in any unit.
+
+    The variance is never taken below the pooled one (both tracks alike), the small-sample repair
+    `rate_difference` makes too. Needs observations on both tracks.
+    """
+    n = cand.n + stable.n
+    estimate = cand.mean - stable.mean
+    pooled = Moments(n, cand.total + stable.total, cand.squares + stable.squares).variance
+    if pooled <= 0:
+        return Interval(estimate, estimate, estimate)  # every observation the same: exact
+    scale = math.sqrt(pooled)
+    neyman = cand.variance / cand.n + stable.variance / stable.n
+    variance = n * max(neyman, pooled * (1 / cand.n + 1 / stable.n)) / pooled
+    lower, upper = mean_sequence(estimate / scale, variance, n, alpha=alpha)
+    return Interval(estimate, lower * scale, upper * scale)
+
+
+def mean_interval(own: Moments, *, alpha: float) -> tuple[float, float]:
+    """One track's mean with a (1 - alpha) confidence sequence (standardised likewise)."""
+    spread = math.sqrt(own.variance)
+    if spread <= 0:
+        return own.mean, own.mean
+    lower, upper = mean_sequence(own.mean / spread, 1.0, own.n, alpha=alpha)
+    return lower * spread, upper * spread
+
+
 ALTERNATIVES = 32
 """Failure rates the guard rail's mixture spreads its weight over, evenly in log-odds from just
 above the allowed rate to 99.9 %."""

@@ -33,9 +33,13 @@ class Pause:
 
 @dataclass(frozen=True)
 class Analyze:
-    """Run the rollout's analysis for `count` measurements (None: the analysis's own count)."""
+    """Run the rollout's analysis for `count` measurements (None: the analysis's own count).
+
+    With `bake`, a canary's bake step: looks are taken from the start, a failing one ends it at
+    once, and passes or inconclusive looks count only from `bake` after the start."""
 
     count: int | None
+    bake: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ def canary_steps(canary: Canary) -> list[Step]:
             out.append(Pause(_seconds(s.pause.duration_seconds)))
         elif s.analysis is not None:
             out.append(Analyze(s.analysis.count))
+        elif s.bake is not None:
+            out.append(Analyze(s.bake.count, bake=timedelta(seconds=s.bake.duration_seconds)))
     return out
 
 
@@ -205,6 +211,8 @@ def describe_step(step: Step) -> str:  # noqa: C901 - a flat table: one case per
             return "pause until resumed"
         case Pause(duration=d) if d is not None:
             return f"pause {compact_duration(d)}"
+        case Analyze(bake=b) if b is not None:
+            return f"bake {compact_duration(b)} (analysis looking)"
         case Analyze(count=None):
             return "analysis"
         case Analyze(count=n):
