@@ -705,7 +705,9 @@ class MetricCheck(ApiModel):
 
     @rule(
         cel="!has(self.minSamples) || (has(self.builtin) && self.builtin in "
-        + "[" + ", ".join(f"'{b}'" for b in sorted(LABELLED_CHECKS | SHADOW_CHECKS)) + "])",
+        + "["
+        + ", ".join(f"'{b}'" for b in sorted(LABELLED_CHECKS | SHADOW_CHECKS))
+        + "])",
         field="minSamples",
         message="applies to the label and shadow checks (accuracy, logLoss, meanAbsoluteError, "
         "predictionAgreement, predictionDelta); use analysis.minSampleCount for the others",
@@ -717,8 +719,7 @@ class MetricCheck(ApiModel):
         cel="!has(self.compare) || !has(self.builtin) || !(self.builtin in "
         "['predictionAgreement', 'predictionDelta'])",
         field="compare",
-        message="the shadow checks compare the two answers themselves; remove compare (set "
-        "the threshold)",
+        message="the shadow checks compare the two answers themselves; remove compare (set the threshold)",
     )
     def _shadow_checks_do_not_compare(self) -> bool:
         return self.compare is None or self.builtin not in SHADOW_CHECKS
