@@ -52,18 +52,26 @@ class PhaseCollector(Collector):
     def __init__(self) -> None:
         self._lock = Lock()
         self._phases: dict[tuple[str, str], tuple[str, int]] = {}
+        self._healthy: dict[tuple[str, str], bool] = {}
 
-    def set(self, namespace: str, name: str, phase: str, weight: int) -> None:
+    def set(self, namespace: str, name: str, phase: str, weight: int, healthy: bool | None = None) -> None:
+        """`healthy`: monitoring's verdict on the stable model (`ModelHealthy`), None for none."""
         with self._lock:
             self._phases[(namespace, name)] = (phase, weight)
+            if healthy is None:
+                self._healthy.pop((namespace, name), None)
+            else:
+                self._healthy[(namespace, name)] = healthy
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._phases.pop((namespace, name), None)
+            self._healthy.pop((namespace, name), None)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
             state = sorted(self._phases.items())
+            healthy = sorted(self._healthy.items())
         family = GaugeMetricFamily(
             "rollwise_operator_model_deployments", "ModelDeployments by phase.", labels=["phase"]
         )
@@ -89,6 +97,15 @@ class PhaseCollector(Collector):
             weights.add_metric([namespace, name], weight)
         yield phases
         yield weights
+        model = GaugeMetricFamily(
+            "rollwise_operator_model_healthy",
+            "spec.monitoring's verdict on each stable model: 1 healthy, 0 degraded (ModelHealthy); no "
+            "series without monitoring or before its first verdict.",
+            labels=labels,
+        )
+        for (namespace, name), ok in healthy:
+            model.add_metric([namespace, name], 1 if ok else 0)
+        yield model
 
 
 PHASES = PhaseCollector()

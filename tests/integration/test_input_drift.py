@@ -102,3 +102,75 @@ def test_input_drift_judges_the_candidates_inputs_against_the_models_reference(
         assert status["stableVersion"] == "1.0.0" and inputs["verdict"] == "Failed", inputs
         assert inputs["message"].endswith(": drifted") and "inputs" in history["message"], history
     print(f"\n{outcome} {elapsed:.1f}s after the candidate took traffic; {inputs['message']}")
+
+
+MONITOR_INTERVAL = 10
+
+
+def test_a_promoted_model_whose_inputs_drift_is_flagged_and_rolled_back_to_the_previous_stable(
+    cluster: Cluster, namespace: str, stable: str
+) -> None:
+    """Validation after promotion (#15): `spec.monitoring` watches 2.0.0 once promoted. Its inputs
+    move to one species only; `ModelHealthy` turns False, and with `onDegraded: rollback` 1.0.0
+    serves again, with no failed request. failureLimit 0 here (one failing look; the default needs
+    two in a row)."""
+    check = {**DRIFT_CHECK, "name": "drift"}
+    monitoring = {
+        "metrics": [check],
+        "intervalSeconds": MONITOR_INTERVAL,
+        "failureLimit": 0,
+        "onDegraded": "rollback",
+    }
+    with Load(
+        service_url(cluster, namespace, "iris"), rate_per_second=20, bodies=list(ALL_ROWS)
+    ).running() as load:
+        load.steady()
+        md = iris("2.0.0", "iris-v2.joblib", stable)
+        md["spec"]["monitoring"] = monitoring
+        assert apply(namespace, md).returncode == 0
+        with_status(
+            cluster,
+            namespace,
+            lambda: wait_until("promoted", lambda: promoted(cluster, namespace, "2.0.0"), 150),
+        )
+
+        def rolled_back_to_v1() -> bool:
+            status = get_md(cluster, namespace, "iris")["status"]
+            dep = cluster.apps.read_namespaced_deployment("iris-stable", namespace)
+            want = dep.spec.replicas or 0
+            rolled = dep.status.observed_generation == dep.metadata.generation and (
+                (dep.status.updated_replicas or 0) == want == (dep.status.available_replicas or 0)
+            )
+            return bool(
+                status.get("phase") == "RolledBack" and status.get("stableVersion") == "1.0.0" and rolled
+            )
+
+        def model_healthy() -> dict[str, Any]:
+            conditions = get_md(cluster, namespace, "iris")["status"].get("conditions", [])
+            return next((c for c in conditions if c["type"] == "ModelHealthy"), {})
+
+        with_status(cluster, namespace, lambda: wait_until(
+            "a healthy verdict on training-like inputs", lambda: model_healthy().get("status") == "True", 60
+        ))  # fmt: skip
+        load.bodies[:] = VIRGINICA
+        drifted = time.monotonic()
+        with_status(cluster, namespace, lambda: wait_until(
+            "ModelHealthy False", lambda: model_healthy().get("status") == "False" or rolled_back_to_v1(), 60
+        ))  # fmt: skip
+        flagged = time.monotonic() - drifted
+        with_status(cluster, namespace, lambda: wait_until("back on 1.0.0", rolled_back_to_v1, 120))
+        back = time.monotonic() - drifted
+        settled = time.monotonic()
+        time.sleep(3)
+        versions_after = load.versions_since(settled)
+        failed = [r for r in load.results if r[1] != 200]
+    status = get_md(cluster, namespace, "iris")["status"]
+    entry = status["history"][0]
+    assert (entry["version"], entry["outcome"]) == ("2.0.0", "RolledBack"), entry
+    assert entry["message"].startswith("2.0.0 degraded after promotion, back to 1.0.0: drift:"), entry
+    assert versions_after == {"1.0.0"}, versions_after
+    assert failed == [], failed[:5]
+    print(
+        f"\nModelHealthy False {flagged:.1f}s after the inputs drifted (interval {MONITOR_INTERVAL}s); "
+        f"1.0.0 serving all traffic {back:.1f}s after; {len(load.results)} requests, 0 failed"
+    )

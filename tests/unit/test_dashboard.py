@@ -233,3 +233,23 @@ def test_each_model_deployment_has_its_phase_and_weight() -> None:
     assert got[f'rollwise_operator_model_deployment_phase{{{md},phase="RolledBack"}}'] == 1
     assert got[f"rollwise_operator_model_deployment_weight{{{md}}}"] == 0
     assert not [k for k in got if 'model_deployment="wine"' in k]
+
+
+def test_monitorings_verdict_is_a_series_only_while_there_is_one() -> None:
+    phases = PhaseCollector()
+    phases.set("ml", "iris", "Healthy", 0, healthy=False)
+    phases.set("ml", "wine", "Healthy", 0)
+    got = samples(phases)
+    assert (
+        got['rollwise_operator_model_healthy{model_deployment="iris",model_deployment_namespace="ml"}'] == 0
+    )
+    assert not [k for k in got if k.startswith("rollwise_operator_model_healthy{") and "wine" in k]
+    phases.set("ml", "iris", "Healthy", 0, healthy=True)
+    assert (
+        samples(phases)[
+            'rollwise_operator_model_healthy{model_deployment="iris",model_deployment_namespace="ml"}'
+        ]
+        == 1
+    )
+    phases.forget("ml", "iris")
+    assert not [k for k in samples(phases) if k.startswith("rollwise_operator_model_healthy{")]

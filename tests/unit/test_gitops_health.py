@@ -249,3 +249,19 @@ def test_the_docs_carry_the_shipped_script_verbatim() -> None:
     assert indent is not None, block[:200]
     lines = [line[len(indent.group(1)) :] for line in block.strip("\n").splitlines()]
     assert "\n".join(lines).strip() == SCRIPT.read_text().strip()
+
+
+def test_a_stable_model_monitoring_found_degraded_is_degraded(health: ArgoHealth) -> None:
+    obj = object_in(Phase.HEALTHY, Reason.AVAILABLE, "4/4 replicas available")
+    obj["status"]["conditions"].append(
+        {
+            "type": "ModelHealthy",
+            "status": "False",
+            "reason": "ModelDegraded",
+            "message": "degraded (2 failing look(s) in a row): drift: PSI 0.41",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+    )
+    assert health(obj) == Health(
+        "Degraded", "Healthy: ModelDegraded: degraded (2 failing look(s) in a row): drift: PSI 0.41"
+    )

@@ -8,6 +8,7 @@
 --   RolledBack, RollingBack, Invalid, Degraded, or Stalled=True            -> Degraded
 --     (the stable may well be serving, but the desired version is not and will not be
 --      without a change: that is what a GitOps user must see)
+--   ModelHealthy=False (spec.monitoring found the stable model degraded)   -> Degraded
 --   Paused (a pause step, a manual gate or an inconclusive analysis)       -> Suspended
 --   Healthy with Ready=True                                                -> Healthy
 --   anything else (Pending, Progressing, Promoting)                        -> Progressing
@@ -70,6 +71,7 @@ end
 local phase = text(status.phase)
 local stalled = condition(status, "Stalled")
 local ready = condition(status, "Ready")
+local model = condition(status, "ModelHealthy")
 
 if phase == "RolledBack" or phase == "RollingBack" then
   local candidate = "the candidate"
@@ -100,6 +102,9 @@ elseif stalled ~= nil and stalled.status == "True" then
 elseif phase == "Invalid" or phase == "Degraded" then
   hs.status = "Degraded"
   hs.message = join(phase, status.message)
+elseif model ~= nil and model.status == "False" then
+  hs.status = "Degraded"
+  hs.message = join(phase, model.reason, model.message)
 elseif phase == "Paused" then
   hs.status = "Suspended"
   hs.message = join(phase, rollout(status), status.message)

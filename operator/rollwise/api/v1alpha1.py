@@ -879,6 +879,9 @@ class WebhookType(StrEnum):
     """After promotion or rollback, for notification; failure is only reported."""
     ROLLBACK = "rollback"
     """Polled during the rollout; a 2xx answer rolls back."""
+    MODEL_DEGRADED = "modelDegraded"
+    """When `spec.monitoring` finds the stable model degraded, and when it recovers, for
+    notification; failure is only reported."""
 
 
 class Webhook(ApiModel):
@@ -972,6 +975,75 @@ def _default_rollout() -> Rollout:
     return Rollout(canary=Canary(steps=[CanaryStep(set_weight=100)]))
 
 
+class DegradedPolicy(StrEnum):
+    """What happens when monitoring finds the stable model degraded."""
+
+    ALERT = "alert"
+    """Set `ModelHealthy=False`, send a Warning Event and the modelDegraded webhooks; keep serving."""
+    ROLLBACK = "rollback"
+    """The same, and return to the previous stable (kept since the last promotion) as a rollback
+    with a history entry; the degraded version can be retried (`kubectl rollwise retry`)."""
+
+
+MONITORED = frozenset(
+    {
+        BuiltinMetric.SUCCESS_RATE,
+        BuiltinMetric.LATENCY_P99,
+        BuiltinMetric.INPUT_DRIFT,
+        BuiltinMetric.ACCURACY,
+        BuiltinMetric.LOG_LOSS,
+        BuiltinMetric.MEAN_ABSOLUTE_ERROR,
+    }
+)
+"""The built-in checks monitoring can take on the stable track alone."""
+
+
+class Monitoring(ApiModel):
+    """Judge the stable model while no rollout runs: after promotion the model is watched on its
+    own signals (input drift against its reference, accuracy from labels, success rate, latency)
+    and, when it degrades, flagged or rolled back. docs/analysis.md has the rules' error rates."""
+
+    metrics: list[MetricCheck] = Field(min_length=1, max_length=16, json_schema_extra=map_list("name"))
+    """Checks taken every interval on the stable track's last `windowSeconds`: successRate,
+    latencyP99, inputDrift (against `spec.model.reference`), accuracy, logLoss,
+    meanAbsoluteError, or a custom query (its `{{track}}` is `stable`). Each is judged on its
+    threshold alone: there is nothing to compare with."""
+    interval_seconds: int = Field(default=300, ge=10, le=86_400)
+    """Seconds between looks. Default 300."""
+    window_seconds: int | None = Field(default=None, ge=10, le=7 * 86_400)
+    """What each look counts: the last this many seconds. Unset: the interval, so looks never
+    overlap and their errors are independent."""
+    failure_limit: int = Field(default=1, ge=0, le=100)
+    """Failing looks in a row tolerated; one more sets `ModelHealthy=False`. Default 1: two looks
+    in a row must fail."""
+    on_degraded: DegradedPolicy = DegradedPolicy.ALERT
+    """What to do when degraded: alert (default) or rollback to the previous stable."""
+
+    @rule(
+        cel="self.metrics.all(m, !has(m.builtin) || m.builtin in ["
+        + ", ".join(f"'{b}'" for b in sorted(MONITORED))
+        + "])",
+        field="metrics",
+        message="monitoring takes successRate, latencyP99, inputDrift, accuracy, logLoss, "
+        "meanAbsoluteError or a query (predictionDrift and the shadow checks need a second track); "
+        "remove the others",
+    )
+    def _monitored_builtins(self) -> bool:
+        return all(m.builtin is None or m.builtin in MONITORED for m in self.metrics)
+
+    @rule(
+        cel="self.metrics.all(m, !has(m.compare))",
+        field="metrics",
+        message="monitoring has no second track to compare with; remove compare (set the threshold)",
+    )
+    def _nothing_to_compare(self) -> bool:
+        return all(m.compare is None for m in self.metrics)
+
+    @property
+    def window(self) -> int:
+        return self.window_seconds if self.window_seconds is not None else self.interval_seconds
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state: a model, how it runs, and how new versions roll out."""
 
@@ -982,6 +1054,8 @@ class ModelDeploymentSpec(ApiModel):
     rollout: Rollout = Field(default_factory=_default_rollout)
     """How a change of model or runtime rolls out; unset is a canary with one step (setWeight 100):
     the candidate replaces stable once ready, or is rolled back at the progress deadline."""
+    monitoring: Monitoring | None = None
+    """Keep judging the stable model after promotion; unset judges only during rollouts."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1017,6 +1091,9 @@ class ConditionType(StrEnum):
     READY = "Ready"
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
+    MODEL_HEALTHY = "ModelHealthy"
+    """`spec.monitoring`'s verdict on the stable model: True, False (degraded, the message names the
+    checks and values) or Unknown (no look yet). Absent without monitoring."""
 
 
 class ConditionStatus(StrEnum):
@@ -1045,6 +1122,9 @@ class Reason(StrEnum):
     SUPERSEDED = "Superseded"
     STABLE_UNAVAILABLE = "StableUnavailable"
     INVALID_SPEC = "InvalidSpec"
+    MODEL_DEGRADED = "ModelDegraded"
+    MODEL_HEALTHY = "ModelHealthy"
+    MONITORING = "Monitoring"
 
 
 class Verdict(StrEnum):
@@ -1150,6 +1230,27 @@ class AnalysisStatus(StatusModel):
     once the bake is over."""
 
 
+class MonitoringStatus(StatusModel):
+    """Monitoring of the stable model (`spec.monitoring`)."""
+
+    revision: str = Field(max_length=64)
+    """The stable revision being watched; a new stable starts over."""
+    started_at: AwareDatetime
+    """When watching this revision began; the first look is one interval later."""
+    looks: int = Field(default=0, ge=0)
+    """Looks taken of this revision."""
+    failing: int = Field(default=0, ge=0)
+    """Failing looks in a row."""
+    healthy: bool | None = None
+    """The verdict: None until the first conclusive look."""
+    last_look_at: AwareDatetime | None = None
+    """When the latest look was taken."""
+    message: str = Field(default="", max_length=4096)
+    """The latest look in one line per failing (or, when healthy, every) check."""
+    metrics: list[MetricResult] = Field(default_factory=list, max_length=16)
+    """The latest look per check: verdict Successful, Failed or Inconclusive, value and message."""
+
+
 class HistoryEntry(StatusModel):
     """A finished rollout."""
 
@@ -1223,6 +1324,10 @@ class ModelDeploymentStatus(StatusModel):
     """The current (or last) analysis."""
     history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)
     """Finished rollouts, newest first, at most 10."""
+    previous_stable: RevisionSpec | None = None
+    """The stable before the last promotion: where `monitoring.onDegraded: rollback` returns to."""
+    monitoring: MonitoringStatus | None = None
+    """The stable model's monitoring, with `spec.monitoring`."""
     passed_gates: list[PassedGate] = Field(default_factory=list, max_length=64)
     """Gate webhooks that answered 2xx for the current candidate (see PassedGate)."""
     last_action: str | None = Field(default=None, max_length=256)

@@ -30,6 +30,7 @@ from rollwise.kube.ownership import foreign_children, unread
 from rollwise.kube.slots import Slots
 from rollwise.kube.status import patch_status
 from rollwise.kube.webhooks import WebhookSender
+from rollwise.plan import monitoring
 from rollwise.plan.analysis import Measured, QueryRequest, due_queries
 from rollwise.plan.decision import Decision, EventType, Note
 from rollwise.plan.guardrails import violations
@@ -228,8 +229,13 @@ async def reconcile(
         await _call_webhooks(memory, decision, body, webhooks or WebhookSender())
         telemetry.RECONCILES.labels("ok").inc()
         if decision.status.phase is not None:
+            watched = decision.status.monitoring
             telemetry.PHASES.set(
-                meta["namespace"], meta["name"], decision.status.phase.value, decision.status.weight
+                meta["namespace"],
+                meta["name"],
+                decision.status.phase.value,
+                decision.status.weight,
+                watched.healthy if watched is not None else None,
             )
         return decision
 
@@ -266,7 +272,7 @@ async def _observe(
     and the webhook answers held for this candidate."""
     measurements: tuple[Measured, ...] = ()
     if provider is not None:
-        due = due_queries(md, now)
+        due = [*due_queries(md, now), *monitoring.due_queries(md, now)]
         measurements = tuple(
             await asyncio.gather(*(_measure_held(slots, md, provider, request) for request in due))
         )

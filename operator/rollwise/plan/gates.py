@@ -102,3 +102,19 @@ def post_rollout_calls(world: World, before: State, after: State) -> list[Webhoo
         WebhookCall(WebhookKey(name, WebhookType.POST_ROLLOUT, before.candidate, None), url, timeout)
         for name, url, timeout in hooks(world, WebhookType.POST_ROLLOUT)
     ]
+
+
+def degraded_calls(world: World, before: State, after: State) -> list[WebhookCall]:
+    """modelDegraded webhooks, asked once: in the pass whose look changed monitoring's verdict to
+    degraded, or back to healthy (keyed by the look, so a second degradation is sent again)."""
+    old, new = before.monitoring, after.monitoring
+    if new is None or new.healthy is None:
+        return []
+    was = old.healthy if old is not None and old.revision == new.revision else None
+    changed = (new.healthy is False and was is not False) or (new.healthy is True and was is False)
+    if not changed:
+        return []
+    return [
+        WebhookCall(WebhookKey(name, WebhookType.MODEL_DEGRADED, new.revision, new.looks), url, timeout)
+        for name, url, timeout in hooks(world, WebhookType.MODEL_DEGRADED)
+    ]

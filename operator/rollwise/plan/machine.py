@@ -39,11 +39,11 @@ from rollwise.api.v1alpha1 import (
     Verdict,
     WebhookType,
 )
-from rollwise.plan import analysis
+from rollwise.plan import analysis, monitoring
 from rollwise.plan.conditions import with_history
 from rollwise.plan.decision import Decision, EventType, WebhookCall
 from rollwise.plan.desired import desired_objects
-from rollwise.plan.gates import post_rollout_calls, webhook_calls
+from rollwise.plan.gates import degraded_calls, post_rollout_calls, webhook_calls
 from rollwise.plan.observed import Observed, TrackState
 from rollwise.plan.revision import revision_from_spec, revision_of
 from rollwise.plan.router import Router
@@ -62,6 +62,7 @@ from rollwise.plan.status import status_of
 from rollwise.plan.steps import Analyze, Pause, describe_step, rollout_steps
 from rollwise.plan.triggers import (
     Act,
+    Degraded,
     GateFailed,
     Invalid,
     Judged,
@@ -108,6 +109,8 @@ def transition(world: World, state: State, trigger: Trigger) -> State:
             return _spec_changed(world, state, trigger)
         case Judged():
             return _judged(world, state, trigger)
+        case Degraded(message=why):
+            return _degraded(world, state, why)
         case _:
             return _progressed(world, state, trigger)
 
@@ -216,6 +219,27 @@ def _progressed(world: World, state: State, trigger: Trigger) -> State:
             return replace(state, phase=Phase.ROLLED_BACK, message=message[:32768])
         case _:
             return state
+
+
+def _degraded(world: World, state: State, why: str) -> State:
+    """Monitoring found the promoted stable degraded: back to the stable before it, as a rollback
+    of the degraded revision (history, Events, `kubectl rollwise retry` to try it again)."""
+    if state.previous_stable is None:
+        return state
+    bad, back = state.stable, state.previous_stable
+    returning = replace(
+        state,
+        candidate=revision_of(bad),
+        candidate_version=bad.model.version,
+        stable=back,
+        previous_stable=None,
+        monitoring=None,
+        step=None,
+        step_started_at=None,
+        analysis=None,
+    )
+    message = f"{bad.model.version} degraded after promotion, back to {back.model.version}: {why}"
+    return _rollback(world, returning, Reason.MODEL_DEGRADED, message[:4096])
 
 
 def _act(world: World, state: State, request: Request) -> State:
@@ -368,6 +392,7 @@ def _promote(world: World, state: State) -> State:
         state,
         phase=Phase.PROMOTING,
         stable=revision_from_spec(world.md),
+        previous_stable=state.stable,
         step=min(state.step if state.step is not None else 0, len(world.steps) - 1),
         reason=Reason.PROMOTED,
         message=message,
@@ -432,6 +457,37 @@ def _fold_measurements(world: World, state: State) -> State:
     return replace(state, analysis=folded)
 
 
+WATCHED = frozenset({Phase.HEALTHY, Phase.ROLLED_BACK})
+"""Phases in which no candidate takes traffic and `spec.monitoring` watches the stable."""
+
+
+def _fold_monitoring(world: World, state: State) -> State:
+    """Watch the stable (a new stable revision starts over) and fold the look the I/O layer took;
+    a verdict that changes is an Event."""
+    spec = world.md.spec.monitoring
+    if spec is None:
+        return replace(state, monitoring=None) if state.monitoring is not None else state
+    if state.phase not in WATCHED or not world.stable_ready(state):
+        return state
+    mon = state.monitoring
+    revision = revision_of(state.stable)
+    if mon is None or mon.revision != revision:
+        return replace(state, monitoring=monitoring.begin(revision, world.now, spec))
+    asked = world.md.status.monitoring
+    if asked is None or asked.revision != revision:
+        return state  # the answers, if any, are about another revision's looks
+    folded = monitoring.record(spec, mon, world.observed.measurements)
+    if folded == mon:
+        return state
+    out = replace(state, monitoring=folded)
+    version = state.stable.model.version
+    if folded.healthy is False and mon.healthy is not False:
+        out = out.note(EventType.WARNING, Reason.MODEL_DEGRADED, f"{version} degraded: {folded.message}")
+    elif folded.healthy is True and mon.healthy is False:
+        out = out.note(EventType.NORMAL, Reason.MODEL_HEALTHY, f"{version} healthy again: {folded.message}")
+    return out
+
+
 def _stable_view(stable: TrackState, revision: RevisionSpec) -> TrackState:
     """The stable only counts as ready once it runs the revision we want."""
     if stable.revision == revision_of(revision):
@@ -467,6 +523,14 @@ def _health(state: State, stable: TrackState, *, first: bool = False) -> State:
 # decide
 
 
+def _next_look(world: World, state: State) -> list[timedelta]:
+    """Time to monitoring's next look, while it watches."""
+    spec = world.md.spec.monitoring
+    if spec is None or state.monitoring is None or state.phase not in WATCHED:
+        return []
+    return [monitoring.next_due(spec, state.monitoring) - world.now]
+
+
 def requeue(world: World, state: State, calls: Sequence[WebhookCall]) -> timedelta | None:
     """When to look again if nothing wakes us earlier."""
     now = world.now
@@ -493,6 +557,7 @@ def requeue(world: World, state: State, calls: Sequence[WebhookCall]) -> timedel
             waits.append(WAIT_FOR_READY)
         case _:
             pass
+    waits.extend(_next_look(world, state))
     if not waits:
         return None
     return max(min(waits), timedelta(seconds=1))
@@ -512,7 +577,7 @@ def decide(
     steps = rollout_steps(md.spec.rollout)
     world = World(md, observed, now, router, steps, (*router.problems(md), *analysis.query_problems(md)))
     before = State.of(md)
-    state = _fold_measurements(world, before)
+    state = _fold_monitoring(world, _fold_measurements(world, before))
     for _ in range(MAX_TRANSITIONS):
         trigger = next_trigger(world, state)
         if trigger is None:
@@ -520,8 +585,13 @@ def decide(
         state = _fold_measurements(world, transition(world, state, trigger))
     state = _waiting_on_router(world, state)
     state = _health(state, _stable_view(observed.stable, state.stable), first=md.status.phase is None)
+    state = _fold_monitoring(world, state)
     desired, delete, split = desired_objects(world, state, owner_uid=owner_uid, serving_image=serving_image)
-    calls = [*webhook_calls(world, state), *post_rollout_calls(world, before, state)]
+    calls = [
+        *webhook_calls(world, state),
+        *post_rollout_calls(world, before, state),
+        *degraded_calls(world, before, state),
+    ]
     status = status_of(md, state, split, now=now, answers=observed.webhooks)
     return Decision(
         desired=tuple(desired),

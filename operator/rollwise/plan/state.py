@@ -17,6 +17,7 @@ from rollwise.api.v1alpha1 import (
     HistoryEntry,
     ModelDeployment,
     ModelDeploymentStatus,
+    MonitoringStatus,
     Phase,
     Reason,
     RevisionSpec,
@@ -57,6 +58,9 @@ class State:
     message: str = ""
     last_action: str | None = None
     history: tuple[HistoryEntry, ...] = ()
+    previous_stable: RevisionSpec | None = None
+    """The stable before the last promotion (`monitoring.onDegraded: rollback` returns to it)."""
+    monitoring: MonitoringStatus | None = None
     notes: tuple[Note, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -76,6 +80,8 @@ class State:
             message=s.message,
             last_action=s.last_action,
             history=tuple(s.history),
+            previous_stable=s.previous_stable,
+            monitoring=s.monitoring,
         )
 
     def note(self, kind: EventType, reason: Reason, message: str) -> State:

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rollwise.api.v1alpha1 import (
+    Condition,
+    ConditionStatus,
     ConditionType,
     ModelDeployment,
     ModelDeploymentStatus,
@@ -17,7 +19,8 @@ from rollwise.api.v1alpha1 import (
     RevisionSpec,
     WebhookType,
 )
-from rollwise.plan.conditions import kstatus_conditions
+from rollwise.plan.conditions import kstatus_conditions, with_condition
+from rollwise.plan.monitoring import summary
 from rollwise.plan.observed import WebhookResult
 from rollwise.plan.revision import revision_of
 from rollwise.plan.split import TrafficSplit
@@ -80,18 +83,55 @@ def status_of(
         current_step=state.step if in_rollout else None,
         step_started_at=state.step_started_at if in_rollout else None,
         weight=split.candidate,
-        conditions=kstatus_conditions(
-            md.status.conditions,
-            state=kind,
-            reason=state.reason,
-            message=state.message[:32768],
-            generation=md.metadata.generation,
-            now=now,
+        conditions=_model_healthy(
+            md,
+            state,
+            kstatus_conditions(
+                md.status.conditions,
+                state=kind,
+                reason=state.reason,
+                message=state.message[:32768],
+                generation=md.metadata.generation,
+                now=now,
+            ),
+            now,
         ),
         analysis=state.analysis,
         history=list(state.history),
+        previous_stable=state.previous_stable,
+        monitoring=state.monitoring if md.spec.monitoring is not None else None,
         passed_gates=passed_gates(state, answers) if in_rollout else [],
         last_action=state.last_action,
+    )
+
+
+def _model_healthy(
+    md: ModelDeployment, state: State, conditions: list[Condition], now: dt.datetime
+) -> list[Condition]:
+    """The `ModelHealthy` condition with `spec.monitoring`: monitoring's verdict on the stable
+    model (Unknown before the first look); without monitoring, no such condition."""
+    if md.spec.monitoring is None:
+        return [c for c in conditions if c.type is not ConditionType.MODEL_HEALTHY]
+    mon = state.monitoring
+    if mon is None or mon.healthy is None:
+        status, reason = ConditionStatus.UNKNOWN, Reason.MONITORING
+    elif mon.healthy:
+        status, reason = ConditionStatus.TRUE, Reason.MODEL_HEALTHY
+    else:
+        status, reason = ConditionStatus.FALSE, Reason.MODEL_DEGRADED
+    message = (
+        summary(mon) if mon is not None else "monitoring starts once the stable is ready and no rollout runs"
+    )
+    return with_condition(
+        conditions,
+        Condition(
+            type=ConditionType.MODEL_HEALTHY,
+            status=status,
+            reason=reason,
+            message=message,
+            last_transition_time=now,
+            observed_generation=md.metadata.generation,
+        ),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rollwise.api.actions import Request, requested_action
-from rollwise.api.v1alpha1 import Phase, Reason, Verdict, WebhookType
+from rollwise.api.v1alpha1 import DegradedPolicy, Phase, Reason, Verdict, WebhookType
 from rollwise.plan import analysis
 from rollwise.plan.gates import Gate, gate, rollback_asked
 from rollwise.plan.revision import revision_of
@@ -54,6 +54,14 @@ class NewRevision:
 @dataclass(frozen=True)
 class Reverted:
     """The spec went back to what the stable runs while a candidate existed."""
+
+
+@dataclass(frozen=True)
+class Degraded:
+    """Monitoring found the promoted stable degraded, `onDegraded: rollback` is set and the stable
+    before it is known: return to it."""
+
+    message: str
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,7 @@ Trigger = (
     | NewRevision
     | Reverted
     | Started
+    | Degraded
     | StepDone
     | Judged
     | Stuck
@@ -165,6 +174,8 @@ def _progress(world: World, state: State) -> Trigger | None:
             state.reason is Reason.WEBHOOK_FAILED and gate(world, state, len(world.steps)).open
         ):
             return StepDone()
+        case Phase.HEALTHY if (why := _degraded(world, state)) is not None:
+            return Degraded(why)
         case Phase.PROMOTING if world.stable_ready(state) and world.routes(routed_split(world, state)):
             return Promoted()
         case Phase.ROLLING_BACK if world.stable_ready(state) and (
@@ -173,6 +184,21 @@ def _progress(world: World, state: State) -> Trigger | None:
             return Settled()
         case _:
             return None
+
+
+def _degraded(world: World, state: State) -> str | None:
+    """Why to return to the previous stable, when monitoring says so and one is kept."""
+    spec, mon = world.md.spec.monitoring, state.monitoring
+    if (
+        spec is None
+        or spec.on_degraded is not DegradedPolicy.ROLLBACK
+        or mon is None
+        or mon.healthy is not False
+        or state.previous_stable is None
+        or mon.revision != revision_of(state.stable)
+    ):
+        return None
+    return mon.message
 
 
 def _stepping(world: World, state: State) -> Trigger | None:
