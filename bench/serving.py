@@ -267,7 +267,7 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
     quiet = WORK / "quiet-logging.json"
     quiet.write_text(json.dumps(QUIET_LOGGING))
 
-    def rollwise(key: str) -> Callable[[int], list[str]]:
+    def rollwise(key: str, *extra: str) -> Callable[[int], list[str]]:
         e = m[key]
         return lambda port: [
             serve,
@@ -287,6 +287,7 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
             str(port),
             "--cache-dir",
             str(WORK / "rollwise-cache"),
+            *extra,
         ]
 
     def kserve(key: str, fmt: str, quiet_logs: bool) -> Callable[[int], list[str]]:
@@ -348,6 +349,14 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
     all_targets = [
         bare("bare-asgi-before"),
         Target("rollwise", "sklearn", rollwise("iris-v1"), "/v2/models/iris/infer", "/v2/health/ready"),
+        # the same server keeping no predictions for labels: what id tracking costs (#15)
+        Target(
+            "rollwise-untracked",
+            "sklearn",
+            rollwise("iris-v1", "--feedback-max-predictions", "0"),
+            "/v2/models/iris/infer",
+            "/v2/health/ready",
+        ),
         Target(
             "kserve",
             "sklearn",
@@ -537,6 +546,7 @@ def report(
                     f"p50 {a.p50_ms / b.p50_ms:.2f}x"
                 )
             lines.append(f"- {base} vs {peer}: " + "; ".join(parts))
+    lines += tracking_cost(results, concurrencies)
     ceilings = [results[n] for n in ("bare-asgi-before", "bare-asgi-after") if n in results]
     if ceilings:
         ceiling = {c: sum(r[c].rps for r in ceilings) / len(ceilings) for c in concurrencies}
@@ -549,6 +559,20 @@ def report(
     float_b, int8_b = models["models"]["iris-mlp-onnx"]["bytes"], models["models"]["iris-mlp-int8"]["bytes"]
     lines.append(f"- ONNX MLP size: float {float_b:,} B, INT8 {int8_b:,} B ({float_b / int8_b:.1f}x smaller)")
     return "\n".join(lines)
+
+
+def tracking_cost(results: dict[str, dict[int, Result]], concurrencies: list[int]) -> list[str]:
+    """What keeping every answer for its ground-truth label costs: the same server with
+    `--feedback-max-predictions 0`, measured right after it (goal: at most 10 % of throughput)."""
+    if "rollwise" not in results or "rollwise-untracked" not in results:
+        return []
+    tracked, untracked = results["rollwise"], results["rollwise-untracked"]
+    parts = [
+        f"c={c}: {100 * (1 - tracked[c].rps / untracked[c].rps):+.1f} % req/s, "
+        f"p99 {tracked[c].p99_ms / untracked[c].p99_ms:.2f}x"
+        for c in concurrencies
+    ]
+    return ["- cost of keeping answers for labels (rollwise vs rollwise-untracked): " + "; ".join(parts)]
 
 
 if __name__ == "__main__":

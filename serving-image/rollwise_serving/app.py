@@ -46,6 +46,7 @@ from rollwise_serving.errors import (
     RequestAbortedError,
 )
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
+from rollwise_serving.feedback import ID_HEADER, Feedback, feedback_of
 from rollwise_serving.forwarding import Forwarder, Matches, UserHash
 from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.mirroring import HopSeal, Mirror
@@ -109,7 +110,10 @@ class ServingApp:
             namespace=f"rollwise:{settings.pod_namespace}:{settings.name}:{settings.version}:",
             redis_ca_file=settings.redis_ca_file,
         )
-        self.dataplane = Dataplane(settings, self.repository, self.metrics, schema, self.cache)
+        self.feedback: Feedback = feedback_of(settings, self.metrics)
+        self.dataplane = Dataplane(
+            settings, self.repository, self.metrics, schema, self.cache, feedback=self.feedback
+        )
         self.hops = HopSeal(settings.hop_token)
         self.mirror = (
             Mirror(settings.mirror_url, self.metrics, self.hops, queue_bytes=settings.mirror_queue_bytes)
@@ -145,6 +149,7 @@ class ServingApp:
         runtime = self.repository.primary.runtime
         if runtime is not None:
             self.metrics.bind_output(runtime.classes)
+            self.feedback.bind(runtime.classes, self.metrics.classes)
 
     async def shutdown(self) -> None:
         if self._loader is not None:
@@ -156,6 +161,7 @@ class ServingApp:
         if self.forwarder:
             await self.forwarder.close()
         await self.cache.close()
+        await self.feedback.close()
         self.dataplane.batcher.close()
 
     # ---- ASGI ----------------------------------------------------------------------------------
@@ -242,10 +248,10 @@ class ServingApp:
         action = rest[0] if rest else ""
         if len(rest) > 1:
             raise ModelNotFoundError(f"no route {scope['path']}")
-        if action in ("infer", "predict"):
+        if action in ("infer", "predict", "feedback"):
             if method != "POST":
                 raise _MethodNotAllowedError("POST")
-            await self._inference(action, scope, receive, send)
+            await self._model_post(action, scope, receive, send)
         elif method != "GET":
             raise _MethodNotAllowedError("GET")
         elif action == "":
@@ -261,6 +267,24 @@ class ServingApp:
             body = {"name": self.settings.name, **body}
         await respond(send, 200 if body["ready"] else 503, orjson.dumps(body))
 
+    async def _model_post(self, action: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The model's POST routes: inference, and ground-truth labels for earlier answers."""
+        if action == "feedback":
+            await self._feedback(scope, receive, send)
+        else:
+            await self._inference(action, scope, receive, send)
+
+    async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Ground-truth labels for earlier answers (``feedback``); a body too large or cut off is
+        counted invalid like any other unreadable one."""
+        try:
+            body = await read_body(receive, scope["headers"], self.settings.max_body_bytes)
+        except (BodyTooLargeError, RequestAbortedError):
+            self.feedback.count_unreadable()
+            raise
+        status, answer = await self.feedback.receive(body)
+        await respond(send, status, answer)
+
     async def _inference(self, action: str, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -272,14 +296,17 @@ class ServingApp:
             if self.forwarder is not None and not hopped and self.forwarder.wants(headers):
                 answer = await self.forwarder.forward(scope["path"], body, headers)
                 if answer is not None:
-                    outcome = None  # the peer counts it
-                    await respond(send, answer.status_code, answer.content)
+                    outcome = None  # the peer counts it, and keeps its answer for feedback
+                    peer_id = answer.headers.get(ID_HEADER.decode())
+                    id_header = [(ID_HEADER, peer_id.encode("latin-1"))] if peer_id else []
+                    await respond(send, answer.status_code, answer.content, [*JSON, *id_header])
                     return
             if action == "infer":
-                response, outcome = await self.dataplane.infer(body)
+                response, outcome, prediction_id = await self.dataplane.infer(body)
             else:
-                response, outcome = await self.dataplane.predict_instances(body)
-            await respond(send, 200, response)
+                response, outcome, prediction_id = await self.dataplane.predict_instances(body)
+            id_header = [(ID_HEADER, prediction_id.encode())] if prediction_id is not None else []
+            await respond(send, 200, response, [*JSON, *id_header])
             if self.mirror is not None and not hopped:
                 self.mirror.offer(scope["path"], body, _content_type(headers))
         except Exception as err:

@@ -168,7 +168,8 @@ class Redactor:
 
     @classmethod
     def of(cls, settings: Settings) -> Redactor:
-        return cls([settings.model_uri, settings.fallback_uri, settings.redis_url], [settings.hop_token])
+        uris = [settings.model_uri, settings.fallback_uri, settings.redis_url, settings.feedback_redis_url]
+        return cls(uris, [settings.hop_token])
 
     def __bool__(self) -> bool:
         return bool(self._pieces)
@@ -451,6 +452,30 @@ class Settings(BaseModel):
     cache_size: Annotated[int, _integer("in-process LRU entries (0 disables; default 0)", 0, 10_000_000)] = 0
     """In-process LRU entries; 0 disables the cache (predictions are cheap for small models)."""
     cache_ttl_seconds: Annotated[int, _integer("Redis entry time-to-live (default 300)", 1, 30 * 86400)] = 300
+    feedback_retention_seconds: Annotated[
+        int, _integer("seconds an answer waits for its ground-truth label (default 3600)", 1, 30 * 86400)
+    ] = 3600
+    """How long what an answer predicted is kept for ``POST .../feedback``, in process and as the
+    Redis TTL; a label arriving later is counted ``unmatched``. One hour covers labels that come
+    back within a session (a click, a review); give more for slower ones, with room in Redis."""
+    feedback_max_predictions: Annotated[
+        int,
+        _integer("prediction rows kept in process for labels (0: none; default 1000000)", 0, 1 << 30),
+    ] = 1_000_000
+    """Rows (a batch answer is as many rows as it has) kept in this process, oldest evicted first.
+    A row costs a few bytes in a batch and about 200 bytes as a single-row answer (the id), so the
+    default holds an hour of about 280 single-row requests a second in some 200 MB. 0 keeps nothing
+    (answers still carry ids; every label is ``unmatched``)."""
+    feedback_redis_url: Annotated[
+        str | None,
+        Flag(
+            "redis://host:port/db where answers wait for labels, shared by every replica of both tracks "
+            "(default: --redis-url)",
+            "is not valid; use redis://host:6379/0",
+            partial(_matching, r"(redis|rediss|unix)://.*"),
+            uri=True,
+        ),
+    ] = None
     mirror_url: Annotated[
         str | None,
         Flag("base URL of a shadow server receiving a copy of each request", _URL_PROBLEM, _http_url),
@@ -644,7 +669,8 @@ def _combination_problems(given: Mapping[str, str]) -> list[str]:
 
 
 def _redis_problems(given: Mapping[str, str]) -> list[str]:
-    if "redis_ca_file" in given and not given.get("redis_url", "").startswith("rediss://"):
+    urls = (given.get("redis_url", ""), given.get("feedback_redis_url", ""))
+    if "redis_ca_file" in given and not any(u.startswith("rediss://") for u in urls):
         return ["--redis-ca-file verifies a TLS Redis: use it with a rediss:// --redis-url"]
     return []
 

@@ -18,6 +18,7 @@ from rollwise_serving.cache import PredictionCache, pack_entry, unpack_entry
 from rollwise_serving.config import Settings
 from rollwise_serving.errors import InputError
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
+from rollwise_serving.feedback import Feedback, is_keepable, new_id
 from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.protocol import (
     InferInput,
@@ -29,7 +30,7 @@ from rollwise_serving.protocol import (
     encode_outputs,
 )
 from rollwise_serving.repository import Repository
-from rollwise_serving.runtimes import Array, Runtime
+from rollwise_serving.runtimes import Array, Prediction, Runtime
 
 
 class Dataplane:
@@ -40,6 +41,8 @@ class Dataplane:
         metrics: ServerMetrics,
         schema: SchemaChecker | None,
         cache: PredictionCache | None,
+        *,
+        feedback: Feedback | None = None,
     ) -> None:
         self.name = settings.name
         self.version = settings.version
@@ -47,22 +50,29 @@ class Dataplane:
         self.metrics = metrics
         self.schema = schema
         self.cache = cache if cache is not None and cache.enabled else None
+        self.feedback = feedback if feedback is not None and feedback.enabled else None
         self.batcher = Batcher(
             repository, metrics, max_rows=settings.max_batch_size, deadline_ms=settings.deadline_ms
         )
 
-    async def infer(self, body: bytes) -> tuple[bytes, Outcome]:
-        """An OIP infer request body -> (response body, outcome)."""
+    async def infer(self, body: bytes) -> tuple[bytes, Outcome, str | None]:
+        """An OIP infer request body -> (response body, outcome, the id kept for feedback).
+
+        The answer's id is the request's, else a new one; it is kept (and returned) only when
+        it fits in a header (``feedback.is_keepable``)."""
         request = decode_infer_request(body)
         runtime = self.repository.runtime()
         prepared = runtime.prepare(request.inputs)
         selected = _select_outputs(runtime, request.outputs)
         self._check_schema(runtime, prepared)
-        outputs_json, outcome = await self._predict(runtime, prepared, request.inputs, selected)
-        return encode_infer_response(self.name, self.version, outputs_json, request.id), outcome
+        prediction_id = request.id if request.id is not None else new_id()
+        kept_id = prediction_id if is_keepable(prediction_id) else None
+        outputs_json, outcome = await self._predict(runtime, prepared, request.inputs, selected, kept_id)
+        return encode_infer_response(self.name, self.version, outputs_json, prediction_id), outcome, kept_id
 
-    async def predict_instances(self, body: bytes) -> tuple[bytes, Outcome]:
-        """Named features ``{"instances": [{feature: value}, ...]}`` -> predictions."""
+    async def predict_instances(self, body: bytes) -> tuple[bytes, Outcome, str | None]:
+        """Named features ``{"id"?: ..., "instances": [{feature: value}, ...]}`` -> predictions,
+        with an id as ``infer`` gives one."""
         if self.schema is None:
             raise InputError(
                 "this model has no feature schema; use the /infer route or start with --feature-schema"
@@ -70,6 +80,11 @@ class Dataplane:
         doc = decode_json(body)
         if not isinstance(doc, dict) or "instances" not in doc:
             raise ProtocolError('request body must be {"instances": [{"feature": value, ...}, ...]}')
+        prediction_id = doc.get("id", None)
+        if prediction_id is not None and not isinstance(prediction_id, str):
+            raise ProtocolError('"id" must be a string')
+        prediction_id = prediction_id if prediction_id is not None else new_id()
+        kept_id = prediction_id if is_keepable(prediction_id) else None
         runtime = self.repository.runtime()
         try:
             matrix = self.schema.matrix_from_instances(doc["instances"])
@@ -82,14 +97,16 @@ class Dataplane:
         self.metrics.observe_features(matrix)
         prediction, fallback = await self.batcher.submit(prepared, [tensor])
         self.metrics.observe_predictions(prediction.labels, prediction.scores)
+        self._keep(kept_id, prediction)
         main = prediction.labels if prediction.labels is not None else prediction.scores
         doc_out = {
             "model_name": self.name,
             "model_version": self.version,
+            "id": prediction_id,
             "predictions": _jsonable(main) if main is not None else None,
             "outputs": {k: _jsonable(v) for k, v in prediction.outputs.items()},
         }
-        return orjson.dumps(doc_out), Outcome.FALLBACK if fallback else Outcome.SUCCESS
+        return orjson.dumps(doc_out), Outcome.FALLBACK if fallback else Outcome.SUCCESS, kept_id
 
     def _check_schema(self, runtime: Runtime, prepared: dict[str, Array]) -> None:
         """The feature schema, on the tensor the model receives. Strings reach only models that
@@ -117,6 +134,7 @@ class Dataplane:
         prepared: dict[str, Array],
         raw: Sequence[InferInput],
         selected: Sequence[str] | None,
+        kept_id: str | None = None,
     ) -> tuple[bytes, Outcome]:
         key = None
         if self.cache is not None:
@@ -125,15 +143,27 @@ class Dataplane:
             cached = unpack_entry(value) if value is not None else None
             if cached is not None:
                 self.metrics.observe_predictions(cached.labels, cached.scores)
+                if self.feedback is not None and kept_id is not None:
+                    self.feedback.record(kept_id, cached.labels, cached.scores, None)
                 return cached.outputs, Outcome.SUCCESS
         prediction, fallback = await self.batcher.submit(prepared, raw)
         self.metrics.observe_predictions(prediction.labels, prediction.scores)
+        self._keep(kept_id, prediction)
         names = selected if selected is not None else list(prediction.outputs)
         outputs = [InferOutput(n, prediction.outputs[n]) for n in names if n in prediction.outputs]
         outputs_json = encode_outputs(outputs)
         if key is not None and self.cache is not None and not fallback:
             self.cache.put(key, pack_entry(prediction.labels, prediction.scores, outputs_json))
         return outputs_json, Outcome.FALLBACK if fallback else Outcome.SUCCESS
+
+    def _keep(self, kept_id: str | None, prediction: Prediction) -> None:
+        """Keep what was answered for a label to be joined later (``feedback``)."""
+        if self.feedback is None or kept_id is None:
+            return
+        probabilities = prediction.outputs.get("probabilities")
+        if probabilities is not None and probabilities.ndim != 2:
+            probabilities = None
+        self.feedback.record(kept_id, prediction.labels, prediction.scores, probabilities)
 
     def model_metadata(self) -> dict[str, Any]:
         runtime = self.repository.runtime()

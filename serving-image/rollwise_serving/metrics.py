@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 import numpy as np
@@ -39,8 +40,16 @@ from rollwise_contract.metrics import (
     FEATURE_PSI,
     FEATURE_REFERENCE,
     FEATURE_VALUE,
+    FEEDBACK,
     FORWARD,
     INFLIGHT,
+    LABEL_ABS_ERROR,
+    LABEL_CORRECT,
+    LABEL_LOG_LOSS,
+    LABEL_LOG_LOSS_SQUARED,
+    LABEL_SQUARED_ERROR,
+    LABEL_WITH_PROBABILITIES,
+    LABELLED,
     LABELS,
     MIRROR,
     MODEL_LOADED,
@@ -48,6 +57,7 @@ from rollwise_contract.metrics import (
     PREDICTION_VALUE,
     REQUEST_DURATION,
     REQUESTS,
+    FeedbackResult,
     Outcome,
     Problem,
 )
@@ -74,6 +84,9 @@ LATENCY_BUCKETS: Final = (
 SCORE_BUCKETS: Final = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 DEFAULT_VALUE_BUCKETS: Final = (-10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 10.0, 100.0, 1000.0)
 MAX_CLASSES: Final = 50
+MAX_QUALITY_VERSIONS: Final = 8
+"""(version, track) pairs with their own quality series: labels for predictions of older versions
+keep arriving after promotions, but a pod's series stay bounded (later ones: version ``other``)."""
 OTHER_CLASS: Final = "other"
 
 # `*_created` series double the scrape for no use of ours (Prometheus reads counters' resets itself).
@@ -111,6 +124,7 @@ class ServerMetrics:
         self._bind_features(schema)
         self._bind_routing_counters()
         self._bind_model_loaded()
+        self._bind_quality()
 
     # ---- start-up: one builder per metric family -----------------------------------------------
 
@@ -215,6 +229,44 @@ class ServerMetrics:
         self.loaded_by_role = {
             r: self.model_loaded.labels(*self._labelvalues, r) for r in ("primary", "fallback")
         }
+
+    def _bind_quality(self) -> None:
+        """Ground-truth labels joined to predictions (``feedback``): the feedback received, by
+        result, under this pod's labels; the quality sums under the labels of the track that made
+        each prediction, bound here for this pod's own and on first use for the others."""
+        labels, reg = self._labelvalues, self.registry
+        results = Counter(FEEDBACK, "Feedback items received, by result.", [*LABELS, "result"], registry=reg)
+        self.feedback_results = {r: results.labels(*labels, r.value) for r in FeedbackResult}
+        self._quality_families = tuple(
+            Counter(name, text, LABELS, registry=reg)
+            for name, text in (
+                (LABELLED, "Predictions joined to a ground-truth label."),
+                (LABEL_CORRECT, "Labelled classifier predictions whose class equals the label."),
+                (LABEL_ABS_ERROR, "Sum of |label - prediction| over labelled regressor predictions."),
+                (LABEL_SQUARED_ERROR, "Sum of (label - prediction)^2 over labelled regressor predictions."),
+                (LABEL_LOG_LOSS, "Sum of -ln p(label) over labelled predictions with probabilities."),
+                (LABEL_LOG_LOSS_SQUARED, "Sum of ln(p(label))^2 over those with probabilities."),
+                (LABEL_WITH_PROBABILITIES, "Labelled classifier predictions that had probabilities."),
+            )
+        )
+        self._quality: dict[tuple[str, str], QualitySeries] = {}
+        self.quality(labels[1], labels[2])
+
+    def quality(self, version: str, track: str) -> QualitySeries:
+        """The quality series of the track and version that made a prediction; past
+        ``MAX_QUALITY_VERSIONS`` pairs, a version is counted as ``other`` (bounded series)."""
+        series = self._quality.get((version, track))
+        if series is not None:
+            return series
+        if len(self._quality) >= MAX_QUALITY_VERSIONS:
+            return self._quality.get(("other", track)) or self._bind_quality_series("other", track)
+        return self._bind_quality_series(version, track)
+
+    def _bind_quality_series(self, version: str, track: str) -> QualitySeries:
+        values = (self._labelvalues[0], version, track)
+        series = QualitySeries(*(family.labels(*values) for family in self._quality_families))
+        self._quality[(version, track)] = series
+        return series
 
     def bind_output(self, classes: Sequence[str] | None) -> None:
         """Fix the prediction histogram's layout once the output kind is known.
@@ -332,6 +384,20 @@ class ServerMetrics:
         out.register(_Forward(source))
         out.register(PsiCollector(self, source))
         return generate_latest(out)
+
+
+@dataclass(frozen=True, slots=True)
+class QualitySeries:
+    """The bound quality children of one (version, track) that made predictions, in the order
+    ``_bind_quality`` declares them."""
+
+    labelled: Any
+    correct: Any
+    abs_error: Any
+    squared_error: Any
+    log_loss: Any
+    log_loss_squared: Any
+    with_probabilities: Any
 
 
 class _Forward(Collector):
