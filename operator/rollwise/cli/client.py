@@ -1,4 +1,5 @@
-"""The plugin's only contact with the API server: read ModelDeployments and Events, set the action.
+"""The plugin's only contact with the API server: read ModelDeployments and Events, set the action,
+and read the stable pod's shadow diff through the API server's service proxy.
 
 Connection settings follow kubectl: `--kubeconfig`, else `KUBECONFIG` (a `:`-separated list is
 merged), else `~/.kube/config`, else the in-cluster service account; `--context` picks a context;
@@ -25,11 +26,17 @@ from pydantic import ValidationError
 from rollwise.api.actions import ACTION_ANNOTATION
 from rollwise.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment
 from rollwise.cli.outcome import ExitCode
+from rollwise.cli.shadow import DiffFormatError, ShadowDiff, read_diff
 from rollwise.cli.view import EventRow
+from rollwise.plan.desired import SERVICE_PORT
+from rollwise.plan.names import Track, track_name
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 REQUEST_TIMEOUT_SECONDS = 15
 """Per API request; a hung connection must not hang a CI job past its own --timeout for long."""
+DIFF_TIMEOUT_SECONDS = 10.0
+"""Default for `diff --timeout`: the stable pod answers from memory, so a longer wait means the
+proxy cannot reach it."""
 CRDS_FIX = (
     "install the CRDs: `helm install rollwise charts/rollwise` "
     "(or `kubectl apply --server-side -f charts/rollwise/crds/`)"
@@ -204,6 +211,73 @@ class Client:
             client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
                 GROUP, VERSION, ns, PLURAL, md.metadata.name, patch, _request_timeout=REQUEST_TIMEOUT_SECONDS
             )
+
+    def shadow_diff(
+        self, md: ModelDeployment, *, timeout_seconds: float = DIFF_TIMEOUT_SECONDS
+    ) -> ShadowDiff:
+        """The rows where the shadow answered otherwise, from one stable pod (the one the
+        `<name>-stable` Service's proxy picks; each pod and worker keeps its own)."""
+        ns = md.metadata.namespace or self.namespace
+        service = track_name(md.metadata.name, Track.STABLE)
+        path = (
+            f"/api/v1/namespaces/{ns}/services/{service}:{SERVICE_PORT}/proxy"
+            f"/v2/models/{md.spec.model.name}/diff"
+        )
+        where = f"Service {service} in namespace {ns}"
+        try:
+            method, url, headers, _, _ = self.api.param_serialize(
+                "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+            )
+            response = self.api.call_api(method, url, headers, _request_timeout=timeout_seconds)
+            body: bytes = response.read() or b""  # type: ignore[no-untyped-call]  # untyped upstream
+        except (urllib3.exceptions.HTTPError, client.ApiException) as err:
+            reason = getattr(err, "reason", None) or err
+            if isinstance(err, urllib3.exceptions.TimeoutError) or isinstance(
+                reason, urllib3.exceptions.TimeoutError
+            ):
+                raise CliError(
+                    f"{where}: no answer within {timeout_seconds:g}s through the API server's service "
+                    f"proxy; is a stable pod ready? (`kubectl -n {ns} get pods -l "
+                    f"rollwise.dev/model-deployment={md.metadata.name},rollwise.dev/track=stable`; "
+                    "or raise --timeout)",
+                    ExitCode.TIMEOUT,
+                ) from err
+            raise CliError(
+                f"cannot reach the API server at {self.server}: {reason}; is the cluster running? "
+                "(`kubectl cluster-info`; check --kubeconfig/--context)"
+            ) from err
+        if response.status != 200:
+            raise CliError(_diff_refusal(response.status, body, where, md.metadata.name))
+        try:
+            return read_diff(body)
+        except DiffFormatError as err:
+            raise CliError(
+                f"{where}: the stable pod's /diff answer is not readable ({err}); "
+                "is its serving image older than the plugin?"
+            ) from err
+
+
+def _diff_refusal(status: int, body: bytes, where: str, name: str) -> str:
+    """Why the proxy or the stable pod said no, and the fix."""
+    doc = _json(body)
+    message = str(doc.get("message") or doc.get("error") or body[:200].decode("utf-8", "replace")).strip()
+    if status == 404 and doc.get("kind") == "Status":
+        return (
+            f"{where}: not found; the track Services exist while a candidate does: "
+            f"is {name} in a shadow rollout? (`kubectl rollwise status {name}`)"
+        )
+    if status == 404 and "--mirror-url" in message:
+        return (
+            f"{where}: the stable pod mirrors to no shadow ({message}); "
+            f"`diff` shows rows only during a shadow step (`kubectl rollwise status {name}`)"
+        )
+    if status == 503:
+        return f"{where}: no ready stable pod to ask ({message}); wait for one and run it again"
+    if status == 403:
+        return f"{where}: forbidden ({message}); ask for get on services/proxy in that namespace"
+    if status == 401:
+        return f"the API server refused the credentials ({message}); refresh them in your kubeconfig"
+    return f"{where}: the proxy answered {status}: {message}"
 
 
 def _mapping(value: object) -> dict[str, Any]:

@@ -27,9 +27,10 @@ from rich.text import Text
 
 from rollwise.api.actions import ACTION_ANNOTATION, Action
 from rollwise.api.v1alpha1 import ModelDeployment
-from rollwise.cli.client import Client, CliError, Target
+from rollwise.cli.client import DIFF_TIMEOUT_SECONDS, Client, CliError, Target
 from rollwise.cli.live import Followed, Snapshot, follow
 from rollwise.cli.outcome import Ended, ExitCode, ended, refusal
+from rollwise.cli.shadow import diff_view
 from rollwise.cli.view import history_table, list_table, progress_line, status_view
 
 PROG = "kubectl rollwise"
@@ -131,6 +132,15 @@ def build_parser(*, with_demo: bool = False) -> argparse.ArgumentParser:
 
     p = command("history", "finished rollouts, newest first")
     p.add_argument("name")
+
+    p = command("diff", "shadow: the last rows where the candidate answered otherwise than stable")
+    p.add_argument("name")
+    p.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DIFF_TIMEOUT_SECONDS,
+        help=f"give up on the stable pod after this long (default {DIFF_TIMEOUT_SECONDS:g}s); exit 3",
+    )
 
     if with_demo:
         p = command("demo", "run the local demo (python -m e2e.demo) from a Rollwise checkout")
@@ -246,6 +256,12 @@ class App:
         self.console.print(history_table(md, self.now()))
         return ExitCode.OK
 
+    def cmd_diff(self) -> int:
+        md = self.client.get(self.args.name)
+        diff = self.client.shadow_diff(md, timeout_seconds=self.args.timeout)
+        self.console.print(diff_view(md.metadata.name, diff, self.now()))
+        return ExitCode.OK
+
     def cmd_action(self, action: Action) -> int:
         name = self.args.name
         md = self.client.get(name)
@@ -343,6 +359,8 @@ def run(
                 return app.cmd_wait()
             case "history":
                 return app.cmd_history()
+            case "diff":
+                return app.cmd_diff()
             case "promote":
                 return app.cmd_action(Action.PROMOTE_FULL if args.full else Action.PROMOTE)
             case verb:
