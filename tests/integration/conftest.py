@@ -137,7 +137,22 @@ def _metrics_up(port: int) -> bool:
 def crds(cluster: Cluster) -> None:
     for crd in sorted((paths.REPO / "charts" / "rollwise" / "crds").glob("*.yaml")):
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.rollwise.dev", "--timeout=60s")
+    # On a fresh API server the new CRD can have no conditions yet, which `kubectl wait` reports as
+    # an error rather than waiting: ask again until it is Established.
+    wait_until(
+        "the ModelDeployment CRD to be Established",
+        lambda: (
+            kubectl(
+                "wait",
+                "--for=condition=Established",
+                "crd/modeldeployments.rollwise.dev",
+                "--timeout=5s",
+                check=False,
+            ).returncode
+            == 0
+        ),
+        60,
+    )
     # The routers' providers: Gateway API and Istio CRDs from their release modules, and the nginx
     # IngressClass (quick when already installed: one read, no write).
     upstream_crds.install()

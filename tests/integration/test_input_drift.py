@@ -159,6 +159,7 @@ def test_a_promoted_model_whose_inputs_drift_is_flagged_and_rolled_back_to_the_p
         ))  # fmt: skip
         flagged = time.monotonic() - drifted
         with_status(cluster, namespace, lambda: wait_until("back on 1.0.0", rolled_back_to_v1, 120))
+        wait_until("only 1.0.0 answering", lambda: load.versions_since(time.monotonic() - 2) == {"1.0.0"}, 60)
         back = time.monotonic() - drifted
         settled = time.monotonic()
         time.sleep(3)

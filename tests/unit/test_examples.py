@@ -34,6 +34,8 @@ EXPECTED = {
     "ab-test-gateway-api.yaml": StrategyName.AB_TEST,
     "shadow.yaml": StrategyName.SHADOW,
     "shadow-istio.yaml": StrategyName.SHADOW,
+    "canary-labels.yaml": StrategyName.CANARY,
+    "monitoring.yaml": StrategyName.CANARY,
 }
 USER_OBJECT_KIND = {
     TrafficProvider.GATEWAY_API: "HTTPRoute",
