@@ -306,3 +306,40 @@ def test_a_compared_check_explains_itself_and_retaken_looks_are_counted() -> Non
     out = render(status_view(doc, [], NOW))
     assert "success 74.0 % vs stable 100.0 %" in out and "worse" in line_with(out, "requests): worse")
     assert "2/3 measurements (1 retaken: too few requests)" in step_row(out, "analysis (3 measurements)")
+
+
+def test_monitoring_shows_the_stable_models_verdict_and_each_checks_last_look() -> None:
+    watched = md(
+        phase="Healthy",
+        stableVersion="2.0.0",
+        conditions=conditions("Ready", "Available"),
+        monitoring={
+            "revision": "r1",
+            "startedAt": (NOW - timedelta(minutes=20)).isoformat(),
+            "lastLookAt": (NOW - timedelta(seconds=40)).isoformat(),
+            "looks": 4,
+            "failing": 2,
+            "healthy": False,
+            "metrics": [
+                {
+                    "name": "drift",
+                    "verdict": "Failed",
+                    "successful": 2,
+                    "failed": 2,
+                    "lastValue": 0.41,
+                    "message": "PSI 0.41 vs reference: drifted",
+                },
+            ],
+        },
+    )
+    doc = watched.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["spec"]["monitoring"] = {
+        "metrics": [{"name": "drift", "builtin": "inputDrift", "threshold": {"max": 0.2}}]
+    }
+    out = render(status_view(type(watched).model_validate(doc), [], NOW))
+    flat = " ".join(out.split())
+    assert "Monitoring 2.0.0: degraded (last look 40s ago, every 300s; 2 failing look(s) in a row, 2" in flat
+    assert "degrade it; on degraded: alert)" in flat
+    row = line_with(out, "drift")
+    assert "0.41" in row and "≤ 0.2" in row and "Failed" in row and "2/2/0" in row
+    assert "Monitoring" not in render(status_view(md(phase="Healthy"), [], NOW))

@@ -311,6 +311,38 @@ def analysis_table(md: ModelDeployment, now: datetime) -> RenderableType | None:
     return table
 
 
+def monitoring_table(md: ModelDeployment, now: datetime) -> RenderableType | None:
+    """`spec.monitoring`'s latest look at the stable model: its verdict and each check's reading."""
+    spec, mon = md.spec.monitoring, md.status.monitoring
+    if spec is None or mon is None:
+        return None
+    verdict = {None: ("no verdict yet", ""), True: ("healthy", "green"), False: ("degraded", "bold red")}
+    word, style = verdict[mon.healthy]
+    last = f"last look {since(mon.last_look_at, now)} ago" if mon.last_look_at else "no look yet"
+    title = Text.assemble(
+        f"Monitoring {md.status.stable_version}: ",
+        (word, style),
+        f" ({last}, every {spec.interval_seconds}s; {mon.failing} failing look(s) in a row, "
+        f"{spec.failure_limit + 1} degrade it; on degraded: {spec.on_degraded.value})",
+    )
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("metric", "value", "threshold", "last look", "pass/fail/inconclusive", "detail"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    checks = {c.name: c for c in spec.metrics}
+    for m in mon.metrics:
+        check = checks.get(m.name)
+        unit = UNITS.get(check.builtin, "") if check is not None and check.builtin is not None else ""
+        table.add_row(
+            m.name,
+            format_value(m.last_value, unit),
+            threshold_label(check.threshold, unit) if check is not None else "?",
+            Text(m.verdict.value, style=VERDICT_STYLE.get(m.verdict, "")),
+            f"{m.successful}/{m.failed}/{m.inconclusive}",
+            Text(m.message, overflow="fold"),
+        )
+    return table
+
+
 # ---------------------------------------------------------------------------------------------
 # Events and history
 
@@ -396,6 +428,9 @@ def status_view(
     analysis = analysis_table(md, now)
     if analysis is not None:
         parts += [Text(""), analysis]
+    watched = monitoring_table(md, now)
+    if watched is not None:
+        parts += [Text(""), watched]
     if events_limit:
         parts += [Text(""), events_table(events, now, events_limit)]
     return Group(*parts)
