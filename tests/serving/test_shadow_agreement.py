@@ -352,3 +352,60 @@ def test_refused_and_unreadable_shadow_answers_are_counted_uncomparable(
     for s in (stable, junk):
         assert compared(s) == 0
         assert diff(s) == []
+
+
+def test_an_onnx_export_agrees_with_its_scikit_learn_original(
+    fresh_servers: ServerFactory, models: dict[str, Any]
+) -> None:
+    """Another runtime, another arithmetic (onnxruntime's FP32 probabilities against
+    scikit-learn's FP64): the classes agree and the deltas are rounding. (Outputs named otherwise,
+    as ONNX converters often do, are found by datatype and shape: tests/unit/test_shadow_answers.py.)"""
+    stable, _ = pair(
+        fresh_servers,
+        model_args(models, "iris-v1"),
+        model_args(models, "iris-v1-onnx", version="v1-onnx"),
+    )
+    rows = [SETOSA, VERSICOLOR, VIRGINICA, [5.9, 3.0, 5.1, 1.8], [5.0, 3.4, 1.5, 0.2]]
+    assert stable.post("/v2/models/iris/infer", content=infer_body(rows)).status_code == 200
+    eventually(lambda: compared(stable, peer_version="v1-onnx") == len(rows), "the rows to be compared")
+    assert stable.sample("rollwise_shadow_agreed_total") == len(rows)
+    assert stable.sample("rollwise_shadow_delta_count") == len(rows)
+    # float32 against float64 arithmetic: the probabilities differ by rounding only
+    assert stable.sample("rollwise_shadow_delta_bucket", le="0.001") == len(rows)
+    assert stable.sample("rollwise_shadow_uncomparable_total") == 0
+
+
+FAILING = """
+class Model:
+    def predict(self, inputs):
+        raise RuntimeError("the primary is broken")
+"""
+
+
+def test_answers_from_the_fallback_are_not_compared(
+    fresh_servers: ServerFactory, models: dict[str, Any], tmp_path: Path
+) -> None:
+    """Agreement judges stable's model, not its fallback: a copy answered by the fallback is
+    still mirrored, but not compared (here the shadow runs the fallback's own rule, so comparing
+    would have counted agreement that says nothing about stable's model)."""
+    rule = models["models"]["iris-rule"]
+    fallback = ["--fallback-uri", str(models["dir"] / rule["file"]), "--fallback-format", "python"]
+    stable, candidate = pair(
+        fresh_servers,
+        [
+            *python_model(tmp_path, "broken.py", FAILING, version="v1"),
+            *fallback,
+            "--fallback-sha256",
+            rule["sha256"],
+        ],
+        model_args(models, "iris-rule", version="v2"),
+    )
+    for _ in range(3):
+        r = stable.post("/v2/models/iris/infer", content=infer_body([SETOSA, VIRGINICA], "FP64"))
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == ["setosa", "virginica"]
+    assert stable.sample("rollwise_requests_total", outcome="fallback") == 3
+    eventually(lambda: stable.sample("rollwise_mirror_total", result="sent") == 3, "3 copies to be sent")
+    assert candidate.sample("rollwise_requests_total", outcome="success") == 3
+    assert compared(stable) == 0
+    assert stable.sample("rollwise_shadow_uncomparable_total") == 0
+    assert diff(stable) == []
