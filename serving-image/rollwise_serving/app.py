@@ -48,7 +48,7 @@ from rollwise_serving.errors import (
     RequestAbortedError,
 )
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
-from rollwise_serving.feedback import ID_HEADER, Feedback, feedback_of
+from rollwise_serving.feedback import ID_HEADER, Feedback, feedback_of, is_mirror_copy
 from rollwise_serving.forwarding import Forwarder, Matches, UserHash
 from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.mirroring import HopSeal, Mirror
@@ -316,10 +316,11 @@ class ServingApp:
                     id_header = [(ID_HEADER, peer_id.encode("latin-1"))] if peer_id else []
                     await respond(send, answer.status_code, answer.content, [*JSON, *id_header])
                     return
+            keep = not is_mirror_copy(headers)  # a shadow's answers are not the user's
             if action == "infer":
-                response, outcome, prediction_id = await self.dataplane.infer(body)
+                response, outcome, prediction_id = await self.dataplane.infer(body, keep=keep)
             else:
-                response, outcome, prediction_id = await self.dataplane.predict_instances(body)
+                response, outcome, prediction_id = await self.dataplane.predict_instances(body, keep=keep)
             id_header = [(ID_HEADER, prediction_id.encode())] if prediction_id is not None else []
             await respond(send, 200, response, [*JSON, *id_header])
             if self.mirror is not None and not hopped:

@@ -55,22 +55,22 @@ class Dataplane:
             repository, metrics, max_rows=settings.max_batch_size, deadline_ms=settings.deadline_ms
         )
 
-    async def infer(self, body: bytes) -> tuple[bytes, Outcome, str | None]:
+    async def infer(self, body: bytes, *, keep: bool = True) -> tuple[bytes, Outcome, str | None]:
         """An OIP infer request body -> (response body, outcome, the id kept for feedback).
 
-        The answer's id is the request's, else a new one; it is kept (and returned) only when
-        it fits in a header (``feedback.is_keepable``)."""
+        The answer's id is the request's, else a new one; it is kept (and returned) when ``keep``
+        and it fits in a header (``feedback.is_keepable``)."""
         request = decode_infer_request(body)
         runtime = self.repository.runtime()
         prepared = runtime.prepare(request.inputs)
         selected = _select_outputs(runtime, request.outputs)
         self._check_schema(runtime, prepared)
         prediction_id = request.id if request.id is not None else new_id()
-        kept_id = prediction_id if is_keepable(prediction_id) else None
+        kept_id = prediction_id if keep and is_keepable(prediction_id) else None
         outputs_json, outcome = await self._predict(runtime, prepared, request.inputs, selected, kept_id)
         return encode_infer_response(self.name, self.version, outputs_json, prediction_id), outcome, kept_id
 
-    async def predict_instances(self, body: bytes) -> tuple[bytes, Outcome, str | None]:
+    async def predict_instances(self, body: bytes, *, keep: bool = True) -> tuple[bytes, Outcome, str | None]:
         """Named features ``{"id"?: ..., "instances": [{feature: value}, ...]}`` -> predictions,
         with an id as ``infer`` gives one."""
         if self.schema is None:
@@ -84,7 +84,7 @@ class Dataplane:
         if prediction_id is not None and not isinstance(prediction_id, str):
             raise ProtocolError('"id" must be a string')
         prediction_id = prediction_id if prediction_id is not None else new_id()
-        kept_id = prediction_id if is_keepable(prediction_id) else None
+        kept_id = prediction_id if keep and is_keepable(prediction_id) else None
         runtime = self.repository.runtime()
         try:
             matrix = self.schema.matrix_from_instances(doc["instances"])

@@ -46,6 +46,7 @@ from rollwise_contract.model import Track
 
 from rollwise_serving.config import Settings
 from rollwise_serving.metrics import ServerMetrics
+from rollwise_serving.mirroring import HOP_HEADER
 
 log = logging.getLogger("rollwise_serving.feedback")
 
@@ -79,6 +80,15 @@ probability columns (0 without)."""
 
 def new_id() -> str:
     return os.urandom(8).hex()
+
+
+def is_mirror_copy(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a request is a copy mirrored to this (shadow) server: its answer is not kept. The
+    user got the primary's answer under the same id, and one id keeps one answer per model, so a
+    shadow's would take the label from the track that served it. Signed or not: a client that
+    marks its own request only opts itself out of feedback."""
+    hop = HOP_HEADER.encode()
+    return any(name == hop and value.partition(b":")[0] == b"mirror" for name, value in headers)
 
 
 def is_keepable(prediction_id: str) -> bool:

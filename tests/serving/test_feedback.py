@@ -253,6 +253,28 @@ def test_an_ab_answer_forwarded_to_the_candidate_keeps_its_id_and_joins_at_the_f
     assert front.sample("rollwise_label_correct_total", version="v2", track="candidate") == 1
 
 
+def test_a_shadows_answer_to_a_mirrored_copy_never_takes_the_label_from_stable(
+    fresh_servers: ServerFactory, models: dict[str, Any], redis_server: Redis
+) -> None:
+    """Same id, same Redis key: the shadow keeps nothing for the copy, so the label is stable's."""
+    shared = ["--feedback-redis-url", redis_server.url]
+    token = {"ROLLWISE_HOP_TOKEN": "feedback-test-token-0123456789"}
+    shadow = fresh_servers.start(
+        *model_args(models, "iris-v2", version="v2"), "--track", "candidate", *shared, env=token
+    )
+    stable = fresh_servers.start(
+        *model_args(models, "iris-v1"), "--mirror-url", shadow.url, *shared, env=token
+    )
+    doc = answer(stable, [VERSICOLOR], id="order-42")
+    wait_for(lambda: shadow.sample("rollwise_requests_total", outcome="success") == 1, 5, "the mirrored copy")
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    wait_for(lambda: client.exists("rollwise:default:iris:feedback:order-42"), 5, "the write to Redis")
+    time.sleep(0.3)  # a shadow's write, had it kept one, would have landed by now
+    assert send(shadow, {"id": doc["id"], "label": "versicolor"}).status_code == 200
+    assert shadow.sample("rollwise_labelled_total", version="v1", track="stable") == 1
+    assert shadow.sample("rollwise_labelled_total", version="v2", track="candidate") == 0
+
+
 def test_two_workers_join_through_redis_and_export_one_view(
     fresh_servers: ServerFactory, models: dict[str, Any], redis_server: Redis
 ) -> None:
