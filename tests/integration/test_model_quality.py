@@ -149,7 +149,8 @@ def quality_md(
     return md
 
 
-CANARY_BAKE = {"canary": {"steps": [{"setWeight": 50}, {"bake": {"durationSeconds": 45}}]}}
+BAKE_SECONDS = 30
+CANARY_BAKE = {"canary": {"steps": [{"setWeight": 50}, {"bake": {"durationSeconds": BAKE_SECONDS}}]}}
 
 
 @pytest.fixture
@@ -182,9 +183,12 @@ def _metric(md: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-def test_a_less_accurate_candidate_is_rolled_back_on_labels_while_every_other_check_passes(
+def test_a_less_accurate_candidate_is_rolled_back_on_labels_and_an_equally_accurate_one_promoted(
     cluster: Cluster, namespace: str, labelled_stable: LabelledLoad, cluster_redis: str
 ) -> None:
+    """Two rollouts on one stable (one setup, for CI time): 2.0.0 answers 8 points less accurately
+    and is rolled back on accuracy while every other check passes; then 3.0.0, the stable's own
+    artifact, is promoted once its bake is over."""
     load = labelled_stable
     started = time.monotonic()
     md = quality_md("2.0.0", "iris-mislabel.py", "python", cluster_redis, CANARY_BAKE)
@@ -200,34 +204,33 @@ def test_a_less_accurate_candidate_is_rolled_back_on_labels_while_every_other_ch
     assert "pp wrong" in accuracy["message"] and accuracy["message"].endswith("worse"), accuracy
     for other in ("success-rate", "latency", "drift"):
         assert _metric(md_now, other)["failed"] == 0, _metric(md_now, other)
-    assert load.failed() == 0
     joined = sum(r.get("joined", 0) for status, r in load.feedback if status in (200, 207))
     sent = sum(len(r.get("results", [])) for status, r in load.feedback if status in (200, 207))
     assert sent > 0 and joined >= 0.95 * sent, (joined, sent, load.feedback[-3:])
     print(
         f"\nrolled back on accuracy {took:.0f}s after the change: {accuracy['message']}; "
-        f"{joined} labels joined, feedback statuses {sorted({s for s, _ in load.feedback})}"
+        f"{joined} of {sent} labels joined, feedback statuses {sorted({s for s, _ in load.feedback})}"
     )
 
-
-def test_an_equally_accurate_candidate_is_promoted_after_its_bake(
-    cluster: Cluster, namespace: str, labelled_stable: LabelledLoad, cluster_redis: str
-) -> None:
-    load = labelled_stable
     started = time.monotonic()
-    md = quality_md("2.0.0", "iris-v1.joblib", "sklearn", cluster_redis, CANARY_BAKE)
-    assert apply(namespace, md).returncode == 0
+    assert (
+        apply(
+            namespace, quality_md("3.0.0", "iris-v1.joblib", "sklearn", cluster_redis, CANARY_BAKE)
+        ).returncode
+        == 0
+    )
 
     def promoted() -> bool:
         status = get_md(cluster, namespace, "iris").get("status", {})
-        return bool(status.get("stableVersion") == "2.0.0" and status.get("phase") == "Healthy")
+        return bool(status.get("stableVersion") == "3.0.0" and status.get("phase") == "Healthy")
 
     with_status(cluster, namespace, lambda: wait_until("promoted", promoted, 240))
     took = time.monotonic() - started
-    assert took >= 45  # the bake held it
-    last = get_md(cluster, namespace, "iris")["status"]["history"][-1]
+    assert took >= BAKE_SECONDS  # the bake held it
+    last = get_md(cluster, namespace, "iris")["status"]["history"][0]
+    assert (last["version"], last["outcome"]) == ("3.0.0", "Promoted"), last
     assert load.failed() == 0
-    print(f"\npromoted {took:.0f}s after the change (bake 45 s): {last.get('message', '')[:300]}")
+    print(f"promoted {took:.0f}s after the change (bake {BAKE_SECONDS} s)")
 
 
 SHADOW_ANALYSIS: dict[str, Any] = {
