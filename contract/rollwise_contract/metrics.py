@@ -28,6 +28,9 @@ FEATURE_REFERENCE = PREFIX + "feature_reference_share"
 """Gauge: the model's reference share of one feature's values at or below `le` (cumulative, like
 the `rollwise_feature_value` buckets it matches), so the operator reads live bins and reference
 bins from Prometheus alike."""
+PREDICTION_REFERENCE = PREFIX + "prediction_reference_share"
+"""Gauge: the model's reference share of each predicted `class` (a classifier's reference), so
+monitoring can judge live predictions against the training distribution from Prometheus alone."""
 DATA_QUALITY = PREFIX + "data_quality"
 FALLBACK = PREFIX + "fallback"
 CACHE = PREFIX + "cache"

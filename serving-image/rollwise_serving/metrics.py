@@ -57,6 +57,7 @@ from rollwise_contract.metrics import (
     MODEL_LOADED,
     PEER_VERSION,
     PREDICTION_PSI,
+    PREDICTION_REFERENCE,
     PREDICTION_VALUE,
     REQUEST_DURATION,
     REQUESTS,
@@ -527,7 +528,15 @@ class PsiCollector(Collector):
             value = _psi_at(buckets.get(("p", ""), []), pref) if isinstance(pref, drift.Binned) else None
         if value is not None:
             prediction_psi.add_metric(values, value)
-        return [feature_psi, prediction_psi, reference_share]
+        prediction_share = GaugeMetricFamily(
+            PREDICTION_REFERENCE,
+            "The model's reference share of each predicted class (a classifier's reference).",
+            labels=[*LABELS, "class"],
+        )
+        if isinstance(pref, drift.ClassShares):
+            for name, share in zip(pref.classes, pref.fractions, strict=True):
+                prediction_share.add_metric([*values, name], share)
+        return [feature_psi, prediction_psi, reference_share, prediction_share]
 
     def _read_histograms(
         self, source: CollectorRegistry

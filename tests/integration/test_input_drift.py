@@ -115,8 +115,9 @@ def test_a_promoted_model_whose_inputs_drift_is_flagged_and_rolled_back_to_the_p
     serves again, with no failed request. failureLimit 0 here (one failing look; the default needs
     two in a row)."""
     check = {**DRIFT_CHECK, "name": "drift"}
+    predictions = {"name": "predictions", "builtin": "predictionDrift", "threshold": {"max": 0.2}}
     monitoring = {
-        "metrics": [check],
+        "metrics": [check, predictions],
         "intervalSeconds": MONITOR_INTERVAL,
         "failureLimit": 0,
         "onDegraded": "rollback",
@@ -164,14 +165,26 @@ def test_a_promoted_model_whose_inputs_drift_is_flagged_and_rolled_back_to_the_p
         settled = time.monotonic()
         time.sleep(3)
         versions_after = load.versions_since(settled)
+
+        def watched_again() -> dict[str, Any] | None:
+            """1.0.0, watched in its turn on the same drifted traffic: both checks read."""
+            mon = get_md(cluster, namespace, "iris")["status"].get("monitoring") or {}
+            return mon if mon.get("looks", 0) >= 1 else None
+
+        again = wait_until("1.0.0's first look", watched_again, 60)
         failed = [r for r in load.results if r[1] != 200]
     status = get_md(cluster, namespace, "iris")["status"]
     entry = status["history"][0]
     assert (entry["version"], entry["outcome"]) == ("2.0.0", "RolledBack"), entry
     assert entry["message"].startswith("2.0.0 degraded after promotion, back to 1.0.0: drift:"), entry
+    readings = {m["name"]: m for m in again["metrics"]}
+    assert readings["predictions"]["message"].startswith("class shares PSI"), readings
+    assert "vs reference" in readings["predictions"]["message"], readings
+    assert readings["predictions"]["verdict"] == "Failed", readings  # all virginica, against thirds
     assert versions_after == {"1.0.0"}, versions_after
     assert failed == [], failed[:5]
+    print(f"\n1.0.0 on the same traffic: {readings['predictions']['message']}")
     print(
-        f"\nModelHealthy False {flagged:.1f}s after the inputs drifted (interval {MONITOR_INTERVAL}s); "
+        f"ModelHealthy False {flagged:.1f}s after the inputs drifted (interval {MONITOR_INTERVAL}s); "
         f"1.0.0 serving all traffic {back:.1f}s after; {len(load.results)} requests, 0 failed"
     )

@@ -285,6 +285,12 @@ def test_metrics_count_outcomes_features_predictions_and_quality(
         metric_value(text, "rollwise_feature_reference_share", feature="petal_length", le="+Inf", **labels)
         == 1
     )
+    # And the reference's class shares, for monitoring's predictionDrift against the reference.
+    for name, share in zip(
+        reference["prediction"]["classes"], reference["prediction"]["fractions"], strict=True
+    ):
+        read = metric_value(text, "rollwise_prediction_reference_share", **{"class": name}, **labels)
+        assert read == pytest.approx(share), (name, read, share)
 
 
 def test_drifted_traffic_raises_psi_above_in_distribution_traffic(

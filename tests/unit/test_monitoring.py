@@ -10,11 +10,19 @@ from typing import Any
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from rollwise.api.v1alpha1 import ConditionType, Monitoring, MonitoringStatus, Phase, Reason, WebhookType
+from rollwise.api.v1alpha1 import (
+    ConditionType,
+    MetricCheck,
+    Monitoring,
+    MonitoringStatus,
+    Phase,
+    Reason,
+    WebhookType,
+)
 from rollwise.plan import monitoring
 from rollwise.plan.analysis import Measured
 from rollwise.plan.decision import Decision
-from rollwise.plan.measurement import Counts, Value
+from rollwise.plan.measurement import Counts, Outcome, Value
 
 from tests.unit.rollout_world import World, at
 from tests.unit.test_machine import md_of
@@ -135,9 +143,9 @@ def test_the_same_look_handed_over_twice_counts_once() -> None:
 
 
 def test_monitoring_refuses_checks_it_cannot_take_alone() -> None:
-    with pytest.raises(ValidationError, match="predictionDrift and the shadow checks need a second track"):
+    with pytest.raises(ValidationError, match="the shadow checks need a second track"):
         Monitoring.model_validate(
-            {"metrics": [{"name": "d", "builtin": "predictionDrift", "threshold": {"max": 0.2}}]}
+            {"metrics": [{"name": "d", "builtin": "predictionAgreement", "threshold": {"min": 99}}]}
         )
     with pytest.raises(ValidationError, match="no second track to compare with"):
         Monitoring.model_validate(
@@ -192,3 +200,56 @@ def test_a_custom_query_is_run_for_the_stable_track() -> None:
     d = w.settle(at(300), measurements=[Measured(q, Value(5))])
     assert _condition(d).status == "Unknown"  # one failing look is tolerated (failureLimit 1)
     assert w.md.status.monitoring is not None and w.md.status.monitoring.failing == 1
+
+
+def test_prediction_drift_after_promotion_is_judged_against_the_reference() -> None:
+    check = MetricCheck.model_validate({"name": "p", "builtin": "predictionDrift", "threshold": {"max": 0.2}})
+    reference = {("reference", c): 1 / 3 for c in ("setosa", "versicolor", "virginica")}
+    like = Counts(
+        {
+            **reference,
+            ("candidate", "setosa"): 330,
+            ("candidate", "versicolor"): 340,
+            ("candidate", "virginica"): 330,
+        }
+    )
+    assert monitoring.judge_predictions_against_reference(check, like).outcome is Outcome.PASS
+    moved = Counts(
+        {
+            **reference,
+            ("candidate", "setosa"): 30,
+            ("candidate", "versicolor"): 70,
+            ("candidate", "virginica"): 900,
+        }
+    )
+    judged = monitoring.judge_predictions_against_reference(check, moved)
+    assert judged.outcome is Outcome.FAIL
+    assert (
+        judged.reason.startswith("class shares PSI ")
+        and "most moved: virginica 90.0 % vs 33.3 %" in judged.reason
+    )
+    few = Counts({**reference, ("candidate", "virginica"): 4})  # a PSI far above 0.2, but 4 predictions
+    assert monitoring.judge_predictions_against_reference(check, few).outcome is Outcome.PASS
+    none = monitoring.judge_predictions_against_reference(check, Counts({("candidate", "setosa"): 10}))
+    assert none.outcome is Outcome.INCONCLUSIVE and "needs a classifier's spec.model.reference" in none.reason
+
+
+def test_the_prediction_drift_query_reads_the_stables_classes_and_the_reference_shares() -> None:
+    w = World.of(
+        md_of(
+            {"canary": {"steps": [{"setWeight": 50}]}},
+            monitoring={"metrics": [{"name": "p", "builtin": "predictionDrift", "threshold": {"max": 0.2}}]},
+        )
+    )
+    w.settle(at(0))
+    (q,) = monitoring.due_queries(w.md, at(300))
+    assert q.by == ("track", "class")
+    assert (
+        "rollwise_prediction_value_count{" in q.promql and "rollwise_prediction_reference_share{" in q.promql
+    )
+    assert q.promql.endswith(', "track", "candidate", "track", "stable")')
+    shares = {("reference", c): 1 / 3 for c in ("setosa", "versicolor", "virginica")}
+    d = w.settle(at(300), measurements=[Measured(q, Counts({**shares, ("candidate", "virginica"): 500}))])
+    mon = w.md.status.monitoring
+    assert mon is not None and mon.metrics[0].message.startswith("class shares PSI"), mon
+    assert mon.metrics[0].verdict == "Failed" and d.status.monitoring is not None

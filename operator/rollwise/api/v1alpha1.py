@@ -990,6 +990,7 @@ MONITORED = frozenset(
         BuiltinMetric.SUCCESS_RATE,
         BuiltinMetric.LATENCY_P99,
         BuiltinMetric.INPUT_DRIFT,
+        BuiltinMetric.PREDICTION_DRIFT,
         BuiltinMetric.ACCURACY,
         BuiltinMetric.LOG_LOSS,
         BuiltinMetric.MEAN_ABSOLUTE_ERROR,
@@ -1005,7 +1006,8 @@ class Monitoring(ApiModel):
 
     metrics: list[MetricCheck] = Field(min_length=1, max_length=16, json_schema_extra=map_list("name"))
     """Checks taken every interval on the stable track's last `windowSeconds`: successRate,
-    latencyP99, inputDrift (against `spec.model.reference`), accuracy, logLoss,
+    latencyP99, inputDrift and predictionDrift (against `spec.model.reference`; predictionDrift for a
+    classifier's class shares), accuracy, logLoss,
     meanAbsoluteError, or a custom query (its `{{track}}` is `stable`). Each is judged on its
     threshold alone: there is nothing to compare with."""
     interval_seconds: int = Field(default=300, ge=10, le=86_400)
@@ -1024,9 +1026,8 @@ class Monitoring(ApiModel):
         + ", ".join(f"'{b}'" for b in sorted(MONITORED))
         + "])",
         field="metrics",
-        message="monitoring takes successRate, latencyP99, inputDrift, accuracy, logLoss, "
-        "meanAbsoluteError or a query (predictionDrift and the shadow checks need a second track); "
-        "remove the others",
+        message="monitoring takes successRate, latencyP99, inputDrift, predictionDrift, accuracy, "
+        "logLoss, meanAbsoluteError or a query (the shadow checks need a second track); remove the others",
     )
     def _monitored_builtins(self) -> bool:
         return all(m.builtin is None or m.builtin in MONITORED for m in self.metrics)

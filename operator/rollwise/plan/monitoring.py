@@ -22,7 +22,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from rollwise_contract.metrics import FEATURE_REFERENCE, FEATURE_VALUE
+from rollwise_contract.metrics import FEATURE_REFERENCE, FEATURE_VALUE, PREDICTION_REFERENCE, PREDICTION_VALUE
 
 from rollwise.api.v1alpha1 import (
     BuiltinMetric,
@@ -35,12 +35,14 @@ from rollwise.api.v1alpha1 import (
 )
 from rollwise.plan import analysis
 from rollwise.plan.analysis import Measured, QueryRequest, counted, render_template
+from rollwise.plan.compare import DEFAULT_CONFIDENCE, psi_of
 from rollwise.plan.input_drift import REFERENCE
-from rollwise.plan.measurement import Judged, Outcome
+from rollwise.plan.measurement import Counts, Judged, Outcome
 from rollwise.plan.names import Track
 from rollwise.plan.promql import counts_since, selector
 from rollwise.plan.quality import SERIES
 from rollwise.plan.scope import ScopeError
+from rollwise.plan.stats import fixed_shares_evidence
 
 STEP = -1
 """`QueryRequest.step` of a monitoring look: never a rollout step, so answers never mix."""
@@ -109,6 +111,17 @@ def _query(
             for key, name in how.several.items()
         ]
         q = " or ".join(f'label_replace({c}, "{SERIES}", "{key}", "", "")' for key, c in parts)
+    elif check.builtin is BuiltinMetric.PREDICTION_DRIFT:
+        sel = selector(md, Track.STABLE, own)
+        live = counts_since(f"{PREDICTION_VALUE}_count{{{sel}}}", ("track", "class"), since=since, at=at)
+        shares = (
+            f'label_replace(max by (class) ({PREDICTION_REFERENCE}{{{sel}}}), "track", "{REFERENCE}", "", "")'
+        )
+        q = f"{live} or {shares}"
+        return f'label_replace({q}, "track", "{Track.CANDIDATE}", "track", "{Track.STABLE}")', (
+            "track",
+            "class",
+        )
     elif check.builtin is BuiltinMetric.INPUT_DRIFT:
         extra = own + ("" if check.feature is None else f",feature={json.dumps(check.feature)}")
         live = counts_since(
@@ -131,9 +144,7 @@ def record(spec: Monitoring, status: MonitoringStatus, answers: Sequence[Measure
     }
     if any(m.name not in mine for m in spec.metrics):
         return status
-    judged = {
-        m.name: analysis.judge(m, mine[m.name].measurement, mine[m.name].request.by) for m in spec.metrics
-    }
+    judged = {m.name: _judge(m, mine[m.name]) for m in spec.metrics}
     at = max(a.request.at for a in mine.values())
     failed = [n for n, j in judged.items() if j.outcome is Outcome.FAIL]
     passed = any(j.outcome is Outcome.PASS for j in judged.values())
@@ -155,6 +166,46 @@ def record(spec: Monitoring, status: MonitoringStatus, answers: Sequence[Measure
             "metrics": [_result(_kept(status, m.name), judged[m.name]) for m in spec.metrics],
         }
     )
+
+
+def _judge(check: MetricCheck, answer: Measured) -> Judged:
+    """A check on the stable alone: the built-in judges, but predictionDrift against the reference."""
+    if check.builtin is BuiltinMetric.PREDICTION_DRIFT and isinstance(answer.measurement, Counts):
+        return judge_predictions_against_reference(check, answer.measurement)
+    return analysis.judge(check, answer.measurement, answer.request.by)
+
+
+def judge_predictions_against_reference(check: MetricCheck, counts: Counts) -> Judged:
+    """The stable's predicted class shares in the window against the reference's (`candidate` is
+    the stable, renamed): the PSI against `threshold`, failed only when the shares are also shown to
+    differ (`stats.fixed_shares_evidence`, exact at every sample size, at 99 %)."""
+    reference = {k[1]: v for k, v in counts.values.items() if k[0] == REFERENCE}
+    if not reference:
+        return Judged(
+            Outcome.INCONCLUSIVE,
+            None,
+            "no data: no reference class shares (rollwise_prediction_reference_share); predictionDrift "
+            "after promotion needs a classifier's spec.model.reference",
+        )
+    live = {k[1]: v for k, v in counts.values.items() if k[0] == str(Track.CANDIDATE)}
+    classes = sorted(set(reference) | set(live))
+    observed = [live.get(c, 0.0) for c in classes]
+    n = sum(observed)
+    if n <= 0:
+        return Judged(Outcome.INCONCLUSIVE, None, "no data: the stable made no predictions in the window")
+    base = [reference.get(c, 0.0) for c in classes]
+    total = sum(base) or 1.0
+    psi, moved = psi_of([x / n for x in observed], [b / total for b in base])
+    evidence = fixed_shares_evidence(observed, [b / total for b in base])
+    outside = not check.threshold.contains(psi)
+    shown = evidence >= 1 / (1 - DEFAULT_CONFIDENCE)
+    verdict = "drifted" if outside and shown else ("within threshold" if not outside else "not shown")
+    line = (
+        f"class shares PSI {psi:.3g} vs reference (most moved: {classes[moved]} "
+        f"{100 * observed[moved] / n:.1f} % vs {100 * base[moved] / total:.1f} %; likelihood ratio "
+        f"{evidence:.3g}; {n:.0f} predictions): {verdict}"
+    )
+    return Judged(Outcome.FAIL if outside and shown else Outcome.PASS, psi, line)
 
 
 def _kept(status: MonitoringStatus, name: str) -> MetricResult:
