@@ -90,7 +90,26 @@ regressors, the largest absolute difference of class probabilities for classifie
 probabilities (rows without them are not observed)."""
 SHADOW_DELTA_SQUARED = PREFIX + "shadow_delta_squared"
 """Counter: the sum of the squared deltas, for the spread of the mean delta."""
+SHADOW_UNCOMPARABLE = PREFIX + "shadow_uncomparable"
+"""Counter of rows answered 200 by this pod whose shadow answer could not be compared with its own,
+by `peer_version` and `reason` (`Uncomparable`); with `rollwise_shadow_compared_total` it sums to
+every mirrored row this pod answered itself (not from the fallback)."""
 PEER_VERSION = "peer_version"
+MAX_PEER_VERSIONS = 4
+"""Distinct `peer_version` values a pod keeps; later ones are counted as `other` (and an answer
+without a readable version as `unknown`), so a shadow cannot grow the series without bound."""
+
+
+class Uncomparable(StrEnum):
+    """The `reason` label of `rollwise_shadow_uncomparable_total`."""
+
+    REFUSED = "refused"
+    """The shadow answered below 500 but not 200: a 4xx (its schema or name refused the copy)."""
+    UNPARSEABLE = "unparseable"
+    """The shadow's 200 answer is not an OIP `/infer` or `/predict` answer."""
+    MISMATCH = "mismatch"
+    """Readable, but not comparable: another row count, no label (classifier) or value (regressor)
+    where stable has one, a non-finite value."""
 
 
 class FeedbackResult(StrEnum):

@@ -15,7 +15,8 @@ Health (what Kubernetes probes should use):
 
 Forwarding (``--hash-*``) and mirroring (``--mirror-url``) wrap the inference routes; requests
 that already made a hop (``x-rollwise-hop`` signed with ``--hop-token``) are served here and never
-sent on again. A client's own hop header, unsigned or forged, is ignored.
+sent on again. A client's own hop header, unsigned or forged, is ignored. With mirroring,
+``GET /v2/models/{name}/diff`` lists the last rows the shadow answered otherwise (``mirroring``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
@@ -33,7 +35,7 @@ from rollwise_contract.metrics import Outcome
 
 from rollwise_serving import __version__
 from rollwise_serving.cache import PredictionCache
-from rollwise_serving.config import Settings, configure_logging, from_environ, parse_forward_match
+from rollwise_serving.config import Redactor, Settings, configure_logging, from_environ, parse_forward_match
 from rollwise_serving.dataplane import Dataplane
 from rollwise_serving.drift import Reference
 from rollwise_serving.errors import (
@@ -116,7 +118,13 @@ class ServingApp:
         )
         self.hops = HopSeal(settings.hop_token)
         self.mirror = (
-            Mirror(settings.mirror_url, self.metrics, self.hops, queue_bytes=settings.mirror_queue_bytes)
+            Mirror(
+                settings.mirror_url,
+                self.metrics,
+                self.hops,
+                queue_bytes=settings.mirror_queue_bytes,
+                scrub=Redactor.of(settings).scrub,
+            )
             if settings.mirror_url
             else None
         )
@@ -254,10 +262,17 @@ class ServingApp:
             await self._model_post(action, scope, receive, send)
         elif method != "GET":
             raise _MethodNotAllowedError("GET")
-        elif action == "":
+        else:
+            await self._model_get(action, scope, send)
+
+    async def _model_get(self, action: str, scope: Scope, send: Send) -> None:
+        """The model's GET routes: metadata, readiness, the shadow diff ring."""
+        if action == "":
             await respond(send, 200, orjson.dumps(self.dataplane.model_metadata()))
         elif action == "ready":
             await self._ready(send, model=True)
+        elif action == "diff":
+            await self._diff(send)
         else:
             raise ModelNotFoundError(f"no route {scope['path']}")
 
@@ -308,7 +323,9 @@ class ServingApp:
             id_header = [(ID_HEADER, prediction_id.encode())] if prediction_id is not None else []
             await respond(send, 200, response, [*JSON, *id_header])
             if self.mirror is not None and not hopped:
-                self.mirror.offer(scope["path"], body, _content_type(headers))
+                # Only our own model's answer is compared with the shadow's, never the fallback's.
+                own = response if outcome is Outcome.SUCCESS else None
+                self.mirror.offer(scope["path"], body, _content_type(headers), own)
         except Exception as err:
             status, outcome = ERRORS.get(type(err), (500, Outcome.SERVER_ERROR))
             if status == 500 and type(err) not in ERRORS:
@@ -319,6 +336,20 @@ class ServingApp:
             if outcome is not None:
                 self._requests[outcome].inc()
                 self._duration.observe(time.perf_counter() - start)
+
+    async def _diff(self, send: Send) -> None:
+        """The last rows where the shadow answered otherwise (``agreement``): this worker's ring."""
+        if self.mirror is None:
+            raise ModelNotFoundError("no diff: this server mirrors to no shadow (start it with --mirror-url)")
+        entries = self.mirror.diffs.entries()
+        doc = {
+            "model_name": self.settings.name,
+            "model_version": self.settings.version,
+            "capacity": self.mirror.diffs.capacity,
+            "worker_pid": os.getpid(),
+            "entries": entries,
+        }
+        await respond(send, 200, orjson.dumps(doc))
 
     def server_metadata(self) -> dict[str, Any]:
         return {

@@ -4,7 +4,8 @@ These names and labels are the operator's contract; ``docs/metrics.md`` document
 with the default PromQL queries built on them (tested against a real Prometheus). Keep them
 stable. Label cardinality is bounded: ``model``/``version``/``track`` are one value per process,
 ``outcome``/``result``/``problem`` are enums, ``feature`` is a declared feature (or ``""`` for a
-problem with the whole input), ``class`` is a declared class (others become ``"other"``).
+problem with the whole input), ``class`` is a declared class (others become ``"other"``),
+``peer_version`` one of the first few shadow versions seen (others ``"other"``).
 
 Hot-path cost is kept to a few attribute look-ups: every label child is bound once at start-up,
 and drift (PSI) is computed only when ``/metrics`` is scraped, from the same histogram buckets,
@@ -51,15 +52,23 @@ from rollwise_contract.metrics import (
     LABEL_WITH_PROBABILITIES,
     LABELLED,
     LABELS,
+    MAX_PEER_VERSIONS,
     MIRROR,
     MODEL_LOADED,
+    PEER_VERSION,
     PREDICTION_PSI,
     PREDICTION_VALUE,
     REQUEST_DURATION,
     REQUESTS,
+    SHADOW_AGREED,
+    SHADOW_COMPARED,
+    SHADOW_DELTA,
+    SHADOW_DELTA_SQUARED,
+    SHADOW_UNCOMPARABLE,
     FeedbackResult,
     Outcome,
     Problem,
+    Uncomparable,
 )
 
 from rollwise_serving import drift
@@ -83,6 +92,12 @@ LATENCY_BUCKETS: Final = (
 )
 SCORE_BUCKETS: Final = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 DEFAULT_VALUE_BUCKETS: Final = (-10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 10.0, 100.0, 1000.0)
+DELTA_BUCKETS: Final = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    *(2.5, 5.0, 10.0, 25.0, 100.0, 1000.0),
+)
+"""|own - shadow|: probabilities' differences fall in 0.001..1; regressors' values may differ by
+more, whatever their unit, so the tail goes on to 1000 (fixed, so queries can name a bound)."""
 MAX_CLASSES: Final = 50
 MAX_QUALITY_VERSIONS: Final = 8
 """(version, track) pairs with their own quality series: labels for predictions of older versions
@@ -124,6 +139,7 @@ class ServerMetrics:
         self._bind_features(schema)
         self._bind_routing_counters()
         self._bind_model_loaded()
+        self._bind_shadow()
         self._bind_quality()
 
     # ---- start-up: one builder per metric family -----------------------------------------------
@@ -229,6 +245,57 @@ class ServerMetrics:
         self.loaded_by_role = {
             r: self.model_loaded.labels(*self._labelvalues, r) for r in ("primary", "fallback")
         }
+
+    def _bind_shadow(self) -> None:
+        """Shadow agreement, on the pod that mirrors; children appear per ``peer_version``."""
+        labels, reg = [*LABELS, PEER_VERSION], self.registry
+        self._shadow_compared = Counter(
+            SHADOW_COMPARED, "Rows whose shadow answer was compared with this pod's.", labels, registry=reg
+        )
+        self._shadow_agreed = Counter(
+            SHADOW_AGREED,
+            "Compared classifier rows where the shadow named the same class.",
+            labels,
+            registry=reg,
+        )
+        self._shadow_delta = Histogram(
+            SHADOW_DELTA,
+            "|own - shadow| per row: a regressor's value, a classifier's largest probability difference.",
+            labels,
+            buckets=DELTA_BUCKETS,
+            registry=reg,
+        )
+        self._shadow_delta_squared = Counter(
+            SHADOW_DELTA_SQUARED, "Sum of the squared shadow deltas.", labels, registry=reg
+        )
+        self._shadow_uncomparable = Counter(
+            SHADOW_UNCOMPARABLE,
+            "Rows whose shadow answer could not be compared, by reason.",
+            [*labels, "reason"],
+            registry=reg,
+        )
+        self._shadow_by_peer: dict[str, ShadowSeries] = {}
+
+    def shadow(self, peer_version: str | None) -> ShadowSeries:
+        """The series of one peer version: the first ``MAX_PEER_VERSIONS`` seen get their own, later
+        ones share ``other``, an answer without a version ``unknown``."""
+        peer = peer_version if peer_version else "unknown"
+        series = self._shadow_by_peer.get(peer)
+        if series is not None:
+            return series
+        named = sum(p not in ("other", "unknown") for p in self._shadow_by_peer)
+        if peer not in ("other", "unknown") and named >= MAX_PEER_VERSIONS:
+            return self.shadow("other")
+        values = (*self._labelvalues, peer)
+        series = ShadowSeries(
+            compared=self._shadow_compared.labels(*values),
+            agreed=self._shadow_agreed.labels(*values),
+            delta=self._shadow_delta.labels(*values),
+            delta_squared=self._shadow_delta_squared.labels(*values),
+            uncomparable={r: self._shadow_uncomparable.labels(*values, r.value) for r in Uncomparable},
+        )
+        self._shadow_by_peer[peer] = series
+        return series
 
     def _bind_quality(self) -> None:
         """Ground-truth labels joined to predictions (``feedback``): the feedback received, by
@@ -384,6 +451,17 @@ class ServerMetrics:
         out.register(_Forward(source))
         out.register(PsiCollector(self, source))
         return generate_latest(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSeries:
+    """The bound children of one ``peer_version``."""
+
+    compared: Any
+    agreed: Any
+    delta: Any
+    delta_squared: Any
+    uncomparable: dict[Uncomparable, Any]
 
 
 @dataclass(frozen=True, slots=True)

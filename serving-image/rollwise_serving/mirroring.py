@@ -12,6 +12,14 @@ secret the operator gives both tracks of one ModelDeployment, because clients ca
 an unsigned mark would let a client opt its requests out of the shadow's comparison or out of an
 A/B split. An incoming mark is honoured only when it carries the token (compared in constant
 time); without a token no incoming mark is honoured at all.
+
+Agreement. With a copy, the queue keeps the answer this pod sent (only when its own model gave
+it, not the fallback; its bytes count in the budget). When the shadow answers 200, the sender
+compares the two row by row (``agreement``) and records ``rollwise_shadow_*`` by the shadow's
+``model_version``; differing rows go to a ring of the last 64 (``GET /v2/models/{name}/diff``),
+one per worker process. A 4xx answer or one that cannot be read is counted
+``rollwise_shadow_uncomparable_total`` for each of our rows. All of it runs in the sender tasks,
+after the client has its answer.
 """
 
 from __future__ import annotations
@@ -21,11 +29,23 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
+from rollwise_contract.metrics import Uncomparable
 
-from rollwise_serving.metrics import ServerMetrics
+from rollwise_serving.agreement import (
+    Answer,
+    Comparison,
+    DiffRing,
+    UnreadableError,
+    compare,
+    input_rows,
+    read_answer,
+)
+from rollwise_serving.metrics import ServerMetrics, ShadowSeries
 
 log = logging.getLogger("rollwise_serving.mirroring")
 HOP_HEADER = "x-rollwise-hop"
@@ -62,15 +82,39 @@ class HopSeal:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    path: str
+    body: bytes
+    content_type: str
+    own: bytes | None
+    """The answer this pod sent, to compare with the shadow's; None: do not compare."""
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + (len(self.own) if self.own is not None else 0)
+
+
 class Mirror:
-    def __init__(self, base_url: str, metrics: ServerMetrics, seal: HopSeal, *, queue_bytes: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        metrics: ServerMetrics,
+        seal: HopSeal,
+        *,
+        queue_bytes: int,
+        scrub: Callable[[str], str] = str,
+    ) -> None:
         self.base_url = base_url
         self._hop = seal.value("mirror")
         self.queue_bytes = queue_bytes
         self._held_bytes = 0
-        """Bytes of the bodies queued or being sent; never above ``queue_bytes``."""
-        self._queue: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(QUEUE_SIZE)
+        """Bytes of the bodies (and own answers) queued or being sent; never above ``queue_bytes``."""
+        self._queue: asyncio.Queue[_Copy] = asyncio.Queue(QUEUE_SIZE)
+        self._metrics = metrics
         self._sent, self._dropped, self._failed = (metrics.mirror[r] for r in ("sent", "dropped", "failed"))
+        self._scrub = scrub
+        self.diffs = DiffRing()
         self._client: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -80,40 +124,99 @@ class Mirror:
         )
         self._tasks = [asyncio.create_task(self._send_forever()) for _ in range(SENDERS)]
 
-    def offer(self, path: str, body: bytes, content_type: str) -> None:
-        """Queue a copy; O(1), never blocks, never raises."""
-        if self._held_bytes + len(body) > self.queue_bytes:
+    def offer(self, path: str, body: bytes, content_type: str, own: bytes | None = None) -> None:
+        """Queue a copy (and ``own``, the answer to compare with the shadow's); O(1), never
+        blocks, never raises."""
+        copy = _Copy(path, body, content_type, own)
+        if self._held_bytes + copy.size > self.queue_bytes:
             self._dropped.inc()
             return
         try:
-            self._queue.put_nowait((path, body, content_type))
+            self._queue.put_nowait(copy)
         except asyncio.QueueFull:
             self._dropped.inc()
             return
-        self._held_bytes += len(body)
+        self._held_bytes += copy.size
 
     async def _send_forever(self) -> None:
         assert self._client is not None
         while True:
-            path, body, content_type = await self._queue.get()
+            copy = await self._queue.get()
             try:
-                await self._send(path, body, content_type)
+                await self._send(copy)
             finally:
-                self._held_bytes -= len(body)
+                self._held_bytes -= copy.size
 
-    async def _send(self, path: str, body: bytes, content_type: str) -> None:
+    async def _send(self, copy: _Copy) -> None:
         assert self._client is not None
         try:
             response = await self._client.post(
-                path, content=body, headers={"content-type": content_type, HOP_HEADER: self._hop}
+                copy.path,
+                content=copy.body,
+                headers={"content-type": copy.content_type, HOP_HEADER: self._hop},
             )
-            if response.status_code >= 500:
-                self._failed.inc()
-            else:
-                self._sent.inc()
         except Exception as err:  # the shadow's trouble is never ours
             self._failed.inc()
             log.debug("mirror to %s failed: %s", self.base_url, err)
+            return
+        if response.status_code >= 500:
+            self._failed.inc()
+            return
+        self._sent.inc()
+        if copy.own is not None:
+            try:
+                self._agree(copy, response.status_code, response.content)
+            except Exception:  # a comparison bug must not stop the sender
+                log.exception("comparing the shadow's answer to %s failed", copy.path)
+
+    def _agree(self, copy: _Copy, status: int, peer_body: bytes) -> None:
+        """Compare our answer with the shadow's and record it (see the module docstring)."""
+        assert copy.own is not None
+        classifier = self._metrics.is_classifier
+        try:
+            own = read_answer(copy.own, classifier=classifier)
+        except UnreadableError:
+            return  # our own answer is always readable; nothing to compare against otherwise
+        if status != 200:
+            self._metrics.shadow(None).uncomparable[Uncomparable.REFUSED].inc(own.rows)
+            return
+        try:
+            peer = read_answer(peer_body, classifier=classifier)
+        except UnreadableError as err:
+            self._metrics.shadow(None).uncomparable[Uncomparable.UNPARSEABLE].inc(own.rows)
+            log.debug("the shadow's answer to %s is unreadable: %s", copy.path, err)
+            return
+        series = self._metrics.shadow(peer.version)
+        result = compare(own, peer)
+        if not isinstance(result, Comparison):
+            series.uncomparable[result].inc(own.rows)
+            return
+        self._record(series, own, result)
+        differing = [row for row in result.rows if row.differs]
+        if differing:
+            inputs = input_rows(copy.path, copy.body, [row.index for row in differing], self._scrub)
+            now = datetime.now(UTC)
+            for row in differing:
+                self.diffs.add(
+                    row, input_row=inputs.get(row.index), peer_version=peer.version, path=copy.path, now=now
+                )
+
+    @staticmethod
+    def _record(series: ShadowSeries, own: Answer, result: Comparison) -> None:
+        if result.uncomparable:
+            series.uncomparable[Uncomparable.MISMATCH].inc(result.uncomparable)
+        if not result.rows:
+            return
+        series.compared.inc(len(result.rows))
+        if own.labels is not None:
+            series.agreed.inc(sum(1 for row in result.rows if row.agreed))
+        squares = 0.0
+        for row in result.rows:
+            if row.delta is not None:
+                series.delta.observe(row.delta)
+                squares += row.delta * row.delta
+        if squares:
+            series.delta_squared.inc(squares)
 
     async def close(self) -> None:
         for task in self._tasks:
