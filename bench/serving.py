@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -471,6 +472,13 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (default 5)")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--only", help="comma-separated target names (default: all)")
+    parser.add_argument(
+        "--tracking-cost",
+        type=int,
+        metavar="ROUNDS",
+        help="only compare rollwise and rollwise-untracked, both running, wrk alternating between "
+        "them ROUNDS times per concurrency (steadier than one cell each on a busy machine)",
+    )
     args = parser.parse_args()
     if not Path(WRK).exists():
         sys.exit("wrk is not installed: apt-get install wrk (scripts/bootstrap.sh does)")
@@ -478,6 +486,9 @@ def main() -> int:
     only = set(args.only.split(",")) if args.only else None
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     models = ensure_models()
+    if args.tracking_cost:
+        print(interleaved_tracking_cost(models, concurrencies, args.duration, args.tracking_cost))
+        return 0
     needs = {t.split("-")[0] for t in only} if only else set(PEERS)
     for peer in PEERS:
         if peer in needs:
@@ -573,6 +584,85 @@ def tracking_cost(results: dict[str, dict[int, Result]], concurrencies: list[int
         for c in concurrencies
     ]
     return ["- cost of keeping answers for labels (rollwise vs rollwise-untracked): " + "; ".join(parts)]
+
+
+def interleaved_tracking_cost(
+    models: dict[str, Any], concurrencies: list[int], duration: int, rounds: int
+) -> str:
+    """The cost of keeping answers for labels, measured so that a busy machine's drift cancels:
+    both servers run at once and wrk alternates between them (ABBA...), one cell at a time. Besides
+    the median req/s it reports the server's own CPU time per request (utime + stime of its
+    process over the cell / requests answered): on a shared machine throughput swings by ±30 %
+    with the neighbours' load, CPU per request hardly, and one event loop's throughput at
+    saturation is its inverse."""
+    script = lua_script()
+    pair = targets(models, {"rollwise", "rollwise-untracked"})
+    servers = {t.name: start(t) for t in pair}
+    cells: dict[str, dict[int, list[tuple[Result, float]]]] = {
+        n: {c: [] for c in concurrencies} for n in servers
+    }
+    try:
+        for port, _, _ in servers.values():
+            check_answer(port, pair[0].path)
+            wrk(f"http://127.0.0.1:{port}{pair[0].path}", 16, 1, script)  # warm-up
+        for c in concurrencies:
+            for r in range(rounds):
+                for name in list(servers) if r % 2 == 0 else list(reversed(servers)):
+                    port, proc, _ = servers[name]
+                    before = cpu_seconds(proc.pid)
+                    result = wrk(f"http://127.0.0.1:{port}{pair[0].path}", c, duration, script)
+                    used = cpu_seconds(proc.pid) - before
+                    cells[name][c].append((result, 1e6 * used / max(result.rps * duration, 1)))
+            log(f"c={c}: " + ", ".join(f"{n} {_median_rps(cells[n][c]):,.0f} req/s" for n in servers))
+    finally:
+        for _, proc, _ in servers.values():
+            terminate(proc)
+    lines = [
+        f"Tracking cost, interleaved: {rounds} rounds of {duration} s per server and concurrency, medians",
+        "",
+        "| concurrency | rollwise req/s | untracked req/s | req/s cost | rollwise CPU µs/req "
+        "| untracked CPU µs/req | CPU cost | rollwise p99 ms | untracked p99 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in concurrencies:
+        t, u = cells["rollwise"][c], cells["rollwise-untracked"][c]
+        t_cpu, u_cpu = statistics.median(x[1] for x in t), statistics.median(x[1] for x in u)
+        t_p99, u_p99 = statistics.median(x[0].p99_ms for x in t), statistics.median(x[0].p99_ms for x in u)
+        lines.append(
+            f"| {c} | {_median_rps(t):,.0f} | {_median_rps(u):,.0f} | "
+            f"{100 * (1 - _median_rps(t) / _median_rps(u)):+.1f} % | {t_cpu:.0f} | {u_cpu:.0f} | "
+            f"{100 * (t_cpu / u_cpu - 1):+.1f} % | {t_p99:.2f} | {u_p99:.2f} |"
+        )
+    lines.append("")
+    lines.append(f"In process, the store alone: {keep_microseconds():.1f} µs to keep a one-row Iris answer")
+    return "\n".join(lines)
+
+
+def keep_microseconds(answers: int = 200_000) -> float:
+    """What `PredictionStore.keep` costs an answer (id, class code, float32 probabilities, the
+    store filling towards its default bound), timed in this process: the floor under the
+    interleaved figures' noise."""
+    import numpy as np  # noqa: PLC0415 - the bench's own imports stay light
+    from rollwise_serving.feedback import PredictionStore, new_id  # noqa: PLC0415
+
+    store = PredictionStore(max_rows=1_000_000, retention_seconds=3600, version="v1", track="stable")
+    store.bind(["setosa", "versicolor", "virginica"], columns=True)
+    labels, probabilities = np.array(["setosa"], dtype=object), np.array([[0.9, 0.07, 0.03]])
+    ids = [new_id() for _ in range(answers)]
+    start = time.perf_counter()
+    for prediction_id in ids:
+        store.keep(prediction_id, labels, None, probabilities)
+    return 1e6 * (time.perf_counter() - start) / answers
+
+
+def _median_rps(cells: list[tuple[Result, float]]) -> float:
+    return statistics.median(r.rps for r, _ in cells)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of one process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ import pytest
 from sklearn.datasets import load_iris
 
 from e2e import redis
+from e2e.traffic import Load
 from tests.conftest import Cluster, wait_until
 from tests.integration.conftest import Operator
+from tests.integration.test_cli import plugin
 from tests.integration.test_operator import apply, get_md, wait_healthy
 from tests.integration.traffic import base_md, model, rolled_back, service_url, with_status
 
@@ -226,3 +228,66 @@ def test_an_equally_accurate_candidate_is_promoted_after_its_bake(
     last = get_md(cluster, namespace, "iris")["status"]["history"][-1]
     assert load.failed() == 0
     print(f"\npromoted {took:.0f}s after the change (bake 45 s): {last.get('message', '')[:300]}")
+
+
+SHADOW_ANALYSIS: dict[str, Any] = {
+    "intervalSeconds": 15,
+    "count": 2,
+    "minSampleCount": 5,
+    "inconclusiveLimit": 2,
+    "metrics": [
+        {"name": "success-rate", "builtin": "successRate", "threshold": {"min": 99}},
+        {"name": "agreement", "builtin": "predictionAgreement", "threshold": {"min": 97}, "minSamples": 200},
+    ],
+}
+
+
+def test_a_shadow_that_answers_otherwise_is_rolled_back_on_agreement_and_diff_shows_the_rows(
+    cluster: Cluster, operator: Operator, namespace: str, serving_image: None, model_store: None
+) -> None:
+    """A shadow answering another class than stable on 9.3 % of the Iris rows (every request
+    answered, no error) is rolled back by predictionAgreement; while it runs, `kubectl rollwise
+    diff` shows rows where the answers differ. Clients only ever see stable's answers."""
+    rollout = {"shadow": {"analysis": {}}, "analysis": SHADOW_ANALYSIS, "progressDeadlineSeconds": 120}
+    v1 = base_md()
+    v1["spec"]["model"] = model("1.0.0", "iris-v1.joblib", "sklearn")
+    v1["spec"]["runtime"] = {"replicas": 1}
+    v1["spec"]["rollout"] = rollout
+    assert apply(namespace, v1).returncode == 0
+    wait_healthy(cluster, namespace, "iris", timeout=120)
+    bodies = [
+        json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": r}]}).encode()
+        for r in random.Random(3).sample(ROWS, len(ROWS))
+    ]
+    with Load(service_url(cluster, namespace, "iris"), rate_per_second=40, bodies=bodies).running() as load:
+        load.steady()
+        started = time.monotonic()
+        v2 = {**v1, "spec": {**v1["spec"], "model": model("2.0.0", "iris-mislabel.py", "python")}}
+        assert apply(namespace, v2).returncode == 0
+
+        def differing_rows() -> str | None:
+            result = plugin(cluster, "diff", "iris", "-n", namespace, timeout=30)
+            shown = result.stdout if result.returncode == 0 else ""
+            return shown if "2.0.0" in shown and "versicolor" in shown and "virginica" in shown else None
+
+        seen: list[str] = []
+        with_status(
+            cluster,
+            namespace,
+            lambda: seen.append(wait_until("kubectl rollwise diff to show rows", differing_rows, 90)),
+        )
+        with_status(
+            cluster,
+            namespace,
+            lambda: wait_until("rolled back", lambda: rolled_back(cluster, namespace), 120),
+        )
+        took = time.monotonic() - started
+        answered = set(load.versions_since(started))
+        failed = [r for r in load.results if r[1] != 200]
+    agreement = _metric(get_md(cluster, namespace, "iris"), "agreement")
+    assert agreement["failed"] >= 1 and agreement["message"].startswith("agreement "), agreement
+    assert 85 < agreement["lastValue"] < 97, agreement
+    assert answered == {"1.0.0"}, answered
+    assert failed == [], failed[:5]
+    print(f"\nshadow rolled back on agreement {took:.0f}s after the change: {agreement['message'][:200]}")
+    print("kubectl rollwise diff:\n" + "\n".join(seen[0].splitlines()[:8]))

@@ -253,6 +253,25 @@ def test_an_ab_answer_forwarded_to_the_candidate_keeps_its_id_and_joins_at_the_f
     assert front.sample("rollwise_label_correct_total", version="v2", track="candidate") == 1
 
 
+def test_two_workers_join_through_redis_and_export_one_view(
+    fresh_servers: ServerFactory, models: dict[str, Any], redis_server: Redis
+) -> None:
+    """Each worker keeps its own answers; Redis lets whichever worker takes a label join it, and
+    the counters of both workers add up in /metrics (prometheus multiprocess mode)."""
+    s = fresh_servers.start(*model_args(models, "iris-v1"), "--redis-url", redis_server.url, "--workers", "2")
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    docs = [answer(s, [[5.0 + i / 20, 3.0, 1.5 + i / 10, 0.2]]) for i in range(30)]
+    for doc in docs:
+        wait_for(
+            lambda d=doc: client.exists(f"rollwise:default:iris:feedback:{d['id']}"), 5, "the write to Redis"
+        )
+    r = send(s, [{"id": d["id"], "label": outputs(d)["label"][0]} for d in docs])
+    assert r.status_code == 200, r.text
+    assert s.sample("rollwise_labelled_total") == 30
+    assert s.sample("rollwise_label_correct_total") == 30
+    assert s.sample("rollwise_feedback_total", result="joined") == 30
+
+
 def test_labels_after_the_retention_are_unmatched(
     fresh_servers: ServerFactory, models: dict[str, Any], redis_server: Redis
 ) -> None:

@@ -93,7 +93,7 @@ class Rail:
     why: str
 
 
-def rail(threshold: ThresholdRange, ok: float, n: float, confidence: float) -> Rail:
+def rail(threshold: ThresholdRange, ok: float, n: float, confidence: float, noun: str = "requests") -> Rail:
     """The candidate's success percentage against `threshold`. Below `min` counts only when shown
     at `confidence` (`stats.excess_evidence`: 2 failures in 20 requests are not proof of a rate
     above 1 %, 6 are); above `max` is read as measured."""
@@ -109,7 +109,7 @@ def rail(threshold: ThresholdRange, ok: float, n: float, confidence: float) -> R
         value,
         True,
         f"{value:.4g} is outside {threshold.label()} (shown at {100 * confidence:g} % confidence: "
-        f"likelihood ratio {evidence:.3g} over {n:.0f} requests)",
+        f"likelihood ratio {evidence:.3g} over {n:.0f} {noun})",
     )
 
 

@@ -86,7 +86,7 @@ def judge_accuracy(check: MetricCheck, counts: Counts) -> Judged:
         return Judged(Outcome.INCONCLUSIVE, None, "no data: no label has reached a candidate prediction yet")
     rule = check.comparison
     confidence = rule.confidence if rule is not None else DEFAULT_CONFIDENCE
-    own = rail(check.threshold, ok_c, n_c, confidence)
+    own = rail(check.threshold, ok_c, n_c, confidence, "labels")
     result = None
     if rule is not None and n_s > 0:
         interval = rate_difference(n_c - ok_c, n_c, n_s - ok_s, n_s, alpha=1 - rule.confidence)
@@ -221,7 +221,7 @@ def judge_agreement(check: MetricCheck, counts: Counts) -> Judged:
     n, agreed = counts.get("compared"), counts.get("agreed")
     if n <= 0:
         return Judged(Outcome.INCONCLUSIVE, None, "no data: stable has compared no shadow answer yet")
-    own = rail(check.threshold, agreed, n, rail_confidence(check))
+    own = rail(check.threshold, agreed, n, rail_confidence(check), "rows")
     line = f"agreement {own.value:.2f} % over {n:.0f} mirrored rows ({n - agreed:.0f} differ)"
     return _conclude(
         check,
