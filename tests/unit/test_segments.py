@@ -266,3 +266,25 @@ def test_segment_fields_are_refused_where_they_mean_nothing() -> None:
         MetricCheck.model_validate({"name": "p", "builtin": "parity", "threshold": {"max": 5}})
     with pytest.raises(ValidationError, match="required for positiveRate"):
         _parity(parity={"of": "positiveRate"})
+
+
+def test_monitoring_audits_parity_on_the_stable_segments_alone() -> None:
+    from rollwise.plan import monitoring  # noqa: PLC0415
+
+    doc = base()
+    doc["spec"]["model"]["featureSchema"] = SCHEMA
+    parity = _parity().model_dump(by_alias=True, exclude_none=True)
+    doc["spec"]["monitoring"] = {"metrics": [parity], "intervalSeconds": 60}
+    doc["status"] = {
+        "phase": "Healthy",
+        "stableVersion": "1.0.0",
+        "stableRevision": "r",
+        "monitoring": {"revision": "r", "startedAt": T0.isoformat()},
+    }
+    md = ModelDeployment.model_validate(doc)
+    (q,) = monitoring.due_queries(md, T0 + timedelta(seconds=60))
+    assert 'segment="country"' in q.promql and 'track="stable"' in q.promql
+    assert q.promql.startswith("label_replace(sum by (track, value, class)")
+    wide = _approvals({"fr": (3000, 7000), "de": (7000, 3000)}, {})
+    judged = judge_parity(_parity(), wide)
+    assert judged.outcome is Outcome.FAIL and "outside <= 30" in judged.reason

@@ -1083,6 +1083,7 @@ MONITORED = frozenset(
         BuiltinMetric.ACCURACY,
         BuiltinMetric.LOG_LOSS,
         BuiltinMetric.MEAN_ABSOLUTE_ERROR,
+        BuiltinMetric.PARITY,
     }
 )
 """The built-in checks monitoring can take on the stable track alone."""
@@ -1096,8 +1097,8 @@ class Monitoring(ApiModel):
     metrics: list[MetricCheck] = Field(min_length=1, max_length=16, json_schema_extra=map_list("name"))
     """Checks taken every interval on the stable track's last `windowSeconds`: successRate,
     latencyP99, inputDrift (against `spec.model.reference`), accuracy, logLoss,
-    meanAbsoluteError, or a custom query (its `{{track}}` is `stable`). Each is judged on its
-    threshold alone: there is nothing to compare with."""
+    meanAbsoluteError, parity, or a custom query (its `{{track}}` is `stable`). Each is judged on
+    its threshold alone: there is nothing to compare with."""
     interval_seconds: int = Field(default=300, ge=10, le=86_400)
     """Seconds between looks. Default 300."""
     window_seconds: int | None = Field(default=None, ge=10, le=7 * 86_400)
@@ -1115,7 +1116,7 @@ class Monitoring(ApiModel):
         + "])",
         field="metrics",
         message="monitoring takes successRate, latencyP99, inputDrift, accuracy, logLoss, "
-        "meanAbsoluteError or a query (predictionDrift and the shadow checks need a second track); "
+        "meanAbsoluteError, parity or a query (predictionDrift and the shadow checks need a second track); "
         "remove the others",
     )
     def _monitored_builtins(self) -> bool:

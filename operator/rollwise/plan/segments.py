@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from rollwise_contract.metrics import (
     SEGMENT,
@@ -38,11 +39,13 @@ from rollwise_contract.metrics import (
 )
 
 from rollwise.api.v1alpha1 import (
+    AnalysisSpec,
     BuiltinMetric,
     Comparison,
     ComparisonResult,
     MetricCheck,
     ModelDeployment,
+    Monitoring,
     ParityOf,
 )
 from rollwise.plan.compare import DEFAULT_CONFIDENCE, judge_success_rate, tolerance
@@ -112,6 +115,19 @@ def segment_of(md: ModelDeployment, check: MetricCheck) -> str | None:
     schema = md.spec.model.feature_schema
     declared = schema.segments if schema is not None else []
     return declared[0].feature if len(declared) == 1 else None
+
+
+S = TypeVar("S", AnalysisSpec, Monitoring)
+
+
+def resolved(md: ModelDeployment, spec: S) -> S:
+    """`spec` with every segment check's `segment` filled in (the only declared one when unset), so
+    its judge can name the segment it judged."""
+    metrics = [
+        m.model_copy(update={"segment": segment_of(md, m)}) if is_segmented(m) and m.segment is None else m
+        for m in spec.metrics
+    ]
+    return spec.model_copy(update={"metrics": metrics})
 
 
 def is_segmented(check: MetricCheck) -> bool:
