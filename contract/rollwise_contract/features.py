@@ -179,7 +179,7 @@ class FeatureSchema(ApiModel):
     labelled quality are exported per segment value."""
 
     @rule(
-        cel="self.segments.all(s, self.features.exists(f, f.name == s.feature && "
+        cel="!has(self.segments) || self.segments.all(s, self.features.exists(f, f.name == s.feature && "
         "((f.type == 'float' || f.type == 'int') == has(s.bins))))",
         field="segments",
         message="each segment must name a declared feature, with bins for a float or int feature and "
