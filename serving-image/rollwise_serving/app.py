@@ -317,15 +317,15 @@ class ServingApp:
                     await respond(send, answer.status_code, answer.content, [*JSON, *id_header])
                     return
             if action == "infer":
-                response, outcome, prediction_id = await self.dataplane.infer(body)
+                response, outcome, prediction_id, segments = await self.dataplane.infer(body)
             else:
-                response, outcome, prediction_id = await self.dataplane.predict_instances(body)
+                response, outcome, prediction_id, segments = await self.dataplane.predict_instances(body)
             id_header = [(ID_HEADER, prediction_id.encode())] if prediction_id is not None else []
             await respond(send, 200, response, [*JSON, *id_header])
             if self.mirror is not None and not hopped:
                 # Only our own model's answer is compared with the shadow's, never the fallback's.
                 own = response if outcome is Outcome.SUCCESS else None
-                self.mirror.offer(scope["path"], body, _content_type(headers), own)
+                self.mirror.offer(scope["path"], body, _content_type(headers), own, segments)
         except Exception as err:
             status, outcome = ERRORS.get(type(err), (500, Outcome.SERVER_ERROR))
             if status == 500 and type(err) not in ERRORS:
