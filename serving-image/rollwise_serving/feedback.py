@@ -5,7 +5,8 @@ and in the ``x-rollwise-prediction-id`` header. For ``--feedback-retention-secon
 keeps what it answered under that id: its version and track, each row's predicted class (or
 value) and, for a classifier whose classes are known and few, the class probabilities as float32;
 with segments declared, each row's segment value indices too (a byte per segment per row), so a
-label is also counted per segment value (``rollwise_segment_label*``).
+label is also counted per segment value (``rollwise_segment_label*``) on any pod that declares the
+segment alike (the codes are named by feature and a digest of the segment's values).
 A label sent later to ``POST /v2/models/{name}/feedback`` is joined to its row and counted under
 the labels of the track that *made* the prediction, whichever pod receives it, so each track's
 accuracy, error and log loss come from the same counters on every pod.
@@ -109,8 +110,9 @@ class Kept:
     probabilities: np.ndarray[Any, Any] | None
     """rows x len(labels), columns in ``labels`` order; None when the model gave none."""
     segments: np.ndarray[Any, Any] | None = None
-    """rows x len(segment_names) uint8: each row's value index per segment (``SegmentCoder``)."""
-    segment_names: tuple[str, ...] = ()
+    """rows x len(segment_keys) uint8: each row's value index per segment (``SegmentCoder``)."""
+    segment_keys: tuple[str, ...] = ()
+    """Each column's segment (``ServerMetrics.segment_keys``: feature and a digest of its values)."""
 
 
 # ---- the Redis value ----------------------------------------------------------------------------
@@ -129,7 +131,7 @@ def encode(kept: Kept) -> bytes:
             "labels": list(kept.labels) if kept.labels is not None else None,
             "closed": kept.closed,
             "probabilities": kept.probabilities is not None,
-            "segments": list(kept.segment_names) if kept.segments is not None else [],
+            "segments": list(kept.segment_keys) if kept.segments is not None else [],
         }
     )
     parts = [ENTRY_FORMAT, len(head).to_bytes(4, "big"), head]
@@ -160,7 +162,7 @@ def _own_labels(kept: Kept) -> Kept:
         None,
         None,
         kept.segments,
-        kept.segment_names,
+        kept.segment_keys,
     )
 
 
@@ -225,11 +227,11 @@ class PredictionStore:
         retention_seconds: float,
         version: str,
         track: str,
-        segment_names: Sequence[str] = (),
+        segment_keys: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_rows = max_rows
-        self.segment_names = tuple(segment_names)
+        self.segment_keys = tuple(segment_keys)
         self.retention_seconds = retention_seconds
         self.version, self.track = version, track
         self.clock = clock
@@ -293,7 +295,7 @@ class PredictionStore:
             return None
         if rows > self.max_rows or not rows:
             return None
-        width = len(self.segment_names)
+        width = len(self.segment_keys)
         if segments is None or segments.shape != (rows, width):
             width = 0
         entry = bytearray(_HEAD.pack(self.clock(), rows, labels is not None, columns, width))
@@ -368,7 +370,7 @@ class PredictionStore:
         names: tuple[str, ...] = ()
         if width:
             segments = np.frombuffer(entry, np.uint8, rows * width, offset).reshape(rows, width)
-            names = self.segment_names
+            names = self.segment_keys
             offset += rows * width
         if not classifier:
             values = np.frombuffer(entry, "<f8", rows, offset)
@@ -699,7 +701,7 @@ class Feedback:
         series = self.metrics.quality(kept.version, kept.track)
         series.labelled.inc()
         segments = (
-            list(zip(kept.segment_names, kept.segments[row].tolist(), strict=True))
+            list(zip(kept.segment_keys, kept.segments[row].tolist(), strict=True))
             if kept.segments is not None
             else []
         )
@@ -733,7 +735,7 @@ def feedback_of(settings: Settings, metrics: ServerMetrics) -> Feedback:
         retention_seconds=settings.feedback_retention_seconds,
         version=settings.version,
         track=settings.track.value,
-        segment_names=metrics.segment_names,
+        segment_keys=metrics.segment_keys,
     )
     url = settings.feedback_redis_url or settings.redis_url
     shared = None

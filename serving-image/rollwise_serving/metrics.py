@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -357,6 +358,12 @@ class ServerMetrics:
         coder = schema.segments if schema is not None else None
         self.segment_names: tuple[str, ...] = coder.names if coder is not None else ()
         self.segment_values: tuple[tuple[str, ...], ...] = coder.values if coder is not None else ()
+        self.segment_keys = tuple(
+            f"{n}:{zlib.crc32(chr(31).join(vs).encode()):08x}" for n, vs in self._segments()
+        )
+        """What a kept prediction names its segment codes by: the feature and a digest of its
+        values, so a pod counts another track's codes only when it declares the segment alike."""
+        self._segment_index = {k: s for s, k in enumerate(self.segment_keys)}
         labels, reg = self._labelvalues, self.registry
         seg = [SEGMENT, SEGMENT_VALUE]
         rows = Counter(
@@ -472,16 +479,16 @@ class ServerMetrics:
         correct: bool | None = None,
         error: float | None = None,
     ) -> None:
-        """One joined label under each ``(segment, value index)`` of its row, attributed to the
-        track and version that predicted it (bounded as ``quality`` bounds them)."""
+        """One joined label under each ``(segment key, value index)`` of its row, attributed to
+        the track and version that predicted it (bounded as ``quality`` bounds them)."""
         self.quality(version, track)
         version = version if (version, track) in self._quality else "other"
         labelled, right, absolute, squared = self._segment_quality_families
-        for name, code in segments:
-            index = self.segment_names.index(name) if name in self.segment_names else -1
-            if index < 0 or code >= len(self.segment_values[index]):
-                continue  # a segment this pod does not declare (another track's schema)
-            value = self.segment_values[index][code]
+        for key, code in segments:
+            index = self._segment_index.get(key)
+            if index is None or code >= len(self.segment_values[index]):
+                continue  # a segment this pod does not declare, or declares otherwise
+            name, value = self.segment_names[index], self.segment_values[index][code]
             values = (self._labelvalues[0], version, track, name, value)
             self._segment_child(labelled, ("l", *values), values).inc()
             if correct:

@@ -306,6 +306,31 @@ def test_labels_joined_across_tracks_through_redis_keep_the_rows_segments(
     assert candidate.sample("rollwise_segment_labelled_total") == 0
 
 
+def test_a_segment_another_track_declares_otherwise_is_not_counted_under_ours(
+    fresh_servers: ServerFactory, tmp_path: Path, redis_server: Redis
+) -> None:
+    """The candidate cuts age at 21 where stable cuts at 18: its codes would name other bins here,
+    so stable counts the label under country only."""
+    shared = ["--feedback-redis-url", redis_server.url]
+    stable = fresh_servers.start(*classifier(tmp_path, "s.py", version="v1"), *schema(), *shared)
+    other_bins = {**SCHEMA, "segments": [SCHEMA["segments"][0], {"feature": "age", "bins": [21, 65]}]}
+    candidate = fresh_servers.start(
+        *classifier(tmp_path, "c.py", version="v2"), *schema(other_bins), *shared, "--track", "candidate"
+    )
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    doc = infer(candidate, [[FR, 20]]).json()
+    wait_for(lambda: client.exists(f"rollwise:default:iris:feedback:{doc['id']}"), 5, "the write to Redis")
+    label(stable, [{"id": doc["id"], "label": "no"}])
+    assert segment(stable, "labelled", "country", version="v2") == {
+        "fr": 1,
+        "de": 0,
+        "other": 0,
+        "missing": 0,
+    }
+    assert stable.sample("rollwise_segment_labelled_total", segment="age") == 0
+    assert stable.sample("rollwise_labelled_total", version="v2") == 1
+
+
 # ---- shadow ----------------------------------------------------------------------------------------
 
 
