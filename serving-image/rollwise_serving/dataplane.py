@@ -72,7 +72,8 @@ class Dataplane:
         )
 
     async def infer(self, body: bytes) -> Answered:
-        """An OIP infer request body -> (response body, outcome, the id kept for feedback).
+        """An OIP infer request body -> (response body, outcome, the id kept for feedback, the
+        rows' segment codes).
 
         The answer's id is the request's, else a new one; it is kept (and returned) only when
         it fits in a header (``feedback.is_keepable``)."""
