@@ -217,6 +217,18 @@ def test_rows_by_outcome_and_predicted_classes_are_counted_per_segment_value(
     assert s.sample("rollwise_segment_predictions_total", segment="age") == 6
 
 
+def test_two_workers_export_one_view_of_the_segment_counters(
+    fresh_servers: ServerFactory, tmp_path: Path
+) -> None:
+    """prometheus_client's multiprocess files: every worker's rows and classes add up in /metrics."""
+    s = fresh_servers.start(*classifier(tmp_path, "m.py", version="v1"), *schema(), "--workers", "2")
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        for _ in range(20):  # new connections spread over both workers
+            assert c.post(INFER, content=infer_body(ROWS, "FP64"), headers={"connection": "close"}).is_success
+    assert segment(s, "rows", "country", outcome="success") == {"fr": 40, "de": 0, "other": 40, "missing": 0}
+    assert segment(s, "predictions", "age", **{"class": "yes"})[">=65"] == 20
+
+
 def _fallback(tmp: Path) -> list[str]:
     args = classifier(tmp, "fallback.py", version="v1", fail="np.nan_to_num(x[:, 1]) < 18")
     return ["--fallback-uri", args[1], "--fallback-sha256", args[3], "--fallback-format", "python"]
