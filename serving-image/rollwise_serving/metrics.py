@@ -5,7 +5,8 @@ with the default PromQL queries built on them (tested against a real Prometheus)
 stable. Label cardinality is bounded: ``model``/``version``/``track`` are one value per process,
 ``outcome``/``result``/``problem`` are enums, ``feature`` is a declared feature (or ``""`` for a
 problem with the whole input), ``class`` is a declared class (others become ``"other"``),
-``peer_version`` one of the first few shadow versions seen (others ``"other"``).
+``peer_version`` one of the first few shadow versions seen (others ``"other"``), ``segment`` a
+declared segment feature and ``value`` one of its ``Segment.values()`` (at most 4 x 20).
 
 Hot-path cost is kept to a few attribute look-ups: every label child is bound once at start-up,
 and drift (PSI) is computed only when ``/metrics`` is scraped, from the same histogram buckets,
