@@ -345,6 +345,17 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
 
         return Target(name, "ceiling", argv, "/", "/")
 
+    # The same server with the Iris schema, and with two segments declared on it: what per-segment
+    # signals cost (#15), compared with --segment-cost.
+    schema = json.loads((d / models["feature_schema"]).read_text())
+    segmented = WORK / "iris-schema-segmented.json"
+    segments = [
+        {"feature": "sepal_length", "bins": [5, 6, 7]},
+        {"feature": "petal_width", "bins": [0.5, 1.5]},
+    ]
+    segmented.write_text(json.dumps({**schema, "segments": segments}))
+    with_schema = ("--feature-schema", str(d / models["feature_schema"]))
+
     # The ceiling runs first and last: on a shared machine the load drifts during a run, and the
     # shares below use the mean of both.
     all_targets = [
@@ -357,6 +368,13 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
             rollwise("iris-v1", "--feedback-max-predictions", "0"),
             "/v2/models/iris/infer",
             "/v2/health/ready",
+        ),
+        Target("rollwise-schema", "sklearn", rollwise("iris-v1", *with_schema), *_ROLLWISE_PATHS),
+        Target(
+            "rollwise-segmented",
+            "sklearn",
+            rollwise("iris-v1", "--feature-schema", str(segmented)),
+            *_ROLLWISE_PATHS,
         ),
         Target(
             "kserve",
@@ -395,6 +413,9 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
         bare("bare-asgi-after"),
     ]
     return [t for t in all_targets if only is None or t.name in only]
+
+
+_ROLLWISE_PATHS = ("/v2/models/iris/infer", "/v2/health/ready")
 
 
 def _grouped(target: Target, group: str) -> Target:
@@ -479,6 +500,13 @@ def main() -> int:
         help="only compare rollwise and rollwise-untracked, both running, wrk alternating between "
         "them ROUNDS times per concurrency (steadier than one cell each on a busy machine)",
     )
+    parser.add_argument(
+        "--segment-cost",
+        type=int,
+        metavar="ROUNDS",
+        help="the same interleaving for rollwise-segmented (two segments declared) against "
+        "rollwise-schema (the same schema without segments)",
+    )
     args = parser.parse_args()
     if not Path(WRK).exists():
         sys.exit("wrk is not installed: apt-get install wrk (scripts/bootstrap.sh does)")
@@ -488,6 +516,10 @@ def main() -> int:
     models = ensure_models()
     if args.tracking_cost:
         print(interleaved_tracking_cost(models, concurrencies, args.duration, args.tracking_cost))
+        return 0
+    if args.segment_cost:
+        pair = ("rollwise-segmented", "rollwise-schema")
+        print(interleaved_tracking_cost(models, concurrencies, args.duration, args.segment_cost, pair))
         return 0
     needs = {t.split("-")[0] for t in only} if only else set(PEERS)
     for peer in PEERS:
@@ -587,16 +619,20 @@ def tracking_cost(results: dict[str, dict[int, Result]], concurrencies: list[int
 
 
 def interleaved_tracking_cost(
-    models: dict[str, Any], concurrencies: list[int], duration: int, rounds: int
+    models: dict[str, Any],
+    concurrencies: list[int],
+    duration: int,
+    rounds: int,
+    names: tuple[str, str] = ("rollwise", "rollwise-untracked"),
 ) -> str:
     """The cost of keeping answers for labels, measured so that a busy machine's drift cancels:
     both servers run at once and wrk alternates between them (ABBA...), one cell at a time. Besides
     the median req/s it reports the server's own CPU time per request (utime + stime of its
     process over the cell / requests answered): on a shared machine throughput swings by ±30 %
     with the neighbours' load, CPU per request hardly, and one event loop's throughput at
-    saturation is its inverse."""
+    saturation is its inverse. ``names``: the server with the feature, then the one without."""
     script = lua_script()
-    pair = targets(models, {"rollwise", "rollwise-untracked"})
+    pair = targets(models, set(names))
     servers = {t.name: start(t) for t in pair}
     cells: dict[str, dict[int, list[tuple[Result, float]]]] = {
         n: {c: [] for c in concurrencies} for n in servers
@@ -617,15 +653,17 @@ def interleaved_tracking_cost(
     finally:
         for _, proc, _ in servers.values():
             terminate(proc)
+    a, b = names
     lines = [
-        f"Tracking cost, interleaved: {rounds} rounds of {duration} s per server and concurrency, medians",
+        f"Cost of {a} over {b}, interleaved: {rounds} rounds of {duration} s per server and "
+        "concurrency, medians",
         "",
-        "| concurrency | rollwise req/s | untracked req/s | req/s cost | rollwise CPU µs/req "
-        "| untracked CPU µs/req | CPU cost | rollwise p99 ms | untracked p99 ms |",
+        f"| concurrency | {a} req/s | {b} req/s | req/s cost | {a} CPU µs/req "
+        f"| {b} CPU µs/req | CPU cost | {a} p99 ms | {b} p99 ms |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in concurrencies:
-        t, u = cells["rollwise"][c], cells["rollwise-untracked"][c]
+        t, u = cells[a][c], cells[b][c]
         t_cpu, u_cpu = statistics.median(x[1] for x in t), statistics.median(x[1] for x in u)
         t_p99, u_p99 = statistics.median(x[0].p99_ms for x in t), statistics.median(x[0].p99_ms for x in u)
         lines.append(
@@ -634,8 +672,33 @@ def interleaved_tracking_cost(
             f"{100 * (t_cpu / u_cpu - 1):+.1f} % | {t_p99:.2f} | {u_p99:.2f} |"
         )
     lines.append("")
-    lines.append(f"In process, the store alone: {keep_microseconds():.1f} µs to keep a one-row Iris answer")
+    if names[0] == "rollwise":
+        lines.append(
+            f"In process, the store alone: {keep_microseconds():.1f} µs to keep a one-row Iris answer"
+        )
+    else:
+        lines.append(f"In process, the coder alone: {segment_microseconds():.1f} µs for a one-row request")
     return "\n".join(lines)
+
+
+def segment_microseconds(requests: int = 100_000) -> float:
+    """What the segment codes and their counters cost a one-row request (two bin segments), timed
+    in this process: the floor under the interleaved figures' noise."""
+    import numpy as np  # noqa: PLC0415 - the bench's own imports stay light
+    from rollwise_contract.metrics import Outcome  # noqa: PLC0415
+    from rollwise_serving.features import SchemaChecker  # noqa: PLC0415
+    from rollwise_serving.metrics import ServerMetrics  # noqa: PLC0415
+
+    checker = SchemaChecker.load(str(WORK / "iris-schema-segmented.json"))
+    assert checker.segments is not None
+    metrics = ServerMetrics(model="iris", version="v1", track="stable", schema=checker)
+    row, labels = np.array([[5.1, 3.5, 1.4, 0.2]]), np.array(["setosa"], dtype=object)
+    start = time.perf_counter()
+    for _ in range(requests):
+        codes = checker.segments.codes(row)
+        metrics.observe_segment_rows(codes, Outcome.SUCCESS)
+        metrics.observe_segment_predictions(codes, labels)
+    return 1e6 * (time.perf_counter() - start) / requests
 
 
 def keep_microseconds(answers: int = 200_000) -> float:

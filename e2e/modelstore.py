@@ -47,6 +47,13 @@ BAD_MODELS = {
         "        swapped = np.where(label == 'versicolor', 'virginica', 'versicolor').astype(object)\n"
         "        return {'label': np.where(band & (label != 'setosa'), swapped, label)}"
     ),
+    # iris-rule.py, but every row with a sepal width of 3.9 or more (4 % of the Iris rows, all
+    # setosa) answered virginica: broken for one segment only.
+    "iris-segment-broken.py": (
+        "label = _rule(inputs)['label']\n"
+        "        wide = _rows(inputs)[:, 1] >= 3.9\n"
+        "        return {'label': np.where(wide, 'virginica', label).astype(object)}"
+    ),
     "iris-flaky.py": (
         "if np.random.random() < 0.3:\n"
         "            raise RuntimeError('this candidate fails 30 % of predictions, on purpose')\n"

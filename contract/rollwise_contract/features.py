@@ -7,6 +7,8 @@ the API accepts is exactly one the server loads.
 
 from __future__ import annotations
 
+import itertools
+import math
 from enum import StrEnum
 from typing import Annotated
 
@@ -101,6 +103,68 @@ class ModelOutput(ApiModel):
     """Upper bounds of the prediction histogram buckets (regressor)."""
 
 
+MAX_SEGMENTS = 4
+"""Segment features per model: each multiplies the per-segment series."""
+MAX_SEGMENT_VALUES = 20
+"""Values (bins) per segment, `other` included: bounds every per-segment series' cardinality."""
+OTHER_SEGMENT = "other"
+"""The segment value of a category value past `maxValues`."""
+MISSING_SEGMENT = "missing"
+"""The segment value of a row whose segment feature was left out (an optional feature)."""
+
+
+class Segment(ApiModel):
+    """A feature that splits traffic into segments (a country, an age band): the server exports
+    outcomes, predictions and labelled quality per segment value, so a check can judge each segment
+    (`bySegment`) and a `parity` check can bound the gap between them."""
+
+    feature: str = Field(min_length=1, max_length=64, pattern=FEATURE_NAME)
+    """A declared feature of type category, bool, float or int."""
+    bins: list[float] | None = Field(default=None, min_length=1, max_length=MAX_SEGMENT_VALUES - 2)
+    """Cut points of a float or int feature, increasing: [18, 65] makes the values `<18`, `18..65`
+    and `>=65`. Required for float and int features, refused for the others."""
+    max_values: int = Field(default=10, ge=1, le=MAX_SEGMENT_VALUES - 2)
+    """A category feature: its first maxValues declared values are segments of their own, the rest
+    `other`. Default 10."""
+
+    @rule(
+        cel="!has(self.bins) || [" + ", ".join(str(i) for i in range(MAX_SEGMENT_VALUES - 3)) + "].all(i, "
+        "i + 1 >= size(self.bins) || self.bins[i] < self.bins[i + 1])",
+        field="bins",
+        message="must strictly increase; sort them and drop repeats",
+    )
+    def _bins_increase(self) -> bool:
+        return self.bins is None or all(a < b for a, b in itertools.pairwise(self.bins))
+
+    def values(self, feature: Feature) -> tuple[str, ...]:
+        """Every value this segment's label can take for `feature`, in order."""
+        if self.bins:
+            cuts = [f"{b:g}" for b in self.bins]
+            inner = [f"{a}..{b}" for a, b in itertools.pairwise(cuts)]
+            return (f"<{cuts[0]}", *inner, f">={cuts[-1]}", MISSING_SEGMENT)
+        if feature.type is FeatureType.BOOL:
+            return ("false", "true", MISSING_SEGMENT)
+        kept = tuple((feature.values or [])[: self.max_values])
+        rest = (OTHER_SEGMENT,) if len(feature.values or []) > self.max_values else ()
+        return (*kept, *rest, MISSING_SEGMENT)
+
+    def value_of(self, feature: Feature, x: float) -> str:
+        """The segment value of one row's feature value as the model receives it (a category's
+        index, a bool's 0/1, a number); NaN is `missing`."""
+        if math.isnan(x):  # an optional feature left out
+            return MISSING_SEGMENT
+        if self.bins:
+            below = sum(1 for b in self.bins if x >= b)
+            return self.values(feature)[below]
+        if feature.type is FeatureType.BOOL:
+            return "true" if x else "false"
+        index = int(x)
+        values = feature.values or []
+        if 0 <= index < min(len(values), self.max_values):
+            return values[index]
+        return OTHER_SEGMENT
+
+
 class FeatureSchema(ApiModel):
     """The model's declared inputs and outputs, passed inline to the serving image (`--feature-schema`)."""
 
@@ -108,3 +172,29 @@ class FeatureSchema(ApiModel):
     """Input features, in the order the model expects them."""
     output: ModelOutput | None = None
     """What the model returns; unset lets the serving image infer it."""
+    segments: list[Segment] = Field(
+        default_factory=list, max_length=MAX_SEGMENTS, json_schema_extra=map_list("feature")
+    )
+    """Features whose values split traffic into segments (at most 4): outcomes, predictions and
+    labelled quality are exported per segment value."""
+
+    @rule(
+        cel="!has(self.segments) || self.segments.all(s, self.features.exists(f, f.name == s.feature && "
+        "((f.type == 'float' || f.type == 'int') == has(s.bins))))",
+        field="segments",
+        message="each segment must name a declared feature, with bins for a float or int feature and "
+        "without bins for a category or bool one; fix the feature name or the bins",
+    )
+    def _segments_declared(self) -> bool:
+        by_name = {f.name: f for f in self.features}
+        for s in self.segments:
+            f = by_name.get(s.feature)
+            if f is None or (f.type in (FeatureType.FLOAT, FeatureType.INT)) != (s.bins is not None):
+                return False
+        return True
+
+    def segment(self, name: str) -> tuple[Segment, Feature] | None:
+        """The segment on feature `name` and that feature, if declared."""
+        by_name = {f.name: f for f in self.features}
+        found = next((s for s in self.segments if s.feature == name), None)
+        return (found, by_name[name]) if found is not None and name in by_name else None

@@ -126,3 +126,26 @@ class FeedbackResult(StrEnum):
     """The prediction already has a label; the first one stands."""
     INVALID = "invalid"
     """Refused: malformed item, a label that is not a class, a value that is not a finite number."""
+
+
+# ---- segments (#15): the same signals per segment value of a declared segment feature ----------
+# Every per-segment series carries `segment` (the feature) and `value` (`Segment.value_of`), bounded
+# by the schema (at most 4 segments of at most 20 values). Label series are attributed like the
+# whole-traffic ones: to the track and version that made the prediction.
+
+SEGMENT = "segment"
+SEGMENT_VALUE = "value"
+SEGMENT_ROWS = PREFIX + "segment_rows"
+"""Counter of rows the model answered (`outcome` success or fallback) or failed on (server_error),
+by segment value; refused requests have no trusted features and are not counted here."""
+SEGMENT_PREDICTIONS = PREFIX + "segment_predictions"
+"""Counter of a classifier's predicted rows by segment value and `class` (bounded like
+`rollwise_prediction_value`'s)."""
+SEGMENT_LABELLED = PREFIX + "segment_labelled"
+"""Counter of labelled predictions by segment value (the segment of the predicted row)."""
+SEGMENT_LABEL_CORRECT = PREFIX + "segment_label_correct"
+SEGMENT_LABEL_ABS_ERROR = PREFIX + "segment_label_abs_error"
+SEGMENT_LABEL_SQUARED_ERROR = PREFIX + "segment_label_squared_error"
+SEGMENT_SHADOW_COMPARED = PREFIX + "segment_shadow_compared"
+"""Counter, on the mirroring pod: compared rows by segment value and `peer_version`."""
+SEGMENT_SHADOW_AGREED = PREFIX + "segment_shadow_agreed"

@@ -318,15 +318,17 @@ class ServingApp:
                     return
             keep = not is_mirror_copy(headers)  # a shadow's answers are not the user's
             if action == "infer":
-                response, outcome, prediction_id = await self.dataplane.infer(body, keep=keep)
+                response, outcome, prediction_id, segments = await self.dataplane.infer(body, keep=keep)
             else:
-                response, outcome, prediction_id = await self.dataplane.predict_instances(body, keep=keep)
+                response, outcome, prediction_id, segments = await self.dataplane.predict_instances(
+                    body, keep=keep
+                )
             id_header = [(ID_HEADER, prediction_id.encode())] if prediction_id is not None else []
             await respond(send, 200, response, [*JSON, *id_header])
             if self.mirror is not None and not hopped:
                 # Only our own model's answer is compared with the shadow's, never the fallback's.
                 own = response if outcome is Outcome.SUCCESS else None
-                self.mirror.offer(scope["path"], body, _content_type(headers), own)
+                self.mirror.offer(scope["path"], body, _content_type(headers), own, segments)
         except Exception as err:
             status, outcome = ERRORS.get(type(err), (500, Outcome.SERVER_ERROR))
             if status == 500 and type(err) not in ERRORS:

@@ -3,13 +3,18 @@
 A request is validated against the model (``Runtime.prepare``) and the feature schema here,
 *before* it joins a micro-batch, so a bad request is refused on its own; ``batching`` coalesces
 the rest into shared predict calls and falls back when the primary fails or is late.
+
+Segments (#15): the rows the schema checked get their segment codes here
+(``SchemaChecker.segments``), and are counted by outcome once the model answered or failed;
+the codes go on with the answer to the feedback store and the mirror.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 from rollwise_contract.metrics import Outcome
 
@@ -31,6 +36,17 @@ from rollwise_serving.protocol import (
 )
 from rollwise_serving.repository import Repository
 from rollwise_serving.runtimes import Array, Prediction, Runtime
+
+Codes = np.ndarray[Any, np.dtype[np.uint8]] | None
+"""A checked request's segment codes, ``[N, S]`` uint8 (``SegmentCoder``), or None."""
+
+
+class Answered(NamedTuple):
+    body: bytes
+    outcome: Outcome
+    prediction_id: str | None
+    """The id kept for feedback (None: not kept)."""
+    segments: Codes = None
 
 
 class Dataplane:
@@ -55,8 +71,9 @@ class Dataplane:
             repository, metrics, max_rows=settings.max_batch_size, deadline_ms=settings.deadline_ms
         )
 
-    async def infer(self, body: bytes, *, keep: bool = True) -> tuple[bytes, Outcome, str | None]:
-        """An OIP infer request body -> (response body, outcome, the id kept for feedback).
+    async def infer(self, body: bytes, *, keep: bool = True) -> Answered:
+        """An OIP infer request body -> (response body, outcome, the id kept for feedback, the
+        rows' segment codes).
 
         The answer's id is the request's, else a new one; it is kept (and returned) when ``keep``
         and it fits in a header (``feedback.is_keepable``)."""
@@ -64,13 +81,16 @@ class Dataplane:
         runtime = self.repository.runtime()
         prepared = runtime.prepare(request.inputs)
         selected = _select_outputs(runtime, request.outputs)
-        self._check_schema(runtime, prepared)
+        codes = self._check_schema(runtime, prepared)
         prediction_id = request.id if request.id is not None else new_id()
         kept_id = prediction_id if keep and is_keepable(prediction_id) else None
-        outputs_json, outcome = await self._predict(runtime, prepared, request.inputs, selected, kept_id)
-        return encode_infer_response(self.name, self.version, outputs_json, prediction_id), outcome, kept_id
+        outputs_json, outcome = await self._predict(
+            runtime, prepared, request.inputs, selected, kept_id=kept_id, codes=codes
+        )
+        body_out = encode_infer_response(self.name, self.version, outputs_json, prediction_id)
+        return Answered(body_out, outcome, kept_id, codes)
 
-    async def predict_instances(self, body: bytes, *, keep: bool = True) -> tuple[bytes, Outcome, str | None]:
+    async def predict_instances(self, body: bytes, *, keep: bool = True) -> Answered:
         """Named features ``{"id"?: ..., "instances": [{feature: value}, ...]}`` -> predictions,
         with an id as ``infer`` gives one."""
         if self.schema is None:
@@ -95,9 +115,9 @@ class Dataplane:
         tensor = InferInput(spec.name if spec else "input-0", "FP64", matrix.shape, matrix)
         prepared = runtime.prepare([tensor])
         self.metrics.observe_features(matrix)
-        prediction, fallback = await self.batcher.submit(prepared, [tensor])
-        self.metrics.observe_predictions(prediction.labels, prediction.scores)
-        self._keep(kept_id, prediction)
+        codes = self.schema.segments.codes(matrix) if self.schema.segments is not None else None
+        prediction, fallback = await self._submit(prepared, [tensor], codes)
+        self._keep(kept_id, prediction, codes)
         main = prediction.labels if prediction.labels is not None else prediction.scores
         doc_out = {
             "model_name": self.name,
@@ -106,14 +126,17 @@ class Dataplane:
             "predictions": _jsonable(main) if main is not None else None,
             "outputs": {k: _jsonable(v) for k, v in prediction.outputs.items()},
         }
-        return orjson.dumps(doc_out), Outcome.FALLBACK if fallback else Outcome.SUCCESS, kept_id
+        return Answered(
+            orjson.dumps(doc_out), Outcome.FALLBACK if fallback else Outcome.SUCCESS, kept_id, codes
+        )
 
-    def _check_schema(self, runtime: Runtime, prepared: dict[str, Array]) -> None:
+    def _check_schema(self, runtime: Runtime, prepared: dict[str, Array]) -> Codes:
         """The feature schema, on the tensor the model receives. Strings reach only models that
         take strings; they are read as the declared features and checked like the same numbers,
-        so text (`"nan"`, `"a"`, `"99"`) never slips past the schema into the model."""
+        so text (`"nan"`, `"a"`, `"99"`) never slips past the schema into the model. Returns the
+        checked rows' segment codes (None without segments or without a check)."""
         if self.schema is None or len(prepared) != 1:
-            return
+            return None
         name, tensor = next(iter(prepared.items()))
         try:
             if tensor.dtype.kind in "OUS":
@@ -121,12 +144,28 @@ class Dataplane:
             elif tensor.dtype.kind in "biuf":
                 matrix = tensor
             else:
-                return
+                return None
             self.schema.check_matrix(name, matrix)
         except FeatureValidationError as err:
             self.metrics.count_problems((p.feature, p.problem.value) for p in err.problems)
             raise
         self.metrics.observe_features(matrix)
+        return self.schema.segments.codes(matrix) if self.schema.segments is not None else None
+
+    async def _submit(
+        self, prepared: dict[str, Array], raw: Sequence[InferInput], codes: Codes
+    ) -> tuple[Prediction, bool]:
+        """Predict (batched, with fallback), counting the rows per segment by outcome: anything
+        raised here is the server's failure (``PredictError``, ``DeadlineError``: 5xx in ``app``)."""
+        try:
+            prediction, fallback = await self.batcher.submit(prepared, raw)
+        except Exception:
+            self.metrics.observe_segment_rows(codes, Outcome.SERVER_ERROR)
+            raise
+        self.metrics.observe_predictions(prediction.labels, prediction.scores)
+        self.metrics.observe_segment_rows(codes, Outcome.FALLBACK if fallback else Outcome.SUCCESS)
+        self.metrics.observe_segment_predictions(codes, prediction.labels)
+        return prediction, fallback
 
     async def _predict(
         self,
@@ -134,7 +173,9 @@ class Dataplane:
         prepared: dict[str, Array],
         raw: Sequence[InferInput],
         selected: Sequence[str] | None,
+        *,
         kept_id: str | None = None,
+        codes: Codes = None,
     ) -> tuple[bytes, Outcome]:
         key = None
         if self.cache is not None:
@@ -143,12 +184,13 @@ class Dataplane:
             cached = unpack_entry(value) if value is not None else None
             if cached is not None:
                 self.metrics.observe_predictions(cached.labels, cached.scores)
+                self.metrics.observe_segment_rows(codes, Outcome.SUCCESS)
+                self.metrics.observe_segment_predictions(codes, cached.labels)
                 if self.feedback is not None and kept_id is not None:
-                    self.feedback.record(kept_id, cached.labels, cached.scores, None)
+                    self.feedback.record(kept_id, cached.labels, cached.scores, None, codes)
                 return cached.outputs, Outcome.SUCCESS
-        prediction, fallback = await self.batcher.submit(prepared, raw)
-        self.metrics.observe_predictions(prediction.labels, prediction.scores)
-        self._keep(kept_id, prediction)
+        prediction, fallback = await self._submit(prepared, raw, codes)
+        self._keep(kept_id, prediction, codes)
         names = selected if selected is not None else list(prediction.outputs)
         outputs = [InferOutput(n, prediction.outputs[n]) for n in names if n in prediction.outputs]
         outputs_json = encode_outputs(outputs)
@@ -156,14 +198,14 @@ class Dataplane:
             self.cache.put(key, pack_entry(prediction.labels, prediction.scores, outputs_json))
         return outputs_json, Outcome.FALLBACK if fallback else Outcome.SUCCESS
 
-    def _keep(self, kept_id: str | None, prediction: Prediction) -> None:
+    def _keep(self, kept_id: str | None, prediction: Prediction, codes: Codes = None) -> None:
         """Keep what was answered for a label to be joined later (``feedback``)."""
         if self.feedback is None or kept_id is None:
             return
         probabilities = prediction.outputs.get("probabilities")
         if probabilities is not None and probabilities.ndim != 2:
             probabilities = None
-        self.feedback.record(kept_id, prediction.labels, prediction.scores, probabilities)
+        self.feedback.record(kept_id, prediction.labels, prediction.scores, probabilities, codes)
 
     def model_metadata(self) -> dict[str, Any]:
         runtime = self.repository.runtime()

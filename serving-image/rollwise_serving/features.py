@@ -19,14 +19,22 @@ Schema format (JSON)::
 
 Categories reach the model as the index of the value in ``values``; booleans as 0/1; an optional
 feature left out becomes its ``default`` or NaN (the model must then handle NaN).
+
+Segments (``"segments": [{"feature": "country", "maxValues": 5}, {"feature": "age", "bins": [18,
+65]}]``): every checked row also gets, per declared segment, the index of its value in
+``Segment.values()`` (``SegmentCoder``), one byte, which the metrics, the feedback store and the
+shadow comparison count by. ``Segment.value_of`` is the one definition of a row's value; the coder
+is its vectorised form (a table built from ``value_of`` for categories and bools, ``searchsorted``
+for bins, which a test holds equal to ``value_of``).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,7 +42,7 @@ import numpy as np
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from rollwise_contract.base import describe_errors
-from rollwise_contract.features import Feature, FeatureSchema, FeatureType
+from rollwise_contract.features import MISSING_SEGMENT, Feature, FeatureSchema, FeatureType, Segment
 from rollwise_contract.metrics import Problem
 
 
@@ -87,6 +95,7 @@ class SchemaChecker:
             elif f.type is FeatureType.BOOL:
                 self.lower[i], self.upper[i] = 0, 1
         self._integral = np.array([f.type is not FeatureType.FLOAT for f in declared.features])
+        self.segments = SegmentCoder(declared) if declared.segments else None
 
     @classmethod
     def load(cls, source: str) -> SchemaChecker:
@@ -220,6 +229,93 @@ class SchemaChecker:
             if len(problems) >= 100:  # enough to act on; the body stays small
                 break
         raise FeatureValidationError(problems)
+
+
+@dataclass(frozen=True, slots=True)
+class _SegmentColumn:
+    feature: str
+    column: int
+    values: tuple[str, ...]
+    missing: int
+    """Index of ``missing`` in ``values``."""
+    bins: np.ndarray[Any, np.dtype[np.float64]] | None
+    table: np.ndarray[Any, np.dtype[np.uint8]] | None
+    """Code by model value 0..n-1 (a category's index, a bool's 0/1), then the code of anything past."""
+    cuts: list[float] | None = None
+    """``bins`` as a list, and ``table`` as ``codes``, for the plain-Python path."""
+    codes: list[int] = field(default_factory=list)
+
+
+SMALL_REQUEST_ROWS = 8
+"""Requests of at most this many rows are coded in plain Python (see ``SegmentCoder.codes``)."""
+
+
+class SegmentCoder:
+    """Each checked row's value index per declared segment, vectorised (see the module docstring).
+
+    Codes are uint8 (at most ``MAX_SEGMENT_VALUES`` values), ``[N, S]``: a byte per segment per
+    row is what the feedback store keeps."""
+
+    def __init__(self, declared: FeatureSchema) -> None:
+        columns = {f.name: i for i, f in enumerate(declared.features)}
+        self.columns: list[_SegmentColumn] = []
+        for segment in declared.segments:
+            feature = declared.features[columns[segment.feature]]
+            self.columns.append(_column(segment, feature, columns[segment.feature]))
+        self.names = tuple(c.feature for c in self.columns)
+        self.values = tuple(c.values for c in self.columns)
+
+    def codes(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        """``[N, S]`` value indices of a checked ``[N, F]`` matrix (NaN: ``missing``). A few rows
+        go through plain Python (``bisect``, a list look-up), which is several times cheaper than
+        numpy's per-call overhead on tiny arrays; more go through numpy."""
+        if len(matrix) <= SMALL_REQUEST_ROWS:
+            return self._codes_of_few(matrix)
+        out = np.empty((matrix.shape[0], len(self.columns)), dtype=np.uint8)
+        for s, c in enumerate(self.columns):
+            x = matrix[:, c.column].astype(np.float64, copy=False)
+            nan = np.isnan(x)
+            code: np.ndarray[Any, Any]
+            if c.bins is not None:
+                code = np.searchsorted(c.bins, x, side="right")  # how many cuts are <= x
+            else:
+                assert c.table is not None
+                past = len(c.table) - 1
+                index = np.where(nan | (x < 0) | (x >= past), past, np.nan_to_num(x)).astype(np.intp)
+                code = c.table[index]
+            out[:, s] = np.where(nan, c.missing, code)
+        return out
+
+    def _codes_of_few(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        rows = matrix.tolist()
+        out = []
+        for c in self.columns:
+            column = []
+            for row in rows:
+                x = float(row[c.column])
+                if x != x:  # NaN  # noqa: PLR0124 - the cheapest NaN test
+                    column.append(c.missing)
+                elif c.cuts is not None:
+                    column.append(bisect.bisect_right(c.cuts, x))
+                else:
+                    past = len(c.codes) - 1
+                    column.append(c.codes[int(x) if 0 <= x < past else past])
+            out.append(column)
+        return np.array(out, dtype=np.uint8).T.reshape(len(rows), len(self.columns))
+
+
+def _column(segment: Segment, feature: Feature, column: int) -> _SegmentColumn:
+    values = segment.values(feature)
+    missing = values.index(MISSING_SEGMENT)
+    if segment.bins:
+        bins = np.asarray(segment.bins, np.float64)
+        return _SegmentColumn(feature.name, column, values, missing, bins, None, bins.tolist())
+    n = 2 if feature.type is FeatureType.BOOL else len(feature.values or ())
+    # value_of decides every code; a value past the declared ones (never after check_matrix) is
+    # whatever value_of calls it, or missing if that is no value of the segment.
+    named = [segment.value_of(feature, float(i)) for i in range(n + 1)]
+    table = np.array([values.index(v) if v in values else missing for v in named], dtype=np.uint8)
+    return _SegmentColumn(feature.name, column, values, missing, None, table, None, table.tolist())
 
 
 _BOOLS = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0}

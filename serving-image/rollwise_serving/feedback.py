@@ -3,7 +3,10 @@
 Every answer carries an id (the request's OIP ``id``, else 16 random hex characters), in its JSON
 and in the ``x-rollwise-prediction-id`` header. For ``--feedback-retention-seconds`` the server
 keeps what it answered under that id: its version and track, each row's predicted class (or
-value) and, for a classifier whose classes are known and few, the class probabilities as float32.
+value) and, for a classifier whose classes are known and few, the class probabilities as float32;
+with segments declared, each row's segment value indices too (a byte per segment per row), so a
+label is also counted per segment value (``rollwise_segment_label*``) on any pod that declares the
+segment alike (the codes are named by feature and a digest of the segment's values).
 A label sent later to ``POST /v2/models/{name}/feedback`` is joined to its row and counted under
 the labels of the track that *made* the prediction, whichever pod receives it, so each track's
 accuracy, error and log loss come from the same counters on every pod.
@@ -73,9 +76,9 @@ WRITES_PER_PIPELINE: Final = 256
 
 _BIG_ENDIAN: Final = sys.byteorder == "big"
 ENTRY_FORMAT: Final = b"rwf1"
-_HEAD = struct.Struct("<dIBB")
+_HEAD = struct.Struct("<dIBBB")
 """A kept entry's head: created (monotonic seconds), rows, kind (1 classifier, 0 regressor),
-probability columns (0 without)."""
+probability columns (0 without), segments (bytes per row of segment codes, 0 without)."""
 
 
 def new_id() -> str:
@@ -116,6 +119,10 @@ class Kept:
     values: np.ndarray[Any, Any] | None
     probabilities: np.ndarray[Any, Any] | None
     """rows x len(labels), columns in ``labels`` order; None when the model gave none."""
+    segments: np.ndarray[Any, Any] | None = None
+    """rows x len(segment_keys) uint8: each row's value index per segment (``SegmentCoder``)."""
+    segment_keys: tuple[str, ...] = ()
+    """Each column's segment (``ServerMetrics.segment_keys``: feature and a digest of its values)."""
 
 
 # ---- the Redis value ----------------------------------------------------------------------------
@@ -134,6 +141,7 @@ def encode(kept: Kept) -> bytes:
             "labels": list(kept.labels) if kept.labels is not None else None,
             "closed": kept.closed,
             "probabilities": kept.probabilities is not None,
+            "segments": list(kept.segment_keys) if kept.segments is not None else [],
         }
     )
     parts = [ENTRY_FORMAT, len(head).to_bytes(4, "big"), head]
@@ -143,6 +151,8 @@ def encode(kept: Kept) -> bytes:
             parts.append(kept.probabilities.astype("<f4").tobytes())
     elif kept.values is not None:
         parts.append(kept.values.astype("<f8").tobytes())
+    if kept.segments is not None:
+        parts.append(np.ascontiguousarray(kept.segments, np.uint8).tobytes())  # last: rows x segments
     return b"".join(parts)
 
 
@@ -152,7 +162,18 @@ def _own_labels(kept: Kept) -> Kept:
     named = [int(c) for c in used if c != NOT_A_CLASS]
     table = np.array([named.index(int(c)) if c != NOT_A_CLASS else NOT_A_CLASS for c in used], np.uint16)
     labels = tuple(kept.labels[c] for c in named)
-    return Kept(kept.version, kept.track, kept.rows, labels, False, table[inverse], None, None)
+    return Kept(
+        kept.version,
+        kept.track,
+        kept.rows,
+        labels,
+        False,
+        table[inverse],
+        None,
+        None,
+        kept.segments,
+        kept.segment_keys,
+    )
 
 
 def decode(value: bytes) -> Kept | None:
@@ -167,16 +188,30 @@ def decode(value: bytes) -> Kept | None:
         payload = memoryview(value)[start + size :]
         if track not in {t.value for t in Track} or rows < 1:
             return None
+        names = tuple(str(n) for n in head.get("segments", ()))  # absent before segments (#15)
+        segments = None
+        if names:
+            width = rows * len(names)
+            segments = np.frombuffer(payload, np.uint8, width, len(payload) - width).reshape(rows, -1)
         if labels is None:
             values = np.frombuffer(payload, "<f8", rows)
-            return Kept(str(head["version"]), track, rows, None, False, None, values, None)
+            return Kept(str(head["version"]), track, rows, None, False, None, values, None, segments, names)
         labels = tuple(str(c) for c in labels)
         codes = np.frombuffer(payload, "<u2", rows)
         probabilities = None
         if head["probabilities"]:
             probabilities = np.frombuffer(payload, "<f4", rows * len(labels), 2 * rows).reshape(rows, -1)
         return Kept(
-            str(head["version"]), track, rows, labels, bool(head["closed"]), codes, None, probabilities
+            str(head["version"]),
+            track,
+            rows,
+            labels,
+            bool(head["closed"]),
+            codes,
+            None,
+            probabilities,
+            segments,
+            names,
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
@@ -188,8 +223,9 @@ def decode(value: bytes) -> Kept | None:
 class PredictionStore:
     """Predictions of this process by id, bounded in rows and in time (see the module docstring).
 
-    An entry is one ``bytearray``: ``_HEAD``, one labelled flag per row, then the payload (uint16
-    class codes and float32 probabilities, or float64 values). Ids in ``_order`` are in insertion
+    An entry is one ``bytearray``: ``_HEAD``, one labelled flag per row, the rows' segment codes
+    (rows x segments bytes), then the payload (uint16 class codes and float32 probabilities, or
+    float64 values). Ids in ``_order`` are in insertion
     order; an id answered again replaces its entry and leaves a stale copy there (``_stale``),
     skipped when it comes up for eviction.
     """
@@ -201,9 +237,11 @@ class PredictionStore:
         retention_seconds: float,
         version: str,
         track: str,
+        segment_keys: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_rows = max_rows
+        self.segment_keys = tuple(segment_keys)
         self.retention_seconds = retention_seconds
         self.version, self.track = version, track
         self.clock = clock
@@ -238,6 +276,7 @@ class PredictionStore:
         labels: np.ndarray[Any, Any] | None,
         scores: np.ndarray[Any, Any] | None,
         probabilities: np.ndarray[Any, Any] | None,
+        segments: np.ndarray[Any, Any] | None = None,
         *,
         describe: bool = False,
     ) -> Kept | None:
@@ -266,8 +305,13 @@ class PredictionStore:
             return None
         if rows > self.max_rows or not rows:
             return None
-        entry = bytearray(_HEAD.pack(self.clock(), rows, labels is not None, columns))
+        width = len(self.segment_keys)
+        if segments is None or segments.shape != (rows, width):
+            width = 0
+        entry = bytearray(_HEAD.pack(self.clock(), rows, labels is not None, columns, width))
         entry += bytes(rows)
+        if width:
+            entry += np.ascontiguousarray(segments, np.uint8).tobytes()
         entry += data
         old = self._entries.get(prediction_id)
         if old is not None:
@@ -330,18 +374,35 @@ class PredictionStore:
         return self._view(entry)
 
     def _view(self, entry: bytearray) -> Kept:
-        _, rows, classifier, columns = _HEAD.unpack_from(entry)
+        _, rows, classifier, columns, width = _HEAD.unpack_from(entry)
         offset = _HEAD.size + rows
+        segments = None
+        names: tuple[str, ...] = ()
+        if width:
+            segments = np.frombuffer(entry, np.uint8, rows * width, offset).reshape(rows, width)
+            names = self.segment_keys
+            offset += rows * width
         if not classifier:
             values = np.frombuffer(entry, "<f8", rows, offset)
-            return Kept(self.version, self.track, rows, None, False, None, values, None)
+            return Kept(self.version, self.track, rows, None, False, None, values, None, segments, names)
         codes = np.frombuffer(entry, "<u2", rows, offset)
         probabilities = None
         if columns:
             probabilities = np.frombuffer(entry, "<f4", rows * columns, offset + 2 * rows).reshape(
                 rows, columns
             )
-        return Kept(self.version, self.track, rows, self._labels, self._closed, codes, None, probabilities)
+        return Kept(
+            self.version,
+            self.track,
+            rows,
+            self._labels,
+            self._closed,
+            codes,
+            None,
+            probabilities,
+            segments,
+            names,
+        )
 
     def holds(self, prediction_id: str) -> bool:
         return prediction_id in self._entries
@@ -524,12 +585,13 @@ class Feedback:
         labels: np.ndarray[Any, Any] | None,
         scores: np.ndarray[Any, Any] | None,
         probabilities: np.ndarray[Any, Any] | None,
+        segments: np.ndarray[Any, Any] | None = None,
     ) -> None:
         """Keep one answer under its id (the hot path: a dict insert and, with Redis, a queued write)."""
         if not self.enabled:
             return
         shared = self.shared is not None and self.shared.available
-        kept = self.store.keep(prediction_id, labels, scores, probabilities, describe=shared)
+        kept = self.store.keep(prediction_id, labels, scores, probabilities, segments, describe=shared)
         if kept is not None and self.shared is not None:
             self.shared.offer(prediction_id, encode(kept))
 
@@ -648,15 +710,24 @@ class Feedback:
     def _count(self, kept: Kept, row: int, item: Item) -> None:
         series = self.metrics.quality(kept.version, kept.track)
         series.labelled.inc()
+        segments = (
+            list(zip(kept.segment_keys, kept.segments[row].tolist(), strict=True))
+            if kept.segments is not None
+            else []
+        )
         if kept.values is not None and item.value is not None:
             error = abs(item.value - float(kept.values[row]))
             series.abs_error.inc(error)
             series.squared_error.inc(error * error)
+            self.metrics.count_segment_label(kept.version, kept.track, segments, error=error)
             return
         if kept.codes is None or kept.labels is None or item.label is None:
+            self.metrics.count_segment_label(kept.version, kept.track, segments)
             return
         code = int(kept.codes[row])
-        if code < len(kept.labels) and kept.labels[code] == item.label:
+        correct = code < len(kept.labels) and kept.labels[code] == item.label
+        self.metrics.count_segment_label(kept.version, kept.track, segments, correct=correct)
+        if correct:
             series.correct.inc()
         if kept.probabilities is not None:
             column = kept.labels.index(item.label)
@@ -674,6 +745,7 @@ def feedback_of(settings: Settings, metrics: ServerMetrics) -> Feedback:
         retention_seconds=settings.feedback_retention_seconds,
         version=settings.version,
         track=settings.track.value,
+        segment_keys=metrics.segment_keys,
     )
     url = settings.feedback_redis_url or settings.redis_url
     shared = None

@@ -5,7 +5,8 @@ with the default PromQL queries built on them (tested against a real Prometheus)
 stable. Label cardinality is bounded: ``model``/``version``/``track`` are one value per process,
 ``outcome``/``result``/``problem`` are enums, ``feature`` is a declared feature (or ``""`` for a
 problem with the whole input), ``class`` is a declared class (others become ``"other"``),
-``peer_version`` one of the first few shadow versions seen (others ``"other"``).
+``peer_version`` one of the first few shadow versions seen (others ``"other"``), ``segment`` a
+declared segment feature and ``value`` one of its ``Segment.values()`` (at most 4 x 20).
 
 Hot-path cost is kept to a few attribute look-ups: every label child is bound once at start-up,
 and drift (PSI) is computed only when ``/metrics`` is scraped, from the same histogram buckets,
@@ -15,8 +16,10 @@ multiprocess mode.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -61,6 +64,16 @@ from rollwise_contract.metrics import (
     PREDICTION_VALUE,
     REQUEST_DURATION,
     REQUESTS,
+    SEGMENT,
+    SEGMENT_LABEL_ABS_ERROR,
+    SEGMENT_LABEL_CORRECT,
+    SEGMENT_LABEL_SQUARED_ERROR,
+    SEGMENT_LABELLED,
+    SEGMENT_PREDICTIONS,
+    SEGMENT_ROWS,
+    SEGMENT_SHADOW_AGREED,
+    SEGMENT_SHADOW_COMPARED,
+    SEGMENT_VALUE,
     SHADOW_AGREED,
     SHADOW_COMPARED,
     SHADOW_DELTA,
@@ -104,6 +117,9 @@ MAX_QUALITY_VERSIONS: Final = 8
 """(version, track) pairs with their own quality series: labels for predictions of older versions
 keep arriving after promotions, but a pod's series stay bounded (later ones: version ``other``)."""
 OTHER_CLASS: Final = "other"
+SMALL_BATCH: Final = 8
+"""Up to this many rows, per-segment counters are bumped row by row (cheaper than numpy's calls)."""
+MAX_SEGMENT_PREDICTION_KEYS: Final = 4096
 
 # `*_created` series double the scrape for no use of ours (Prometheus reads counters' resets itself).
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
@@ -142,6 +158,7 @@ class ServerMetrics:
         self._bind_model_loaded()
         self._bind_shadow()
         self._bind_quality()
+        self._bind_segments(schema)
 
     # ---- start-up: one builder per metric family -----------------------------------------------
 
@@ -289,6 +306,7 @@ class ServerMetrics:
             return self.shadow("other")
         values = (*self._labelvalues, peer)
         series = ShadowSeries(
+            peer=peer,
             compared=self._shadow_compared.labels(*values),
             agreed=self._shadow_agreed.labels(*values),
             delta=self._shadow_delta.labels(*values),
@@ -335,6 +353,172 @@ class ServerMetrics:
         series = QualitySeries(*(family.labels(*values) for family in self._quality_families))
         self._quality[(version, track)] = series
         return series
+
+    def _bind_segments(self, schema: SchemaChecker | None) -> None:
+        """Per segment value (#15): rows by outcome bound now (every value shows from 0); the
+        class, label and shadow children on first use, each keyed by bounded values only."""
+        coder = schema.segments if schema is not None else None
+        self.segment_names: tuple[str, ...] = coder.names if coder is not None else ()
+        self.segment_values: tuple[tuple[str, ...], ...] = coder.values if coder is not None else ()
+        self.segment_keys = tuple(
+            f"{n}:{zlib.crc32(chr(31).join(vs).encode()):08x}" for n, vs in self._segments()
+        )
+        """What a kept prediction names its segment codes by: the feature and a digest of its
+        values, so a pod counts another track's codes only when it declares the segment alike."""
+        self._segment_index = {k: s for s, k in enumerate(self.segment_keys)}
+        labels, reg = self._labelvalues, self.registry
+        seg = [SEGMENT, SEGMENT_VALUE]
+        rows = Counter(
+            SEGMENT_ROWS,
+            "Rows answered (success, fallback) or failed (server_error), by segment value.",
+            [*LABELS, *seg, "outcome"],
+            registry=reg,
+        )
+        counted = (Outcome.SUCCESS, Outcome.FALLBACK, Outcome.SERVER_ERROR)
+        self.segment_rows = {
+            o: [[rows.labels(*labels, n, v, o) for v in vs] for n, vs in self._segments()] for o in counted
+        }
+        self._segment_predictions = Counter(
+            SEGMENT_PREDICTIONS,
+            "A classifier's predicted rows by segment value and class.",
+            [*LABELS, *seg, "class"],
+            registry=reg,
+        )
+        self._segment_quality_families = tuple(
+            Counter(name, text, [*LABELS, *seg], registry=reg)
+            for name, text in (
+                (SEGMENT_LABELLED, "Predictions joined to a label, by the predicted row's segment value."),
+                (SEGMENT_LABEL_CORRECT, "Labelled classifier rows whose class equals the label, by segment."),
+                (SEGMENT_LABEL_ABS_ERROR, "Sum of |label - prediction| by segment value (regressors)."),
+                (SEGMENT_LABEL_SQUARED_ERROR, "Sum of (label - prediction)^2 by segment value (regressors)."),
+            )
+        )
+        self._segment_shadow_families = tuple(
+            Counter(name, text, [*LABELS, PEER_VERSION, *seg], registry=reg)
+            for name, text in (
+                (SEGMENT_SHADOW_COMPARED, "Rows compared with the shadow's answer, by segment value."),
+                (SEGMENT_SHADOW_AGREED, "Compared classifier rows where the shadow named the same class."),
+            )
+        )
+        self._segment_children: dict[tuple[Any, ...], Any] = {}
+        self._segment_prediction_children: dict[tuple[int, int, Any], Any] = {}
+
+    def _segments(self) -> Iterable[tuple[str, tuple[str, ...]]]:
+        return zip(self.segment_names, self.segment_values, strict=True)
+
+    def _segment_child(self, family: Counter, key: tuple[Any, ...], values: Sequence[str]) -> Any:
+        child = self._segment_children.get(key)
+        if child is None:
+            child = self._segment_children[key] = family.labels(*values)
+        return child
+
+    def observe_segment_rows(self, codes: np.ndarray[Any, Any] | None, outcome: Outcome) -> None:
+        """Rows of one request by segment value: one ``inc`` per row and segment for a few rows, a
+        bincount per segment (one ``inc`` per value seen) for more."""
+        if codes is None or not len(codes):
+            return
+        by_segment = self.segment_rows[outcome]
+        if len(codes) <= SMALL_BATCH:
+            for row in codes.tolist():
+                for children, code in zip(by_segment, row, strict=True):
+                    children[code].inc()
+            return
+        for s, children in enumerate(by_segment):
+            counts = np.bincount(codes[:, s], minlength=len(children))
+            for code in np.flatnonzero(counts).tolist():
+                children[code].inc(int(counts[code]))
+
+    def observe_segment_predictions(
+        self, codes: np.ndarray[Any, Any] | None, labels: np.ndarray[Any, Any] | None
+    ) -> None:
+        """A classifier's predicted classes by segment value; ``class`` bounded as the prediction
+        histogram's is (declared or runtime classes, else the first seen, the rest ``other``)."""
+        if codes is None or labels is None or not self.is_classifier or len(labels) != len(codes):
+            return
+        pairs: Iterable[tuple[tuple[int, int, Any], int]]
+        if len(codes) <= SMALL_BATCH:
+            pairs = (
+                ((s, code, label), 1)
+                for row, label in zip(codes.tolist(), labels.tolist(), strict=True)
+                for s, code in enumerate(row)
+            )
+        else:
+            pairs = collections.Counter(
+                (s, code, label)
+                for row, label in zip(codes.tolist(), labels.tolist(), strict=True)
+                for s, code in enumerate(row)
+            ).items()
+        children = self._segment_prediction_children
+        for key, n in pairs:
+            child = children.get(key)
+            if child is None:
+                child = self._segment_prediction_child(*key)
+            child.inc(n)
+
+    def _segment_prediction_child(self, s: int, code: int, label: Any) -> Any:
+        """The child of (segment, value, bounded class); remembered under the raw label while the
+        map is small (labels past the bound share ``other``, so the map stays bounded)."""
+        name, value = self.segment_names[s], self.segment_values[s][code]
+        cls = self._bounded_class(label if isinstance(label, str) else str(label))
+        child = self._segment_predictions.labels(*self._labelvalues, name, value, cls)
+        if len(self._segment_prediction_children) < MAX_SEGMENT_PREDICTION_KEYS:
+            self._segment_prediction_children[(s, code, label)] = child
+        return child
+
+    def _bounded_class(self, label: str) -> str:
+        by_class = self.prediction_by_class
+        child = by_class.get(label)
+        if child is None:
+            child = self._new_class(label)
+        return label if label == OTHER_CLASS or child is not by_class.get(OTHER_CLASS) else OTHER_CLASS
+
+    def count_segment_label(
+        self,
+        version: str,
+        track: str,
+        segments: Sequence[tuple[str, int]],
+        *,
+        correct: bool | None = None,
+        error: float | None = None,
+    ) -> None:
+        """One joined label under each ``(segment key, value index)`` of its row, attributed to
+        the track and version that predicted it (bounded as ``quality`` bounds them)."""
+        self.quality(version, track)
+        version = version if (version, track) in self._quality else "other"
+        labelled, right, absolute, squared = self._segment_quality_families
+        for key, code in segments:
+            index = self._segment_index.get(key)
+            if index is None or code >= len(self.segment_values[index]):
+                continue  # a segment this pod does not declare, or declares otherwise
+            name, value = self.segment_names[index], self.segment_values[index][code]
+            values = (self._labelvalues[0], version, track, name, value)
+            self._segment_child(labelled, ("l", *values), values).inc()
+            if correct:
+                self._segment_child(right, ("c", *values), values).inc()
+            if error is not None:
+                self._segment_child(absolute, ("a", *values), values).inc(error)
+                self._segment_child(squared, ("s", *values), values).inc(error * error)
+
+    def count_segment_shadow(
+        self,
+        peer: str,
+        codes: np.ndarray[Any, Any],
+        compared: Sequence[int],
+        agreed: Sequence[int] | None,
+    ) -> None:
+        """Compared (and agreeing) rows, given by index into ``codes``, per segment value."""
+        if not compared or not len(codes) or max(compared) >= len(codes):
+            return
+        families = self._segment_shadow_families
+        for rows, family, tag in ((compared, families[0], "sc"), (agreed, families[1], "sa")):
+            if rows is None:
+                continue
+            picked = codes[np.asarray(rows, dtype=np.intp)] if rows else codes[:0]
+            for s, (name, values) in enumerate(self._segments()):
+                counts = np.bincount(picked[:, s], minlength=len(values))
+                for code in np.flatnonzero(counts).tolist():
+                    labelvalues = (*self._labelvalues, peer, name, values[code])
+                    self._segment_child(family, (tag, *labelvalues), labelvalues).inc(int(counts[code]))
 
     def bind_output(self, classes: Sequence[str] | None) -> None:
         """Fix the prediction histogram's layout once the output kind is known.
@@ -458,6 +642,7 @@ class ServerMetrics:
 class ShadowSeries:
     """The bound children of one ``peer_version``."""
 
+    peer: str
     compared: Any
     agreed: Any
     delta: Any

@@ -17,9 +17,10 @@ Agreement. With a copy, the queue keeps the answer this pod sent (only when its 
 it, not the fallback; its bytes count in the budget). When the shadow answers 200, the sender
 compares the two row by row (``agreement``) and records ``rollwise_shadow_*`` by the shadow's
 ``model_version``; differing rows go to a ring of the last 64 (``GET /v2/models/{name}/diff``),
-one per worker process. A 4xx answer or one that cannot be read is counted
-``rollwise_shadow_uncomparable_total`` for each of our rows. All of it runs in the sender tasks,
-after the client has its answer.
+one per worker process; with segments declared, compared and agreeing rows are also counted by
+the segment value of our row (``rollwise_segment_shadow_*``). A 4xx answer or one that cannot be
+read is counted ``rollwise_shadow_uncomparable_total`` for each of our rows. All of it runs in
+the sender tasks, after the client has its answer.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
+import numpy as np
 from rollwise_contract.metrics import Uncomparable
 
 from rollwise_serving.agreement import (
@@ -89,10 +92,13 @@ class _Copy:
     content_type: str
     own: bytes | None
     """The answer this pod sent, to compare with the shadow's; None: do not compare."""
+    segments: np.ndarray[Any, np.dtype[np.uint8]] | None = None
+    """Our rows' segment codes (``SegmentCoder``), to count the comparison per segment value."""
 
     @property
     def size(self) -> int:
-        return len(self.body) + (len(self.own) if self.own is not None else 0)
+        held = len(self.body) + (len(self.own) if self.own is not None else 0)
+        return held + (self.segments.nbytes if self.segments is not None else 0)
 
 
 class Mirror:
@@ -124,10 +130,17 @@ class Mirror:
         )
         self._tasks = [asyncio.create_task(self._send_forever()) for _ in range(SENDERS)]
 
-    def offer(self, path: str, body: bytes, content_type: str, own: bytes | None = None) -> None:
-        """Queue a copy (and ``own``, the answer to compare with the shadow's); O(1), never
-        blocks, never raises."""
-        copy = _Copy(path, body, content_type, own)
+    def offer(
+        self,
+        path: str,
+        body: bytes,
+        content_type: str,
+        own: bytes | None = None,
+        segments: np.ndarray[Any, np.dtype[np.uint8]] | None = None,
+    ) -> None:
+        """Queue a copy (and ``own``, the answer to compare with the shadow's, with its rows'
+        segment codes); O(1), never blocks, never raises."""
+        copy = _Copy(path, body, content_type, own, segments)
         if self._held_bytes + copy.size > self.queue_bytes:
             self._dropped.inc()
             return
@@ -192,6 +205,11 @@ class Mirror:
             series.uncomparable[result].inc(own.rows)
             return
         self._record(series, own, result)
+        if copy.segments is not None and result.rows:
+            agreed = [row.index for row in result.rows if row.agreed] if own.labels is not None else None
+            self._metrics.count_segment_shadow(
+                series.peer, copy.segments, [row.index for row in result.rows], agreed
+            )
         differing = [row for row in result.rows if row.differs]
         if differing:
             inputs = input_rows(copy.path, copy.body, [row.index for row in differing], self._scrub)

@@ -294,3 +294,70 @@ def test_a_shadow_that_answers_otherwise_is_rolled_back_on_agreement_and_diff_sh
     assert failed == [], failed[:5]
     print(f"\nshadow rolled back on agreement {took:.0f}s after the change: {agreement['message'][:200]}")
     print("kubectl rollwise diff:\n" + "\n".join(seen[0].splitlines()[:8]))
+
+
+SEGMENTED_SCHEMA: dict[str, Any] = {
+    "features": [
+        {"name": "sepal_length", "type": "float", "min": 3.0, "max": 9.0},
+        {"name": "sepal_width", "type": "float", "min": 1.5, "max": 5.5},
+        {"name": "petal_length", "type": "float", "min": 0.5, "max": 8.0},
+        {"name": "petal_width", "type": "float", "min": 0.0, "max": 3.0},
+    ],
+    "output": {"kind": "classifier", "classes": ["setosa", "versicolor", "virginica"]},
+    "segments": [{"feature": "sepal_width", "bins": [3.9]}],
+}
+BY_SEGMENT_ANALYSIS: dict[str, Any] = {
+    **QUALITY_ANALYSIS,
+    "metrics": [
+        {"name": "success-rate", "builtin": "successRate", "threshold": {"min": 99}},
+        {
+            "name": "accuracy-by-width",
+            "builtin": "accuracy",
+            "threshold": {"min": 50},
+            "bySegment": "worst",
+            "minSamples": 20,
+        },
+    ],
+}
+
+
+def test_a_candidate_broken_for_one_segment_is_rolled_back_naming_the_segment(
+    cluster: Cluster,
+    operator: Operator,
+    namespace: str,
+    serving_image: None,
+    model_store: None,
+    cluster_redis: str,
+) -> None:
+    """The rule model against itself broken for rows of sepal width >= 3.9 (4 % of traffic, every
+    request answered): `bySegment: worst` rolls it back and the status names the segment."""
+    rollout = {
+        "canary": {"steps": [{"setWeight": 50}, {"bake": {"durationSeconds": 60}}]},
+        "analysis": BY_SEGMENT_ANALYSIS,
+        "progressDeadlineSeconds": 120,
+    }
+    md = quality_md("1.0.0", "iris-rule.py", "python", cluster_redis, rollout)
+    md["spec"]["model"]["featureSchema"] = SEGMENTED_SCHEMA
+    assert apply(namespace, md).returncode == 0
+    wait_healthy(cluster, namespace, "iris", timeout=120)
+    with LabelledLoad(service_url(cluster, namespace, "iris")).running() as load:
+        wait_until("labels sent back", lambda: len(load.feedback) >= 3, 30)
+        started = time.monotonic()
+        md["spec"]["model"] = {
+            **model("2.0.0", "iris-segment-broken.py", "python"),
+            "featureSchema": SEGMENTED_SCHEMA,
+        }
+        assert apply(namespace, md).returncode == 0
+        with_status(
+            cluster,
+            namespace,
+            lambda: wait_until("rolled back", lambda: rolled_back(cluster, namespace), 180),
+        )
+        took = time.monotonic() - started
+        failed = load.failed()
+    check = _metric(get_md(cluster, namespace, "iris"), "accuracy-by-width")
+    assert check["failed"] >= 1, check
+    assert "sepal_width=>=3.9: accuracy" in check["message"], check
+    assert "<3.9" not in check["message"].split(": accuracy")[0], check  # only the broken segment is named
+    assert failed == 0
+    print(f"\nrolled back by segment {took:.0f}s after the change: {check['message'][:300]}")

@@ -93,11 +93,17 @@ def fleet(
 def prometheus(fleet: dict[str, Server], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = require_binary("prometheus", "apt-get install prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
-    targets = ", ".join(f"'127.0.0.1:{s.port}'" for s in fleet.values())
+    # Each server labelled as the pod of its track that Kubernetes discovery would name, so the
+    # operator's own queries (which select namespace and pod) find them too (test_segments).
+    targets = "".join(
+        f"      - targets: ['127.0.0.1:{s.port}']\n"
+        f"        labels: {{namespace: ml, pod: iris-{track}-0-{s.port}}}\n"
+        for track, s in fleet.items()
+    )
     config = tmp / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: rollwise\n    static_configs:\n      - targets: [{targets}]\n"
+        f"scrape_configs:\n  - job_name: rollwise\n    static_configs:\n{targets}"
     )
     port = free_port()
     log = tmp / "prometheus.log"

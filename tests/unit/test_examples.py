@@ -36,6 +36,7 @@ EXPECTED = {
     "shadow-istio.yaml": StrategyName.SHADOW,
     "canary-labels.yaml": StrategyName.CANARY,
     "monitoring.yaml": StrategyName.CANARY,
+    "segments.yaml": StrategyName.CANARY,
 }
 USER_OBJECT_KIND = {
     TrafficProvider.GATEWAY_API: "HTTPRoute",

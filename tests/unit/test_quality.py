@@ -254,7 +254,7 @@ def test_prediction_delta_fails_when_the_mean_delta_is_shown_above_its_maximum()
 
 
 def test_min_samples_is_for_label_and_shadow_checks_only_and_shadow_checks_do_not_compare() -> None:
-    with pytest.raises(ValidationError, match="applies to the label and shadow checks"):
+    with pytest.raises(ValidationError, match="applies to the label, shadow and parity checks"):
         _check("successRate", minSamples=10)
     with pytest.raises(ValidationError, match="the shadow checks compare the two answers themselves"):
         _check("predictionAgreement", compare={"worseBy": 1})

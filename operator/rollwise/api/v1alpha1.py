@@ -561,10 +561,60 @@ class BuiltinMetric(StrEnum):
     """In shadow: percent of mirrored rows where the candidate answered the same class as stable,
     counted by the stable pod that mirrors; set threshold.min (below it fails only when shown at
     `compare.confidence`). It is a comparison with stable by itself; needs `minSamples` rows."""
+    PARITY = "parity"
+    """The gap, in percentage points, between the segment values with the highest and the lowest
+    rate (`parity.of`: the positive rate of `parity.positiveClass`, or accuracy) of `segment`; set
+    threshold.max. Fails when the candidate's gap is shown above the threshold, or shown wider than
+    stable's by more than `compare.worseBy` (default 2). The seed's bias audit, on every rollout."""
     PREDICTION_DELTA = "predictionDelta"
     """In shadow: mean |stable - candidate| per mirrored row (a regressor's value; a classifier's
     largest class-probability difference); set threshold.max (above it fails only when shown at
     `compare.confidence`). Needs `minSamples` rows."""
+
+
+class BySegment(StrEnum):
+    """How a check judges a segmented model."""
+
+    WORST = "worst"
+    """Judge every value of `segment` on its own (the candidate's segment against stable's same
+    segment); the candidate fails when any segment fails."""
+
+
+BY_SEGMENT = frozenset(
+    {
+        BuiltinMetric.SUCCESS_RATE,
+        BuiltinMetric.ACCURACY,
+        BuiltinMetric.MEAN_ABSOLUTE_ERROR,
+        BuiltinMetric.PREDICTION_AGREEMENT,
+    }
+)
+"""The checks that can be judged per segment."""
+
+
+class ParityOf(StrEnum):
+    """The rate a parity check compares across segments."""
+
+    POSITIVE_RATE = "positiveRate"
+    """The share of rows predicted `positiveClass` (demographic parity)."""
+    ACCURACY = "accuracy"
+    """The share of labelled rows predicted right (accuracy parity)."""
+
+
+class Parity(ApiModel):
+    """What a `parity` check compares across the values of its segment."""
+
+    of: ParityOf
+    """positiveRate or accuracy."""
+    positive_class: str | None = Field(default=None, min_length=1, max_length=256)
+    """The class whose share is compared (positiveRate)."""
+
+    @rule(
+        cel="self.of != 'positiveRate' || has(self.positiveClass)",
+        field="positiveClass",
+        message="required for positiveRate: name the class whose share must not differ by segment",
+    )
+    def _class_for_positive_rate(self) -> bool:
+        return self.of is not ParityOf.POSITIVE_RATE or self.positive_class is not None
 
 
 LABELLED_CHECKS = frozenset(
@@ -584,10 +634,11 @@ DEFAULT_WORSE_BY = {
     BuiltinMetric.ACCURACY: 1.0,
     BuiltinMetric.LOG_LOSS: 0.02,
     BuiltinMetric.MEAN_ABSOLUTE_ERROR: 0.0,
+    BuiltinMetric.PARITY: 2.0,
 }
 """`compare.worseBy` when unset: 0.5 percentage points of failed requests, 25 ms of latency, 1
-percentage point of accuracy, 0.02 nats of log loss, and for the mean absolute error (a unit Rollwise
-cannot know) any shown increase."""
+percentage point of accuracy, 0.02 nats of log loss, 2 points of a parity gap, and for the mean
+absolute error (a unit Rollwise cannot know) any shown increase."""
 
 DEFAULT_MIN_SAMPLES = 100
 """Labels (or compared shadow rows) a label or shadow check needs on the candidate to pass."""
@@ -678,6 +729,15 @@ class MetricCheck(ApiModel):
     feature: str | None = Field(default=None, min_length=1, max_length=64, pattern=FEATURE_NAME)
     """For inputDrift: the one feature to watch (a name of the feature schema); unset watches every
     feature."""
+    by_segment: BySegment | None = None
+    """`worst`: judge each value of `segment` on its own (successRate, accuracy, meanAbsoluteError,
+    predictionAgreement), at a confidence raised for the number of segments (Bonferroni), and fail
+    when any segment fails, naming it. Unset judges all traffic together."""
+    segment: str | None = Field(default=None, min_length=1, max_length=64, pattern=FEATURE_NAME)
+    """The segment feature for bySegment and parity (one of `featureSchema.segments`); unset: the
+    only one declared."""
+    parity: Parity | None = None
+    """For builtin parity: which rate must not differ by segment."""
     min_samples: int | None = Field(default=None, ge=1, le=10_000_000)
     """Labels (accuracy, logLoss, meanAbsoluteError) or compared rows (predictionAgreement,
     predictionDelta) the candidate needs since the analysis started before the check can pass;
@@ -706,14 +766,17 @@ class MetricCheck(ApiModel):
     @rule(
         cel="!has(self.minSamples) || (has(self.builtin) && self.builtin in "
         + "["
-        + ", ".join(f"'{b}'" for b in sorted(LABELLED_CHECKS | SHADOW_CHECKS))
+        + ", ".join(f"'{b}'" for b in sorted(LABELLED_CHECKS | SHADOW_CHECKS | {BuiltinMetric.PARITY}))
         + "])",
         field="minSamples",
-        message="applies to the label and shadow checks (accuracy, logLoss, meanAbsoluteError, "
-        "predictionAgreement, predictionDelta); use analysis.minSampleCount for the others",
+        message="applies to the label, shadow and parity checks (accuracy, logLoss, "
+        "meanAbsoluteError, parity, predictionAgreement, predictionDelta); use "
+        "analysis.minSampleCount for the others",
     )
     def _min_samples_for_counted_checks(self) -> bool:
-        return self.min_samples is None or self.builtin in LABELLED_CHECKS | SHADOW_CHECKS
+        return self.min_samples is None or self.builtin in LABELLED_CHECKS | SHADOW_CHECKS | {
+            BuiltinMetric.PARITY
+        }
 
     @rule(
         cel="!has(self.compare) || !has(self.builtin) || !(self.builtin in "
@@ -723,6 +786,33 @@ class MetricCheck(ApiModel):
     )
     def _shadow_checks_do_not_compare(self) -> bool:
         return self.compare is None or self.builtin not in SHADOW_CHECKS
+
+    @rule(
+        cel="!has(self.bySegment) || (has(self.builtin) && self.builtin in ["
+        + ", ".join(f"'{b}'" for b in sorted(BY_SEGMENT))
+        + "])",
+        field="bySegment",
+        message="applies to successRate, accuracy, meanAbsoluteError and predictionAgreement; remove it",
+    )
+    def _by_segment_checks(self) -> bool:
+        return self.by_segment is None or self.builtin in BY_SEGMENT
+
+    @rule(
+        cel="(has(self.builtin) && self.builtin == 'parity') == has(self.parity)",
+        field="parity",
+        message="required for builtin parity and not allowed otherwise: set parity.of (and "
+        "positiveClass for positiveRate)",
+    )
+    def _parity_iff_parity(self) -> bool:
+        return (self.builtin is BuiltinMetric.PARITY) == (self.parity is not None)
+
+    @rule(
+        cel="!has(self.segment) || has(self.bySegment) || (has(self.builtin) && self.builtin == 'parity')",
+        field="segment",
+        message="names the segment of bySegment or parity; set one of them or remove it",
+    )
+    def _segment_used(self) -> bool:
+        return self.segment is None or self.by_segment is not None or self.builtin is BuiltinMetric.PARITY
 
     @property
     def samples_needed(self) -> int:
@@ -994,6 +1084,7 @@ MONITORED = frozenset(
         BuiltinMetric.ACCURACY,
         BuiltinMetric.LOG_LOSS,
         BuiltinMetric.MEAN_ABSOLUTE_ERROR,
+        BuiltinMetric.PARITY,
     }
 )
 """The built-in checks monitoring can take on the stable track alone."""
@@ -1007,9 +1098,9 @@ class Monitoring(ApiModel):
     metrics: list[MetricCheck] = Field(min_length=1, max_length=16, json_schema_extra=map_list("name"))
     """Checks taken every interval on the stable track's last `windowSeconds`: successRate,
     latencyP99, inputDrift and predictionDrift (against `spec.model.reference`; predictionDrift for a
-    classifier's class shares), accuracy, logLoss,
-    meanAbsoluteError, or a custom query (its `{{track}}` is `stable`). Each is judged on its
-    threshold alone: there is nothing to compare with."""
+    classifier's class shares), accuracy, logLoss, meanAbsoluteError, parity, or a custom query (its
+    `{{track}}` is `stable`). Each is judged on its threshold alone: there is nothing to compare
+    with."""
     interval_seconds: int = Field(default=300, ge=10, le=86_400)
     """Seconds between looks. Default 300."""
     window_seconds: int | None = Field(default=None, ge=10, le=7 * 86_400)
@@ -1027,7 +1118,8 @@ class Monitoring(ApiModel):
         + "])",
         field="metrics",
         message="monitoring takes successRate, latencyP99, inputDrift, predictionDrift, accuracy, "
-        "logLoss, meanAbsoluteError or a query (the shadow checks need a second track); remove the others",
+        "logLoss, meanAbsoluteError, parity or a query (the shadow checks need a second track); "
+        "remove the others",
     )
     def _monitored_builtins(self) -> bool:
         return all(m.builtin is None or m.builtin in MONITORED for m in self.metrics)

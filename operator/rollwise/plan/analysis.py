@@ -46,6 +46,7 @@ from rollwise.api.v1alpha1 import (
     Phase,
     Verdict,
 )
+from rollwise.plan import segments
 from rollwise.plan.compare import (
     CUSTOM_GROUPS,
     DRIFT_GROUPS,
@@ -147,7 +148,7 @@ def query_problems(md: ModelDeployment) -> list[str]:
                 f"spec.rollout.analysis.metrics[{i}].query: {err}; every custom query is confined to "
                 "its namespace, so write plain PromQL with only the documented {{...}} placeholders"
             )
-    return problems
+    return [*problems, *segments.problems(md)]
 
 
 def metric_query(md: ModelDeployment, check: MetricCheck, spec: AnalysisSpec) -> str:
@@ -178,6 +179,8 @@ class Counted:
     exported name, read in one query so all are counted at the same instant."""
     mirrored: bool = False
     """The counters are the stable pod's comparison of the shadow's answers (by `peer_version`)."""
+    segmented: bool = False
+    """Per segment value of the check's segment (`plan/segments.py`)."""
 
 
 COUNTED = {
@@ -203,9 +206,19 @@ REGRESSOR_DRIFT = Counted(f"{PREDICTION_VALUE}_bucket", REGRESSOR_DRIFT_GROUPS, 
 
 def counted(md: ModelDeployment, check: MetricCheck) -> Counted | None:
     """How `check` is counted, or None for a custom query (one number, or one per track)."""
+    if segments.is_segmented(check):
+        return _segmented(check)
     if check.builtin is BuiltinMetric.PREDICTION_DRIFT and _regressor(md):
         return REGRESSOR_DRIFT
     return COUNTED.get(check.builtin) if check.builtin is not None else None
+
+
+def _segmented(check: MetricCheck) -> Counted | None:
+    how = segments.counted_for(check)
+    if how is None:
+        return None
+    judge = segments.judge_parity if check.builtin is BuiltinMetric.PARITY else segments.judge_worst
+    return Counted(how.series, how.groups, judge, how.several, mirrored=how.mirrored, segmented=True)
 
 
 CUSTOM_COMPARED = Counted("", CUSTOM_GROUPS, judge_custom)
@@ -230,6 +243,8 @@ def _counted_by(check: MetricCheck, by: Sequence[str]) -> Counted | None:
     """The judge of a grouped answer: the table entry of the check whose groups the query used."""
     if check.builtin is None:
         return CUSTOM_COMPARED if check.comparison is not None else None
+    if segments.is_segmented(check):
+        return _segmented(check)
     entries = [COUNTED[check.builtin]] if check.builtin in COUNTED else []
     if check.builtin is BuiltinMetric.PREDICTION_DRIFT:
         entries.append(REGRESSOR_DRIFT)
@@ -243,8 +258,11 @@ def counts_query(
 ) -> str:
     """Both tracks' counts of `how.series`, exactly, from `since` (the analysis start) to `at`.
     inputDrift's (`check`) watches its `feature` only, and brings the reference's shares too."""
+    extra = segments.selector_extra(md, check) if how.segmented and check is not None else ""
     if how.several is not None:
-        return _several_counts(md, how, since=since, at=at)
+        return _several_counts(md, how, since=since, at=at, extra=extra)
+    if extra:
+        return counts_since(f"{how.series}{{{selector(md, None, extra)}}}", how.groups, since=since, at=at)
     if check is None or check.builtin is not BuiltinMetric.INPUT_DRIFT:
         return counts_since(f"{how.series}{{{selector(md, None)}}}", how.groups, since=since, at=at)
     extra = "" if check.feature is None else f",feature={json.dumps(check.feature)}"
@@ -255,7 +273,9 @@ def counts_query(
     return f"{live} or {reference}"
 
 
-def _several_counts(md: ModelDeployment, how: Counted, *, since: datetime, at: datetime) -> str:
+def _several_counts(
+    md: ModelDeployment, how: Counted, *, since: datetime, at: datetime, extra: str = ""
+) -> str:
     """Each counter of a quality check, its `series` label set to its key, joined with `or`.
 
     Labels count for the track and version that made the prediction, whichever pod exported them
@@ -265,10 +285,10 @@ def _several_counts(md: ModelDeployment, how: Counted, *, since: datetime, at: d
     assert how.several is not None
     candidate, stable = md.spec.model.version, md.status.stable_version or ""
     if how.mirrored:
-        selectors = [selector(md, Track.STABLE, f",{PEER_VERSION}={json.dumps(candidate)}")]
+        selectors = [selector(md, Track.STABLE, f",{PEER_VERSION}={json.dumps(candidate)}{extra}")]
     else:
         selectors = [
-            selector(md, None, f',track="{t}",version={json.dumps(v)}')
+            selector(md, None, f',track="{t}",version={json.dumps(v)}{extra}')
             for t, v in ((Track.CANDIDATE, candidate), (Track.STABLE, stable))
         ]
     by = [g for g in how.groups if g != SERIES]

@@ -135,6 +135,10 @@ def serve_args(model: ModelSpec, track: Track) -> list[JsonValue]:
     ]
     if model.feature_schema is not None:
         schema = model.feature_schema.model_dump(mode="json", exclude_none=True)
+        if not schema.get("segments"):
+            # A schema without segments is passed exactly as before they existed: the same
+            # arguments, so an operator upgrade restarts no serving pod.
+            schema.pop("segments", None)
         args += ["--feature-schema", json.dumps(schema, sort_keys=True, separators=(",", ":"))]
     if model.reference is not None:
         args += ["--reference", container_path(model.reference.uri)]

@@ -39,7 +39,7 @@ from rollwise.api.v1alpha1 import (
     Verdict,
     WebhookType,
 )
-from rollwise.plan import analysis, monitoring
+from rollwise.plan import analysis, monitoring, segments
 from rollwise.plan.conditions import with_history
 from rollwise.plan.decision import Decision, EventType, WebhookCall
 from rollwise.plan.desired import desired_objects
@@ -448,7 +448,7 @@ def _fold_measurements(world: World, state: State) -> State:
         or state.step is None
     ):
         return state
-    spec = required_analysis_spec(world)
+    spec = segments.resolved(world.md, required_analysis_spec(world))
     folded = analysis.record(
         spec, state.analysis, world.observed.measurements, step=state.step, count=step.count, bake=step.bake
     )
@@ -476,7 +476,7 @@ def _fold_monitoring(world: World, state: State) -> State:
     asked = world.md.status.monitoring
     if asked is None or asked.revision != revision:
         return state  # the answers, if any, are about another revision's looks
-    folded = monitoring.record(spec, mon, world.observed.measurements)
+    folded = monitoring.record(segments.resolved(world.md, spec), mon, world.observed.measurements)
     if folded == mon:
         return state
     out = replace(state, monitoring=folded)

@@ -33,7 +33,7 @@ from rollwise.api.v1alpha1 import (
     MonitoringStatus,
     Verdict,
 )
-from rollwise.plan import analysis
+from rollwise.plan import analysis, segments
 from rollwise.plan.analysis import Measured, QueryRequest, counted, render_template
 from rollwise.plan.compare import DEFAULT_CONFIDENCE, psi_of
 from rollwise.plan.input_drift import REFERENCE
@@ -103,6 +103,8 @@ def _query(
     how = counted(md, check)
     assert how is not None  # every monitored built-in is counted
     own = f",version={json.dumps(version)}"
+    if how.segmented:
+        own += segments.selector_extra(md, check)
     if how.several is not None:
         sel = selector(md, Track.STABLE, own)
         by = [g for g in how.groups if g != SERIES]

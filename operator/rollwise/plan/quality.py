@@ -209,13 +209,19 @@ def _mean_rail(check: MetricCheck, own: Moments, confidence: float, unit: str) -
     return False, ""
 
 
+def rail_confidence(check: MetricCheck) -> float:
+    """A shadow check's confidence: 0.99, or higher when set internally (per segment,
+    `segments._stricter`; the API refuses `compare` on these checks)."""
+    return check.compare.confidence if check.compare is not None else DEFAULT_CONFIDENCE
+
+
 def judge_agreement(check: MetricCheck, counts: Counts) -> Judged:
     """predictionAgreement: the share of mirrored rows on which the shadow answered stable's class,
     below threshold.min only when shown at the confidence (`compare.rail`)."""
     n, agreed = counts.get("compared"), counts.get("agreed")
     if n <= 0:
         return Judged(Outcome.INCONCLUSIVE, None, "no data: stable has compared no shadow answer yet")
-    own = rail(check.threshold, agreed, n, DEFAULT_CONFIDENCE, "rows")
+    own = rail(check.threshold, agreed, n, rail_confidence(check), "rows")
     line = f"agreement {own.value:.2f} % over {n:.0f} mirrored rows ({n - agreed:.0f} differ)"
     return _conclude(
         check,
@@ -235,7 +241,7 @@ def judge_delta(check: MetricCheck, counts: Counts) -> Judged:
     own = Moments(counts.get("compared"), counts.get("delta"), counts.get("squares"))
     if own.n <= 0:
         return Judged(Outcome.INCONCLUSIVE, None, "no data: stable has compared no shadow answer yet")
-    outside, why = _mean_rail(check, own, DEFAULT_CONFIDENCE, "")
+    outside, why = _mean_rail(check, own, rail_confidence(check), "")
     line = f"mean delta {own.mean:.4g} over {own.n:.0f} mirrored rows"
     return _conclude(
         check,
