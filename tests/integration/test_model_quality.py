@@ -18,7 +18,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +29,8 @@ from sklearn.datasets import load_iris
 
 from e2e import redis
 from e2e.traffic import Load
-from tests.conftest import Cluster, wait_until
-from tests.integration.conftest import Operator
+from tests.conftest import NAMESPACE_PREFIX, Cluster, create_test_namespace, wait_until
+from tests.integration.conftest import Operator, kubectl
 from tests.integration.test_cli import plugin
 from tests.integration.test_operator import apply, get_md, wait_healthy
 from tests.integration.traffic import base_md, model, rolled_back, service_url, with_status
@@ -153,23 +154,12 @@ BAKE_SECONDS = 30
 CANARY_BAKE = {"canary": {"steps": [{"setWeight": 50}, {"bake": {"durationSeconds": BAKE_SECONDS}}]}}
 
 
-@pytest.fixture
-def labelled_stable(
-    cluster: Cluster,
-    operator: Operator,
-    namespace: str,
-    serving_image: None,
-    model_store: None,
-    cluster_redis: str,
-) -> Iterator[LabelledLoad]:
+@contextmanager
+def labelled_stable(cluster: Cluster, namespace: str, cluster_redis: str) -> Iterator[LabelledLoad]:
     """iris-v1 Healthy as stable, with labelled live traffic on the `iris` Service."""
-    assert (
-        apply(
-            namespace, quality_md("1.0.0", "iris-v1.joblib", "sklearn", cluster_redis, CANARY_BAKE)
-        ).returncode
-        == 0
-    )
-    wait_healthy(cluster, namespace, "iris", timeout=120)
+    md = quality_md("1.0.0", "iris-v1.joblib", "sklearn", cluster_redis, CANARY_BAKE)
+    assert apply(namespace, md).returncode == 0
+    wait_healthy(cluster, namespace, "iris", timeout=180)
     with LabelledLoad(service_url(cluster, namespace, "iris")).running() as load:
         wait_until("labels sent back", lambda: len(load.feedback) >= 3, 30)
         yield load
@@ -183,54 +173,56 @@ def _metric(md: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-def test_a_less_accurate_candidate_is_rolled_back_on_labels_and_an_equally_accurate_one_promoted(
-    cluster: Cluster, namespace: str, labelled_stable: LabelledLoad, cluster_redis: str
+def a_less_accurate_candidate_is_rolled_back_on_labels_and_an_equally_accurate_one_promoted(
+    cluster: Cluster, namespace: str, cluster_redis: str
 ) -> None:
     """Two rollouts on one stable (one setup, for CI time): 2.0.0 answers 8 points less accurately
     and is rolled back on accuracy while every other check passes; then 3.0.0, the stable's own
     artifact, is promoted once its bake is over."""
-    load = labelled_stable
-    started = time.monotonic()
-    md = quality_md("2.0.0", "iris-mislabel.py", "python", cluster_redis, CANARY_BAKE)
-    assert apply(namespace, md).returncode == 0
-    with_status(
-        cluster, namespace, lambda: wait_until("rolled back", lambda: rolled_back(cluster, namespace), 180)
-    )
-    took = time.monotonic() - started
-    md_now = get_md(cluster, namespace, "iris")
-    accuracy = _metric(md_now, "accuracy")
-    assert accuracy["failed"] >= 1, accuracy
-    assert accuracy["comparison"]["candidate"] < accuracy["comparison"]["stable"] - 4, accuracy
-    assert "pp wrong" in accuracy["message"] and accuracy["message"].endswith("worse"), accuracy
-    for other in ("success-rate", "latency", "drift"):
-        assert _metric(md_now, other)["failed"] == 0, _metric(md_now, other)
-    joined = sum(r.get("joined", 0) for status, r in load.feedback if status in (200, 207))
-    sent = sum(len(r.get("results", [])) for status, r in load.feedback if status in (200, 207))
-    assert sent > 0 and joined >= 0.95 * sent, (joined, sent, load.feedback[-3:])
-    print(
-        f"\nrolled back on accuracy {took:.0f}s after the change: {accuracy['message']}; "
-        f"{joined} of {sent} labels joined, feedback statuses {sorted({s for s, _ in load.feedback})}"
-    )
+    with labelled_stable(cluster, namespace, cluster_redis) as load:
+        started = time.monotonic()
+        md = quality_md("2.0.0", "iris-mislabel.py", "python", cluster_redis, CANARY_BAKE)
+        assert apply(namespace, md).returncode == 0
+        with_status(
+            cluster,
+            namespace,
+            lambda: wait_until("rolled back", lambda: rolled_back(cluster, namespace), 180),
+        )
+        took = time.monotonic() - started
+        md_now = get_md(cluster, namespace, "iris")
+        accuracy = _metric(md_now, "accuracy")
+        assert accuracy["failed"] >= 1, accuracy
+        assert accuracy["comparison"]["candidate"] < accuracy["comparison"]["stable"] - 4, accuracy
+        assert "pp wrong" in accuracy["message"] and accuracy["message"].endswith("worse"), accuracy
+        for other in ("success-rate", "latency", "drift"):
+            assert _metric(md_now, other)["failed"] == 0, _metric(md_now, other)
+        joined = sum(r.get("joined", 0) for status, r in load.feedback if status in (200, 207))
+        sent = sum(len(r.get("results", [])) for status, r in load.feedback if status in (200, 207))
+        assert sent > 0 and joined >= 0.95 * sent, (joined, sent, load.feedback[-3:])
+        print(
+            f"\nrolled back on accuracy {took:.0f}s after the change: {accuracy['message']}; "
+            f"{joined} of {sent} labels joined, feedback statuses {sorted({s for s, _ in load.feedback})}"
+        )
 
-    started = time.monotonic()
-    assert (
-        apply(
-            namespace, quality_md("3.0.0", "iris-v1.joblib", "sklearn", cluster_redis, CANARY_BAKE)
-        ).returncode
-        == 0
-    )
+        started = time.monotonic()
+        assert (
+            apply(
+                namespace, quality_md("3.0.0", "iris-v1.joblib", "sklearn", cluster_redis, CANARY_BAKE)
+            ).returncode
+            == 0
+        )
 
-    def promoted() -> bool:
-        status = get_md(cluster, namespace, "iris").get("status", {})
-        return bool(status.get("stableVersion") == "3.0.0" and status.get("phase") == "Healthy")
+        def promoted() -> bool:
+            status = get_md(cluster, namespace, "iris").get("status", {})
+            return bool(status.get("stableVersion") == "3.0.0" and status.get("phase") == "Healthy")
 
-    with_status(cluster, namespace, lambda: wait_until("promoted", promoted, 240))
-    took = time.monotonic() - started
-    assert took >= BAKE_SECONDS  # the bake held it
-    last = get_md(cluster, namespace, "iris")["status"]["history"][0]
-    assert (last["version"], last["outcome"]) == ("3.0.0", "Promoted"), last
-    assert load.failed() == 0
-    print(f"promoted {took:.0f}s after the change (bake {BAKE_SECONDS} s)")
+        with_status(cluster, namespace, lambda: wait_until("promoted", promoted, 240))
+        took = time.monotonic() - started
+        assert took >= BAKE_SECONDS  # the bake held it
+        last = get_md(cluster, namespace, "iris")["status"]["history"][0]
+        assert (last["version"], last["outcome"]) == ("3.0.0", "Promoted"), last
+        assert load.failed() == 0
+        print(f"promoted {took:.0f}s after the change (bake {BAKE_SECONDS} s)")
 
 
 SHADOW_ANALYSIS: dict[str, Any] = {
@@ -245,8 +237,8 @@ SHADOW_ANALYSIS: dict[str, Any] = {
 }
 
 
-def test_a_shadow_that_answers_otherwise_is_rolled_back_on_agreement_and_diff_shows_the_rows(
-    cluster: Cluster, operator: Operator, namespace: str, serving_image: None, model_store: None
+def a_shadow_that_answers_otherwise_is_rolled_back_on_agreement_and_diff_shows_the_rows(
+    cluster: Cluster, namespace: str, cluster_redis: str
 ) -> None:
     """A shadow answering another class than stable on 9.3 % of the Iris rows (every request
     answered, no error) is rolled back by predictionAgreement; while it runs, `kubectl rollwise
@@ -321,13 +313,8 @@ BY_SEGMENT_ANALYSIS: dict[str, Any] = {
 }
 
 
-def test_a_candidate_broken_for_one_segment_is_rolled_back_naming_the_segment(
-    cluster: Cluster,
-    operator: Operator,
-    namespace: str,
-    serving_image: None,
-    model_store: None,
-    cluster_redis: str,
+def a_candidate_broken_for_one_segment_is_rolled_back_naming_the_segment(
+    cluster: Cluster, namespace: str, cluster_redis: str
 ) -> None:
     """The rule model against itself broken for rows of sepal width >= 3.9 (4 % of traffic, every
     request answered): `bySegment: worst` rolls it back and the status names the segment."""
@@ -361,3 +348,36 @@ def test_a_candidate_broken_for_one_segment_is_rolled_back_naming_the_segment(
     assert "<3.9" not in check["message"].split(": accuracy")[0], check  # only the broken segment is named
     assert failed == 0
     print(f"\nrolled back by segment {took:.0f}s after the change: {check['message'][:300]}")
+
+
+SCENARIOS: dict[str, Callable[[Cluster, str, str], None]] = {
+    "labels": a_less_accurate_candidate_is_rolled_back_on_labels_and_an_equally_accurate_one_promoted,
+    "shadow": a_shadow_that_answers_otherwise_is_rolled_back_on_agreement_and_diff_shows_the_rows,
+    "segment": a_candidate_broken_for_one_segment_is_rolled_back_naming_the_segment,
+}
+
+
+def test_the_model_is_judged_as_a_model(
+    cluster: Cluster,
+    operator: Operator,
+    serving_image: None,
+    model_store: None,
+    cluster_redis: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The three scenarios above at once, each in its own namespace, under one operator: they are
+    independent rollouts, run side by side to keep CI time. Each asserts what its docstring says;
+    a failure names its scenario."""
+    chosen = dict(SCENARIOS)
+    namespaces = {k: create_test_namespace(cluster, request, f"{NAMESPACE_PREFIX}-{k}-", 24) for k in chosen}
+    try:
+        with ThreadPoolExecutor(len(chosen)) as pool:
+            futures = {k: pool.submit(f, cluster, namespaces[k], cluster_redis) for k, f in chosen.items()}
+        errors = {k: err for k, fut in futures.items() if (err := fut.exception()) is not None}
+        if errors:
+            detail = "\n\n".join(f"[{k}] {type(e).__name__}: {e}"[:6000] for k, e in errors.items())
+            raise AssertionError(f"{len(errors)} of {len(chosen)} scenarios failed:\n{detail}")
+    finally:
+        for ns in namespaces.values():
+            kubectl("-n", ns, "delete", "modeldeployments", "--all", "--timeout=30s", check=False)
+            cluster.core.delete_namespace(ns)
