@@ -14,8 +14,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]]
 BODIES = [
@@ -43,6 +44,29 @@ def send_many(url: str, headers: list[dict[str, str]], workers: int = 16) -> lis
         return list(pool.map(lambda i: send(url, BODIES[i % len(BODIES)], headers[i]), range(len(headers))))
 
 
+class Looping(Protocol):
+    """A loop that runs until its `stop` event is set."""
+
+    stop: threading.Event
+
+    def run(self) -> None: ...
+
+
+L = TypeVar("L", bound=Looping)
+
+
+@contextmanager
+def in_background(loop: L) -> Iterator[L]:
+    """Run `loop.run` in a thread for the block; stop it and wait for it (10 s at most) after."""
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.stop.set()
+        thread.join(10)
+
+
 @dataclass
 class Load:
     """Requests at a steady rate from a thread until stopped (or `limit_seconds`)."""
@@ -68,15 +92,8 @@ class Load:
             self.results.append((started, code, version))
             self.stop.wait(max(0.0, 1 / self.rate_per_second - (time.monotonic() - started)))
 
-    @contextmanager
-    def running(self) -> Iterator[Load]:
-        thread = threading.Thread(target=self.run, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self.stop.set()
-            thread.join(10)
+    def running(self) -> AbstractContextManager[Load]:
+        return in_background(self)
 
     def since(self, start: float) -> list[Answer]:
         return [r for r in list(self.results) if r[0] >= start]
