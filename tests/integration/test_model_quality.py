@@ -360,6 +360,7 @@ def test_the_model_is_judged_as_a_model(
     scenario: str,
 ) -> None:
     """Each scenario above, in its own namespace. (Run side by side they were faster, but the
-    local cluster's kube-proxy then dropped every Service's connections for about 0.7 s at once,
-    which would hide a real failed request among the harness's; so one at a time.)"""
+    clients of two namespaces then saw about 0.7 s of failed connections at the same instant, a
+    cause in the local cluster not yet found, which would hide a real failed request; so one at a
+    time.)"""
     SCENARIOS[scenario](cluster, namespace, cluster_redis)
