@@ -446,19 +446,17 @@ def test_the_operators_segment_queries_count_what_the_servers_did(
                 if r.status_code == 200:
                     label(server, [{"id": r.json()["id"], "label": "yes"}])
     for server in fleet.values():
-        total = server.sample("rollwise_segment_rows_total", segment="country")
         port = server.port
-        wait_for(
-            lambda p=port, n=total: (
-                scalar(
-                    prometheus,
-                    f'sum(rollwise_segment_rows_total{{instance="127.0.0.1:{p}",segment="country"}})',
-                )
-                == n
-            ),
-            30,
-            "Prometheus to scrape the last rows",
-        )
+        for series in ("rollwise_segment_rows_total", "rollwise_segment_labelled_total"):
+            # Each label is counted after its row: wait for the scrape that has both.
+            total = server.sample(series, segment="country")
+            wait_for(
+                lambda p=port, n=total, name=series: (
+                    scalar(prometheus, f'sum({name}{{instance="127.0.0.1:{p}",segment="country"}})') == n
+                ),
+                30,
+                f"Prometheus to scrape the last of {series}",
+            )
     provider = PrometheusProvider(prometheus)
     at = datetime.now(UTC)
     counts = {}
