@@ -28,7 +28,8 @@ from typing import Any, Final
 import orjson
 from rollwise_contract.metrics import Uncomparable
 
-from rollwise_serving.protocol import ProtocolError, decode_infer_request
+from rollwise_serving import binary
+from rollwise_serving.protocol import ProtocolError
 
 RELATIVE_TOLERANCE: Final = 1e-6
 DIFF_CAPACITY: Final = 64
@@ -76,15 +77,21 @@ class Comparison:
 # ---- reading an answer -------------------------------------------------------------------------
 
 
-def read_answer(body: bytes, *, classifier: bool | None) -> Answer:
+def read_answer(body: bytes, *, classifier: bool | None, header_length: int | None = None) -> Answer:
     """An OIP ``/infer`` answer (``outputs``) or a ``/predict`` one (``predictions``).
 
     ``classifier`` is what this pod knows of its own model (None: not known yet): it decides
-    whether a rank-1 integer output is a class or a value."""
+    whether a rank-1 integer output is a class or a value. ``header_length``: the answer's JSON
+    length when it carries binary outputs (the binary extension)."""
     try:
-        doc = orjson.loads(body)
+        head, rest = binary.split(body, header_length)
+        doc = orjson.loads(head)
+        if isinstance(doc, dict) and header_length is not None:
+            doc = binary.inline(doc, rest)
     except orjson.JSONDecodeError as err:
         raise UnreadableError(f"not JSON: {err}") from err
+    except ProtocolError as err:
+        raise UnreadableError(f"binary outputs unreadable: {err}") from err
     if not isinstance(doc, dict):
         raise UnreadableError("not a JSON object")
     version = doc.get("model_version")
@@ -242,16 +249,24 @@ def _compare_classes(own: Answer, peer: Answer) -> Comparison:
 # ---- the diff ring -----------------------------------------------------------------------------
 
 
-def input_rows(path: str, body: bytes, indices: Sequence[int], scrub: Callable[[str], str]) -> dict[int, Any]:
-    """The request's rows at ``indices``: ``{input name: row}`` for ``/infer``, the instance for
-    ``/predict``; each cut to ``INPUT_BYTES`` of text and passed through the server's redaction."""
+def input_rows(
+    path: str,
+    body: bytes,
+    indices: Sequence[int],
+    scrub: Callable[[str], str],
+    *,
+    header_length: int | None = None,
+) -> dict[int, Any]:
+    """The request's rows at ``indices``: ``{input name: row}`` for ``/infer`` (binary inputs
+    too), the instance for ``/predict``; each cut to ``INPUT_BYTES`` of text and passed through
+    the server's redaction."""
     rows: dict[int, Any] = {}
     try:
         if path.endswith("/predict"):
             instances = orjson.loads(body)["instances"]
             picked = {i: instances[i] for i in indices}
         else:
-            request = decode_infer_request(body)
+            request = binary.decode_infer_request(body, header_length)
             picked = {i: {t.name: t.data[i].tolist() for t in request.inputs} for i in indices}
     except (ProtocolError, orjson.JSONDecodeError, KeyError, IndexError, TypeError):
         text = scrub(body[:INPUT_BYTES].decode("utf-8", "replace"))

@@ -33,7 +33,7 @@ from typing import Any, Final
 import orjson
 from rollwise_contract.metrics import Outcome
 
-from rollwise_serving import __version__
+from rollwise_serving import __version__, binary
 from rollwise_serving.cache import PredictionCache
 from rollwise_serving.config import Redactor, Settings, configure_logging, from_environ, parse_forward_match
 from rollwise_serving.dataplane import Dataplane
@@ -307,28 +307,36 @@ class ServingApp:
         outcome: Outcome | None = Outcome.SERVER_ERROR
         try:
             body = await read_body(receive, headers, self.settings.max_body_bytes)
+            length = binary.header_length(headers)
             hopped = self.hops.is_hop(headers)
             if self.forwarder is not None and not hopped and self.forwarder.wants(headers):
                 answer = await self.forwarder.forward(scope["path"], body, headers)
                 if answer is not None:
                     outcome = None  # the peer counts it, and keeps its answer for feedback
-                    peer_id = answer.headers.get(ID_HEADER.decode())
-                    id_header = [(ID_HEADER, peer_id.encode("latin-1"))] if peer_id else []
-                    await respond(send, answer.status_code, answer.content, [*JSON, *id_header])
+                    await respond(send, answer.status_code, answer.content, _peer_headers(answer.headers))
                     return
             keep = not is_mirror_copy(headers)  # a shadow's answers are not the user's
             if action == "infer":
-                response, outcome, prediction_id, segments = await self.dataplane.infer(body, keep=keep)
+                answered = await self.dataplane.infer(body, header_length=length, keep=keep)
             else:
-                response, outcome, prediction_id, segments = await self.dataplane.predict_instances(
-                    body, keep=keep
-                )
-            id_header = [(ID_HEADER, prediction_id.encode())] if prediction_id is not None else []
-            await respond(send, 200, response, [*JSON, *id_header])
+                answered = await self.dataplane.predict_instances(body, keep=keep)
+            response, outcome, prediction_id, segments, out_length = answered
+            out_headers = JSON if out_length is None else _binary_headers(out_length)
+            if prediction_id is not None:
+                out_headers = [*out_headers, (ID_HEADER, prediction_id.encode())]
+            await respond(send, 200, response, out_headers)
             if self.mirror is not None and not hopped:
                 # Only our own model's answer is compared with the shadow's, never the fallback's.
                 own = response if outcome is Outcome.SUCCESS else None
-                self.mirror.offer(scope["path"], body, _content_type(headers), own, segments)
+                self.mirror.offer(
+                    scope["path"],
+                    body,
+                    _content_type(headers),
+                    own,
+                    segments,
+                    header_length=length,
+                    own_length=out_length,
+                )
         except Exception as err:
             status, outcome = ERRORS.get(type(err), (500, Outcome.SERVER_ERROR))
             if status == 500 and type(err) not in ERRORS:
@@ -358,7 +366,7 @@ class ServingApp:
         return {
             "name": "rollwise",
             "version": __version__,
-            "extensions": ["rollwise_metrics", "named_features"],
+            "extensions": ["binary_tensor_data", "rollwise_metrics", "named_features"],
         }
 
 
@@ -395,6 +403,25 @@ async def read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit:
 async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _binary_headers(length: int) -> list[tuple[bytes, bytes]]:
+    """An answer carrying binary outputs after ``length`` bytes of JSON (``binary``)."""
+    return [(b"content-type", binary.CONTENT_TYPE), (binary.HEADER, str(length).encode())]
+
+
+_PEER_HEADERS: Final = (b"content-type", binary.HEADER, ID_HEADER)
+
+
+def _peer_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """What a forwarded answer keeps of the peer's headers: its type, its binary JSON length and
+    the id its labels are joined by; nothing else of another pod's reaches the client."""
+    out = []
+    for name in _PEER_HEADERS:
+        value = headers.get(name.decode())
+        if value is not None:
+            out.append((name, value.encode("latin-1")))
+    return out or list(JSON)
 
 
 def _content_type(headers: list[tuple[bytes, bytes]]) -> str:

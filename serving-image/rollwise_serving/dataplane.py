@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 from rollwise_contract.metrics import Outcome
 
+from rollwise_serving import binary
 from rollwise_serving.batching import Batcher
 from rollwise_serving.cache import PredictionCache, pack_entry, unpack_entry
 from rollwise_serving.config import Settings
@@ -28,11 +29,12 @@ from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.protocol import (
     InferInput,
     InferOutput,
+    InferRequest,
     ProtocolError,
-    decode_infer_request,
     decode_json,
     encode_infer_response,
     encode_outputs,
+    outputs_from_json,
 )
 from rollwise_serving.repository import Repository
 from rollwise_serving.runtimes import Array, Prediction, Runtime
@@ -45,6 +47,41 @@ class Answered(NamedTuple):
     body: bytes
     outcome: Outcome
     prediction_id: str | None
+    """The id kept for feedback (None: not kept)."""
+    segments: Codes = None
+    header_length: int | None = None
+    """Binary extension: the JSON part's length (``Inference-Header-Content-Length``); None: all JSON."""
+
+
+class Outputs:
+    """A prediction's outputs as tensors or as their JSON, each made at most once and only when
+    asked for: a JSON client never pays for raw bytes, a cached answer (kept as JSON) is decoded
+    only for a binary or gRPC client."""
+
+    __slots__ = ("_json", "_tensors")
+
+    def __init__(self, tensors: list[InferOutput] | None = None, json: bytes | None = None) -> None:
+        self._tensors, self._json = tensors, json
+
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = encode_outputs(self._tensors or [])
+        return self._json
+
+    def tensors(self) -> list[InferOutput]:
+        if self._tensors is None:
+            self._tensors = outputs_from_json(self._json or b"[]")
+        return self._tensors
+
+
+class Inferred(NamedTuple):
+    """An answer before it is encoded for a transport (REST JSON, binary REST, gRPC)."""
+
+    outputs: Outputs
+    outcome: Outcome
+    answer_id: str
+    """The answer's id: the request's, else a new one."""
+    kept_id: str | None
     """The id kept for feedback (None: not kept)."""
     segments: Codes = None
 
@@ -71,24 +108,37 @@ class Dataplane:
             repository, metrics, max_rows=settings.max_batch_size, deadline_ms=settings.deadline_ms
         )
 
-    async def infer(self, body: bytes, *, keep: bool = True) -> Answered:
+    async def infer(self, body: bytes, *, header_length: int | None = None, keep: bool = True) -> Answered:
         """An OIP infer request body -> (response body, outcome, the id kept for feedback, the
-        rows' segment codes).
+        rows' segment codes, the JSON part's length when the answer carries binary tensors).
 
-        The answer's id is the request's, else a new one; it is kept (and returned) when ``keep``
+        ``header_length`` is the request's ``Inference-Header-Content-Length`` (binary inputs
+        follow that many bytes of JSON); outputs asked for in binary come back as raw bytes."""
+        request = binary.decode_infer_request(body, header_length)
+        done = await self.infer_request(request, keep=keep)
+        if request.any_binary:
+            body_out, length = binary.encode_infer_response(
+                self.name, self.version, done.outputs.tensors(), request, done.answer_id
+            )
+            return Answered(body_out, done.outcome, done.kept_id, done.segments, length)
+        body_out = encode_infer_response(self.name, self.version, done.outputs.json(), done.answer_id)
+        return Answered(body_out, done.outcome, done.kept_id, done.segments)
+
+    async def infer_request(self, request: InferRequest, *, keep: bool = True) -> Inferred:
+        """A decoded OIP request -> its outputs, whatever the transport.
+
+        The answer's id is the request's, else a new one; it is kept for feedback when ``keep``
         and it fits in a header (``feedback.is_keepable``)."""
-        request = decode_infer_request(body)
         runtime = self.repository.runtime()
         prepared = runtime.prepare(request.inputs)
         selected = _select_outputs(runtime, request.outputs)
         codes = self._check_schema(runtime, prepared)
         prediction_id = request.id if request.id is not None else new_id()
         kept_id = prediction_id if keep and is_keepable(prediction_id) else None
-        outputs_json, outcome = await self._predict(
+        outputs, outcome = await self._predict(
             runtime, prepared, request.inputs, selected, kept_id=kept_id, codes=codes
         )
-        body_out = encode_infer_response(self.name, self.version, outputs_json, prediction_id)
-        return Answered(body_out, outcome, kept_id, codes)
+        return Inferred(outputs, outcome, prediction_id, kept_id, codes)
 
     async def predict_instances(self, body: bytes, *, keep: bool = True) -> Answered:
         """Named features ``{"id"?: ..., "instances": [{feature: value}, ...]}`` -> predictions,
@@ -176,9 +226,9 @@ class Dataplane:
         *,
         kept_id: str | None = None,
         codes: Codes = None,
-    ) -> tuple[bytes, Outcome]:
+    ) -> tuple[Outputs, Outcome]:
         key = None
-        if self.cache is not None:
+        if self.cache is not None and self.repository.primary.runtime is not None:
             key = self.cache.key(self.repository.primary_digest(), prepared, selected)
             value = await self.cache.get(key)
             cached = unpack_entry(value) if value is not None else None
@@ -188,15 +238,14 @@ class Dataplane:
                 self.metrics.observe_segment_predictions(codes, cached.labels)
                 if self.feedback is not None and kept_id is not None:
                     self.feedback.record(kept_id, cached.labels, cached.scores, None, codes)
-                return cached.outputs, Outcome.SUCCESS
+                return Outputs(json=cached.outputs), Outcome.SUCCESS
         prediction, fallback = await self._submit(prepared, raw, codes)
         self._keep(kept_id, prediction, codes)
         names = selected if selected is not None else list(prediction.outputs)
-        outputs = [InferOutput(n, prediction.outputs[n]) for n in names if n in prediction.outputs]
-        outputs_json = encode_outputs(outputs)
+        outputs = Outputs([InferOutput(n, prediction.outputs[n]) for n in names if n in prediction.outputs])
         if key is not None and self.cache is not None and not fallback:
-            self.cache.put(key, pack_entry(prediction.labels, prediction.scores, outputs_json))
-        return outputs_json, Outcome.FALLBACK if fallback else Outcome.SUCCESS
+            self.cache.put(key, pack_entry(prediction.labels, prediction.scores, outputs.json()))
+        return outputs, Outcome.FALLBACK if fallback else Outcome.SUCCESS
 
     def _keep(self, kept_id: str | None, prediction: Prediction, codes: Codes = None) -> None:
         """Keep what was answered for a label to be joined later (``feedback``)."""

@@ -23,6 +23,7 @@ from http.cookies import CookieError, SimpleCookie
 import httpx
 from rollwise_contract.matches import RequestMatch, compile_re2
 
+from rollwise_serving.binary import HEADER
 from rollwise_serving.config import HashRange
 from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.mirroring import HOP_HEADER, HopSeal
@@ -115,7 +116,7 @@ class Forwarder:
         if self._client is None or self._slots.locked():
             self._dropped.inc()
             return None
-        keep = {b"content-type", *self.rule.keep}
+        keep = {b"content-type", HEADER, *self.rule.keep}
         out = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in keep}
         out[HOP_HEADER] = self._hop
         async with self._slots:

@@ -48,6 +48,7 @@ from rollwise_serving.agreement import (
     input_rows,
     read_answer,
 )
+from rollwise_serving.binary import HEADER
 from rollwise_serving.metrics import ServerMetrics, ShadowSeries
 
 log = logging.getLogger("rollwise_serving.mirroring")
@@ -94,6 +95,10 @@ class _Copy:
     """The answer this pod sent, to compare with the shadow's; None: do not compare."""
     segments: np.ndarray[Any, np.dtype[np.uint8]] | None = None
     """Our rows' segment codes (``SegmentCoder``), to count the comparison per segment value."""
+    header_length: int | None = None
+    """The request's JSON length when it carries binary tensors (sent on with the copy)."""
+    own_length: int | None = None
+    """The same for our answer."""
 
     @property
     def size(self) -> int:
@@ -137,10 +142,14 @@ class Mirror:
         content_type: str,
         own: bytes | None = None,
         segments: np.ndarray[Any, np.dtype[np.uint8]] | None = None,
+        *,
+        header_length: int | None = None,
+        own_length: int | None = None,
     ) -> None:
         """Queue a copy (and ``own``, the answer to compare with the shadow's, with its rows'
-        segment codes); O(1), never blocks, never raises."""
-        copy = _Copy(path, body, content_type, own, segments)
+        segment codes; the lengths of the JSON parts of binary bodies); O(1), never blocks, never
+        raises."""
+        copy = _Copy(path, body, content_type, own, segments, header_length, own_length)
         if self._held_bytes + copy.size > self.queue_bytes:
             self._dropped.inc()
             return
@@ -162,12 +171,11 @@ class Mirror:
 
     async def _send(self, copy: _Copy) -> None:
         assert self._client is not None
+        headers = {"content-type": copy.content_type, HOP_HEADER: self._hop}
+        if copy.header_length is not None:
+            headers[HEADER.decode()] = str(copy.header_length)
         try:
-            response = await self._client.post(
-                copy.path,
-                content=copy.body,
-                headers={"content-type": copy.content_type, HOP_HEADER: self._hop},
-            )
+            response = await self._client.post(copy.path, content=copy.body, headers=headers)
         except Exception as err:  # the shadow's trouble is never ours
             self._failed.inc()
             log.debug("mirror to %s failed: %s", self.base_url, err)
@@ -178,23 +186,23 @@ class Mirror:
         self._sent.inc()
         if copy.own is not None:
             try:
-                self._agree(copy, response.status_code, response.content)
+                self._agree(copy, response.status_code, response.content, _length(response))
             except Exception:  # a comparison bug must not stop the sender
                 log.exception("comparing the shadow's answer to %s failed", copy.path)
 
-    def _agree(self, copy: _Copy, status: int, peer_body: bytes) -> None:
+    def _agree(self, copy: _Copy, status: int, peer_body: bytes, peer_length: int | None = None) -> None:
         """Compare our answer with the shadow's and record it (see the module docstring)."""
         assert copy.own is not None
         classifier = self._metrics.is_classifier
         try:
-            own = read_answer(copy.own, classifier=classifier)
+            own = read_answer(copy.own, classifier=classifier, header_length=copy.own_length)
         except UnreadableError:
             return  # our own answer is always readable; nothing to compare against otherwise
         if status != 200:
             self._metrics.shadow(None).uncomparable[Uncomparable.REFUSED].inc(own.rows)
             return
         try:
-            peer = read_answer(peer_body, classifier=classifier)
+            peer = read_answer(peer_body, classifier=classifier, header_length=peer_length)
         except UnreadableError as err:
             self._metrics.shadow(None).uncomparable[Uncomparable.UNPARSEABLE].inc(own.rows)
             log.debug("the shadow's answer to %s is unreadable: %s", copy.path, err)
@@ -212,7 +220,8 @@ class Mirror:
             )
         differing = [row for row in result.rows if row.differs]
         if differing:
-            inputs = input_rows(copy.path, copy.body, [row.index for row in differing], self._scrub)
+            indices = [row.index for row in differing]
+            inputs = input_rows(copy.path, copy.body, indices, self._scrub, header_length=copy.header_length)
             now = datetime.now(UTC)
             for row in differing:
                 self.diffs.add(
@@ -244,3 +253,9 @@ class Mirror:
                 await task
         if self._client is not None:
             await self._client.aclose()
+
+
+def _length(response: httpx.Response) -> int | None:
+    """A binary answer's JSON length (``binary.HEADER``), or None; a bad value reads as None."""
+    value = response.headers.get(HEADER.decode())
+    return int(value) if value is not None and value.strip().isdigit() else None

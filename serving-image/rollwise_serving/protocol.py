@@ -8,11 +8,17 @@ exactly ``prod(shape)`` elements of the declared datatype. NaN and Infinity are 
 arrive only as overflowing literals (``1e999``) and are refused as non-finite. A float in an integer
 tensor or a number in a BOOL tensor is refused; a JSON ``true`` mixed into numbers reads as 1
 (numpy's rule; finding it would cost a Python-level scan of every element).
+
+Parameters: ``binary_data_output`` (request) and ``binary_data`` (an output) are honoured, with
+``binary_data_size`` on inputs (the binary extension, ``binary``); an output's ``classification``
+is refused with a 400; every other request, input or output parameter (Triton's
+``sequence_id``, ``priority``, ``timeout``, custom ones) is accepted and ignored.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -75,6 +81,19 @@ class InferRequest:
     outputs: tuple[str, ...] | None = None
     """Names of the outputs asked for; None means every output the model has."""
     parameters: dict[str, Any] | None = None
+    binary_output: bool = False
+    """``parameters.binary_data_output``: every output as raw bytes (the binary extension)."""
+    binary_outputs: dict[str, bool] | None = None
+    """An output's own ``parameters.binary_data``, which overrides ``binary_output`` for it."""
+
+    def wants_binary(self, name: str) -> bool:
+        if self.binary_outputs is not None and name in self.binary_outputs:
+            return self.binary_outputs[name]
+        return self.binary_output
+
+    @property
+    def any_binary(self) -> bool:
+        return self.binary_output or bool(self.binary_outputs and any(self.binary_outputs.values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +106,25 @@ def decode_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as err:
+        if b'"binary_data_size"' in body:  # only on this error path: the usual mistake with raw tensors
+            raise ProtocolError(
+                "request body is JSON followed by binary tensors but has no "
+                "Inference-Header-Content-Length header; send it with the JSON part's length"
+            ) from err
         raise ProtocolError(f"request body is not valid JSON ({err}); send a JSON object") from err
 
 
-def decode_infer_request(body: bytes) -> InferRequest:
-    doc = decode_json(body)
+BinaryReader = Callable[[str, str, tuple[int, ...], Any], "np.ndarray[Any, Any] | None"]
+"""Reads an input's raw bytes (``binary``): (path, datatype, shape, parameters) -> its array, or
+None when its data is in the JSON."""
+
+
+def decode_infer_request(body: bytes, binary: BinaryReader | None = None) -> InferRequest:
+    return decode_request_doc(decode_json(body), binary)
+
+
+def decode_request_doc(doc: Any, binary: BinaryReader | None = None) -> InferRequest:
+    """An OIP request from its parsed JSON; ``binary`` reads inputs sent as raw bytes."""
     if not isinstance(doc, dict):
         raise ProtocolError('request body must be a JSON object like {"inputs": [...]}')
     raw_inputs = doc.get("inputs")
@@ -99,14 +132,19 @@ def decode_infer_request(body: bytes) -> InferRequest:
         raise ProtocolError(
             '"inputs" must be a non-empty list of tensors {"name", "shape", "datatype", "data"}'
         )
-    inputs = tuple(_decode_input(i, raw) for i, raw in enumerate(raw_inputs))
+    inputs = tuple(_decode_input(i, raw, binary) for i, raw in enumerate(raw_inputs))
     names = [t.name for t in inputs]
     if len(set(names)) != len(names):
         raise ProtocolError(f'"inputs" names must be unique; got {names}')
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError('"id" must be a string')
+    parameters = doc.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ProtocolError('"parameters" must be a JSON object')
+    binary_output = _flag("parameters.binary_data_output", (parameters or {}).get("binary_data_output"))
     outputs: tuple[str, ...] | None = None
+    per_output: dict[str, bool] = {}
     raw_outputs = doc.get("outputs")
     if raw_outputs is not None:
         if not isinstance(raw_outputs, list) or not all(
@@ -114,13 +152,43 @@ def decode_infer_request(body: bytes) -> InferRequest:
         ):
             raise ProtocolError('"outputs" must be a list of {"name": "..."} objects')
         outputs = tuple(o["name"] for o in raw_outputs)
-    parameters = doc.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise ProtocolError('"parameters" must be a JSON object')
-    return InferRequest(inputs=inputs, id=request_id, outputs=outputs, parameters=parameters)
+        for i, o in enumerate(raw_outputs):
+            per_output.update(_output_parameters(i, o))
+    return InferRequest(
+        inputs=inputs,
+        id=request_id,
+        outputs=outputs,
+        parameters=parameters,
+        binary_output=bool(binary_output),
+        binary_outputs=per_output or None,
+    )
 
 
-def _decode_input(index: int, raw: Any) -> InferInput:
+def _flag(path: str, value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ProtocolError(f"{path} must be true or false")
+    return value
+
+
+def _output_parameters(index: int, raw: dict[str, Any]) -> dict[str, bool]:
+    """A requested output's parameters: ``binary_data`` is honoured; ``classification`` (Triton's
+    top-k strings) is refused rather than silently ignored; others are accepted and ignored."""
+    path = f"outputs[{index}] ({raw['name']!r}).parameters"
+    parameters = raw.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(f"{path} must be a JSON object")
+    if parameters.get("classification"):
+        raise ProtocolError(
+            f"{path}.classification is not supported by this server; ask for the label and "
+            "probabilities outputs instead"
+        )
+    flag = _flag(f"{path}.binary_data", parameters.get("binary_data"))
+    return {} if flag is None else {raw["name"]: flag}
+
+
+def _decode_input(index: int, raw: Any, binary: BinaryReader | None = None) -> InferInput:
     path = f"inputs[{index}]"
     if not isinstance(raw, dict):
         raise ProtocolError(f"{path} must be an object with name, shape, datatype and data")
@@ -132,6 +200,12 @@ def _decode_input(index: int, raw: Any) -> InferInput:
     if datatype not in DATATYPES:
         raise ProtocolError(f"{path}.datatype: {datatype!r} is not valid; use one of {', '.join(DATATYPES)}")
     shape = _shape(path, raw.get("shape"))
+    parameters = raw.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ProtocolError(f"{path}.parameters must be a JSON object")
+    raw_array = _binary_input(path, raw, datatype, tuple(shape), parameters, binary=binary)
+    if raw_array is not None:
+        return InferInput(name, datatype, tuple(shape), raw_array, parameters)
     if "data" not in raw:
         raise ProtocolError(f"{path}.data is missing")
     data = raw["data"]
@@ -147,10 +221,30 @@ def _decode_input(index: int, raw: Any) -> InferInput:
             "make data match the shape"
         )
     _check_elements(path, datatype, array)
-    parameters = raw.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise ProtocolError(f"{path}.parameters must be a JSON object")
     return InferInput(name, datatype, tuple(shape), array.reshape(shape), parameters)
+
+
+def _binary_input(
+    path: str,
+    raw: dict[str, Any],
+    datatype: str,
+    shape: tuple[int, ...],
+    parameters: dict[str, Any] | None,
+    *,
+    binary: BinaryReader | None,
+) -> np.ndarray[Any, Any] | None:
+    """An input sent as raw bytes (``binary_data_size``), or None when its data is in the JSON."""
+    if binary is None:
+        if isinstance(parameters, dict) and "binary_data_size" in parameters:
+            raise ProtocolError(
+                f"{path}.parameters.binary_data_size is set but the request has no "
+                "Inference-Header-Content-Length header; send it with the JSON part's length"
+            )
+        return None
+    array = binary(path, datatype, shape, parameters)
+    if array is not None and "data" in raw:
+        raise ProtocolError(f"{path} has both data and binary_data_size; send one of them")
+    return array
 
 
 def _shape(path: str, shape: Any) -> list[int]:
@@ -288,6 +382,15 @@ def encode_outputs(outputs: list[InferOutput]) -> bytes:
             {"name": out.name, "datatype": datatype_of(array), "shape": list(array.shape), "data": data}
         )
     return orjson.dumps(docs, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def outputs_from_json(outputs_json: bytes) -> list[InferOutput]:
+    """``encode_outputs``'s JSON back as tensors: a cached answer asked for in binary."""
+    out = []
+    for doc in orjson.loads(outputs_json):
+        array = _to_array("outputs", doc["datatype"], doc["data"]).reshape(doc["shape"])
+        out.append(InferOutput(doc["name"], array))
+    return out
 
 
 def encode_infer_response(
