@@ -151,10 +151,10 @@ class ServingApp:
         # tail latency while traffic flows.
         gc.collect()
         gc.freeze()
-        self.metrics.loaded_by_role["primary"].set(1 if self.repository.ready else 0)
-        fallback = self.repository.fallback
+        primary, fallback = self.repository.primary, self.repository.fallback
+        self.metrics.loaded_by_role["primary"].set(1 if primary.runtime is not None else 0)
         self.metrics.loaded_by_role["fallback"].set(1 if fallback and fallback.runtime else 0)
-        runtime = self.repository.primary.runtime
+        runtime = primary.runtime if primary.runtime is not None else self.repository.fallback_runtime()
         if runtime is not None:
             self.metrics.bind_output(runtime.classes)
             self.feedback.bind(runtime.classes, self.metrics.classes)

@@ -13,7 +13,9 @@ request cannot fail its neighbours.
 Degradation: when the primary raises, or misses ``--deadline-ms`` (then predict runs in a worker
 thread so the deadline can be enforced), the fallback model answers those requests (outcome
 ``fallback``); while a late primary call is still running, new batches go to the fallback too.
-Without a fallback the error surfaces (500, or 504 for the deadline).
+When the primary never loaded and the fallback did (``Repository.fallback_serves``), every
+batch goes to the fallback (reason ``unavailable``). Without a fallback the error surfaces (500,
+or 504 for the deadline).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class Batcher:
     def _take(self) -> list[_Item]:
         first = self._pending.popleft()
         batch, rows = [first], first.rows
-        runtime = self.repository.primary.runtime
+        runtime = self.repository.primary.runtime or self.repository.fallback_runtime()
         if runtime is not None and not runtime.batchable:
             return batch
         skipped: list[_Item] = []
@@ -122,6 +124,9 @@ class Batcher:
         else:
             inputs = {k: np.concatenate([i.inputs[k] for i in batch]) for k in batch[0].inputs}
         rows = sum(item.rows for item in batch)
+        if self.repository.fallback_serves:
+            await self._fallback(batch, "unavailable")
+            return
         try:
             prediction = await self._primary(inputs)
             if len(batch) > 1:

@@ -7,6 +7,13 @@ ever served. Loading runs in a thread after start-up, so liveness answers at onc
 turns true only when the model is really there. A fallback that fails to load does not block
 readiness (the primary serves), but readiness reports it.
 
+When the primary fails to fetch, verify or load and a fallback loaded (verified like any
+artifact), the fallback serves: readiness is true with ``"serving": "fallback"`` and the
+primary's reason, ``rollwise_model_loaded{role="primary"}`` is 0, and every answer counts as
+outcome ``fallback`` (``rollwise_fallback_total{reason="unavailable"}``), which fails a candidate
+in any rollout. That is the fallback's promise: an answer from a model the user chose, never one
+from an artifact that was refused.
+
 With ``--workers`` > 1 each worker loads its own copy, and a probe reaches only one of them:
 every worker marks itself ready in ``<cache-dir>/workers-ready/`` and readiness is true only when
 all ``--workers`` live workers have, so no request lands on a worker still loading.
@@ -137,14 +144,23 @@ class Repository:
         await asyncio.to_thread(load_slot, self.primary, self.settings)
         if self.fallback is not None:
             await asyncio.to_thread(load_slot, self.fallback, self.settings)
-        if self.settings.workers > 1 and self.primary.state is LoadState.READY:
+        if self.settings.workers > 1 and (self.primary.state is LoadState.READY or self.fallback_serves):
             marks = workers_ready_dir(self.settings)
             marks.mkdir(parents=True, exist_ok=True)
             (marks / str(os.getpid())).touch()
 
     @property
+    def fallback_serves(self) -> bool:
+        """The primary failed to load and the fallback did: the fallback answers everything."""
+        return (
+            self.primary.state is LoadState.FAILED
+            and self.fallback is not None
+            and self.fallback.runtime is not None
+        )
+
+    @property
     def ready(self) -> bool:
-        if self.primary.state is not LoadState.READY:
+        if self.primary.state is not LoadState.READY and not self.fallback_serves:
             return False
         return self.settings.workers == 1 or self.workers_ready() >= self.settings.workers
 
@@ -162,9 +178,13 @@ class Repository:
         return count
 
     def runtime(self) -> Runtime:
-        if self.primary.runtime is None:
-            raise ModelNotReadyError(f"model {self.settings.name} is not ready: {self.primary.reason}")
-        return self.primary.runtime
+        """The model that answers: the primary, or the fallback when the primary failed to load."""
+        if self.primary.runtime is not None:
+            return self.primary.runtime
+        if self.fallback_serves:
+            assert self.fallback is not None and self.fallback.runtime is not None
+            return self.fallback.runtime
+        raise ModelNotReadyError(f"model {self.settings.name} is not ready: {self.primary.reason}")
 
     def primary_digest(self) -> str:
         """The sha256 computed from the loaded primary artifact (pinned or not): part of every cache
@@ -179,6 +199,11 @@ class Repository:
     def readiness(self) -> dict[str, Any]:
         slots = [self.primary] + ([self.fallback] if self.fallback else [])
         body: dict[str, Any] = {"ready": self.ready, "models": [s.as_json() for s in slots]}
+        if self.primary.runtime is not None:
+            body["serving"] = "primary"
+        elif self.fallback_serves:
+            body["serving"] = "fallback"
+            body["reason"] = f"the primary failed to load, the fallback serves: {self.primary.reason}"
         if not self.ready:
             body["reason"] = self.primary.reason
             if self.primary.state is LoadState.READY:

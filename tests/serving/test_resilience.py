@@ -87,6 +87,62 @@ def test_failing_primary_is_answered_by_the_fallback(
     assert s.sample("rollwise_model_loaded", role="fallback") == 1
 
 
+@pytest.mark.parametrize("broken", ["missing", "tampered", "unloadable"])
+def test_a_primary_that_fails_to_load_leaves_the_fallback_serving(
+    fresh_servers: ServerFactory, models: dict[str, Any], tmp_path: Path, broken: str
+) -> None:
+    """Not fetched, refused for its digest, or raising on load: the fallback answers, readiness
+    is true and says so with the primary's reason, and every answer counts as a fallback."""
+    args = model_args(models, "iris-v1")
+    uri = args.index("--model-uri") + 1
+    if broken == "missing":
+        args[uri] = str(tmp_path / "nowhere.joblib")
+    elif broken == "tampered":
+        copy = tmp_path / "tampered.joblib"
+        copy.write_bytes(Path(args[uri]).read_bytes() + b"x")
+        args[uri] = str(copy)
+    else:
+        junk = tmp_path / "junk.joblib"
+        junk.write_bytes(b"not a pickle")
+        args[uri] = str(junk)
+        args[args.index("--sha256") + 1] = hashlib.sha256(junk.read_bytes()).hexdigest()
+    s = fresh_servers.start(*args, *fallback_args(models))
+    ready = s.get("/v2/health/ready")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["serving"] == "fallback"
+    assert [m["state"] for m in body["models"]] == ["failed", "ready"]
+    assert body["reason"].startswith("the primary failed to load, the fallback serves: ")
+    assert s.get("/v2/models/iris/ready").status_code == 200
+    for _ in range(3):
+        r = s.post("/v2/models/iris/infer", content=infer_body([SETOSA, VIRGINICA], "FP64"))
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == ["setosa", "virginica"]  # the rule's answer
+    assert s.sample("rollwise_requests_total", outcome="fallback") == 3
+    assert s.sample("rollwise_requests_total", outcome="success") == 0
+    assert s.sample("rollwise_fallback_total", reason="unavailable") == 3
+    assert s.sample("rollwise_model_loaded", role="primary") == 0
+    assert s.sample("rollwise_model_loaded", role="fallback") == 1
+    assert s.get("/v2/models/iris").json()["platform"] == "python"  # the metadata is the fallback's
+
+
+def test_a_primary_that_fails_to_load_without_a_fallback_is_not_ready(
+    fresh_servers: ServerFactory, models: dict[str, Any], tmp_path: Path
+) -> None:
+    args = model_args(models, "iris-v1")
+    args[args.index("--model-uri") + 1] = str(tmp_path / "nowhere.joblib")
+    s = fresh_servers.start(*args, wait_ready=False)
+    deadline = time.monotonic() + 15
+    while s.get("/v2/health/ready").json()["models"][0]["state"] == "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ready = s.get("/v2/health/ready")
+    assert ready.status_code == 503
+    assert "serving" not in ready.json()
+    r = s.post("/v2/models/iris/infer", content=infer_body([SETOSA], "FP64"))
+    assert r.status_code == 503 and "is not ready" in r.json()["error"]
+
+
 def test_slow_primary_past_its_deadline_is_answered_by_the_fallback(
     fresh_servers: ServerFactory, models: dict[str, Any], tmp_path: Path
 ) -> None:
