@@ -30,8 +30,8 @@ STEPS_MSG = (
     "reorder or fix the weights"
 )
 SHA_MSG = (
-    "spec.model.sha256: required for format sklearn and python, which load with pickle; "
-    "add the artifact's digest (sha256sum <file>)"
+    "spec.model.sha256: required for format sklearn and python, whose loading runs code (unpickling, "
+    "executing a .py file); add the artifact's digest (sha256sum <file>)"
 )
 URI_MSG = "spec.model.uri: unsupported location; use file:///path, pvc://claim/path, http(s)://host/path or s3://bucket/key"
 
@@ -95,7 +95,7 @@ BAD = [
     pytest.param(
         edit(B, spec__model__fallback={"uri": "file:///models/fallback.joblib"}),
         [
-            "spec.model.fallback.sha256: required when the fallback loads with pickle (format sklearn or "
+            "spec.model.fallback.sha256: required when loading the fallback runs code (format sklearn or "
             "python); add the fallback artifact's digest (sha256sum <file>)"
         ],
         RULE,

@@ -105,7 +105,8 @@ class FallbackModel(ApiModel):
     format: ModelFormat | None = None
     """How to load it; unset uses the primary's format."""
     sha256: Sha256 | None = None
-    """Hex sha256 of the artifact; required when it loads with pickle (sklearn, python)."""
+    """Hex sha256 of the artifact; required when loading it runs code (sklearn unpickles, python
+    executes a `.py` file)."""
 
     @rule(cel=f"self.uri.matches('{URI}')", field="uri", message=f"unsupported location; {URI_FIX}")
     def _uri_supported(self) -> bool:
@@ -138,8 +139,8 @@ class ModelSpec(ApiModel):
     """Where the artifact lives: file:///path (inside the image), pvc://claim/path (mounted read-only),
     http(s)://host/path, or s3://bucket/key."""
     sha256: Sha256 | None = None
-    """Hex sha256 of the artifact, checked before loading; required for sklearn and python, which
-    load with pickle and would run code from a tampered file."""
+    """Hex sha256 of the artifact, checked before loading; required for sklearn (unpickled) and
+    python (a `.py` file that is executed), which would run code from a tampered file."""
     format: ModelFormat
     """How the serving image loads the artifact."""
     feature_schema: FeatureSchema | None = None
@@ -156,7 +157,8 @@ class ModelSpec(ApiModel):
     @rule(
         cel="self.format == 'onnx' || has(self.sha256)",
         field="sha256",
-        message="required for format sklearn and python, which load with pickle; "
+        message="required for format sklearn and python, whose loading runs code (unpickling, "
+        "executing a .py file); "
         "add the artifact's digest (sha256sum <file>)",
     )
     def _pickle_has_digest(self) -> bool:
@@ -166,7 +168,7 @@ class ModelSpec(ApiModel):
         cel="!has(self.fallback) || has(self.fallback.sha256) || "
         "(has(self.fallback.format) ? self.fallback.format : self.format) == 'onnx'",
         field="fallback.sha256",
-        message="required when the fallback loads with pickle (format sklearn or python); "
+        message="required when loading the fallback runs code (format sklearn or python); "
         "add the fallback artifact's digest (sha256sum <file>)",
     )
     def _pickle_fallback_has_digest(self) -> bool:
