@@ -141,6 +141,14 @@ by segment value; refused requests have no trusted features and are not counted 
 SEGMENT_PREDICTIONS = PREFIX + "segment_predictions"
 """Counter of a classifier's predicted rows by segment value and `class` (bounded like
 `rollwise_prediction_value`'s)."""
+EXPLAINED_ROWS = PREFIX + "explained_rows"
+"""Counter of rows explained by `POST /v2/models/{name}/explain` (#17), by `method`."""
+ATTRIBUTION_ABS = PREFIX + "attribution_abs"
+"""Counter: the sum over explained rows of each feature's absolute attribution (`feature`); over
+`rollwise_explained_rows_total` it is the mean absolute attribution, comparable across tracks."""
+MAX_EXPLAINED_FEATURES = 32
+"""Features named in `rollwise_attribution_abs_total` without a schema (`x0`...); the rest are `other`."""
+
 SEGMENT_LABELLED = PREFIX + "segment_labelled"
 """Counter of labelled predictions by segment value (the segment of the predicted row)."""
 SEGMENT_LABEL_CORRECT = PREFIX + "segment_label_correct"

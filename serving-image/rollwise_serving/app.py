@@ -33,13 +33,14 @@ from typing import Any, Final
 import orjson
 from rollwise_contract.metrics import Outcome
 
-from rollwise_serving import __version__, binary
+from rollwise_serving import __version__, binary, explain
 from rollwise_serving.cache import PredictionCache
 from rollwise_serving.config import Redactor, Settings, configure_logging, from_environ, parse_forward_match
 from rollwise_serving.dataplane import Dataplane
 from rollwise_serving.drift import Reference
 from rollwise_serving.errors import (
     BodyTooLargeError,
+    BusyError,
     DeadlineError,
     InputError,
     ModelNotFoundError,
@@ -47,6 +48,7 @@ from rollwise_serving.errors import (
     PredictError,
     RequestAbortedError,
 )
+from rollwise_serving.explain import Explainer
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
 from rollwise_serving.feedback import ID_HEADER, Feedback, feedback_of, is_mirror_copy
 from rollwise_serving.forwarding import Forwarder, Matches, UserHash
@@ -74,6 +76,7 @@ ERRORS: Final[dict[type[Exception], tuple[int, Outcome]]] = {
     ModelNotReadyError: (503, Outcome.SERVER_ERROR),
     DeadlineError: (504, Outcome.SERVER_ERROR),
     PredictError: (500, Outcome.SERVER_ERROR),
+    BusyError: (429, Outcome.CLIENT_ERROR),
 }
 JSON: Final = [(b"content-type", b"application/json")]
 
@@ -129,6 +132,9 @@ class ServingApp:
             else None
         )
         self.forwarder = _forwarder(settings, self.metrics, self.hops)
+        self.explainer = (
+            Explainer(settings, schema.names if schema else None, reference) if settings.explain else None
+        )
         self._loader: asyncio.Task[None] | None = None
         m = self.metrics
         self._inflight, self._duration, self._requests = m.inflight, m.request_duration, m.requests
@@ -256,7 +262,7 @@ class ServingApp:
         action = rest[0] if rest else ""
         if len(rest) > 1:
             raise ModelNotFoundError(f"no route {scope['path']}")
-        if action in ("infer", "predict", "feedback"):
+        if action in ("infer", "predict", "feedback", "explain"):
             if method != "POST":
                 raise _MethodNotAllowedError("POST")
             await self._model_post(action, scope, receive, send)
@@ -286,6 +292,8 @@ class ServingApp:
         """The model's POST routes: inference, and ground-truth labels for earlier answers."""
         if action == "feedback":
             await self._feedback(scope, receive, send)
+        elif action == "explain":
+            await self._explain(scope, receive, send)
         else:
             await self._inference(action, scope, receive, send)
 
@@ -299,6 +307,22 @@ class ServingApp:
             raise
         status, answer = await self.feedback.receive(body)
         await respond(send, status, answer)
+
+    async def _explain(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Per-feature attributions of a request's rows (``explain``); not an inference request,
+        so it is not counted in ``rollwise_requests_total`` nor in the feature metrics."""
+        if self.explainer is None:
+            raise ModelNotFoundError(
+                "explanations are off on this server; start it with --explain (spec.model.explain)"
+            )
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        body = await read_body(receive, headers, self.settings.max_body_bytes)
+        request = binary.decode_infer_request(body, binary.header_length(headers))
+        runtime, prepared = self.dataplane.prepared(request)
+        found = await self.explainer.explain(runtime, prepared, request)
+        self.metrics.observe_explanation(found.method, [row["attributions"] for row in found.rows])
+        names = self.metrics.feature_names or None
+        await respond(send, 200, explain.encode(self.settings.name, self.settings.version, names, found))
 
     async def _inference(self, action: str, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()

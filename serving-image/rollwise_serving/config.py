@@ -330,6 +330,17 @@ def _log_level(text: str) -> str:
     return text.lower()
 
 
+def _baseline(text: str) -> str:
+    values = json.loads(text)
+    if (
+        not isinstance(values, list)
+        or not values
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    ):
+        raise ValueError(f"{text!r} is not a JSON list of numbers")
+    return text
+
+
 def _switch(text: str) -> bool:
     try:
         return _SWITCH[text.lower()]
@@ -406,6 +417,39 @@ class Settings(BaseModel):
     """Path to the feature schema JSON, or the JSON itself (starts with ``{``)."""
     reference: Annotated[str | None, Flag("reference distribution JSON (path) for drift (PSI)")] = None
     """Path to the reference distribution JSON shipped with the model (drift baseline)."""
+    explain: Annotated[
+        bool,
+        Flag(
+            "true | false: serve POST /v2/models/{name}/explain (default false)",
+            "is not valid; use true or false",
+            _switch,
+            blank_is_unset=False,
+        ),
+    ] = False
+    """Per-feature attributions on request (``explain``); off by default because one explanation
+    costs up to ``--explain-max-evaluations`` model rows."""
+    explain_max_rows: Annotated[
+        int, _integer("rows one explain request may ask for (default 16)", 1, 1000)
+    ] = 16
+    explain_max_evaluations: Annotated[
+        int,
+        _integer("model rows one explanation may evaluate (default 65536)", 16, 1 << 24),
+    ] = 1 << 16
+    """The cost bound of a model-agnostic explanation: exact Shapley values need 2^features rows
+    per explained row, sampled ones (features + 1) per permutation; the number of permutations
+    is what fits in this budget."""
+    explain_timeout_ms: Annotated[
+        int, _integer("milliseconds one explanation may take before it is abandoned (504)", 10, 600_000)
+    ] = 5_000
+    explain_baseline: Annotated[
+        str | None,
+        Flag(
+            "JSON list of one number per feature: the row attributions are measured from "
+            "(default: the --reference medians)",
+            "is not valid; use a JSON list of numbers like [5.8, 3.0, 4.35, 1.3]",
+            _baseline,
+        ),
+    ] = None
     fallback_uri: Annotated[
         str | None, Flag("model answering when the primary fails or misses the deadline")
     ] = None

@@ -180,6 +180,17 @@ class Dataplane:
             orjson.dumps(doc_out), Outcome.FALLBACK if fallback else Outcome.SUCCESS, kept_id, codes
         )
 
+    def prepared(self, request: InferRequest) -> tuple[Runtime, dict[str, Array]]:
+        """A request checked as ``/infer`` checks it (the model's inputs, the feature schema) but
+        not counted: what ``explain`` attributes, which must not move drift or segment counts."""
+        runtime = self.repository.runtime()
+        prepared = runtime.prepare(request.inputs)
+        if self.schema is not None and len(prepared) == 1:
+            name, tensor = next(iter(prepared.items()))
+            if tensor.dtype.kind in "biuf":
+                self.schema.check_matrix(name, tensor)
+        return runtime, prepared
+
     def _check_schema(self, runtime: Runtime, prepared: dict[str, Array]) -> Codes:
         """The feature schema, on the tensor the model receives. Strings reach only models that
         take strings; they are read as the declared features and checked like the same numbers,

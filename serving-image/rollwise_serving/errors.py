@@ -53,3 +53,7 @@ class DeadlineError(TimeoutError):
 class RequestAbortedError(ConnectionError):
     """The connection closed before the whole request arrived (the client left, was too slow for
     ``--request-timeout-seconds``, or the server is shutting down)."""
+
+
+class BusyError(RuntimeError):
+    """A bounded resource (one explanation per process) is in use; the client may retry."""

@@ -38,8 +38,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import (
+    ATTRIBUTION_ABS,
     CACHE,
     DATA_QUALITY,
+    EXPLAINED_ROWS,
     FALLBACK,
     FEATURE_PSI,
     FEATURE_REFERENCE,
@@ -55,6 +57,7 @@ from rollwise_contract.metrics import (
     LABEL_WITH_PROBABILITIES,
     LABELLED,
     LABELS,
+    MAX_EXPLAINED_FEATURES,
     MAX_PEER_VERSIONS,
     MIRROR,
     MODEL_LOADED,
@@ -159,6 +162,7 @@ class ServerMetrics:
         self._bind_shadow()
         self._bind_quality()
         self._bind_segments(schema)
+        self._bind_explanations()
 
     # ---- start-up: one builder per metric family -----------------------------------------------
 
@@ -353,6 +357,35 @@ class ServerMetrics:
         series = QualitySeries(*(family.labels(*values) for family in self._quality_families))
         self._quality[(version, track)] = series
         return series
+
+    def _bind_explanations(self) -> None:
+        """Explanation summaries (``explain``): rows by method, and per feature the sum of absolute
+        attributions; features are the schema's, else ``x0``... up to ``MAX_EXPLAINED_FEATURES``."""
+        labels, reg = self._labelvalues, self.registry
+        rows = Counter(EXPLAINED_ROWS, "Rows explained, by method.", [*LABELS, "method"], registry=reg)
+        self._explained_rows = rows
+        self._attribution = Counter(
+            ATTRIBUTION_ABS,
+            "Sum over explained rows of each feature's absolute attribution.",
+            [*LABELS, "feature"],
+            registry=reg,
+        )
+        names = self.feature_names or tuple(f"x{i}" for i in range(MAX_EXPLAINED_FEATURES))
+        self._attribution_by_feature = [self._attribution.labels(*labels, n) for n in names]
+        self._attribution_other = self._attribution.labels(*labels, "other")
+
+    def observe_explanation(self, method: str, attributions: Any) -> None:
+        """One explanation's rows ([rows, features] attributions)."""
+        array = np.abs(np.asarray(attributions, dtype=np.float64))
+        if array.ndim != 2 or not len(array):
+            return
+        self._explained_rows.labels(*self._labelvalues, method).inc(len(array))
+        sums = array.sum(axis=0)
+        bound = len(self._attribution_by_feature)
+        for child, total in zip(self._attribution_by_feature, sums[:bound].tolist(), strict=False):
+            child.inc(total)
+        if len(sums) > bound:
+            self._attribution_other.inc(float(sums[bound:].sum()))
 
     def _bind_segments(self, schema: SchemaChecker | None) -> None:
         """Per segment value (#15): rows by outcome bound now (every value shows from 0); the

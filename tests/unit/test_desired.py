@@ -130,6 +130,25 @@ def test_optional_model_arguments_are_passed_when_set() -> None:
     assert args[-4:] == ["--fallback-uri", "s3://bucket/fallback.onnx", "--fallback-format", "onnx"]
 
 
+def test_explanations_are_passed_with_their_bounds_only_when_asked_for() -> None:
+    assert "--explain" not in container(edit(B))["args"]
+    args = container(edit(B, spec__model__explain={"maxRows": 4, "baseline": [5.8, 3.0, 4.35, 1.3]}))["args"]
+    assert args[args.index("--explain") :] == [
+        "--explain",
+        "true",
+        "--explain-max-rows",
+        "4",
+        "--explain-max-evaluations",
+        "65536",
+        "--explain-timeout-ms",
+        "5000",
+        "--explain-baseline",
+        "[5.8, 3.0, 4.35, 1.3]",
+    ]
+    with pytest.raises(ValidationError, match=r"max_rows|maxRows"):
+        md_of(edit(B, spec__model__explain={"maxRows": 0}))
+
+
 def test_a_pvc_artifact_is_mounted_read_only_and_passed_as_a_file_uri() -> None:
     doc = edit(
         B,

@@ -128,6 +128,21 @@ class ReferenceDistribution(ApiModel):
         return re.fullmatch(LOCAL_URI, self.uri) is not None
 
 
+class ExplainSpec(ApiModel):
+    """Per-feature attributions served at `POST /v2/models/{name}/explain`; off when unset."""
+
+    max_rows: int = Field(default=16, ge=1, le=1000)
+    """Rows one explain request may ask for."""
+    max_evaluations: int = Field(default=65536, ge=16, le=1 << 24)
+    """Model rows one explanation may evaluate: its cost bound (exact Shapley values need 2^features
+    rows per explained row)."""
+    timeout_ms: int = Field(default=5000, ge=10, le=600_000)
+    """Time one explanation may take before it is abandoned (504)."""
+    baseline: list[float] | None = Field(default=None, min_length=1, max_length=4096)
+    """One number per feature, the row attributions are measured from; unset: the reference's
+    per-feature medians (needs `featureSchema` and `reference`)."""
+
+
 class ModelSpec(ApiModel):
     """What to serve: one artifact, its digest and format, and what its inputs look like."""
 
@@ -149,6 +164,8 @@ class ModelSpec(ApiModel):
     """Training-time reference data for drift metrics; unset compares candidate with stable only."""
     fallback: FallbackModel | None = None
     """A second model answering when the primary fails to load or errors."""
+    explain: ExplainSpec | None = None
+    """Serve per-feature explanations of answers (bounded in rows, model calls and time)."""
 
     @rule(cel=f"self.uri.matches('{URI}')", field="uri", message=f"unsupported location; {URI_FIX}")
     def _uri_supported(self) -> bool:

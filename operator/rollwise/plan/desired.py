@@ -20,6 +20,7 @@ from rollwise.api.v1alpha1 import (
     API_VERSION,
     KIND,
     Autoscaling,
+    ExplainSpec,
     FallbackModel,
     ModelDeployment,
     ModelSpec,
@@ -144,6 +145,24 @@ def serve_args(model: ModelSpec, track: Track) -> list[JsonValue]:
         args += ["--reference", container_path(model.reference.uri)]
     if model.fallback is not None:
         args += _fallback_args(model.fallback)
+    if model.explain is not None:
+        args += _explain_args(model.explain)
+    return args
+
+
+def _explain_args(explain: ExplainSpec) -> list[JsonValue]:
+    args: list[JsonValue] = [
+        "--explain",
+        "true",
+        "--explain-max-rows",
+        str(explain.max_rows),
+        "--explain-max-evaluations",
+        str(explain.max_evaluations),
+        "--explain-timeout-ms",
+        str(explain.timeout_ms),
+    ]
+    if explain.baseline is not None:
+        args += ["--explain-baseline", json.dumps(explain.baseline)]
     return args
 
 

@@ -43,6 +43,23 @@ class Prediction:
     """Score per row: the predicted class's probability, or a regressor's value."""
 
 
+@dataclass(frozen=True, slots=True)
+class Contributions:
+    """Per-feature attributions of rows to a target (``explain``): each row's attributions add up
+    to ``values - base_values``."""
+
+    method: str
+    target: str
+    attributions: Array
+    """[rows, features]"""
+    values: Array
+    """The target at each row."""
+    base_values: Array
+    """The target at the baseline (or the model's expected value, for TreeSHAP)."""
+    stderr: Array | None = None
+    """[rows, features] standard errors, for sampled methods."""
+
+
 class Runtime(Protocol):
     format: ClassVar[ModelFormat]
     inputs: list[TensorSpec]

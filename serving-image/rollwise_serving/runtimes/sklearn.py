@@ -24,7 +24,15 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, TargetEncoder
 
 from rollwise_serving.errors import ArtifactError, InputError
 from rollwise_serving.protocol import InferInput, datatype_of
-from rollwise_serving.runtimes import Array, Prediction, TensorSpec, check_shape, classify, single_input
+from rollwise_serving.runtimes import (
+    Array,
+    Contributions,
+    Prediction,
+    TensorSpec,
+    check_shape,
+    classify,
+    single_input,
+)
 
 INPUT_NAME = "input-0"
 _STRING_ENCODERS = (
@@ -101,6 +109,36 @@ class SklearnRuntime:
         if self._classes is not None:
             return Prediction({"label": y}, y, None)
         return Prediction({"prediction": y}, None, y)
+
+    def contributions(
+        self, inputs: Mapping[str, Array], classes: Array | None, baseline: Array | None
+    ) -> Contributions | None:
+        """Exact attributions of a bare linear model (``explain``): ``w_j (x_j - b_j)`` on its
+        decision function, per row for that row's class; None for any other model (a pipeline's
+        steps may not be linear), which is then explained model-agnostically."""
+        model = self.model
+        if (
+            baseline is None
+            or not type(model).__module__.startswith("sklearn.linear_model")
+            or not hasattr(model, "coef_")
+        ):
+            return None
+        x = np.asarray(inputs[INPUT_NAME], dtype=np.float64)
+        coef = np.atleast_2d(np.asarray(model.coef_, dtype=np.float64))
+        intercept = np.atleast_1d(np.asarray(model.intercept_, dtype=np.float64))
+        if coef.shape[1] != x.shape[1]:
+            return None
+        if classes is None or coef.shape[0] > 1:
+            rows = np.zeros(len(x), dtype=int) if classes is None else np.asarray(classes)
+            w, b0 = coef[rows], intercept[rows]
+        else:  # binary: one row of weights, for the second class; the first class's is its negative
+            sign = np.where(np.asarray(classes) == 1, 1.0, -1.0)[:, None]
+            w, b0 = sign * coef[0], sign[:, 0] * intercept[0]
+        attributions = w * (x - baseline[None, :])
+        base = (w * baseline[None, :]).sum(axis=1) + b0
+        return Contributions(
+            "linear", "decision_function", attributions, base + attributions.sum(axis=1), base
+        )
 
 
 def _encoders(model: Any) -> list[Any]:
