@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from rollwise_contract.model import ModelFormat
 
-from rollwise_serving.errors import InputError
+from rollwise_serving.errors import ArtifactError, InputError
 from rollwise_serving.protocol import DATATYPES, InferInput
 
 Array = np.ndarray[Any, Any]
@@ -75,8 +75,32 @@ class Runtime(Protocol):
     def predict(self, inputs: Mapping[str, Array]) -> Prediction: ...
 
 
+ENTRY_SUFFIXES: dict[ModelFormat, tuple[str, ...]] = {
+    ModelFormat.SKLEARN: (".joblib", ".pkl", ".pickle"),
+    ModelFormat.ONNX: (".onnx",),
+    ModelFormat.PYTHON: (".py",),
+}
+"""The file a directory artifact is loaded from, by format: the one file at its root with one of
+these suffixes (the rest of the directory is the model's: weights, vocabularies, external data)."""
+
+
+def entry_file(root: Path, fmt: ModelFormat) -> Path:
+    suffixes = ENTRY_SUFFIXES.get(fmt, ())
+    found = sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+    if len(found) != 1:
+        names = [p.name for p in found]
+        raise ArtifactError(
+            f"a {fmt} directory artifact needs exactly one {' or '.join(suffixes)} file at its root; "
+            f"found {len(found)}: {names}"
+        )
+    return found[0]
+
+
 def load_runtime(fmt: ModelFormat, path: Path, *, python_class: str = "Model") -> Runtime:
-    """Deserialise a verified artifact. Imports lazily: an ONNX image never imports sklearn."""
+    """Deserialise a verified artifact (a file, or a directory artifact's entry file, whose
+    directory the model may read). Imports lazily: an ONNX image never imports sklearn."""
+    if path.is_dir():
+        path = entry_file(path, fmt)
     if fmt is ModelFormat.SKLEARN:
         from rollwise_serving.runtimes.sklearn import SklearnRuntime  # noqa: PLC0415
 

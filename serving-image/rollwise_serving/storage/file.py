@@ -13,9 +13,13 @@ from rollwise_serving.errors import ArtifactTooLargeError, StorageError
 SCHEMES = frozenset({"", "file"})
 
 
-def fetch(uri: str, *, max_bytes: int) -> Path:
+def local_path(uri: str) -> Path:
     parts = urlsplit(uri)
-    path = Path(unquote(parts.path) if parts.scheme else uri)
+    return Path(unquote(parts.path) if parts.scheme else uri)
+
+
+def fetch(uri: str, *, max_bytes: int) -> Path:
+    path = local_path(uri)
     if not path.is_file():
         raise StorageError(
             f"model artifact {str(path)!r} is not a readable file; check the path or the volume mount"
