@@ -155,8 +155,9 @@ class ModelSpec(ApiModel):
     http(s)://host/path, or s3://bucket/key. A URI ending in `/`, or a `.tar.gz`/`.zip`, is a
     directory artifact whose root holds a `SHA256SUMS` manifest; its `sha256` is the manifest's."""
     sha256: Sha256 | None = None
-    """Hex sha256 of the artifact (of its `SHA256SUMS` for a directory), checked before loading; required for sklearn (unpickled) and
-    python (a `.py` file that is executed), which would run code from a tampered file."""
+    """Hex sha256 of the artifact (of its `SHA256SUMS` for a directory), checked before loading;
+    required for sklearn (unpickled) and python (a `.py` file that is executed), which would run
+    code from a tampered file."""
     format: ModelFormat
     """How the serving image loads the artifact."""
     feature_schema: FeatureSchema | None = None
