@@ -93,6 +93,24 @@ BAD = [
         id="a remote reference distribution is rejected: the server reads it from disk",
     ),
     pytest.param(
+        edit(B, spec__model__format="onnx", spec__model__sha256=None, spec__model__uri="s3://models/iris/"),
+        [
+            "spec.model.sha256: required for a directory or archive artifact (a uri ending in /, .tar.gz, "
+            ".tgz or .zip): pin the digest of its manifest (sha256sum SHA256SUMS)"
+        ],
+        RULE,
+        id="a directory artifact without a digest is rejected",
+    ),
+    pytest.param(
+        edit(B, spec__model__format="onnx", spec__model__sha256=None, spec__model__uri="https://h/m.tar.gz"),
+        [
+            "spec.model.sha256: required for a directory or archive artifact (a uri ending in /, .tar.gz, "
+            ".tgz or .zip): pin the digest of its manifest (sha256sum SHA256SUMS)"
+        ],
+        RULE,
+        id="an archive artifact without a digest is rejected",
+    ),
+    pytest.param(
         edit(B, spec__model__fallback={"uri": "file:///models/fallback.joblib"}),
         [
             "spec.model.fallback.sha256: required when loading the fallback runs code (format sklearn or "

@@ -184,6 +184,16 @@ class ModelSpec(ApiModel):
         return self.format not in PICKLE_FORMATS or self.sha256 is not None
 
     @rule(
+        cel="!(self.uri.endsWith('/') || self.uri.endsWith('.tar.gz') || self.uri.endsWith('.tgz') "
+        "|| self.uri.endsWith('.zip')) || has(self.sha256)",
+        field="sha256",
+        message="required for a directory or archive artifact (a uri ending in /, .tar.gz, .tgz or "
+        ".zip): pin the digest of its manifest (sha256sum SHA256SUMS)",
+    )
+    def _directory_has_digest(self) -> bool:
+        return not self.uri.endswith(("/", ".tar.gz", ".tgz", ".zip")) or self.sha256 is not None
+
+    @rule(
         cel="!has(self.fallback) || has(self.fallback.sha256) || "
         "(has(self.fallback.format) ? self.fallback.format : self.format) == 'onnx'",
         field="fallback.sha256",
