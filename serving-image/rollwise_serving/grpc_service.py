@@ -300,13 +300,17 @@ class InferenceService:
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
-        """Counted as REST's infer route is: by outcome, with its latency and while in flight."""
+        """Counted as REST's infer route is: by outcome, with its latency and while in flight; a
+        call naming another model is refused first and not counted (REST's router does the same)."""
+        try:
+            self._check_model(request.model_name, request.model_version)
+        except ModelNotFoundError as err:
+            await self._abort(context, err)
         start = time.perf_counter()
         metrics = self.metrics
         metrics.inflight.inc()
         outcome = Outcome.SERVER_ERROR
         try:
-            self._check_model(request.model_name, request.model_version)
             done = await self.dataplane.infer_request(decode_request(request))
             outcome = done.outcome
             response = encode_response(
