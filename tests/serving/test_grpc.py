@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from rollwise_serving.config import SettingsError, parse_settings
 from sklearn.datasets import load_iris
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -40,7 +41,7 @@ from tests.serving.conftest import (
 )
 from tests.serving.test_binary import DATATYPES, ECHO, as_text, sample
 from tests.serving.test_resilience import python_model as broken_model
-from tests.serving.test_shadow_agreement import python_model
+from tests.serving.test_shadow_agreement import eventually, python_model
 
 TYPED = {
     "BOOL": "bool_contents",
@@ -71,17 +72,19 @@ def client(server: Server) -> triton.InferenceServerClient:
     return triton.InferenceServerClient(url=address(server))
 
 
-def call(server: Server, request: pb.ModelInferRequest) -> tuple[pb.ModelInferResponse, Any]:
+def call(
+    server: Server, request: pb.ModelInferRequest, timeout: float = 30
+) -> tuple[pb.ModelInferResponse, Any]:
     """A ModelInfer through Triton's generated stub: the answer and the call (its metadata)."""
     with grpc.insecure_channel(address(server)) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        response, done = stub.ModelInfer.with_call(request, timeout=30)
+        response, done = stub.ModelInfer.with_call(request, timeout=timeout)
         return response, done
 
 
-def refused(server: Server, request: pb.ModelInferRequest) -> grpc.RpcError:
+def refused(server: Server, request: pb.ModelInferRequest, timeout: float = 30) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as err:
-        call(server, request)
+        call(server, request, timeout)
     return err.value
 
 
@@ -116,6 +119,37 @@ def echo(servers: ServerFactory, tmp_path_factory: pytest.TempPathFactory) -> Se
 @pytest.fixture(scope="module")
 def iris(servers: ServerFactory, models: dict[str, Any]) -> Server:
     return start(servers, *model_args(models, "iris-v1"), *schema_args(models))
+
+
+# ---- the flag ---------------------------------------------------------------------------------------
+
+FLAGS = ["--model-uri", "/m", "--name", "n", "--version", "1", "--sha256", "a" * 64]
+
+
+def test_grpc_is_off_by_default_and_its_port_reaches_the_workers() -> None:
+    assert parse_settings(FLAGS, {}).grpc_port is None
+    on = parse_settings(FLAGS, {"ROLLWISE_GRPC_PORT": "9001"})
+    assert on.grpc_port == 9001
+    assert parse_settings([], on.to_environ()) == on  # --workers processes read it from the env
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (
+            ["--grpc-port", "8080"],
+            "--grpc-port 8080 is --port too; give gRPC a port of its own, e.g. 8081",
+        ),
+        (
+            ["--grpc-port", "70000"],
+            "--grpc-port (env ROLLWISE_GRPC_PORT): '70000' is not valid; use an integer from 1 to 65535",
+        ),
+    ],
+)
+def test_a_bad_grpc_port_is_refused_naming_the_fix(flags: list[str], problem: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        parse_settings([*FLAGS, *flags], {})
+    assert err.value.problems == [problem]
 
 
 # ---- health and metadata -------------------------------------------------------------------------
@@ -370,6 +404,18 @@ def test_a_failing_or_late_model_is_internal_or_deadline_exceeded(
     err = refused(slow, typed("input-0", "FP64", np.array([SETOSA])))
     assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED and "deadline" in err.details()
     assert requests(slow, "server_error") == 1
+
+
+def test_a_call_whose_own_deadline_passes_is_the_clients_and_its_latency_is_observed(
+    fresh_servers: ServerFactory, tmp_path: Path
+) -> None:
+    slow = start(fresh_servers, *broken_model(tmp_path, "slow"))  # 0.5 s a call, no --deadline-ms
+    err = refused(slow, typed("input-0", "FP64", np.array([SETOSA])), timeout=0.1)
+    assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    eventually(lambda: requests(slow, "client_error") == 1, "the cancelled call to be counted")
+    assert requests(slow, "server_error") == requests(slow, "success") == 0
+    assert slow.sample("rollwise_request_duration_seconds_count") == 1
+    assert slow.sample("rollwise_inflight_requests") == 0
 
 
 # ---- the prediction id and feedback --------------------------------------------------------------
