@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from rollwise_serving.config import SettingsError, parse_settings
+from rollwise_serving.grpc_service import encode_response
+from rollwise_serving.protocol import InferOutput
 from sklearn.datasets import load_iris
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -228,6 +230,25 @@ def test_fp16_has_no_typed_field_and_is_sent_raw(echo: Server) -> None:
     err = refused(echo, typed("x", "FP16", x, model="echo", field="fp32_contents"))
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert err.details() == "inputs[0] ('x'): FP16 has no typed contents field; send it in raw_input_contents"
+
+
+def test_an_fp16_output_makes_a_typed_answer_raw_as_a_whole() -> None:
+    """FP16 has no typed field, and a client reads raw outputs by position: all go raw or none."""
+    half, labels = np.array([[1.5, -2.0]], np.float16), np.array(["a", "b"], dtype=object)
+    outputs = [InferOutput("scores", half), InferOutput("label", labels)]
+    answer = pb.ModelInferResponse.FromString(
+        encode_response("m", "v1", "id-1", outputs, raw=False).SerializeToString()
+    )
+    assert [(o.name, o.datatype, list(o.shape)) for o in answer.outputs] == [
+        ("scores", "FP16", [1, 2]),
+        ("label", "BYTES", [2]),
+    ]
+    assert not any(o.HasField("contents") for o in answer.outputs)
+    assert answer.raw_output_contents == [half.astype("<f2").tobytes(), b"\x01\0\0\0a\x01\0\0\0b"]
+    typed_only = encode_response("m", "v1", "id-2", outputs[1:], raw=False)
+    assert (
+        typed_only.outputs[0].contents.bytes_contents == [b"a", b"b"] and not typed_only.raw_output_contents
+    )
 
 
 def test_a_thousand_iris_rows_answer_as_they_do_over_rest(iris: Server) -> None:
