@@ -165,8 +165,11 @@ def test_liveness_readiness_and_metadata_answer_as_rest_does(iris: Server) -> No
         model = c.get_model_metadata("iris", as_json=True)
         with pytest.raises(InferenceServerException) as err:
             c.is_model_ready("nope")
+        with pytest.raises(InferenceServerException) as unimplemented:
+            c.get_model_config("iris")  # a Triton extension this server does not have
     assert "StatusCode.NOT_FOUND" in str(err.value.status())
     assert "no model 'nope'; this server serves 'iris'" in err.value.message()
+    assert "StatusCode.UNIMPLEMENTED" in str(unimplemented.value.status())
     assert server == iris.get("/v2").json()
     rest = iris.get("/v2/models/iris").json()
     for tensor in (*rest["inputs"], *rest["outputs"]):
@@ -183,6 +186,10 @@ def test_a_model_that_is_not_loaded_is_not_ready_and_answers_unavailable(
     with client(s) as c:
         assert c.is_server_live()
         assert not c.is_server_ready() and not c.is_model_ready("iris")
+        with pytest.raises(InferenceServerException) as metadata:
+            c.get_model_metadata("iris")
+    assert "StatusCode.UNAVAILABLE" in str(metadata.value.status())
+    assert metadata.value.message() == s.get("/v2/models/iris").json()["error"]
     err = refused(s, typed("input-0", "FP32", np.array([SETOSA], dtype=np.float32)))
     assert err.code() is grpc.StatusCode.UNAVAILABLE
     assert err.details() == s.post("/v2/models/iris/infer", content=infer_body([SETOSA])).json()["error"]
