@@ -15,6 +15,7 @@ lint: bootstrap
 	$(VENV)/mypy
 	$(VENV)/lint-imports
 	$(VENV)/python -m rollwise.api.crdgen --check
+	$(VENV)/python scripts/oip_codegen.py --check
 	bash charts/sync-crds.sh --check
 
 # Everything CI runs: lint, then every test against the real local cluster.

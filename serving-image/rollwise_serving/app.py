@@ -52,6 +52,7 @@ from rollwise_serving.explain import Explainer
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
 from rollwise_serving.feedback import ID_HEADER, Feedback, feedback_of, is_mirror_copy
 from rollwise_serving.forwarding import Forwarder, Matches, UserHash
+from rollwise_serving.grpc_service import GrpcServer, InferenceService
 from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.mirroring import HopSeal, Mirror
 from rollwise_serving.protocol import ProtocolError
@@ -135,6 +136,7 @@ class ServingApp:
         self.explainer = (
             Explainer(settings, schema.names if schema else None, reference) if settings.explain else None
         )
+        self.grpc = _grpc_server(self)
         self._loader: asyncio.Task[None] | None = None
         m = self.metrics
         self._inflight, self._duration, self._requests = m.inflight, m.request_duration, m.requests
@@ -149,6 +151,8 @@ class ServingApp:
             self.mirror.start()
         if self.forwarder:
             self.forwarder.start()
+        if self.grpc:
+            await self.grpc.start()
 
     async def _load(self) -> None:
         await self.repository.load()
@@ -166,6 +170,8 @@ class ServingApp:
             self.feedback.bind(runtime.classes, self.metrics.classes)
 
     async def shutdown(self) -> None:
+        if self.grpc:
+            await self.grpc.stop()
         if self._loader is not None:
             self._loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -474,6 +480,22 @@ def limits_of(settings: Settings) -> Limits:
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
     )
+
+
+def _grpc_server(app: ServingApp) -> GrpcServer | None:
+    """The OIP gRPC service on --grpc-port, over this app's dataplane, metrics and error table."""
+    settings = app.settings
+    if settings.grpc_port is None:
+        return None
+    service = InferenceService(
+        settings,
+        dataplane=app.dataplane,
+        repository=app.repository,
+        metrics=app.metrics,
+        errors=ERRORS,
+        server_metadata=app.server_metadata,
+    )
+    return GrpcServer(service, settings.host, settings.grpc_port, settings.max_body_bytes)
 
 
 def _forwarder(settings: Settings, metrics: ServerMetrics, seal: HopSeal) -> Forwarder | None:

@@ -413,6 +413,16 @@ class Settings(BaseModel):
     track: Annotated[Track, _choice("stable | candidate (default stable)", Track)] = Track.STABLE
     host: Annotated[str, Flag("listen address (default 0.0.0.0)")] = "0.0.0.0"
     port: Annotated[int, _integer("listen port (default 8080)", 1, 65535)] = 8080
+    grpc_port: Annotated[
+        int | None,
+        _integer("OIP gRPC listen port (default: off; the operator sets 8081)", 1, 65535),
+    ] = None
+    """Port of the Open Inference Protocol's gRPC service (``grpc_service``), on ``--host``; unset,
+    the server speaks REST only. Off by default because every ``--workers`` process binds it with
+    ``SO_REUSEPORT``: a fixed default would let two servers started by hand on one machine (tests,
+    benchmarks, a second model) share it silently, each answering part of the other's clients,
+    where an explicit port fails loudly. The operator turns it on at 8081 (REST's port + 1, as
+    KServe's servers do) and exposes it as the ``grpc`` port of the pod and its Services."""
     feature_schema: Annotated[str | None, Flag("feature schema JSON: a path or inline JSON")] = None
     """Path to the feature schema JSON, or the JSON itself (starts with ``{``)."""
     reference: Annotated[str | None, Flag("reference distribution JSON (path) for drift (PSI)")] = None
@@ -709,7 +719,19 @@ _HASH_ROUTING = ("hash_header", "hash_range", "forward_url")
 
 
 def _combination_problems(given: Mapping[str, str]) -> list[str]:
-    return [*_routing_problems(given), *_digest_problems(given), *_redis_problems(given)]
+    return [
+        *_routing_problems(given),
+        *_digest_problems(given),
+        *_redis_problems(given),
+        *_port_problems(given),
+    ]
+
+
+def _port_problems(given: Mapping[str, str]) -> list[str]:
+    grpc_port = given.get("grpc_port")
+    if grpc_port is not None and grpc_port.strip() == given.get("port", "8080").strip():
+        return [f"--grpc-port {grpc_port} is --port too; give gRPC a port of its own, e.g. 8081"]
+    return []
 
 
 def _redis_problems(given: Mapping[str, str]) -> list[str]:

@@ -179,13 +179,19 @@ def _output_parameters(index: int, raw: dict[str, Any]) -> dict[str, bool]:
         return {}
     if not isinstance(parameters, dict):
         raise ProtocolError(f"{path} must be a JSON object")
+    refuse_classification(path, parameters)
+    flag = _flag(f"{path}.binary_data", parameters.get("binary_data"))
+    return {} if flag is None else {raw["name"]: flag}
+
+
+def refuse_classification(path: str, parameters: dict[str, Any]) -> None:
+    """Triton's ``classification`` (top-k strings) is refused rather than silently ignored; the
+    REST and gRPC decoders both ask here, so both say the same."""
     if parameters.get("classification"):
         raise ProtocolError(
             f"{path}.classification is not supported by this server; ask for the label and "
             "probabilities outputs instead"
         )
-    flag = _flag(f"{path}.binary_data", parameters.get("binary_data"))
-    return {} if flag is None else {raw["name"]: flag}
 
 
 def _decode_input(index: int, raw: Any, binary: BinaryReader | None = None) -> InferInput:
@@ -199,7 +205,7 @@ def _decode_input(index: int, raw: Any, binary: BinaryReader | None = None) -> I
     datatype = raw.get("datatype")
     if datatype not in DATATYPES:
         raise ProtocolError(f"{path}.datatype: {datatype!r} is not valid; use one of {', '.join(DATATYPES)}")
-    shape = _shape(path, raw.get("shape"))
+    shape = check_shape(path, raw.get("shape"))
     parameters = raw.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise ProtocolError(f"{path}.parameters must be a JSON object")
@@ -247,7 +253,9 @@ def _binary_input(
     return array
 
 
-def _shape(path: str, shape: Any) -> list[int]:
+def check_shape(path: str, shape: Any) -> list[int]:
+    """A tensor's shape, refused naming ``path`` unless it is 1 to ``MAX_RANK`` non-negative ints
+    (REST's JSON list and gRPC's repeated int64 alike)."""
     if (
         not isinstance(shape, list)
         or not 0 < len(shape) <= MAX_RANK

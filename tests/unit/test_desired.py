@@ -99,10 +99,17 @@ def test_the_container_runs_rollwise_serve_with_the_model_arguments() -> None:
         "--version", "1.0.0",
         "--track", "stable",
         "--port", "8080",
+        "--grpc-port", "8081",
     ]  # fmt: skip
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # the probes stay on HTTP: a gRPC port that fails to bind stops the server at start-up anyway
+    probes = [c[p]["httpGet"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
+    assert {(probe["port"], probe["scheme"]) for probe in probes} == {("http", "HTTP")}
 
 
 def test_the_image_from_the_spec_wins_over_the_operator_default() -> None:
@@ -315,9 +322,11 @@ def test_services_select_both_tracks_or_one() -> None:
         "rollwise.dev/model-deployment": "iris",
         "rollwise.dev/track": "candidate",
     }
-    assert main["spec"]["ports"] == [
-        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
-    ]
+    for service in (main, stable, candidate):
+        assert service["spec"]["ports"] == [
+            {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+            {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        ]
     narrowed = desired_services(md, owner_uid=UID, main_track=Track.CANDIDATE)[0]
     assert narrowed["spec"]["selector"] == {
         "rollwise.dev/model-deployment": "iris",

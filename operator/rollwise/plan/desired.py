@@ -48,9 +48,12 @@ from rollwise.plan.state import ENDED_PHASES, State, World, candidate_exists, cu
 from rollwise.plan.steps import Preview
 
 SERVING_PORT = 8080
-"""The serving container's one port: OIP v2 inference, health and /metrics."""
+"""The serving container's HTTP port: OIP v2 REST inference, health (the probes) and /metrics."""
 SERVICE_PORT = 80
 """What clients call: `http://<name>.<namespace>/v2/models/<model>/infer`."""
+GRPC_PORT = 8081
+"""The serving container's OIP gRPC port (`rollwise-serve --grpc-port`), and the Services' port
+named `grpc` for it: REST's port + 1, as KServe's servers do (`<name>.<namespace>:8081`)."""
 RUN_AS = 65532
 """The conventional "nonroot" uid/gid of distroless images; the serving image owns nothing as it."""
 PVC_ROOT = "/mnt/pvc"
@@ -133,6 +136,8 @@ def serve_args(model: ModelSpec, track: Track) -> list[JsonValue]:
         str(track),
         "--port",
         str(SERVING_PORT),
+        "--grpc-port",
+        str(GRPC_PORT),
     ]
     if model.feature_schema is not None:
         schema = model.feature_schema.model_dump(mode="json", exclude_none=True)
@@ -259,7 +264,10 @@ def serving_container(
         "image": runtime.image or serving_image,
         "command": [SERVE_COMMAND],
         "args": [*serve_args(model, track), *extra_args],
-        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
     }
     container["env"] = _env(runtime, owner_uid)
     resources = container_resources(runtime)
@@ -409,7 +417,16 @@ def _service(
                     "targetPort": "http",
                     "protocol": "TCP",
                     "appProtocol": "http",
-                }
+                },
+                # OIP over gRPC. No router weights it: it reaches the pods this Service selects
+                # (kube-proxy balances connections, and HTTP/2 keeps one open for many calls).
+                {
+                    "name": "grpc",
+                    "port": GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
             ],
         },
     }
