@@ -65,6 +65,7 @@ CODES: Final[dict[int, grpc.StatusCode]] = {
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     408: grpc.StatusCode.CANCELLED,
+    429: grpc.StatusCode.UNAVAILABLE,  # busy: retry, as gRPC maps HTTP 429
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
     500: grpc.StatusCode.INTERNAL,
