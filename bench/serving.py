@@ -51,6 +51,7 @@ CACHE = Path(os.environ.get("ROLLWISE_CACHE", Path.home() / ".cache" / "rollwise
 VENVS = CACHE / "bench-venvs"
 WORK = CACHE / "bench-work"
 WRK = "/usr/bin/wrk"
+PY_SPY = str(REPO / ".venv" / "bin" / "py-spy")
 # Each peer's virtualenv installs bench/peers/NAME.txt: every package pinned with its hashes
 # (`make lock` makes it from NAME.in, where the peers' own pins are explained).
 PEER_LOCKS = REPO / "bench" / "peers"
@@ -507,6 +508,13 @@ def main() -> int:
         help="the same interleaving for rollwise-segmented (two segments declared) against "
         "rollwise-schema (the same schema without segments)",
     )
+    parser.add_argument(
+        "--tracking-profile",
+        type=int,
+        metavar="SECONDS",
+        help="only profile a tracked rollwise server under load for SECONDS and report the share of "
+        "its CPU samples spent keeping answers for labels (py-spy)",
+    )
     args = parser.parse_args()
     if not Path(WRK).exists():
         sys.exit("wrk is not installed: apt-get install wrk (scripts/bootstrap.sh does)")
@@ -514,6 +522,9 @@ def main() -> int:
     only = set(args.only.split(",")) if args.only else None
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     models = ensure_models()
+    if args.tracking_profile:
+        print(tracking_profile(models, args.tracking_profile))
+        return 0
     if args.tracking_cost:
         print(interleaved_tracking_cost(models, concurrencies, args.duration, args.tracking_cost))
         return 0
@@ -720,6 +731,68 @@ def keep_microseconds(answers: int = 200_000) -> float:
 
 def _median_rps(cells: list[tuple[Result, float]]) -> float:
     return statistics.median(r.rps for r, _ in cells)
+
+
+KEEPING = ("Dataplane._keep", "Feedback.record")
+"""Frames of keeping an answer for its label: a sample with one of them on its stack is that work."""
+
+
+def tracking_profile(models: dict[str, Any], seconds: int) -> str:
+    """The direct cost of keeping answers for labels, measured where the machine's load cannot
+    move it: py-spy samples a tracked server saturated by wrk (c=64) and counts the share of its
+    samples inside ``KEEPING``; with the server's CPU per request over the same window that is
+    microseconds per answer. What this misses is indirect cost (caches, allocator), which only the
+    interleaved A/B (``--tracking-cost``) can show."""
+    [target] = targets(models, {"rollwise"})
+    script = lua_script()
+    raw = WORK / "tracking-profile.txt"
+    port, proc, _ = start(target)
+    try:
+        url = f"http://127.0.0.1:{port}{target.path}"
+        check_answer(port, target.path)
+        wrk(url, 16, 1, script)  # warm-up
+        load = subprocess.Popen(
+            [WRK, "-t1", "-c64", f"-d{seconds + 4}s", "-s", str(script), url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(2)
+        served, cpu = _served(port), cpu_seconds(proc.pid)
+        spy = [PY_SPY, "record", "-p", str(proc.pid), "-d", str(seconds), "-r", "250"]
+        subprocess.run(
+            [*spy, "-f", "raw", "-o", str(raw), "--nonblocking"],
+            check=True,
+            capture_output=True,
+        )
+        served, cpu = _served(port) - served, cpu_seconds(proc.pid) - cpu
+        load.wait()
+    finally:
+        terminate(proc)
+    total = keeping = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        total += int(count)
+        if any(f.split(" (")[0] in KEEPING for f in frames):
+            keeping += int(count)
+    per_request = 1e6 * cpu / max(served, 1)
+    share = keeping / max(total, 1)
+    return (
+        f"Tracked server at c=64 for {seconds} s: {served:,} requests, {per_request:.0f} µs CPU each; "
+        f"{keeping:,} of {total:,} py-spy samples ({100 * share:.1f} %) inside keeping answers for "
+        f"labels ({', '.join(KEEPING)}), i.e. about {share * per_request:.1f} µs an answer"
+    )
+
+
+def _served(port: int) -> int:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("rollwise_requests_total{")
+        )
+    )
 
 
 def cpu_seconds(pid: int) -> float:
