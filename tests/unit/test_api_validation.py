@@ -76,7 +76,7 @@ BAD = [
     ),
     pytest.param(
         edit(B, spec__model__format="pytorch"),
-        ["spec.model.format: 'pytorch' is invalid: Input should be 'sklearn', 'onnx' or 'python'"],
+        ["spec.model.format: 'pytorch' is invalid: Input should be 'sklearn', 'onnx', 'python', 'xgboost' or 'lightgbm'"],
         SCHEMA,
         id="an unknown model format lists the accepted ones",
     ),
