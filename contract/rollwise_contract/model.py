@@ -15,9 +15,11 @@ class ModelFormat(StrEnum):
     PYTHON = "python"
     """A Python file defining a model with a `predict` method (it runs code: needs a sha256 digest)."""
     XGBOOST = "xgboost"
-    """An XGBoost booster saved as JSON or UBJ (`save_model`, native or scikit-learn API)."""
+    """An XGBoost booster saved as JSON or UBJ (`save_model`, native or scikit-learn API); needs a
+    serving image with the `xgboost` extra."""
     LIGHTGBM = "lightgbm"
-    """A LightGBM booster saved as text (`Booster.save_model`)."""
+    """A LightGBM booster saved as text (`Booster.save_model`); needs a serving image with the
+    `lightgbm` extra."""
 
 
 PICKLE_FORMATS = frozenset({ModelFormat.SKLEARN, ModelFormat.PYTHON})
