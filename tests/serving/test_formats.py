@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trained]:
     return _train(tmp_path_factory.mktemp("boosters"))
 
 
-def serve_args(model: Trained, *extra: str, name: str = "m") -> list[str]:
+def serve_args(model: Trained, *extra: str, version: str = "v1") -> list[str]:
     # No --sha256: these formats are data, not code (the server logs "loaded, not verified").
     return [
         "--model-uri",
@@ -127,9 +128,9 @@ def serve_args(model: Trained, *extra: str, name: str = "m") -> list[str]:
         "--format",
         model.format,
         "--name",
-        name,
+        "m",
         "--version",
-        "v1",
+        version,
         *extra,
     ]
 
@@ -299,7 +300,9 @@ def test_declared_classes_name_the_indices_in_metrics_and_feedback_with_log_loss
     names = ["setosa", "versicolor", "virginica"]
     schema = tmp_path / "schema.json"
     features = [{"name": f"f{i}", "type": "float"} for i in range(4)]
-    schema.write_text(json.dumps({"features": features, "output": {"kind": "classifier", "classes": names}}))
+    segments = [{"feature": "f2", "bins": [2.5]}]  # petal length: setosa below 2.5
+    output = {"kind": "classifier", "classes": names}
+    schema.write_text(json.dumps({"features": features, "output": output, "segments": segments}))
     model = trained["lightgbm-classifier"]
     s = fresh_servers.start(*serve_args(model, "--feature-schema", str(schema)))
     rows = IRIS_X[[0, 60, 120]]
@@ -330,6 +333,13 @@ def test_declared_classes_name_the_indices_in_metrics_and_feedback_with_log_loss
     assert s.sample("rollwise_label_log_loss_total") == pytest.approx(sum(losses), rel=1e-9)
     correct = sum(a == b for a, b in zip(out["label"]["data"], truth, strict=True))
     assert s.sample("rollwise_label_correct_total") == correct
+    # per segment: every row predicted and labelled once, by its declared class name
+    for name in names:
+        assert s.sample("rollwise_segment_predictions_total", segment="f2", **{"class": name}) == out[
+            "label"
+        ]["data"].count(name)
+    assert s.sample("rollwise_segment_labelled_total", segment="f2") == 3
+    assert s.sample("rollwise_segment_label_correct_total", segment="f2") == correct
 
 
 def test_feedback_on_index_classes_joins_with_log_loss(
@@ -349,6 +359,29 @@ def test_feedback_on_index_classes_joins_with_log_loss(
     assert fb.status_code == 200, fb.text
     losses = [-math.log(max(float(probabilities[i, int(t)]), 1e-15)) for i, t in enumerate(truth)]
     assert s.sample("rollwise_label_log_loss_total") == pytest.approx(sum(losses), rel=1e-6)
+
+
+def test_a_lightgbm_shadow_of_an_xgboost_stable_is_compared_row_by_row(
+    fresh_servers: ServerFactory, trained: dict[str, Trained]
+) -> None:
+    """Shadow agreement reads both boosters' answers as it reads scikit-learn's: the same class
+    index agrees, and each row's delta is its largest probability difference."""
+    own, peer = trained["xgboost-native-json"], trained["lightgbm-classifier"]
+    candidate = fresh_servers.start(*serve_args(peer, "--track", "candidate", version="v2"))
+    stable = fresh_servers.start(*serve_args(own, "--mirror-url", candidate.url))
+    rows = IRIS_X[::3]
+    infer(stable, rows)
+    a, b = own.expected(rows), peer.expected(rows)
+    deadline = time.monotonic() + 15
+    while stable.sample("rollwise_shadow_compared_total", peer_version="v2") < len(rows):
+        assert time.monotonic() < deadline, stable.logs()[-2000:]
+        time.sleep(0.05)
+    assert stable.sample("rollwise_shadow_compared_total") == len(rows)
+    assert stable.sample("rollwise_shadow_agreed_total") == int((a["label"] == b["label"]).sum())
+    assert stable.sample("rollwise_shadow_uncomparable_total") == 0
+    deltas = np.abs(a["probabilities"].astype(np.float64) - b["probabilities"]).max(axis=1)
+    assert stable.sample("rollwise_shadow_delta_count") == len(rows)
+    assert stable.sample("rollwise_shadow_delta_sum") == pytest.approx(float(deltas.sum()), rel=1e-5)
 
 
 @pytest.mark.parametrize("key", ["xgboost-native-json", "lightgbm-regressor"])
