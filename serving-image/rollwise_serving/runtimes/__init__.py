@@ -137,8 +137,9 @@ def probe_load(path: Path, code: str, what: str) -> None:
     if done.returncode == 0:
         return
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-    fatal = [line for line in lines if "Fatal" in line or "Error" in line]
-    detail = (fatal or lines or ["no message"])[-1][:500]
+    # The native library's first fatal message is the cause; else the Python exception's line.
+    fatal = [line for line in lines if "[Fatal]" in line][:1]
+    detail = (fatal or [line for line in lines if "Error" in line] or lines or ["no message"])[-1][:500]
     if done.returncode < 0:
         detail = f"the library crashed (signal {-done.returncode}) parsing it: {detail}"
     raise ArtifactError(f"{path.name} is not a loadable {what}: {detail}")
