@@ -14,10 +14,17 @@ class ModelFormat(StrEnum):
     """An ONNX graph run by onnxruntime."""
     PYTHON = "python"
     """A Python file defining a model with a `predict` method (it runs code: needs a sha256 digest)."""
+    XGBOOST = "xgboost"
+    """An XGBoost booster saved as JSON or UBJ (`save_model`, native or scikit-learn API); needs a
+    serving image with the `xgboost` extra."""
+    LIGHTGBM = "lightgbm"
+    """A LightGBM booster saved as text (`Booster.save_model`); needs a serving image with the
+    `lightgbm` extra."""
 
 
 PICKLE_FORMATS = frozenset({ModelFormat.SKLEARN, ModelFormat.PYTHON})
-"""Formats whose loading runs code from the artifact, so the digest is checked before loading."""
+"""Formats whose loading runs code from the artifact, so they load only with a pinned digest. ONNX,
+XGBoost (JSON/UBJ) and LightGBM (text) artifacts are data: a digest is checked when pinned."""
 
 
 class Track(StrEnum):

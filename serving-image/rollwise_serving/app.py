@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import orjson
+from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import Outcome
 
 from rollwise_serving import __version__, binary, explain
@@ -107,7 +108,12 @@ class ServingApp:
             schema=schema,
             reference=reference,
         )
-        self.repository = Repository(settings)
+        # Declared classes name the class indices of formats that store no labels (XGBoost, LightGBM).
+        declared = schema.output if schema else None
+        self.repository = Repository(
+            settings,
+            class_names=declared.classes if declared and declared.kind is OutputKind.CLASSIFIER else None,
+        )
         self.cache = PredictionCache(
             self.metrics,
             size=settings.cache_size,

@@ -401,9 +401,9 @@ class Settings(BaseModel):
             required="give the model a version, e.g. --version v1",
         ),
     ]
-    format: Annotated[ModelFormat, _choice("sklearn | onnx | python (default sklearn)", ModelFormat)] = (
-        ModelFormat.SKLEARN
-    )
+    format: Annotated[
+        ModelFormat, _choice("sklearn | onnx | python | xgboost | lightgbm (default sklearn)", ModelFormat)
+    ] = ModelFormat.SKLEARN
     sha256: Annotated[
         str | None,
         Flag(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -80,9 +81,10 @@ class ModelSlot:
         }
 
 
-def load_slot(slot: ModelSlot, settings: Settings) -> None:
+def load_slot(slot: ModelSlot, settings: Settings, class_names: Sequence[str] | None = None) -> None:
     """Fetch, verify and deserialise one model; never raises: the outcome lands in ``slot``, its
-    reason scrubbed of the URI's credentials (a library's message may quote the URI)."""
+    reason scrubbed of the URI's credentials (a library's message may quote the URI).
+    ``class_names``: the feature schema's declared classes (see ``load_runtime``)."""
     secrets = Redactor([slot.uri])
     try:
         path = fetch_artifact(
@@ -103,7 +105,9 @@ def load_slot(slot: ModelSlot, settings: Settings) -> None:
         if slot.sha256 is None and slot.format in PICKLE_FORMATS:
             raise ArtifactError(f"{slot.format} artifacts load only with a pinned sha256; pass --sha256")
         slot.digest = digest
-        slot.runtime = load_runtime(slot.format, Path(path), python_class=settings.python_class)
+        slot.runtime = load_runtime(
+            slot.format, Path(path), python_class=settings.python_class, class_names=class_names
+        )
     except (StorageError, ArtifactError) as err:
         slot.state, slot.reason = LoadState.FAILED, secrets.scrub(str(err))
         log.error("%s model not loaded: %s", slot.role, slot.reason)
@@ -128,8 +132,9 @@ def load_slot(slot: ModelSlot, settings: Settings) -> None:
 
 
 class Repository:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, class_names: Sequence[str] | None = None) -> None:
         self.settings = settings
+        self.class_names = class_names
         self.primary = ModelSlot("primary", settings.model_uri, settings.format, settings.sha256)
         self.fallback: ModelSlot | None = None
         if settings.fallback_uri:
@@ -141,9 +146,9 @@ class Repository:
             )
 
     async def load(self) -> None:
-        await asyncio.to_thread(load_slot, self.primary, self.settings)
+        await asyncio.to_thread(load_slot, self.primary, self.settings, self.class_names)
         if self.fallback is not None:
-            await asyncio.to_thread(load_slot, self.fallback, self.settings)
+            await asyncio.to_thread(load_slot, self.fallback, self.settings, self.class_names)
         if self.settings.workers > 1 and (self.primary.state is LoadState.READY or self.fallback_serves):
             marks = workers_ready_dir(self.settings)
             marks.mkdir(parents=True, exist_ok=True)

@@ -211,7 +211,8 @@ def test_all_bad_flags_are_reported_at_once_with_their_fix() -> None:
         "e.g. file:///models/model.joblib or s3://bucket/key",
         "--name (env ROLLWISE_NAME) is required; give the model a name, e.g. --name iris",
         "--version (env ROLLWISE_VERSION) is required; give the model a version, e.g. --version v1",
-        "--format (env ROLLWISE_FORMAT): 'tensorflow' is not valid; use sklearn or onnx or python",
+        "--format (env ROLLWISE_FORMAT): 'tensorflow' is not valid; "
+        "use sklearn or onnx or python or xgboost or lightgbm",
         "--track (env ROLLWISE_TRACK): 'canary' is not valid; use stable or candidate",
         "--port (env ROLLWISE_PORT): '99999' is not valid; use an integer from 1 to 65535",
         "--hash-range (env ROLLWISE_HASH_RANGE): '50-10' is not valid; "

@@ -76,7 +76,10 @@ BAD = [
     ),
     pytest.param(
         edit(B, spec__model__format="pytorch"),
-        ["spec.model.format: 'pytorch' is invalid: Input should be 'sklearn', 'onnx' or 'python'"],
+        [
+            "spec.model.format: 'pytorch' is invalid: "
+            "Input should be 'sklearn', 'onnx', 'python', 'xgboost' or 'lightgbm'"
+        ],
         SCHEMA,
         id="an unknown model format lists the accepted ones",
     ),
@@ -118,6 +121,30 @@ BAD = [
         ],
         RULE,
         id="a pickle fallback without a digest is rejected",
+    ),
+    pytest.param(
+        edit(
+            B,
+            spec__model__format="xgboost",
+            spec__model__sha256=None,
+            spec__model__fallback={"uri": "file:///models/fallback.py", "format": "python"},
+        ),
+        [
+            "spec.model.fallback.sha256: required when loading the fallback runs code (format sklearn or "
+            "python); add the fallback artifact's digest (sha256sum <file>)"
+        ],
+        RULE,
+        id="a python fallback of an xgboost model still needs a digest",
+    ),
+    pytest.param(
+        edit(
+            B,
+            spec__model__sha256=None,
+            spec__model__fallback={"uri": "s3://bucket/fallback.txt", "format": "lightgbm"},
+        ),
+        [SHA_MSG],
+        RULE,
+        id="an sklearn model with a lightgbm fallback still needs its own digest",
     ),
     pytest.param(
         edit(B, spec__model__featureSchema={"features": [{"name": "colour", "type": "category"}]}),
@@ -431,6 +458,32 @@ GOOD = [
     pytest.param(
         edit(B, spec__model__fallback={"uri": "s3://bucket/fallback.onnx", "format": "onnx"}),
         id="an onnx fallback of an sklearn model needs no digest",
+    ),
+    pytest.param(
+        edit(B, spec__model__format="xgboost", spec__model__sha256=None),
+        id="an xgboost model needs no digest (JSON or UBJ: loading it runs no code)",
+    ),
+    pytest.param(
+        edit(B, spec__model__format="lightgbm", spec__model__sha256=None),
+        id="a lightgbm model needs no digest (a text model: loading it runs no code)",
+    ),
+    pytest.param(
+        edit(
+            B,
+            spec__model__format="lightgbm",
+            spec__model__sha256=None,
+            spec__model__fallback={"uri": "s3://bucket/fallback.ubj", "format": "xgboost"},
+        ),
+        id="an xgboost fallback of a lightgbm model needs no digest either",
+    ),
+    pytest.param(
+        edit(
+            B,
+            spec__model__format="xgboost",
+            spec__model__sha256=None,
+            spec__model__fallback={"uri": "s3://bucket/fallback.json"},
+        ),
+        id="a fallback inheriting the xgboost format needs no digest",
     ),
     pytest.param(
         edit(B, spec__rollout__canary__steps=[{"pause": {}}, {"setWeight": 1}, {"setWeight": 100}]),

@@ -97,7 +97,12 @@ def test_field_docs_become_descriptions() -> None:
             ".spec.rollout.canary.steps[].setWeight", "maximum", 100, id="canary weights stop at 100"
         ),
         pytest.param(".spec.rollout.canary.steps[].setWeight", "minimum", 1, id="canary weights start at 1"),
-        pytest.param(".spec.model.format", "enum", ["sklearn", "onnx", "python"], id="formats are an enum"),
+        pytest.param(
+            ".spec.model.format",
+            "enum",
+            ["sklearn", "onnx", "python", "xgboost", "lightgbm"],
+            id="formats are an enum",
+        ),
         pytest.param(".spec.model.sha256", "pattern", "^[a-f0-9]{64}$", id="digests are 64 hex characters"),
         pytest.param(
             ".spec.rollout.traffic.provider", "default", "replicas", id="the replicas router is the default"

@@ -128,6 +128,11 @@ class ReferenceDistribution(ApiModel):
         return re.fullmatch(LOCAL_URI, self.uri) is not None
 
 
+_CODE_FORMATS = "[" + ", ".join(f"'{f.value}'" for f in ModelFormat if f in PICKLE_FORMATS) + "]"
+"""PICKLE_FORMATS as a CEL list literal, so the digest rules name the formats that need one (a new
+data format, like onnx, xgboost or lightgbm, needs none without touching the rules)."""
+
+
 class ExplainSpec(ApiModel):
     """Per-feature attributions served at `POST /v2/models/{name}/explain`; off when unset."""
 
@@ -174,7 +179,7 @@ class ModelSpec(ApiModel):
         return re.fullmatch(URI, self.uri) is not None
 
     @rule(
-        cel="self.format == 'onnx' || has(self.sha256)",
+        cel=f"!(self.format in {_CODE_FORMATS}) || has(self.sha256)",
         field="sha256",
         message="required for format sklearn and python, whose loading runs code (unpickling, "
         "executing a .py file); "
@@ -195,7 +200,7 @@ class ModelSpec(ApiModel):
 
     @rule(
         cel="!has(self.fallback) || has(self.fallback.sha256) || "
-        "(has(self.fallback.format) ? self.fallback.format : self.format) == 'onnx'",
+        f"!((has(self.fallback.format) ? self.fallback.format : self.format) in {_CODE_FORMATS})",
         field="fallback.sha256",
         message="required when loading the fallback runs code (format sklearn or python); "
         "add the fallback artifact's digest (sha256sum <file>)",

@@ -9,6 +9,9 @@ dataplane stack concurrent requests into one call and split the answer back.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +82,8 @@ ENTRY_SUFFIXES: dict[ModelFormat, tuple[str, ...]] = {
     ModelFormat.SKLEARN: (".joblib", ".pkl", ".pickle"),
     ModelFormat.ONNX: (".onnx",),
     ModelFormat.PYTHON: (".py",),
+    ModelFormat.XGBOOST: (".json", ".ubj"),
+    ModelFormat.LIGHTGBM: (".txt",),
 }
 """The file a directory artifact is loaded from, by format: the one file at its root with one of
 these suffixes (the rest of the directory is the model's: weights, vocabularies, external data)."""
@@ -96,22 +101,91 @@ def entry_file(root: Path, fmt: ModelFormat) -> Path:
     return found[0]
 
 
-def load_runtime(fmt: ModelFormat, path: Path, *, python_class: str = "Model") -> Runtime:
-    """Deserialise a verified artifact (a file, or a directory artifact's entry file, whose
-    directory the model may read). Imports lazily: an ONNX image never imports sklearn."""
+def load_runtime(
+    fmt: ModelFormat,
+    path: Path,
+    *,
+    python_class: str = "Model",
+    class_names: Sequence[str] | None = None,
+) -> Runtime:
+    """Deserialise a verified artifact. Imports lazily: an ONNX image never imports sklearn, and
+    the optional formats' libraries (extras ``xgboost``, ``lightgbm``) are needed only by images
+    that serve them. ``class_names`` (the feature schema's declared classes) name the class
+    indices of formats that store no labels of their own (XGBoost, LightGBM). A directory
+    artifact is loaded from its entry file (``entry_file``), whose directory the model may read."""
     if path.is_dir():
         path = entry_file(path, fmt)
-    if fmt is ModelFormat.SKLEARN:
-        from rollwise_serving.runtimes.sklearn import SklearnRuntime  # noqa: PLC0415
+    try:
+        if fmt is ModelFormat.SKLEARN:
+            from rollwise_serving.runtimes.sklearn import SklearnRuntime  # noqa: PLC0415
 
-        return SklearnRuntime(path)
-    if fmt is ModelFormat.ONNX:
-        from rollwise_serving.runtimes.onnx import OnnxRuntime  # noqa: PLC0415
+            return SklearnRuntime(path)
+        if fmt is ModelFormat.ONNX:
+            from rollwise_serving.runtimes.onnx import OnnxRuntime  # noqa: PLC0415
 
-        return OnnxRuntime(path)
+            return OnnxRuntime(path)
+        if fmt is ModelFormat.XGBOOST:
+            from rollwise_serving.runtimes.xgboost import XGBoostRuntime  # noqa: PLC0415
+
+            return XGBoostRuntime(path, class_names=class_names)
+        if fmt is ModelFormat.LIGHTGBM:
+            from rollwise_serving.runtimes.lightgbm import LightGBMRuntime  # noqa: PLC0415
+
+            return LightGBMRuntime(path, class_names=class_names)
+    except ModuleNotFoundError as err:
+        if err.name not in OPTIONAL_LIBRARIES:
+            raise
+        extra = OPTIONAL_LIBRARIES[err.name]
+        raise ArtifactError(
+            f"--format {fmt} needs the {err.name} library, which this server lacks; install the "
+            f"{extra!r} extra (pip install 'rollwise[serving,{extra}]') or run a serving image built with it"
+        ) from err
     from rollwise_serving.runtimes.python import PythonRuntime  # noqa: PLC0415
 
     return PythonRuntime(path, python_class)
+
+
+OPTIONAL_LIBRARIES = {"xgboost": "xgboost", "lightgbm": "lightgbm"}
+"""Importable module -> the pyproject extra that installs it (the default image has neither)."""
+
+PROBE_TIMEOUT_SECONDS = 300.0
+"""How long a child process may take to load an artifact before it is refused (see ``probe_load``)."""
+
+
+def probe_load(path: Path, code: str, what: str) -> None:
+    """Load the artifact once in a child process before loading it here; raise ``ArtifactError``
+    with the library's own complaint when that fails.
+
+    Some native loaders do not survive every corrupt file: LightGBM's parser aborts the whole
+    process on a truncated or damaged tree (``terminate called without an active exception``,
+    lightgbm-org/LightGBM#2828 shows the message), and XGBoost can spin on a damaged UBJ length.
+    A broken artifact must never take the server down or hang its loader, so a child takes the
+    risk: it runs ``code`` with the path as ``sys.argv[1]``, one OpenMP thread, and a deadline.
+    The cost is one more load (a library import plus parsing) at start-up, never per request."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run(  # our own interpreter and code; the path is an argument
+            [sys.executable, "-c", code, str(path)],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            env=env,
+            timeout=PROBE_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise ArtifactError(
+            f"{path.name} is not a loadable {what}: loading it took over {PROBE_TIMEOUT_SECONDS:.0f} s"
+        ) from err
+    if done.returncode == 0:
+        return
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    # The native library's first fatal message is the cause; else the Python exception's line.
+    fatal = [line for line in lines if "[Fatal]" in line][:1]
+    detail = (fatal or [line for line in lines if "Error" in line] or lines or ["no message"])[-1][:500]
+    if done.returncode < 0:
+        detail = f"the library crashed (signal {-done.returncode}) parsing it: {detail}"
+    raise ArtifactError(f"{path.name} is not a loadable {what}: {detail}")
 
 
 def single_input(spec: TensorSpec, inputs: Sequence[InferInput]) -> InferInput:
@@ -167,3 +241,32 @@ def declared_type(spec: TensorSpec, tensor: InferInput) -> Array:
     if spec.datatype == "BYTES":
         return tensor.data
     return cast_checked(tensor, spec, DATATYPES[spec.datatype])
+
+
+def threads_from_env(variable: str) -> int:
+    """The thread count a tree library may use per predict call, from ``variable`` (default 1)."""
+    text = os.environ.get(variable, "1")
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if not 1 <= threads <= 256:
+        raise ArtifactError(f"{variable}={text!r} is not a thread count; use an integer from 1 to 256")
+    return threads
+
+
+def class_labels(names: Sequence[str] | None, count: int, fmt: ModelFormat) -> Array:
+    """The labels of a model that stores none, by class index: the declared names when given (one
+    per index, in index order), else the indices themselves (which the metrics show as "0", "1"...)."""
+    if names is None:
+        return np.arange(count, dtype=np.int64)
+    if len(names) != count:
+        raise ArtifactError(
+            f"the feature schema's output.classes names {len(names)} classes ({list(names)[:5]}); this "
+            f"{fmt} model has {count}: list one name per class index, in index order"
+        )
+    return np.asarray(list(names), dtype=object)
+
+
+def label_spec(labels: Array) -> TensorSpec:
+    return TensorSpec("label", "BYTES" if labels.dtype.kind == "O" else "INT64", (-1,))
