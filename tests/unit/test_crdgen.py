@@ -82,7 +82,7 @@ def test_optional_fields_are_not_required() -> None:
 def test_field_docs_become_descriptions() -> None:
     model = SCHEMA["properties"]["spec"]["properties"]["model"]
     assert model["properties"]["sha256"]["description"].startswith(
-        "Hex sha256 of the artifact, checked before loading"
+        "Hex sha256 of the artifact (of its `SHA256SUMS` for a directory), checked before loading"
     )
     assert (
         "unset uses the operator's `ROLLWISE_SERVING_IMAGE`"
