@@ -16,8 +16,10 @@ regressor. Every method keeps the efficiency property: a row's attributions add 
 - ``sampled_shapley``: more features: random permutations (seeded by the request, so the same
   request gets the same answer), as many as ``--explain-max-evaluations`` allows, each giving
   attributions that add up exactly; ``stderr`` is each attribution's standard error over them.
-- A runtime that computes its own contributions (``Runtime.contributions``, e.g. TreeSHAP in a
-  gradient-boosting library) is used first, with the target it names.
+- ``tree_shap``: XGBoost and LightGBM models, through the library's own TreeSHAP
+  (``pred_contribs``): exact, on the margin (log-odds), from the model's expected margin (its
+  ``base_value``) rather than a baseline row. A runtime that computes its own contributions
+  (``Runtime.contributions``) is always used first, with the target it names.
 
 The baseline is ``--explain-baseline`` or, with a feature schema and a reference, the reference's
 per-feature medians (its decile cuts). Cost is bounded three ways: rows per call, model rows per
@@ -124,7 +126,7 @@ class Explainer:
             if found.stderr is not None:
                 row["stderr"] = found.stderr[i].tolist()
             rows.append(row)
-        return Explanation(found.method, found.target, baseline, rows)
+        return Explanation(found.method, found.target, baseline if found.from_baseline else None, rows)
 
     def _shapley(
         self,

@@ -443,3 +443,51 @@ def test_a_corrupt_model_file_is_refused_at_load_and_readiness_says_why(
     assert s.get("/v2/health/live").status_code == 200
     r = s.post("/v2/models/m/infer", content=infer_body([[1.0] * model.rows.shape[1]], "FP64"))
     assert r.status_code == 503
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "xgboost-native-json",
+        "xgboost-binary-ubj",
+        "xgboost-regressor",
+        "lightgbm-classifier",
+        "lightgbm-regressor",
+    ],
+)
+def test_tree_models_are_explained_with_the_librarys_own_treeshap(
+    servers: ServerFactory, trained: dict[str, Trained], key: str
+) -> None:
+    """`explain` answers XGBoost's and LightGBM's own TreeSHAP values for each row's class, on
+    the margin, and they add up to the margin the library computes."""
+    model = trained[key]
+    s = servers.start(*serve_args(model, "--explain", "true"))
+    rows = model.rows[:5]
+    r = s.post("/v2/models/m/explain", content=infer_body(rows.tolist(), "FP64"))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["method"] == "tree_shap" and doc["target"] == "margin" and doc["baseline"] is None
+    if model.format == "xgboost":
+        booster = xgb.Booster(model_file=str(model.file))
+        margins = np.asarray(booster.predict(xgb.DMatrix(rows), output_margin=True))
+        contribs = np.asarray(booster.predict(xgb.DMatrix(rows), pred_contribs=True))
+    else:
+        lgb_booster = lgb.Booster(model_file=str(model.file))
+        margins = np.asarray(lgb_booster.predict(rows, raw_score=True))
+        contribs = np.asarray(lgb_booster.predict(rows, pred_contrib=True))
+        if margins.ndim == 2:
+            contribs = contribs.reshape(len(rows), margins.shape[1], -1)
+    answers = infer(s, rows)
+    for i, got in enumerate(doc["explanations"]):
+        if margins.ndim == 2:  # multiclass: the row's predicted class
+            k = int(answers["probabilities"][i].argmax())
+            want_margin, want = margins[i, k], contribs[i, k]
+        elif model.classifier:  # binary: class 1's margin, negated for a row explained as class 0
+            sign = 1.0 if int(answers["probabilities"][i].argmax()) == 1 else -1.0
+            want_margin, want = sign * margins[i], sign * contribs[i]
+        else:
+            want_margin, want = margins[i], contribs[i]
+        assert got["value"] == pytest.approx(float(want_margin), rel=1e-5, abs=1e-5)
+        np.testing.assert_allclose(got["attributions"], want[:-1], rtol=1e-5, atol=1e-6)
+        assert got["base_value"] == pytest.approx(float(want[-1]), rel=1e-5, abs=1e-6)
+        assert sum(got["attributions"]) == pytest.approx(got["value"] - got["base_value"], rel=1e-5, abs=1e-5)

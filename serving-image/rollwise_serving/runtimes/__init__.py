@@ -61,6 +61,28 @@ class Contributions:
     """The target at the baseline (or the model's expected value, for TreeSHAP)."""
     stderr: Array | None = None
     """[rows, features] standard errors, for sampled methods."""
+    from_baseline: bool = True
+    """Whether the attributions are measured from the baseline (TreeSHAP's are from the model's
+    expected margin over its training data instead)."""
+
+
+def tree_contributions(contribs: Array, classes: Array | None, *, multiclass: int = 1) -> Contributions:
+    """TreeSHAP values as gradient-boosting libraries compute them (``pred_contribs``: one column
+    per feature, then the expected margin) for each row's class: exact, on the margin (log-odds
+    for classifiers), and needing no baseline. ``multiclass``: classes per row in ``contribs``;
+    a binary model's values are class 1's, negated for a row explained as class 0."""
+    values = np.asarray(contribs, dtype=np.float64)
+    rows = len(values)
+    if multiclass > 1:
+        values = values.reshape(rows, multiclass, -1)
+        k = np.zeros(rows, dtype=int) if classes is None else np.asarray(classes, dtype=int)
+        values = values[np.arange(rows), k]
+    elif classes is not None:
+        values = values * np.where(np.asarray(classes) == 1, 1.0, -1.0)[:, None]
+    attributions, base = values[:, :-1], values[:, -1]
+    return Contributions(
+        "tree_shap", "margin", attributions, base + attributions.sum(axis=1), base, from_baseline=False
+    )
 
 
 class Runtime(Protocol):

@@ -38,6 +38,7 @@ from rollwise_serving.errors import ArtifactError
 from rollwise_serving.protocol import InferInput
 from rollwise_serving.runtimes import (
     Array,
+    Contributions,
     Prediction,
     TensorSpec,
     check_shape,
@@ -48,6 +49,7 @@ from rollwise_serving.runtimes import (
     probe_load,
     single_input,
     threads_from_env,
+    tree_contributions,
 )
 
 INPUT_NAME = "input-0"
@@ -109,6 +111,16 @@ class LightGBMRuntime:
         probabilities = value if value.ndim == 2 else np.column_stack([1 - value, value])
         labels, scores = classify(probabilities, self._classes)
         return Prediction({"label": labels, "probabilities": probabilities}, labels, scores)
+
+    def contributions(
+        self, inputs: Mapping[str, Array], classes: Array | None, baseline: Array | None
+    ) -> Contributions | None:
+        """TreeSHAP from LightGBM itself (``pred_contrib``), on the raw score, for ``explain``."""
+        contribs = self.booster.predict(inputs[INPUT_NAME], pred_contrib=True, num_threads=self.threads)
+        if self._classes is None:
+            classes = None
+        multiclass = len(self._classes) if self.objective in _MULTICLASS and self._classes is not None else 1
+        return tree_contributions(np.asarray(contribs), classes, multiclass=multiclass)
 
 
 def _header(path: Path) -> dict[str, str]:

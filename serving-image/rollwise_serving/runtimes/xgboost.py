@@ -44,6 +44,7 @@ from rollwise_serving.errors import ArtifactError
 from rollwise_serving.protocol import InferInput
 from rollwise_serving.runtimes import (
     Array,
+    Contributions,
     Prediction,
     TensorSpec,
     check_shape,
@@ -54,6 +55,7 @@ from rollwise_serving.runtimes import (
     probe_load,
     single_input,
     threads_from_env,
+    tree_contributions,
 )
 
 INPUT_NAME = "input-0"
@@ -78,6 +80,7 @@ class XGBoostRuntime:
         except xgb.core.XGBoostError as err:
             raise ArtifactError(f"{path.name} is not a loadable XGBoost model: {_first_line(err)}") from err
         self.booster.set_param({"nthread": threads})
+        self._shap: xgb.Booster | None = None
         self.objective: str = learner["objective"]["name"]
         params = learner["learner_model_param"]
         best = self.booster.attr("best_iteration")
@@ -116,6 +119,22 @@ class XGBoostRuntime:
         probabilities = self._probabilities(x)
         labels, scores = classify(probabilities, self._classes)
         return Prediction({"label": labels, "probabilities": probabilities}, labels, scores)
+
+    def contributions(
+        self, inputs: Mapping[str, Array], classes: Array | None, baseline: Array | None
+    ) -> Contributions | None:
+        """TreeSHAP from XGBoost itself (``pred_contribs``), on the margin, for ``explain``; on a
+        copy of the booster, since ``Booster.predict`` is not safe beside the serving thread's
+        ``inplace_predict``."""
+        if self._shap is None:
+            self._shap = self.booster.copy()
+        contribs = self._shap.predict(
+            xgb.DMatrix(inputs[INPUT_NAME]), pred_contribs=True, iteration_range=self._iterations
+        )
+        if self._classes is None:
+            classes = None
+        multiclass = len(self._classes) if self._classes is not None and np.ndim(contribs) == 3 else 1
+        return tree_contributions(contribs, classes, multiclass=multiclass)
 
     def _probabilities(self, x: Array) -> Array:
         if self.objective == "multi:softprob":
