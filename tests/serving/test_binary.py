@@ -92,6 +92,16 @@ def as_text(values: np.ndarray[Any, Any]) -> list[Any]:
     return [v.decode() if isinstance(v, bytes) else v for v in values.ravel().tolist()]
 
 
+def assert_round_trip(back: np.ndarray[Any, Any], x: np.ndarray[Any, Any], datatype: str) -> None:
+    """What came back is what was sent: shape, dtype and every element (BYTES as text)."""
+    assert back.shape == x.shape
+    if datatype == "BYTES":
+        assert as_text(back) == x.ravel().tolist()
+    else:
+        assert back.dtype == x.dtype
+        np.testing.assert_array_equal(back, x)
+
+
 @pytest.mark.parametrize("datatype", list(DATATYPES))
 def test_every_datatype_round_trips_in_binary_both_ways(echo: Server, datatype: str) -> None:
     x = sample(datatype)
@@ -102,13 +112,7 @@ def test_every_datatype_round_trips_in_binary_both_ways(echo: Server, datatype: 
     response = result.get_response()
     [out] = response["outputs"]
     assert out["parameters"]["binary_data_size"] > 0 and "data" not in out
-    back = result.as_numpy("echo_x")
-    assert back.shape == x.shape
-    if datatype == "BYTES":
-        assert as_text(back) == x.ravel().tolist()
-    else:
-        assert back.dtype == x.dtype
-        np.testing.assert_array_equal(back, x)
+    assert_round_trip(result.as_numpy("echo_x"), x, datatype)
 
 
 @pytest.mark.parametrize("datatype", ["INT64", "FP32", "BYTES"])

@@ -41,7 +41,7 @@ from tests.serving.conftest import (
     model_args,
     schema_args,
 )
-from tests.serving.test_binary import DATATYPES, ECHO, as_text, sample
+from tests.serving.test_binary import DATATYPES, ECHO, as_text, assert_round_trip, sample
 from tests.serving.test_resilience import python_model as broken_model
 from tests.serving.test_shadow_agreement import eventually, python_model
 
@@ -208,13 +208,7 @@ def test_every_datatype_round_trips_raw_through_tritons_client(echo: Server, dat
         result = c.infer("echo", [tensor])
     response = result.get_response()
     assert len(response.raw_output_contents) == 1 and not response.outputs[0].HasField("contents")
-    back = result.as_numpy("echo_x")
-    assert back.shape == x.shape
-    if datatype == "BYTES":
-        assert as_text(back) == x.ravel().tolist()
-    else:
-        assert back.dtype == x.dtype
-        np.testing.assert_array_equal(back, x)
+    assert_round_trip(result.as_numpy("echo_x"), x, datatype)
 
 
 @pytest.mark.parametrize("datatype", [d for d in DATATYPES if d != "FP16"])
