@@ -431,10 +431,12 @@ def test_a_corrupt_model_file_is_refused_at_load_and_readiness_says_why(
     s = fresh_servers.start(
         *serve_args(Trained(bad, model.format, model.rows, model.expected)), wait_ready=False
     )
+    # The file is parsed first in a child process (a fresh interpreter importing the library):
+    # seconds on a loaded machine, so wait by the clock, not by a number of polls.
+    deadline = time.monotonic() + 120
     ready = s.get("/v2/health/ready")
-    for _ in range(200):
-        if ready.json()["models"][0]["state"] != "loading":
-            break
+    while ready.json()["models"][0]["state"] == "loading" and time.monotonic() < deadline:
+        time.sleep(0.1)
         ready = s.get("/v2/health/ready")
     assert ready.status_code == 503
     assert ready.json()["models"][0]["state"] == "failed"
