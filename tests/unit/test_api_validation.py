@@ -36,6 +36,10 @@ SHA_MSG = (
 URI_MSG = "spec.model.uri: unsupported location; use file:///path, pvc://claim/path, http(s)://host/path or s3://bucket/key"
 
 B = base()
+DIRECTORY_MSG = (
+    "spec.model.sha256: required for a directory or archive artifact (a uri ending in /, .tar.gz, "
+    ".tgz or .zip): pin the digest of its manifest (sha256sum SHA256SUMS)"
+)
 
 BAD = [
     pytest.param(
@@ -97,19 +101,13 @@ BAD = [
     ),
     pytest.param(
         edit(B, spec__model__format="onnx", spec__model__sha256=None, spec__model__uri="s3://models/iris/"),
-        [
-            "spec.model.sha256: required for a directory or archive artifact (a uri ending in /, .tar.gz, "
-            ".tgz or .zip): pin the digest of its manifest (sha256sum SHA256SUMS)"
-        ],
+        [DIRECTORY_MSG],
         RULE,
         id="a directory artifact without a digest is rejected",
     ),
     pytest.param(
         edit(B, spec__model__format="onnx", spec__model__sha256=None, spec__model__uri="https://h/m.tar.gz"),
-        [
-            "spec.model.sha256: required for a directory or archive artifact (a uri ending in /, .tar.gz, "
-            ".tgz or .zip): pin the digest of its manifest (sha256sum SHA256SUMS)"
-        ],
+        [DIRECTORY_MSG],
         RULE,
         id="an archive artifact without a digest is rejected",
     ),
