@@ -28,9 +28,10 @@ from rollwise_serving.protocol import (
     InferOutput,
     InferRequest,
     ProtocolError,
-    datatype_of,
     decode_json,
     decode_request_doc,
+    json_data,
+    output_header,
 )
 
 HEADER: Final = b"inference-header-content-length"
@@ -196,16 +197,13 @@ def output_docs(
     docs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for out, raw in zip(outputs, binary, strict=True):
-        array = out.data
-        doc: dict[str, Any] = {"name": out.name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        doc = output_header(out)
         if raw:
-            blob = tensor_to_bytes(array)
+            blob = tensor_to_bytes(out.data)
             doc["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
-        elif array.dtype.kind in "OUS":
-            doc["data"] = [v.decode() if isinstance(v, bytes) else str(v) for v in array.ravel().tolist()]
         else:
-            doc["data"] = np.ascontiguousarray(array).ravel()
+            doc["data"] = json_data(out.data)
         docs.append(doc)
     return docs, blobs
 

@@ -374,21 +374,24 @@ def _flatten(data: list[Any]) -> list[Any]:
     return out
 
 
+def output_header(out: InferOutput) -> dict[str, Any]:
+    """An output's ``name``, ``datatype`` and ``shape``: what every encoding of it starts with."""
+    return {"name": out.name, "datatype": datatype_of(out.data), "shape": list(out.data.shape)}
+
+
+def json_data(array: np.ndarray[Any, Any]) -> Any:
+    """An output's ``data`` as JSON takes it: flat row-major, BYTES as text."""
+    if array.dtype.kind in "OUS":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in array.ravel().tolist()]
+    return np.ascontiguousarray(array).ravel()
+
+
 def encode_outputs(outputs: list[InferOutput]) -> bytes:
     """The ``outputs`` list as JSON: flat row-major data with its shape (the spec's examples).
 
     Encoded apart from the envelope so the cache can keep it and a hit skips the encoder.
     """
-    docs = []
-    for out in outputs:
-        array = out.data
-        if array.dtype.kind in "OUS":
-            data: Any = [v.decode() if isinstance(v, bytes) else str(v) for v in array.ravel().tolist()]
-        else:
-            data = np.ascontiguousarray(array).ravel()
-        docs.append(
-            {"name": out.name, "datatype": datatype_of(array), "shape": list(array.shape), "data": data}
-        )
+    docs = [{**output_header(out), "data": json_data(out.data)} for out in outputs]
     return orjson.dumps(docs, option=orjson.OPT_SERIALIZE_NUMPY)
 
 

@@ -170,10 +170,4 @@ def cache_path(uri: str, cache_dir: Path, sha256: str | None) -> Path:
 
 def digest_of(path: Path) -> str:
     """A file's sha256, or a directory artifact's: its manifest's."""
-    if path.is_dir():
-        return directory.file_digest(path / directory.MANIFEST)
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return directory.file_digest(path / directory.MANIFEST if path.is_dir() else path)
