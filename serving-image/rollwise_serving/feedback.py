@@ -77,6 +77,8 @@ WRITES_PER_PIPELINE: Final = 256
 _BIG_ENDIAN: Final = sys.byteorder == "big"
 ENTRY_FORMAT: Final = b"rwf1"
 _HEAD = struct.Struct("<dIBBB")
+_CODE_BYTES: Final = [struct.pack("<H", code) for code in range(MAX_OPEN_LABELS)]
+"""A class code as the payload stores it, for the one-row answer's fast path."""
 """A kept entry's head: created (monotonic seconds), rows, kind (1 classifier, 0 regressor),
 probability columns (0 without), segments (bytes per row of segment codes, 0 without)."""
 
@@ -282,46 +284,55 @@ class PredictionStore:
     ) -> Kept | None:
         """Keep one answer under its id; with ``describe``, also return it as a ``Kept`` (for
         Redis). Built straight into the entry's bytes: this runs for every answer."""
-        columns = 0
-        if labels is not None:
-            codes = self._code(labels.tolist())
-            rows = len(codes)
-            payload = array("H", codes)
-            if _BIG_ENDIAN:
-                payload.byteswap()
-            probs = b""
-            if (
-                self._columns
-                and probabilities is not None
-                and probabilities.shape == (rows, len(self._labels))
-            ):
-                probs = probabilities.astype("<f4").tobytes()
-                columns = len(self._labels)
-            data = payload.tobytes() + probs
-        elif scores is not None and len(scores):
-            values = scores.astype("<f8").ravel()
-            rows, data = len(values), values.tobytes()
-        else:
+        encoded = self._payload(labels, scores, probabilities)
+        if encoded is None:
             return None
+        rows, columns, payload = encoded
         if rows > self.max_rows or not rows:
             return None
         width = len(self.segment_keys)
         if segments is None or segments.shape != (rows, width):
             width = 0
-        entry = bytearray(_HEAD.pack(self.clock(), rows, labels is not None, columns, width))
-        entry += bytes(rows)
-        if width:
-            entry += np.ascontiguousarray(segments, np.uint8).tobytes()
-        entry += data
-        old = self._entries.get(prediction_id)
+        codes = np.ascontiguousarray(segments, np.uint8).tobytes() if width else b""
+        head = _HEAD.pack(self.clock(), rows, labels is not None, columns, width)
+        entry = bytearray(head + bytes(rows) + codes + payload)
+        entries = self._entries
+        old = entries.get(prediction_id)
         if old is not None:
             self.rows -= _HEAD.unpack_from(old)[1]
             self._stale[prediction_id] = self._stale.get(prediction_id, 0) + 1
-        self._entries[prediction_id] = entry
+        entries[prediction_id] = entry
         self._order.append(prediction_id)
         self.rows += rows
-        self._evict()
+        self._writes += 1
+        if self.rows > self.max_rows or self._stale or not self._writes & 0xFF:
+            self._evict()
         return self._view(entry) if describe else None
+
+    def _payload(
+        self,
+        labels: np.ndarray[Any, Any] | None,
+        scores: np.ndarray[Any, Any] | None,
+        probabilities: np.ndarray[Any, Any] | None,
+    ) -> tuple[int, int, bytes] | None:
+        """(rows, probability columns, payload bytes), or None when there is nothing to keep."""
+        if labels is not None:
+            rows = len(labels)
+            if rows == 1 and (code := self._codes.get(labels[0], NOT_A_CLASS)) < len(_CODE_BYTES):
+                payload = _CODE_BYTES[code]  # one row of a known class: the usual answer
+            else:
+                codes = array("H", self._code(labels.tolist()))
+                if _BIG_ENDIAN:
+                    codes.byteswap()
+                payload = codes.tobytes()
+            columns = len(self._labels)
+            if self._columns and probabilities is not None and probabilities.shape == (rows, columns):
+                return rows, columns, payload + probabilities.astype("<f4").tobytes()
+            return rows, 0, payload
+        if scores is not None and len(scores):
+            values = scores.astype("<f8").ravel()
+            return len(values), 0, values.tobytes()
+        return None
 
     def _code(self, labels: list[Any]) -> list[int]:
         codes = self._codes
@@ -344,7 +355,6 @@ class PredictionStore:
     def _evict(self) -> None:
         """Oldest first: while over the row bound, and (looked at every 256 writes, which is
         enough to free memory and cheaper than a clock read each time) while the oldest expired."""
-        self._writes += 1
         expiring = not self._writes & 0xFF
         horizon = self.clock() - self.retention_seconds if expiring else -math.inf
         while self._order:

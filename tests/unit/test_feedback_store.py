@@ -93,6 +93,35 @@ def test_probabilities_are_kept_as_float32_and_labels_outside_the_classes_are_no
 
 
 @pytest.mark.parametrize(
+    ("classes", "label", "code"),
+    [
+        (CLASSES, "c", 2),  # the one-row fast path
+        (CLASSES, "zzz", NOT_A_CLASS),  # closed classes: not one of them
+        (tuple(str(i) for i in range(3)), 2, 2),  # integer labels of string classes
+        (tuple(f"k{i}" for i in range(3000)), "k2999", 2999),  # past the fast path's table
+    ],
+)
+def test_a_one_row_answer_keeps_the_same_code_as_a_batch_would(
+    classes: tuple[str, ...], label: object, code: int
+) -> None:
+    s = PredictionStore(max_rows=10, retention_seconds=60, version="v1", track="stable")
+    s.bind(classes, columns=False)
+    one = s.keep("one", np.array([label], dtype=object), None, None, describe=True)
+    two = s.keep("two", np.array([label, label], dtype=object), None, None, describe=True)
+    assert one is not None and two is not None and one.codes is not None and two.codes is not None
+    assert one.codes.tolist() == [code] and two.codes.tolist() == [code, code]
+
+
+def test_open_labels_are_coded_as_they_come_on_the_fast_path_too() -> None:
+    s = PredictionStore(max_rows=10, retention_seconds=60, version="v1", track="stable")
+    for pid, label in (("1", "x"), ("2", "y"), ("3", "x")):
+        s.keep(pid, np.array([label], dtype=object), None, None)
+    kept = [s.get(pid) for pid in "123"]
+    assert [k.codes.tolist() for k in kept if k is not None and k.codes is not None] == [[0], [1], [0]]
+    assert kept[0] is not None and kept[0].labels == ("x", "y")
+
+
+@pytest.mark.parametrize(
     "kept",
     [
         pytest.param(
