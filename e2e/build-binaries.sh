@@ -6,13 +6,16 @@
 #   ~/.cache/rollwise/kwok-<ver>/  kwok
 #   ~/.cache/rollwise/helm-<ver>/  helm
 #   ~/.cache/rollwise/coredns-<ver>/ coredns (cluster DNS, run on the host like kube-proxy)
+#   ~/.cache/rollwise/traefik-<ver>/ traefik (the Gateway API data plane, run on the host too)
 set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.14}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
+TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.7.13}"
 CACHE="${ROLLWISE_CACHE:-$HOME/.cache/rollwise}"
+here="$(cd "$(dirname "$0")" && pwd)"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 start=$(date +%s)
 
@@ -104,10 +107,59 @@ build_coredns() (  # subshell: its own cwd and EXIT trap
   rm -rf "$out"; mv "$out.tmp" "$out"
 )
 
+build_traefik() (  # subshell: its own cwd and EXIT trap
+  local out="$CACHE/traefik-$TRAEFIK_VERSION"
+  [ -x "$out/traefik" ] && { log "traefik $TRAEFIK_VERSION cached"; return; }
+  log "building traefik $TRAEFIK_VERSION (cold: about 10 min on 2 cores)"
+  local w; w="$(throwaway)"; trap 'cd /; rm -rf "$w"' EXIT
+  cd "$w"
+  # Three things keep `go install` from building traefik from the module proxy, and this consumer
+  # module works around each, changing no routing code:
+  # - traefik's go.mod replaces github.com/traefik/traefik/dynamic/ext with a directory of its own
+  #   repository that is a module of its own, so the proxy's zip of traefik lacks it. It is an
+  #   extension point (two structs inlined in the dynamic configuration, empty in the open-source
+  #   build): supplied here as such.
+  # - its basic/digest auth middlewares use a fork of github.com/abbot/go-http-auth that the proxy
+  #   does not serve: the upstream v0.4.0 release stands in, with the fork's two extra functions
+  #   in e2e/traefik/goauth_compat.go (our own, written against v0.4.0's internals).
+  # - its ACME provider links lego's DNS-challenge providers, several of whose cloud SDKs the proxy
+  #   does not serve: lego's own module is used with that one registry file replaced by a function
+  #   that refuses every DNS provider (ACME is off here: the local cluster has no public DNS).
+  mkdir ext
+  printf 'module github.com/traefik/traefik/dynamic/ext\n\ngo 1.24\n' > ext/go.mod
+  printf '// Package ext: the dynamic configuration extension point, empty here.\npackage ext\n\n// HTTP is inlined in dynamic.HTTPConfiguration.\ntype HTTP struct{}\n\n// Router is inlined in dynamic.Router.\ntype Router struct{}\n' > ext/ext.go
+  go mod init example.local/traefikbin >/dev/null 2>&1
+  local tmod
+  tmod="$(go mod download -json "github.com/traefik/traefik/v3@$TRAEFIK_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+  test -s "$tmod"
+  local lego_ver; lego_ver="$(sed -n 's/^[[:space:]]*github.com\/go-acme\/lego\/v5 \(v[^ ]*\).*/\1/p' "$tmod" | head -1)"
+  local lego_dir; lego_dir="$(go mod download -json "github.com/go-acme/lego/v5@$lego_ver" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  cp -r "$lego_dir" lego; chmod -R u+w lego
+  rm -f lego/providers/dns/*.go
+  printf '// Package dns: no DNS-challenge provider in this build.\npackage dns\n\nimport (\n\t"fmt"\n\n\t"github.com/go-acme/lego/v5/challenge"\n)\n\n// NewDNSChallengeProviderByName refuses every provider: ACME DNS challenges are not built in.\nfunc NewDNSChallengeProviderByName(name string) (challenge.Provider, error) {\n\treturn nil, fmt.Errorf("DNS challenge provider %%q is not in this build", name)\n}\n' > lego/providers/dns/dns.go
+  local auth_dir; auth_dir="$(go mod download -json github.com/abbot/go-http-auth@v0.4.0 | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  cp -r "$auth_dir" goauth; chmod -R u+w goauth
+  [ -f goauth/go.mod ] || printf 'module github.com/abbot/go-http-auth\n\ngo 1.24\n\nrequire golang.org/x/crypto v0.56.0\n' > goauth/go.mod
+  cp "$here/traefik/goauth_compat.go" goauth/
+  go mod edit -replace=github.com/traefik/traefik/dynamic/ext=./ext -replace=github.com/go-acme/lego/v5=./lego \
+    -replace=github.com/abbot/go-http-auth=./goauth
+  grep -E '^[[:space:]]*github\.com/gorilla/mux => github\.com/[^ ]+ v[^ ]+$' "$tmod" | while read -r from _ to ver; do
+    go mod edit -replace="$from=$to@$ver"
+  done
+  sed -n 's/^exclude \([^ ]*\) \([^ ]*\)$/\1@\2/p' "$tmod" | while read -r ex; do go mod edit -exclude="$ex"; done
+  go get "github.com/traefik/traefik/v3/cmd/traefik@$TRAEFIK_VERSION" >/dev/null
+  mkdir -p "$out.tmp"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+    -o "$out.tmp/traefik" github.com/traefik/traefik/v3/cmd/traefik
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  "$out/traefik" version >&2
+)
+
 what="${1:-all}"
 case "$what" in
-  all) build_etcd; build_kwok; build_helm; build_coredns; build_kube ;;
+  all) build_etcd; build_kwok; build_helm; build_coredns; build_traefik; build_kube ;;
   kube) build_kube ;; etcd) build_etcd ;; kwok) build_kwok ;; helm) build_helm ;; coredns) build_coredns ;;
-  *) echo "usage: $0 [all|kube|etcd|kwok|helm|coredns]" >&2; exit 2 ;;
+  traefik) build_traefik ;;
+  *) echo "usage: $0 [all|kube|etcd|kwok|helm|coredns|traefik]" >&2; exit 2 ;;
 esac
 log "done"

@@ -43,6 +43,7 @@ class Component:
     argv: Callable[[cfg.Topology], list[str]]
     # What the component needs besides its own files: "node" parts run only with the real node.
     part: str = "control-plane"
+    env: Callable[[cfg.Topology], dict[str, str]] | None = None
 
 
 COMPONENTS: tuple[Component, ...] = (
@@ -57,6 +58,9 @@ COMPONENTS: tuple[Component, ...] = (
     Component("coredns", cfg.coredns_argv, part="node"),
     Component("pod-discovery", cfg.podsd_argv, part="prometheus"),
     Component("prometheus", cfg.prometheus_argv, part="prometheus"),
+    # The Gateway API data plane routes to pods, so only with the real node (kwok pods' addresses
+    # lead nowhere).
+    Component("traefik", cfg.traefik_argv, part="node", env=cfg.traefik_env),
 )
 KUBECONFIG_USERS = (
     "admin",
@@ -67,6 +71,7 @@ KUBECONFIG_USERS = (
     "kwok",
     "prometheus",
     "coredns",
+    "traefik",
 )
 SYSCTLS = {
     "net/ipv4/ip_forward": "1",
@@ -121,7 +126,7 @@ def log_tail(name: str, lines: int = 40) -> str:
     return "\n".join(text[-lines:])
 
 
-def start(name: str, argv: list[str]) -> int:
+def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     binary = Path(argv[0])
     if not binary.exists():
         raise ClusterError(
@@ -137,6 +142,7 @@ def start(name: str, argv: list[str]) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=paths.REPO,
+            env={**os.environ, **env} if env else None,
         )
     pid_file(name).write_text(str(proc.pid))
     return proc.pid
@@ -243,6 +249,7 @@ def binaries_ready() -> bool:
         )
     ]
     needed += [paths.ETCD_BIN / "etcd", paths.KWOK_DIR / "kwok", paths.HELM, paths.COREDNS_BIN / "coredns"]
+    needed += [paths.TRAEFIK_BIN / "traefik"]
     return all(p.exists() for p in needed)
 
 
@@ -298,6 +305,7 @@ def write_files(topo: cfg.Topology, kwok_nodes: int, real_node: bool) -> None:
     topo.file("cni/net.d/10-rollwise.conflist").write_text(cfg.cni_conflist(topo))
     topo.file("kubelet.yaml").write_text(cfg.kubelet_config(topo))
     topo.file("kube-proxy.yaml").write_text(cfg.kube_proxy_config(topo))
+    topo.file("traefik.yaml").write_text(cfg.traefik_config(topo))
     topo.file("prometheus/prometheus.yml").write_text(cfg.prometheus_config(topo))
     topo.file("Corefile").write_text(cfg.corefile(topo))
     topo.file("topology.json").write_text(
@@ -359,7 +367,12 @@ def up(kwok_nodes: int = 3, *, real_node: bool = True) -> Path:
     start("kube-controller-manager", cfg.controller_manager_argv(topo))
     start("kube-scheduler", cfg.scheduler_argv(topo))
     start("kwok", cfg.kwok_argv(topo))
-    kubectl("apply", "-f", "-", stdin=cfg.PROMETHEUS_RBAC + "---\n" + cfg.COREDNS_RBAC)
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=cfg.PROMETHEUS_RBAC + "---\n" + cfg.COREDNS_RBAC + "---\n" + cfg.TRAEFIK_RBAC,
+    )
     kubectl("apply", "-f", "-", stdin=cfg.prometheus_service(topo.host_ip))
     topo.file("prometheus/pods.json").write_text("[]")
     start("pod-discovery", cfg.podsd_argv(topo))
@@ -388,6 +401,7 @@ def up(kwok_nodes: int = 3, *, real_node: bool = True) -> Path:
     )
     if real_node:
         wait_for(f"node {cfg.NODE_NAME} Ready", lambda: node_ready(cfg.NODE_NAME), 120, "kubelet")
+        start_gateway(topo)
     wait_for(
         f"{kwok_nodes} kwok nodes Ready",
         lambda: all(node_ready(f"kwok-node-{i}") for i in range(kwok_nodes)),
@@ -420,6 +434,32 @@ def start_real_node(topo: cfg.Topology) -> None:
     start("kubelet", cfg.kubelet_argv(topo))
     start("kube-proxy", cfg.kube_proxy_argv(topo))
     start("coredns", cfg.coredns_argv(topo))
+
+
+def start_gateway(topo: cfg.Topology) -> None:
+    """Traefik as the Gateway API implementation, and the cluster's one Gateway. Its provider
+    watches Gateway API kinds from start-up, so their CRDs go first."""
+    from e2e import upstream_crds  # noqa: PLC0415 - it imports this module
+
+    upstream_crds.install()
+    start("traefik", cfg.traefik_argv(topo), cfg.traefik_env(topo))
+    kubectl("apply", "-f", "-", stdin=cfg.GATEWAY)
+    wait_for("traefik ping", lambda: http_ok(f"http://127.0.0.1:{cfg.GATEWAY_PING_PORT}/ping"), 60, "traefik")
+    wait_for("the Gateway programmed", gateway_programmed, 60, "traefik")
+
+
+def gateway_programmed() -> bool:
+    out = kubectl(
+        "get",
+        "gateway",
+        cfg.GATEWAY_NAME,
+        "-n",
+        cfg.GATEWAY_NAMESPACE,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type=='Programmed')].status}",
+        check=False,
+    )
+    return out.returncode == 0 and out.stdout.strip() == "True"
 
 
 def node_has_image(tag: str) -> bool:
@@ -605,7 +645,8 @@ def restart_component(name: str) -> int:
     comp = next(c for c in COMPONENTS if c.name == name)
     if alive(read_pid(name)):
         return read_pid(name) or 0
-    return start(name, comp.argv(load_topology()))
+    topo = load_topology()
+    return start(name, comp.argv(topo), comp.env(topo) if comp.env else None)
 
 
 def stop_component(name: str) -> None:

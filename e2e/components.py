@@ -29,6 +29,13 @@ APISERVER_PORT = 6443
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 PROMETHEUS_PORT = 9090
+# The Gateway API data plane (Traefik, on the host like kube-proxy): the one Gateway's HTTP
+# listener, on the host's address so clients on the host reach it, and Traefik's health port.
+GATEWAY_PORT = 18000
+GATEWAY_PING_PORT = 18082
+GATEWAY_CLASS = "traefik"
+GATEWAY_NAMESPACE = "rollwise-gateway"
+GATEWAY_NAME = "models"
 SCRAPE_INTERVAL = "2s"
 
 # How a pod chooses a node: simulated nodes carry this taint and label; the real node has neither
@@ -521,3 +528,98 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: rollwise
 subjects:
   - {apiGroup: rbac.authorization.k8s.io, kind: User, name: rollwise-prometheus}
 """
+
+
+def traefik_config(topo: Topology) -> str:
+    """Traefik's static configuration: its Gateway API provider and one entry point per port a
+    Gateway listener may name (Traefik binds a listener to the entry point of the same port)."""
+    return f"""\
+# Nothing here may reach past this machine: no release check, no usage report.
+global:
+  checkNewVersion: false
+  sendAnonymousUsage: false
+entryPoints:
+  web:
+    address: "{topo.host_ip}:{GATEWAY_PORT}"
+  ping:
+    address: "127.0.0.1:{GATEWAY_PING_PORT}"
+ping:
+  entryPoint: ping
+providers:
+  kubernetesGateway:
+    # The address written to each Gateway's status: where its listeners are served.
+    statusAddress:
+      ip: "{topo.host_ip}"
+    throttleDuration: 0s
+log:
+  level: INFO
+  noColor: true
+"""
+
+
+def traefik_argv(topo: Topology) -> list[str]:
+    return [str(paths.TRAEFIK_BIN / "traefik"), f"--configFile={topo.file('traefik.yaml')}"]
+
+
+def traefik_env(topo: Topology) -> dict[str, str]:
+    """Traefik's Kubernetes providers read a kubeconfig only from $KUBECONFIG (no flag)."""
+    return {"KUBECONFIG": str(topo.kubeconfig("traefik"))}
+
+
+TRAEFIK_RBAC = """\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: rollwise-traefik}
+rules:
+  - apiGroups: [""]
+    resources: [namespaces, services, secrets, configmaps]
+    verbs: [get, list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+  - apiGroups: [gateway.networking.k8s.io]
+    resources: [gatewayclasses, gateways, httproutes, grpcroutes, referencegrants, backendtlspolicies,
+      listenersets, tcproutes, tlsroutes]
+    verbs: [get, list, watch]
+  - apiGroups: [gateway.networking.k8s.io]
+    resources: [gatewayclasses/status, gateways/status, httproutes/status, grpcroutes/status,
+      backendtlspolicies/status, listenersets/status, tcproutes/status, tlsroutes/status]
+    verbs: [update, patch]
+  - apiGroups: [""]
+    resources: [events]
+    verbs: [create, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: rollwise-traefik}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: rollwise-traefik}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: rollwise-traefik}
+"""
+
+
+GATEWAY = f"""\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {GATEWAY_CLASS}}}
+spec:
+  controllerName: traefik.io/gateway-controller
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {GATEWAY_NAMESPACE}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {GATEWAY_NAME}, namespace: {GATEWAY_NAMESPACE}}}
+spec:
+  gatewayClassName: {GATEWAY_CLASS}
+  listeners:
+    - name: http
+      protocol: HTTP
+      port: {GATEWAY_PORT}
+      allowedRoutes:
+        namespaces: {{from: All}}
+"""
+"""The cluster's one Gateway: any namespace's HTTPRoute may attach to it (the routes' owners opt
+each ModelDeployment in with rollwise.dev/traffic-for, docs/routers.md)."""

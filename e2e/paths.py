@@ -14,6 +14,7 @@ ETCD_VERSION = os.environ.get("ETCD_VERSION", "v3.6.14")
 KWOK_VERSION = os.environ.get("KWOK_VERSION", "v0.8.0")
 HELM_VERSION = os.environ.get("HELM_VERSION", "v3.21.4")
 COREDNS_VERSION = os.environ.get("COREDNS_VERSION", "v1.14.7")
+TRAEFIK_VERSION = os.environ.get("TRAEFIK_VERSION", "v3.7.13")
 
 CACHE = Path(os.environ.get("ROLLWISE_CACHE", Path.home() / ".cache" / "rollwise"))
 KUBE_BIN = CACHE / f"k8s-{KUBE_VERSION}"
@@ -21,6 +22,7 @@ ETCD_BIN = CACHE / f"etcd-{ETCD_VERSION}"
 KWOK_DIR = CACHE / f"kwok-{KWOK_VERSION}"
 HELM_BIN = CACHE / f"helm-{HELM_VERSION}"
 COREDNS_BIN = CACHE / f"coredns-{COREDNS_VERSION}"
+TRAEFIK_BIN = CACHE / f"traefik-{TRAEFIK_VERSION}"
 KUBECTL = KUBE_BIN / "kubectl"
 HELM = HELM_BIN / "helm"
 

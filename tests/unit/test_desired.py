@@ -465,3 +465,22 @@ def test_the_revision_memo_answers_what_hashing_would_for_every_value() -> None:
         assert revision_of(revision) == revisions._revision_hash(revision)
     twin = RevisionSpec(model=md.spec.model.model_copy(), runtime=md.spec.runtime.model_copy())
     assert revision_of(twin) == revision_of(revision_from_spec(md))
+
+
+@pytest.mark.parametrize(
+    ("traffic", "settle"),
+    [
+        ({}, 0),  # replicas: kube-proxy routes the Service, no proxy to wait for
+        ({"provider": "gatewayAPI", "gatewayAPI": {"httpRoute": "web"}}, 5),
+        ({"provider": "istio", "istio": {"virtualService": "web"}}, 5),
+        ({"provider": "gatewayAPI", "gatewayAPI": {"httpRoute": "web"}, "endpointSettleSeconds": 12}, 12),
+        ({"provider": "gatewayAPI", "gatewayAPI": {"httpRoute": "web"}, "endpointSettleSeconds": 0}, 0),
+    ],
+)
+def test_a_new_pod_is_available_only_once_the_proxy_in_front_had_time_to_route_it(
+    traffic: dict[str, Any], settle: int
+) -> None:
+    doc = json.loads(json.dumps(B))
+    if traffic:
+        doc["spec"].setdefault("rollout", {})["traffic"] = traffic
+    assert children(doc)["Deployment/iris-stable"]["spec"]["minReadySeconds"] == settle

@@ -446,6 +446,42 @@ def test_proxy_routers_keep_stable_full_and_weight_the_route(
     assert check(d)
 
 
+@pytest.mark.parametrize(
+    ("traffic", "user", "candidate_weight"),
+    [
+        pytest.param(
+            {"provider": "gatewayAPI", "gatewayAPI": {"httpRoute": "web"}},
+            http_route(),
+            lambda d: weights(obj(d, "HTTPRoute", "web")["spec"]["rules"][1]["backendRefs"])[1],
+            id="gatewayAPI",
+        ),
+        pytest.param(
+            {"provider": "nginx", "nginx": {"ingress": "web"}},
+            ingress(),
+            lambda d: int(canary_weight(obj(d, "Ingress", "iris-candidate")) or 0),
+            id="nginx",
+        ),
+    ],
+)
+def test_a_proxy_router_sends_nothing_to_a_candidate_until_it_is_available(
+    traffic: dict[str, Any], user: Any, candidate_weight: Callable[[Decision], int]
+) -> None:
+    """A proxy answers a share routed to a Service without endpoints with errors (Traefik: 503),
+    so the first step's weight waits for the candidate to be available (after minReadySeconds)."""
+    md = md_of({"canary": {"steps": [{"setWeight": 10}, {"pause": {}}]}, "traffic": traffic})
+    w = World.of(md, user)
+    assert w.settle(at(0)).status.phase is Phase.HEALTHY
+    w.crash_candidate = True
+    w.with_spec(spec__model__version="2.0.0")
+    d = w.settle(at(1))
+    assert d.status.phase is Phase.PROGRESSING and d.status.weight == 0
+    assert candidate_weight(d) == 0
+    w.crash_candidate = False
+    d = w.settle(at(2))
+    assert (d.status.phase, d.status.weight) == (Phase.PAUSED, 10)
+    assert candidate_weight(d) == 10
+
+
 def test_a_missing_http_route_rolls_back_at_the_deadline_naming_the_route() -> None:
     traffic = {"provider": "gatewayAPI", "gatewayAPI": {"httpRoute": "web"}}
     w = started(

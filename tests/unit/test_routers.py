@@ -699,3 +699,23 @@ def test_a_rollout_through_a_route_not_opted_in_shows_the_fix_and_rolls_back_wri
     assert d.status.stable_version == "1.0.0"
     assert w.user[("HTTPRoute", "web")] == route  # never written
     assert all(m["kind"] != "HTTPRoute" for m in d.desired)
+
+
+@pytest.mark.parametrize("earlier", [TrafficSplit(0, mirror=True), TrafficSplit(25)], ids=["mirror", "weight"])
+def test_gateway_api_mirroring_by_pods_leaves_the_route_without_a_filter(earlier: TrafficSplit) -> None:
+    """For a gateway without RequestMirror (Traefik answers 500 for a rule with a filter it lacks),
+    the stable pods copy requests and the route carries weights only; the mirror reads back from
+    the stable pods' flags, and ends with them."""
+    md, router = md_with("gatewayAPI", mirroring="pods"), router_for("gatewayAPI")
+    user = USER["gatewayAPI"]
+    first = live_after(md, router, router.render(md, earlier, user), user)
+    route_now = [o for o in first if o["kind"] == "HTTPRoute"]
+    shadow = router.render(md, TrafficSplit(0, mirror=True), route_now)
+    assert "--mirror-url" in shadow.stable_args
+    assert "RequestMirror" not in json.dumps(shadow.objects)
+    state = router.read(md, live_after(md, router, shadow, route_now))
+    assert state.accepted and state.split is not None and state.split.mirror, state
+    ended = router.render(md, TrafficSplit.stable_only(), route_now)
+    assert "--mirror-url" not in ended.stable_args
+    after = router.read(md, live_after(md, router, ended, route_now))
+    assert after.split is not None and not after.split.mirror

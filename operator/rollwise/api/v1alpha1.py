@@ -13,7 +13,7 @@ import json
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
@@ -932,11 +932,31 @@ class TrafficProvider(StrEnum):
     """ingress-nginx canary annotations on a second Ingress."""
 
 
+DEFAULT_PROXY_SETTLE_SECONDS: Final = 5
+"""A proxy's time to program a new endpoint, with margin: Traefik's 2 s configuration batching,
+Istio's and Envoy Gateway's xDS debounce, ingress-nginx's sync."""
+
+
+class GatewayMirroring(StrEnum):
+    """Who copies a shadow step's requests to the candidate behind a Gateway API route."""
+
+    REQUEST_MIRROR = "requestMirror"
+    """The gateway, by a `RequestMirror` filter on the route's rule (an Extended feature of the
+    Gateway API: Envoy Gateway, Istio, kgateway and others implement it)."""
+    PODS = "pods"
+    """The stable pods, as with the `replicas` router (`--mirror-url`), and the route is left
+    without a filter. For gateways without `RequestMirror`, such as Traefik, which answers every
+    request of a rule carrying a filter it does not implement with a 500."""
+
+
 class GatewayApiTraffic(ApiModel):
     """The HTTPRoute the operator edits; it must already exist and route to the `<name>` Service."""
 
     http_route: Name
     """HTTPRoute name in the ModelDeployment's namespace."""
+    mirroring: GatewayMirroring = GatewayMirroring.REQUEST_MIRROR
+    """How a shadow step copies requests: `requestMirror` (the gateway) or `pods` (the stable pods;
+    for a gateway that has no RequestMirror filter, e.g. Traefik)."""
 
 
 class IstioTraffic(ApiModel):
@@ -966,6 +986,20 @@ class Traffic(ApiModel):
     """Required with provider istio."""
     nginx: NginxTraffic | None = None
     """Required with provider nginx."""
+    endpoint_settle_seconds: int | None = Field(default=None, ge=0, le=300)
+    """Seconds a new pod of either track must have been Ready before it counts as available (the
+    Deployments' `minReadySeconds`), so a proxy in front of the tracks has programmed its endpoint
+    before the rollout sends the track traffic or removes the pod it replaces. Unset: 0 with the
+    `replicas` router (kube-proxy routes the Service), 5 with gatewayAPI, istio and nginx, whose
+    proxies learn endpoints from the API on their own schedule (Traefik batches changes for 2 s
+    and answers 503 for a backend it has no endpoint for yet)."""
+
+    @property
+    def settle_seconds(self) -> int:
+        """`endpointSettleSeconds`, or its default for the provider."""
+        if self.endpoint_settle_seconds is not None:
+            return self.endpoint_settle_seconds
+        return 0 if self.provider is TrafficProvider.REPLICAS else DEFAULT_PROXY_SETTLE_SECONDS
 
     @rule(
         cel="(self.provider == 'gatewayAPI') == has(self.gatewayAPI)",

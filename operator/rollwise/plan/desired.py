@@ -378,6 +378,9 @@ def desired_deployment(
         # Never take a serving pod down before its replacement is ready.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "progressDeadlineSeconds": md.spec.rollout.progress_deadline_seconds,
+        # A new pod counts as available (to the rollout and to the rolling update that removes
+        # the pod it replaces) only once the proxy in front of the tracks has had time to route it.
+        "minReadySeconds": md.spec.rollout.traffic.settle_seconds,
         "template": pod_template(md, revision, track, serving_image, extra_args, owner_uid=owner_uid),
     }
     annotations = {

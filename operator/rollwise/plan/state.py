@@ -191,9 +191,17 @@ def routed_split(world: World, state: State) -> TrafficSplit:
     In progress: the split at the current step (all-stable before the first). Promoting: only the
     weighted share, so the stable rolls to the new revision once, without mirror or hash flags.
     Otherwise: all-stable, no mirroring.
+
+    Behind a router that routes to the track Services (a gateway, a mesh, an ingress), nothing is
+    sent to a candidate that is not available: its Service has no endpoint for the proxy, which
+    answers the candidate's share with errors (Traefik: 503 "no available server") until one is
+    ready. The replicas router needs no such guard (a pod takes traffic once it is ready), and must
+    not have it: its split sets the candidate's replicas.
     """
     match state.phase:
         case Phase.PROGRESSING | Phase.PAUSED if state.step is not None:
+            if world.router.routes_to_tracks and not world.candidate_ready(state):
+                return TrafficSplit.stable_only()
             return routing_at(world.steps, min(state.step, len(world.steps) - 1))
         case Phase.PROMOTING if state.step is not None:
             return TrafficSplit(candidate=routing_at(world.steps, state.step).candidate)

@@ -4,7 +4,9 @@ The user's HTTPRoute (spec.rollout.traffic.gatewayAPI.httpRoute) routes to the `
 We rewrite every rule whose backends are all our Services (`<name>`, `<name>-stable`,
 `<name>-candidate`, in the route's namespace) to two weighted backends, `<name>-stable` and
 `<name>-candidate` (weights 100/0 at rest, so the route never changes shape between rollouts);
-mirroring adds a RequestMirror filter to the candidate; A/B matches add, before those rules, one
+mirroring adds a RequestMirror filter to the candidate (or, with `mirroring: pods`, for gateways
+that have no such filter, leaves the route alone and has the stable pods copy requests, as the
+`replicas` router does); A/B matches add, before those rules, one
 rule per match that sends the matching requests to the candidate. Cookie matches become a
 regular-expression match on the Cookie header (Gateway API has no cookie match).
 
@@ -32,7 +34,7 @@ from typing import ClassVar
 
 from rollwise_contract.matches import CookieMatch, HeaderMatch, RequestMatch
 
-from rollwise.api.v1alpha1 import ModelDeployment, TrafficProvider
+from rollwise.api.v1alpha1 import GatewayMirroring, ModelDeployment, TrafficProvider
 from rollwise.plan.desired import SERVICE_PORT
 from rollwise.plan.manifest import JsonValue, Manifest, as_list, find, name_of
 from rollwise.plan.names import Track, track_name
@@ -41,11 +43,13 @@ from rollwise.plan.split import TrafficSplit
 from rollwise.routers.common import (
     consent_refusal,
     forward_args,
+    mirror_args,
     not_found,
     object_ref,
     own_services,
     parsed_match,
     refused,
+    serving_flags,
     target_problems,
     with_user_hash,
 )
@@ -110,6 +114,9 @@ class GatewayApiRouter:
     def render(self, md: ModelDeployment, split: TrafficSplit, live: Sequence[Manifest]) -> RouterPlan:
         route = find(live, KIND, self.route_name(md))
         stable_args = forward_args(md, split)
+        by_pods = _mirrored_by_pods(md)
+        if split.mirror and by_pods:
+            stable_args = (*stable_args, *mirror_args(md))
         if route is None or refusal(md, route) is not None:
             return RouterPlan(stable_args=stable_args)  # nothing written to a route not ours to edit
         name, namespace = md.metadata.name, md.metadata.namespace
@@ -123,7 +130,7 @@ class GatewayApiRouter:
                 rules.append(rule)  # another service's rule: sent back exactly as it is
                 continue
             rules.extend(_match_rules(rule, split.matches, candidate))
-            rules.append(_weighted(rule, name, weight, mirror=split.mirror))
+            rules.append(_weighted(rule, name, weight, mirror=split.mirror and not by_pods))
         spec: Manifest = {"rules": rules}
         meta: Manifest = {"name": self.route_name(md)}
         if md.metadata.namespace:
@@ -143,6 +150,8 @@ class GatewayApiRouter:
         name = md.metadata.name
         stable, candidate = track_name(name, Track.STABLE), track_name(name, Track.CANDIDATE)
         weights, mirror, matches = _routed(md, route)
+        if _mirrored_by_pods(md):
+            mirror = serving_flags(md, objects).mirror
         if stable not in weights:
             return RouterReading(None, False, f"HTTPRoute {self.route_name(md)} has no rule for {name}")
         total = weights.get(stable, 0) + weights.get(candidate, 0)
@@ -151,6 +160,11 @@ class GatewayApiRouter:
         split = TrafficSplit(candidate=weight, mirror=mirror, matches=tuple(matches), sticky_header=header)
         rejected = _rejection(route)
         return RouterReading(split, rejected is None, rejected or "")
+
+
+def _mirrored_by_pods(md: ModelDeployment) -> bool:
+    gw = md.spec.rollout.traffic.gateway_api
+    return gw is not None and gw.mirroring is GatewayMirroring.PODS
 
 
 def _routed(md: ModelDeployment, route: Manifest) -> tuple[dict[str, int], bool, list[RequestMatch]]:
