@@ -701,7 +701,9 @@ def test_a_rollout_through_a_route_not_opted_in_shows_the_fix_and_rolls_back_wri
     assert all(m["kind"] != "HTTPRoute" for m in d.desired)
 
 
-@pytest.mark.parametrize("earlier", [TrafficSplit(0, mirror=True), TrafficSplit(25)], ids=["mirror", "weight"])
+@pytest.mark.parametrize(
+    "earlier", [TrafficSplit(0, mirror=True), TrafficSplit(25)], ids=["mirror", "weight"]
+)
 def test_gateway_api_mirroring_by_pods_leaves_the_route_without_a_filter(earlier: TrafficSplit) -> None:
     """For a gateway without RequestMirror (Traefik answers 500 for a rule with a filter it lacks),
     the stable pods copy requests and the route carries weights only; the mirror reads back from
