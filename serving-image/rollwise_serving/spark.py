@@ -43,17 +43,52 @@ _SCORERS: dict[tuple[str, ...], Scorer] = {}
 process reuses one across tasks and batches (``spark.python.worker.reuse``, on by default)."""
 
 
+LOADS = 0
+"""How many times this process loaded a model (a test reads it in each worker: once per process)."""
+
+
 def _settings(options: dict[str, Any]) -> BatchSettings:
     """The model part of a batch job's settings (input and output are Spark's)."""
     return BatchSettings(input="spark", output=Path("/nonexistent"), **options)
 
 
 def _scorer(options: dict[str, Any]) -> Scorer:
+    global LOADS  # noqa: PLW0603 - the per-process cache's own counter
     key = tuple(f"{k}={options[k]}" for k in sorted(options))
     scorer = _SCORERS.get(key)
     if scorer is None:
         scorer = _SCORERS[key] = load_scorer(_settings(options))
+        LOADS += 1
     return scorer
+
+
+def model_options(
+    *,
+    model_uri: str,
+    sha256: str | None = None,
+    format: str = "sklearn",
+    feature_schema: str | None = None,
+    features: Sequence[str] | None = None,
+    cache_dir: str = "/tmp/rollwise-cache",
+    s3_endpoint: str | None = None,
+) -> dict[str, Any]:
+    """The model settings ``score`` ships to the workers (plain values: they are pickled), and
+    the key of the workers' cache."""
+    options: dict[str, Any] = {
+        "model_uri": model_uri,
+        "sha256": sha256,
+        "format": ModelFormat(format),
+        "feature_schema": feature_schema,
+        "features": tuple(features) if features is not None else None,
+        "cache_dir": Path(cache_dir),
+        "s3_endpoint": s3_endpoint,
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def scorer(options: dict[str, Any]) -> Scorer:
+    """This process's scorer for ``options`` (``model_options``): loaded on first use, then reused."""
+    return _scorer(options)
 
 
 def score(
@@ -70,16 +105,15 @@ def score(
 ) -> DataFrame:
     """``df`` scored: its ``keep`` columns, the model's prediction columns and ``rejection``.
     Raises ``batch.PermanentError`` on the driver when the model is refused (a wrong digest)."""
-    options: dict[str, Any] = {
-        "model_uri": model_uri,
-        "sha256": sha256,
-        "format": ModelFormat(format),
-        "feature_schema": feature_schema,
-        "features": tuple(features) if features is not None else None,
-        "cache_dir": Path(cache_dir),
-        "s3_endpoint": s3_endpoint,
-    }
-    options = {k: v for k, v in options.items() if v is not None}
+    options = model_options(
+        model_uri=model_uri,
+        sha256=sha256,
+        format=format,
+        feature_schema=feature_schema,
+        features=features,
+        cache_dir=cache_dir,
+        s3_endpoint=s3_endpoint,
+    )
     scorer = _scorer(options)
     kept = list(keep)
     missing = [
