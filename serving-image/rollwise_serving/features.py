@@ -216,8 +216,12 @@ class SchemaChecker:
         with np.errstate(invalid="ignore"):
             low = values < self.lower
             high = values > self.upper
-            fraction = self._integral & (values != np.floor(values)) & np.isfinite(values)
-        bad = low | high | fraction
+            bad = low | high
+            if self._integral.any():  # float features only: no fractions to look for
+                fraction = self._integral & (values != np.floor(values)) & np.isfinite(values)
+                bad |= fraction
+            else:
+                fraction = np.zeros_like(bad)
         if not bad.any():
             return
         for r, c in zip(*np.nonzero(bad), strict=True):
@@ -282,7 +286,8 @@ class SchemaChecker:
                 elif f.default is not None:
                     values = np.where(missing, f.default, values)
             matrix[:, c] = values
-        checked = np.where(np.isinf(matrix), np.nan, matrix)
+        unparsed_any = bool(problems)
+        checked = np.where(np.isinf(matrix), np.nan, matrix) if unparsed_any else matrix
         for row, problem in self._range_problems(name, checked, first_row):
             add(row, problem)
         return matrix, problems
@@ -299,8 +304,8 @@ def _column_values(feature: Feature, column: np.ndarray[Any, Any]) -> np.ndarray
     holds something that is no value of the feature (text that is no number, an unknown category,
     an infinity), so ``check_rows`` can tell the two apart."""
     if column.dtype.kind in "biuf":
-        values = column.astype(np.float64)
-        return np.where(np.isinf(values), np.inf, values)
+        values: np.ndarray[Any, np.dtype[np.float64]] = column.astype(np.float64, copy=False)
+        return values  # an infinity (either sign) is already one
     out = np.empty(len(column), dtype=np.float64)
     for r, item in enumerate(column.tolist()):
         if item is None or (isinstance(item, float) and math.isnan(item)):

@@ -165,7 +165,7 @@ def _scored_frame(scorer: Scorer, frame: pd.DataFrame, kept: Sequence[str]) -> p
     scored = scorer.score(columns, rows, name="")
     out = {c: frame[c].reset_index(drop=True) for c in kept}
     for c in scorer.columns:
-        values = pa.array(scored.outputs[c.name], type=c.type)
+        values = scorer.arrow(c, scored.outputs[c.name])
         if scored.problems:
             # scatter the scored rows' values back among the rejected rows' nulls
             positions = np.cumsum(scored.ok) - 1
