@@ -607,14 +607,14 @@ class Summary:
         return body
 
     def termination_message(self) -> str:
-        """The summary as one JSON line within Kubernetes' 4096 bytes (a long error is cut)."""
+        """The summary as one JSON line within Kubernetes' 4096 bytes: a long error is cut, by at
+        most what is over (no character takes more than 6 bytes in this JSON)."""
         body = self.as_json()
-        text = json.dumps(body)
-        if len(text.encode()) > TERMINATION_MESSAGE_BYTES and self.error:
-            body["error"] = self.error[
-                : max(0, len(self.error) - (len(text.encode()) - TERMINATION_MESSAGE_BYTES) - 8)
-            ]
-            text = json.dumps(body)
+        text = json.dumps(body, ensure_ascii=False)
+        while len(text.encode()) > TERMINATION_MESSAGE_BYTES and body.get("error"):
+            over = len(text.encode()) - TERMINATION_MESSAGE_BYTES
+            body["error"] = body["error"][: -max(1, over // 6)]
+            text = json.dumps(body, ensure_ascii=False)
         return text
 
 

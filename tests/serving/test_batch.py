@@ -420,3 +420,25 @@ def test_an_s3_prefix_is_listed_and_each_shard_fetches_its_files(
     ids = sorted(read_parts(out)["id"].to_pylist())
     assert ids == sorted(i for n in range(3) for i in range(n * 100, n * 100 + 100) if i - n * 100 not in BAD)
     assert {r["file"] for r in read_rejects(out)} == {"f0.parquet", "f1.parquet", "f2.parquet"}
+
+
+def test_features_without_a_schema_score_as_the_schema_does(models: dict[str, Any], tmp_path: Path) -> None:
+    """``--features`` (no schema): the same columns, read as bounded-less floats, in process."""
+    from rollwise_serving.batch import load_scorer, parse_batch_settings  # noqa: PLC0415
+
+    def scorer(*how: str) -> Any:
+        args = [*batch_args(models, tmp_path / "unused", tmp_path / "out")]
+        at = args.index("--feature-schema")
+        args[at : at + 2] = how
+        return load_scorer(parse_batch_settings(args, {}))
+
+    names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    table = iris_table(50)
+    columns = {n: table[n].to_numpy(zero_copy_only=False) for n in names}
+    plain = scorer("--features", ",".join(names)).score(columns, 50)
+    schema = scorer("--feature-schema", str(models["dir"] / models["feature_schema"])).score(columns, 50)
+    assert plain.ok.all(), "without a schema, 99 is a float like any other"
+    assert [p.message for p in schema.problems[7]] == [BAD[7][2]]
+    others = np.arange(50) != 7
+    for column in ["label", *PROBABILITIES]:
+        assert np.array_equal(plain.outputs[column][others], schema.outputs[column])
