@@ -6,7 +6,9 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 
 APT_PACKAGES=(docker.io debootstrap containerd runc containernetworking-plugins prometheus redis-server
-  wrk iptables conntrack socat ethtool iproute2 openssl)
+  wrk iptables conntrack socat ethtool iproute2 openssl
+  # Java 17 for pyspark (tests/serving/test_spark.py, bench/batch.py: rollwise_serving.spark)
+  openjdk-17-jre-headless)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError
@@ -256,8 +256,8 @@ class Flag:
     def _read(self, value: object) -> object:
         return self.parse(value) if self.parse is not None and isinstance(value, str) else value
 
-    def describe(self, name: str, error: ErrorDetails) -> str:
-        where = f"{_flag(name)} (env {_env(name)})"
+    def describe(self, name: str, error: ErrorDetails, env: str | None = None) -> str:
+        where = f"{_flag(name)} (env {env or _env(name)})"
         if error["type"] == "missing":
             return f"{where} is required; {self.required}"
         if self.explains:
@@ -276,9 +276,9 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _env(name: str) -> str:
+def _env(name: str, model: type[BaseModel] | None = None) -> str:
     """The setting's variable: ``ROLLWISE_<NAME>``, or the one its ``Flag`` names."""
-    info = Settings.model_fields.get(name)
+    info = (model or Settings).model_fields.get(name)
     flag = next((m for m in info.metadata if isinstance(m, Flag)), None) if info else None
     return flag.env if flag is not None and flag.env else ENV_PREFIX + name.upper()
 
@@ -371,18 +371,56 @@ _MATCH_EXAMPLE = 'e.g. [{"header": {"name": "x-variant", "value": "b"}}]'
 # ---- the settings ------------------------------------------------------------------------------
 
 
+# The model-loading settings ``rollwise-serve`` and ``rollwise-batch`` share: declared once, so a
+# batch job takes a model exactly as a server does (same flags, variables, checks and messages).
+ModelUri = Annotated[
+    str,
+    Flag(
+        "file:///path, /path, http(s)://..., or s3://bucket/key",
+        required="point it at the model artifact, e.g. file:///models/model.joblib or s3://bucket/key",
+    ),
+]
+FormatSetting = Annotated[
+    ModelFormat, _choice("sklearn | onnx | python | xgboost | lightgbm (default sklearn)", ModelFormat)
+]
+Sha256Setting = Annotated[
+    str | None,
+    Flag("hex digest the artifact must match (required for sklearn and python)", _DIGEST_PROBLEM, _digest),
+]
+FeatureSchemaSetting = Annotated[str | None, Flag("feature schema JSON: a path or inline JSON")]
+CacheDirSetting = Annotated[Path, Flag("writable directory for downloads (default /tmp/rollwise-cache)")]
+MaxModelBytesSetting = Annotated[
+    int,
+    _integer("largest model artifact, in bytes (default 4294967296 = 4 GiB)", 1024, 1 << 40),
+]
+PythonClassSetting = Annotated[
+    str,
+    Flag(
+        "class name in a python-format model file (default Model)",
+        "is not a Python class name",
+        _identifier,
+    ),
+]
+S3EndpointSetting = Annotated[
+    str | None, Flag("S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS)", _URL_PROBLEM, _http_url)
+]
+LogLevelSetting = Annotated[
+    LogLevel,
+    Flag(
+        "critical | error | warning | info | debug (default info)",
+        "is not valid; use critical, error, warning, info or debug",
+        _log_level,
+        blank_is_unset=False,
+    ),
+]
+
+
 class Settings(BaseModel):
     """Everything the server is told at start-up; built by ``parse_settings`` from flags and env."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    model_uri: Annotated[
-        str,
-        Flag(
-            "file:///path, /path, http(s)://..., or s3://bucket/key",
-            required="point it at the model artifact, e.g. file:///models/model.joblib or s3://bucket/key",
-        ),
-    ]
+    model_uri: ModelUri
     name: Annotated[
         str,
         Flag(
@@ -401,15 +439,8 @@ class Settings(BaseModel):
             required="give the model a version, e.g. --version v1",
         ),
     ]
-    format: Annotated[
-        ModelFormat, _choice("sklearn | onnx | python | xgboost | lightgbm (default sklearn)", ModelFormat)
-    ] = ModelFormat.SKLEARN
-    sha256: Annotated[
-        str | None,
-        Flag(
-            "hex digest the artifact must match (required for sklearn and python)", _DIGEST_PROBLEM, _digest
-        ),
-    ] = None
+    format: FormatSetting = ModelFormat.SKLEARN
+    sha256: Sha256Setting = None
     track: Annotated[Track, _choice("stable | candidate (default stable)", Track)] = Track.STABLE
     host: Annotated[str, Flag("listen address (default 0.0.0.0)")] = "0.0.0.0"
     port: Annotated[int, _integer("listen port (default 8080)", 1, 65535)] = 8080
@@ -423,7 +454,7 @@ class Settings(BaseModel):
     benchmarks, a second model) share it silently, each answering part of the other's clients,
     where an explicit port fails loudly. The operator turns it on at 8081 (REST's port + 1, as
     KServe's servers do) and exposes it as the ``grpc`` port of the pod and its Services."""
-    feature_schema: Annotated[str | None, Flag("feature schema JSON: a path or inline JSON")] = None
+    feature_schema: FeatureSchemaSetting = None
     """Path to the feature schema JSON, or the JSON itself (starts with ``{``)."""
     reference: Annotated[str | None, Flag("reference distribution JSON (path) for drift (PSI)")] = None
     """Path to the reference distribution JSON shipped with the model (drift baseline)."""
@@ -607,39 +638,17 @@ class Settings(BaseModel):
     workers: Annotated[int, _integer("worker processes (default 1)", 1, 64)] = 1
     max_batch_size: Annotated[int, _integer("rows per coalesced predict call (default 64)", 1, 100_000)] = 64
     """Rows per predict call when concurrent requests are coalesced; bounds latency of a batch."""
-    cache_dir: Annotated[Path, Flag("writable directory for downloads (default /tmp/rollwise-cache)")] = Path(
-        "/tmp/rollwise-cache"
-    )
-    max_model_bytes: Annotated[
-        int,
-        _integer("largest model artifact, in bytes (default 4294967296 = 4 GiB)", 1024, 1 << 40),
-    ] = 4 << 30
+    cache_dir: CacheDirSetting = Path("/tmp/rollwise-cache")
+    max_model_bytes: MaxModelBytesSetting = 4 << 30
     """Largest artifact (primary or fallback) fetched or read, in bytes; a download is stopped where
     it crosses the limit and removed, so an endless or oversized artifact cannot fill the pod's
     disk (``--cache-dir``), and the model fails to load with a reason naming this setting. The
     default, 4 GiB, is twice the largest single-file ONNX model (protobuf caps a file at 2 GiB) and
     far above the scikit-learn and Python models a CPU server loads; give ``--cache-dir`` room for
     the primary and the fallback at this size."""
-    python_class: Annotated[
-        str,
-        Flag(
-            "class name in a python-format model file (default Model)",
-            "is not a Python class name",
-            _identifier,
-        ),
-    ] = "Model"
-    s3_endpoint: Annotated[
-        str | None, Flag("S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS)", _URL_PROBLEM, _http_url)
-    ] = None
-    log_level: Annotated[
-        LogLevel,
-        Flag(
-            "critical | error | warning | info | debug (default info)",
-            "is not valid; use critical, error, warning, info or debug",
-            _log_level,
-            blank_is_unset=False,
-        ),
-    ] = "info"
+    python_class: PythonClassSetting = "Model"
+    s3_endpoint: S3EndpointSetting = None
+    log_level: LogLevelSetting = "info"
     access_log: Annotated[
         bool,
         Flag(
@@ -660,36 +669,71 @@ class Settings(BaseModel):
         return env
 
 
-def _flag_of(name: str) -> Flag:
-    info = Settings.model_fields.get(name)
+def _flag_of(name: str, model: type[BaseModel] | None = None) -> Flag:
+    info = (model or Settings).model_fields.get(name)
     flag = next((m for m in info.metadata if isinstance(m, Flag)), None) if info else None
     return flag or Flag("", "is not a setting; remove it")
 
 
-def build_parser() -> argparse.ArgumentParser:
+SERVE_DESCRIPTION = (
+    "Serve one model over the Open Inference Protocol v2 with rollout metrics. "
+    "Every flag can also be set as ROLLWISE_<FLAG> (e.g. ROLLWISE_MODEL_URI)."
+)
+
+
+def build_parser(
+    model: type[BaseModel] | None = None, prog: str = "rollwise-serve", description: str = SERVE_DESCRIPTION
+) -> argparse.ArgumentParser:
     """Flags only; defaults come from the environment later so we can name both in errors."""
-    p = argparse.ArgumentParser(
-        prog="rollwise-serve",
-        description="Serve one model over the Open Inference Protocol v2 with rollout metrics. "
-        "Every flag can also be set as ROLLWISE_<FLAG> (e.g. ROLLWISE_MODEL_URI).",
-        argument_default=argparse.SUPPRESS,
-    )
-    for name in Settings.model_fields:
-        p.add_argument(_flag(name), help=_flag_of(name).help)
+    model = model or Settings
+    p = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    for name in model.model_fields:
+        p.add_argument(_flag(name), help=_flag_of(name, model).help)
     return p
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def raw_settings(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str] | None,
+) -> dict[str, str]:
+    """Each setting's string: its flag, else its variable; unset ones are left out."""
+    environ = os.environ if environ is None else environ
+    flags = vars(parser.parse_args(argv))
+    raw: dict[str, str] = {}
+    for name in model.model_fields:
+        if name in flags:
+            raw[name] = str(flags[name])
+        elif _env(name, model) in environ:
+            raw[name] = environ[_env(name, model)]
+    return raw
+
+
+def validated(model: type[_M], raw: Mapping[str, str], problems: Sequence[str] = ()) -> _M:
+    """``model`` from strings keyed by field name, blank ones unset where their ``Flag`` says so;
+    raises ``SettingsError`` with every field's problem and then ``problems`` (the rules about
+    combinations, checked by the caller on the same strings)."""
+    given = {k: v for k, v in raw.items() if v or not _flag_of(k, model).blank_is_unset}
+    try:
+        settings = model.model_validate(given)
+    except ValidationError as err:
+        fields = [
+            _flag_of(str(e["loc"][0]), model).describe(str(e["loc"][0]), e, _env(str(e["loc"][0]), model))
+            for e in err.errors()
+        ]
+        raise SettingsError([*fields, *problems]) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings
 
 
 def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Flags over ``ROLLWISE_*`` over defaults; raises ``SettingsError`` listing every problem."""
-    environ = os.environ if environ is None else environ
-    flags = vars(build_parser().parse_args(argv))
-    raw: dict[str, str] = {}
-    for name in Settings.model_fields:
-        if name in flags:
-            raw[name] = str(flags[name])
-        elif _env(name) in environ:
-            raw[name] = environ[_env(name)]
-    return settings_from_strings(raw)
+    return settings_from_strings(raw_settings(build_parser(), Settings, argv, environ))
 
 
 def from_environ(environ: Mapping[str, str] | None = None) -> Settings:
@@ -704,15 +748,7 @@ def settings_from_strings(raw: Mapping[str, str]) -> Settings:
     skips model validators once a field fails): one pass, every problem.
     """
     given = {k: v for k, v in raw.items() if v or not _flag_of(k).blank_is_unset}
-    problems = _combination_problems(given)
-    try:
-        settings = Settings.model_validate(given)
-    except ValidationError as err:
-        fields = [_flag_of(str(e["loc"][0])).describe(str(e["loc"][0]), e) for e in err.errors()]
-        raise SettingsError([*fields, *problems]) from None
-    if problems:
-        raise SettingsError(problems)
-    return settings
+    return validated(Settings, raw, _combination_problems(given))
 
 
 _HASH_ROUTING = ("hash_header", "hash_range", "forward_url")
@@ -721,7 +757,7 @@ _HASH_ROUTING = ("hash_header", "hash_range", "forward_url")
 def _combination_problems(given: Mapping[str, str]) -> list[str]:
     return [
         *_routing_problems(given),
-        *_digest_problems(given),
+        *digest_problems(given),
         *_redis_problems(given),
         *_port_problems(given),
     ]
@@ -759,7 +795,7 @@ def _routing_problems(given: Mapping[str, str]) -> list[str]:
     return []
 
 
-def _digest_problems(given: Mapping[str, str]) -> list[str]:
+def digest_problems(given: Mapping[str, str]) -> list[str]:
     """Pickles run code from the artifact when loaded: they load only with a pinned digest."""
     fmt = _format_or(given.get("format"), ModelFormat.SKLEARN)
     problems = []

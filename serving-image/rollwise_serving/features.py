@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -200,35 +200,122 @@ class SchemaChecker:
     def check_matrix(self, name: str, matrix: np.ndarray[Any, Any]) -> None:
         """Vectorised range/type check of a tensor whose columns are the declared features."""
         self._check_columns(name, matrix)
-        values = matrix.astype(np.float64, copy=False)
+        problems = []
+        for _, problem in self._range_problems(name, matrix.astype(np.float64, copy=False)):
+            problems.append(problem)
+            if len(problems) >= 100:  # enough to act on; the body stays small
+                break
+        if problems:
+            raise FeatureValidationError(problems)
+
+    def _range_problems(
+        self, name: str, values: np.ndarray[Any, np.dtype[np.float64]], first_row: int = 0
+    ) -> Iterator[tuple[int, FeatureProblem]]:
+        """(row, problem) for each value outside its bounds or not whole where it must be, row by
+        row; NaN (an optional feature left out) is no problem here."""
         with np.errstate(invalid="ignore"):
             low = values < self.lower
             high = values > self.upper
-            fraction = self._integral & (values != np.floor(values))
-        bad = low | high | fraction
+            bad = low | high
+            if self._integral.any():  # float features only: no fractions to look for
+                fraction = self._integral & (values != np.floor(values)) & np.isfinite(values)
+                bad |= fraction
+            else:
+                fraction = np.zeros_like(bad)
         if not bad.any():
             return
-        problems = []
         for r, c in zip(*np.nonzero(bad), strict=True):
             f = self.features[c]
             v = values[r, c]
-            where = f"{name}[{r}][{c}] ({f.name})"
+            where = _where(name, first_row + int(r), c, f)
             if fraction[r, c]:
-                problems.append(
-                    FeatureProblem(where, f.name, Problem.REJECTED, f"{where}: {v:.6g} is not a whole number")
+                yield (
+                    int(r),
+                    FeatureProblem(
+                        where, f.name, Problem.REJECTED, f"{where}: {v:.6g} is not a whole number"
+                    ),
                 )
             else:
-                problems.append(
+                yield (
+                    int(r),
                     FeatureProblem(
                         where,
                         f.name,
                         Problem.OUT_OF_RANGE,
                         f"{where}: {v:.6g} is outside [{self.lower[c]:g}, {self.upper[c]:g}]",
-                    )
+                    ),
                 )
-            if len(problems) >= 100:  # enough to act on; the body stays small
-                break
-        raise FeatureValidationError(problems)
+
+    def check_rows(
+        self, columns: Mapping[str, np.ndarray[Any, Any]], rows: int, name: str = "rows", first_row: int = 0
+    ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], dict[int, list[FeatureProblem]]]:
+        """Named columns of a table (batch scoring) -> the model's ``[N, F]`` matrix and, for each
+        row that breaks the schema, every problem it has; the caller sets those rows aside.
+
+        The same rules and messages as a request (``check_matrix``, ``matrix_from_strings``), row
+        by row instead of all-or-nothing: a null or NaN is the feature left out (its ``default``
+        or NaN when optional, a ``missing`` problem when required), strings are read as the
+        feature's values (``_parse``), infinities are refused. ``first_row`` numbers the rows in
+        messages (``rows[1234][2] (petal_length): 9.1 is outside [0.5, 8]``; with ``name`` empty,
+        ``petal_length: 9.1 is outside [0.5, 8]``). A declared feature
+        absent from ``columns`` is a left-out optional feature, or missing in every row."""
+        matrix = np.empty((rows, len(self.features)), dtype=np.float64)
+        problems: dict[int, list[FeatureProblem]] = {}
+
+        def add(r: int, problem: FeatureProblem) -> None:
+            problems.setdefault(r, []).append(problem)
+
+        for c, f in enumerate(self.features):
+            column = columns.get(f.name)
+            values = np.full(rows, np.nan) if column is None else _column_values(f, column)
+            unparsed = np.isinf(values)  # _column_values marks what is no value of the feature as inf
+            for r in np.nonzero(unparsed)[0]:
+                where = _where(name, first_row + int(r), c, f)
+                shown = "inf" if column is None else str(column[r])[:40]
+                add(
+                    int(r),
+                    FeatureProblem(where, f.name, Problem.REJECTED, f"{where}: {shown!r} {_expected(f)}"),
+                )
+            missing = np.isnan(values)
+            if missing.any():
+                if f.required:
+                    for r in np.nonzero(missing)[0]:
+                        where = _where(name, first_row + int(r), c, f)
+                        message = f"{where}: missing; this feature is required"
+                        add(int(r), FeatureProblem(where, f.name, Problem.MISSING, message))
+                elif f.default is not None:
+                    values = np.where(missing, f.default, values)
+            matrix[:, c] = values
+        unparsed_any = bool(problems)
+        checked = np.where(np.isinf(matrix), np.nan, matrix) if unparsed_any else matrix
+        for row, problem in self._range_problems(name, checked, first_row):
+            add(row, problem)
+        return matrix, problems
+
+
+def _where(name: str, row: int, column: int, feature: Feature) -> str:
+    """A value's place in messages: ``rows[12][1] (sepal_width)`` as a request's, or the feature
+    alone without ``name`` (rows with no number of their own, as a Spark batch's)."""
+    return f"{name}[{row}][{column}] ({feature.name})" if name else feature.name
+
+
+def _column_values(feature: Feature, column: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """A column as the feature's model values: NaN where it is null (left out), +inf where it
+    holds something that is no value of the feature (text that is no number, an unknown category,
+    an infinity), so ``check_rows`` can tell the two apart."""
+    if column.dtype.kind in "biuf":
+        values: np.ndarray[Any, np.dtype[np.float64]] = column.astype(np.float64, copy=False)
+        return values  # an infinity (either sign) is already one
+    out = np.empty(len(column), dtype=np.float64)
+    for r, item in enumerate(column.tolist()):
+        if item is None or (isinstance(item, float) and math.isnan(item)):
+            out[r] = np.nan
+        elif isinstance(item, bool | int | float) and feature.type is not FeatureType.CATEGORY:
+            out[r] = float(item) if math.isfinite(float(item)) else np.inf
+        else:
+            value = _parse(feature, str(item))
+            out[r] = np.inf if value is None else value
+    return out
 
 
 @dataclass(frozen=True, slots=True)

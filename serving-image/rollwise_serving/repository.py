@@ -31,13 +31,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rollwise_contract.model import PICKLE_FORMATS, ModelFormat
 from rollwise_contract.redact import redact_uri
 
 from rollwise_serving.config import Redactor, Settings
-from rollwise_serving.errors import ArtifactError, ModelNotReadyError, StorageError
+from rollwise_serving.errors import ArtifactError, ArtifactTooLargeError, ModelNotReadyError, StorageError
 from rollwise_serving.runtimes import Runtime, load_runtime
 from rollwise_serving.storage import digest_of, fetch_artifact
 
@@ -64,6 +64,8 @@ class ModelSlot:
     reason: str = "loading"
     digest: str | None = None
     runtime: Runtime | None = field(default=None, repr=False)
+    retryable: bool = False
+    """The load failed fetching (a network or store error): trying again may succeed."""
 
     @property
     def shown_uri(self) -> str:
@@ -81,7 +83,21 @@ class ModelSlot:
         }
 
 
-def load_slot(slot: ModelSlot, settings: Settings, class_names: Sequence[str] | None = None) -> None:
+class LoadSettings(Protocol):
+    """What loading a model reads of the settings: the server's ``Settings`` and the batch job's
+    ``BatchSettings`` alike, so both load through ``load_slot`` with the same checks."""
+
+    @property
+    def cache_dir(self) -> Path: ...
+    @property
+    def max_model_bytes(self) -> int: ...
+    @property
+    def s3_endpoint(self) -> str | None: ...
+    @property
+    def python_class(self) -> str: ...
+
+
+def load_slot(slot: ModelSlot, settings: LoadSettings, class_names: Sequence[str] | None = None) -> None:
     """Fetch, verify and deserialise one model; never raises: the outcome lands in ``slot``, its
     reason scrubbed of the URI's credentials (a library's message may quote the URI).
     ``class_names``: the feature schema's declared classes (see ``load_runtime``)."""
@@ -110,6 +126,7 @@ def load_slot(slot: ModelSlot, settings: Settings, class_names: Sequence[str] | 
         )
     except (StorageError, ArtifactError) as err:
         slot.state, slot.reason = LoadState.FAILED, secrets.scrub(str(err))
+        slot.retryable = isinstance(err, StorageError) and not isinstance(err, ArtifactTooLargeError)
         log.error("%s model not loaded: %s", slot.role, slot.reason)
     except Exception as err:  # a broken artifact must never take the server down
         slot.state, slot.reason = LoadState.FAILED, secrets.scrub(f"{type(err).__name__}: {err}")
