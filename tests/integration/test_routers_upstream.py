@@ -11,8 +11,9 @@ namespace was refused), and that the operator read it back (a step past a setWei
 entered once the router reads that weight from the live object). Resume, promote and abort are
 driven by the `rollwise.dev/action` annotation, as a user or the kubectl plugin would.
 
-No gateway, mesh or ingress controller runs here: what is proven is that the objects are valid
-for their providers' APIs and round-trip through the operator, not that a proxy routes by them.
+These tests prove that the objects are valid for their providers' APIs and round-trip through the
+operator; that a proxy routes by them is proven for Gateway API with Traefik in
+`test_gateway_traffic.py` (no mesh or ingress-nginx controller runs here).
 """
 
 from __future__ import annotations
