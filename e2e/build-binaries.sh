@@ -7,6 +7,7 @@
 #   ~/.cache/rollwise/helm-<ver>/  helm
 #   ~/.cache/rollwise/coredns-<ver>/ coredns (cluster DNS, run on the host like kube-proxy)
 #   ~/.cache/rollwise/traefik-<ver>/ traefik (the Gateway API data plane, run on the host too)
+#   ~/.cache/rollwise/metrics-server-<ver>/ metrics-server (pods' CPU for HPAs, on the host too)
 set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.14}"
@@ -14,6 +15,7 @@ KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.7.13}"
+METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.8.0}"
 CACHE="${ROLLWISE_CACHE:-$HOME/.cache/rollwise}"
 here="$(cd "$(dirname "$0")" && pwd)"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
@@ -155,11 +157,22 @@ build_traefik() (  # subshell: its own cwd and EXIT trap
   "$out/traefik" version >&2
 )
 
+build_metrics_server() (  # subshell: its own cwd and EXIT trap
+  local out="$CACHE/metrics-server-$METRICS_SERVER_VERSION"
+  [ -x "$out/metrics-server" ] && { log "metrics-server $METRICS_SERVER_VERSION cached"; return; }
+  log "building metrics-server $METRICS_SERVER_VERSION"
+  mkdir -p "$out.tmp"
+  # go.mod has no replace/exclude at this release, so go install works as is.
+  GOBIN="$out.tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+)
+
 what="${1:-all}"
 case "$what" in
-  all) build_etcd; build_kwok; build_helm; build_coredns; build_traefik; build_kube ;;
+  all) build_etcd; build_kwok; build_helm; build_coredns; build_traefik; build_metrics_server; build_kube ;;
   kube) build_kube ;; etcd) build_etcd ;; kwok) build_kwok ;; helm) build_helm ;; coredns) build_coredns ;;
-  traefik) build_traefik ;;
-  *) echo "usage: $0 [all|kube|etcd|kwok|helm|coredns|traefik]" >&2; exit 2 ;;
+  traefik) build_traefik ;; metrics-server) build_metrics_server ;;
+  *) echo "usage: $0 [all|kube|etcd|kwok|helm|coredns|traefik|metrics-server]" >&2; exit 2 ;;
 esac
 log "done"

@@ -61,6 +61,8 @@ COMPONENTS: tuple[Component, ...] = (
     # The Gateway API data plane routes to pods, so only with the real node (kwok pods' addresses
     # lead nowhere).
     Component("traefik", cfg.traefik_argv, part="node", env=cfg.traefik_env),
+    # Resource metrics for HPAs: the real node's pods only.
+    Component("metrics-server", cfg.metrics_server_argv, part="node"),
 )
 KUBECONFIG_USERS = (
     "admin",
@@ -72,6 +74,7 @@ KUBECONFIG_USERS = (
     "prometheus",
     "coredns",
     "traefik",
+    "metrics-server",
 )
 SYSCTLS = {
     "net/ipv4/ip_forward": "1",
@@ -249,7 +252,7 @@ def binaries_ready() -> bool:
         )
     ]
     needed += [paths.ETCD_BIN / "etcd", paths.KWOK_DIR / "kwok", paths.HELM, paths.COREDNS_BIN / "coredns"]
-    needed += [paths.TRAEFIK_BIN / "traefik"]
+    needed += [paths.TRAEFIK_BIN / "traefik", paths.METRICS_SERVER_BIN / "metrics-server"]
     return all(p.exists() for p in needed)
 
 
@@ -402,6 +405,7 @@ def up(kwok_nodes: int = 3, *, real_node: bool = True) -> Path:
     if real_node:
         wait_for(f"node {cfg.NODE_NAME} Ready", lambda: node_ready(cfg.NODE_NAME), 120, "kubelet")
         start_gateway(topo)
+        start_metrics_server(topo)
     wait_for(
         f"{kwok_nodes} kwok nodes Ready",
         lambda: all(node_ready(f"kwok-node-{i}") for i in range(kwok_nodes)),
@@ -446,6 +450,25 @@ def start_gateway(topo: cfg.Topology) -> None:
     kubectl("apply", "-f", "-", stdin=cfg.GATEWAY)
     wait_for("traefik ping", lambda: http_ok(f"http://127.0.0.1:{cfg.GATEWAY_PING_PORT}/ping"), 60, "traefik")
     wait_for("the Gateway programmed", gateway_programmed, 60, "traefik")
+
+
+def start_metrics_server(topo: cfg.Topology) -> None:
+    topo.file("metrics-server").mkdir(parents=True, exist_ok=True)
+    kubectl("apply", "-f", "-", stdin=cfg.metrics_server_objects(topo.host_ip))
+    start("metrics-server", cfg.metrics_server_argv(topo))
+    wait_for("the metrics API available", metrics_api_available, 90, "metrics-server")
+
+
+def metrics_api_available() -> bool:
+    out = kubectl(
+        "get",
+        "apiservice",
+        "v1beta1.metrics.k8s.io",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type=='Available')].status}",
+        check=False,
+    )
+    return out.returncode == 0 and out.stdout.strip() == "True"
 
 
 def gateway_programmed() -> bool:

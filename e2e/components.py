@@ -36,6 +36,9 @@ GATEWAY_PING_PORT = 18082
 GATEWAY_CLASS = "traefik"
 GATEWAY_NAMESPACE = "rollwise-gateway"
 GATEWAY_NAME = "models"
+# metrics-server (the resource metrics API HPAs read), on the host; the API server reaches it
+# through a selector-less Service whose endpoint is this host (aggregator routing to endpoints).
+METRICS_SERVER_PORT = 4443
 SCRAPE_INTERVAL = "2s"
 
 # How a pod chooses a node: simulated nodes carry this taint and label; the real node has neither
@@ -623,3 +626,92 @@ spec:
 """
 """The cluster's one Gateway: any namespace's HTTPRoute may attach to it (the routes' owners opt
 each ModelDeployment in with rollwise.dev/traffic-for, docs/routers.md)."""
+
+
+def metrics_server_argv(topo: Topology) -> list[str]:
+    """metrics-server scraping the real node's kubelet only (kwok nodes have no kubelet to ask),
+    authenticating to it with its client certificate and checking its serving certificate
+    against the cluster CA."""
+    kubeconfig = str(topo.kubeconfig("metrics-server"))
+    return [
+        str(paths.METRICS_SERVER_BIN / "metrics-server"),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        f"--bind-address={topo.host_ip}",
+        f"--secure-port={METRICS_SERVER_PORT}",
+        f"--cert-dir={topo.file('metrics-server')}",
+        f"--kubelet-certificate-authority={topo.pki / 'ca.crt'}",
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--node-selector={NODE_KIND_LABEL}=real",
+        "--metric-resolution=10s",
+        "--kubelet-request-timeout=5s",
+        f"--requestheader-client-ca-file={topo.pki / 'front-proxy-ca.crt'}",
+        "--requestheader-allowed-names=front-proxy-client",
+    ]
+
+
+def metrics_server_objects(host_ip: str) -> str:
+    """Its RBAC, and `v1beta1.metrics.k8s.io` served by the host. The APIService skips TLS
+    verification of metrics-server's self-signed serving certificate (a local cluster's choice;
+    its traffic never leaves the host)."""
+    return f"""\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: rollwise-metrics-server}}
+rules:
+  - apiGroups: [""]
+    resources: [nodes/metrics]
+    verbs: [get]
+  - apiGroups: [""]
+    resources: [pods, nodes]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: rollwise-metrics-server}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: rollwise-metrics-server}}
+subjects:
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: rollwise-metrics-server}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: rollwise-metrics-server-auth-delegator}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:auth-delegator}}
+subjects:
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: rollwise-metrics-server}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: rollwise-metrics-server-auth-reader, namespace: kube-system}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: extension-apiserver-authentication-reader}}
+subjects:
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: rollwise-metrics-server}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: metrics-server, namespace: kube-system}}
+spec:
+  ports: [{{name: https, port: 443, targetPort: {METRICS_SERVER_PORT}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: metrics-server-host
+  namespace: kube-system
+  labels: {{kubernetes.io/service-name: metrics-server}}
+addressType: IPv4
+ports: [{{name: https, port: {METRICS_SERVER_PORT}, protocol: TCP}}]
+endpoints: [{{addresses: ["{host_ip}"]}}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: v1beta1.metrics.k8s.io}}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  service: {{name: metrics-server, namespace: kube-system, port: 443}}
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+"""

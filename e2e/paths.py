@@ -15,6 +15,7 @@ KWOK_VERSION = os.environ.get("KWOK_VERSION", "v0.8.0")
 HELM_VERSION = os.environ.get("HELM_VERSION", "v3.21.4")
 COREDNS_VERSION = os.environ.get("COREDNS_VERSION", "v1.14.7")
 TRAEFIK_VERSION = os.environ.get("TRAEFIK_VERSION", "v3.7.13")
+METRICS_SERVER_VERSION = os.environ.get("METRICS_SERVER_VERSION", "v0.8.0")
 
 CACHE = Path(os.environ.get("ROLLWISE_CACHE", Path.home() / ".cache" / "rollwise"))
 KUBE_BIN = CACHE / f"k8s-{KUBE_VERSION}"
@@ -23,6 +24,7 @@ KWOK_DIR = CACHE / f"kwok-{KWOK_VERSION}"
 HELM_BIN = CACHE / f"helm-{HELM_VERSION}"
 COREDNS_BIN = CACHE / f"coredns-{COREDNS_VERSION}"
 TRAEFIK_BIN = CACHE / f"traefik-{TRAEFIK_VERSION}"
+METRICS_SERVER_BIN = CACHE / f"metrics-server-{METRICS_SERVER_VERSION}"
 KUBECTL = KUBE_BIN / "kubectl"
 HELM = HELM_BIN / "helm"
 

@@ -174,6 +174,7 @@ def make_all(directory: Path, *, host_ip: str, node_name: str, service_ip: str) 
         Identity("kwok", "rollwise-kwok", ("system:masters",)),
         Identity("coredns", "rollwise-coredns"),
         Identity("traefik", "rollwise-traefik"),
+        Identity("metrics-server", "rollwise-metrics-server"),
     ]
     for who in identities:
         issue(directory, ca_key, ca_cert, who)

@@ -39,6 +39,10 @@ class Cluster:
     def apps(self) -> client.AppsV1Api:
         return client.AppsV1Api(self.api)
 
+    @property
+    def autoscaling(self) -> client.AutoscalingV2Api:
+        return client.AutoscalingV2Api(self.api)
+
 
 def wait_until(
     what: str, probe: Callable[[], T | None], timeout_seconds: float = 60, every: float = 0.5

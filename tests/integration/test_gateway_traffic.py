@@ -67,10 +67,12 @@ def http_route(namespace: str) -> dict[str, Any]:
     }
 
 
-def md(version: str, artifact: str, fmt: str, rollout: dict[str, Any]) -> dict[str, Any]:
+def md(
+    version: str, artifact: str, fmt: str, rollout: dict[str, Any], runtime: dict[str, Any] | None = None
+) -> dict[str, Any]:
     doc = base_md()
     doc["spec"]["model"] = model(version, artifact, fmt)
-    doc["spec"]["runtime"] = {"replicas": 1}
+    doc["spec"]["runtime"] = copy.deepcopy(runtime) if runtime is not None else {"replicas": 1}
     doc["spec"]["rollout"] = {
         **copy.deepcopy(rollout),
         "traffic": {"provider": "gatewayAPI", "gatewayAPI": {"httpRoute": NAME, "mirroring": "pods"}},
@@ -89,9 +91,11 @@ def route_accepted(namespace: str) -> bool:
     return out.returncode == 0 and out.stdout.strip() == "True"
 
 
-def serve_v1(cluster: Cluster, namespace: str, rollout: dict[str, Any]) -> None:
+def serve_v1(
+    cluster: Cluster, namespace: str, rollout: dict[str, Any], runtime: dict[str, Any] | None = None
+) -> None:
     assert apply(namespace, http_route(namespace)).returncode == 0
-    assert apply(namespace, md("1.0.0", "iris-v1.joblib", "sklearn", rollout)).returncode == 0
+    assert apply(namespace, md("1.0.0", "iris-v1.joblib", "sklearn", rollout, runtime)).returncode == 0
     wait_healthy(cluster, namespace, NAME, timeout=120)
     wait_until("Traefik to accept the HTTPRoute", lambda: route_accepted(namespace), 60)
     # Traefik programs the route on its next configuration: wait for answers through it.
@@ -251,3 +255,77 @@ def test_a_bad_candidate_is_rolled_back_through_the_gateway(
     assert get_md(cluster, namespace, NAME)["status"]["stableVersion"] == "1.0.0"
     print(f"\ngateway rollback: candidate at 0 replicas {back - took_traffic:.1f}s after its pods took "
           f"traffic; {failed} client requests failed meanwhile (the broken model's own answers)")  # fmt: skip
+
+
+AUTOSCALED = {
+    "resources": {"requests": {"cpu": "100m"}},
+    "autoscaling": {
+        "minReplicas": 1,
+        "maxReplicas": 3,
+        "cpuUtilization": 50,
+        "scaleDownStabilizationSeconds": 15,
+    },
+}
+HPA_CANARY = {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}]}}
+
+
+def hpa_replicas(cluster: Cluster, namespace: str, track: str) -> tuple[int, int, int]:
+    """(current replicas, minReplicas, maxReplicas) of a track's HPA."""
+    hpa = cluster.autoscaling.read_namespaced_horizontal_pod_autoscaler(f"{NAME}-{track}", namespace)
+    return (hpa.status.current_replicas or 0, hpa.spec.min_replicas or 1, hpa.spec.max_replicas)
+
+
+def test_under_a_load_step_the_stable_hpa_scales_out_and_in_on_real_cpu_while_the_split_holds(
+    cluster: Cluster, operator: Operator, namespace: str, serving_image: None, model_store: None
+) -> None:
+    """metrics-server reads the pods' CPU from the real kubelet; the HPA scales the stable track
+    out under a load step through the Gateway during a canary's 20 % pause and back in after it.
+    The split the clients see stays within 5 points of the step's weight throughout."""
+    serve_v1(cluster, namespace, HPA_CANARY, AUTOSCALED)
+    assert apply(namespace, md("2.0.0", "iris-v2.joblib", "sklearn", HPA_CANARY, AUTOSCALED)).returncode == 0
+    wait_status(cluster, namespace, NAME, "paused at 20 %", at_step(1, "Paused", 20))
+    url = gateway_url()
+    seen: list[tuple[float, str, tuple[int, int, int], tuple[int, int, int]]] = []
+    answers: list[tuple[int, str]] = []
+    started = time.monotonic()
+    # The load step: as fast as 8 clients go, until the stable HPA has scaled out (and 60 s at least).
+    while time.monotonic() - started < 240:
+        answers.extend(send_many(url, [{}] * 200, workers=8))
+        stable, candidate = (
+            hpa_replicas(cluster, namespace, "stable"),
+            hpa_replicas(cluster, namespace, "candidate"),
+        )
+        seen.append((time.monotonic() - started, "load", stable, candidate))
+        if stable[0] >= 2 and time.monotonic() - started >= 60:
+            break
+    peak = max(s[2][0] for s in seen)
+    loaded = time.monotonic() - started
+    share = 100 * sum(1 for _, v in answers if v == "2.0.0") / len(answers)
+    failed = [code for code, _ in answers if code != 200]
+    # After the step: a trickle of traffic, and the stable HPA scales back in.
+    quiet = time.monotonic()
+    trickle: list[tuple[int, str]] = []
+
+    def scaled_in() -> bool:
+        trickle.extend(send_many(url, [{}] * 5, workers=1))
+        time.sleep(1)
+        stable = hpa_replicas(cluster, namespace, "stable")
+        seen.append(
+            (time.monotonic() - started, "quiet", stable, hpa_replicas(cluster, namespace, "candidate"))
+        )
+        return stable[0] == 1
+
+    with_status(cluster, namespace, lambda: wait_until("the stable HPA to scale back in", scaled_in, 240))
+    status = get_md(cluster, namespace, NAME)["status"]
+    print(
+        f"\ngateway + HPA: {len(answers)} requests in {loaded:.0f}s of load, {share:.1f} % answered by the "
+        f"20 % candidate; stable scaled 1 -> {peak} and back to 1 {time.monotonic() - quiet:.0f}s after "
+        f"the load stopped; {len(failed)} failed; HPA (current, min, max) stable/candidate over time: "
+        f"{[(round(t), phase, st, ca) for t, phase, st, ca in seen[:: max(1, len(seen) // 12)]]}"
+    )
+    assert peak >= 2, seen
+    assert abs(share - 20) <= 5, share
+    assert failed == [] and all(code == 200 for code, _ in trickle)
+    for _, _, stable, candidate in seen:
+        assert candidate[0] <= candidate[2] and stable[0] <= stable[2]  # each within its own bounds
+    assert (status["phase"], status["weight"]) == ("Paused", 20)  # the load moved no step

@@ -484,3 +484,10 @@ def test_a_new_pod_is_available_only_once_the_proxy_in_front_had_time_to_route_i
     if traffic:
         doc["spec"].setdefault("rollout", {})["traffic"] = traffic
     assert children(doc)["Deployment/iris-stable"]["spec"]["minReadySeconds"] == settle
+
+
+def test_the_hpa_scales_in_after_the_stabilization_window_the_spec_sets() -> None:
+    doc = edit(AUTOSCALED, spec__runtime__autoscaling__scaleDownStabilizationSeconds=30)
+    hpa: Any = children(doc)["HorizontalPodAutoscaler/iris-stable"]
+    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 30}}
+    assert "behavior" not in children(AUTOSCALED)["HorizontalPodAutoscaler/iris-stable"]["spec"]

@@ -355,6 +355,9 @@ class Autoscaling(ApiModel):
     """Target average CPU use, in percent of the CPU request (needs resources.requests.cpu)."""
     metric: CustomMetricTarget | None = None
     """Target for a custom per-pod metric."""
+    scale_down_stabilization_seconds: int | None = Field(default=None, ge=0, le=3600)
+    """How long the HPA waits on lower recommendations before scaling in (its
+    `behavior.scaleDown.stabilizationWindowSeconds`); unset keeps Kubernetes' 300."""
 
     @rule(
         cel="self.minReplicas <= self.maxReplicas",

@@ -514,6 +514,17 @@ def desired_hpa(
             "minReplicas": autoscaling.min_replicas if min_replicas is None else min_replicas,
             "maxReplicas": autoscaling.max_replicas if max_replicas is None else max_replicas,
             "metrics": metrics,
+            **(
+                {}
+                if autoscaling.scale_down_stabilization_seconds is None
+                else {
+                    "behavior": {
+                        "scaleDown": {
+                            "stabilizationWindowSeconds": autoscaling.scale_down_stabilization_seconds
+                        }
+                    }
+                }
+            ),
         },
     }
 
