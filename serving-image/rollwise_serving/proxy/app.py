@@ -1,0 +1,356 @@
+"""The proxy's ASGI app: every request goes on to ``--upstream``; inference requests are counted,
+timed and observed on the way with the bundled server's own pieces (``ServerMetrics``, the
+feature schema's check, ``mirroring.Mirror``, ``forwarding.Forwarder``, ``HopSeal``), so its
+``/metrics`` is the bundled server's contract, series for series.
+
+Routes of its own, which never reach the upstream:
+
+- ``GET /metrics``: the metrics (``docs/metrics.md``), where the operator's scrape looks;
+- ``GET /rollwise/live``: 200 while the proxy serves;
+- ``GET /rollwise/ready``: 200 when the upstream answers ``GET <ready path>`` with a 2xx, else 503
+  with the reason: the readiness probe, for every protocol.
+
+Outcomes follow the upstream's status as the bundled server's follow its own: 2xx ``success``,
+4xx ``client_error`` (404, another model's route, is not counted), 5xx ``server_error``, and an
+upstream that cannot be reached (502) or is too slow (504) a ``server_error`` too. A streamed
+answer's latency runs to its last byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import httpx
+import orjson
+from rollwise_contract.metrics import Outcome
+
+from rollwise_serving.app import ERRORS, Receive, Scope, Send, error_body, read_body, respond
+from rollwise_serving.config import HashRange, parse_forward_match
+from rollwise_serving.drift import Reference
+from rollwise_serving.features import SchemaChecker
+from rollwise_serving.forwarding import Forwarder, Matches, UserHash
+from rollwise_serving.metrics import ServerMetrics
+from rollwise_serving.mirroring import HopSeal, Mirror
+from rollwise_serving.proxy.config import Protocol, ProxySettings
+from rollwise_serving.proxy.http_json import HttpJson
+from rollwise_serving.proxy.observe import Adapter, Headers, Observer, Seen
+from rollwise_serving.proxy.oip_rest import OipRest
+from rollwise_serving.proxy.openai import OpenAi
+
+log = logging.getLogger("rollwise_serving.proxy")
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+    }
+)
+"""Headers of one connection (RFC 9110 7.6.1), not of the message: never passed on. The length
+is set again by whoever writes the body."""
+EVENT_STREAM: Final = "text/event-stream"
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached (502) or did not answer in time (504)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ProxyApp:
+    """The ASGI callable. Build with ``ProxyApp(settings)``."""
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        schema = SchemaChecker.load(settings.feature_schema) if settings.feature_schema else None
+        reference = Reference.load(settings.reference) if settings.reference else None
+        self.metrics = ServerMetrics(
+            model=settings.name,
+            version=settings.version,
+            track=settings.track.value,
+            schema=schema,
+            reference=reference,
+        )
+        self.observer = Observer(self.metrics, schema)
+        self.openai: OpenAi | None = None
+        self.adapter: Adapter
+        if settings.protocol is Protocol.OPENAI:
+            self.adapter = self.openai = OpenAi(self.metrics.bind_llm())
+        elif settings.protocol is Protocol.HTTP_JSON:
+            assert settings.prediction_path is not None  # parse_proxy_settings requires it
+            self.adapter = HttpJson(self.observer, settings.prediction_path, settings.features_path)
+        else:
+            self.adapter = OipRest(self.observer)
+        self.hops = HopSeal(settings.hop_token)
+        self.mirror = (
+            Mirror(settings.mirror_url, self.metrics, self.hops, queue_bytes=settings.mirror_queue_bytes)
+            if settings.mirror_url
+            else None
+        )
+        self.forwarder = _forwarder(settings, self.metrics, self.hops)
+        self.client: httpx.AsyncClient | None = None
+        # The upstream answers the readiness probe with a model loaded: nothing to load here, but
+        # the gauge is part of the contract (`model_loaded` query), so it follows readiness.
+        self.metrics.loaded_by_role["primary"].set(0)
+        self.metrics.loaded_by_role["fallback"].set(0)
+
+    # ---- lifespan ------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        s = self.settings
+        self.client = httpx.AsyncClient(
+            base_url=s.upstream,
+            # no encoding the client did not ask for: the body goes back as the upstream sent it
+            headers={"accept-encoding": "identity"},
+            timeout=httpx.Timeout(float(s.upstream_timeout_seconds), connect=2.0),
+            limits=httpx.Limits(
+                max_connections=s.max_connections, max_keepalive_connections=s.max_connections
+            ),
+        )
+        if self.mirror:
+            self.mirror.start()
+        if self.forwarder:
+            self.forwarder.start()
+
+    async def shutdown(self) -> None:
+        if self.mirror:
+            await self.mirror.close()
+        if self.forwarder:
+            await self.forwarder.close()
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await self.startup()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.shutdown()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    # ---- routes --------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if method == "GET" and path == "/metrics":
+            await respond(
+                send, 200, self.metrics.exposition(), [(b"content-type", b"text/plain; version=0.0.4")]
+            )
+        elif method == "GET" and path == "/rollwise/live":
+            await respond(send, 200, b'{"live":true}')
+        elif method == "GET" and path == "/rollwise/ready":
+            await self._ready(send)
+        elif self.adapter.is_inference(method, path):
+            await self._inference(scope, receive, send)
+        else:
+            await self._pass(scope, receive, send)
+
+    async def _ready(self, send: Send) -> None:
+        assert self.client is not None
+        path = self.settings.ready_path
+        try:
+            response = await self.client.get(path, timeout=2.0)
+            ready, reason = response.is_success, f"upstream answered GET {path} with {response.status_code}"
+        except httpx.HTTPError as err:
+            ready, reason = False, f"upstream GET {path} failed: {type(err).__name__}"
+        self.metrics.loaded_by_role["primary"].set(1 if ready else 0)
+        body: dict[str, Any] = {"ready": ready, "upstream": self.settings.upstream}
+        if not ready:
+            body["reason"] = reason
+        await respond(send, 200 if ready else 503, orjson.dumps(body))
+
+    async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Any other route: on to the upstream and back, uncounted."""
+        try:
+            body = await read_body(receive, scope["headers"], self.settings.max_body_bytes)
+            await self._exchange(scope, body, None, send, start=time.perf_counter())
+        except Exception as err:
+            status, _ = _error_status(err)
+            await respond(send, status, error_body(err))
+
+    async def _inference(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        headers: Headers = scope["headers"]
+        m = self.metrics
+        m.inflight.inc()
+        outcome: Outcome | None = Outcome.SERVER_ERROR
+        try:
+            body = await read_body(receive, headers, self.settings.max_body_bytes)
+            hopped = self.hops.is_hop(headers)
+            if self.forwarder is not None and not hopped and self.forwarder.wants(headers):
+                answer = await self.forwarder.forward(_target(scope), body, headers)
+                if answer is not None:
+                    outcome = None  # the peer counts it
+                    await respond(send, answer.status_code, answer.content, _forwarded_headers(answer))
+                    return
+            seen = self.adapter.request(body, headers)
+            status, answer_body, answer_headers = await self._exchange(scope, body, seen, send, start=start)
+            outcome = _outcome(status)
+            if self.mirror is not None and not hopped and 200 <= status < 300:
+                own = answer_body if isinstance(self.adapter, OipRest) and status == 200 else None
+                length = answer_headers.get("inference-header-content-length") if answer_headers else None
+                self.mirror.offer(
+                    _target(scope),
+                    body,
+                    _header(headers, b"content-type") or "application/json",
+                    own,
+                    seen.codes,
+                    header_length=_int(_header(headers, b"inference-header-content-length")),
+                    own_length=_int(length),
+                )
+        except Exception as err:
+            status, outcome = _error_status(err)
+            if status == 500:
+                log.exception("unexpected error on %s", scope["path"])
+            await respond(send, status, error_body(err))
+        finally:
+            m.inflight.dec()
+            if outcome is not None:
+                m.requests[outcome].inc()
+                m.request_duration.observe(time.perf_counter() - start)
+
+    async def _exchange(
+        self, scope: Scope, body: bytes, seen: Seen | None, send: Send, *, start: float
+    ) -> tuple[int, bytes, httpx.Headers | None]:
+        """Send the request on and the answer back: streamed when the upstream streams (SSE),
+        else whole and then observed (``seen``: an inference request's, None for other routes).
+        Returns the status, the whole answer (empty when streamed) and its headers."""
+        assert self.client is not None
+        out = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
+        request = self.client.build_request(scope["method"], _target(scope), content=body, headers=out)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException as err:
+            raise UpstreamError(504, f"the upstream did not answer in time ({type(err).__name__})") from err
+        except httpx.HTTPError as err:
+            raise UpstreamError(502, f"the upstream could not be reached ({type(err).__name__})") from err
+        try:
+            if response.headers.get("content-type", "").startswith(EVENT_STREAM):
+                await self._stream(response, seen, send, start)
+                return response.status_code, b"", response.headers
+            try:
+                content = b"".join([chunk async for chunk in _raw(response)])
+            except httpx.TimeoutException as err:
+                raise UpstreamError(504, "the upstream's answer did not arrive in time") from err
+            if self.openai is not None and seen is not None and response.status_code == 200:
+                self.openai.series.first_token.observe(time.perf_counter() - start)
+            await respond(send, response.status_code, content, _response_headers(response, len(content)))
+            if seen is not None and "content-encoding" not in response.headers:
+                try:
+                    self.adapter.answer(seen, response.status_code, content, response.headers)
+                except Exception:  # reading a copy must never fail the request
+                    log.exception("observing the answer to %s failed", scope["path"])
+            return response.status_code, content, response.headers
+        finally:
+            await response.aclose()
+
+    async def _stream(self, response: httpx.Response, seen: Seen | None, send: Send, start: float) -> None:
+        """Chunks on as they arrive, each read by the openai adapter on its way (never held)."""
+        reader = self.openai.stream(start) if self.openai is not None and seen is not None else None
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": _response_headers(response, None),
+            }
+        )
+        try:
+            async for chunk in _raw(response):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if reader is not None:
+                    reader.feed(chunk, time.perf_counter())
+        finally:
+            if reader is not None:
+                reader.close()
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The answer's bytes as the upstream sent them (still encoded, as the client asked)."""
+    async for chunk in response.aiter_raw():
+        if chunk:
+            yield chunk
+
+
+def _target(scope: Scope) -> str:
+    query: bytes = scope.get("query_string", b"")
+    path: str = scope["path"]
+    return path + ("?" + query.decode("latin-1") if query else "")
+
+
+def _response_headers(response: httpx.Response, length: int | None) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers but its connection's; ``length`` of the raw body read whole (None:
+    streamed, the length left to the chunked encoding)."""
+    out = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
+    if length is not None:
+        out.append((b"content-length", str(length).encode()))
+    return out
+
+
+def _forwarded_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+    """A peer's answer as the forwarder read it (decoded): its headers but the encoding's."""
+    out = [
+        (k.lower(), v)
+        for k, v in response.headers.raw
+        if k.lower() not in HOP_BY_HOP and k.lower() != b"content-encoding"
+    ]
+    return [*out, (b"content-length", str(len(response.content)).encode())]
+
+
+def _outcome(status: int) -> Outcome | None:
+    if status == 404:
+        return None  # not this model's route: the bundled server does not count it either
+    if status < 400:
+        return Outcome.SUCCESS
+    return Outcome.CLIENT_ERROR if status < 500 else Outcome.SERVER_ERROR
+
+
+def _error_status(err: Exception) -> tuple[int, Outcome]:
+    if isinstance(err, UpstreamError):
+        return err.status, Outcome.SERVER_ERROR
+    return ERRORS.get(type(err), (500, Outcome.SERVER_ERROR))
+
+
+def _header(headers: Headers, name: bytes) -> str | None:
+    for k, v in headers:
+        if k == name:
+            text: str = v.decode("latin-1")
+            return text
+    return None
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.strip().isdigit() else None
+
+
+def _forwarder(settings: ProxySettings, metrics: ServerMetrics, seal: HopSeal) -> Forwarder | None:
+    """A/B forwarding to --forward-url, by user hash or by match (the settings checked the pair)."""
+    if not settings.forward_url:
+        return None
+    rule: Matches | UserHash
+    if settings.forward_match:
+        rule = Matches(parse_forward_match(settings.forward_match))
+    elif settings.hash_header and isinstance(settings.hash_range, HashRange):
+        rule = UserHash(settings.hash_header, settings.hash_range)
+    else:
+        return None
+    return Forwarder(settings.forward_url, rule, metrics, seal)
