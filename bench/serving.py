@@ -55,7 +55,8 @@ PY_SPY = str(REPO / ".venv" / "bin" / "py-spy")
 # Each peer's virtualenv installs bench/peers/NAME.txt: every package pinned with its hashes
 # (`make lock` makes it from NAME.in, where the peers' own pins are explained).
 PEER_LOCKS = REPO / "bench" / "peers"
-PEERS = sorted(p.stem for p in PEER_LOCKS.glob("*.txt"))
+# llama-server.txt is the proxy tests' llama.cpp server (scripts/llama_server_venv.py), not a peer.
+PEERS = sorted(p.stem for p in PEER_LOCKS.glob("*.txt") if p.stem != "llama-server")
 BODY = {
     "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}],
 }
