@@ -490,7 +490,7 @@ def check_answer(port: int, path: str) -> None:
 # ---- report ----------------------------------------------------------------------------------------
 
 
-def main() -> int:
+def main() -> int:  # noqa: C901 - one branch per mode flag, each a line
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (default 5)")
     parser.add_argument("--concurrency", default="1,16,64")
@@ -516,7 +516,15 @@ def main() -> int:
         help="only profile a tracked rollwise server under load for SECONDS and report the share of "
         "its CPU samples spent keeping answers for labels (py-spy)",
     )
+    parser.add_argument(
+        "--venv",
+        metavar="PEER",
+        help="only make (or reuse) the peer's virtualenv and print its path (the proxy's tests use it)",
+    )
     args = parser.parse_args()
+    if args.venv:
+        print(ensure_venv(args.venv))
+        return 0
     if not Path(WRK).exists():
         sys.exit("wrk is not installed: apt-get install wrk (scripts/bootstrap.sh does)")
     WORK.mkdir(parents=True, exist_ok=True)
