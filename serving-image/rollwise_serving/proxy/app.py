@@ -18,9 +18,9 @@ answer's latency runs to its last byte.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import httpx
@@ -39,6 +39,8 @@ from rollwise_serving.proxy.http_json import HttpJson
 from rollwise_serving.proxy.observe import Adapter, Headers, Observer, Seen
 from rollwise_serving.proxy.oip_rest import OipRest
 from rollwise_serving.proxy.openai import OpenAi
+from rollwise_serving.proxy.upstream import Headers as UpstreamHeaders
+from rollwise_serving.proxy.upstream import Response, Upstream, UpstreamTimeoutError, UpstreamUnavailableError
 
 log = logging.getLogger("rollwise_serving.proxy")
 
@@ -67,6 +69,10 @@ class UpstreamError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class StreamCutError(Exception):
+    """The upstream's stream broke off after its answer began: the client's stream just ends."""
 
 
 class ProxyApp:
@@ -100,7 +106,7 @@ class ProxyApp:
             else None
         )
         self.forwarder = _forwarder(settings, self.metrics, self.hops)
-        self.client: httpx.AsyncClient | None = None
+        self.upstream: Upstream | None = None
         # The upstream answers the readiness probe with a model loaded: nothing to load here, but
         # the gauge is part of the contract (`model_loaded` query), so it follows readiness.
         self.metrics.loaded_by_role["primary"].set(0)
@@ -110,14 +116,8 @@ class ProxyApp:
 
     async def startup(self) -> None:
         s = self.settings
-        self.client = httpx.AsyncClient(
-            base_url=s.upstream,
-            # no encoding the client did not ask for: the body goes back as the upstream sent it
-            headers={"accept-encoding": "identity"},
-            timeout=httpx.Timeout(float(s.upstream_timeout_seconds), connect=2.0),
-            limits=httpx.Limits(
-                max_connections=s.max_connections, max_keepalive_connections=s.max_connections
-            ),
+        self.upstream = Upstream(
+            s.upstream, max_connections=s.max_connections, timeout=float(s.upstream_timeout_seconds)
         )
         if self.mirror:
             self.mirror.start()
@@ -129,8 +129,8 @@ class ProxyApp:
             await self.mirror.close()
         if self.forwarder:
             await self.forwarder.close()
-        if self.client is not None:
-            await self.client.aclose()
+        if self.upstream is not None:
+            await self.upstream.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -165,13 +165,19 @@ class ProxyApp:
             await self._pass(scope, receive, send)
 
     async def _ready(self, send: Send) -> None:
-        assert self.client is not None
+        assert self.upstream is not None
         path = self.settings.ready_path
         try:
-            response = await self.client.get(path, timeout=2.0)
-            ready, reason = response.is_success, f"upstream answered GET {path} with {response.status_code}"
-        except httpx.HTTPError as err:
-            ready, reason = False, f"upstream GET {path} failed: {type(err).__name__}"
+            async with asyncio.timeout(2.0):
+                response = await self.upstream.request("GET", path, [], b"")
+                try:
+                    await response.read()
+                finally:
+                    response.close()
+            ready = 200 <= response.status_code < 300
+            reason = f"upstream answered GET {path} with {response.status_code}"
+        except (TimeoutError, UpstreamTimeoutError, UpstreamUnavailableError) as err:
+            ready, reason = False, f"upstream GET {path} failed: {err}"
         self.metrics.loaded_by_role["primary"].set(1 if ready else 0)
         body: dict[str, Any] = {"ready": ready, "upstream": self.settings.upstream}
         if not ready:
@@ -183,6 +189,8 @@ class ProxyApp:
         try:
             body = await read_body(receive, scope["headers"], self.settings.max_body_bytes)
             await self._exchange(scope, body, None, send, start=time.perf_counter())
+        except StreamCutError:
+            pass  # the answer began; the client's stream ends early
         except Exception as err:
             status, _ = _error_status(err)
             await respond(send, status, error_body(err))
@@ -217,6 +225,9 @@ class ProxyApp:
                     header_length=_int(_header(headers, b"inference-header-content-length")),
                     own_length=_int(length),
                 )
+        except StreamCutError as err:
+            outcome = Outcome.SERVER_ERROR  # its status was sent already; the stream is cut short
+            log.warning("the upstream's stream on %s broke off: %s", scope["path"], err)
         except Exception as err:
             status, outcome = _error_status(err)
             if status == 500:
@@ -230,27 +241,28 @@ class ProxyApp:
 
     async def _exchange(
         self, scope: Scope, body: bytes, seen: Seen | None, send: Send, *, start: float
-    ) -> tuple[int, bytes, httpx.Headers | None]:
+    ) -> tuple[int, bytes, UpstreamHeaders | None]:
         """Send the request on and the answer back: streamed when the upstream streams (SSE),
         else whole and then observed (``seen``: an inference request's, None for other routes).
         Returns the status, the whole answer (empty when streamed) and its headers."""
-        assert self.client is not None
+        assert self.upstream is not None
         out = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
-        request = self.client.build_request(scope["method"], _target(scope), content=body, headers=out)
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException as err:
-            raise UpstreamError(504, f"the upstream did not answer in time ({type(err).__name__})") from err
-        except httpx.HTTPError as err:
-            raise UpstreamError(502, f"the upstream could not be reached ({type(err).__name__})") from err
+            response = await self.upstream.request(scope["method"], _target(scope), out, body)
+        except UpstreamTimeoutError as err:
+            raise UpstreamError(504, str(err)) from err
+        except UpstreamUnavailableError as err:
+            raise UpstreamError(502, str(err)) from err
         try:
-            if response.headers.get("content-type", "").startswith(EVENT_STREAM):
+            if (response.headers.get("content-type") or "").startswith(EVENT_STREAM):
                 await self._stream(response, seen, send, start)
                 return response.status_code, b"", response.headers
             try:
-                content = b"".join([chunk async for chunk in _raw(response)])
-            except httpx.TimeoutException as err:
-                raise UpstreamError(504, "the upstream's answer did not arrive in time") from err
+                content = await response.read()
+            except UpstreamTimeoutError as err:
+                raise UpstreamError(504, str(err)) from err
+            except UpstreamUnavailableError as err:
+                raise UpstreamError(502, str(err)) from err
             if self.openai is not None and seen is not None and response.status_code == 200:
                 self.openai.series.first_token.observe(time.perf_counter() - start)
             await respond(send, response.status_code, content, _response_headers(response, len(content)))
@@ -261,10 +273,11 @@ class ProxyApp:
                     log.exception("observing the answer to %s failed", scope["path"])
             return response.status_code, content, response.headers
         finally:
-            await response.aclose()
+            response.close()
 
-    async def _stream(self, response: httpx.Response, seen: Seen | None, send: Send, start: float) -> None:
-        """Chunks on as they arrive, each read by the openai adapter on its way (never held)."""
+    async def _stream(self, response: Response, seen: Seen | None, send: Send, start: float) -> None:
+        """Chunks on as they arrive, each read by the openai adapter on its way (never held). Once
+        the first is sent, a failure can only cut the stream: the client sees it end early."""
         reader = self.openai.stream(start) if self.openai is not None and seen is not None else None
         await send(
             {
@@ -273,22 +286,20 @@ class ProxyApp:
                 "headers": _response_headers(response, None),
             }
         )
+        cut: Exception | None = None
         try:
-            async for chunk in _raw(response):
+            async for chunk in response.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if reader is not None:
                     reader.feed(chunk, time.perf_counter())
+        except (UpstreamTimeoutError, UpstreamUnavailableError) as err:
+            cut = err
         finally:
             if reader is not None:
                 reader.close()
         await send({"type": "http.response.body", "body": b""})
-
-
-async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The answer's bytes as the upstream sent them (still encoded, as the client asked)."""
-    async for chunk in response.aiter_raw():
-        if chunk:
-            yield chunk
+        if cut is not None:
+            raise StreamCutError(str(cut)) from cut
 
 
 def _target(scope: Scope) -> str:
@@ -297,7 +308,7 @@ def _target(scope: Scope) -> str:
     return path + ("?" + query.decode("latin-1") if query else "")
 
 
-def _response_headers(response: httpx.Response, length: int | None) -> list[tuple[bytes, bytes]]:
+def _response_headers(response: Response, length: int | None) -> list[tuple[bytes, bytes]]:
     """The upstream's headers but its connection's; ``length`` of the raw body read whole (None:
     streamed, the length left to the chunked encoding)."""
     out = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
