@@ -190,6 +190,26 @@ def test_ab_forwarding_sends_matching_requests_to_the_peer(
     assert proxy.sample("rollwise_requests_total") == 1  # the forwarded one is the peer's to count
 
 
+def test_labels_are_joined_to_the_answers_the_proxy_saw(
+    procs: Processes, upstream: Server, models: dict[str, Any]
+) -> None:
+    """Feedback by the OIP answer's id, into the bundled server's label metrics."""
+    proxy = procs.proxy(upstream.url, "oip-rest", *schema_args(models))
+    assert proxy.post("/v2/models/iris/infer", content=infer_body([SETOSA], id="fb-1")).status_code == 200
+    assert proxy.post("/v2/models/iris/infer", content=infer_body([VIRGINICA], id="fb-2")).status_code == 200
+    mirrored = {"x-rollwise-hop": "mirror"}  # a shadow's copy: answered, never kept
+    assert proxy.post("/v2/models/iris/infer", content=infer_body([SETOSA], id="fb-3"), headers=mirrored)
+    labels = [{"id": "fb-1", "label": "setosa"}, {"id": "fb-2", "label": "versicolor"}]
+    answer = proxy.post("/v2/models/iris/feedback", content=orjson.dumps(labels))
+    assert answer.status_code == 200, answer.text
+    assert proxy.post("/v2/models/iris/feedback", content=orjson.dumps({"id": "fb-3", "label": "setosa"}))
+    assert proxy.sample("rollwise_feedback_total", result="joined") == 2
+    assert proxy.sample("rollwise_feedback_total", result="unmatched") == 1
+    assert proxy.sample("rollwise_labelled_total") == 2
+    assert proxy.sample("rollwise_label_correct_total") == 1
+    assert proxy.sample("rollwise_requests_total", outcome="success") == 3  # feedback is not inference
+
+
 USER_APP = """
     import asyncio
     from fastapi import FastAPI, Request

@@ -25,12 +25,14 @@ from typing import Any, Final
 
 import httpx
 import orjson
+from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import Outcome
 
 from rollwise_serving.app import ERRORS, Receive, Scope, Send, error_body, read_body, respond
 from rollwise_serving.config import HashRange, parse_forward_match
 from rollwise_serving.drift import Reference
 from rollwise_serving.features import SchemaChecker
+from rollwise_serving.feedback import feedback_of
 from rollwise_serving.forwarding import Forwarder, Matches, UserHash
 from rollwise_serving.metrics import ServerMetrics
 from rollwise_serving.mirroring import HopSeal, Mirror
@@ -89,7 +91,16 @@ class ProxyApp:
             schema=schema,
             reference=reference,
         )
-        self.observer = Observer(self.metrics, schema)
+        # Labels are joined for oip-rest, whose answers carry the ids they are sent for.
+        self.feedback = (
+            feedback_of(settings, self.metrics)
+            if settings.protocol is Protocol.OIP_REST and settings.feedback_max_predictions > 0
+            else None
+        )
+        declared = schema.output if schema else None
+        if self.feedback is not None and declared is not None and declared.kind is OutputKind.CLASSIFIER:
+            self.feedback.bind(None, declared.classes or [])
+        self.observer = Observer(self.metrics, schema, self.feedback)
         self.openai: OpenAi | None = None
         self.adapter: Adapter
         if settings.protocol is Protocol.OPENAI:
@@ -131,6 +142,8 @@ class ProxyApp:
             await self.forwarder.close()
         if self.upstream is not None:
             await self.upstream.close()
+        if self.feedback is not None:
+            await self.feedback.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -159,6 +172,8 @@ class ProxyApp:
             await respond(send, 200, b'{"live":true}')
         elif method == "GET" and path == "/rollwise/ready":
             await self._ready(send)
+        elif self.feedback is not None and OipRest.is_feedback(method, path):
+            await self._feedback(scope, receive, send)
         elif self.adapter.is_inference(method, path):
             await self._inference(scope, receive, send)
         else:
@@ -183,6 +198,19 @@ class ProxyApp:
         if not ready:
             body["reason"] = reason
         await respond(send, 200 if ready else 503, orjson.dumps(body))
+
+    async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Labels for answers this proxy kept, joined as the bundled server joins its own."""
+        assert self.feedback is not None
+        try:
+            body = await read_body(receive, scope["headers"], self.settings.max_body_bytes)
+        except Exception as err:
+            self.feedback.count_unreadable()
+            status, _ = _error_status(err)
+            await respond(send, status, error_body(err))
+            return
+        status, answer = await self.feedback.receive(body)
+        await respond(send, status, answer)
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Any other route: on to the upstream and back, uncounted."""

@@ -13,6 +13,8 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from functools import partial
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,6 +36,7 @@ from rollwise_serving.config import (
     _http_url,
     _integer,
     _log_level,
+    _matching,
     _routing_problems,
     _switch,
 )
@@ -146,6 +149,35 @@ class ProxySettings(BaseModel):
         ),
         Field(repr=False),
     ] = None
+    feedback_max_predictions: Annotated[
+        int, _integer("oip-rest: prediction rows kept for labels (0: none; default 1000000)", 0, 1 << 30)
+    ] = 1_000_000
+    """Answers kept for ``POST /v2/models/{name}/feedback`` by their OIP ``id``, as the bundled
+    server keeps its own (``feedback``); 0 passes feedback on to the upstream instead."""
+    feedback_retention_seconds: Annotated[
+        int, _integer("seconds an answer waits for its label (default 3600)", 1, 30 * 86400)
+    ] = 3600
+    feedback_redis_url: Annotated[
+        str | None,
+        Flag(
+            "redis://host:port/db where answers wait for labels, shared by every replica of both tracks",
+            "is not valid; use redis://host:6379/0",
+            partial(_matching, r"(redis|rediss|unix)://.*"),
+            uri=True,
+        ),
+    ] = None
+    redis_ca_file: Annotated[
+        Path | None, Flag("CA bundle (PEM) that verifies a rediss:// --feedback-redis-url")
+    ] = None
+    pod_namespace: Annotated[
+        str,
+        Flag(
+            "the pod's namespace, first in every Redis key (default: default)",
+            "is not a Kubernetes namespace; use a DNS label",
+            partial(_matching, r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"),
+            env="POD_NAMESPACE",
+        ),
+    ] = "default"
     max_body_bytes: Annotated[
         int, _integer("largest accepted request body (default 1048576)", 64, 1 << 31)
     ] = 1 << 20
@@ -162,6 +194,7 @@ class ProxySettings(BaseModel):
             "critical | error | warning | info | debug (default info)",
             "is not valid",
             _log_level,
+            _matching,
             blank_is_unset=False,
         ),
     ] = "info"
@@ -171,6 +204,11 @@ class ProxySettings(BaseModel):
             "true | false: log every request (default false)", "is not valid", _switch, blank_is_unset=False
         ),
     ] = False
+
+    @property
+    def redis_url(self) -> str | None:
+        """The proxy caches nothing: its only Redis is the feedback store's."""
+        return None
 
     @property
     def ready_path(self) -> str:
@@ -205,7 +243,7 @@ def parse_proxy_settings(
     flags = vars(parser.parse_args(argv))
     raw: dict[str, str] = {}
     for name in ProxySettings.model_fields:
-        env = ENV_PREFIX + name.upper()
+        env = _flag_of(name).env or ENV_PREFIX + name.upper()
         if name in flags:
             raw[name] = str(flags[name])
         elif env in environ:

@@ -19,6 +19,7 @@ from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import Outcome
 
 from rollwise_serving.features import FeatureValidationError, SchemaChecker
+from rollwise_serving.feedback import Feedback, is_keepable
 from rollwise_serving.metrics import ServerMetrics
 
 Codes = np.ndarray[Any, np.dtype[np.uint8]] | None
@@ -33,6 +34,8 @@ class Seen:
     """The rows' segment codes (``SegmentCoder``), when the schema checked them."""
     stream: bool = False
     """The client asked for a streamed answer (openai)."""
+    keep: bool = True
+    """The answer may be kept for feedback: not a copy mirrored to this (shadow) pod."""
 
 
 class Adapter(Protocol):
@@ -46,9 +49,12 @@ class Adapter(Protocol):
 class Observer:
     """The metrics and the schema an adapter records into."""
 
-    def __init__(self, metrics: ServerMetrics, schema: SchemaChecker | None) -> None:
+    def __init__(
+        self, metrics: ServerMetrics, schema: SchemaChecker | None, feedback: Feedback | None = None
+    ) -> None:
         self.metrics = metrics
         self.schema = schema
+        self.feedback = feedback if feedback is not None and feedback.enabled else None
 
     def features(self, name: str, matrix: np.ndarray[Any, Any], *, checked: bool = False) -> Codes:
         """Check a ``[rows, features]`` matrix against the schema and observe it; its segment codes."""
@@ -76,7 +82,13 @@ class Observer:
         return self.features(name, matrix)
 
     def predictions(
-        self, seen: Seen, *, labels: Sequence[str] | None, scores: Sequence[float | None] | None
+        self,
+        seen: Seen,
+        *,
+        labels: Sequence[str] | None,
+        scores: Sequence[float | None] | None,
+        answer_id: str | None = None,
+        probabilities: Sequence[Sequence[float]] | None = None,
     ) -> None:
         """One answer's rows: class shares (with the predicted class's probability when known) or
         values. The output kind is fixed by the first answer when no schema or reference declared it."""
@@ -96,3 +108,7 @@ class Observer:
         m.observe_predictions(label_array, score_array)
         m.observe_segment_rows(seen.codes, Outcome.SUCCESS)
         m.observe_segment_predictions(seen.codes, label_array)
+        if self.feedback is not None and seen.keep and answer_id is not None and is_keepable(answer_id):
+            kept_probabilities = np.asarray(probabilities, dtype=np.float64) if probabilities else None
+            values = None if label_array is not None else score_array
+            self.feedback.record(answer_id, label_array, values, kept_probabilities, seen.codes)

@@ -7,7 +7,9 @@ features), the answer by ``agreement.read_answer`` (the output named ``label`` o
 integer or string column is the class, ``probabilities`` their scores, else ``prediction`` or
 the first float column the value), so a class share means here what it means there.
 
-Inference is ``POST /v2/models/{name}[/versions/{v}]/infer``; every other route (metadata,
+Inference is ``POST /v2/models/{name}[/versions/{v}]/infer``. Its answers are kept by their OIP
+``id`` (``--feedback-max-predictions``), so ``POST /v2/models/{name}/feedback`` is joined here, by
+the bundled server's own store, into the same label metrics. Every other route (metadata,
 health, repository calls) passes through uncounted.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 
 from rollwise_serving import binary
 from rollwise_serving.agreement import UnreadableError, read_answer
+from rollwise_serving.feedback import is_mirror_copy
 from rollwise_serving.protocol import ProtocolError
 from rollwise_serving.proxy.observe import Headers, Observer, Seen
 
@@ -26,10 +29,19 @@ class OipRest:
         self.observer = observer
 
     def is_inference(self, method: str, path: str) -> bool:
-        parts = path.strip("/").split("/")
-        return method == "POST" and len(parts) >= 4 and parts[:2] == ["v2", "models"] and parts[-1] == "infer"
+        return method == "POST" and _action(path) == "infer"
+
+    @staticmethod
+    def is_feedback(method: str, path: str) -> bool:
+        """Labels for earlier answers: the proxy joins them itself (``feedback``)."""
+        return method == "POST" and _action(path) == "feedback"
 
     def request(self, body: bytes, headers: Headers) -> Seen:
+        keep = not is_mirror_copy(headers)
+        seen = self._features(body, headers)
+        return seen if keep else Seen(codes=seen.codes, keep=False)
+
+    def _features(self, body: bytes, headers: Headers) -> Seen:
         if self.observer.schema is None:
             return Seen()
         try:
@@ -62,6 +74,22 @@ class OipRest:
             return
         if answer.labels is not None:
             scores = [max(p) if p else None for p in answer.probabilities] if answer.probabilities else None
-            self.observer.predictions(seen, labels=answer.labels, scores=scores)
+            self.observer.predictions(
+                seen,
+                labels=answer.labels,
+                scores=scores,
+                answer_id=answer.id,
+                probabilities=answer.probabilities,
+            )
         elif answer.values is not None:
-            self.observer.predictions(seen, labels=None, scores=answer.values)
+            self.observer.predictions(seen, labels=None, scores=answer.values, answer_id=answer.id)
+
+
+def _action(path: str) -> str | None:
+    """``infer`` of ``/v2/models/{name}[/versions/{v}]/infer``; None for any other route."""
+    parts = path.strip("/").split("/")
+    if parts[:2] != ["v2", "models"] or len(parts) not in (4, 6):
+        return None
+    if len(parts) == 6 and parts[3] != "versions":
+        return None
+    return parts[-1]
