@@ -58,10 +58,12 @@ HOP_BY_HOP: Final = frozenset(
         b"upgrade",
         b"host",
         b"content-length",
+        b"expect",
     }
 )
 """Headers of one connection (RFC 9110 7.6.1), not of the message: never passed on. The length
-is set again by whoever writes the body."""
+is set again by whoever writes the body; ``expect: 100-continue`` was the proxy's to answer (it
+has the whole body before it sends any)."""
 EVENT_STREAM: Final = "text/event-stream"
 
 
