@@ -52,13 +52,13 @@ class Processes:
         argv += ["--protocol", protocol, "--name", name, "--version", version, *args]
         return self.start(argv, port, "/rollwise/ready")
 
-    def user_app(self, source: str, *, ready: str = "/") -> Server:
+    def user_app(self, source: str, *args: str, ready: str = "/") -> Server:
         """A user's own FastAPI model (``app`` in ``source``) under uvicorn."""
         port = free_port()
         module = self.tmp / f"user_app_{port}.py"
         module.write_text(textwrap.dedent(source))
         argv = [str(UVICORN), f"{module.stem}:app", "--app-dir", str(self.tmp), "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--log-level", "warning"]
+        argv += ["--port", str(port), "--log-level", "warning", *args]
         return self.start(argv, port, ready)
 
     def stop_all(self) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -276,6 +278,25 @@ def test_a_users_fastapi_model_over_http_json(procs: Processes, models: dict[str
     odd = orjson.dumps({"data": {"rows": [{**named(SETOSA), "colour": 3}]}})
     assert proxy.post("/score", content=odd).status_code == 200
     assert proxy.sample("rollwise_data_quality_total", problem="rejected") >= 1
+
+
+def test_connections_the_upstream_closed_while_idle_are_not_reused(procs: Processes) -> None:
+    """uvicorn closes a keep-alive connection idle for --timeout-keep-alive: the next request
+    goes on a new connection, at once (not after the upstream timeout)."""
+    app = procs.user_app(USER_APP, "--timeout-keep-alive", "1")
+    proxy = procs.proxy(
+        app.url, "http-json", "--prediction-path", "$.result.labels", "--upstream-timeout-seconds", "5"
+    )
+    body = orjson.dumps({"data": {"rows": [named(SETOSA)] * 2}})
+    with httpx.Client(base_url=proxy.url, timeout=10) as client:
+        sent = [client.post("/score", content=body) for _ in range(8)]
+        time.sleep(2)  # the upstream closes the proxy's idle connections
+        start = time.monotonic()
+        again = [client.post("/score", content=body) for _ in range(8)]
+        took = time.monotonic() - start
+    assert [r.status_code for r in sent + again] == [200] * 16
+    assert took < 2, took
+    assert proxy.sample("rollwise_requests_total", outcome="success") == 16
 
 
 def test_bad_flags_exit_2_naming_each_problem() -> None:

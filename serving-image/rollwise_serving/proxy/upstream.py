@@ -222,9 +222,14 @@ class Upstream:
 
     async def _exchange(self, head: bytes, body: bytes) -> Response:
         for attempt in (0, 1):
+            while self._idle and self._idle[-1].closed:
+                self._idle.pop()  # the upstream closed it while idle (its keep-alive timeout)
             reused = bool(self._idle)
             connection = self._idle.pop() if reused else await self._connect()
-            connection.send(head, body)
+            try:
+                connection.send(head, body)
+            except (OSError, RuntimeError) as err:  # a transport closed under us (uvloop raises)
+                connection._fail(UpstreamUnavailableError(f"the connection to the upstream failed: {err}"))
             try:
                 async with asyncio.timeout(self.timeout):
                     await connection.headers_done.wait()
