@@ -86,13 +86,17 @@ SLOW_SSE = """
                     "usage": {"prompt_tokens": 5, "completion_tokens": len(words)}, "served_by": "slow"}
 
         async def events():
-            for word in words:
-                chunk = {"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
-                yield "data: " + json.dumps(chunk) + "\\n\\n"
-                await asyncio.sleep(0.3)
-            end = {"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
-            yield "data: " + json.dumps(end) + "\\n\\n"
-            yield "data: [DONE]\\n\\n"
+            try:
+                for word in words * doc.get("repeat", 1):
+                    chunk = {"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+                    yield "data: " + json.dumps(chunk) + "\\n\\n"
+                    await asyncio.sleep(0.3)
+                end = {"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+                yield "data: " + json.dumps(end) + "\\n\\n"
+                yield "data: [DONE]\\n\\n"
+                seen[-1]["done"] = True
+            finally:
+                seen[-1]["ended"] = True
 
         return StreamingResponse(events(), media_type="text/event-stream")
 """
@@ -191,6 +195,21 @@ def test_a_slow_stream_reaches_the_client_as_it_is_made(procs: Processes) -> Non
     assert refused[-1][1]["choices"][0]["finish_reason"] == "content_filter"
     assert proxy.sample("rollwise_llm_finish_total", reason="content_filter") == 1
     assert proxy.sample("rollwise_requests_total", outcome="success") == 2
+
+
+def test_a_client_that_leaves_stops_the_upstreams_stream(procs: Processes) -> None:
+    """A generating model should stop when nobody reads: the proxy closes the upstream's
+    connection at the next chunk, and counts the request the client's (client_error)."""
+    slow = procs.user_app(SLOW_SSE, ready="/v1/models")
+    proxy = procs.proxy(slow.url, "openai", name="slow", version="v1")
+    doc = chat("hi", stream=True, repeat=20)  # 80 tokens, 24 s
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=doc, timeout=30) as response:
+        first = next(response.iter_lines())
+    assert first.startswith("data: ")
+    wait_for(lambda: slow.get("/seen").json()[0].get("ended"), 5, "the upstream's stream to be stopped")
+    assert not slow.get("/seen").json()[0].get("done")
+    wait_for(lambda: proxy.sample("rollwise_requests_total", outcome="client_error") == 1, 5, "counted")
+    assert proxy.sample("rollwise_llm_finish_total", reason="none") == 1
 
 
 def test_openai_traffic_is_mirrored_and_ab_forwarded(procs: Processes, llama: Server) -> None:

@@ -75,6 +75,11 @@ class UpstreamError(Exception):
         self.status = status
 
 
+class ClientLeftError(Exception):
+    """The client closed its connection during a streamed answer: a client error, as a gRPC call
+    the client cancels is in the bundled server."""
+
+
 class StreamCutError(Exception):
     """The upstream's stream broke off after its answer began: the client's stream just ends."""
 
@@ -218,9 +223,9 @@ class ProxyApp:
         """Any other route: on to the upstream and back, uncounted."""
         try:
             body = await read_body(receive, scope["headers"], self.settings.max_body_bytes)
-            await self._exchange(scope, body, None, send, start=time.perf_counter())
-        except StreamCutError:
-            pass  # the answer began; the client's stream ends early
+            await self._exchange(scope, body, None, send, start=time.perf_counter(), receive=receive)
+        except (StreamCutError, ClientLeftError):
+            pass  # the answer began; its stream ends early
         except Exception as err:
             status, _ = _error_status(err)
             await respond(send, status, error_body(err))
@@ -241,7 +246,9 @@ class ProxyApp:
                     await respond(send, answer.status_code, answer.content, _forwarded_headers(answer))
                     return
             seen = self.adapter.request(body, headers)
-            status, answer_body, answer_headers = await self._exchange(scope, body, seen, send, start=start)
+            status, answer_body, answer_headers = await self._exchange(
+                scope, body, seen, send, start=start, receive=receive
+            )
             outcome = _outcome(status)
             if self.mirror is not None and not hopped and 200 <= status < 300:
                 own = answer_body if isinstance(self.adapter, OipRest) and status == 200 else None
@@ -255,6 +262,8 @@ class ProxyApp:
                     header_length=_int(_header(headers, b"inference-header-content-length")),
                     own_length=_int(length),
                 )
+        except ClientLeftError:
+            outcome = Outcome.CLIENT_ERROR
         except StreamCutError as err:
             outcome = Outcome.SERVER_ERROR  # its status was sent already; the stream is cut short
             log.warning("the upstream's stream on %s broke off: %s", scope["path"], err)
@@ -270,7 +279,7 @@ class ProxyApp:
                 m.request_duration.observe(time.perf_counter() - start)
 
     async def _exchange(
-        self, scope: Scope, body: bytes, seen: Seen | None, send: Send, *, start: float
+        self, scope: Scope, body: bytes, seen: Seen | None, send: Send, *, start: float, receive: Receive
     ) -> tuple[int, bytes, UpstreamHeaders | None]:
         """Send the request on and the answer back: streamed when the upstream streams (SSE),
         else whole and then observed (``seen``: an inference request's, None for other routes).
@@ -285,7 +294,7 @@ class ProxyApp:
             raise UpstreamError(502, str(err)) from err
         try:
             if (response.headers.get("content-type") or "").startswith(EVENT_STREAM):
-                await self._stream(response, seen, send, start)
+                await self._stream(response, seen, send, start, receive)
                 return response.status_code, b"", response.headers
             try:
                 content = await response.read()
@@ -305,9 +314,13 @@ class ProxyApp:
         finally:
             response.close()
 
-    async def _stream(self, response: Response, seen: Seen | None, send: Send, start: float) -> None:
+    async def _stream(
+        self, response: Response, seen: Seen | None, send: Send, start: float, receive: Receive
+    ) -> None:
         """Chunks on as they arrive, each read by the openai adapter on its way (never held). Once
-        the first is sent, a failure can only cut the stream: the client sees it end early."""
+        the first is sent, a failure can only cut the stream: the client sees it end early. A
+        client that leaves stops the stream at the next chunk, and the upstream's connection is
+        closed, so a generating model stops too (llama.cpp's and vLLM's servers abort on it)."""
         reader = self.openai.stream(start) if self.openai is not None and seen is not None else None
         await send(
             {
@@ -317,19 +330,29 @@ class ProxyApp:
             }
         )
         cut: Exception | None = None
+        left = asyncio.ensure_future(_disconnected(receive))
         try:
             async for chunk in response.chunks():
+                if left.done():
+                    raise ClientLeftError("the client left during the stream")
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if reader is not None:
                     reader.feed(chunk, time.perf_counter())
         except (UpstreamTimeoutError, UpstreamUnavailableError) as err:
             cut = err
         finally:
+            left.cancel()
             if reader is not None:
                 reader.close()
         await send({"type": "http.response.body", "body": b""})
         if cut is not None:
             raise StreamCutError(str(cut)) from cut
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has gone (the body was read already: nothing else can come)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _target(scope: Scope) -> str:
