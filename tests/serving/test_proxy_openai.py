@@ -234,6 +234,7 @@ def test_openai_traffic_is_mirrored_and_ab_forwarded(procs: Processes, llama: Se
     # the B variant is answered by the peer, which streams its own words
     forwarded = stream(proxy, "/v1/chat/completions", chat("hi", stream=True), **{"x-variant": "b"})
     assert texts(forwarded) == ["one", " two", " three", " four"]
+    assert forwarded[0][0] < 0.5 and forwarded[-1][0] - forwarded[0][0] > 1.0, forwarded  # not buffered
     assert proxy.sample("rollwise_forward_total", result="sent") == 1
     assert proxy.sample("rollwise_requests_total") == 1  # the peer counts the forwarded one
     seen = other.get("/seen").json()

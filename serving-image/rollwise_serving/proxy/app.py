@@ -19,6 +19,7 @@ answer's latency runs to its last byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Final
@@ -33,9 +34,9 @@ from rollwise_serving.config import HashRange, parse_forward_match
 from rollwise_serving.drift import Reference
 from rollwise_serving.features import SchemaChecker
 from rollwise_serving.feedback import feedback_of
-from rollwise_serving.forwarding import Forwarder, Matches, UserHash
+from rollwise_serving.forwarding import MAX_CONCURRENT, TIMEOUT, Forwarder, Matches, UserHash
 from rollwise_serving.metrics import ServerMetrics
-from rollwise_serving.mirroring import HopSeal, Mirror
+from rollwise_serving.mirroring import HOP_HEADER, HopSeal, Mirror
 from rollwise_serving.proxy.config import Protocol, ProxySettings
 from rollwise_serving.proxy.http_json import HttpJson
 from rollwise_serving.proxy.observe import Adapter, Headers, Observer, Seen
@@ -124,6 +125,9 @@ class ProxyApp:
             else None
         )
         self.forwarder = _forwarder(settings, self.metrics, self.hops)
+        self.peer: Upstream | None = None
+        """The A/B peer for streamed OpenAI answers, passed on as they come (``Forwarder`` reads
+        an answer whole: right for JSON, wrong for a stream)."""
         self.upstream: Upstream | None = None
         # The upstream answers the readiness probe with a model loaded: nothing to load here, but
         # the gauge is part of the contract (`model_loaded` query), so it follows readiness.
@@ -141,12 +145,18 @@ class ProxyApp:
             self.mirror.start()
         if self.forwarder:
             self.forwarder.start()
+            if self.openai is not None and s.forward_url:
+                self.peer = Upstream(
+                    s.forward_url, max_connections=MAX_CONCURRENT, timeout=TIMEOUT.read or 5.0
+                )
 
     async def shutdown(self) -> None:
         if self.mirror:
             await self.mirror.close()
         if self.forwarder:
             await self.forwarder.close()
+        if self.peer is not None:
+            await self.peer.close()
         if self.upstream is not None:
             await self.upstream.close()
         if self.feedback is not None:
@@ -239,12 +249,10 @@ class ProxyApp:
         try:
             body = await read_body(receive, headers, self.settings.max_body_bytes)
             hopped = self.hops.is_hop(headers)
-            if self.forwarder is not None and not hopped and self.forwarder.wants(headers):
-                answer = await self.forwarder.forward(_target(scope), body, headers)
-                if answer is not None:
-                    outcome = None  # the peer counts it
-                    await respond(send, answer.status_code, answer.content, _forwarded_headers(answer))
-                    return
+            forward = self.forwarder is not None and not hopped and self.forwarder.wants(headers)
+            if forward and await self._forwarded(scope, body, send, start=start, receive=receive):
+                outcome = None  # the peer counts it
+                return
             seen = self.adapter.request(body, headers)
             status, answer_body, answer_headers = await self._exchange(
                 scope, body, seen, send, start=start, receive=receive
@@ -277,6 +285,53 @@ class ProxyApp:
             if outcome is not None:
                 m.requests[outcome].inc()
                 m.request_duration.observe(time.perf_counter() - start)
+
+    async def _forwarded(
+        self, scope: Scope, body: bytes, send: Send, *, start: float, receive: Receive
+    ) -> bool:
+        """An A/B request for the peer: True when the peer answered it (streamed OpenAI answers
+        passed on as they come, others read whole by ``Forwarder``), False to answer here."""
+        assert self.forwarder is not None
+        headers: Headers = scope["headers"]
+        if self.openai is not None and self.openai.request(body, headers).stream:
+            return await self._forward_stream(scope, body, send, start=start, receive=receive)
+        answer = await self.forwarder.forward(_target(scope), body, headers)
+        if answer is None:
+            return False
+        await respond(send, answer.status_code, answer.content, _forwarded_headers(answer))
+        return True
+
+    async def _forward_stream(
+        self, scope: Scope, body: bytes, send: Send, *, start: float, receive: Receive
+    ) -> bool:
+        """A streamed request for the A/B peer, its answer passed on chunk by chunk, counted in
+        ``rollwise_forward_total`` as ``Forwarder`` counts; False (answer here) when the peer
+        fails or answers 5xx before its stream begins."""
+        assert self.forwarder is not None and self.peer is not None
+        keep = {b"content-type", *self.forwarder.rule.keep}
+        out = [(k, v) for k, v in scope["headers"] if k in keep]
+        out.append((HOP_HEADER.encode(), self.hops.value("forward").encode()))
+        counts = self.metrics.forward
+        try:
+            response = await self.peer.request("POST", _target(scope), out, body)
+        except (UpstreamTimeoutError, UpstreamUnavailableError) as err:
+            counts["failed"].inc()
+            log.debug("forward to the peer failed: %s", err)
+            return False
+        try:
+            if response.status_code >= 500:
+                counts["failed"].inc()
+                return False
+            counts["sent"].inc()
+            if (response.headers.get("content-type") or "").startswith(EVENT_STREAM):
+                with contextlib.suppress(StreamCutError, ClientLeftError):
+                    await self._stream(response, None, send, start, receive)
+            else:
+                content = await response.read()
+                await respond(send, response.status_code, content, _response_headers(response, len(content)))
+            return True
+        finally:
+            response.close()
 
     async def _exchange(
         self, scope: Scope, body: bytes, seen: Seen | None, send: Send, *, start: float, receive: Receive
