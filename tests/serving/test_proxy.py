@@ -274,6 +274,10 @@ def test_a_users_fastapi_model_over_http_json(procs: Processes, models: dict[str
     slow = proxy.post("/slow", content=b"{}")
     assert slow.status_code == 504
     assert proxy.sample("rollwise_requests_total", outcome="server_error") == 1
+    # HEAD: the answer ends with its headers (its length names a body that never comes)
+    head = httpx.head(proxy.url + "/", timeout=5)
+    assert head.status_code == httpx.head(app.url + "/", timeout=5).status_code
+    assert proxy.get("/").json() == {"ok": True}
     # a refused row (unknown feature) is counted as a data-quality problem, the request goes on
     odd = orjson.dumps({"data": {"rows": [{**named(SETOSA), "colour": 3}]}})
     assert proxy.post("/score", content=odd).status_code == 200

@@ -215,10 +215,16 @@ class Upstream:
                 f"no connection to the upstream free within {self.timeout:g} s"
             ) from None
         try:
-            return await self._exchange(head, body)
+            response = await self._exchange(head, body)
         except BaseException:
             self._slots.release()
             raise
+        if method == "HEAD":
+            # an answer to HEAD has no body whatever its length says; the parser cannot know, so
+            # the answer ends with its headers and the connection is not reused
+            response._connection.complete = True
+            response._connection.keep_alive = False
+        return response
 
     async def _exchange(self, head: bytes, body: bytes) -> Response:
         for attempt in (0, 1):
