@@ -104,7 +104,8 @@ class ProxySettings(BaseModel):
     upstream_timeout_seconds: Annotated[
         int, _integer("seconds the upstream may take per read (default 60)", 1, 3600)
     ] = 60
-    """A whole answer for JSON protocols; the gap between two chunks of a streamed one."""
+    """Bounds the wait for a free connection, for the answer's headers and for each read of its
+    body: a streamed answer lasts as long as its chunks keep coming (``proxy/upstream.py``)."""
     max_connections: Annotated[
         int, _integer("connections to the upstream at most (default 128)", 1, 10_000)
     ] = 128
