@@ -142,6 +142,9 @@ def test_upstream_errors_become_the_bundled_servers_outcomes(
     assert proxy.post("/v2/models/other/infer", content=infer_body([SETOSA])).status_code == 404
     too_big = proxy.post("/v2/models/iris/infer", content=b"x" * 5000)
     assert too_big.status_code == 413
+    # the bundled server's bounded HTTP/1.1: too many headers never reach the app
+    many = {f"x-h{i}": "v" for i in range(120)}
+    assert proxy.post("/v2/models/iris/infer", content=infer_body([SETOSA]), headers=many).status_code == 431
     assert proxy.sample("rollwise_requests_total", outcome="client_error") == 2
     assert proxy.sample("rollwise_requests_total", outcome="success") == 1
 
