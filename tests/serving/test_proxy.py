@@ -125,6 +125,53 @@ def test_tritons_binary_client_passes_through_and_its_classes_are_counted(
     assert proxy.sample("rollwise_feature_value_count", feature="petal_length") == 4
 
 
+def test_grpc_calls_pass_through_and_model_infer_is_observed(
+    procs: Processes, servers: ServerFactory, models: dict[str, Any]
+) -> None:
+    import tritonclient.grpc as triton_grpc  # noqa: PLC0415
+    from tritonclient.utils import InferenceServerException  # noqa: PLC0415
+
+    grpc_up = free_port()
+    upstream = servers.start(*model_args(models, "iris-v1"), "--grpc-port", str(grpc_up))
+    grpc_port = free_port()
+    proxy = procs.proxy(
+        upstream.url,
+        "oip-rest",
+        *schema_args(models),
+        "--grpc-port",
+        str(grpc_port),
+        "--grpc-upstream",
+        f"127.0.0.1:{grpc_up}",
+    )
+    rows = np.array([SETOSA, VIRGINICA, VIRGINICA], dtype=np.float32)
+    tensor = triton_grpc.InferInput("input-0", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows)  # raw_input_contents
+    c = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    try:
+        assert c.is_server_live() and c.is_model_ready("iris")
+        result = c.infer("iris", [tensor], request_id="g-1")
+        assert [v.decode() for v in result.as_numpy("label").ravel()] == ["setosa", "virginica", "virginica"]
+        assert result.get_response().id == "g-1"
+        with pytest.raises(InferenceServerException, match="shape"):
+            c.infer(
+                "iris",
+                [
+                    triton_grpc.InferInput("input-0", [1, 2], "FP32").set_data_from_numpy(
+                        np.array([[1.0, 2.0]], dtype=np.float32)
+                    )
+                ],
+            )
+        with pytest.raises(InferenceServerException):
+            c.infer("other", [tensor])
+    finally:
+        c.close()
+    assert proxy.sample("rollwise_requests_total", outcome="success") == 1
+    assert proxy.sample("rollwise_requests_total", outcome="client_error") == 1
+    assert proxy.sample("rollwise_requests_total") == 2  # another model's call is not counted
+    assert proxy.sample("rollwise_prediction_value_count", **{"class": "virginica"}) == 2
+    assert proxy.sample("rollwise_feature_value_count", feature="sepal_width") == 3
+
+
 def test_upstream_errors_become_the_bundled_servers_outcomes(
     procs: Processes, upstream: Server, models: dict[str, Any]
 ) -> None:

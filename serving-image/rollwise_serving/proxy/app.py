@@ -40,6 +40,7 @@ from rollwise_serving.mirroring import HOP_HEADER, HopSeal, Mirror
 from rollwise_serving.proxy.config import Protocol, ProxySettings
 from rollwise_serving.proxy.http_json import HttpJson
 from rollwise_serving.proxy.observe import Adapter, Headers, Observer, Seen
+from rollwise_serving.proxy.oip_grpc import GrpcProxy
 from rollwise_serving.proxy.oip_rest import OipRest
 from rollwise_serving.proxy.openai import OpenAi
 from rollwise_serving.proxy.upstream import Headers as UpstreamHeaders
@@ -117,7 +118,7 @@ class ProxyApp:
             assert settings.prediction_path is not None  # parse_proxy_settings requires it
             self.adapter = HttpJson(self.observer, settings.prediction_path, settings.features_path)
         else:
-            self.adapter = OipRest(self.observer)
+            self.adapter = OipRest(self.observer, settings.name)
         self.hops = HopSeal(settings.hop_token)
         self.mirror = (
             Mirror(settings.mirror_url, self.metrics, self.hops, queue_bytes=settings.mirror_queue_bytes)
@@ -125,6 +126,19 @@ class ProxyApp:
             else None
         )
         self.forwarder = _forwarder(settings, self.metrics, self.hops)
+        self.grpc = (
+            GrpcProxy(
+                address=f"{settings.host}:{settings.grpc_port}",
+                name=settings.name,
+                upstream=settings.grpc_upstream,
+                metrics=self.metrics,
+                observer=self.observer,
+                timeout=float(settings.upstream_timeout_seconds),
+                max_message_bytes=settings.max_body_bytes,
+            )
+            if settings.grpc_port is not None and settings.grpc_upstream
+            else None
+        )
         self.peer: Upstream | None = None
         """The A/B peer for streamed OpenAI answers, passed on as they come (``Forwarder`` reads
         an answer whole: right for JSON, wrong for a stream)."""
@@ -141,6 +155,8 @@ class ProxyApp:
         self.upstream = Upstream(
             s.upstream, max_connections=s.max_connections, timeout=float(s.upstream_timeout_seconds)
         )
+        if self.grpc is not None:
+            await self.grpc.start()
         if self.mirror:
             self.mirror.start()
         if self.forwarder:
@@ -151,6 +167,8 @@ class ProxyApp:
                 )
 
     async def shutdown(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
         if self.mirror:
             await self.mirror.close()
         if self.forwarder:

@@ -87,6 +87,18 @@ class ProxySettings(BaseModel):
     track: Annotated[Track, _choice("stable | candidate (default stable)", Track)] = Track.STABLE
     host: Annotated[str, Flag("listen address (default 0.0.0.0)")] = "0.0.0.0"
     port: Annotated[int, _integer("listen port (default 8080)", 1, 65535)] = 8080
+    grpc_port: Annotated[
+        int | None, _integer("oip-rest: listen port of the OIP gRPC service (default: off)", 1, 65535)
+    ] = None
+    """With ``--grpc-upstream``: unary gRPC calls passed on, ``ModelInfer`` counted (``oip_grpc``)."""
+    grpc_upstream: Annotated[
+        str | None,
+        Flag(
+            "host:port of the upstream's OIP gRPC service, e.g. 127.0.0.1:9001",
+            "is not valid; use host:port",
+            partial(_matching, r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}"),
+        ),
+    ] = None
     prediction_path: Annotated[
         str | None, Flag("http-json: dotted path of the prediction in the answer", _PATH_PROBLEM, _path)
     ] = None
@@ -251,6 +263,10 @@ def parse_proxy_settings(
             raw[name] = environ[env]
     given = {k: v for k, v in raw.items() if v or not _flag_of(k).blank_is_unset}
     problems = _routing_problems(given)
+    if ("grpc_port" in given) != ("grpc_upstream" in given):
+        problems.append("--grpc-port and --grpc-upstream go together: the proxy's port and the upstream's")
+    elif "grpc_port" in given and given.get("protocol") != Protocol.OIP_REST:
+        problems.append("--grpc-port proxies the OIP's gRPC service: use it with --protocol oip-rest")
     if given.get("protocol") == Protocol.HTTP_JSON and "prediction_path" not in given:
         problems.append("--protocol http-json needs --prediction-path, e.g. $.predictions")
     try:

@@ -25,11 +25,14 @@ from rollwise_serving.proxy.observe import Headers, Observer, Seen
 
 
 class OipRest:
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer: Observer, name: str) -> None:
         self.observer = observer
+        self.name = name
 
     def is_inference(self, method: str, path: str) -> bool:
-        return method == "POST" and _action(path) == "infer"
+        """This model's infer route; another model's passes through uncounted, as the bundled
+        server does not count a request for a model it does not serve."""
+        return method == "POST" and _action(path) == "infer" and path.split("/")[3] == self.name
 
     @staticmethod
     def is_feedback(method: str, path: str) -> bool:
@@ -87,7 +90,7 @@ class OipRest:
 
 def _action(path: str) -> str | None:
     """``infer`` of ``/v2/models/{name}[/versions/{v}]/infer``; None for any other route."""
-    parts = path.strip("/").split("/")
+    parts = path.split("/")[1:]
     if parts[:2] != ["v2", "models"] or len(parts) not in (4, 6):
         return None
     if len(parts) == 6 and parts[3] != "versions":
