@@ -55,7 +55,8 @@ PY_SPY = str(REPO / ".venv" / "bin" / "py-spy")
 # Each peer's virtualenv installs bench/peers/NAME.txt: every package pinned with its hashes
 # (`make lock` makes it from NAME.in, where the peers' own pins are explained).
 PEER_LOCKS = REPO / "bench" / "peers"
-PEERS = sorted(p.stem for p in PEER_LOCKS.glob("*.txt"))
+# llama-server.txt is the proxy tests' llama.cpp server (scripts/llama_server_venv.py), not a peer.
+PEERS = sorted(p.stem for p in PEER_LOCKS.glob("*.txt") if p.stem != "llama-server")
 BODY = {
     "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}],
 }
@@ -489,7 +490,7 @@ def check_answer(port: int, path: str) -> None:
 # ---- report ----------------------------------------------------------------------------------------
 
 
-def main() -> int:
+def main() -> int:  # noqa: C901 - one branch per mode flag, each a line
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (default 5)")
     parser.add_argument("--concurrency", default="1,16,64")
@@ -515,7 +516,22 @@ def main() -> int:
         help="only profile a tracked rollwise server under load for SECONDS and report the share of "
         "its CPU samples spent keeping answers for labels (py-spy)",
     )
+    parser.add_argument(
+        "--venv",
+        metavar="PEER",
+        help="only make (or reuse) the peer's virtualenv and print its path (the proxy's tests use it)",
+    )
+    parser.add_argument(
+        "--proxy-cost",
+        type=int,
+        metavar="ROUNDS",
+        help="only measure rollwise-proxy's cost: the bundled server and MLServer direct and through the "
+        "proxy, wrk alternating between them ROUNDS times per concurrency",
+    )
     args = parser.parse_args()
+    if args.venv:
+        print(ensure_venv(args.venv))
+        return 0
     if not Path(WRK).exists():
         sys.exit("wrk is not installed: apt-get install wrk (scripts/bootstrap.sh does)")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -527,6 +543,10 @@ def main() -> int:
         return 0
     if args.tracking_cost:
         print(interleaved_tracking_cost(models, concurrencies, args.duration, args.tracking_cost))
+        return 0
+    if args.proxy_cost:
+        ensure_venv("mlserver")
+        print(proxy_cost(models, concurrencies, args.duration, args.proxy_cost))
         return 0
     if args.segment_cost:
         pair = ("rollwise-segmented", "rollwise-schema")
@@ -793,6 +813,93 @@ def _served(port: int) -> int:
             if line.startswith("rollwise_requests_total{")
         )
     )
+
+
+PROXY_UPSTREAMS = ("rollwise", "mlserver-quiet")
+"""What --proxy-cost puts behind rollwise-proxy: the bundled server and MLServer (logs quiet)."""
+
+
+def proxy_target(name: str, upstream_port: int, models: dict[str, Any]) -> Target:
+    """rollwise-proxy (oip-rest) in front of a running upstream, with the Iris schema and
+    reference: the signals a pod behind it exports, features and drift included."""
+    d = models["dir"]
+    proxy = str(REPO / ".venv" / "bin" / "rollwise-proxy")
+
+    def argv(port: int) -> list[str]:
+        return [
+            *(proxy, "--upstream", f"http://127.0.0.1:{upstream_port}", "--protocol", "oip-rest"),
+            *("--name", "iris", "--version", "v1", "--host", "127.0.0.1", "--port", str(port)),
+            *(
+                "--feature-schema",
+                str(d / models["feature_schema"]),
+                "--reference",
+                str(d / models["reference"]),
+            ),
+            *("--log-level", "warning"),
+        ]
+
+    return Target(name, "proxy", argv, "/v2/models/iris/infer", "/rollwise/ready")
+
+
+def proxy_cost(models: dict[str, Any], concurrencies: list[int], duration: int, rounds: int) -> str:
+    """What the signals proxy (#18) costs: each upstream alone and through rollwise-proxy, both
+    running, wrk alternating between the two URLs (ABBA...) so the machine's drift cancels;
+    medians. The proxy and the upstream share the machine's cores, as a sidecar and its pod's
+    server share a node's."""
+    script = lua_script()
+    rows = []
+    for upstream in targets(models, set(PROXY_UPSTREAMS)):
+        up_port, up_proc, _ = start(upstream)
+        px_port, px_proc, _ = start(proxy_target(f"proxy-{upstream.name}", up_port, models))
+        urls = {
+            "direct": f"http://127.0.0.1:{up_port}{upstream.path}",
+            "proxy": f"http://127.0.0.1:{px_port}{upstream.path}",
+        }
+        try:
+            for url in urls.values():
+                wrk(url, 16, 1, script)  # warm-up
+            for c in concurrencies:
+                cells: dict[str, list[Result]] = {k: [] for k in urls}
+                cpu: list[float] = []
+                for r in range(rounds):
+                    for kind in list(urls) if r % 2 == 0 else list(reversed(urls)):
+                        before = cpu_seconds(px_proc.pid)
+                        result = wrk(urls[kind], c, duration, script)
+                        cells[kind].append(result)
+                        if kind == "proxy":
+                            cpu.append(
+                                1e6 * (cpu_seconds(px_proc.pid) - before) / max(result.rps * duration, 1)
+                            )
+                rows.append((upstream.name, c, cells, statistics.median(cpu)))
+                log(
+                    f"{upstream.name} c={c}: "
+                    + ", ".join(
+                        f"{k} {statistics.median(x.rps for x in v):,.0f} req/s" for k, v in cells.items()
+                    )
+                )
+        finally:
+            terminate(px_proc)
+            terminate(up_proc)
+    lines = [
+        f"Cost of rollwise-proxy (oip-rest, Iris schema and reference), interleaved: {rounds} rounds of "
+        f"{duration} s per URL and concurrency, medians, {os.cpu_count()} cores shared by wrk, the proxy "
+        "and the upstream",
+        "",
+        "| upstream | concurrency | direct req/s | through proxy req/s | proxy / direct | direct p50 ms "
+        "| proxy p50 ms | p50 added ms | proxy CPU µs/req | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, c, cells, cpu_us in rows:
+        d_rps = statistics.median(x.rps for x in cells["direct"])
+        p_rps = statistics.median(x.rps for x in cells["proxy"])
+        d_p50 = statistics.median(x.p50_ms for x in cells["direct"])
+        p_p50 = statistics.median(x.p50_ms for x in cells["proxy"])
+        errors = sum(x.errors for v in cells.values() for x in v)
+        lines.append(
+            f"| {name} | {c} | {d_rps:,.0f} | {p_rps:,.0f} | {100 * p_rps / d_rps:.0f} % | {d_p50:.2f} "
+            f"| {p_p50:.2f} | {p_p50 - d_p50:+.2f} | {cpu_us:.0f} | {errors} |"
+        )
+    return "\n".join(lines)
 
 
 def cpu_seconds(pid: int) -> float:

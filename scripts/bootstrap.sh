@@ -39,4 +39,8 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.rollwise-lock-* .venv/.rollwise-deps-*; touch "$stamp"
 fi
 
+# llama.cpp's OpenAI server for the proxy's openai tests: its wheel is compiled once (minutes) into
+# the cache, then reused; a changed bench/peers/llama-server.txt remakes the venv.
+.venv/bin/python scripts/llama_server_venv.py >/dev/null
+
 bash e2e/build-binaries.sh all

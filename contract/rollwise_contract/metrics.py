@@ -157,3 +157,40 @@ SEGMENT_LABEL_SQUARED_ERROR = PREFIX + "segment_label_squared_error"
 SEGMENT_SHADOW_COMPARED = PREFIX + "segment_shadow_compared"
 """Counter, on the mirroring pod: compared rows by segment value and `peer_version`."""
 SEGMENT_SHADOW_AGREED = PREFIX + "segment_shadow_agreed"
+
+# ---- generative models behind the signals proxy (#18): OpenAI-compatible traffic ---------------
+# Exported only by `rollwise-proxy --protocol openai`; the bundled server never registers them, so
+# its exposition is unchanged.
+
+LLM_TIME_TO_FIRST_TOKEN = PREFIX + "llm_time_to_first_token_seconds"
+"""Histogram: from the request reaching the proxy to the first content token of the answer (the
+first chunk carrying text of a streamed answer; the whole answer for one that is not streamed)."""
+LLM_INTER_TOKEN_LATENCY = PREFIX + "llm_inter_token_latency_seconds"
+"""Histogram: the gaps between consecutive content chunks of a streamed answer, one per gap."""
+LLM_TOKENS = PREFIX + "llm_tokens"
+"""Counter of tokens by `kind` (`TokenKind`): from the answer's `usage` when it has one, else the
+completion's content chunks counted (the prompt's tokens then unknown, not counted)."""
+LLM_FINISH = PREFIX + "llm_finish"
+"""Counter of answered choices by `reason` (`FinishReason`): why the model stopped."""
+
+
+class TokenKind(StrEnum):
+    """The `kind` label of `rollwise_llm_tokens_total`."""
+
+    PROMPT = "prompt"
+    COMPLETION = "completion"
+
+
+class FinishReason(StrEnum):
+    """The `reason` label of `rollwise_llm_finish_total`: OpenAI's `finish_reason`, bounded."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    """Cut at `max_tokens` (or the context): a truncated answer."""
+    CONTENT_FILTER = "content_filter"
+    """Refused or cut by the server's content filter."""
+    TOOL_CALLS = "tool_calls"
+    OTHER = "other"
+    """Any other value a server sends (`function_call`, a vendor's own)."""
+    NONE = "none"
+    """The answer ended without a finish reason (a stream cut off, a server that sends none)."""

@@ -21,7 +21,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -53,6 +53,8 @@ class Answer:
     labels: list[str] | None = None
     values: list[float | None] | None = None
     probabilities: list[list[float]] | None = None
+    id: str | None = None
+    """The answer's ``id`` (OIP), which labels name it by (the signals proxy keeps it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +98,11 @@ def read_answer(body: bytes, *, classifier: bool | None, header_length: int | No
         raise UnreadableError("not a JSON object")
     version = doc.get("model_version")
     version = version if isinstance(version, str) else None
+    answer_id = doc.get("id") if isinstance(doc.get("id"), str) else None
     if isinstance(doc.get("outputs"), list):
-        return _read_outputs(doc["outputs"], version, classifier)
+        return replace(_read_outputs(doc["outputs"], version, classifier), id=answer_id)
     if isinstance(doc.get("predictions"), list):
-        return _read_predictions(doc, version, classifier)
+        return replace(_read_predictions(doc, version, classifier), id=answer_id)
     raise UnreadableError('neither "outputs" (a list of tensors) nor "predictions"')
 
 

@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import orjson
@@ -748,7 +748,30 @@ class Feedback:
             series.with_probabilities.inc()
 
 
-def feedback_of(settings: Settings, metrics: ServerMetrics) -> Feedback:
+class FeedbackSettings(Protocol):
+    """What ``feedback_of`` reads: ``Settings``, and the signals proxy's (``proxy.config``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def track(self) -> Track: ...
+    @property
+    def pod_namespace(self) -> str: ...
+    @property
+    def redis_url(self) -> str | None: ...
+    @property
+    def redis_ca_file(self) -> Path | None: ...
+    @property
+    def feedback_redis_url(self) -> str | None: ...
+    @property
+    def feedback_max_predictions(self) -> int: ...
+    @property
+    def feedback_retention_seconds(self) -> int: ...
+
+
+def feedback_of(settings: Settings | FeedbackSettings, metrics: ServerMetrics) -> Feedback:
     """The store and, with a Redis URL, its shared twin, as the settings ask."""
     store = PredictionStore(
         max_rows=settings.feedback_max_predictions,

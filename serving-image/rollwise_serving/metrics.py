@@ -57,6 +57,10 @@ from rollwise_contract.metrics import (
     LABEL_WITH_PROBABILITIES,
     LABELLED,
     LABELS,
+    LLM_FINISH,
+    LLM_INTER_TOKEN_LATENCY,
+    LLM_TIME_TO_FIRST_TOKEN,
+    LLM_TOKENS,
     MAX_EXPLAINED_FEATURES,
     MAX_PEER_VERSIONS,
     MIRROR,
@@ -83,8 +87,10 @@ from rollwise_contract.metrics import (
     SHADOW_DELTA_SQUARED,
     SHADOW_UNCOMPARABLE,
     FeedbackResult,
+    FinishReason,
     Outcome,
     Problem,
+    TokenKind,
     Uncomparable,
 )
 
@@ -115,6 +121,13 @@ DELTA_BUCKETS: Final = (
 )
 """|own - shadow|: probabilities' differences fall in 0.001..1; regressors' values may differ by
 more, whatever their unit, so the tail goes on to 1000 (fixed, so queries can name a bound)."""
+FIRST_TOKEN_BUCKETS: Final = (
+    *(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+"""Time to first token: tens of ms for a small model on a GPU, seconds for a long prompt on a CPU."""
+INTER_TOKEN_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Gaps between streamed tokens: a few ms (fast GPU) to a second (a loaded CPU)."""
 MAX_CLASSES: Final = 50
 MAX_QUALITY_VERSIONS: Final = 8
 """(version, track) pairs with their own quality series: labels for predictions of older versions
@@ -581,6 +594,31 @@ class ServerMetrics:
         else:
             self.prediction_by_class = {"": family.labels(*self._labelvalues, "")}
 
+    def bind_llm(self) -> LlmSeries:
+        """The generative-answer series (``rollwise_llm_*``), registered only by the proxy's openai
+        protocol, so the bundled server's exposition never shows them."""
+        labels, reg = self._labelvalues, self.registry
+        tokens = Counter(LLM_TOKENS, "Tokens by kind (prompt, completion).", [*LABELS, "kind"], registry=reg)
+        finish = Counter(LLM_FINISH, "Answered choices by finish reason.", [*LABELS, "reason"], registry=reg)
+        return LlmSeries(
+            first_token=Histogram(
+                LLM_TIME_TO_FIRST_TOKEN,
+                "Seconds from the request to the answer's first content token.",
+                LABELS,
+                buckets=FIRST_TOKEN_BUCKETS,
+                registry=reg,
+            ).labels(*labels),
+            inter_token=Histogram(
+                LLM_INTER_TOKEN_LATENCY,
+                "Seconds between consecutive content chunks of a streamed answer.",
+                LABELS,
+                buckets=INTER_TOKEN_BUCKETS,
+                registry=reg,
+            ).labels(*labels),
+            tokens={k: tokens.labels(*labels, k.value) for k in TokenKind},
+            finish={r: finish.labels(*labels, r.value) for r in FinishReason},
+        )
+
     # ---- bucket layout -------------------------------------------------------------------------
 
     def _prediction_buckets(self, schema: SchemaChecker | None) -> tuple[float, ...]:
@@ -681,6 +719,16 @@ class ShadowSeries:
     delta: Any
     delta_squared: Any
     uncomparable: dict[Uncomparable, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LlmSeries:
+    """The bound ``rollwise_llm_*`` children (``ServerMetrics.bind_llm``)."""
+
+    first_token: Any
+    inter_token: Any
+    tokens: dict[TokenKind, Any]
+    finish: dict[FinishReason, Any]
 
 
 @dataclass(frozen=True, slots=True)
