@@ -554,6 +554,14 @@ providers:
     statusAddress:
       ip: "{topo.host_ip}"
     throttleDuration: 0s
+  # Traefik's ingress-nginx compatibility provider: Ingresses of class `nginx` (the IngressClass
+  # e2e/upstream_crds.py installs), canary annotations included, served on the same entry point.
+  kubernetesIngressNGINX:
+    ingressClass: nginx
+    controllerClass: k8s.io/ingress-nginx
+    httpEntryPoint: web
+    publishStatusAddress: ["{topo.host_ip}"]
+    throttleDuration: 0s
 log:
   level: INFO
   noColor: true
@@ -591,6 +599,12 @@ rules:
   - apiGroups: [""]
     resources: [events]
     verbs: [create, patch]
+  - apiGroups: [networking.k8s.io]
+    resources: [ingresses, ingressclasses]
+    verbs: [get, list, watch]
+  - apiGroups: [networking.k8s.io]
+    resources: [ingresses/status]
+    verbs: [update, patch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding

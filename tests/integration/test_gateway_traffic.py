@@ -122,8 +122,15 @@ def failed_answer(tries: int = 500) -> str:
     return f"none in {tries} more requests"
 
 
+TRAEFIK_BATCHING_SECONDS = 2.0
+"""Traefik applies a configuration change this long after loading it (`providersThrottleDuration`,
+its default); it writes the route's status when it loads it, which is what a step waits for."""
+
+
 def measured_split(version: str) -> float:
-    """Percent of REQUESTS sent through the Gateway that `version` answered."""
+    """Percent of REQUESTS sent through the Gateway that `version` answered, once Traefik's
+    batching has passed since the step began."""
+    time.sleep(TRAEFIK_BATCHING_SECONDS + 1)
     counts = shares(send_many(gateway_url(), [{}] * REQUESTS))
     return 100 * counts[version] / REQUESTS
 
@@ -174,6 +181,15 @@ def test_header_and_cookie_matches_reach_only_the_candidate_through_the_gateway(
 ) -> None:
     serve_v1(cluster, namespace, AB)
     url = gateway_url()
+    load = Load(url, rate_per_second=20)
+    with load.running():
+        started = time.monotonic()
+        ab_test_then_abort(cluster, namespace, url)
+        failed = load.failures_since(started)
+    assert failed == [], failed  # none across the matches going live and the abort
+
+
+def ab_test_then_abort(cluster: Cluster, namespace: str, url: str) -> None:
     assert apply(namespace, md("2.0.0", "iris-v2.joblib", "sklearn", AB)).returncode == 0
     wait_until(
         "the header match in effect",
@@ -193,6 +209,7 @@ def test_header_and_cookie_matches_reach_only_the_candidate_through_the_gateway(
         lambda: send(url, BODIES[0], {"x-model-variant": "b"}) == (200, "1.0.0"),
         60,
     )
+    wait_until("the candidate scaled to 0", lambda: rolled_back(cluster, namespace), 60)
 
 
 SHADOW = {"shadow": {"durationSeconds": 600}}
@@ -329,3 +346,35 @@ def test_under_a_load_step_the_stable_hpa_scales_out_and_in_on_real_cpu_while_th
     for _, _, stable, candidate in seen:
         assert candidate[0] <= candidate[2] and stable[0] <= stable[2]  # each within its own bounds
     assert (status["phase"], status["weight"]) == ("Paused", 20)  # the load moved no step
+
+
+STICKY = {"abTest": {"userHash": {"header": "x-user-id", "weight": 20}}}
+
+
+def test_a_user_hash_split_behind_the_gateway_is_sticky_per_user(
+    cluster: Cluster, operator: Operator, namespace: str, serving_image: None, model_store: None
+) -> None:
+    """Behind the Gateway the stable pods forward by the user's hash (docs/routers.md): each user
+    always gets the same version, and about the split's share of users get the candidate."""
+    serve_v1(cluster, namespace, STICKY)
+    url = gateway_url()
+    assert apply(namespace, md("2.0.0", "iris-v2.joblib", "sklearn", STICKY)).returncode == 0
+    users = [f"user-{i}" for i in range(400)]
+    wait_until(
+        "some users on the candidate",
+        lambda: any(v == "2.0.0" for _, v in send_many(url, [{"x-user-id": u} for u in users[:50]])),
+        120,
+    )
+    first = send_many(url, [{"x-user-id": u} for u in users])
+    again = send_many(url, [{"x-user-id": u} for u in reversed(users)])
+    assert all(code == 200 for code, _ in first + again)
+    side = {u: v for u, (_, v) in zip(users, first, strict=True)}
+    flipped = [u for u, (_, v) in zip(reversed(users), again, strict=True) if side[u] != v]
+    share = 100 * sum(1 for v in side.values() if v == "2.0.0") / len(users)
+    print(
+        f"\ngateway user hash: {share:.1f} % of {len(users)} users on the candidate; "
+        f"{len(flipped)} changed side"
+    )
+    assert flipped == []
+    # 20 % of 400 users: a binomial standard deviation is 2 points; 4 of them either side
+    assert 12 <= share <= 28, share

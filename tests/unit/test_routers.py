@@ -254,6 +254,33 @@ def test_a_route_rejected_by_its_gateway_is_not_accepted() -> None:
     )
 
 
+@pytest.mark.parametrize(("seen", "accepted"), [(1, False), (2, True), (3, True)])
+def test_a_step_on_a_route_waits_for_its_gateway_to_accept_the_written_generation(
+    seen: int, accepted: bool
+) -> None:
+    """Our write read back is not proof the gateway routes it: its status for the route's current
+    generation is (Traefik writes it once it has loaded that generation)."""
+    md = md_for("gatewayAPI")
+    route = http_route()
+    route["metadata"]["generation"] = 2
+    route["status"] = {
+        "parents": [
+            {
+                "parentRef": {"name": "models"},
+                "conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": seen}
+                ],
+            }
+        ]
+    }
+    state = router_for("gatewayAPI").read(md, [route])
+    assert state.accepted is accepted
+    if not accepted:
+        assert state.message == (
+            "HTTPRoute generation 2 not yet accepted by Gateway models (its status is for generation 1)"
+        )
+
+
 NGINX_COOKIE = (
     "spec.rollout.abTest.match[0].cookie.value: 'yes' cannot be matched by ingress-nginx, which routes "
     "a cookie canary only when its value is 'always'; set value: always, use a header match, or use "

@@ -310,13 +310,26 @@ def _match_rules(
 
 
 def _rejection(route: Manifest) -> str | None:
-    """Why a parent gateway rejects the current generation of the route, if one does."""
+    """Why the route's current generation is not in effect yet: a parent gateway rejects it, or
+    has not accepted it yet (its status still reports an older generation). A gateway writes that
+    status once it has loaded the route, so a step waits for it rather than for our own write read
+    back; a route no controller has written status on (none attached) is taken as written."""
     meta, status = route.get("metadata"), route.get("status")
     generation = meta.get("generation") if isinstance(meta, dict) else None
     parents = status.get("parents") if isinstance(status, dict) else None
     for parent in as_list(parents):
+        ref = parent.get("parentRef")
+        gateway = ref.get("name") if isinstance(ref, dict) else None
         for c in as_list(parent.get("conditions")):
-            current = generation is None or c.get("observedGeneration") in (None, generation)
-            if c.get("type") == "Accepted" and c.get("status") == "False" and current:
+            if c.get("type") != "Accepted":
+                continue
+            seen = c.get("observedGeneration")
+            if isinstance(generation, int) and isinstance(seen, int) and seen < generation:
+                return (
+                    f"HTTPRoute generation {generation} not yet accepted by Gateway {gateway} "
+                    f"(its status is for generation {seen})"
+                )
+            current = generation is None or seen in (None, generation)
+            if c.get("status") == "False" and current:
                 return f"HTTPRoute not accepted: {c.get('reason')}: {c.get('message')}"
     return None
