@@ -28,6 +28,9 @@ class TrackState:
     updated_replicas: int = 0
     rolled_out: bool = False
     """The Deployment controller has caught up with the latest spec and all replicas are updated."""
+    current_pods_only: bool = False
+    """The controller has seen the latest spec and no pod of an older one is left (some may still
+    be starting): true while a rolled-out Deployment only scales."""
     progress_deadline_exceeded: bool = False
     """The Deployment's own Progressing condition says ProgressDeadlineExceeded."""
     message: str = ""

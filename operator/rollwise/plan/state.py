@@ -123,6 +123,15 @@ class World:
         c = self.observed.candidate
         return c.available and c.revision == state.candidate
 
+    def candidate_serving(self, state: State) -> bool:
+        """The candidate revision has a pod available and no older pod left: a proxy routing to its
+        Service reaches it. Unlike `candidate_ready`, it holds while the Deployment scales (a
+        shadow taking the candidate from one pod to full)."""
+        c = self.observed.candidate
+        return (
+            c.exists and c.revision == state.candidate and c.current_pods_only and c.available_replicas > 0
+        )
+
     def stable_ready(self, state: State) -> bool:
         s = self.observed.stable
         return s.available and s.revision == revision_of(state.stable)
@@ -200,7 +209,7 @@ def routed_split(world: World, state: State) -> TrafficSplit:
     """
     match state.phase:
         case Phase.PROGRESSING | Phase.PAUSED if state.step is not None:
-            if world.router.routes_to_tracks and not world.candidate_ready(state):
+            if world.router.routes_to_tracks and not world.candidate_serving(state):
                 return TrafficSplit.stable_only()
             return routing_at(world.steps, min(state.step, len(world.steps) - 1))
         case Phase.PROMOTING if state.step is not None:
