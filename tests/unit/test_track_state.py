@@ -29,8 +29,8 @@ def deployment(*, generation: int, observed: int, want: int, total: int, updated
         (deployment(generation=3, observed=3, want=2, total=2, updated=2, available=1), False, True),
         # a new template rolling out: an old pod still serves
         (deployment(generation=4, observed=4, want=1, total=2, updated=1, available=1), False, False),
-        # the controller has not seen the latest spec yet
-        (deployment(generation=5, observed=4, want=1, total=1, updated=1, available=1), False, False),
+        # a change of replicas the controller has not seen yet: the pods are still all current
+        (deployment(generation=5, observed=4, want=2, total=1, updated=1, available=1), False, True),
     ],
     ids=["rolled out", "scaling", "replacing pods", "spec not seen"],
 )

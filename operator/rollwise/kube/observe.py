@@ -57,10 +57,7 @@ def track_state(deployment: Mapping[str, Any] | None) -> TrackState:
         available_replicas=available,
         updated_replicas=updated,
         rolled_out=deployment_rolled_out(dict(deployment)),
-        current_pods_only=(
-            int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
-            and int(status.get("replicas", 0)) <= updated
-        ),
+        current_pods_only=int(status.get("replicas", 0)) <= updated,
         progress_deadline_exceeded=deadline,
         message=message,
     )

@@ -29,8 +29,10 @@ class TrackState:
     rolled_out: bool = False
     """The Deployment controller has caught up with the latest spec and all replicas are updated."""
     current_pods_only: bool = False
-    """The controller has seen the latest spec and no pod of an older one is left (some may still
-    be starting): true while a rolled-out Deployment only scales."""
+    """No pod of an older template is left, as the controller last reported (some may still be
+    starting). It does not wait for the controller to observe the latest spec: a change of
+    replicas alone bumps the generation, and a shadow scaling its candidate up must not read as
+    a candidate that stopped serving (it would switch its own mirror off, and scale back down)."""
     progress_deadline_exceeded: bool = False
     """The Deployment's own Progressing condition says ProgressDeadlineExceeded."""
     message: str = ""
