@@ -365,6 +365,10 @@ def test_a_user_hash_split_behind_the_gateway_is_sticky_per_user(
         lambda: any(v == "2.0.0" for _, v in send_many(url, [{"x-user-id": u} for u in users[:50]])),
         120,
     )
+    # The split lives in the stable pods' flags: every stable pod must run them. Wait for the
+    # stable Deployment's rollout, the old pods' preStop drain (5 s) and Traefik's batching.
+    kubectl("-n", namespace, "rollout", "status", f"deployment/{NAME}-stable", "--timeout=120s")
+    time.sleep(5 + TRAEFIK_BATCHING_SECONDS + 1)
     first = send_many(url, [{"x-user-id": u} for u in users])
     again = send_many(url, [{"x-user-id": u} for u in reversed(users)])
     assert all(code == 200 for code, _ in first + again)
