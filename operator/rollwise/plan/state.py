@@ -128,9 +128,7 @@ class World:
         Service reaches it. Unlike `candidate_ready`, it holds while the Deployment scales (a
         shadow taking the candidate from one pod to full)."""
         c = self.observed.candidate
-        return (
-            c.exists and c.revision == state.candidate and c.current_pods_only and c.available_replicas > 0
-        )
+        return c.exists and c.revision == state.candidate and c.current_pods_only and c.available_replicas > 0
 
     def stable_ready(self, state: State) -> bool:
         s = self.observed.stable
