@@ -449,38 +449,26 @@ def start_gateway(topo: cfg.Topology) -> None:
     start("traefik", cfg.traefik_argv(topo), cfg.traefik_env(topo))
     kubectl("apply", "-f", "-", stdin=cfg.GATEWAY)
     wait_for("traefik ping", lambda: http_ok(f"http://127.0.0.1:{cfg.GATEWAY_PING_PORT}/ping"), 60, "traefik")
-    wait_for("the Gateway programmed", gateway_programmed, 60, "traefik")
+    gateway = ("gateway", cfg.GATEWAY_NAME, "-n", cfg.GATEWAY_NAMESPACE)
+    wait_for("the Gateway programmed", lambda: condition_true("Programmed", *gateway), 60, "traefik")
 
 
 def start_metrics_server(topo: cfg.Topology) -> None:
     topo.file("metrics-server").mkdir(parents=True, exist_ok=True)
     kubectl("apply", "-f", "-", stdin=cfg.metrics_server_objects(topo.host_ip))
     start("metrics-server", cfg.metrics_server_argv(topo))
-    wait_for("the metrics API available", metrics_api_available, 90, "metrics-server")
-
-
-def metrics_api_available() -> bool:
-    out = kubectl(
-        "get",
-        "apiservice",
-        "v1beta1.metrics.k8s.io",
-        "-o",
-        "jsonpath={.status.conditions[?(@.type=='Available')].status}",
-        check=False,
+    wait_for(
+        "the metrics API available",
+        lambda: condition_true("Available", "apiservice", "v1beta1.metrics.k8s.io"),
+        90,
+        "metrics-server",
     )
-    return out.returncode == 0 and out.stdout.strip() == "True"
 
 
-def gateway_programmed() -> bool:
+def condition_true(condition: str, *target: str) -> bool:
+    """Whether the object `kubectl get *target` names reports `condition` True."""
     out = kubectl(
-        "get",
-        "gateway",
-        cfg.GATEWAY_NAME,
-        "-n",
-        cfg.GATEWAY_NAMESPACE,
-        "-o",
-        "jsonpath={.status.conditions[?(@.type=='Programmed')].status}",
-        check=False,
+        "get", *target, "-o", f"jsonpath={{.status.conditions[?(@.type=='{condition}')].status}}", check=False
     )
     return out.returncode == 0 and out.stdout.strip() == "True"
 

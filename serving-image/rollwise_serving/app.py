@@ -38,7 +38,6 @@ from rollwise_serving import __version__, binary, explain
 from rollwise_serving.cache import PredictionCache
 from rollwise_serving.config import Redactor, Settings, configure_logging, from_environ, parse_forward_match
 from rollwise_serving.dataplane import Dataplane
-from rollwise_serving.drift import Reference
 from rollwise_serving.errors import (
     BodyTooLargeError,
     BusyError,
@@ -50,11 +49,11 @@ from rollwise_serving.errors import (
     RequestAbortedError,
 )
 from rollwise_serving.explain import Explainer
-from rollwise_serving.features import FeatureValidationError, SchemaChecker
+from rollwise_serving.features import FeatureValidationError
 from rollwise_serving.feedback import ID_HEADER, Feedback, feedback_of, is_mirror_copy
 from rollwise_serving.forwarding import Forwarder, Matches, UserHash
 from rollwise_serving.grpc_service import GrpcServer, InferenceService
-from rollwise_serving.metrics import ServerMetrics
+from rollwise_serving.metrics import ServerMetrics, load_signals
 from rollwise_serving.mirroring import HopSeal, Mirror
 from rollwise_serving.protocol import ProtocolError
 from rollwise_serving.repository import Repository
@@ -99,8 +98,7 @@ class ServingApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        schema = SchemaChecker.load(settings.feature_schema) if settings.feature_schema else None
-        reference = Reference.load(settings.reference) if settings.reference else None
+        schema, reference = load_signals(settings.feature_schema, settings.reference)
         self.metrics = ServerMetrics(
             model=settings.name,
             version=settings.version,

@@ -16,24 +16,13 @@ from collections.abc import Sequence
 import uvicorn
 
 from rollwise_serving.config import Settings, SettingsError, configure_logging, parse_settings
-from rollwise_serving.drift import Reference
-from rollwise_serving.features import SchemaChecker, SchemaError
+from rollwise_serving.metrics import signal_file_problems
 from rollwise_serving.repository import workers_ready_dir
 from rollwise_serving.transport import BoundedHttpProtocol
 
 
 def check_files(settings: Settings) -> list[str]:
-    problems = []
-    if settings.feature_schema:
-        try:
-            SchemaChecker.load(settings.feature_schema)
-        except SchemaError as err:
-            problems.append(str(err))
-    if settings.reference:
-        try:
-            Reference.load(settings.reference)
-        except ValueError as err:
-            problems.append(str(err))
+    problems = signal_file_problems(settings.feature_schema, settings.reference)
     ca = settings.redis_ca_file
     if ca is not None and not (ca.is_file() and os.access(ca, os.R_OK)):
         problems.append(

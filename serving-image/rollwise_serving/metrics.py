@@ -95,7 +95,33 @@ from rollwise_contract.metrics import (
 )
 
 from rollwise_serving import drift
-from rollwise_serving.features import SchemaChecker
+from rollwise_serving.features import SchemaChecker, SchemaError
+
+
+def load_signals(
+    feature_schema: str | None, reference: str | None
+) -> tuple[SchemaChecker | None, drift.Reference | None]:
+    """The feature schema and drift reference a server's signals are computed against (either may
+    be unset): one loading for the bundled server and the signals proxy."""
+    schema = SchemaChecker.load(feature_schema) if feature_schema else None
+    return schema, drift.Reference.load(reference) if reference else None
+
+
+def signal_file_problems(feature_schema: str | None, reference: str | None) -> list[str]:
+    """Every problem with those two files, for the start-up check that exits before the port is bound."""
+    problems = []
+    if feature_schema:
+        try:
+            SchemaChecker.load(feature_schema)
+        except SchemaError as err:
+            problems.append(str(err))
+    if reference:
+        try:
+            drift.Reference.load(reference)
+        except ValueError as err:
+            problems.append(str(err))
+    return problems
+
 
 LATENCY_BUCKETS: Final = (
     0.0005,

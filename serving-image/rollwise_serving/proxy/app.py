@@ -31,11 +31,9 @@ from rollwise_contract.metrics import Outcome
 
 from rollwise_serving.app import ERRORS, Receive, Scope, Send, error_body, read_body, respond
 from rollwise_serving.config import HashRange, parse_forward_match
-from rollwise_serving.drift import Reference
-from rollwise_serving.features import SchemaChecker
 from rollwise_serving.feedback import feedback_of
 from rollwise_serving.forwarding import MAX_CONCURRENT, TIMEOUT, Forwarder, Matches, UserHash
-from rollwise_serving.metrics import ServerMetrics
+from rollwise_serving.metrics import ServerMetrics, load_signals
 from rollwise_serving.mirroring import HOP_HEADER, HopSeal, Mirror
 from rollwise_serving.proxy.config import Protocol, ProxySettings
 from rollwise_serving.proxy.http_json import HttpJson
@@ -91,8 +89,7 @@ class ProxyApp:
 
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
-        schema = SchemaChecker.load(settings.feature_schema) if settings.feature_schema else None
-        reference = Reference.load(settings.reference) if settings.reference else None
+        schema, reference = load_signals(settings.feature_schema, settings.reference)
         self.metrics = ServerMetrics(
             model=settings.name,
             version=settings.version,

@@ -13,31 +13,15 @@ from collections.abc import Sequence
 import uvicorn
 
 from rollwise_serving.config import SettingsError
-from rollwise_serving.drift import Reference
-from rollwise_serving.features import SchemaChecker, SchemaError
-from rollwise_serving.proxy.config import ProxySettings, parse_proxy_settings
+from rollwise_serving.metrics import signal_file_problems
+from rollwise_serving.proxy.config import parse_proxy_settings
 from rollwise_serving.transport import BoundedHttpProtocol, Limits
-
-
-def _check_files(settings: ProxySettings) -> list[str]:
-    problems = []
-    if settings.feature_schema:
-        try:
-            SchemaChecker.load(settings.feature_schema)
-        except SchemaError as err:
-            problems.append(str(err))
-    if settings.reference:
-        try:
-            Reference.load(settings.reference)
-        except ValueError as err:
-            problems.append(str(err))
-    return problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = parse_proxy_settings(argv)
-        problems = _check_files(settings)
+        problems = signal_file_problems(settings.feature_schema, settings.reference)
         if problems:
             raise SettingsError(problems)
     except SettingsError as err:
