@@ -36,6 +36,16 @@ SHA_MSG = (
 URI_MSG = "spec.model.uri: unsupported location; use file:///path, pvc://claim/path, http(s)://host/path or s3://bucket/key"
 
 B = base()
+FORMAT_MSG = (
+    "spec.model.format: set uri and format together: the bundled server needs both to load the "
+    "artifact (e.g. format: sklearn); with runtime.server set neither"
+)
+ARTIFACT_MSG = (
+    "spec.model.uri: required with the bundled server (e.g. s3://bucket/iris.onnx with format onnx); "
+    "with runtime.server your server loads its model, so remove it"
+)
+SERVER = {"image": "registry.example.com/team/mlserver:1.7.1", "protocol": "oip-rest"}
+NO_ARTIFACT = edit(B, spec__model__format=None, spec__model__uri=None, spec__model__sha256=None)
 DIRECTORY_MSG = (
     "spec.model.sha256: required for a directory or archive artifact (a uri ending in /, .tar.gz, "
     ".tgz or .zip): pin the digest of its manifest (sha256sum SHA256SUMS)"
@@ -367,9 +377,63 @@ BAD = [
     ),
     pytest.param(
         edit(B, spec__model__format=None, spec__model__sha256=SHA),
-        ["spec.model.format: required; add this field"],
-        SCHEMA,
-        id="a missing required field is named",
+        [FORMAT_MSG],
+        RULE,
+        id="a uri without its format is named",
+    ),
+    pytest.param(
+        edit(B, spec__model__format=None, spec__model__uri=None, spec__model__sha256=None),
+        [ARTIFACT_MSG],
+        RULE,
+        id="the bundled server without an artifact is told to add one or bring a server",
+    ),
+    pytest.param(
+        edit(B, spec__runtime={"server": SERVER}),
+        [ARTIFACT_MSG],
+        RULE,
+        id="an artifact beside runtime.server is refused: that server loads its own model",
+    ),
+    pytest.param(
+        edit(NO_ARTIFACT, spec__runtime={"server": {**SERVER, "protocol": "http-json"}}),
+        [
+            "spec.runtime.server.predictionPath: required with protocol http-json and only there; "
+            "e.g. $.predictions"
+        ],
+        RULE,
+        id="an http-json server without its prediction path",
+    ),
+    pytest.param(
+        edit(NO_ARTIFACT, spec__runtime={"server": {**SERVER, "port": 8080, "grpcPort": 8081}}),
+        [
+            "spec.runtime.server.port: 8080 and 8081 are the signals proxy's; listen on another "
+            "port, e.g. 9000",
+            "spec.runtime.server.grpcPort: only with protocol oip-rest, on a port other than port, "
+            "8080 and 8081 (e.g. 9001)",
+        ],
+        RULE,
+        id="a server on the proxy's ports",
+    ),
+    pytest.param(
+        edit(NO_ARTIFACT, spec__runtime={"server": {**SERVER, "protocol": "openai", "grpcPort": 9001}}),
+        [
+            "spec.runtime.server.grpcPort: only with protocol oip-rest, on a port other than port, "
+            "8080 and 8081 (e.g. 9001)",
+        ],
+        RULE,
+        id="a gRPC port on an openai server",
+    ),
+    pytest.param(
+        edit(
+            NO_ARTIFACT,
+            spec__runtime={"server": SERVER},
+            spec__model__reference={"uri": "file:///models/reference.json"},
+        ),
+        [
+            "spec.model.reference.uri: with runtime.server the signals proxy reads the reference, "
+            "and it cannot see your image's files; put it on a volume (pvc://claim/path)"
+        ],
+        RULE,
+        id="a reference inside the user's image, which the proxy cannot read",
     ),
     pytest.param(
         edit(
@@ -504,6 +568,25 @@ GOOD = [
     pytest.param(
         edit(B, spec__rollout=None, spec__runtime=None),
         id="only a model: default runtime and rollout",
+    ),
+    pytest.param(
+        edit(NO_ARTIFACT, spec__runtime={"server": {**SERVER, "grpcPort": 9001, "args": ["--x"]}}),
+        id="an OIP server of the user's with its gRPC port, and no artifact",
+    ),
+    pytest.param(
+        edit(
+            NO_ARTIFACT,
+            spec__runtime={
+                "server": {
+                    **SERVER,
+                    "protocol": "http-json",
+                    "predictionPath": "$.predictions",
+                    "featuresPath": "$.instances",
+                }
+            },
+            spec__model__reference={"uri": "pvc://refs/iris.json"},
+        ),
+        id="a JSON server of the user's with its paths, and a reference on a volume",
     ),
 ]
 

@@ -155,16 +155,17 @@ class ModelSpec(ApiModel):
     """Model name in the inference API (`/v2/models/<name>/infer`) and in metric labels."""
     version: str = Field(min_length=1, max_length=63, pattern=LABEL_VALUE)
     """Version label; changing it (or the artifact) starts a rollout of a candidate."""
-    uri: Uri
+    uri: Uri | None = None
     """Where the artifact lives: file:///path (inside the image), pvc://claim/path (mounted read-only),
     http(s)://host/path, or s3://bucket/key. A URI ending in `/`, or a `.tar.gz`/`.zip`, is a
-    directory artifact whose root holds a `SHA256SUMS` manifest; its `sha256` is the manifest's."""
+    directory artifact whose root holds a `SHA256SUMS` manifest; its `sha256` is the manifest's.
+    Required with the bundled server; unset with `runtime.server`, whose own server loads its model."""
     sha256: Sha256 | None = None
     """Hex sha256 of the artifact (of its `SHA256SUMS` for a directory), checked before loading;
     required for sklearn (unpickled) and python (a `.py` file that is executed), which would run
     code from a tampered file."""
-    format: ModelFormat
-    """How the serving image loads the artifact."""
+    format: ModelFormat | None = None
+    """How the serving image loads the artifact; required with `uri`."""
     feature_schema: FeatureSchema | None = None
     """Declared inputs; requests that do not match are rejected with HTTP 422. Unset accepts any input."""
     reference: ReferenceDistribution | None = None
@@ -174,12 +175,36 @@ class ModelSpec(ApiModel):
     explain: ExplainSpec | None = None
     """Serve per-feature explanations of answers (bounded in rows, model calls and time)."""
 
-    @rule(cel=f"self.uri.matches('{URI}')", field="uri", message=f"unsupported location; {URI_FIX}")
+    @rule(
+        cel=f"!has(self.uri) || self.uri.matches('{URI}')",
+        field="uri",
+        message=f"unsupported location; {URI_FIX}",
+    )
     def _uri_supported(self) -> bool:
-        return re.fullmatch(URI, self.uri) is not None
+        return self.uri is None or re.fullmatch(URI, self.uri) is not None
 
     @rule(
-        cel=f"!(self.format in {_CODE_FORMATS}) || has(self.sha256)",
+        cel="has(self.uri) == has(self.format)",
+        field="format",
+        message="set uri and format together: the bundled server needs both to load the artifact "
+        "(e.g. format: sklearn); with runtime.server set neither",
+    )
+    def _uri_with_format(self) -> bool:
+        return (self.uri is None) == (self.format is None)
+
+    @rule(
+        cel="has(self.uri) || !(has(self.sha256) || has(self.fallback) || has(self.explain))",
+        field="uri",
+        message="sha256, fallback and explain are the bundled server's and need uri; remove them "
+        "when runtime.server loads the model",
+    )
+    def _server_model_has_no_artifact_options(self) -> bool:
+        return self.uri is not None or (
+            self.sha256 is None and self.fallback is None and self.explain is None
+        )
+
+    @rule(
+        cel=f"!has(self.format) || !(self.format in {_CODE_FORMATS}) || has(self.sha256)",
         field="sha256",
         message="required for format sklearn and python, whose loading runs code (unpickling, "
         "executing a .py file); "
@@ -189,17 +214,21 @@ class ModelSpec(ApiModel):
         return self.format not in PICKLE_FORMATS or self.sha256 is not None
 
     @rule(
-        cel="!(self.uri.endsWith('/') || self.uri.endsWith('.tar.gz') || self.uri.endsWith('.tgz') "
-        "|| self.uri.endsWith('.zip')) || has(self.sha256)",
+        cel="!has(self.uri) || !(self.uri.endsWith('/') || self.uri.endsWith('.tar.gz') "
+        "|| self.uri.endsWith('.tgz') || self.uri.endsWith('.zip')) || has(self.sha256)",
         field="sha256",
         message="required for a directory or archive artifact (a uri ending in /, .tar.gz, .tgz or "
         ".zip): pin the digest of its manifest (sha256sum SHA256SUMS)",
     )
     def _directory_has_digest(self) -> bool:
-        return not self.uri.endswith(("/", ".tar.gz", ".tgz", ".zip")) or self.sha256 is not None
+        return (
+            self.uri is None
+            or not self.uri.endswith(("/", ".tar.gz", ".tgz", ".zip"))
+            or self.sha256 is not None
+        )
 
     @rule(
-        cel="!has(self.fallback) || has(self.fallback.sha256) || "
+        cel="!has(self.fallback) || has(self.fallback.sha256) || !has(self.format) || "
         f"!((has(self.fallback.format) ? self.fallback.format : self.format) in {_CODE_FORMATS})",
         field="fallback.sha256",
         message="required when loading the fallback runs code (format sklearn or python); "
@@ -209,6 +238,14 @@ class ModelSpec(ApiModel):
         if self.fallback is None or self.fallback.sha256 is not None:
             return True
         return (self.fallback.format or self.format) not in PICKLE_FORMATS
+
+    @property
+    def artifact(self) -> tuple[str, ModelFormat]:
+        """The bundled server's artifact and format; only called when `runtime.server` is unset,
+        where the spec's rule makes both present."""
+        if self.uri is None or self.format is None:
+            raise ValueError("spec.model.uri and spec.model.format are required with the bundled server")
+        return self.uri, self.format
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,16 +413,110 @@ class Autoscaling(ApiModel):
         return self.cpu_utilization is not None or self.metric is not None
 
 
+class ServerProtocol(StrEnum):
+    """What the user's server speaks; the signals proxy has one adapter for each."""
+
+    OIP_REST = "oip-rest"
+    """Open Inference Protocol v2 over REST (MLServer, KServe, Triton); with `grpcPort`, its gRPC
+    service too (`inference.GRPCInferenceService`, passed through and counted)."""
+    HTTP_JSON = "http-json"
+    """Any JSON-over-HTTP model (a FastAPI app): predictions read at `predictionPath`."""
+    OPENAI = "openai"
+    """OpenAI-compatible completions (vLLM, llama.cpp, TGI): time to first token, inter-token
+    latency, tokens and finish reasons, streaming passed through unbuffered."""
+
+
+SERVER_PORTS_TAKEN: Final = (8080, 8081)
+"""The signals proxy's HTTP and gRPC ports in the pod (`plan/desired.py`); the user's server
+listens elsewhere, on loopback."""
+
+
+class ServerSpec(ApiModel):
+    """Your own model server image. Rollwise runs its signals proxy (`rollwise-proxy`) beside it in
+    each pod: the Services send traffic to the proxy, which passes it to your server on loopback and
+    exports the bundled server's metrics, so every check, strategy and router works unchanged."""
+
+    image: str = Field(min_length=1, max_length=512)
+    """Your server's image, e.g. `registry.example.com/team/mlserver:1.7.1-iris`."""
+    command: list[Annotated[str, Field(max_length=4096)]] | None = Field(default=None, max_length=64)
+    """Entrypoint; unset keeps the image's."""
+    args: list[Annotated[str, Field(max_length=4096)]] | None = Field(default=None, max_length=256)
+    """Arguments; unset keeps the image's. Make it listen on `port` (and `grpcPort`), best on 127.0.0.1."""
+    protocol: ServerProtocol
+    """What your server speaks: oip-rest, http-json or openai."""
+    port: int = Field(default=9000, ge=1024, le=65535)
+    """Port your server's HTTP listens on inside the pod (not 8080 or 8081: the proxy's)."""
+    grpc_port: int | None = Field(default=None, ge=1024, le=65535)
+    """oip-rest: your server's OIP gRPC port; the Services' `grpc` port (8081) is passed to it."""
+    prediction_path: str | None = Field(default=None, min_length=2, max_length=256, pattern=r"^\$(\.[^.]+)+$")
+    """http-json: where the answer holds one prediction per row, e.g. `$.predictions`."""
+    features_path: str | None = Field(default=None, min_length=2, max_length=256, pattern=r"^\$(\.[^.]+)+$")
+    """http-json: where the request holds its rows (objects by feature name, or lists in the feature
+    schema's order), e.g. `$.instances`; unset counts outcomes and predictions only."""
+    readiness_path: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^/[^ ]*$")
+    """GET path that answers 2xx once your server can serve; unset: `/v2/health/ready` (oip-rest),
+    `/v1/models` (openai), `/` (http-json). The pod is ready only when both proxy and server are."""
+    timeout_seconds: int = Field(default=60, ge=1, le=3600)
+    """Longest wait for your server's answer headers and between its streamed chunks."""
+    max_connections: int = Field(default=128, ge=1, le=10_000)
+    """Concurrent requests the proxy sends your server at most; more wait for a free connection."""
+
+    @rule(
+        cel=f"!(self.port in {list(SERVER_PORTS_TAKEN)})",
+        field="port",
+        message="8080 and 8081 are the signals proxy's; listen on another port, e.g. 9000",
+    )
+    def _port_free(self) -> bool:
+        return self.port not in SERVER_PORTS_TAKEN
+
+    @rule(
+        cel=f"!has(self.grpcPort) || (self.protocol == 'oip-rest' && self.grpcPort != self.port && "
+        f"!(self.grpcPort in {list(SERVER_PORTS_TAKEN)}))",
+        field="grpcPort",
+        message="only with protocol oip-rest, on a port other than port, 8080 and 8081 (e.g. 9001)",
+    )
+    def _grpc_port_fits(self) -> bool:
+        if self.grpc_port is None:
+            return True
+        return (
+            self.protocol is ServerProtocol.OIP_REST
+            and self.grpc_port != self.port
+            and self.grpc_port not in SERVER_PORTS_TAKEN
+        )
+
+    @rule(
+        cel="(self.protocol == 'http-json') == has(self.predictionPath)",
+        field="predictionPath",
+        message="required with protocol http-json and only there; e.g. $.predictions",
+    )
+    def _prediction_path_fits(self) -> bool:
+        return (self.protocol is ServerProtocol.HTTP_JSON) == (self.prediction_path is not None)
+
+    @rule(
+        cel="!has(self.featuresPath) || self.protocol == 'http-json'",
+        field="featuresPath",
+        message="only with protocol http-json (oip-rest and openai requests have a known shape); remove it",
+    )
+    def _features_path_fits(self) -> bool:
+        return self.features_path is None or self.protocol is ServerProtocol.HTTP_JSON
+
+
 class RuntimeSpec(ApiModel):
     """How the model runs: image, resources, placement and scale."""
 
     image: str | None = Field(default=None, min_length=1, max_length=512)
     """Serving image; unset uses the operator's `ROLLWISE_SERVING_IMAGE` (the chart sets it to the
-    bundled image). The image must provide the `rollwise-serve` command."""
+    bundled image). The image must provide the `rollwise-serve` command (and `rollwise-proxy`,
+    which runs from it beside `server`)."""
+    server: ServerSpec | None = None
+    """Run your own model server instead of the bundled one (leave `spec.model.uri` unset: your
+    server loads its model); unset runs the bundled server."""
     resources: Resources | None = None
-    """CPU, memory and GPU for each serving pod; unset leaves them to namespace defaults."""
+    """CPU, memory and GPU for each serving pod's model server (yours with `server`; the proxy beside
+    it requests a fixed 100m CPU and 64Mi); unset leaves them to namespace defaults."""
     env: list[EnvVar] = Field(default_factory=list, max_length=64, json_schema_extra=map_list("name"))
-    """Extra environment variables, e.g. S3 credentials (`AWS_ACCESS_KEY_ID` from a Secret)."""
+    """Extra environment variables, e.g. S3 credentials (`AWS_ACCESS_KEY_ID` from a Secret); with
+    `server`, set on your server and on the proxy."""
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict, max_length=32
     )
@@ -1222,6 +1353,27 @@ class ModelDeploymentSpec(ApiModel):
     the candidate replaces stable once ready, or is rolled back at the progress deadline."""
     monitoring: Monitoring | None = None
     """Keep judging the stable model after promotion; unset judges only during rollouts."""
+
+    @rule(
+        cel="has(self.runtime) && has(self.runtime.server) ? !has(self.model.uri) : has(self.model.uri)",
+        field="model.uri",
+        message="required with the bundled server (e.g. s3://bucket/iris.onnx with format onnx); with "
+        "runtime.server your server loads its model, so remove it",
+    )
+    def _artifact_or_server(self) -> bool:
+        return (self.runtime.server is None) == (self.model.uri is not None)
+
+    @rule(
+        cel="!(has(self.runtime) && has(self.runtime.server)) || !has(self.model.reference) || "
+        "self.model.reference.uri.startsWith('pvc://')",
+        field="model.reference.uri",
+        message="with runtime.server the signals proxy reads the reference, and it cannot see your "
+        "image's files; put it on a volume (pvc://claim/path)",
+    )
+    def _server_reference_on_volume(self) -> bool:
+        if self.runtime.server is None or self.model.reference is None:
+            return True
+        return self.model.reference.uri.startswith("pvc://")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from rollwise.api.v1alpha1 import (
     API_VERSION,
@@ -28,6 +29,7 @@ from rollwise.api.v1alpha1 import (
     ResourceList,
     RevisionSpec,
     RuntimeSpec,
+    ServerSpec,
     StrategyName,
 )
 from rollwise.plan.decision import ChildRef
@@ -60,6 +62,7 @@ PVC_ROOT = "/mnt/pvc"
 """`pvc://claim/path` is mounted read-only at `/mnt/pvc/claim` and passed as `file:///mnt/pvc/claim/path`."""
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVE_COMMAND = "rollwise-serve"
+PROXY_COMMAND = "rollwise-proxy"
 DEFAULT_SCRATCH = "10Gi"
 """The scratch volume's size without an ephemeral-storage limit in the spec: room for the server's
 default download cap (4 GiB) twice, the primary and the fallback artifact."""
@@ -112,7 +115,7 @@ def container_path(uri: str) -> str:
 
 
 def _artifact_uris(model: ModelSpec) -> list[str]:
-    uris = [model.uri]
+    uris = [] if model.uri is None else [model.uri]
     if model.reference is not None:
         uris.append(model.reference.uri)
     if model.fallback is not None:
@@ -122,12 +125,13 @@ def _artifact_uris(model: ModelSpec) -> list[str]:
 
 def serve_args(model: ModelSpec, track: Track) -> list[JsonValue]:
     """Arguments of `rollwise-serve`: the artifact, how to check and load it, and its metric labels."""
-    args: list[JsonValue] = ["--model-uri", container_uri(model.uri)]
+    uri, model_format = model.artifact
+    args: list[JsonValue] = ["--model-uri", container_uri(uri)]
     if model.sha256 is not None:
         args += ["--sha256", model.sha256]
     args += [
         "--format",
-        str(model.format),
+        str(model_format),
         "--name",
         model.name,
         "--version",
@@ -139,6 +143,17 @@ def serve_args(model: ModelSpec, track: Track) -> list[JsonValue]:
         "--grpc-port",
         str(GRPC_PORT),
     ]
+    args += _signal_args(model)
+    if model.fallback is not None:
+        args += _fallback_args(model.fallback)
+    if model.explain is not None:
+        args += _explain_args(model.explain)
+    return args
+
+
+def _signal_args(model: ModelSpec) -> list[JsonValue]:
+    """The feature schema and reference, which the bundled server and the proxy take alike."""
+    args: list[JsonValue] = []
     if model.feature_schema is not None:
         schema = model.feature_schema.model_dump(mode="json", exclude_none=True)
         if not schema.get("segments"):
@@ -148,11 +163,39 @@ def serve_args(model: ModelSpec, track: Track) -> list[JsonValue]:
         args += ["--feature-schema", json.dumps(schema, sort_keys=True, separators=(",", ":"))]
     if model.reference is not None:
         args += ["--reference", container_path(model.reference.uri)]
-    if model.fallback is not None:
-        args += _fallback_args(model.fallback)
-    if model.explain is not None:
-        args += _explain_args(model.explain)
     return args
+
+
+def proxy_args(model: ModelSpec, server: ServerSpec, track: Track) -> list[JsonValue]:
+    """Arguments of `rollwise-proxy`: where the user's server listens, what it speaks, and the same
+    metric labels and signal files the bundled server takes (its flags share their names)."""
+    args: list[JsonValue] = [
+        "--upstream",
+        f"http://127.0.0.1:{server.port}",
+        "--protocol",
+        str(server.protocol),
+        "--name",
+        model.name,
+        "--version",
+        model.version,
+        "--track",
+        str(track),
+        "--port",
+        str(SERVING_PORT),
+        "--upstream-timeout-seconds",
+        str(server.timeout_seconds),
+        "--max-connections",
+        str(server.max_connections),
+    ]
+    if server.grpc_port is not None:
+        args += ["--grpc-port", str(GRPC_PORT), "--grpc-upstream", f"127.0.0.1:{server.grpc_port}"]
+    if server.prediction_path is not None:
+        args += ["--prediction-path", server.prediction_path]
+    if server.features_path is not None:
+        args += ["--features-path", server.features_path]
+    if server.readiness_path is not None:
+        args += ["--upstream-ready-path", server.readiness_path]
+    return args + _signal_args(model)
 
 
 def _explain_args(explain: ExplainSpec) -> list[JsonValue]:
@@ -277,6 +320,11 @@ def serving_container(
     container["startupProbe"] = _probe("/v2/health/live", period=2, failures=150)
     container["readinessProbe"] = _probe("/v2/health/ready", period=2, failures=3)
     container["livenessProbe"] = _probe("/v2/health/live", period=10, failures=3)
+    return _locked_down(container, model)
+
+
+def _locked_down(container: Manifest, model: ModelSpec) -> Manifest:
+    """The restricted Pod Security profile, the drain pause and the volumes, for every container."""
     # Keep answering while the pod leaves the Service's endpoints: kube-proxy and ingress
     # controllers learn of a terminating pod a moment after it gets SIGTERM, and a rollout that
     # drops requests in that moment is a rollout users see.
@@ -297,6 +345,68 @@ def serving_container(
     return container
 
 
+PROXY_RESOURCES: Final[Manifest] = {
+    "requests": {"cpu": "100m", "memory": "64Mi"},
+    "limits": {"memory": "256Mi"},
+}
+"""The signals proxy's own bounds, beside the user's server: a request so an HPA's CPU target has
+every container's request to measure against, a memory cap for its bounded queues and stores."""
+
+
+def byo_containers(
+    revision: RevisionSpec,
+    server: ServerSpec,
+    track: Track,
+    serving_image: str,
+    extra_args: Sequence[str] = (),
+    *,
+    owner_uid: str = "",
+) -> list[JsonValue]:
+    """`runtime.server`: the signals proxy, which takes the Service's ports and the router's flags
+    (`--mirror-url`, `--hash-header`... mean the same to it), and the user's server behind it on
+    loopback. Readiness is the proxy's, which asks the server's readiness path: a pod is ready only
+    when both are, so a candidate that never loads is never routed to."""
+    runtime, model = revision.runtime, revision.model
+    ports: list[JsonValue] = [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}]
+    if server.grpc_port is not None:
+        ports.append({"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
+    proxy: Manifest = {
+        "name": "proxy",
+        "image": runtime.image or serving_image,
+        "command": [PROXY_COMMAND],
+        "args": [*proxy_args(model, server, track), *extra_args],
+        "ports": ports,
+        "env": _env(runtime, owner_uid),
+        "resources": PROXY_RESOURCES,
+        "startupProbe": _probe("/rollwise/live", period=2, failures=30),
+        "readinessProbe": _probe("/rollwise/ready", period=2, failures=3),
+        "livenessProbe": _probe("/rollwise/live", period=10, failures=3),
+    }
+    user_ports: list[JsonValue] = [{"name": "model", "containerPort": server.port, "protocol": "TCP"}]
+    if server.grpc_port is not None:
+        user_ports.append({"name": "model-grpc", "containerPort": server.grpc_port, "protocol": "TCP"})
+    user: Manifest = {"name": "server", "image": server.image}
+    if server.command is not None:
+        user["command"] = list(server.command)
+    if server.args is not None:
+        user["args"] = list(server.args)
+    user["ports"] = user_ports
+    # The user's env and the namespace, but not the hop token: only the proxy signs and checks hops.
+    user["env"] = [
+        *(e.model_dump(mode="json", exclude_none=True) for e in runtime.env),
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    resources = container_resources(runtime)
+    if resources:
+        user["resources"] = resources
+    # Its port opening is its liveness: its readiness is asked by the proxy, and a model that takes
+    # minutes to load (an LLM) gets ten minutes before a restart.
+    tcp: Manifest = {"tcpSocket": {"port": "model"}, "timeoutSeconds": 2, "successThreshold": 1}
+    user["startupProbe"] = {**tcp, "periodSeconds": 2, "failureThreshold": 300}
+    user["livenessProbe"] = {**tcp, "periodSeconds": 10, "failureThreshold": 3}
+    return [_locked_down(proxy, model), _locked_down(user, model)]
+
+
 def _claims(model: ModelSpec) -> list[str]:
     """PVCs the model's artifacts live on, in first-use order, each once."""
     claims: list[str] = []
@@ -305,6 +415,15 @@ def _claims(model: ModelSpec) -> list[str]:
         if claim is not None and claim not in claims:
             claims.append(claim)
     return claims
+
+
+def _containers(
+    revision: RevisionSpec, track: Track, serving_image: str, extra_args: Sequence[str], owner_uid: str
+) -> list[JsonValue]:
+    server = revision.runtime.server
+    if server is None:
+        return [serving_container(revision, track, serving_image, extra_args, owner_uid)]
+    return byo_containers(revision, server, track, serving_image, extra_args, owner_uid=owner_uid)
 
 
 def pod_template(
@@ -334,7 +453,7 @@ def pod_template(
             "fsGroup": RUN_AS,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [serving_container(revision, track, serving_image, extra_args, owner_uid)],
+        "containers": _containers(revision, track, serving_image, extra_args, owner_uid),
         "volumes": volumes,
     }
     if runtime.node_selector:

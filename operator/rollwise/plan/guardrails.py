@@ -29,7 +29,8 @@ class Guardrails(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
     allowed_images: list[str] = Field(default_factory=list)
-    """Images `spec.runtime.image` may name; empty: the operator's serving image only."""
+    """Images `spec.runtime.image` and `spec.runtime.server.image` may name; empty: the operator's
+    serving image only (so no tenant's own server runs until the administrator lists it)."""
     allowed_env_secrets: list[str] = Field(default_factory=lambda: list(ANY))
     """Secrets `env[].valueFrom.secretKeyRef.name` may read."""
     allowed_pvcs: list[str] = Field(default_factory=lambda: list(ANY))
@@ -74,18 +75,25 @@ def violations(md: ModelDeployment, rails: Guardrails, *, serving_image: str) ->
 
 def _runtime(runtime: RuntimeSpec, rails: Guardrails, *, serving_image: str) -> list[str]:
     out: list[str] = []
+    patterns = rails.allowed_images or [
+        f"{_repository(serving_image)}:*",
+        f"{_repository(serving_image)}@*",
+    ]
     image = runtime.image
-    if image is not None and image != serving_image:
-        patterns = rails.allowed_images or [
-            f"{_repository(serving_image)}:*",
-            f"{_repository(serving_image)}@*",
-        ]
-        if not _allowed(image, patterns):
-            out.append(
-                f"spec.runtime.image: {image} is not an allowed image (guardrails.allowedImages: "
-                f"{', '.join(patterns)}); leave it unset for the bundled server or ask the "
-                "administrator to allow it"
-            )
+    if image is not None and image != serving_image and not _allowed(image, patterns):
+        out.append(
+            f"spec.runtime.image: {image} is not an allowed image (guardrails.allowedImages: "
+            f"{', '.join(patterns)}); leave it unset for the bundled server or ask the "
+            "administrator to allow it"
+        )
+    # A tenant's own server is an image like any other: the same list decides, so by default
+    # (the serving image only) no tenant runs arbitrary code until the administrator allows it.
+    server = runtime.server
+    if server is not None and not _allowed(server.image, patterns):
+        out.append(
+            f"spec.runtime.server.image: {server.image} is not an allowed image "
+            f"(guardrails.allowedImages: {', '.join(patterns)}); ask the administrator to add it"
+        )
     for i, env in enumerate(runtime.env):
         ref = env.value_from.secret_key_ref if env.value_from is not None else None
         if ref is not None and not _allowed(ref.name, rails.allowed_env_secrets):
@@ -111,7 +119,7 @@ def _runtime(runtime: RuntimeSpec, rails: Guardrails, *, serving_image: str) -> 
 
 
 def _model(model: ModelSpec, rails: Guardrails) -> list[str]:
-    uris: list[tuple[str, str]] = [("spec.model.uri", model.uri)]
+    uris: list[tuple[str, str]] = [] if model.uri is None else [("spec.model.uri", model.uri)]
     fallback: FallbackModel | None = model.fallback
     if fallback is not None:
         uris.append(("spec.model.fallback.uri", fallback.uri))
