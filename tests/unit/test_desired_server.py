@@ -80,9 +80,8 @@ def test_readiness_is_the_proxys_which_asks_the_users_server() -> None:
     assert proxy["readinessProbe"]["httpGet"]["path"] == "/rollwise/ready"
     assert proxy["livenessProbe"]["httpGet"]["path"] == "/rollwise/live"
     assert flag(proxy["args"], "--upstream-ready-path") == "/ready"
-    assert "readinessProbe" not in server
-    assert server["startupProbe"]["tcpSocket"] == {"port": "model"}
-    assert server["livenessProbe"]["tcpSocket"] == {"port": "model"}
+    # The kubelet probes the pod IP; the user's server listens on loopback, so only the proxy asks it.
+    assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(server)
 
 
 def test_router_flags_go_to_the_proxy_which_the_routers_read_back_first() -> None:

@@ -399,11 +399,9 @@ def byo_containers(
     resources = container_resources(runtime)
     if resources:
         user["resources"] = resources
-    # Its port opening is its liveness: its readiness is asked by the proxy, and a model that takes
-    # minutes to load (an LLM) gets ten minutes before a restart.
-    tcp: Manifest = {"tcpSocket": {"port": "model"}, "timeoutSeconds": 2, "successThreshold": 1}
-    user["startupProbe"] = {**tcp, "periodSeconds": 2, "failureThreshold": 300}
-    user["livenessProbe"] = {**tcp, "periodSeconds": 10, "failureThreshold": 3}
+    # No probe of its own: the kubelet probes the pod's IP, and the server listens on loopback (only
+    # the proxy may reach it). Its readiness is the proxy's, which asks it on loopback; a server that
+    # stops answering takes its pod out of traffic, and one that exits is restarted by the kubelet.
     return [_locked_down(proxy, model), _locked_down(user, model)]
 
 
