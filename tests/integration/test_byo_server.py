@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from e2e import images, paths
 from e2e.traffic import Load
@@ -20,7 +21,6 @@ from tests.conftest import Cluster, wait_until
 from tests.integration.conftest import Operator, start_operator
 from tests.integration.test_operator import apply, get_md, wait_healthy
 from tests.integration.traffic import (
-    ANALYSIS,
     candidate_pods_ready,
     prom_value,
     promoted,
@@ -31,6 +31,7 @@ from tests.integration.traffic import (
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.prometheus, pytest.mark.slow]
 
 USER_IMAGE = "rollwise/user-json-model:test"
+EXAMPLE = paths.REPO / "examples" / "byo-json-server.yaml"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]]
 BODIES = [json.dumps({"instances": [r]}).encode() for r in ROWS]
 
@@ -60,31 +61,15 @@ def byo_operator(operator: Operator, tmp_path: Path) -> Iterator[Operator]:
 
 
 def json_md(version: str, image: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """examples/byo-json-server.yaml as written, on the image built here, at `version`."""
+    md: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    md["spec"]["model"]["version"] = version
+    runtime = md["spec"]["runtime"]
+    runtime["server"]["image"] = image
+    runtime["nodeSelector"] = {"rollwise.dev/node-kind": "real"}
     server_env = {"MODEL_VERSION": version, **(env or {})}
-    return {
-        "apiVersion": "rollwise.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "iris"},
-        "spec": {
-            "model": {"name": "iris", "version": version},
-            "runtime": {
-                "replicas": 1,
-                "nodeSelector": {"rollwise.dev/node-kind": "real"},
-                "server": {
-                    "image": image,
-                    "protocol": "http-json",
-                    "port": 9000,
-                    "predictionPath": "$.predictions",
-                },
-                "env": [{"name": k, "value": v} for k, v in sorted(server_env.items())],
-            },
-            "rollout": {
-                "canary": {"steps": [{"setWeight": 50}, {"analysis": {}}]},
-                "analysis": ANALYSIS,
-                "progressDeadlineSeconds": 180,
-            },
-        },
-    }
+    runtime["env"] = [{"name": k, "value": v} for k, v in sorted(server_env.items())]
+    return md
 
 
 def predict_url(cluster: Cluster, namespace: str) -> str:

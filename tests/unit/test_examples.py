@@ -37,6 +37,7 @@ EXPECTED = {
     "canary-labels.yaml": StrategyName.CANARY,
     "monitoring.yaml": StrategyName.CANARY,
     "segments.yaml": StrategyName.CANARY,
+    "byo-json-server.yaml": StrategyName.CANARY,
 }
 USER_OBJECT_KIND = {
     TrafficProvider.GATEWAY_API: "HTTPRoute",
