@@ -132,14 +132,7 @@ def serve_args(model: ModelSpec, track: Track) -> list[JsonValue]:
     args += [
         "--format",
         str(model_format),
-        "--name",
-        model.name,
-        "--version",
-        model.version,
-        "--track",
-        str(track),
-        "--port",
-        str(SERVING_PORT),
+        *_label_args(model, track),
         "--grpc-port",
         str(GRPC_PORT),
     ]
@@ -149,6 +142,20 @@ def serve_args(model: ModelSpec, track: Track) -> list[JsonValue]:
     if model.explain is not None:
         args += _explain_args(model.explain)
     return args
+
+
+def _label_args(model: ModelSpec, track: Track) -> list[JsonValue]:
+    """The metric labels and the HTTP port, which `rollwise-serve` and `rollwise-proxy` take alike."""
+    return [
+        "--name",
+        model.name,
+        "--version",
+        model.version,
+        "--track",
+        str(track),
+        "--port",
+        str(SERVING_PORT),
+    ]
 
 
 def _signal_args(model: ModelSpec) -> list[JsonValue]:
@@ -174,14 +181,7 @@ def proxy_args(model: ModelSpec, server: ServerSpec, track: Track) -> list[JsonV
         f"http://127.0.0.1:{server.port}",
         "--protocol",
         str(server.protocol),
-        "--name",
-        model.name,
-        "--version",
-        model.version,
-        "--track",
-        str(track),
-        "--port",
-        str(SERVING_PORT),
+        *_label_args(model, track),
         "--upstream-timeout-seconds",
         str(server.timeout_seconds),
         "--max-connections",
