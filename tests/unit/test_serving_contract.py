@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import yaml
 from rollwise.api.v1alpha1 import ModelDeployment
-from rollwise.plan.desired import serve_args
+from rollwise.plan.desired import proxy_args, serve_args
 from rollwise.plan.names import Track
 from rollwise_serving.config import parse_settings
 from rollwise_serving.features import SchemaChecker
+from rollwise_serving.proxy.config import parse_proxy_settings
 
 from tests.unit.manifests import SHA, base, edit
 
@@ -53,7 +54,22 @@ CASES = [pytest.param(EVERYTHING, id="every optional model field set")] + [
 @pytest.mark.parametrize("doc", CASES)
 @pytest.mark.parametrize("track", [Track.STABLE, Track.CANDIDATE])
 def test_serving_image_accepts_the_planned_arguments(doc: dict[str, Any], track: Track) -> None:
-    model = ModelDeployment.model_validate(doc).spec.model
+    spec = ModelDeployment.model_validate(doc).spec
+    model = spec.model
+    if spec.runtime.server is not None:
+        # Your own server: the proxy beside it takes its arguments (`rollwise-proxy`).
+        proxied = parse_proxy_settings(
+            [str(a) for a in proxy_args(model, spec.runtime.server, track)], environ={}
+        )
+        assert (proxied.name, proxied.version, str(proxied.track), proxied.port) == (
+            model.name,
+            model.version,
+            str(track),
+            8080,
+        )
+        assert proxied.upstream == f"http://127.0.0.1:{spec.runtime.server.port}"
+        assert str(proxied.protocol) == str(spec.runtime.server.protocol)
+        return
     settings = parse_settings([str(a) for a in serve_args(model, track)], environ={})
     assert (settings.name, settings.version, str(settings.format), str(settings.track), settings.port) == (
         model.name,

@@ -702,6 +702,12 @@ class BuiltinMetric(StrEnum):
     (outside only when more than 1 % of requests are shown slower). While stable serves requests it
     is also compared with stable's: slower by more than `compare.worseBy` seconds (default 0.025)
     at some bucket boundary, shown at `compare.confidence`, fails it."""
+    TIME_TO_FIRST_TOKEN_P95 = "timeToFirstTokenP95"
+    """`runtime.server` with protocol openai: 95th percentile time to first token in seconds (from
+    the request reaching the proxy to the first content chunk; a whole answer's time when not
+    streamed) since the analysis started; set threshold.max. Compared with stable's as latencyP99
+    is: slower by more than `compare.worseBy` seconds (default 0.1) at some bucket boundary, shown
+    at `compare.confidence`, fails it."""
     PREDICTION_DRIFT = "predictionDrift"
     """PSI between candidate and stable class shares since the analysis started, from exact counts;
     set threshold.max (0.2 is a common alarm level). A PSI above it fails only when the shares are
@@ -801,12 +807,14 @@ checks measure the difference of the two answers directly."""
 DEFAULT_WORSE_BY = {
     BuiltinMetric.SUCCESS_RATE: 0.5,
     BuiltinMetric.LATENCY_P99: 0.025,
+    BuiltinMetric.TIME_TO_FIRST_TOKEN_P95: 0.1,
     BuiltinMetric.ACCURACY: 1.0,
     BuiltinMetric.LOG_LOSS: 0.02,
     BuiltinMetric.MEAN_ABSOLUTE_ERROR: 0.0,
     BuiltinMetric.PARITY: 2.0,
 }
-"""`compare.worseBy` when unset: 0.5 percentage points of failed requests, 25 ms of latency, 1
+"""`compare.worseBy` when unset: 0.5 percentage points of failed requests, 25 ms of latency, 100 ms
+to the first token (a pause a chat user notices; the buckets step 100, 250, 500 ms there), 1
 percentage point of accuracy, 0.02 nats of log loss, 2 points of a parity gap, and for the mean
 absolute error (a unit Rollwise cannot know) any shown increase."""
 

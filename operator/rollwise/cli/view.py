@@ -59,7 +59,11 @@ VERDICT_STYLE = {
     Verdict.INCONCLUSIVE: "yellow",
 }
 OUTCOME_STYLE = {Reason.PROMOTED: "green", Reason.SUPERSEDED: "yellow"}
-UNITS = {BuiltinMetric.SUCCESS_RATE: "%", BuiltinMetric.LATENCY_P99: "s"}
+UNITS = {
+    BuiltinMetric.SUCCESS_RATE: "%",
+    BuiltinMetric.LATENCY_P99: "s",
+    BuiltinMetric.TIME_TO_FIRST_TOKEN_P95: "s",
+}
 BAR_WIDTH = 40
 
 

@@ -30,6 +30,7 @@ from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import (
     FEATURE_REFERENCE,
     FEATURE_VALUE,
+    LLM_TIME_TO_FIRST_TOKEN,
     PEER_VERSION,
     PREDICTION_VALUE,
     REQUEST_DURATION,
@@ -58,7 +59,7 @@ from rollwise.plan.compare import (
     judge_success_rate,
 )
 from rollwise.plan.input_drift import INPUT_GROUPS, REFERENCE, judge_input_drift
-from rollwise.plan.latency import LATENCY_GROUPS, judge_latency
+from rollwise.plan.latency import LATENCY_GROUPS, judge_first_token, judge_latency
 from rollwise.plan.measurement import Counts, Judged, Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
 from rollwise.plan.promql import counts_since, selector
@@ -186,6 +187,9 @@ class Counted:
 COUNTED = {
     BuiltinMetric.SUCCESS_RATE: Counted(f"{REQUESTS}_total", SUCCESS_GROUPS, judge_success_rate),
     BuiltinMetric.LATENCY_P99: Counted(f"{REQUEST_DURATION}_bucket", LATENCY_GROUPS, judge_latency),
+    BuiltinMetric.TIME_TO_FIRST_TOKEN_P95: Counted(
+        f"{LLM_TIME_TO_FIRST_TOKEN}_bucket", LATENCY_GROUPS, judge_first_token
+    ),
     BuiltinMetric.PREDICTION_DRIFT: Counted(
         f"{PREDICTION_VALUE}_count", DRIFT_GROUPS, judge_prediction_drift
     ),

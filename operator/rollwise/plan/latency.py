@@ -114,69 +114,106 @@ def shifts(cand: Histogram, stable: Histogram, tolerance: float, *, alpha: float
     return out
 
 
-def rail(threshold: ThresholdRange, cand: Histogram, p99: float, confidence: float) -> tuple[bool, str]:
-    """The guard rail: the p99 above `threshold.max` means more than 1 % of requests slower than
-    it, and that counts only when *shown* at `confidence` (`stats.excess_evidence` on the requests
-    above the first boundary at or past max): a p99 from 20 requests is their slowest one. A max
-    beyond the last boundary cannot be shown; a `min` is read as measured. `p99` is the
-    candidate's, as `Histogram.quantile` gives it."""
-    if threshold.min is not None and p99 < threshold.min:
-        return True, f"p99 {p99:.3g} s is outside {threshold.label()}"
-    if threshold.max is None or p99 <= threshold.max:
+@dataclass(frozen=True)
+class Timing:
+    """What one histogram check judges: its quantile for the guard rail, and how its messages name
+    the value (`latency p99`) and what the histogram counts (requests)."""
+
+    quantile: float
+    name: str
+    counted: str
+
+    @property
+    def label(self) -> str:
+        return f"p{100 * self.quantile:g}"
+
+
+LATENCY = Timing(QUANTILE, "latency", "requests")
+"""latencyP99: request durations."""
+FIRST_TOKEN = Timing(0.95, "time to first token", "answers")
+"""timeToFirstTokenP95: one observation per answer (streamed or not), so the same rule and error
+rates hold as for latencyP99: each answer is one independent draw."""
+
+
+def rail(
+    threshold: ThresholdRange, cand: Histogram, value: float, confidence: float, timing: Timing = LATENCY
+) -> tuple[bool, str]:
+    """The guard rail: the quantile above `threshold.max` means more than 1 - q of the observations
+    slower than it, and that counts only when *shown* at `confidence` (`stats.excess_evidence` on
+    those above the first boundary at or past max): a p99 from 20 requests is their slowest one. A
+    max beyond the last boundary cannot be shown; a `min` is read as measured. `value` is the
+    candidate's quantile, as `Histogram.quantile` gives it."""
+    label = timing.label
+    if threshold.min is not None and value < threshold.min:
+        return True, f"{label} {value:.3g} s is outside {threshold.label()}"
+    if threshold.max is None or value <= threshold.max:
         return False, ""
     at = next((i for i, b in enumerate(cand.bounds) if b >= threshold.max - ROUNDING), None)
     if at is None:
         return False, ""
     slow = cand.above(at)
-    evidence = excess_evidence(slow, cand.total, 1 - QUANTILE)
+    evidence = excess_evidence(slow, cand.total, 1 - timing.quantile)
     if evidence < 1 / (1 - confidence):
         return False, ""
     return True, (
-        f"p99 {p99:.3g} s is outside {threshold.label()} (shown at {100 * confidence:g} % confidence: "
-        f"{100 * slow / cand.total:.1f} % of {cand.total:.0f} requests above {cand.bounds[at]:g} s, "
+        f"{label} {value:.3g} s is outside {threshold.label()} (shown at {100 * confidence:g} % confidence: "
+        f"{100 * slow / cand.total:.1f} % of {cand.total:.0f} {timing.counted} above {cand.bounds[at]:g} s, "
         f"likelihood ratio {evidence:.3g})"
     )
 
 
 def judge_latency(check: MetricCheck, counts: Counts) -> Judged:
     """latencyP99 on both tracks' bucket counts since the analysis started (the module docstring)."""
+    return judge_timing(check, counts, LATENCY)
+
+
+def judge_first_token(check: MetricCheck, counts: Counts) -> Judged:
+    """timeToFirstTokenP95: the same shift test on the answers' time-to-first-token histograms."""
+    return judge_timing(check, counts, FIRST_TOKEN)
+
+
+def judge_timing(check: MetricCheck, counts: Counts, timing: Timing) -> Judged:
+    """A histogram check on both tracks' bucket counts since the analysis started (the module
+    docstring): the shift test against stable, and the guard rail on the candidate's quantile."""
     bounds = tuple(sorted({b for t in Track for b in counts.by_le(str(t)) if math.isfinite(b)}))
     cand = Histogram.of(counts, Track.CANDIDATE, bounds)
     stable = Histogram.of(counts, Track.STABLE, bounds)
-    p99 = cand.quantile(QUANTILE)
-    if p99 is None:
+    value = cand.quantile(timing.quantile)
+    if value is None:
         return Judged(
-            Outcome.INCONCLUSIVE, None, "no data: the candidate served no requests since it started"
+            Outcome.INCONCLUSIVE, None, f"no data: the candidate served no {timing.counted} since it started"
         )
     rule = check.comparison
     outside, own = rail(
-        check.threshold, cand, p99, rule.confidence if rule is not None else DEFAULT_CONFIDENCE
+        check.threshold, cand, value, rule.confidence if rule is not None else DEFAULT_CONFIDENCE, timing
     )
     tests = shifts(cand, stable, tolerance(rule), alpha=1 - rule.confidence) if rule is not None else []
     if rule is None or not tests:
-        return Judged(Outcome.FAIL if outside else Outcome.PASS, p99, own)
+        return Judged(Outcome.FAIL if outside else Outcome.PASS, value, own)
     worst = max(tests, key=lambda s: s.interval.lower)
     shown = worst.interval.lower > 0
+    noun = timing.counted
     result = ComparisonResult(
-        candidate=p99,
-        stable=stable.quantile(QUANTILE) or 0.0,
+        candidate=value,
+        stable=stable.quantile(timing.quantile) or 0.0,
         difference=100 * worst.interval.estimate,
         lower=100 * worst.interval.lower,
         upper=100 * worst.interval.upper,
         confidence=rule.confidence,
         candidate_samples=round(cand.total),
         stable_samples=round(stable.total),
-        rule=f"worse when, at some bucket boundary b, the candidate's share of requests above b is "
+        rule=f"worse when, at some bucket boundary b, the candidate's share of {noun} above b is "
         f"shown larger than stable's above b - {tolerance(rule):g} s",
     )
     settled = not shown and all(s.interval.upper <= NOT_SLOWER_SHARE for s in tests)
     verdict = "worse" if shown else ("not worse" if settled else "undecided")
     line = (
-        f"latency p99 {p99:.3g} s vs stable {result.stable:.3g} s ({result.difference:+.1f} pp of requests "
-        f"above {worst.bound:g} s than stable's above {worst.against:g} s, {100 * rule.confidence:g} % CI "
-        f"{result.lower:+.1f}..{result.upper:+.1f}; {result.candidate_samples} vs {result.stable_samples} "
-        f"requests): {verdict}"
+        f"{timing.name} {timing.label} {value:.3g} s vs stable {result.stable:.3g} s "
+        f"({result.difference:+.1f} pp of {noun} above {worst.bound:g} s than stable's above "
+        f"{worst.against:g} s, "
+        f"{100 * rule.confidence:g} % CI {result.lower:+.1f}..{result.upper:+.1f}; "
+        f"{result.candidate_samples} vs {result.stable_samples} {noun}): {verdict}"
     )
     if shown or outside:
-        return Judged(Outcome.FAIL, p99, "; ".join(r for r in (line, own) if r), result)
-    return Judged(Outcome.PASS, p99, line, result, not_worse=settled)
+        return Judged(Outcome.FAIL, value, "; ".join(r for r in (line, own) if r), result)
+    return Judged(Outcome.PASS, value, line, result, not_worse=settled)
