@@ -2,7 +2,7 @@
 
 The server is llama-cpp-python's (``python -m llama_cpp.server``), built once by
 ``scripts/llama_server_venv.py``, serving a tiny GGUF model the test writes itself with the
-``gguf`` package (random weights: ``tiny_gguf``). A second upstream, a FastAPI app that streams
+``gguf`` package (random weights: ``e2e/tiny_gguf.py``). A second upstream, a FastAPI app that streams
 a token every 0.3 s, makes buffering visible by the clock (llama.cpp's tiny model answers in
 milliseconds) and sends the finish reasons a CPU model never gives (``content_filter``); it is
 also the shadow and the A/B peer.
@@ -24,7 +24,7 @@ import pytest
 
 from tests.serving.conftest import REPO, Server, free_port, wait_for
 from tests.serving.proxying import Processes, processes
-from tests.serving.tiny_gguf import write_tiny_llama
+from e2e.tiny_gguf import write_tiny_llama
 
 pytestmark = pytest.mark.slow
 

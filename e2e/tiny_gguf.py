@@ -48,7 +48,7 @@ def write_tiny_llama(path: Path, seed: int = 18) -> Path:
     writer.add_chat_template(CHAT_TEMPLATE)
 
     def weights(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+        return np.asarray(rng.standard_normal(shape) / np.sqrt(shape[-1]), dtype=np.float32)
 
     writer.add_tensor("token_embd.weight", weights(vocab, EMBED))
     for i in range(LAYERS):

@@ -1,0 +1,45 @@
+"""llama-cpp-python's OpenAI-compatible server as a user would run it, plus one knob for the tests:
+FIRST_TOKEN_DELAY_MS holds back the first body chunk of every completion by that long (a slower
+release: a larger context, a cold cache). The delay is in the user's image, never in Rollwise."""
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import uvicorn
+from llama_cpp.server.app import create_app  # type: ignore[import-not-found]  # in the image only
+from llama_cpp.server.settings import ModelSettings, ServerSettings  # type: ignore[import-not-found]
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+App = Callable[[Message, Receive, Send], Awaitable[None]]
+
+DELAY = int(os.environ.get("FIRST_TOKEN_DELAY_MS", "0")) / 1000
+PORT = int(os.environ.get("PORT", "9000"))
+
+
+def delayed(app: App) -> App:
+    async def asgi(scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not DELAY or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        first = True
+
+        async def held(message: Message) -> None:
+            nonlocal first
+            if message["type"] == "http.response.body" and first:
+                first = False
+                await asyncio.sleep(DELAY)
+            await send(message)
+
+        await app(scope, receive, held)
+
+    return asgi
+
+
+if __name__ == "__main__":
+    model = ModelSettings(model="/models/tiny.gguf", n_ctx=512, n_threads=1, verbose=False)
+    app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=PORT), model_settings=[model])
+    uvicorn.run(delayed(app), host="127.0.0.1", port=PORT, log_level="warning")
