@@ -22,9 +22,9 @@ import httpx
 import orjson
 import pytest
 
+from e2e.tiny_gguf import write_tiny_llama
 from tests.serving.conftest import REPO, Server, free_port, wait_for
 from tests.serving.proxying import Processes, processes
-from e2e.tiny_gguf import write_tiny_llama
 
 pytestmark = pytest.mark.slow
 
