@@ -15,9 +15,10 @@ from rollwise.api.v1alpha1 import BuiltinMetric, MetricCheck
 from rollwise.plan.analysis import COUNTED
 from rollwise.plan.latency import judge_first_token
 from rollwise.plan.measurement import Counts, Outcome
-from rollwise.plan.names import Track
 from rollwise_contract.metrics import LLM_TIME_TO_FIRST_TOKEN
 from rollwise_serving.metrics import FIRST_TOKEN_BUCKETS
+
+from tests.unit.test_latency import cumulative
 
 BOUNDS = FIRST_TOKEN_BUCKETS
 LOOKS, INTERVAL = 30, 5
@@ -37,13 +38,7 @@ def _ttft(rng: np.random.Generator, n: int, scale: float, delay: float) -> np.nd
 
 
 def _counts(hist_c: np.ndarray, hist_s: np.ndarray) -> Counts:
-    values: dict[tuple[str, ...], float] = {}
-    for track, hist in ((Track.CANDIDATE, hist_c), (Track.STABLE, hist_s)):
-        cum = np.cumsum(hist)
-        for i, b in enumerate(BOUNDS):
-            values[(str(track), repr(b))] = float(cum[i])
-        values[(str(track), "+Inf")] = float(cum[-1])
-    return Counts(values)
+    return cumulative(hist_c, hist_s, BOUNDS)
 
 
 def first_fail(

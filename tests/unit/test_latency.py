@@ -73,7 +73,7 @@ def _first_fail(
         for k, (c_idx, s_idx) in enumerate(per_look):
             hist_c += np.bincount(c_idx, minlength=len(BOUNDS) + 1)
             hist_s += np.bincount(s_idx, minlength=len(BOUNDS) + 1)
-            judged = judge_latency(rule, _cumulative(hist_c, hist_s))
+            judged = judge_latency(rule, cumulative(hist_c, hist_s))
             comparison = judged.comparison
             if comparison is not None and comparison.lower is not None and comparison.lower > 0:
                 first = k + 1
@@ -82,11 +82,12 @@ def _first_fail(
     return out
 
 
-def _cumulative(hist_c: np.ndarray, hist_s: np.ndarray) -> Counts:
+def cumulative(hist_c: np.ndarray, hist_s: np.ndarray, bounds: tuple[float, ...] = BOUNDS) -> Counts:
+    """Two tracks' per-bucket counts (the last one +Inf) as Prometheus' cumulative `le` series."""
     values: dict[tuple[str, ...], float] = {}
     for track, hist in ((Track.CANDIDATE, hist_c), (Track.STABLE, hist_s)):
         cum = np.cumsum(hist)
-        for i, b in enumerate(BOUNDS):
+        for i, b in enumerate(bounds):
             values[(str(track), repr(b))] = float(cum[i])
         values[(str(track), "+Inf")] = float(cum[-1])
     return Counts(values)
