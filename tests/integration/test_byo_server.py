@@ -200,7 +200,7 @@ class Streams:
     seconds to its first body byte and to its end, and how many `data:` chunks arrived."""
 
     url: str
-    workers: int = 6
+    workers: int = 2
     results: list[tuple[float, int, float, float, int]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 

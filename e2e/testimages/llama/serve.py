@@ -1,6 +1,8 @@
 """llama-cpp-python's OpenAI-compatible server as a user would run it, plus one knob for the tests:
 FIRST_TOKEN_DELAY_MS holds back the first body chunk of every completion by that long (a slower
-release: a larger context, a cold cache). The delay is in the user's image, never in Rollwise."""
+release: a larger context, a cold cache). The delay is in the user's image, never in Rollwise.
+`interrupt_requests=False`: by default a new request cuts off the stream in progress (empty 200
+answers under concurrent load), which no one serving users runs with."""
 
 import asyncio
 import os
@@ -41,5 +43,5 @@ def delayed(app: App) -> App:
 
 if __name__ == "__main__":
     model = ModelSettings(model="/models/tiny.gguf", n_ctx=512, n_threads=1, verbose=False)
-    app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=PORT), model_settings=[model])
+    app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=PORT, interrupt_requests=False), model_settings=[model])
     uvicorn.run(delayed(app), host="127.0.0.1", port=PORT, log_level="warning")
