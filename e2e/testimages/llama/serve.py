@@ -43,5 +43,6 @@ def delayed(app: App) -> App:
 
 if __name__ == "__main__":
     model = ModelSettings(model="/models/tiny.gguf", n_ctx=512, n_threads=1, verbose=False)
-    app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=PORT, interrupt_requests=False), model_settings=[model])
+    server = ServerSettings(host="127.0.0.1", port=PORT, interrupt_requests=False)
+    app = create_app(server_settings=server, model_settings=[model])
     uvicorn.run(delayed(app), host="127.0.0.1", port=PORT, log_level="warning")

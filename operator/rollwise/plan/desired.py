@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Final
 
 from rollwise.api.v1alpha1 import (
     API_VERSION,
@@ -280,11 +279,16 @@ def hop_token(owner_uid: str) -> str:
     return hashlib.sha256(f"rollwise-hop:{owner_uid}".encode()).hexdigest()
 
 
+def _namespace_env() -> Manifest:
+    """POD_NAMESPACE from the downward API: the server's and the proxy's cache keys start with it."""
+    return {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+
+
 def _env(runtime: RuntimeSpec, owner_uid: str) -> list[JsonValue]:
     """The user's env, then ours (the API refuses user env of these names: `RESERVED_ENV`).
     POD_NAMESPACE keys the server's shared cache by namespace."""
     ours: list[JsonValue] = [
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        _namespace_env(),
         {"name": "ROLLWISE_HOP_TOKEN", "value": hop_token(owner_uid)},
     ]
     return [*(e.model_dump(mode="json", exclude_none=True) for e in runtime.env), *ours]
@@ -345,12 +349,11 @@ def _locked_down(container: Manifest, model: ModelSpec) -> Manifest:
     return container
 
 
-PROXY_RESOURCES: Final[Manifest] = {
-    "requests": {"cpu": "100m", "memory": "64Mi"},
-    "limits": {"memory": "256Mi"},
-}
-"""The signals proxy's own bounds, beside the user's server: a request so an HPA's CPU target has
-every container's request to measure against, a memory cap for its bounded queues and stores."""
+def _proxy_resources() -> Manifest:
+    """The signals proxy's own bounds, beside the user's server: a request so an HPA's CPU target has
+    every container's request to measure against, a memory cap for its bounded queues and stores.
+    A new dict per pod: manifests are values, none may share a mutable part with another."""
+    return {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
 
 
 def byo_containers(
@@ -377,7 +380,7 @@ def byo_containers(
         "args": [*proxy_args(model, server, track), *extra_args],
         "ports": ports,
         "env": _env(runtime, owner_uid),
-        "resources": PROXY_RESOURCES,
+        "resources": _proxy_resources(),
         "startupProbe": _probe("/rollwise/live", period=2, failures=30),
         "readinessProbe": _probe("/rollwise/ready", period=2, failures=3),
         "livenessProbe": _probe("/rollwise/live", period=10, failures=3),
@@ -394,7 +397,7 @@ def byo_containers(
     # The user's env and the namespace, but not the hop token: only the proxy signs and checks hops.
     user["env"] = [
         *(e.model_dump(mode="json", exclude_none=True) for e in runtime.env),
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        _namespace_env(),
     ]
     resources = container_resources(runtime)
     if resources:

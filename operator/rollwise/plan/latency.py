@@ -136,7 +136,7 @@ rates hold as for latencyP99: each answer is one independent draw."""
 
 
 def rail(
-    threshold: ThresholdRange, cand: Histogram, value: float, confidence: float, timing: Timing = LATENCY
+    threshold: ThresholdRange, cand: Histogram, value: float, confidence: float, timing: Timing
 ) -> tuple[bool, str]:
     """The guard rail: the quantile above `threshold.max` means more than 1 - q of the observations
     slower than it, and that counts only when *shown* at `confidence` (`stats.excess_evidence` on
