@@ -61,50 +61,8 @@ BODY = {
     "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}],
 }
 
-KSERVE_MODEL = '''
-"""Iris behind KServe's ModelServer, as KServe documents custom Python predictors."""
-import argparse
-
-import joblib
-import numpy as np
-from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer, model_server
-
-parser = argparse.ArgumentParser(parents=[model_server.parser])
-parser.add_argument("--model_path", required=True)
-parser.add_argument("--model_format", default="sklearn")
-args, _ = parser.parse_known_args()
-
-
-class Iris(Model):
-    def __init__(self, name, path, fmt):
-        super().__init__(name)
-        self.path, self.fmt = path, fmt
-        self.load()
-
-    def load(self):
-        if self.fmt == "onnx":
-            import onnxruntime as ort
-            self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
-            self.input_name = self.session.get_inputs()[0].name
-        else:
-            self.model = joblib.load(self.path)
-        self.ready = True
-        return self.ready
-
-    def predict(self, payload: InferRequest, headers=None) -> InferResponse:
-        x = payload.inputs[0].as_numpy()
-        if self.fmt == "onnx":
-            label = self.session.run(None, {self.input_name: x.astype(np.float32)})[0]
-        else:
-            label = self.model.predict(x)
-        data = [str(v) for v in label]
-        out = InferOutput(name="label", shape=list(label.shape), datatype="BYTES", data=data)
-        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id or "")
-
-
-if __name__ == "__main__":
-    ModelServer().start([Iris(args.model_name, args.model_path, args.model_format)])
-'''
+KSERVE_MODEL = (REPO / "e2e" / "testimages" / "kserve" / "model.py").read_text()
+"""Iris behind KServe's ModelServer: the one script the bench, the proxy tests and the user image run."""
 
 MLSERVER_ONNX = '''
 """A minimal ONNX runtime for MLServer (it ships none): load a session, run it, encode numpy."""
@@ -815,8 +773,8 @@ def _served(port: int) -> int:
     )
 
 
-PROXY_UPSTREAMS = ("rollwise", "mlserver-quiet")
-"""What --proxy-cost puts behind rollwise-proxy: the bundled server and MLServer (logs quiet)."""
+PROXY_UPSTREAMS = ("rollwise", "mlserver-quiet", "kserve-quiet")
+"""What --proxy-cost puts behind rollwise-proxy: the bundled server, MLServer and KServe (logs quiet)."""
 
 
 def proxy_target(name: str, upstream_port: int, models: dict[str, Any]) -> Target:

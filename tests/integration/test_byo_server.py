@@ -2,11 +2,17 @@
 with the signals proxy beside them in every pod (`e2e/user_images.py`), judged on the proxy's
 metrics through Prometheus like the bundled server's, the client talking only to the Service.
 
-- A user's own JSON model server (no OIP and no Rollwise code in its image): a good release is
-  promoted, a release that fails its predictions is rolled back.
+Each runs from its example in examples/ as written, the image replaced by the one built here.
+- A user's own FastAPI JSON model server (no OIP and no Rollwise code in its image): a good release
+  is promoted, a release that fails its predictions is rolled back, and one that answers a single
+  class is rolled back on the class shares the proxy read from its answers (predictionDrift).
+- MLServer and KServe's ModelServer (OIP REST and gRPC): canaries judged on success rate and
+  latency from the proxy are promoted, a broken MLServer release is rolled back, and Triton's
+  clients (binary tensors over REST, and gRPC) reach KServe through the Service unchanged.
 - llama-cpp-python's OpenAI server with a tiny GGUF: a release 3× slower to its first token is
-  rolled back on timeToFirstTokenP95, a same-speed one is promoted, and streams reach the client
-  chunk by chunk through the proxy."""
+  rolled back on timeToFirstTokenP95, a same-speed one is promoted, streams reach the client
+  chunk by chunk through the proxy, a shadow release gets the same prompts while clients see only
+  stable's answers, and an A/B match sends chosen requests to the candidate."""
 
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ from tests.integration.traffic import (
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.prometheus, pytest.mark.slow]
 
 EXAMPLE = paths.REPO / "examples" / "byo-json-server.yaml"
+OIP_EXAMPLE = paths.REPO / "examples" / "byo-mlserver.yaml"
+LLM_EXAMPLE = paths.REPO / "examples" / "byo-llm-server.yaml"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]]
 BODIES = [json.dumps({"instances": [r]}).encode() for r in ROWS]
 
@@ -66,9 +74,12 @@ def byo_operator(operator: Operator, tmp_path: Path) -> Iterator[Operator]:
             op.stop()
 
 
-def json_md(version: str, image: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """examples/byo-json-server.yaml as written, on the image built here, at `version`."""
-    md: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+def json_md(
+    version: str, image: str, env: dict[str, str] | None = None, example: Path = EXAMPLE
+) -> dict[str, Any]:
+    """An example as written (examples/byo-json-server.yaml unless told), on the image built here,
+    at `version`, its server told the version by MODEL_VERSION (plus `env`)."""
+    md: dict[str, Any] = yaml.safe_load(example.read_text())
     md["spec"]["model"]["version"] = version
     runtime = md["spec"]["runtime"]
     runtime["server"]["image"] = image
@@ -151,8 +162,167 @@ def test_a_users_server_that_fails_its_predictions_is_rolled_back(
     print(f"\nuser JSON server: broken candidate rolled back {back:.1f}s after its pods took traffic")
 
 
+def test_a_users_server_answering_one_class_is_rolled_back_on_its_class_shares(
+    cluster: Cluster, namespace: str, load: Load, user_image: str
+) -> None:
+    """Every answer succeeds and is fast: only the class shares the proxy read at predictionPath
+    ($.predictions) tell this release apart (a third each from stable, all setosa from it)."""
+    drifted = json_md("4.0.0-drifted", user_image, {"MODEL_CONSTANT": "setosa"})
+    assert apply(namespace, drifted).returncode == 0
+    wait_until("the drifted candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 120)
+    took_traffic = time.monotonic()
+    with_status(
+        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 180)
+    )
+    back = time.monotonic() - took_traffic
+    status = get_md(cluster, namespace, "iris")["status"]
+    assert status["stableVersion"] == "1.0.0"
+    reason = json.dumps(status["history"][0])
+    assert "prediction-drift" in reason, reason
+    assert load.failures_since(took_traffic) == []  # a drifted model answers; nothing failed
+    print(f"\nuser JSON server: one-class candidate rolled back on drift {back:.1f}s after taking traffic")
+
+
+# ---- MLServer and KServe's ModelServer over OIP REST and gRPC ---------------------------------
+
+OIP_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.7, 3.0, 5.2, 2.3]]
+OIP_BODIES = [
+    json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": r}]}).encode()
+    for r in OIP_ROWS
+]
+
+
+@pytest.fixture(scope="module")
+def mlserver_image(cluster: Cluster) -> str:
+    return images.import_into_node(user_images.mlserver())
+
+
+@pytest.fixture(scope="module")
+def kserve_image(cluster: Cluster) -> str:
+    return images.import_into_node(user_images.kserve())
+
+
+def oip_url(cluster: Cluster, namespace: str) -> str:
+    svc = cluster.core.read_namespaced_service("iris", namespace)
+    return f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}/v2/models/iris/infer"
+
+
+@contextlib.contextmanager
+def oip_stable(cluster: Cluster, namespace: str, image: str) -> Iterator[Load]:
+    """examples/byo-mlserver.yaml's v1 on `image`, serving, then steady OIP JSON traffic through
+    its Service."""
+    assert apply(namespace, json_md("1.0.0", image, example=OIP_EXAMPLE)).returncode == 0
+    with_status(cluster, namespace, lambda: wait_healthy(cluster, namespace, "iris", timeout=240))
+    with Load(oip_url(cluster, namespace), bodies=list(OIP_BODIES)).running() as generator:
+        wait_until("steady answers from v1", lambda: len(generator.results) >= 20, 30)
+        yield generator
+
+
+def total(namespace: str, family: str, track: str, **labels: str) -> str:
+    """PromQL: the sum of a family's series of one track in the test's namespace."""
+    chosen = {"namespace": namespace, "track": track, **labels}
+    return f"sum({family}{{{','.join(f'{k}={v!r}' for k, v in chosen.items())}}})".replace("'", '"')
+
+
+def judged_and_promoted(cluster: Cluster, namespace: str, version: str) -> dict[str, float]:
+    """Wait for `version`'s promotion, reading on the way what Prometheus holds of the candidate's
+    answers as the proxy counted them (the series leave with the candidate's pods)."""
+    seen: dict[str, float] = {}
+    queries = {
+        "answers": total(namespace, "rollwise_requests_total", "candidate", outcome="success"),
+        "timed": total(namespace, "rollwise_request_duration_seconds_count", "candidate"),
+    }
+
+    def done() -> bool:
+        for key, query in queries.items():
+            seen[key] = max(seen.get(key, 0.0), prom_value(cluster, query) or 0.0)
+        return promoted(cluster, namespace, version)
+
+    with_status(cluster, namespace, lambda: wait_until(f"promotion of {version}", done, 300))
+    return seen
+
+
+def test_mlserver_release_is_promoted_on_the_proxys_signals_and_a_broken_one_rolled_back(
+    cluster: Cluster, namespace: str, byo_operator: Operator, mlserver_image: str, serving_image: str
+) -> None:
+    with oip_stable(cluster, namespace, mlserver_image) as load:
+        started = time.monotonic()
+        assert apply(namespace, json_md("2.0.0", mlserver_image, example=OIP_EXAMPLE)).returncode == 0
+        seen = judged_and_promoted(cluster, namespace, "2.0.0")
+        promoted_after = time.monotonic() - started
+        assert seen["answers"] >= 5 and seen["timed"] >= 5, seen  # judged on what the proxy counted
+        assert load.failures_since(started) == []
+        broken = json_md("3.0.0-broken", mlserver_image, {"MODEL_BROKEN": "1"}, OIP_EXAMPLE)
+        assert apply(namespace, broken).returncode == 0
+        wait_until(
+            "the broken candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 180
+        )
+        took_traffic = time.monotonic()
+        with_status(
+            cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 180)
+        )
+        back = time.monotonic() - took_traffic
+        assert get_md(cluster, namespace, "iris")["status"]["stableVersion"] == "2.0.0"
+        failed = total(namespace, "rollwise_requests_total", "candidate", outcome="server_error")
+        assert (prom_value(cluster, failed) or 0) > 0
+        wait_until(
+            "3 s of answers without failures",
+            lambda: (
+                (now := time.monotonic())
+                and not load.failures_since(now - 3)
+                and load.results[-1][0] > now - 1
+            ),
+            60,
+        )
+    print(
+        f"\nMLServer: 2.0.0 promoted {promoted_after:.0f}s after the change with 0 failures; broken 3.0.0 "
+        f"rolled back {back:.1f}s after its pods took traffic"
+    )
+
+
+def test_kserve_release_is_promoted_and_tritons_clients_pass_through_the_proxy(
+    cluster: Cluster, namespace: str, byo_operator: Operator, kserve_image: str, serving_image: str
+) -> None:
+    import numpy as np  # noqa: PLC0415 - the clients' own dependencies, as in tests/serving
+    import tritonclient.grpc as triton_grpc  # noqa: PLC0415
+    import tritonclient.http as triton_http  # noqa: PLC0415
+
+    with oip_stable(cluster, namespace, kserve_image) as load:
+        svc = cluster.core.read_namespaced_service("iris", namespace)
+        ports = {p.name: p.port for p in svc.spec.ports}
+        rows = np.array(OIP_ROWS, dtype=np.float32)
+        expected = ["setosa", "versicolor", "virginica"]
+        # Triton's HTTP client with binary tensors both ways (its default), through the proxy
+        tensor = triton_http.InferInput("input-0", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows, binary_data=True)
+        client = triton_http.InferenceServerClient(f"{svc.spec.cluster_ip}:{ports['http']}")
+        try:
+            out = triton_http.InferRequestedOutput("label", binary_data=True)
+            answer = client.infer("iris", [tensor], outputs=[out]).as_numpy("label")
+        finally:
+            client.close()
+        assert [v.decode() for v in answer.ravel()] == expected
+        # Triton's gRPC client on the Services' grpc port, passed by the proxy to KServe's gRPC
+        grpc_tensor = triton_grpc.InferInput("input-0", list(rows.shape), "FP32")
+        grpc_tensor.set_data_from_numpy(rows)
+        grpc_client = triton_grpc.InferenceServerClient(f"{svc.spec.cluster_ip}:{ports['grpc']}")
+        try:
+            assert grpc_client.is_model_ready("iris")
+            grpc_answer = grpc_client.infer("iris", [grpc_tensor]).as_numpy("label")
+        finally:
+            grpc_client.close()
+        assert [v.decode() for v in grpc_answer.ravel()] == expected
+        started = time.monotonic()
+        assert apply(namespace, json_md("2.0.0", kserve_image, example=OIP_EXAMPLE)).returncode == 0
+        seen = judged_and_promoted(cluster, namespace, "2.0.0")
+        assert seen["answers"] >= 5 and seen["timed"] >= 5, seen
+        assert load.failures_since(started) == []
+    print(f"\nKServe: Triton HTTP (binary) and gRPC answered through the proxy; 2.0.0 promoted, {seen}")
+
+
 # ---- an OpenAI-compatible LLM server ----------------------------------------------------------
 
+TTFT = "rollwise_llm_time_to_first_token_seconds"
 STABLE_DELAY_MS = 200
 """Stable's added time to first token. The tiny model answers in milliseconds; 200 ms puts stable
 in the 0.1-0.25 s bucket and a 3× release (600 ms) past 0.5 s, so the shift test's boundaries
@@ -162,67 +332,63 @@ CHAT = json.dumps(
 ).encode()
 
 
-def llm_md(version: str, image: str, delay_ms: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "rollwise.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "tiny"},
-        "spec": {
-            "model": {"name": "tiny", "version": version},
-            "runtime": {
-                "replicas": 1,
-                "nodeSelector": {"rollwise.dev/node-kind": "real"},
-                "server": {"image": image, "protocol": "openai", "port": 9000},
-                "env": [{"name": "FIRST_TOKEN_DELAY_MS", "value": str(delay_ms)}],
-            },
-            "rollout": {
-                "canary": {"steps": [{"setWeight": 50}, {"analysis": {}}]},
-                "analysis": {
-                    "intervalSeconds": 5,
-                    "count": 6,
-                    "failureLimit": 0,
-                    "inconclusiveLimit": 6,
-                    "minSampleCount": 5,
-                    "metrics": [
-                        {"name": "success-rate", "builtin": "successRate", "threshold": {"min": 99}},
-                        {"name": "ttft", "builtin": "timeToFirstTokenP95", "threshold": {"max": 5}},
-                    ],
-                },
-                "progressDeadlineSeconds": 240,
-            },
-        },
-    }
+def llm_md(version: str, image: str, delay_ms: int, rollout: dict[str, Any] | None = None) -> dict[str, Any]:
+    """examples/byo-llm-server.yaml as written, on the image built here: `version` (the answers'
+    `model`), its first token held back `delay_ms`, and another `rollout` strategy if given."""
+    md: dict[str, Any] = yaml.safe_load(LLM_EXAMPLE.read_text())
+    md["spec"]["model"]["version"] = version
+    runtime = md["spec"]["runtime"]
+    runtime["server"]["image"] = image
+    runtime["nodeSelector"] = {"rollwise.dev/node-kind": "real"}
+    runtime["env"] = [
+        {"name": "FIRST_TOKEN_DELAY_MS", "value": str(delay_ms)},
+        {"name": "MODEL_VERSION", "value": version},
+    ]
+    if rollout is not None:
+        md["spec"]["rollout"] = {**md["spec"]["rollout"], **rollout}
+        md["spec"]["rollout"].pop("canary", None)
+    return md
+
+
+Streamed = tuple[float, int, float, float, int, str]
+"""A streamed answer: when it started, its HTTP status, seconds to its first body byte and to its
+end, how many `data:` chunks arrived, and the `model` (the release) its first chunk named."""
+
+
+def stream_once(url: str, headers: dict[str, str] | None = None) -> Streamed:
+    started = time.monotonic()
+    first = end = 0.0
+    chunks, code, model = 0, 0, ""
+    req = urllib.request.Request(url, CHAT, {"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            code = resp.status
+            for line in resp:
+                if not first:
+                    first = time.monotonic() - started
+                if line.startswith(b"data: {") and not model:
+                    model = str(json.loads(line[6:]).get("model", ""))
+                chunks += line.startswith(b"data: ")
+        end = time.monotonic() - started
+    except urllib.error.HTTPError as err:
+        code = err.code
+    except (urllib.error.URLError, OSError):
+        code = 0
+    return started, code, first, end, chunks, model
 
 
 @dataclass
 class Streams:
-    """Streamed chat completions through the Service from a few threads: each one's HTTP status,
-    seconds to its first body byte and to its end, and how many `data:` chunks arrived."""
+    """Streamed chat completions through the Service from a few threads (`stream_once` each)."""
 
     url: str
     workers: int = 2
-    results: list[tuple[float, int, float, float, int]] = field(default_factory=list)
+    results: list[Streamed] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def one(self) -> None:
         while not self.stop.is_set():
-            started = time.monotonic()
-            first = end = 0.0
-            chunks, code = 0, 0
-            req = urllib.request.Request(self.url, CHAT, {"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=10) as resp:
-                    code = resp.status
-                    for line in resp:
-                        if not first:
-                            first = time.monotonic() - started
-                        chunks += line.startswith(b"data: ")
-                end = time.monotonic() - started
-            except urllib.error.HTTPError as err:
-                code = err.code
-            except (urllib.error.URLError, OSError):
-                code = 0
-            self.results.append((started, code, first, end, chunks))
+            self.results.append(stream_once(self.url))
             self.stop.wait(0.1)
 
     @contextlib.contextmanager
@@ -237,13 +403,21 @@ class Streams:
             for t in threads:
                 t.join(15)
 
-    def failures_since(self, start: float) -> list[tuple[float, int, float, float, int]]:
+    def failures_since(self, start: float) -> list[Streamed]:
         return [r for r in self.results if r[0] >= start and r[1] != 200]
+
+    def models_since(self, start: float) -> set[str]:
+        return {r[5] for r in self.results if r[0] >= start and r[1] == 200}
 
 
 @pytest.fixture(scope="module")
 def llama_image(cluster: Cluster) -> str:
     return images.import_into_node(user_images.llama())
+
+
+def chat_url(cluster: Cluster, namespace: str) -> str:
+    svc = cluster.core.read_namespaced_service("tiny", namespace)
+    return f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}/v1/chat/completions"
 
 
 @pytest.fixture
@@ -254,9 +428,7 @@ def streams(
     with_status(
         cluster, namespace, lambda: wait_healthy(cluster, namespace, "tiny", timeout=180), name="tiny"
     )
-    svc = cluster.core.read_namespaced_service("tiny", namespace)
-    url = f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}/v1/chat/completions"
-    with Streams(url).running() as load:
+    with Streams(chat_url(cluster, namespace)).running() as load:
         wait_until("steady streams from 1.0.0", lambda: len(load.results) >= 20, 60)
         yield load
 
@@ -306,3 +478,62 @@ def test_llm_a_same_speed_release_is_promoted(
         f"\nLLM: same-speed 2.0.0 promoted {time.monotonic() - started:.0f}s after the change, "
         "0 failed streams"
     )
+
+
+def test_llm_shadow_release_gets_the_same_prompts_while_clients_see_only_stable(
+    cluster: Cluster, namespace: str, streams: Streams, llama_image: str
+) -> None:
+    started = time.monotonic()
+    shadow = {"shadow": {"durationSeconds": 30, "analysis": {}}}
+    assert apply(namespace, llm_md("2.0.0-shadow", llama_image, STABLE_DELAY_MS, shadow)).returncode == 0
+    counted = {
+        "mirrored": total(namespace, "rollwise_mirror_total", "stable", result="sent"),
+        "shadow answers": total(namespace, "rollwise_requests_total", "candidate", outcome="success"),
+        "shadow tokens": total(namespace, "rollwise_llm_tokens_total", "candidate", kind="completion"),
+        "shadow first tokens": total(namespace, f"{TTFT}_count", "candidate"),
+    }
+    seen = dict.fromkeys(counted, 0.0)
+
+    def shadow_counted() -> bool:
+        for key, query in counted.items():
+            seen[key] = max(seen[key], prom_value(cluster, query) or 0.0)
+        return all(v >= 5 for v in seen.values())
+
+    with_status(
+        cluster,
+        namespace,
+        lambda: wait_until("the shadow to answer mirrored prompts", shadow_counted, 180),
+        name="tiny",
+    )
+    assert streams.models_since(started) == {"1.0.0"}  # clients never saw the shadow's answers
+    with_status(
+        cluster,
+        namespace,
+        lambda: wait_until(
+            "promotion of 2.0.0-shadow", lambda: promoted(cluster, namespace, "2.0.0-shadow", "tiny"), 240
+        ),
+        name="tiny",
+    )
+    assert streams.failures_since(started) == []
+    print(f"\nLLM shadow: {seen}; promoted {time.monotonic() - started:.0f}s after the change")
+
+
+def test_llm_ab_match_sends_the_chosen_requests_to_the_candidate(
+    cluster: Cluster, namespace: str, streams: Streams, llama_image: str
+) -> None:
+    started = time.monotonic()
+    ab = {"abTest": {"match": [{"header": {"name": "x-variant", "value": "b"}}], "analysis": {}}}
+    assert apply(namespace, llm_md("2.0.0-b", llama_image, STABLE_DELAY_MS, ab)).returncode == 0
+    url = chat_url(cluster, namespace)
+    wait_until(
+        "a request with x-variant: b answered by the candidate",
+        lambda: stream_once(url, {"x-variant": "b"})[5] == "2.0.0-b",
+        180,
+    )
+    chosen = [stream_once(url, {"x-variant": "b"}) for _ in range(5)]
+    assert [(r[1], r[5]) for r in chosen] == [(200, "2.0.0-b")] * 5, chosen
+    assert all(r[4] >= 10 for r in chosen), chosen  # still streamed chunk by chunk, forwarded
+    assert stream_once(url, {"x-variant": "a"})[5] == "1.0.0"
+    assert streams.models_since(started) == {"1.0.0"}  # requests without the header stay on stable
+    assert streams.failures_since(started) == []
+    print(f"\nLLM A/B: 5/5 chosen streams from 2.0.0-b, {len(streams.results)} others from 1.0.0")

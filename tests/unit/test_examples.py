@@ -38,6 +38,8 @@ EXPECTED = {
     "monitoring.yaml": StrategyName.CANARY,
     "segments.yaml": StrategyName.CANARY,
     "byo-json-server.yaml": StrategyName.CANARY,
+    "byo-mlserver.yaml": StrategyName.CANARY,
+    "byo-llm-server.yaml": StrategyName.CANARY,
 }
 USER_OBJECT_KIND = {
     TrafficProvider.GATEWAY_API: "HTTPRoute",

@@ -1,4 +1,4 @@
-"""A user's own JSON model server, as teams write them: no OIP, no Rollwise, the standard library.
+"""A user's own JSON model server, as teams write them: a plain FastAPI app, no OIP, no Rollwise.
 
 POST /predict {"instances": [[sepal_l, sepal_w, petal_l, petal_w], ...]} answers
 {"predictions": ["setosa", ...], "model_version": VERSION} from a fixed rule-based Iris model.
@@ -7,13 +7,21 @@ protocol http-json); MODEL_BROKEN=1 makes every prediction fail with a 500 (a ba
 MODEL_CONSTANT=<class> makes it answer one class only (a drifted one).
 """
 
-import json
 import os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel
 
 VERSION = os.environ.get("MODEL_VERSION", "dev")
 BROKEN = os.environ.get("MODEL_BROKEN") == "1"
 CONSTANT = os.environ.get("MODEL_CONSTANT")
+
+app = FastAPI()
+
+
+class Instances(BaseModel):
+    instances: list[list[float]]
 
 
 def predict(row: list[float]) -> str:
@@ -25,40 +33,19 @@ def predict(row: list[float]) -> str:
     return "versicolor" if petal_width < 1.75 else "virginica"
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+@app.get("/")
+def ready() -> dict[str, bool]:
+    return {"ready": True}
 
-    def do_GET(self) -> None:
-        self._send(200, {"ready": True} if self.path == "/" else {"error": "not found"})
 
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path != "/predict":
-            self._send(404, {"error": "not found"})
-            return
-        if BROKEN:
-            self._send(500, {"error": "model failed"})
-            return
-        try:
-            rows = json.loads(body)["instances"]
-            predictions = [predict([float(v) for v in row]) for row in rows]
-        except (ValueError, KeyError, TypeError, IndexError) as err:
-            self._send(400, {"error": f"bad request: {err}"})
-            return
-        self._send(200, {"predictions": predictions, "model_version": VERSION})
-
-    def _send(self, status: int, doc: object) -> None:
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+@app.post("/predict")
+def predictions(body: Instances) -> dict[str, object]:
+    if BROKEN:
+        raise HTTPException(status_code=500, detail="model failed")
+    if any(len(row) != 4 for row in body.instances):
+        raise HTTPException(status_code=400, detail="each instance has 4 features")
+    return {"predictions": [predict(row) for row in body.instances], "model_version": VERSION}
 
 
 if __name__ == "__main__":
-    port = int(os.environ.get("PORT", "9000"))
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "9000")), log_level="warning")

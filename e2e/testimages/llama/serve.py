@@ -2,7 +2,8 @@
 FIRST_TOKEN_DELAY_MS holds back the first body chunk of every completion by that long (a slower
 release: a larger context, a cold cache). The delay is in the user's image, never in Rollwise.
 `interrupt_requests=False`: by default a new request cuts off the stream in progress (empty 200
-answers under concurrent load), which no one serving users runs with."""
+answers under concurrent load), which no one serving users runs with. MODEL_VERSION is the model's
+name in the answers (`"model"`), so a client can tell which release answered."""
 
 import asyncio
 import os
@@ -42,7 +43,8 @@ def delayed(app: App) -> App:
 
 
 if __name__ == "__main__":
-    model = ModelSettings(model="/models/tiny.gguf", n_ctx=512, n_threads=1, verbose=False)
+    alias = os.environ.get("MODEL_VERSION", "tiny")
+    model = ModelSettings(model="/models/tiny.gguf", model_alias=alias, n_ctx=512, n_threads=1, verbose=False)
     server = ServerSettings(host="127.0.0.1", port=PORT, interrupt_requests=False)
     app = create_app(server_settings=server, model_settings=[model])
     uvicorn.run(delayed(app), host="127.0.0.1", port=PORT, log_level="warning")
