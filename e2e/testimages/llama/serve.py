@@ -2,8 +2,9 @@
 FIRST_TOKEN_DELAY_MS holds back the first body chunk of every completion by that long (a slower
 release: a larger context, a cold cache). The delay is in the user's image, never in Rollwise.
 `interrupt_requests=False`: by default a new request cuts off the stream in progress (empty 200
-answers under concurrent load), which no one serving users runs with. MODEL_VERSION is the model's
-name in the answers (`"model"`), so a client can tell which release answered."""
+answers under concurrent load), which no one serving users runs with. Every answer carries
+MODEL_VERSION in an `x-model-version` header, so a client can tell which release answered
+(llama-cpp-python names the model file, or the request's `model`, in its answers' `model`)."""
 
 import asyncio
 import os
@@ -21,17 +22,20 @@ App = Callable[[Message, Receive, Send], Awaitable[None]]
 
 DELAY = int(os.environ.get("FIRST_TOKEN_DELAY_MS", "0")) / 1000
 PORT = int(os.environ.get("PORT", "9000"))
+VERSION = os.environ.get("MODEL_VERSION", "dev").encode()
 
 
 def delayed(app: App) -> App:
     async def asgi(scope: Message, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not DELAY or scope["method"] != "POST":
+        if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        first = True
+        first = bool(DELAY) and scope["method"] == "POST"
 
         async def held(message: Message) -> None:
             nonlocal first
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-model-version", VERSION)]
             if message["type"] == "http.response.body" and first:
                 first = False
                 await asyncio.sleep(DELAY)
@@ -43,8 +47,7 @@ def delayed(app: App) -> App:
 
 
 if __name__ == "__main__":
-    alias = os.environ.get("MODEL_VERSION", "tiny")
-    model = ModelSettings(model="/models/tiny.gguf", model_alias=alias, n_ctx=512, n_threads=1, verbose=False)
+    model = ModelSettings(model="/models/tiny.gguf", n_ctx=512, n_threads=1, verbose=False)
     server = ServerSettings(host="127.0.0.1", port=PORT, interrupt_requests=False)
     app = create_app(server_settings=server, model_settings=[model])
     uvicorn.run(delayed(app), host="127.0.0.1", port=PORT, log_level="warning")
