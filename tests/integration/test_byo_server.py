@@ -17,12 +17,13 @@ Each runs from its example in examples/ as written, the image replaced by the on
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,31 @@ BODIES = [json.dumps({"instances": [r]}).encode() for r in ROWS]
 
 
 @pytest.fixture(scope="module")
-def user_image(cluster: Cluster) -> str:
-    """The user's server image, built from e2e/testimages/json-model, in the node by digest."""
-    return images.import_into_node(user_images.json_model())
+def built(cluster: Cluster) -> Callable[[str], str]:
+    """A user image (`e2e/user_images.py` NAME), built once and imported into the node: its ref
+    by digest."""
+    return functools.cache(lambda name: images.import_into_node(user_images.BUILDERS[name]()))
+
+
+def _image(name: str) -> Any:
+    """A module fixture: the ref of user image NAME in the node."""
+
+    @pytest.fixture(scope="module")
+    def image(built: Callable[[str], str]) -> str:
+        return built(name)
+
+    return image
+
+
+user_image = _image("json-model")
+mlserver_image = _image("mlserver")
+kserve_image = _image("kserve")
+llama_image = _image("llama")
+
+
+def service_url(cluster: Cluster, namespace: str, name: str, path: str) -> str:
+    svc = cluster.core.read_namespaced_service(name, namespace)
+    return f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}{path}"
 
 
 @pytest.fixture
@@ -89,11 +112,6 @@ def json_md(
     return md
 
 
-def predict_url(cluster: Cluster, namespace: str) -> str:
-    svc = cluster.core.read_namespaced_service("iris", namespace)
-    return f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}/predict"
-
-
 @pytest.fixture
 def load(
     cluster: Cluster, namespace: str, byo_operator: Operator, user_image: str, serving_image: str
@@ -103,7 +121,8 @@ def load(
     with_status(cluster, namespace, lambda: wait_healthy(cluster, namespace, "iris", timeout=180))
     pod = cluster.core.list_namespaced_pod(namespace, label_selector="rollwise.dev/track=stable").items[0]
     assert [c.name for c in pod.spec.containers] == ["proxy", "server"]
-    with Load(predict_url(cluster, namespace), bodies=list(BODIES)).running() as generator:
+    url = service_url(cluster, namespace, "iris", "/predict")
+    with Load(url, bodies=list(BODIES)).running() as generator:
         wait_until("steady answers from v1", lambda: len(generator.results) >= 20, 30)
         yield generator
 
@@ -134,18 +153,32 @@ def test_a_users_json_server_is_measured_by_the_proxy_and_a_good_release_promote
     )
 
 
+def rolled_back_after(
+    cluster: Cluster, namespace: str, md: dict[str, Any], stable: str, name: str = "iris"
+) -> tuple[float, dict[str, Any], float]:
+    """Apply a bad release and wait for its rollback: seconds from its pods taking traffic to the
+    rollback, the ModelDeployment's status then (stable still `stable`), and when it took traffic."""
+    assert apply(namespace, md).returncode == 0
+    version = md["spec"]["model"]["version"]
+    wait_until(f"{version} to take traffic", lambda: candidate_pods_ready(cluster, namespace), 180)
+    took_traffic = time.monotonic()
+    with_status(
+        cluster,
+        namespace,
+        lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace, name), 180),
+        name=name,
+    )
+    back = time.monotonic() - took_traffic
+    status: dict[str, Any] = get_md(cluster, namespace, name)["status"]
+    assert status["stableVersion"] == stable
+    return back, status, took_traffic
+
+
 def test_a_users_server_that_fails_its_predictions_is_rolled_back(
     cluster: Cluster, namespace: str, load: Load, user_image: str
 ) -> None:
-    assert apply(namespace, json_md("3.0.0-broken", user_image, {"MODEL_BROKEN": "1"})).returncode == 0
-    wait_until("the broken candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 120)
-    took_traffic = time.monotonic()
-    with_status(
-        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 180)
-    )
-    back = time.monotonic() - took_traffic
-    status = get_md(cluster, namespace, "iris")["status"]
-    assert status["stableVersion"] == "1.0.0"
+    broken = json_md("3.0.0-broken", user_image, {"MODEL_BROKEN": "1"})
+    back, _, _ = rolled_back_after(cluster, namespace, broken, "1.0.0")
     failed = (
         f'sum(rollwise_requests_total{{namespace="{namespace}",track="candidate",outcome="server_error"}})'
     )
@@ -168,15 +201,7 @@ def test_a_users_server_answering_one_class_is_rolled_back_on_its_class_shares(
     """Every answer succeeds and is fast: only the class shares the proxy read at predictionPath
     ($.predictions) tell this release apart (a third each from stable, all setosa from it)."""
     drifted = json_md("4.0.0-drifted", user_image, {"MODEL_CONSTANT": "setosa"})
-    assert apply(namespace, drifted).returncode == 0
-    wait_until("the drifted candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 120)
-    took_traffic = time.monotonic()
-    with_status(
-        cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 180)
-    )
-    back = time.monotonic() - took_traffic
-    status = get_md(cluster, namespace, "iris")["status"]
-    assert status["stableVersion"] == "1.0.0"
+    back, status, took_traffic = rolled_back_after(cluster, namespace, drifted, "1.0.0")
     reason = json.dumps(status["history"][0])
     assert "prediction-drift" in reason, reason
     assert load.failures_since(took_traffic) == []  # a drifted model answers; nothing failed
@@ -192,28 +217,14 @@ OIP_BODIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def mlserver_image(cluster: Cluster) -> str:
-    return images.import_into_node(user_images.mlserver())
-
-
-@pytest.fixture(scope="module")
-def kserve_image(cluster: Cluster) -> str:
-    return images.import_into_node(user_images.kserve())
-
-
-def oip_url(cluster: Cluster, namespace: str) -> str:
-    svc = cluster.core.read_namespaced_service("iris", namespace)
-    return f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}/v2/models/iris/infer"
-
-
 @contextlib.contextmanager
 def oip_stable(cluster: Cluster, namespace: str, image: str) -> Iterator[Load]:
     """examples/byo-mlserver.yaml's v1 on `image`, serving, then steady OIP JSON traffic through
     its Service."""
     assert apply(namespace, json_md("1.0.0", image, example=OIP_EXAMPLE)).returncode == 0
     with_status(cluster, namespace, lambda: wait_healthy(cluster, namespace, "iris", timeout=240))
-    with Load(oip_url(cluster, namespace), bodies=list(OIP_BODIES)).running() as generator:
+    url = service_url(cluster, namespace, "iris", "/v2/models/iris/infer")
+    with Load(url, bodies=list(OIP_BODIES)).running() as generator:
         wait_until("steady answers from v1", lambda: len(generator.results) >= 20, 30)
         yield generator
 
@@ -258,16 +269,7 @@ def test_mlserver_release_is_promoted_on_the_proxys_signals_and_a_broken_one_rol
         assert seen["answers"] >= 5 and seen["timed"] >= 5, seen  # judged on what the proxy counted
         assert load.failures_since(started) == []
         broken = json_md("3.0.0-broken", mlserver_image, {"MODEL_BROKEN": "1"}, OIP_EXAMPLE)
-        assert apply(namespace, broken).returncode == 0
-        wait_until(
-            "the broken candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 180
-        )
-        took_traffic = time.monotonic()
-        with_status(
-            cluster, namespace, lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace), 180)
-        )
-        back = time.monotonic() - took_traffic
-        assert get_md(cluster, namespace, "iris")["status"]["stableVersion"] == "2.0.0"
+        back, _, _ = rolled_back_after(cluster, namespace, broken, "2.0.0")
         failed = total(namespace, "rollwise_requests_total", "candidate", outcome="server_error")
         assert (prom_value(cluster, failed) or 0) > 0
         wait_until(
@@ -331,6 +333,7 @@ def test_kserve_release_is_promoted_and_tritons_clients_pass_through_the_proxy(
 # ---- an OpenAI-compatible LLM server ----------------------------------------------------------
 
 TTFT = "rollwise_llm_time_to_first_token_seconds"
+CHAT_PATH = "/v1/chat/completions"
 STABLE_DELAY_MS = 200
 """Stable's added time to first token. The tiny model answers in milliseconds; 200 ms puts stable
 in the 0.1-0.25 s bucket and a 3× release (600 ms) past 0.5 s, so the shift test's boundaries
@@ -416,16 +419,6 @@ class Streams:
         return {r[5] for r in self.results if r[0] >= start and r[1] == 200}
 
 
-@pytest.fixture(scope="module")
-def llama_image(cluster: Cluster) -> str:
-    return images.import_into_node(user_images.llama())
-
-
-def chat_url(cluster: Cluster, namespace: str) -> str:
-    svc = cluster.core.read_namespaced_service("tiny", namespace)
-    return f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}/v1/chat/completions"
-
-
 @pytest.fixture
 def streams(
     cluster: Cluster, namespace: str, byo_operator: Operator, llama_image: str, serving_image: str
@@ -434,7 +427,7 @@ def streams(
     with_status(
         cluster, namespace, lambda: wait_healthy(cluster, namespace, "tiny", timeout=180), name="tiny"
     )
-    with Streams(chat_url(cluster, namespace)).running() as load:
+    with Streams(service_url(cluster, namespace, "tiny", CHAT_PATH)).running() as load:
         wait_until("steady streams from 1.0.0", lambda: len(load.results) >= 20, 60)
         yield load
 
@@ -447,18 +440,8 @@ def test_llm_streams_arrive_chunk_by_chunk_and_a_3x_slower_first_token_is_rolled
     # the proxy in Docker: first chunk at 210-295 ms, the end 15-55 ms later, 51 chunks).
     assert ok and all(r[4] >= 10 for r in ok), ok[:3]
     assert sorted(r[3] - r[2] for r in ok)[len(ok) // 2] > 0.01, ok[:3]
-    assert apply(namespace, llm_md("2.0.0-slow", llama_image, 3 * STABLE_DELAY_MS)).returncode == 0
-    wait_until("the slow candidate to take traffic", lambda: candidate_pods_ready(cluster, namespace), 120)
-    took_traffic = time.monotonic()
-    with_status(
-        cluster,
-        namespace,
-        lambda: wait_until("rollback", lambda: rolled_back(cluster, namespace, "tiny"), 180),
-        name="tiny",
-    )
-    back = time.monotonic() - took_traffic
-    status = get_md(cluster, namespace, "tiny")["status"]
-    assert status["stableVersion"] == "1.0.0"
+    slow = llm_md("2.0.0-slow", llama_image, 3 * STABLE_DELAY_MS)
+    back, status, _ = rolled_back_after(cluster, namespace, slow, "1.0.0", "tiny")
     reason = json.dumps(status["history"][0])
     assert "ttft" in reason or "time to first token" in reason, reason
     first_bytes = sorted(r[2] for r in ok)
@@ -530,7 +513,7 @@ def test_llm_ab_match_sends_the_chosen_requests_to_the_candidate(
     started = time.monotonic()
     ab = {"abTest": {"match": [{"header": {"name": "x-variant", "value": "b"}}], "analysis": {}}}
     assert apply(namespace, llm_md("2.0.0-b", llama_image, STABLE_DELAY_MS, ab)).returncode == 0
-    url = chat_url(cluster, namespace)
+    url = service_url(cluster, namespace, "tiny", CHAT_PATH)
     wait_until(
         "a request with x-variant: b answered by the candidate",
         lambda: stream_once(url, {"x-variant": "b"})[5] == "2.0.0-b",
