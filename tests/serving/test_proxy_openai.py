@@ -143,6 +143,11 @@ def test_llama_cpp_streams_token_by_token_through_the_proxy(procs: Processes, ll
     assert proxy.sample("rollwise_requests_total", outcome="success") == 1
     assert proxy.sample("rollwise_llm_time_to_first_token_seconds_count") == 1
     assert proxy.sample("rollwise_llm_inter_token_latency_seconds_count") == 11
+    assert proxy.sample("rollwise_llm_time_per_output_token_seconds_count") == 1  # one per answer
+    assert proxy.sample("rollwise_llm_time_per_output_token_seconds_sum") == pytest.approx(
+        proxy.sample("rollwise_llm_inter_token_latency_seconds_sum") / 11
+    )
+    assert proxy.sample("rollwise_llm_output_tokens_per_second_count") == 1
     assert proxy.sample("rollwise_llm_tokens_total", kind="completion") == 12  # no usage: chunks counted
     assert proxy.sample("rollwise_llm_finish_total", reason="length") == 1
     assert proxy.sample("rollwise_llm_tokens_total", kind="prompt") == 0  # unknown without usage
@@ -159,6 +164,8 @@ def test_llama_cpp_whole_answers_count_usage_and_stop_reasons(procs: Processes, 
     assert proxy.sample("rollwise_llm_tokens_total", kind="completion") == usage["completion_tokens"]
     assert proxy.sample("rollwise_llm_finish_total", reason="length") == 1
     assert proxy.sample("rollwise_llm_time_to_first_token_seconds_count") == 1
+    assert proxy.sample("rollwise_llm_output_tokens_per_second_count") == 1  # usage's tokens, not streamed
+    assert proxy.sample("rollwise_llm_time_per_output_token_seconds_count") == 0
     # a stop sequence taken from what the model says: finish reason "stop"
     stop_at = answer["choices"][0]["text"].split()[1]
     stopped = proxy.post("/v1/completions", json={**doc, "stop": [stop_at]}).json()
