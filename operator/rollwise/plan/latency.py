@@ -181,7 +181,7 @@ class Timing:
     def moved(self, tolerance: float) -> str:
         """How the rule names stable's boundary: `b - 0.02 s`, `b / (1 - 0.2)`."""
         if self.relative:
-            return f"b / (1 - {tolerance:g})" if self.higher_is_better else f"b * (1 + {tolerance:g})"
+            return f"b / (1 - {tolerance:g})" if self.higher_is_better else f"b / (1 + {tolerance:g})"
         return f"b + {tolerance:g} {self.unit}" if self.higher_is_better else f"b - {tolerance:g} {self.unit}"
 
 
@@ -209,8 +209,11 @@ def rail(
     """The guard rail: the quantile above `threshold.max` means more than 1 - q of the observations
     slower than it, and that counts only when *shown* at `confidence` (`stats.excess_evidence` on
     those above the first boundary at or past max): a p99 from 20 requests is their slowest one. A
-    max beyond the last boundary cannot be shown; a `min` is read as measured. `value` is the
-    candidate's quantile, as `Histogram.quantile` gives it."""
+    max beyond the last boundary cannot be shown; a `min` is read as measured. Where higher is
+    better the roles swap: below `threshold.min` means more than q of the observations at or below
+    it (those at or below the last boundary at or below min, shown the same way: a median from 3
+    answers shows nothing), and a `max` is read as measured. `value` is the candidate's quantile, as
+    `Histogram.quantile` gives it."""
     label, unit = timing.label, timing.unit
     measured, shown = (
         (threshold.max, threshold.min) if timing.higher_is_better else (threshold.min, threshold.max)
