@@ -167,6 +167,15 @@ LLM_TIME_TO_FIRST_TOKEN = PREFIX + "llm_time_to_first_token_seconds"
 first chunk carrying text of a streamed answer; the whole answer for one that is not streamed)."""
 LLM_INTER_TOKEN_LATENCY = PREFIX + "llm_inter_token_latency_seconds"
 """Histogram: the gaps between consecutive content chunks of a streamed answer, one per gap."""
+LLM_TIME_PER_OUTPUT_TOKEN = PREFIX + "llm_time_per_output_token_seconds"
+"""Histogram, one per streamed answer with two or more content chunks: that answer's mean gap
+between content chunks, (last chunk's time - first chunk's) / (chunks - 1). One observation per
+answer, so the answers are independent draws (the per-gap histogram's gaps within one stream are
+not): `interTokenLatencyP95` judges this one."""
+LLM_OUTPUT_TOKENS_PER_SECOND = PREFIX + "llm_output_tokens_per_second"
+"""Histogram, one per answer with at least one completion token (streamed or not): its completion
+tokens over the whole answer's time, from the request reaching the proxy to the answer's end
+(`outputTokensPerSecond` judges it)."""
 LLM_TOKENS = PREFIX + "llm_tokens"
 """Counter of tokens by `kind` (`TokenKind`): from the answer's `usage` when it has one, else the
 completion's content chunks counted (the prompt's tokens then unknown, not counted)."""

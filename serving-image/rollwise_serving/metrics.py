@@ -59,6 +59,8 @@ from rollwise_contract.metrics import (
     LABELS,
     LLM_FINISH,
     LLM_INTER_TOKEN_LATENCY,
+    LLM_OUTPUT_TOKENS_PER_SECOND,
+    LLM_TIME_PER_OUTPUT_TOKEN,
     LLM_TIME_TO_FIRST_TOKEN,
     LLM_TOKENS,
     MAX_EXPLAINED_FEATURES,
@@ -154,6 +156,20 @@ FIRST_TOKEN_BUCKETS: Final = (
 """Time to first token: tens of ms for a small model on a GPU, seconds for a long prompt on a CPU."""
 INTER_TOKEN_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Gaps between streamed tokens: a few ms (fast GPU) to a second (a loaded CPU)."""
+TIME_PER_OUTPUT_TOKEN_BUCKETS: Final = (
+    *(0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1),
+    *(0.15, 0.2, 0.3, 0.5, 1.0, 2.5),
+)
+"""An answer's mean gap between tokens: finer than the per-gap buckets from 5 to 100 ms, since a
+mean over a whole answer spreads less than single gaps, and spaced so that a boundary minus 20 ms
+(interTokenLatencyP95's default tolerance) is another boundary up to 100 ms."""
+OUTPUT_TOKENS_PER_SECOND_BUCKETS: Final = (
+    *(1.0, 1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 6.3, 8.0, 10.0, 12.5, 16.0, 20.0, 25.0, 32.0),
+    *(40.0, 50.0, 63.0, 80.0, 100.0, 125.0, 160.0, 200.0, 250.0, 320.0, 400.0, 500.0),
+)
+"""An answer's output tokens per second: 1 (a loaded CPU) to 500 (a fast GPU), on the R10
+preferred numbers, each about 1.25x the one below, so outputTokensPerSecond's default tolerance (20 %
+slower: stable's rate / 0.8 = 1.25x) compares each boundary with the next one up."""
 MAX_CLASSES: Final = 50
 MAX_QUALITY_VERSIONS: Final = 8
 """(version, track) pairs with their own quality series: labels for predictions of older versions
@@ -641,6 +657,20 @@ class ServerMetrics:
                 buckets=INTER_TOKEN_BUCKETS,
                 registry=reg,
             ).labels(*labels),
+            time_per_token=Histogram(
+                LLM_TIME_PER_OUTPUT_TOKEN,
+                "Per streamed answer with two or more content chunks: its mean gap between them, seconds.",
+                LABELS,
+                buckets=TIME_PER_OUTPUT_TOKEN_BUCKETS,
+                registry=reg,
+            ).labels(*labels),
+            tokens_per_second=Histogram(
+                LLM_OUTPUT_TOKENS_PER_SECOND,
+                "Per answer: completion tokens over the seconds from the request to the answer's end.",
+                LABELS,
+                buckets=OUTPUT_TOKENS_PER_SECOND_BUCKETS,
+                registry=reg,
+            ).labels(*labels),
             tokens={k: tokens.labels(*labels, k.value) for k in TokenKind},
             finish={r: finish.labels(*labels, r.value) for r in FinishReason},
         )
@@ -753,6 +783,10 @@ class LlmSeries:
 
     first_token: Any
     inter_token: Any
+    time_per_token: Any
+    """One observation per streamed answer of two or more content chunks: its mean gap."""
+    tokens_per_second: Any
+    """One observation per answer of one or more completion tokens."""
     tokens: dict[TokenKind, Any]
     finish: dict[FinishReason, Any]
 

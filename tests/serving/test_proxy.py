@@ -371,7 +371,12 @@ def test_docs_metrics_lists_the_new_metrics() -> None:
     from rollwise_contract import metrics  # noqa: PLC0415
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
-    for name in (metrics.LLM_TIME_TO_FIRST_TOKEN, metrics.LLM_INTER_TOKEN_LATENCY):
+    for name in (
+        metrics.LLM_TIME_TO_FIRST_TOKEN,
+        metrics.LLM_INTER_TOKEN_LATENCY,
+        metrics.LLM_TIME_PER_OUTPUT_TOKEN,
+        metrics.LLM_OUTPUT_TOKENS_PER_SECOND,
+    ):
         assert f"`{name}`" in doc
     for name in (metrics.LLM_TOKENS, metrics.LLM_FINISH):
         assert f"`{name}_total`" in doc

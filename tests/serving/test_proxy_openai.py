@@ -143,6 +143,11 @@ def test_llama_cpp_streams_token_by_token_through_the_proxy(procs: Processes, ll
     assert proxy.sample("rollwise_requests_total", outcome="success") == 1
     assert proxy.sample("rollwise_llm_time_to_first_token_seconds_count") == 1
     assert proxy.sample("rollwise_llm_inter_token_latency_seconds_count") == 11
+    assert proxy.sample("rollwise_llm_time_per_output_token_seconds_count") == 1  # one per answer
+    assert proxy.sample("rollwise_llm_time_per_output_token_seconds_sum") == pytest.approx(
+        proxy.sample("rollwise_llm_inter_token_latency_seconds_sum") / 11
+    )
+    assert proxy.sample("rollwise_llm_output_tokens_per_second_count") == 1
     assert proxy.sample("rollwise_llm_tokens_total", kind="completion") == 12  # no usage: chunks counted
     assert proxy.sample("rollwise_llm_finish_total", reason="length") == 1
     assert proxy.sample("rollwise_llm_tokens_total", kind="prompt") == 0  # unknown without usage
@@ -159,6 +164,8 @@ def test_llama_cpp_whole_answers_count_usage_and_stop_reasons(procs: Processes, 
     assert proxy.sample("rollwise_llm_tokens_total", kind="completion") == usage["completion_tokens"]
     assert proxy.sample("rollwise_llm_finish_total", reason="length") == 1
     assert proxy.sample("rollwise_llm_time_to_first_token_seconds_count") == 1
+    assert proxy.sample("rollwise_llm_output_tokens_per_second_count") == 1  # usage's tokens, not streamed
+    assert proxy.sample("rollwise_llm_time_per_output_token_seconds_count") == 0
     # a stop sequence taken from what the model says: finish reason "stop"
     stop_at = answer["choices"][0]["text"].split()[1]
     stopped = proxy.post("/v1/completions", json={**doc, "stop": [stop_at]}).json()
@@ -195,6 +202,44 @@ def test_a_slow_stream_reaches_the_client_as_it_is_made(procs: Processes) -> Non
     assert refused[-1][1]["choices"][0]["finish_reason"] == "content_filter"
     assert proxy.sample("rollwise_llm_finish_total", reason="content_filter") == 1
     assert proxy.sample("rollwise_requests_total", outcome="success") == 2
+
+
+def test_each_answer_is_one_observation_of_its_mean_gap_and_its_output_rate(procs: Processes) -> None:
+    """The slow upstream's four words, 0.3 s apart: the answer's mean gap is its three gaps' mean
+    (the per-gap histogram's sum over 3), one observation; its rate is the four chunks counted (no
+    usage in the stream) over the proxy's time for the whole answer, which lies within the client's
+    (the client starts before the proxy sees the request and ends after)."""
+    slow = procs.user_app(SLOW_SSE, ready="/v1/models")
+    proxy = procs.proxy(slow.url, "openai", name="slow", version="v1")
+    began = time.perf_counter()
+    assert texts(stream(proxy, "/v1/chat/completions", chat("hi", stream=True))) == [
+        "one",
+        " two",
+        " three",
+        " four",
+    ]
+    elapsed = time.perf_counter() - began
+    assert proxy.sample("rollwise_llm_time_per_output_token_seconds_count") == 1
+    gaps = proxy.sample("rollwise_llm_inter_token_latency_seconds_sum")
+    mean_gap = proxy.sample("rollwise_llm_time_per_output_token_seconds_sum")
+    assert mean_gap == pytest.approx(gaps / 3, rel=1e-9)
+    assert 0.29 < mean_gap < 0.6, mean_gap
+    assert proxy.sample("rollwise_llm_time_per_output_token_seconds_bucket", le="0.2") == 0
+    assert proxy.sample("rollwise_llm_time_per_output_token_seconds_bucket", le="1.0") == 1
+    assert proxy.sample("rollwise_llm_output_tokens_per_second_count") == 1
+    rate = proxy.sample("rollwise_llm_output_tokens_per_second_sum")
+    assert 4 / elapsed <= rate <= 4 / 1.2, (rate, elapsed)  # four 0.3 s sleeps before the stream ends
+    # a whole answer: its usage's 4 completion tokens over its time; no mean gap (not streamed)
+    began = time.perf_counter()
+    assert proxy.post("/v1/chat/completions", json=chat("hi")).status_code == 200
+    elapsed = time.perf_counter() - began
+    assert proxy.sample("rollwise_llm_output_tokens_per_second_count") == 2
+    whole = proxy.sample("rollwise_llm_output_tokens_per_second_sum") - rate
+    assert whole >= 4 / elapsed, (whole, elapsed)
+    assert proxy.sample("rollwise_llm_time_per_output_token_seconds_count") == 1
+    # a refused answer has no completion tokens: no rate observed
+    assert texts(stream(proxy, "/v1/chat/completions", chat("something forbidden", stream=True))) == []
+    assert proxy.sample("rollwise_llm_output_tokens_per_second_count") == 2
 
 
 def test_a_client_that_leaves_stops_the_upstreams_stream(procs: Processes) -> None:

@@ -58,7 +58,7 @@ def test_a_stream_split_anywhere_is_read_as_whole_events() -> None:
     reader = adapter.stream(start=0.0)
     for i in range(0, len(body), 7):  # 7-byte pieces: events cut mid-line
         reader.feed(body[i : i + 7], now=1.0 + i / 1000)
-    reader.close()
+    reader.close(2.0)
     assert sample(metrics, "rollwise_llm_time_to_first_token_seconds_count") == 1
     assert sample(metrics, "rollwise_llm_inter_token_latency_seconds_count") == 2
     assert sample(metrics, "rollwise_llm_tokens_total", kind=TokenKind.COMPLETION) == 3
@@ -71,10 +71,38 @@ def test_usage_in_a_stream_wins_over_counting_chunks_and_a_cut_stream_has_no_rea
     adapter = OpenAi(metrics.bind_llm())
     reader = adapter.stream(start=0.0)
     reader.feed(sse(chunk("a"), {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}), 0.5)
-    reader.close()
+    reader.close(1.0)
     assert sample(metrics, "rollwise_llm_tokens_total", kind=TokenKind.PROMPT) == 7
     assert sample(metrics, "rollwise_llm_tokens_total", kind=TokenKind.COMPLETION) == 2
     assert sample(metrics, "rollwise_llm_finish_total", reason=FinishReason.NONE) == 1
+
+
+def test_a_streams_mean_gap_and_output_rate_are_one_observation_each() -> None:
+    """Text at 1.0, 1.2 and 1.6 s (an empty chunk and the finish chunk carry none): the mean gap is
+    (1.6 - 1.0) / 2 = 0.3 s; 3 completion tokens (chunks counted, no usage) over the 2.0 s from the
+    request to the stream's end are 1.5 tokens/s."""
+    metrics = ServerMetrics(model="m", version="v1", track="stable")
+    reader = OpenAi(metrics.bind_llm()).stream(start=0.0)
+    for doc, now in ((chunk(""), 0.5), (chunk("a"), 1.0), (chunk("b"), 1.2), (chunk("c"), 1.6)):
+        reader.feed(b"data: " + orjson.dumps(doc) + b"\n\n", now)
+    reader.feed(sse(chunk(None, "stop")), 1.9)
+    reader.close(2.0)
+    assert sample(metrics, "rollwise_llm_time_per_output_token_seconds_count") == 1
+    assert sample(metrics, "rollwise_llm_time_per_output_token_seconds_sum") == pytest.approx(0.3)
+    assert sample(metrics, "rollwise_llm_output_tokens_per_second_count") == 1
+    assert sample(metrics, "rollwise_llm_output_tokens_per_second_sum") == pytest.approx(1.5)
+    assert sample(metrics, "rollwise_llm_inter_token_latency_seconds_count") == 2
+
+
+def test_a_one_chunk_stream_has_no_mean_gap_and_usage_sets_the_rate() -> None:
+    metrics = ServerMetrics(model="m", version="v1", track="stable")
+    reader = OpenAi(metrics.bind_llm()).stream(start=0.0)
+    reader.feed(
+        sse(chunk("all of it"), {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 8}}), 1.0
+    )
+    reader.close(4.0)
+    assert sample(metrics, "rollwise_llm_time_per_output_token_seconds_count") == 0
+    assert sample(metrics, "rollwise_llm_output_tokens_per_second_sum") == pytest.approx(2.0)
 
 
 def test_the_bundled_servers_exposition_has_no_llm_series() -> None:

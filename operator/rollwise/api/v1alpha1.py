@@ -708,6 +708,21 @@ class BuiltinMetric(StrEnum):
     streamed) since the analysis started; set threshold.max. Compared with stable's as latencyP99
     is: slower by more than `compare.worseBy` seconds (default 0.1) at some bucket boundary, shown
     at `compare.confidence`, fails it."""
+    INTER_TOKEN_LATENCY_P95 = "interTokenLatencyP95"
+    """`runtime.server` with protocol openai: 95th percentile over streamed answers of each answer's
+    mean gap between tokens, in seconds (one observation per answer of two or more chunks, so the
+    answers are independent draws; single gaps of one stream are not) since the analysis started;
+    set threshold.max. Compared with stable's as latencyP99 is: slower by more than
+    `compare.worseBy` seconds (default 0.02) at some bucket boundary, shown at
+    `compare.confidence`, fails it."""
+    OUTPUT_TOKENS_PER_SECOND = "outputTokensPerSecond"
+    """`runtime.server` with protocol openai: median over answers of each answer's output tokens
+    per second (its completion tokens over its whole time, from the request reaching the proxy to
+    its end) since the analysis started; higher is better, set threshold.min (below it only when
+    more than half the answers are shown slower). Compared with stable's: `compare.worseBy` is a
+    fraction of stable's rate (default 0.2: 20 % fewer tokens/s), and a candidate shown slower
+    than stable's rate times (1 - worseBy) at some bucket boundary, at `compare.confidence`,
+    fails it."""
     PREDICTION_DRIFT = "predictionDrift"
     """PSI between candidate and stable class shares since the analysis started, from exact counts;
     set threshold.max (0.2 is a common alarm level). A PSI above it fails only when the shares are
@@ -808,15 +823,21 @@ DEFAULT_WORSE_BY = {
     BuiltinMetric.SUCCESS_RATE: 0.5,
     BuiltinMetric.LATENCY_P99: 0.025,
     BuiltinMetric.TIME_TO_FIRST_TOKEN_P95: 0.1,
+    BuiltinMetric.INTER_TOKEN_LATENCY_P95: 0.02,
+    BuiltinMetric.OUTPUT_TOKENS_PER_SECOND: 0.2,
     BuiltinMetric.ACCURACY: 1.0,
     BuiltinMetric.LOG_LOSS: 0.02,
     BuiltinMetric.MEAN_ABSOLUTE_ERROR: 0.0,
     BuiltinMetric.PARITY: 2.0,
 }
 """`compare.worseBy` when unset: 0.5 percentage points of failed requests, 25 ms of latency, 100 ms
-to the first token (a pause a chat user notices; the buckets step 100, 250, 500 ms there), 1
-percentage point of accuracy, 0.02 nats of log loss, 2 points of a parity gap, and for the mean
-absolute error (a unit Rollwise cannot know) any shown increase."""
+to the first token (a pause a chat user notices; the buckets step 100, 250, 500 ms there), 20 ms
+per token between tokens (a 500-token answer 10 s longer; about the gap of a fast GPU server, so a
+candidate that doubles it fails, and a few ms of noise does not), 20 % fewer output tokens per
+second (a fraction of stable's rate, since rates differ a hundredfold between a CPU and a GPU; the
+proxy's buckets step about 25 %, so less could not be resolved), 1 percentage point of accuracy,
+0.02 nats of log loss, 2 points of a parity gap, and for the mean absolute error (a unit Rollwise
+cannot know) any shown increase."""
 
 DEFAULT_MIN_SAMPLES = 100
 """Labels (or compared shadow rows) a label or shadow check needs on the candidate to pass."""
@@ -883,9 +904,11 @@ class Comparison(ApiModel):
     """Compare while stable serves requests. Default true."""
     worse_by: float | None = Field(default=None, ge=0, le=1e9)
     """The worsening that matters, in the check's unit: successRate in percentage points of failed
-    requests (default 0.5), latencyP99 in seconds (default 0.025), a query in its own unit (no
-    default). The candidate fails when it is shown worse than stable by more. (predictionDrift's
-    tolerance is its threshold.max.)"""
+    requests (default 0.5), latencyP99 in seconds (default 0.025), timeToFirstTokenP95 and
+    interTokenLatencyP95 in seconds (defaults 0.1, 0.02), outputTokensPerSecond as a fraction of
+    stable's rate below 1 (default 0.2: 20 % slower), a query in its own unit (no default). The
+    candidate fails when it is shown worse than stable by more. (predictionDrift's tolerance is its
+    threshold.max.)"""
     confidence: float = Field(default=0.99, ge=0.5, le=0.9999)
     """How sure the judge must be before it fails a candidate. Default 0.99."""
 
@@ -996,6 +1019,21 @@ class MetricCheck(ApiModel):
     def samples_needed(self) -> int:
         """`minSamples` with its default."""
         return self.min_samples if self.min_samples is not None else DEFAULT_MIN_SAMPLES
+
+    @rule(
+        cel="!has(self.builtin) || self.builtin != 'outputTokensPerSecond' || !has(self.compare) "
+        "|| !has(self.compare.worseBy) || self.compare.worseBy < 1.0",
+        field="compare.worseBy",
+        message="for outputTokensPerSecond a fraction of stable's rate (0.2: 20 % fewer tokens/s); "
+        "use a value below 1",
+    )
+    def _rate_tolerance_is_a_fraction(self) -> bool:
+        return (
+            self.builtin is not BuiltinMetric.OUTPUT_TOKENS_PER_SECOND
+            or self.compare is None
+            or self.compare.worse_by is None
+            or self.compare.worse_by < 1
+        )
 
     @rule(
         cel="!has(self.query) || !has(self.compare) || has(self.compare.worseBy)",

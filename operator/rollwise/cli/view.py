@@ -63,6 +63,8 @@ UNITS = {
     BuiltinMetric.SUCCESS_RATE: "%",
     BuiltinMetric.LATENCY_P99: "s",
     BuiltinMetric.TIME_TO_FIRST_TOKEN_P95: "s",
+    BuiltinMetric.INTER_TOKEN_LATENCY_P95: "s",
+    BuiltinMetric.OUTPUT_TOKENS_PER_SECOND: " tokens/s",
 }
 BAR_WIDTH = 40
 

@@ -30,6 +30,8 @@ from rollwise_contract.features import OutputKind
 from rollwise_contract.metrics import (
     FEATURE_REFERENCE,
     FEATURE_VALUE,
+    LLM_OUTPUT_TOKENS_PER_SECOND,
+    LLM_TIME_PER_OUTPUT_TOKEN,
     LLM_TIME_TO_FIRST_TOKEN,
     PEER_VERSION,
     PREDICTION_VALUE,
@@ -59,7 +61,13 @@ from rollwise.plan.compare import (
     judge_success_rate,
 )
 from rollwise.plan.input_drift import INPUT_GROUPS, REFERENCE, judge_input_drift
-from rollwise.plan.latency import LATENCY_GROUPS, judge_first_token, judge_latency
+from rollwise.plan.latency import (
+    LATENCY_GROUPS,
+    judge_first_token,
+    judge_latency,
+    judge_time_per_token,
+    judge_tokens_per_second,
+)
 from rollwise.plan.measurement import Counts, Judged, Measurement, NoData, Outcome, QueryError, Value
 from rollwise.plan.names import Track
 from rollwise.plan.promql import counts_since, selector
@@ -189,6 +197,12 @@ COUNTED = {
     BuiltinMetric.LATENCY_P99: Counted(f"{REQUEST_DURATION}_bucket", LATENCY_GROUPS, judge_latency),
     BuiltinMetric.TIME_TO_FIRST_TOKEN_P95: Counted(
         f"{LLM_TIME_TO_FIRST_TOKEN}_bucket", LATENCY_GROUPS, judge_first_token
+    ),
+    BuiltinMetric.INTER_TOKEN_LATENCY_P95: Counted(
+        f"{LLM_TIME_PER_OUTPUT_TOKEN}_bucket", LATENCY_GROUPS, judge_time_per_token
+    ),
+    BuiltinMetric.OUTPUT_TOKENS_PER_SECOND: Counted(
+        f"{LLM_OUTPUT_TOKENS_PER_SECOND}_bucket", LATENCY_GROUPS, judge_tokens_per_second
     ),
     BuiltinMetric.PREDICTION_DRIFT: Counted(
         f"{PREDICTION_VALUE}_count", DRIFT_GROUPS, judge_prediction_drift

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Final
 
 import httpx
@@ -373,7 +374,8 @@ class ProxyApp:
             except UpstreamUnavailableError as err:
                 raise UpstreamError(502, str(err)) from err
             if self.openai is not None and seen is not None and response.status_code == 200:
-                self.openai.series.first_token.observe(time.perf_counter() - start)
+                seen = replace(seen, seconds=time.perf_counter() - start)
+                self.openai.series.first_token.observe(seen.seconds)
             await respond(send, response.status_code, content, _response_headers(response, len(content)))
             if seen is not None and "content-encoding" not in response.headers:
                 try:
@@ -413,7 +415,7 @@ class ProxyApp:
         finally:
             left.cancel()
             if reader is not None:
-                reader.close()
+                reader.close(time.perf_counter())
         await send({"type": "http.response.body", "body": b""})
         if cut is not None:
             raise StreamCutError(str(cut)) from cut

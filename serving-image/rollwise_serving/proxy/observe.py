@@ -36,6 +36,9 @@ class Seen:
     """The client asked for a streamed answer (openai)."""
     keep: bool = True
     """The answer may be kept for feedback: not a copy mirrored to this (shadow) pod."""
+    seconds: float | None = None
+    """A whole answer's time, from the request reaching the proxy to its body read (openai, not
+    streamed: set by the app once read, for its output tokens per second)."""
 
 
 class Adapter(Protocol):

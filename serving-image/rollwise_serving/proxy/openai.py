@@ -7,7 +7,12 @@ never buffered; the proxy reads each chunk on its way through (``Stream.feed``):
 - time to first token: from the request reaching the proxy to the first chunk that carries text
   (``choices[].delta.content`` for chat, ``choices[].text`` for completions); for an answer that
   is not streamed, the whole answer's time;
-- inter-token latency: each gap between two chunks with text;
+- inter-token latency: each gap between two chunks with text (for dashboards: gaps within one
+  stream are not independent draws), and per streamed answer with two or more such chunks its mean
+  gap, (last chunk's time - first's) / (chunks - 1), one observation per answer (the check's);
+- output tokens per second: per answer with at least one completion token, those tokens over the
+  whole answer's time, from the request reaching the proxy to its last byte (streamed or not; a
+  stream cut off counts what arrived until then);
 - tokens: ``usage.prompt_tokens`` and ``usage.completion_tokens`` when the answer has a ``usage``
   (always when not streamed; streamed with ``stream_options.include_usage``), else the chunks
   with text are counted as completion tokens (servers send one token per chunk) and the prompt's
@@ -61,7 +66,8 @@ class OpenAi:
         return Seen(stream=isinstance(doc, dict) and doc.get("stream") is True)
 
     def answer(self, seen: Seen, status: int, body: bytes, headers: Any) -> None:
-        """A whole (not streamed) answer; its time to first token is observed by the app."""
+        """A whole (not streamed) answer; its time to first token is observed by the app, which
+        hands its whole time over in ``seen.seconds``."""
         if status != 200:
             return
         try:
@@ -70,20 +76,26 @@ class OpenAi:
             return
         if not isinstance(doc, dict):
             return
-        self._usage(doc.get("usage"))
+        completion = self._usage(doc.get("usage"))
+        if completion and seen.seconds is not None and seen.seconds > 0:
+            self.series.tokens_per_second.observe(completion / seen.seconds)
         choices = doc.get("choices")
         for choice in choices if isinstance(choices, list) else []:
             if isinstance(choice, dict):
                 self.series.finish[_finish(choice.get("finish_reason"))].inc()
 
-    def _usage(self, usage: Any) -> bool:
+    def _usage(self, usage: Any) -> int | None:
+        """Counts a ``usage``'s tokens; its completion tokens (0 when it names none), None without one."""
         if not isinstance(usage, dict):
-            return False
+            return None
+        completion = 0
         for kind, key in ((TokenKind.PROMPT, "prompt_tokens"), (TokenKind.COMPLETION, "completion_tokens")):
             value = usage.get(key)
             if isinstance(value, int) and value >= 0:
                 self.series.tokens[kind].inc(value)
-        return True
+                if kind is TokenKind.COMPLETION:
+                    completion = value
+        return completion
 
     def stream(self, start: float) -> Stream:
         return Stream(self, start)
@@ -97,9 +109,13 @@ class Stream:
         self.series = adapter.series
         self.start = start
         self._pending = b""
+        self._first: float | None = None
         self._last: float | None = None
+        self._events = 0
+        """Chunks (SSE events) with text: the mean gap is over ``_events - 1`` gaps."""
         self._chunks = 0
-        self._usage = False
+        """Choices with text, over all chunks: the completion tokens when no ``usage`` says."""
+        self._usage: int | None = None
         self._finished = False
 
     def feed(self, data: bytes, now: float) -> None:
@@ -143,16 +159,25 @@ class Stream:
         if texts:
             if self._last is None:
                 self.series.first_token.observe(now - self.start)
+                self._first = now
             else:
                 self.series.inter_token.observe(now - self._last)
             self._last = now
+            self._events += 1
             self._chunks += texts
-        if self.adapter._usage(doc.get("usage")):
-            self._usage = True
+        completion = self.adapter._usage(doc.get("usage"))
+        if completion is not None:
+            self._usage = completion
 
-    def close(self) -> None:
-        """The stream ended (or was cut): count what ``usage`` did not."""
-        if not self._usage and self._chunks:
+    def close(self, now: float) -> None:
+        """The stream ended (or was cut) at ``now``: count what ``usage`` did not, and the answer's
+        mean gap and output rate."""
+        if self._usage is None and self._chunks:
             self.series.tokens[TokenKind.COMPLETION].inc(self._chunks)
         if not self._finished:
             self.series.finish[FinishReason.NONE].inc()
+        if self._events >= 2 and self._first is not None and self._last is not None:
+            self.series.time_per_token.observe((self._last - self._first) / (self._events - 1))
+        completion = self._usage if self._usage is not None else self._chunks
+        if completion and now > self.start:
+            self.series.tokens_per_second.observe(completion / (now - self.start))
