@@ -16,6 +16,8 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 
+from rollwise_contract.features import FeatureSchema
+
 from rollwise.api.v1alpha1 import (
     API_VERSION,
     KIND,
@@ -161,15 +163,20 @@ def _signal_args(model: ModelSpec) -> list[JsonValue]:
     """The feature schema and reference, which the bundled server and the proxy take alike."""
     args: list[JsonValue] = []
     if model.feature_schema is not None:
-        schema = model.feature_schema.model_dump(mode="json", exclude_none=True)
-        if not schema.get("segments"):
-            # A schema without segments is passed exactly as before they existed: the same
-            # arguments, so an operator upgrade restarts no serving pod.
-            schema.pop("segments", None)
-        args += ["--feature-schema", json.dumps(schema, sort_keys=True, separators=(",", ":"))]
+        args += ["--feature-schema", feature_schema_arg(model.feature_schema)]
     if model.reference is not None:
         args += ["--reference", container_path(model.reference.uri)]
     return args
+
+
+def feature_schema_arg(feature_schema: FeatureSchema) -> str:
+    """The `--feature-schema` value `rollwise-serve`, `rollwise-proxy` and `rollwise-batch` take."""
+    schema = feature_schema.model_dump(mode="json", exclude_none=True)
+    if not schema.get("segments"):
+        # A schema without segments is passed exactly as before they existed: the same
+        # arguments, so an operator upgrade restarts no serving pod.
+        schema.pop("segments", None)
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
 
 def proxy_args(model: ModelSpec, server: ServerSpec, track: Track) -> list[JsonValue]:
