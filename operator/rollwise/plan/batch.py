@@ -367,6 +367,14 @@ def _why(pod: ObservedPod) -> str:
     return "the pod failed without a report (evicted, or killed before it wrote one)"
 
 
+def _succeeded_message(report: ShardReport, failed: Sequence[ObservedPod]) -> str:
+    if report.status == ShardState.SKIPPED:
+        return "skipped: finished by an earlier run"
+    if failed:
+        return _cut(f"attempt {len(failed) + 1} scored after: {_why(failed[-1])}")
+    return ""
+
+
 def shard_status(
     index: int, pods: Sequence[ObservedPod], job: ObservedJob, previous: ShardStatus | None
 ) -> ShardStatus:
@@ -389,7 +397,7 @@ def shard_status(
             rows_out=report.rows_out,
             rows_rejected=report.rows_rejected,
             rows_per_second=round(report.rows_in / report.seconds, 1) if report.seconds > 0 else 0.0,
-            message="skipped: finished by an earlier run" if report.status == ShardState.SKIPPED else "",
+            message=_succeeded_message(report, failed),
         )
     if index in job.failed_indexes:
         why = _why(failed[-1]) if failed else "failed"
@@ -518,7 +526,7 @@ def batch_notes(old: ModelBatchJobStatus, new: ModelBatchJobStatus) -> tuple[Not
                 Note(
                     EventType.WARNING,
                     Reason.SHARD_RETRIED,
-                    f"shard {shard.index} failed {shard.failures} time(s); retrying: {shard.message}",
+                    f"shard {shard.index} failed {shard.failures} time(s), retried: {shard.message}",
                 )
             )
     if new.phase != old.phase:
