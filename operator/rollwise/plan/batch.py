@@ -543,3 +543,32 @@ def batch_notes(old: ModelBatchJobStatus, new: ModelBatchJobStatus) -> tuple[Not
         elif new.phase == BatchPhase.INVALID:
             notes.append(Note(EventType.WARNING, Reason.INVALID_SPEC, new.message))
     return tuple(notes)
+
+
+def invalid_batch_status(
+    previous: ModelBatchJobStatus, problems: Sequence[str], *, generation: int | None, now: datetime
+) -> ModelBatchJobStatus:
+    """A spec the operator refuses (it does not parse, or the guardrails refuse it): Stalled,
+    every problem listed, nothing created."""
+    message = "; ".join(problems)
+    conditions = kstatus_conditions(
+        previous.conditions,
+        state=ConditionType.STALLED,
+        reason=Reason.INVALID_SPEC,
+        message=message,
+        generation=generation,
+        now=now,
+    )
+    return ModelBatchJobStatus(
+        observed_generation=generation,
+        phase=BatchPhase.INVALID,
+        message=message[:32768],
+        conditions=conditions,
+        shards=list(previous.shards),
+        model=previous.model,
+        job_name=previous.job_name,
+    )
+
+
+ENDED = frozenset({BatchPhase.SUCCEEDED, BatchPhase.FAILED})
+"""Phases after which nothing changes: the timer stops looking."""
