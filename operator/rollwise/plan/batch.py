@@ -43,11 +43,14 @@ from rollwise.api.v1alpha1 import (
 from rollwise.plan.conditions import kstatus_conditions
 from rollwise.plan.decision import EventType, Note
 from rollwise.plan.desired import (
-    RUN_AS,
+    PVC_ROOT,
     container_path,
     container_resources,
+    container_security_context,
     container_uri,
     feature_schema_arg,
+    pod_security_context,
+    scratch_size,
 )
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.names import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
@@ -57,10 +60,6 @@ CONTAINER = "shard"
 """The one container of a shard's pod; the pod failure policy's rules name it."""
 LABEL_BATCH_JOB = "rollwise.dev/model-batch-job"
 TERMINATION_LOG = "/dev/termination-log"
-PVC_ROOT = "/mnt/pvc"
-"""`pvc://claim/path` is mounted at `/mnt/pvc/claim` (read-only, except the output's claim)."""
-SCRATCH = "10Gi"
-"""The `/tmp` volume without an ephemeral-storage limit: the model download and its cache."""
 MESSAGE_LIMIT = 1024
 """`status.shards[].message`'s maxLength."""
 
@@ -189,9 +188,9 @@ def batch_args(mbj: ModelBatchJob, model: ModelSpec) -> list[JsonValue]:
 
 
 def _volumes(mbj: ModelBatchJob, model: ModelSpec) -> tuple[list[JsonValue], list[JsonValue]]:
-    """Volumes and mounts: `/tmp`, each read-only claim, and the output's claim read-write."""
-    limits = mbj.spec.resources.limits if mbj.spec.resources is not None else None
-    scratch = limits.ephemeral_storage if limits is not None and limits.ephemeral_storage else SCRATCH
+    """Volumes and mounts: `/tmp` (sized as a serving pod's), each claim at `PVC_ROOT/<claim>` as
+    `container_uri` expects it, read-only except the output's."""
+    scratch = scratch_size(RuntimeSpec(resources=mbj.spec.resources))
     volumes: list[JsonValue] = [{"name": "tmp", "emptyDir": {"sizeLimit": scratch}}]
     mounts: list[JsonValue] = [{"name": "tmp", "mountPath": "/tmp"}]
     output = _claim(mbj.spec.output.uri)
@@ -222,15 +221,7 @@ def desired_job(mbj: ModelBatchJob, model: ModelSpec, *, owner_uid: str, serving
         # The shard's summary JSON: the operator reads rows and errors from it, per index.
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
     resources = container_resources(RuntimeSpec(resources=spec.resources))
@@ -241,13 +232,7 @@ def desired_job(mbj: ModelBatchJob, model: ModelSpec, *, owner_uid: str, serving
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # a shard never calls the API server
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": volumes,
     }

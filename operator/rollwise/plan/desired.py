@@ -334,13 +334,10 @@ def serving_container(
     return _locked_down(container, model)
 
 
-def _locked_down(container: Manifest, model: ModelSpec) -> Manifest:
-    """The restricted Pod Security profile, the drain pause and the volumes, for every container."""
-    # Keep answering while the pod leaves the Service's endpoints: kube-proxy and ingress
-    # controllers learn of a terminating pod a moment after it gets SIGTERM, and a rollout that
-    # drops requests in that moment is a rollout users see.
-    container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}}
-    container["securityContext"] = {
+def container_security_context() -> Manifest:
+    """The restricted Pod Security profile for one container: every pod we create runs so (serving
+    pods and batch shards alike); a fresh dict per call, so manifests share no mutable part."""
+    return {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS,
         "runAsGroup": RUN_AS,
@@ -349,6 +346,26 @@ def _locked_down(container: Manifest, model: ModelSpec) -> Manifest:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def pod_security_context() -> Manifest:
+    """The pod-level half: non-root, our uid and gid, volumes group-owned by it."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _locked_down(container: Manifest, model: ModelSpec) -> Manifest:
+    """The restricted Pod Security profile, the drain pause and the volumes, for every container."""
+    # Keep answering while the pod leaves the Service's endpoints: kube-proxy and ingress
+    # controllers learn of a terminating pod a moment after it gets SIGTERM, and a rollout that
+    # drops requests in that moment is a rollout users see.
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}}
+    container["securityContext"] = container_security_context()
     mounts: list[JsonValue] = [{"name": "tmp", "mountPath": "/tmp"}]
     for claim in _claims(model):
         mounts.append({"name": f"pvc-{claim}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
@@ -454,13 +471,7 @@ def pod_template(
     spec: Manifest = {
         "automountServiceAccountToken": False,  # the server never calls the API server
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": _containers(revision, track, serving_image, extra_args, owner_uid),
         "volumes": volumes,
     }
