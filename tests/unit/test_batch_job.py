@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from rollwise.api.batch import BatchPhase, ModelBatchJob, ModelBatchJobStatus, ShardPhase
 from rollwise.api.v1alpha1 import ConditionStatus, ConditionType, ModelDeployment, Reason
@@ -517,3 +519,49 @@ def test_guardrails_bound_the_batch_pods_like_the_serving_pods() -> None:
         "use an allowed claim",
     ]
     assert batch_violations(job_of(manifest()), Guardrails(), serving_image=IMAGE) == []
+
+
+# ---- properties ---------------------------------------------------------------------------------
+
+_PHASES = st.sampled_from([PodPhase.PENDING, PodPhase.RUNNING, PodPhase.SUCCEEDED, PodPhase.FAILED])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shards=st.integers(min_value=1, max_value=8),
+    data=st.data(),
+)
+def test_any_world_gives_one_entry_per_shard_and_totals_that_add_up(shards: int, data: st.DataObject) -> None:
+    indexes = st.integers(min_value=0, max_value=shards - 1)
+    completed = data.draw(st.frozensets(indexes))
+    failed = data.draw(st.frozensets(indexes)) - completed
+    pods = [
+        pod(
+            i,
+            phase,
+            minute,
+            code=None if phase != PodPhase.FAILED else data.draw(st.sampled_from([1, 3, 137])),
+            message=report(i, rows_in=rows, rows_out=rows - rejected, rows_rejected=rejected, seconds=1.0)
+            if phase == PodPhase.SUCCEEDED
+            else "",
+        )
+        for minute, (i, phase, rows, rejected) in enumerate(
+            data.draw(
+                st.lists(
+                    st.tuples(indexes, _PHASES, st.integers(10, 100), st.integers(0, 10)), max_size=3 * shards
+                )
+            )
+        )
+    ]
+    job = ObservedJob(
+        name="nightly", owned=True, completed_indexes=completed, failed_indexes=failed, start_time=T0
+    )
+    status = _status(job, pods, job_of(manifest(shards=shards)))
+    assert [s.index for s in status.shards] == list(range(shards))
+    for shard in status.shards:
+        assert (shard.phase == ShardPhase.SUCCEEDED) == (shard.index in completed)
+        assert (shard.phase == ShardPhase.FAILED) == (shard.index in failed)
+        assert shard.failures == sum(p.index == shard.index and p.phase == PodPhase.FAILED for p in pods)
+    assert status.rows_done + status.rows_failed == status.rows_in
+    assert status.rows_done == sum(s.rows_out for s in status.shards)
+    assert (status.shards_succeeded, status.shards_failed) == (len(completed), len(failed))
