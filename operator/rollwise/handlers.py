@@ -135,10 +135,10 @@ kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10, id="model_deploymen
 
 
 # ModelBatchJob (#20): create the Indexed Job once, then read its shards back until it ends.
-# Created and resumed objects get a pass at once (on.create costs Kopf's diff-base annotation, one
-# write per batch job: a job is created once, unlike a ModelDeployment's many spec changes); the timer looks again every
-# BATCH_INTERVAL_SECONDS until the phase is Succeeded or Failed (then it stops: a finished job is
-# history, and costs no request at all).
+# Created and resumed objects get a pass at once (on.create costs Kopf's diff-base annotation,
+# one write per batch job: a job is created once, unlike a ModelDeployment's many spec changes);
+# the timer looks again every BATCH_INTERVAL_SECONDS until the phase is Succeeded or Failed (then
+# it stops: a finished job is history, and costs no request at all).
 BATCH_INTERVAL_SECONDS = 10.0
 """How often a running batch job's Job and pods are read: one GET and one LIST per job."""
 
