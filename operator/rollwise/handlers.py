@@ -4,7 +4,8 @@ Read it as a table of contents:
 - start-up: Kopf tuned (`kube/kopf_tuning.py`), the shared I/O started (`kube/daemon.py`);
 - indices: our children of each kind by parent, and each router's user object by name;
 - wake-ups: any change of a child, a router's object or the ModelDeployment wakes its daemon;
-- one daemon per ModelDeployment (`kube/daemon.run`), which reconciles (`kube/reconcile.py`).
+- one daemon per ModelDeployment (`kube/daemon.run`), which reconciles (`kube/reconcile.py`);
+- ModelBatchJobs: a pass on create and resume, then a timer until the job ends (`kube/batch.py`).
 
 Children are found through indices, so a pass lists nothing: an idle operator sends no request at
 all, reads included, until the resync interval.
@@ -12,14 +13,18 @@ all, reads included, until the resync interval.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 from typing import Any
 
 import kopf
 
+from rollwise.api import batch as batch_api
 from rollwise.api.v1alpha1 import GROUP, PLURAL, VERSION
-from rollwise.kube import daemon
+from rollwise.kube import batch, daemon
 from rollwise.kube.kopf_tuning import quiet_kopf_readiness_gate, tune
 from rollwise.kube.observe import child_view
+from rollwise.plan import batch as batch_plan
 from rollwise.plan.names import LABEL_MODEL_DEPLOYMENT
 from rollwise.plan.router import Resource
 from rollwise.routers import enabled_routers
@@ -127,3 +132,37 @@ def register_routers(enabled: frozenset[str]) -> None:
 
 # One daemon per ModelDeployment: it reconciles, then sleeps until woken or due again.
 kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10, id="model_deployment")(daemon.run)
+
+
+# ModelBatchJob (#20): create the Indexed Job once, then read its shards back until it ends.
+# Created and resumed objects get a pass at once (on.create costs Kopf's diff-base annotation,
+# one write per batch job: a job is created once, unlike a ModelDeployment's many spec changes);
+# the timer looks again every BATCH_INTERVAL_SECONDS until the phase is Succeeded or Failed (then
+# it stops: a finished job is history, and costs no request at all).
+BATCH_INTERVAL_SECONDS = 10.0
+"""How often a running batch job's Job and pods are read: one GET and one LIST per job."""
+
+
+def _batch_running(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in {str(p) for p in batch_plan.ENDED}
+
+
+async def _batch_pass(body: kopf.Body, memo: kopf.Memo) -> None:
+    await asyncio.to_thread(
+        batch.reconcile_batch, memo.api, body, settings=memo.settings, now=dt.datetime.now(dt.UTC)
+    )
+
+
+@kopf.on.create(GROUP, VERSION, batch_api.PLURAL)
+async def batch_job_created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _batch_pass(body, memo)
+
+
+@kopf.on.resume(GROUP, VERSION, batch_api.PLURAL, when=_batch_running)
+async def batch_job_resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _batch_pass(body, memo)
+
+
+@kopf.timer(GROUP, VERSION, batch_api.PLURAL, interval=BATCH_INTERVAL_SECONDS, when=_batch_running)
+async def batch_job_progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _batch_pass(body, memo)

@@ -32,7 +32,6 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -43,6 +42,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
+from rollwise_contract.batch import DataFormat, ExitCode, ShardState
 from rollwise_contract.features import Feature, FeatureSchema, ModelOutput, OutputKind
 from rollwise_contract.model import ModelFormat
 from rollwise_contract.redact import redact_uri
@@ -82,18 +82,6 @@ TERMINATION_LOG = Path("/dev/termination-log")
 """Where Kubernetes reads a container's termination message (``terminationMessagePath``)."""
 TERMINATION_MESSAGE_BYTES = 4096
 """Kubernetes keeps at most this much of a termination message."""
-
-
-class ExitCode:
-    SCORED = 0
-    RETRY = 1
-    SETTINGS = 2
-    PERMANENT = 3
-
-
-class DataFormat(StrEnum):
-    PARQUET = "parquet"
-    CSV = "csv"
 
 
 SUFFIXES = {DataFormat.PARQUET: (".parquet", ".pq"), DataFormat.CSV: (".csv",)}
@@ -575,7 +563,7 @@ class Summary:
 
     shard: int
     shards: int
-    status: str = "running"
+    status: ShardState = ShardState.RUNNING
     rows_in: int = 0
     rows_out: int = 0
     rows_rejected: int = 0
@@ -675,7 +663,7 @@ def finished(settings: BatchSettings, fingerprint: str) -> Summary | None:
     return Summary(
         shard=doc["shard"],
         shards=doc["shards"],
-        status="skipped",
+        status=ShardState.SKIPPED,
         rows_in=doc["rowsIn"],
         rows_out=doc["rowsOut"],
         rows_rejected=doc["rowsRejected"],
@@ -881,7 +869,7 @@ def score_shard(settings: BatchSettings, summary: Summary) -> None:
     summary.model_sha256 = scorer.digest
     ShardRun(settings, scorer=scorer, sources=sources, fmt=fmt, units=units, summary=summary).run()
     summary.seconds = time.perf_counter() - started
-    summary.status = "succeeded"
+    summary.status = ShardState.SUCCEEDED
     marker = settings.output / done_name(settings.shard_index)
     temp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
     temp.write_text(json.dumps({**summary.as_json(), "files": summary.files}, indent=1) + "\n")
@@ -932,10 +920,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         score_shard(settings, summary)
     except PermanentError as err:
-        summary.status, summary.error, code = "failed", secrets.scrub(str(err)), ExitCode.PERMANENT
+        summary.status, summary.error, code = ShardState.FAILED, secrets.scrub(str(err)), ExitCode.PERMANENT
     except Exception as err:  # reported by index, and retried by the Job
         summary.status, summary.error, code = (
-            "failed",
+            ShardState.FAILED,
             secrets.scrub(f"{type(err).__name__}: {err}"),
             ExitCode.RETRY,
         )

@@ -17,12 +17,13 @@ from typing import Any
 import celpy
 import yaml
 
-CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "modeldeployments.rollwise.dev.yaml"
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+CRD_FILE = CRDS / "modeldeployments.rollwise.dev.yaml"
 
 
 @functools.cache
-def crd_schema() -> dict[str, Any]:
-    crd = yaml.safe_load(CRD_FILE.read_text())
+def crd_schema(plural: str = "modeldeployments") -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / f"{plural}.rollwise.dev.yaml").read_text())
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
@@ -74,9 +75,9 @@ def _walk(schema: dict[str, Any], value: Any, path: str, out: list[str]) -> None
             _walk(schema["items"], item, f"{path}[{i}]", out)
 
 
-def cel_rejections(manifest: dict[str, Any]) -> list[str]:
+def cel_rejections(manifest: dict[str, Any], plural: str = "modeldeployments") -> list[str]:
     """The messages of every CEL rule the manifest breaks, as the API server would list them."""
-    schema = crd_schema()
+    schema = crd_schema(plural)
     out: list[str] = []
     _walk(schema, _with_defaults(schema, manifest), "", out)
     return out

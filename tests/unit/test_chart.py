@@ -41,6 +41,10 @@ NAMESPACED_RULES: RuleTable = {
     ("apps", "deployments"): OWN,
     ("", "services"): OWN,
     ("autoscaling", "horizontalpodautoscalers"): OWN,
+    ("rollwise.dev", "modelbatchjobs"): READ | {"patch"},
+    ("rollwise.dev", "modelbatchjobs/status"): frozenset({"get", "patch"}),
+    ("batch", "jobs"): frozenset({"get", "create"}),
+    ("", "pods"): frozenset({"list"}),
     ("", "events"): frozenset({"create"}),
     ("events.k8s.io", "events"): frozenset({"create"}),
 }

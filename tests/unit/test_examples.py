@@ -13,10 +13,14 @@ from typing import Any
 
 import pytest
 import yaml
+from rollwise.api.batch import ModelBatchJob
 from rollwise.api.v1alpha1 import ModelDeployment, StrategyName, TrafficProvider
+from rollwise.plan.batch import Unresolved, batch_args, desired_job, resolve_model
+from rollwise.plan.guardrails import Guardrails, batch_violations
 from rollwise.plan.split import TrafficSplit
 from rollwise.plan.steps import rollout_steps
 from rollwise.routers import router_for
+from rollwise_serving.batch import parse_batch_settings
 
 from tests.unit.admission import cel_rejections
 from tests.unit.rollout_world import steady_children
@@ -41,6 +45,8 @@ EXPECTED = {
     "byo-mlserver.yaml": StrategyName.CANARY,
     "byo-llm-server.yaml": StrategyName.CANARY,
 }
+BATCH_EXAMPLES = {"batch-job.yaml": 4}
+"""ModelBatchJob examples and their shard count."""
 USER_OBJECT_KIND = {
     TrafficProvider.GATEWAY_API: "HTTPRoute",
     TrafficProvider.ISTIO: "VirtualService",
@@ -57,7 +63,24 @@ def documents(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def test_every_example_file_is_listed_here() -> None:
-    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(EXPECTED)
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted([*EXPECTED, *BATCH_EXAMPLES])
+
+
+@pytest.mark.parametrize(("name", "shards"), [pytest.param(n, s, id=n) for n, s in BATCH_EXAMPLES.items()])
+def test_batch_example_is_valid_and_plans_its_indexed_job(name: str, shards: int) -> None:
+    (doc,) = [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d]
+    doc["metadata"]["namespace"] = "ml"
+    mbj = ModelBatchJob.model_validate(doc)
+    assert cel_rejections(doc, "modelbatchjobs") == []
+    assert batch_violations(mbj, Guardrails(), serving_image="img") == []
+    model = resolve_model(mbj, None)
+    assert not isinstance(model, Unresolved)
+    job = desired_job(mbj, model, owner_uid="uid", serving_image="img")
+    spec = job["spec"]
+    assert isinstance(spec, dict)
+    assert (spec["completionMode"], spec["completions"]) == ("Indexed", shards)
+    settings = parse_batch_settings([str(a) for a in batch_args(mbj, model)], {"JOB_COMPLETION_INDEX": "0"})
+    assert settings.shard_count == shards and settings.keep == tuple(mbj.spec.keep_columns)
 
 
 @pytest.mark.parametrize(("name", "strategy"), [pytest.param(n, s, id=n) for n, s in EXPECTED.items()])

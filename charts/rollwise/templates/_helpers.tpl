@@ -75,9 +75,25 @@ Rules for namespaced objects: the same list goes into the ClusterRole (all names
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# ModelBatchJobs (#20): the resource and its status as above; its Indexed Job is created once
+# (get + create: a Job's template is immutable, and the garbage collector deletes it with its
+# owner, so no patch or delete); the Job's pods are listed (by the Job's label) only to read each
+# shard's termination message.
+- apiGroups: ["rollwise.dev"]
+  resources: ["modelbatchjobs"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["rollwise.dev"]
+  resources: ["modelbatchjobs/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # Every decision is an Event: Kopf posts core/v1 Events, the operator events.k8s.io/v1 ones
-# (kube/events.py); both only create. No pods rule: the operator reads Deployments' status, never
-# a pod.
+# (kube/events.py); both only create. Pods are listed for batch jobs only: for a ModelDeployment
+# the operator reads Deployments' status, never a pod.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -1489,6 +1489,23 @@ class Reason(StrEnum):
     MODEL_DEGRADED = "ModelDegraded"
     MODEL_HEALTHY = "ModelHealthy"
     MONITORING = "Monitoring"
+    SCORING = "Scoring"
+    """A ModelBatchJob's shards are running."""
+    SUCCEEDED = "Succeeded"
+    """A ModelBatchJob scored every shard."""
+    SHARDS_FAILED = "ShardsFailed"
+    """A ModelBatchJob's Job failed: some shards ran out of retries or failed permanently."""
+    SHARD_FAILED = "ShardFailed"
+    """One shard of a ModelBatchJob failed for good (its index is in the Event)."""
+    SHARD_RETRIED = "ShardRetried"
+    """One shard of a ModelBatchJob failed with a retryable error and runs again."""
+    JOB_CREATED = "JobCreated"
+    """A ModelBatchJob's Indexed Job was created."""
+    """A ModelBatchJob's Job failed: some shards ran out of retries or failed permanently."""
+    MODEL_NOT_RESOLVED = "ModelNotResolved"
+    """A ModelBatchJob's `model.fromDeployment` names no ModelDeployment or no model on that track (yet)."""
+    JOB_CONFLICT = "JobConflict"
+    """A Job of the batch job's name exists and is not ours; it is never touched."""
 
 
 class Verdict(StrEnum):

@@ -23,7 +23,9 @@ from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 from pydantic import ValidationError
 
+from rollwise.api import batch
 from rollwise.api.actions import ACTION_ANNOTATION
+from rollwise.api.batch import ModelBatchJob
 from rollwise.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment
 from rollwise.cli.outcome import ExitCode
 from rollwise.cli.shadow import DiffFormatError, ShadowDiff, read_diff
@@ -166,6 +168,20 @@ class Client:
                 GROUP, VERSION, ns, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_SECONDS
             )
         return _parse(_mapping(body))
+
+    def get_batch_job(self, name: str, namespace: str | None = None) -> ModelBatchJob:
+        ns = namespace or self.namespace
+        with self._errors(f'modelbatchjob "{name}"', ns):
+            body = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                GROUP, VERSION, ns, batch.PLURAL, name, _request_timeout=REQUEST_TIMEOUT_SECONDS
+            )
+        found = _mapping(body)
+        try:
+            return ModelBatchJob.model_validate(found)
+        except ValidationError as err:
+            first = err.errors()[0]
+            path = ".".join(str(p) for p in first["loc"])
+            raise CliError(f"{ns}/{name}: cannot read it ({path}: {first['msg']})") from err
 
     def list_all(self, namespace: str | None) -> list[ModelDeployment]:
         """Every ModelDeployment in `namespace`, or in all namespaces when None; sorted."""

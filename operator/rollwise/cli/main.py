@@ -27,6 +27,7 @@ from rich.text import Text
 
 from rollwise.api.actions import ACTION_ANNOTATION, Action
 from rollwise.api.v1alpha1 import ModelDeployment
+from rollwise.cli.batch_view import batch_view
 from rollwise.cli.client import DIFF_TIMEOUT_SECONDS, Client, CliError, Target
 from rollwise.cli.live import Followed, Snapshot, follow
 from rollwise.cli.outcome import Ended, ExitCode, ended, refusal
@@ -129,6 +130,10 @@ def build_parser(*, with_demo: bool = False) -> argparse.ArgumentParser:
         if verb == "promote":
             p.add_argument("--full", action="store_true", help="skip all remaining steps: promote now")
         _wait_flags(p, wait_flag=waits)
+
+    p = command("batch", "show a ModelBatchJob's progress: shards, rows, throughput, failures by index")
+    p.add_argument("name")
+    p.add_argument("--all", action="store_true", help="list every shard, succeeded ones included")
 
     p = command("history", "finished rollouts, newest first")
     p.add_argument("name")
@@ -248,6 +253,11 @@ class App:
             self.follow(self.args.name, lambda md: ended(md) is not None, quiet=self.args.quiet)
         )
 
+    def cmd_batch(self) -> int:
+        mbj = self.client.get_batch_job(self.args.name)
+        self.console.print(batch_view(mbj, self.now(), all_shards=self.args.all))
+        return ExitCode.OK
+
     def cmd_history(self) -> int:
         md = self.client.get(self.args.name)
         if not md.status.history:
@@ -357,8 +367,8 @@ def run(
                 return app.cmd_status()
             case "wait":
                 return app.cmd_wait()
-            case "history":
-                return app.cmd_history()
+            case "history" | "batch":  # one read, one view
+                return int(app.cmd_history() if args.command == "history" else app.cmd_batch())
             case "diff":
                 return app.cmd_diff()
             case "promote":

@@ -16,6 +16,8 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 
+from rollwise_contract.features import FeatureSchema
+
 from rollwise.api.v1alpha1 import (
     API_VERSION,
     KIND,
@@ -161,15 +163,20 @@ def _signal_args(model: ModelSpec) -> list[JsonValue]:
     """The feature schema and reference, which the bundled server and the proxy take alike."""
     args: list[JsonValue] = []
     if model.feature_schema is not None:
-        schema = model.feature_schema.model_dump(mode="json", exclude_none=True)
-        if not schema.get("segments"):
-            # A schema without segments is passed exactly as before they existed: the same
-            # arguments, so an operator upgrade restarts no serving pod.
-            schema.pop("segments", None)
-        args += ["--feature-schema", json.dumps(schema, sort_keys=True, separators=(",", ":"))]
+        args += ["--feature-schema", feature_schema_arg(model.feature_schema)]
     if model.reference is not None:
         args += ["--reference", container_path(model.reference.uri)]
     return args
+
+
+def feature_schema_arg(feature_schema: FeatureSchema) -> str:
+    """The `--feature-schema` value `rollwise-serve`, `rollwise-proxy` and `rollwise-batch` take."""
+    schema = feature_schema.model_dump(mode="json", exclude_none=True)
+    if not schema.get("segments"):
+        # A schema without segments is passed exactly as before they existed: the same
+        # arguments, so an operator upgrade restarts no serving pod.
+        schema.pop("segments", None)
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
 
 def proxy_args(model: ModelSpec, server: ServerSpec, track: Track) -> list[JsonValue]:
@@ -327,13 +334,10 @@ def serving_container(
     return _locked_down(container, model)
 
 
-def _locked_down(container: Manifest, model: ModelSpec) -> Manifest:
-    """The restricted Pod Security profile, the drain pause and the volumes, for every container."""
-    # Keep answering while the pod leaves the Service's endpoints: kube-proxy and ingress
-    # controllers learn of a terminating pod a moment after it gets SIGTERM, and a rollout that
-    # drops requests in that moment is a rollout users see.
-    container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}}
-    container["securityContext"] = {
+def container_security_context() -> Manifest:
+    """The restricted Pod Security profile for one container: every pod we create runs so (serving
+    pods and batch shards alike); a fresh dict per call, so manifests share no mutable part."""
+    return {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS,
         "runAsGroup": RUN_AS,
@@ -342,6 +346,26 @@ def _locked_down(container: Manifest, model: ModelSpec) -> Manifest:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def pod_security_context() -> Manifest:
+    """The pod-level half: non-root, our uid and gid, volumes group-owned by it."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _locked_down(container: Manifest, model: ModelSpec) -> Manifest:
+    """The restricted Pod Security profile, the drain pause and the volumes, for every container."""
+    # Keep answering while the pod leaves the Service's endpoints: kube-proxy and ingress
+    # controllers learn of a terminating pod a moment after it gets SIGTERM, and a rollout that
+    # drops requests in that moment is a rollout users see.
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}}
+    container["securityContext"] = container_security_context()
     mounts: list[JsonValue] = [{"name": "tmp", "mountPath": "/tmp"}]
     for claim in _claims(model):
         mounts.append({"name": f"pvc-{claim}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
@@ -447,13 +471,7 @@ def pod_template(
     spec: Manifest = {
         "automountServiceAccountToken": False,  # the server never calls the API server
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": _containers(revision, track, serving_image, extra_args, owner_uid),
         "volumes": volumes,
     }

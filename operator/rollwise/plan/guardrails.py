@@ -13,12 +13,14 @@ tag or digest, unless the administrator lists more.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from rollwise.api.v1alpha1 import FallbackModel, ModelDeployment, ModelSpec, RuntimeSpec
+from rollwise.api.batch import ModelBatchJob
+from rollwise.api.v1alpha1 import EnvVar, FallbackModel, ModelDeployment, ModelSpec, RuntimeSpec, Toleration
 
 ANY = ["*"]
 
@@ -73,19 +75,27 @@ def violations(md: ModelDeployment, rails: Guardrails, *, serving_image: str) ->
     return out
 
 
-def _runtime(runtime: RuntimeSpec, rails: Guardrails, *, serving_image: str) -> list[str]:
-    out: list[str] = []
-    patterns = rails.allowed_images or [
+def _image(image: str | None, rails: Guardrails, *, serving_image: str, where: str) -> list[str]:
+    patterns = _image_patterns(rails, serving_image)
+    if image is not None and image != serving_image and not _allowed(image, patterns):
+        return [
+            f"{where}: {image} is not an allowed image (guardrails.allowedImages: "
+            f"{', '.join(patterns)}); leave it unset for the bundled server or ask the "
+            "administrator to allow it"
+        ]
+    return []
+
+
+def _image_patterns(rails: Guardrails, serving_image: str) -> list[str]:
+    return rails.allowed_images or [
         f"{_repository(serving_image)}:*",
         f"{_repository(serving_image)}@*",
     ]
-    image = runtime.image
-    if image is not None and image != serving_image and not _allowed(image, patterns):
-        out.append(
-            f"spec.runtime.image: {image} is not an allowed image (guardrails.allowedImages: "
-            f"{', '.join(patterns)}); leave it unset for the bundled server or ask the "
-            "administrator to allow it"
-        )
+
+
+def _runtime(runtime: RuntimeSpec, rails: Guardrails, *, serving_image: str) -> list[str]:
+    patterns = _image_patterns(rails, serving_image)
+    out = _image(runtime.image, rails, serving_image=serving_image, where="spec.runtime.image")
     # A tenant's own server is an image like any other: the same list decides, so by default
     # (the serving image only) no tenant runs arbitrary code until the administrator allows it.
     server = runtime.server
@@ -94,25 +104,39 @@ def _runtime(runtime: RuntimeSpec, rails: Guardrails, *, serving_image: str) -> 
             f"spec.runtime.server.image: {server.image} is not an allowed image "
             f"(guardrails.allowedImages: {', '.join(patterns)}); ask the administrator to add it"
         )
-    for i, env in enumerate(runtime.env):
+    out += _placement(runtime.env, runtime.node_selector, runtime.tolerations, rails, "spec.runtime")
+    return out
+
+
+def _placement(
+    env_list: Sequence[EnvVar],
+    node_selector: Mapping[str, str],
+    tolerations: Sequence[Toleration],
+    rails: Guardrails,
+    where: str,
+) -> list[str]:
+    """The Secrets env reads, the nodes selected, the taints tolerated; `where` is the spec path
+    holding `env`, `nodeSelector` and `tolerations`."""
+    out: list[str] = []
+    for i, env in enumerate(env_list):
         ref = env.value_from.secret_key_ref if env.value_from is not None else None
         if ref is not None and not _allowed(ref.name, rails.allowed_env_secrets):
             out.append(
-                f"spec.runtime.env[{i}].valueFrom.secretKeyRef.name: Secret {ref.name} is not one env "
+                f"{where}.env[{i}].valueFrom.secretKeyRef.name: Secret {ref.name} is not one env "
                 "may read (guardrails.allowedEnvSecrets); use an allowed Secret"
             )
-    for key, value in sorted(runtime.node_selector.items()):
+    for key, value in sorted(node_selector.items()):
         if not _allowed(f"{key}={value}", rails.allowed_node_selectors):
             out.append(
-                f"spec.runtime.nodeSelector: {key}={value} is not allowed "
+                f"{where}.nodeSelector: {key}={value} is not allowed "
                 "(guardrails.allowedNodeSelectors); remove it or ask the administrator"
             )
-    for i, toleration in enumerate(runtime.tolerations):
+    for i, toleration in enumerate(tolerations):
         key = toleration.key or ""
         if not (_allowed(key, rails.allowed_tolerations) if key else "*" in rails.allowed_tolerations):
             what = f"taint {key}" if key else "every taint (no key)"
             out.append(
-                f"spec.runtime.tolerations[{i}]: tolerating {what} is not allowed "
+                f"{where}.tolerations[{i}]: tolerating {what} is not allowed "
                 "(guardrails.allowedTolerations); remove it or ask the administrator"
             )
     return out
@@ -132,6 +156,27 @@ def _model(model: ModelSpec, rails: Guardrails) -> list[str]:
             if not _allowed(claim, rails.allowed_pvcs):
                 out.append(
                     f"{where}: PVC {claim} is not one a ModelDeployment may mount (guardrails.allowedPvcs); "
+                    "use an allowed claim"
+                )
+    return out
+
+
+def batch_violations(mbj: ModelBatchJob, rails: Guardrails, *, serving_image: str) -> list[str]:
+    """Every field of a ModelBatchJob the guardrails refuse: its image, env, placement and claims,
+    under the same rules as a ModelDeployment's pods (a batch job creates pods too)."""
+    spec = mbj.spec
+    out = _image(spec.image, rails, serving_image=serving_image, where="spec.image")
+    out += _placement(spec.env, spec.node_selector, spec.tolerations, rails, "spec")
+    uris = [("spec.input.uri", spec.input.uri), ("spec.output.uri", spec.output.uri)]
+    inline = spec.model.inline
+    if inline is not None and inline.uri is not None:
+        uris.append(("spec.model.inline.uri", inline.uri))
+    for where, uri in uris:
+        if uri.startswith("pvc://"):
+            claim = uri.removeprefix("pvc://").split("/", 1)[0]
+            if not _allowed(claim, rails.allowed_pvcs):
+                out.append(
+                    f"{where}: PVC {claim} is not one a ModelBatchJob may mount (guardrails.allowedPvcs); "
                     "use an allowed claim"
                 )
     return out
