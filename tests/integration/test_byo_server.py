@@ -343,9 +343,19 @@ CHAT = json.dumps(
 ).encode()
 
 
-def llm_md(version: str, image: str, delay_ms: int, rollout: dict[str, Any] | None = None) -> dict[str, Any]:
+def llm_md(
+    version: str,
+    image: str,
+    delay_ms: int,
+    rollout: dict[str, Any] | None = None,
+    *,
+    token_delay_ms: int = 0,
+    checks: set[str] | None = None,
+) -> dict[str, Any]:
     """examples/byo-llm-server.yaml as written, on the image built here: `version` (the answers'
-    `x-model-version`), its first token held back `delay_ms`, and another `rollout` strategy if given."""
+    `x-model-version`), its first token held back `delay_ms` and each later one `token_delay_ms`,
+    another `rollout` strategy if given, and only the analysis' `checks` if given (a test showing
+    what one check catches)."""
     md: dict[str, Any] = yaml.safe_load(LLM_EXAMPLE.read_text())
     md["spec"]["model"]["version"] = version
     runtime = md["spec"]["runtime"]
@@ -354,7 +364,12 @@ def llm_md(version: str, image: str, delay_ms: int, rollout: dict[str, Any] | No
     runtime["env"] = [
         {"name": "FIRST_TOKEN_DELAY_MS", "value": str(delay_ms)},
         {"name": "MODEL_VERSION", "value": version},
+        {"name": "TOKEN_DELAY_MS", "value": str(token_delay_ms)},
     ]
+    analysis = md["spec"]["rollout"]["analysis"]
+    if checks is not None:
+        analysis["metrics"] = [m for m in analysis["metrics"] if m["name"] in checks]
+        assert {m["name"] for m in analysis["metrics"]} == checks, checks
     if rollout is not None:
         md["spec"]["rollout"] = {**md["spec"]["rollout"], **rollout}
         md["spec"]["rollout"].pop("canary", None)
@@ -440,7 +455,7 @@ def test_llm_streams_arrive_chunk_by_chunk_and_a_3x_slower_first_token_is_rolled
     # the proxy in Docker: first chunk at 210-295 ms, the end 15-55 ms later, 51 chunks).
     assert ok and all(r[4] >= 10 for r in ok), ok[:3]
     assert sorted(r[3] - r[2] for r in ok)[len(ok) // 2] > 0.01, ok[:3]
-    slow = llm_md("2.0.0-slow", llama_image, 3 * STABLE_DELAY_MS)
+    slow = llm_md("2.0.0-slow", llama_image, 3 * STABLE_DELAY_MS, checks={"success-rate", "ttft"})
     back, status, _ = rolled_back_after(cluster, namespace, slow, "1.0.0", "tiny")
     reason = json.dumps(status["history"][0])
     assert "ttft" in reason or "time to first token" in reason, reason
@@ -448,6 +463,34 @@ def test_llm_streams_arrive_chunk_by_chunk_and_a_3x_slower_first_token_is_rolled
     print(
         f"\nLLM: 3x TTFT candidate rolled back {back:.1f}s after its pods took traffic; client first byte "
         f"p50 {first_bytes[len(first_bytes) // 2] * 1000:.0f} ms over {len(ok)} streams before the change"
+    )
+
+
+TOKEN_DELAY_MS = 30
+"""The slower-per-token release's added gap: the tiny model streams a token every few ms, so its
+mean gap moves from stable's 5-10 ms bucket past 30 ms (more than interTokenLatencyP95's default
+20 ms tolerance) and its rate from about 190 to about 30 tokens/s (outputTokensPerSecond's 20 %)."""
+
+
+@pytest.mark.parametrize("check", ["itl", "tokens-per-second"])
+def test_llm_a_release_slower_per_token_is_rolled_back_on_each_token_check(
+    cluster: Cluster, namespace: str, streams: Streams, llama_image: str, check: str
+) -> None:
+    """The same first-token time, slower after it: each per-token check alone rolls it back."""
+    slow = llm_md(
+        "2.0.0-slow-tokens",
+        llama_image,
+        STABLE_DELAY_MS,
+        token_delay_ms=TOKEN_DELAY_MS,
+        checks={"success-rate", check},
+    )
+    back, status, took_traffic = rolled_back_after(cluster, namespace, slow, "1.0.0", "tiny")
+    reason = json.dumps(status["history"][0])
+    assert check in reason, reason
+    assert streams.failures_since(took_traffic) == []  # slower, never failed
+    print(
+        f"\nLLM: {TOKEN_DELAY_MS} ms/token slower candidate rolled back on {check} {back:.1f}s after taking "
+        "traffic"
     )
 
 

@@ -1,6 +1,7 @@
 """llama-cpp-python's OpenAI-compatible server as a user would run it, plus one knob for the tests:
 FIRST_TOKEN_DELAY_MS holds back the first body chunk of every completion by that long (a slower
-release: a larger context, a cold cache). The delay is in the user's image, never in Rollwise.
+release: a larger context, a cold cache), and TOKEN_DELAY_MS holds back every later chunk (a release
+slower per token). The delays are in the user's image, never in Rollwise.
 `interrupt_requests=False`: by default a new request cuts off the stream in progress (empty 200
 answers under concurrent load), which no one serving users runs with. Every answer carries
 MODEL_VERSION in an `x-model-version` header, so a client can tell which release answered
@@ -21,6 +22,7 @@ Receive = Callable[[], Awaitable[Message]]
 App = Callable[[Message, Receive, Send], Awaitable[None]]
 
 DELAY = int(os.environ.get("FIRST_TOKEN_DELAY_MS", "0")) / 1000
+TOKEN_DELAY = int(os.environ.get("TOKEN_DELAY_MS", "0")) / 1000
 PORT = int(os.environ.get("PORT", "9000"))
 VERSION = os.environ.get("MODEL_VERSION", "dev").encode()
 
@@ -30,15 +32,15 @@ def delayed(app: App) -> App:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        first = bool(DELAY) and scope["method"] == "POST"
+        post, first = scope["method"] == "POST", True
 
         async def held(message: Message) -> None:
             nonlocal first
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-model-version", VERSION)]
-            if message["type"] == "http.response.body" and first:
+            if message["type"] == "http.response.body" and post and message.get("body"):
+                await asyncio.sleep(DELAY if first else TOKEN_DELAY)
                 first = False
-                await asyncio.sleep(DELAY)
             await send(message)
 
         await app(scope, receive, held)
