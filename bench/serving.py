@@ -504,6 +504,7 @@ def main() -> int:  # noqa: C901 - one branch per mode flag, each a line
         return 0
     if args.proxy_cost:
         ensure_venv("mlserver")
+        ensure_venv("kserve")
         print(proxy_cost(models, concurrencies, args.duration, args.proxy_cost))
         return 0
     if args.segment_cost:
