@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -43,6 +45,7 @@ from tests.integration.traffic import (
     rolled_back,
     with_status,
 )
+from tests.serving.test_grpc import KSERVE as KSERVE_GRPC_CLIENT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode, pytest.mark.prometheus, pytest.mark.slow]
 
@@ -322,12 +325,35 @@ def test_kserve_release_is_promoted_and_tritons_clients_pass_through_the_proxy(
             grpc_client.close()
         assert [o.name for o in grpc_answer.outputs] == ["label"]
         assert [text(v) for v in grpc_answer.outputs[0].contents.bytes_contents] == expected
+        # KServe's own gRPC client, raw and typed tensors (in a child process: its generated
+        # module and Triton's declare the same protobuf names, tests/serving/test_grpc.py)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                KSERVE_GRPC_CLIENT,
+                f"{svc.spec.cluster_ip}:{ports['grpc']}",
+                json.dumps(OIP_ROWS),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        got = json.loads(done.stdout)
+        assert (got["live"], got["ready"], got["model_ready"]) == (True, True, True), got
+        assert got["raw"] == {"id": "raw", "labels": expected}, got
+        assert got["typed"] == {"id": "typed", "labels": expected}, got
         started = time.monotonic()
         assert apply(namespace, json_md("2.0.0", kserve_image, example=OIP_EXAMPLE)).returncode == 0
         seen = judged_and_promoted(cluster, namespace, "2.0.0")
         assert seen["answers"] >= 5 and seen["timed"] >= 5, seen
         assert load.failures_since(started) == []
-    print(f"\nKServe: Triton HTTP (binary) and gRPC answered through the proxy; 2.0.0 promoted, {seen}")
+    print(
+        "\nKServe: Triton's HTTP (binary) and gRPC clients and KServe's gRPC client answered through "
+        f"the proxy; 2.0.0 promoted, {seen}"
+    )
 
 
 # ---- an OpenAI-compatible LLM server ----------------------------------------------------------
