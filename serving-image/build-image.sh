@@ -6,6 +6,7 @@
 #   serving-image/build-image.sh --tag T      # another tag
 #   serving-image/build-image.sh --variant batch           # rollwise/serving:<version>-batch
 #   serving-image/build-image.sh --variant batch,xgboost   # rollwise/serving:<version>-batch-xgboost
+#   serving-image/build-image.sh --variant batch --tag T   # --tag names any build, variant or not
 # A variant is the same server plus the extras it names (pyproject.toml): batch (rollwise-batch,
 # pyarrow, pandas), xgboost, lightgbm; --variant repeats or takes a comma list, and the tag names
 # them in that fixed order whatever order they were given in (serving-image/README.md, "Variants").
@@ -108,7 +109,7 @@ for name in "${extras[@]}"; do
   if [ "$name" = batch ]; then run_locked --entrypoint rollwise-batch "$tag" --help >/dev/null; fi
 done
 # With --import the last line is the reference by digest (tag@sha256:...), for the chart's
-# image.digest / servingImage.digest.
+# servingImage.digest (batchImage.digest for --variant batch).
 if [ "$import" = 1 ]; then
   "$py" -m e2e.images import "$tag"
 else
