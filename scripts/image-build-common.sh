@@ -1,5 +1,6 @@
 # Shared start of operator/build-image.sh and serving-image/build-image.sh; source it after setting
-# IMAGE (e.g. IMAGE=serving). Sets repo, py, docker, tag, import, ctx (a build context removed on
+# IMAGE (e.g. IMAGE=serving) and, for a variant, TAG_SUFFIX (e.g. -batch: rollwise/serving:<version>-batch).
+# Sets repo, py, docker, tag, import, ctx (a build context removed on
 # exit) and log(); parses --import, --tag TAG and --help; makes sure the base image exists.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -9,7 +10,7 @@ docker=/usr/bin/docker  # another docker earlier on PATH lacks buildx
 
 version="$("$py" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
   "$repo/pyproject.toml")"
-tag="rollwise/$IMAGE:$version"
+tag="rollwise/$IMAGE:$version${TAG_SUFFIX:-}"
 import=0
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -30,6 +30,11 @@ class SettingsError(ValueError):
 class OperatorSettings:
     serving_image: str
     """Image for serving pods when a ModelDeployment names none (the chart sets its own tag)."""
+    batch_image: str
+    """Image for a ModelBatchJob's pods when it names none (`ROLLWISE_BATCH_IMAGE`): the serving
+    image's batch variant, which adds the pyarrow and pandas `rollwise-batch` needs (the plain
+    serving image leaves them out). Unset: the serving image's tag plus `-batch`, the tag
+    `serving-image/build-image.sh --variant batch` gives, so a version moves both together."""
     prometheus_url: str
     """Where analysis queries go; empty means analysis steps fail with a clear reason."""
     watch_namespace: str
@@ -120,10 +125,18 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
             f"ROLLWISE_GUARDRAILS: {where}: {first['msg']}; set the chart's guardrails as documented "
             "in charts/rollwise/values.yaml"
         )
+    serving_image = env.get("ROLLWISE_SERVING_IMAGE", "rollwise/serving:0.1.0")
+    batch_image = env.get("ROLLWISE_BATCH_IMAGE", "") or batch_variant_of(serving_image)
+    if not batch_image:
+        errors.append(
+            f"ROLLWISE_BATCH_IMAGE is unset and ROLLWISE_SERVING_IMAGE={serving_image!r} has no tag to "
+            "add -batch to; set ROLLWISE_BATCH_IMAGE, e.g. rollwise/serving:0.1.0-batch"
+        )
     if errors:
         raise SettingsError("invalid operator settings:\n  " + "\n  ".join(errors))
     return OperatorSettings(
-        serving_image=env.get("ROLLWISE_SERVING_IMAGE", "rollwise/serving:0.1.0"),
+        serving_image=serving_image,
+        batch_image=batch_image,
         prometheus_url=prometheus_url,
         watch_namespace=env.get("ROLLWISE_WATCH_NAMESPACE", ""),
         metrics_port=metrics_port,
@@ -139,6 +152,17 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         webhook_denied_cidrs=denied,
         guardrails=guardrails,
     )
+
+
+def batch_variant_of(serving_image: str) -> str:
+    """The batch variant's tag of `serving_image`, or "" when it has no tag to extend.
+
+    A digest is dropped: it names the plain image's build, never the variant's.
+    `reg:5000/rollwise/serving:0.1.0@sha256:ab` -> `reg:5000/rollwise/serving:0.1.0-batch`;
+    `rollwise/serving` -> ``."""
+    name = serving_image.split("@", 1)[0]
+    slash, colon = name.rfind("/"), name.rfind(":")
+    return f"{name}-batch" if colon > slash else ""
 
 
 def _cidrs(env: Mapping[str, str], key: str, errors: list[str]) -> tuple[Network, ...]:

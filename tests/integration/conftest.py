@@ -24,6 +24,8 @@ from tests.conftest import NAMESPACE_PREFIX, Cluster, wait_until
 
 OPERATOR_USER = "rollwise-operator-test"
 SERVING_IMAGE = "rollwise/serving:0.1.0"
+BATCH_IMAGE = "rollwise/serving:0.1.0-batch"
+"""What ModelBatchJobs without spec.image run: `serving-image/build-image.sh --variant batch`."""
 ROUTERS = "replicas,gatewayAPI,istio,nginx"
 WEBHOOK_HOST = "127.0.0.2"
 """Where the tests' webhook servers listen (the operator runs on this host)."""
@@ -93,6 +95,7 @@ def start_operator(
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
         "ROLLWISE_SERVING_IMAGE": SERVING_IMAGE,
+        "ROLLWISE_BATCH_IMAGE": BATCH_IMAGE,
         "ROLLWISE_PROMETHEUS_URL": local_cluster.PROMETHEUS_URL,
         "ROLLWISE_METRICS_PORT": str(port),
         "ROLLWISE_PEERING": "",
@@ -176,10 +179,10 @@ def _session_namespaces(cluster: Cluster) -> list[str]:
     return [n for n in names if n.startswith(f"{NAMESPACE_PREFIX}-")]
 
 
-def build(script: str) -> str:
-    """Run an image build script with --import; returns the image's reference by digest."""
+def build(script: str, *args: str) -> str:
+    """Run an image build script with `args` and --import; returns the image's reference by digest."""
     proc = subprocess.run(
-        ["bash", str(paths.REPO / script), "--import"], capture_output=True, text=True, check=False
+        ["bash", str(paths.REPO / script), *args, "--import"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     ref = proc.stdout.strip().splitlines()[-1]
@@ -191,6 +194,16 @@ def build(script: str) -> str:
 def serving_image(cluster: Cluster) -> str:
     """rollwise/serving built once per session and imported into the real node; its digest ref."""
     return build("serving-image/build-image.sh")
+
+
+@pytest.fixture(scope="session")
+def batch_image(cluster: Cluster) -> str:
+    """The batch variant (rollwise-batch with pyarrow and pandas) built once per session and imported
+    into the real node, tagged BATCH_IMAGE, which the operator runs for a ModelBatchJob that names
+    no image; its digest ref."""
+    ref = build("serving-image/build-image.sh", "--variant", "batch")
+    assert ref.startswith(f"{BATCH_IMAGE}@sha256:"), f"the batch variant is not tagged {BATCH_IMAGE}: {ref}"
+    return ref
 
 
 @pytest.fixture(scope="session")

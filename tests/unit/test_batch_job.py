@@ -29,6 +29,7 @@ from rollwise.plan.batch import (
 )
 from rollwise.plan.decision import EventType
 from rollwise.plan.guardrails import Guardrails, batch_violations
+from rollwise.settings import SettingsError, from_env
 from rollwise_contract.base import describe_errors
 from rollwise_contract.batch import ExitCode, ShardReport, ShardState
 from rollwise_serving.batch import Summary, checker_of, parse_batch_settings
@@ -37,6 +38,7 @@ from tests.unit.admission import cel_rejections
 from tests.unit.manifests import SHA, base
 
 IMAGE = "reg.local/rollwise/serving:0.1.0"
+BATCH_IMAGE = "reg.local/rollwise/serving:0.1.0-batch"
 UID = "0b7c-uid"
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 SCHEMA = {"features": [{"name": "sepal_length"}, {"name": "sepal_width"}]}
@@ -224,7 +226,7 @@ def _desired(body: dict[str, Any] | None = None) -> dict[str, Any]:
     mbj = job_of(body or manifest())
     model = resolve_model(mbj, None)
     assert not isinstance(model, Unresolved)
-    return desired_job(mbj, model, owner_uid=UID, serving_image=IMAGE)
+    return desired_job(mbj, model, owner_uid=UID, batch_image=BATCH_IMAGE)
 
 
 def test_the_job_is_indexed_one_index_per_shard_owned_by_the_batch_job() -> None:
@@ -255,7 +257,7 @@ def test_the_pod_is_locked_down_like_the_serving_pods() -> None:
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["containers"]
-    assert container["image"] == IMAGE and container["command"] == ["rollwise-batch"]
+    assert container["image"] == BATCH_IMAGE and container["command"] == ["rollwise-batch"]
     assert container["securityContext"] == {
         "runAsNonRoot": True,
         "runAsUser": 65532,
@@ -509,7 +511,7 @@ def test_the_server_s_summary_is_the_operator_s_report() -> None:
 def test_guardrails_bound_the_batch_pods_like_the_serving_pods() -> None:
     body = manifest(image="evil.io/miner:1", nodeSelector={"pool": "gpu"})
     rails = Guardrails(allowed_pvcs=["models"], allowed_node_selectors=["pool=ml-*"])
-    assert batch_violations(job_of(body), rails, serving_image=IMAGE) == [
+    assert batch_violations(job_of(body), rails, serving_image=IMAGE, batch_image=BATCH_IMAGE) == [
         "spec.image: evil.io/miner:1 is not an allowed image (guardrails.allowedImages: "
         "reg.local/rollwise/serving:*, reg.local/rollwise/serving@*); leave it unset for the bundled "
         "server or ask the administrator to allow it",
@@ -518,7 +520,127 @@ def test_guardrails_bound_the_batch_pods_like_the_serving_pods() -> None:
         "spec.output.uri: PVC scores is not one a ModelBatchJob may mount (guardrails.allowedPvcs); "
         "use an allowed claim",
     ]
-    assert batch_violations(job_of(manifest()), Guardrails(), serving_image=IMAGE) == []
+    assert (
+        batch_violations(job_of(manifest()), Guardrails(), serving_image=IMAGE, batch_image=BATCH_IMAGE) == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("image", "runs"),
+    [
+        pytest.param(None, BATCH_IMAGE, id="no image runs the batch image, not the serving image"),
+        pytest.param(
+            "reg.local/rollwise/serving:0.1.0-batch-xgboost",
+            "reg.local/rollwise/serving:0.1.0-batch-xgboost",
+            id="a named image runs as named",
+        ),
+    ],
+)
+def test_the_job_runs_the_batch_image_unless_the_spec_names_one(image: str | None, runs: str) -> None:
+    body = manifest() if image is None else manifest(image=image)
+    (container,) = _desired(body)["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == runs != IMAGE
+
+
+SEPARATE = "reg.local/rollwise/serving-batch:7"
+"""A batch image an administrator keeps in a repository of its own."""
+
+
+@pytest.mark.parametrize(
+    ("image", "allowed"),
+    [
+        pytest.param(SEPARATE, True, id="the batch image itself"),
+        pytest.param(
+            "reg.local/rollwise/serving-batch:8-xgboost",
+            True,
+            id="another tag of the batch image's repository",
+        ),
+        pytest.param(
+            "reg.local/rollwise/serving-batch@sha256:" + "a" * 64,
+            True,
+            id="a digest of the batch image's repository",
+        ),
+        pytest.param(
+            "reg.local/rollwise/serving:0.1.0-batch", True, id="a tag of the serving image's repository"
+        ),
+        pytest.param(
+            "reg.local/rollwise/serving-batchy:1", False, id="a repository that only starts like it"
+        ),
+        pytest.param("evil.io/miner:1", False, id="anything else"),
+    ],
+)
+def test_by_default_a_batch_job_may_name_the_batch_or_the_serving_repository(
+    image: str, allowed: bool
+) -> None:
+    got = batch_violations(
+        job_of(manifest(image=image)), Guardrails(), serving_image=IMAGE, batch_image=SEPARATE
+    )
+    assert got == (
+        []
+        if allowed
+        else [
+            f"spec.image: {image} is not an allowed image (guardrails.allowedImages: "
+            "reg.local/rollwise/serving-batch:*, reg.local/rollwise/serving-batch@*, "
+            "reg.local/rollwise/serving:*, reg.local/rollwise/serving@*); leave it unset for the "
+            "bundled server or ask the administrator to allow it"
+        ]
+    )
+
+
+def test_a_listed_image_list_replaces_the_defaults_for_batch_jobs_too() -> None:
+    rails = Guardrails(allowed_images=["team.io/*"])
+    mbj = job_of(manifest(image="reg.local/rollwise/serving-batch:8"))
+    assert batch_violations(mbj, rails, serving_image=IMAGE, batch_image=SEPARATE) != []
+    exact = job_of(manifest(image=SEPARATE))
+    assert batch_violations(exact, rails, serving_image=IMAGE, batch_image=SEPARATE) == [], (
+        "its own image stays"
+    )
+
+
+# ---- the operator's batch image ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "batch_image"),
+    [
+        pytest.param(
+            {}, "rollwise/serving:0.1.0-batch", id="nothing set: the default serving image's batch variant"
+        ),
+        pytest.param(
+            {"ROLLWISE_SERVING_IMAGE": "reg:5000/rollwise/serving:2.0"},
+            "reg:5000/rollwise/serving:2.0-batch",
+            id="the serving image's tag plus -batch, port kept",
+        ),
+        pytest.param(
+            {"ROLLWISE_SERVING_IMAGE": "rollwise/serving:2.0@sha256:" + "b" * 64},
+            "rollwise/serving:2.0-batch",
+            id="the serving image's digest is not the variant's",
+        ),
+        pytest.param(
+            {"ROLLWISE_SERVING_IMAGE": "rollwise/serving:2.0", "ROLLWISE_BATCH_IMAGE": "team/scorer:3"},
+            "team/scorer:3",
+            id="ROLLWISE_BATCH_IMAGE wins",
+        ),
+        pytest.param(
+            {"ROLLWISE_SERVING_IMAGE": "reg:5000/serving", "ROLLWISE_BATCH_IMAGE": "reg:5000/b:1"},
+            "reg:5000/b:1",
+            id="a set batch image needs no tag on the serving image",
+        ),
+    ],
+)
+def test_the_operator_reads_its_batch_image(env: dict[str, str], batch_image: str) -> None:
+    assert from_env(env).batch_image == batch_image
+
+
+def test_a_serving_image_without_a_tag_needs_the_batch_image_set() -> None:
+    with pytest.raises(
+        SettingsError,
+        match=(
+            r"ROLLWISE_BATCH_IMAGE is unset and ROLLWISE_SERVING_IMAGE='reg:5000/serving' has no tag "
+            r"to add -batch to; set ROLLWISE_BATCH_IMAGE, e.g. rollwise/serving:0.1.0-batch"
+        ),
+    ):
+        from_env({"ROLLWISE_SERVING_IMAGE": "reg:5000/serving"})
 
 
 # ---- properties ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from rollwise.kube import batch
 from rollwise.plan.batch import ObservedPod, PodPhase
 from rollwise.settings import OperatorSettings
 
-from tests.unit.test_batch_job import IMAGE, T0, UID, manifest, report
+from tests.unit.test_batch_job import BATCH_IMAGE, IMAGE, T0, UID, manifest, report
 
 NOW = T0 + dt.timedelta(minutes=2)
 
@@ -57,6 +57,7 @@ class FakeApi:
 def settings() -> OperatorSettings:
     return OperatorSettings(
         serving_image=IMAGE,
+        batch_image=BATCH_IMAGE,
         prometheus_url="",
         watch_namespace="",
         metrics_port=9100,
@@ -80,6 +81,8 @@ def test_the_first_pass_creates_the_job_once_and_pins_the_model(monkeypatch: pyt
     status = _pass(fake, body)
     assert [j["metadata"]["name"] for j in fake.created] == ["nightly"]
     assert fake.created[0]["metadata"]["ownerReferences"][0]["uid"] == UID
+    (container,) = fake.created[0]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == BATCH_IMAGE, "the settings' batch image, not the serving image"
     assert status["phase"] == "Running" and status["jobName"] == "nightly"
     assert status["model"]["sha256"] == "a" * 64 and status["model"]["source"] == "inline"
     assert fake.patches == [status]

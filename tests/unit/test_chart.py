@@ -235,6 +235,7 @@ def test_operator_container_runs_the_operator_with_its_settings(default_render: 
     env = env_of(container)
     assert env | {"POD_ID": None, "POD_NAMESPACE": None} == {
         "ROLLWISE_SERVING_IMAGE": "rollwise/serving:0.1.0",
+        "ROLLWISE_BATCH_IMAGE": "rollwise/serving:0.1.0-batch",
         "ROLLWISE_PROMETHEUS_URL": "",
         "ROLLWISE_WATCH_NAMESPACE": "",
         "ROLLWISE_METRICS_PORT": "9100",
@@ -311,6 +312,9 @@ def test_values_reach_the_operator_environment(helm: Path) -> None:
     assert container["image"] == "rollwise/operator:dev"
     env = env_of(container)
     assert env["ROLLWISE_SERVING_IMAGE"] == "example/server:1.2.3"
+    assert env["ROLLWISE_BATCH_IMAGE"] == "example/server:1.2.3-batch", (
+        "the batch image follows the serving one"
+    )
     assert env["ROLLWISE_PROMETHEUS_URL"] == "http://prometheus.monitoring.svc:9090"
     assert env["ROLLWISE_LOG_LEVEL"] == "debug"
     assert env["ROLLWISE_PEERING"] == "rollwise-blue"
@@ -361,6 +365,35 @@ def test_digests_pin_both_images(helm: Path) -> None:
     (container,) = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"rollwise/operator:dev@{op}"
     assert env_of(container)["ROLLWISE_SERVING_IMAGE"] == f"rollwise/serving:0.1.0@{srv}"
+    assert env_of(container)["ROLLWISE_BATCH_IMAGE"] == "rollwise/serving:0.1.0-batch", (
+        "not the serving digest"
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "batch_image"),
+    [
+        pytest.param({}, "rollwise/serving:0.1.0-batch", id="the default: appVersion plus -batch"),
+        pytest.param(
+            {"batchImage.digest": "sha256:" + "c" * 64},
+            "rollwise/serving:0.1.0-batch@sha256:" + "c" * 64,
+            id="its own digest pins the batch build",
+        ),
+        pytest.param(
+            {"batchImage.repository": "reg.io/scorer", "batchImage.tag": "7.1"},
+            "reg.io/scorer:7.1",
+            id="a repository and tag of its own",
+        ),
+        pytest.param(
+            {"batchImage.tag": "0.1.0-batch-xgboost"}, "rollwise/serving:0.1.0-batch-xgboost", id="a tag"
+        ),
+    ],
+)
+def test_the_batch_image_reaches_the_operator(helm: Path, values: dict[str, str], batch_image: str) -> None:
+    (container,) = only(render(helm, values), "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {k: str(v) for k, v in env_of(container).items() if k.startswith("ROLLWISE_")}
+    assert env["ROLLWISE_BATCH_IMAGE"] == batch_image
+    assert from_env(env).batch_image == batch_image
 
 
 @pytest.mark.parametrize(
@@ -375,6 +408,11 @@ def test_digests_pin_both_images(helm: Path) -> None:
             {"servingImage.digest": "sha256:abc"},
             "at '/servingImage/digest'",
             id="a short digest",
+        ),
+        pytest.param(
+            {"batchImage.repository": "Scorer"},
+            "at '/batchImage/repository'",
+            id="a batch repository with capitals",
         ),
         pytest.param(
             {"replicas": "two"}, "at '/replicas': got string, want integer", id="replicas as a word"

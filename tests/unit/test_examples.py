@@ -72,10 +72,10 @@ def test_batch_example_is_valid_and_plans_its_indexed_job(name: str, shards: int
     doc["metadata"]["namespace"] = "ml"
     mbj = ModelBatchJob.model_validate(doc)
     assert cel_rejections(doc, "modelbatchjobs") == []
-    assert batch_violations(mbj, Guardrails(), serving_image="img") == []
+    assert batch_violations(mbj, Guardrails(), serving_image="img", batch_image="img-batch") == []
     model = resolve_model(mbj, None)
     assert not isinstance(model, Unresolved)
-    job = desired_job(mbj, model, owner_uid="uid", serving_image="img")
+    job = desired_job(mbj, model, owner_uid="uid", batch_image="img-batch")
     spec = job["spec"]
     assert isinstance(spec, dict)
     assert (spec["completionMode"], spec["completions"]) == ("Indexed", shards)

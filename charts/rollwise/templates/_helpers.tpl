@@ -54,6 +54,17 @@ that was built (a tag can be moved; a digest cannot).
 {{- end -}}
 
 {{/*
+The batch image: what batchImage leaves empty follows servingImage, the tag with -batch added (the
+tag serving-image/build-image.sh --variant batch gives); its digest is its own.
+*/}}
+{{- define "rollwise.batchImage" -}}
+{{- $b := .Values.batchImage -}}
+{{- $tag := $b.tag | default (printf "%s-batch" (.Values.servingImage.tag | default .Chart.AppVersion)) -}}
+{{- $image := dict "repository" ($b.repository | default .Values.servingImage.repository) "tag" $tag "digest" $b.digest -}}
+{{- include "rollwise.imageRef" (dict "image" $image "appVersion" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/*
 Rules for namespaced objects: the same list goes into the ClusterRole (all namespaces) or the Role
 (watchNamespace). Each rule grants exactly the verbs the operator uses on that resource.
 */}}

@@ -149,7 +149,9 @@ class ModelBatchJobSpec(ApiModel):
     """Retries of one shard after a failure a retry may fix (exit 1: a failed download, a killed
     pod); bad data or a refused artifact (exit 2 or 3) fails the shard at once."""
     image: str | None = Field(default=None, min_length=1, max_length=512)
-    """Image providing `rollwise-batch`; unset: the operator's serving image."""
+    """Image providing `rollwise-batch`; unset: the operator's batch image (`ROLLWISE_BATCH_IMAGE`,
+    the serving image's batch variant, which adds pyarrow and pandas). A model in an optional
+    format (xgboost, lightgbm) needs an image with that format too, e.g. `--variant batch,xgboost`."""
     resources: Resources | None = None
     """CPU, memory and GPU for each shard's pod; unset leaves them to namespace defaults."""
     env: list[EnvVar] = Field(default_factory=list, max_length=64, json_schema_extra=map_list("name"))

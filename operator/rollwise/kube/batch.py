@@ -174,7 +174,9 @@ def reconcile_batch(
         return _write(api, body, previous, new)
     job_body = _job_body(api, namespace, job_name(mbj))
     if job_body is None:
-        if refused := batch_violations(mbj, settings.guardrails, serving_image=settings.serving_image):
+        if refused := batch_violations(
+            mbj, settings.guardrails, serving_image=settings.serving_image, batch_image=settings.batch_image
+        ):
             new = invalid_batch_status(previous, refused, generation=mbj.metadata.generation, now=now)
             return _write(api, body, previous, new)
         ref = mbj.spec.model.from_deployment
@@ -183,7 +185,7 @@ def reconcile_batch(
         if isinstance(model, Unresolved):
             new = batch_status(mbj, job=None, pods=[], model=None, now=now, problem=model)
             return _write(api, body, previous, new)
-        manifest = desired_job(mbj, model, owner_uid=uid, serving_image=settings.serving_image)
+        manifest = desired_job(mbj, model, owner_uid=uid, batch_image=settings.batch_image)
         try:
             job_body = create_job(api, namespace, manifest)
         except ApiException as err:

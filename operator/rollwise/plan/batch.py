@@ -204,17 +204,18 @@ def _volumes(mbj: ModelBatchJob, model: ModelSpec) -> tuple[list[JsonValue], lis
     return volumes, mounts
 
 
-def desired_job(mbj: ModelBatchJob, model: ModelSpec, *, owner_uid: str, serving_image: str) -> Manifest:
+def desired_job(mbj: ModelBatchJob, model: ModelSpec, *, owner_uid: str, batch_image: str) -> Manifest:
     """The `batch/v1` Indexed Job scoring `mbj`'s shards with `model`, owned by `mbj`.
 
     Created once: a Job's pod template is immutable, which is what pins the model for the run.
     The pod is locked down as the serving pods are (restricted Pod Security profile, read-only
-    root, no service-account token), and writes only to `/tmp` and the output claim."""
+    root, no service-account token), and writes only to `/tmp` and the output claim. Without
+    `spec.image` it runs `batch_image`: the serving image lacks pyarrow, which `rollwise-batch` needs."""
     spec = mbj.spec
     volumes, mounts = _volumes(mbj, model)
     container: Manifest = {
         "name": CONTAINER,
-        "image": spec.image or serving_image,
+        "image": spec.image or batch_image,
         "command": [BATCH_COMMAND],
         "args": batch_args(mbj, model),
         "env": [e.model_dump(mode="json", exclude_none=True) for e in spec.env],

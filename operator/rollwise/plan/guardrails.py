@@ -8,7 +8,8 @@ the rule; the running version keeps serving.
 
 Every list holds glob patterns (`fnmatch`): `["*"]` allows anything, `[]` nothing. The defaults
 allow what the first release allowed, but images: only the operator's own serving image, in any
-tag or digest, unless the administrator lists more.
+tag or digest, unless the administrator lists more (a ModelBatchJob may also name the batch image's
+repository, when the administrator keeps the batch variant in a repository of its own).
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ def violations(md: ModelDeployment, rails: Guardrails, *, serving_image: str) ->
     return out
 
 
-def _image(image: str | None, rails: Guardrails, *, serving_image: str, where: str) -> list[str]:
-    patterns = _image_patterns(rails, serving_image)
-    if image is not None and image != serving_image and not _allowed(image, patterns):
+def _image(image: str | None, rails: Guardrails, *, defaults: Sequence[str], where: str) -> list[str]:
+    """`defaults`: the operator's own images, always allowed, whose repositories are the default
+    `allowedImages`."""
+    patterns = _image_patterns(rails, defaults)
+    if image is not None and image not in defaults and not _allowed(image, patterns):
         return [
             f"{where}: {image} is not an allowed image (guardrails.allowedImages: "
             f"{', '.join(patterns)}); leave it unset for the bundled server or ask the "
@@ -86,16 +89,14 @@ def _image(image: str | None, rails: Guardrails, *, serving_image: str, where: s
     return []
 
 
-def _image_patterns(rails: Guardrails, serving_image: str) -> list[str]:
-    return rails.allowed_images or [
-        f"{_repository(serving_image)}:*",
-        f"{_repository(serving_image)}@*",
-    ]
+def _image_patterns(rails: Guardrails, defaults: Sequence[str]) -> list[str]:
+    repositories = dict.fromkeys(_repository(image) for image in defaults)
+    return rails.allowed_images or [p for r in repositories for p in (f"{r}:*", f"{r}@*")]
 
 
 def _runtime(runtime: RuntimeSpec, rails: Guardrails, *, serving_image: str) -> list[str]:
-    patterns = _image_patterns(rails, serving_image)
-    out = _image(runtime.image, rails, serving_image=serving_image, where="spec.runtime.image")
+    patterns = _image_patterns(rails, [serving_image])
+    out = _image(runtime.image, rails, defaults=[serving_image], where="spec.runtime.image")
     # A tenant's own server is an image like any other: the same list decides, so by default
     # (the serving image only) no tenant runs arbitrary code until the administrator allows it.
     server = runtime.server
@@ -161,11 +162,15 @@ def _model(model: ModelSpec, rails: Guardrails) -> list[str]:
     return out
 
 
-def batch_violations(mbj: ModelBatchJob, rails: Guardrails, *, serving_image: str) -> list[str]:
+def batch_violations(
+    mbj: ModelBatchJob, rails: Guardrails, *, serving_image: str, batch_image: str
+) -> list[str]:
     """Every field of a ModelBatchJob the guardrails refuse: its image, env, placement and claims,
-    under the same rules as a ModelDeployment's pods (a batch job creates pods too)."""
+    under the same rules as a ModelDeployment's pods (a batch job creates pods too). By default its
+    image may be the serving image's repository or the batch image's (the same one unless the
+    administrator moved the batch variant), in any tag or digest."""
     spec = mbj.spec
-    out = _image(spec.image, rails, serving_image=serving_image, where="spec.image")
+    out = _image(spec.image, rails, defaults=[batch_image, serving_image], where="spec.image")
     out += _placement(spec.env, spec.node_selector, spec.tolerations, rails, "spec")
     uris = [("spec.input.uri", spec.input.uri), ("spec.output.uri", spec.output.uri)]
     inline = spec.model.inline
