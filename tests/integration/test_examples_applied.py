@@ -26,11 +26,14 @@ from tests.integration.test_operator import get_md, wait_healthy
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]
 
 EXAMPLES = sorted(
-    p for p in (paths.REPO / "examples").glob("*.yaml") if "\n    server:\n" not in p.read_text()
+    p
+    for p in (paths.REPO / "examples").glob("*.yaml")
+    if "\nkind: ModelDeployment\n" in p.read_text() and "\n    server:\n" not in p.read_text()
 )
-"""All but the examples of a user's own server (`runtime.server`): its image needs the
-administrator's allowance (guardrails.allowedImages) and real containers, so
-test_byo_server.py runs that example as written on the real node instead."""
+"""Every ModelDeployment example but those of a user's own server (`runtime.server`): its image
+needs the administrator's allowance (guardrails.allowedImages) and real containers, so
+test_byo_server.py runs those as written on the real node instead; test_batch_jobs.py runs the
+ModelBatchJob example."""
 
 
 def volume_for(namespace: str, claim: str) -> list[dict[str, Any]]:
