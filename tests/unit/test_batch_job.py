@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from rollwise.api.batch import BatchPhase, ModelBatchJob, ModelBatchJobStatus, ShardPhase
 from rollwise.api.v1alpha1 import ConditionStatus, ConditionType, ModelDeployment, Reason
+from rollwise.kube.batch import observed_pod
 from rollwise.plan.batch import (
     ObservedJob,
     ObservedPod,
@@ -687,3 +689,33 @@ def test_any_world_gives_one_entry_per_shard_and_totals_that_add_up(shards: int,
     assert status.rows_done + status.rows_failed == status.rows_in
     assert status.rows_done == sum(s.rows_out for s in status.shards)
     assert (status.shards_succeeded, status.shards_failed) == (len(completed), len(failed))
+
+
+def test_a_retry_whose_failed_pod_is_gone_is_counted_from_the_job_controllers_annotation() -> None:
+    """A pod the API deleted is removed once the Job controller has counted it: only the count on
+    the replacement pod (`batch.kubernetes.io/job-index-failure-count`) says the shard was retried."""
+    body = {
+        "metadata": {
+            "name": "nightly-0-b",
+            "creationTimestamp": "2026-12-07T10:00:00Z",
+            "annotations": {
+                "batch.kubernetes.io/job-completion-index": "0",
+                "batch.kubernetes.io/job-index-failure-count": "1",
+                "batch.kubernetes.io/job-index-ignored-failure-count": "1",
+            },
+        },
+        "status": {"phase": "Succeeded"},
+    }
+    replacement = observed_pod(body)
+    assert replacement is not None and replacement.earlier_failures == 2
+    done = replace(replacement, message=report(0, rows_in=1000, rows_out=1000, seconds=10.0))
+    job = ObservedJob(name="nightly", owned=True, completed_indexes=frozenset({0}), start_time=STARTED)
+    first = _status(ObservedJob(name="nightly", owned=True, start_time=STARTED), [])
+    status = _status(job, [done])
+    assert status.shards[0].failures == 2
+    assert status.shards[0].message.startswith("attempt 3 scored after: a failed pod that is gone")
+    assert [n.reason for n in batch_notes(first, status)] == [Reason.SHARD_RETRIED]
+    running = _status(
+        ObservedJob(name="nightly", owned=True, start_time=STARTED), [replace(done, phase=PodPhase.RUNNING)]
+    )
+    assert (running.shards[0].phase, running.shards[0].failures) == (ShardPhase.RUNNING, 2)

@@ -43,6 +43,12 @@ from rollwise.settings import OperatorSettings
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+FAILURE_COUNT_ANNOTATIONS = (
+    "batch.kubernetes.io/job-index-failure-count",
+    "batch.kubernetes.io/job-index-ignored-failure-count",
+)
+"""What the Job controller writes on each pod it makes with backoffLimitPerIndex: the index's
+earlier failed pods, counted against the limit and ignored by podFailurePolicy (disruptions)."""
 POD_LIST_LIMIT = 5000
 """Pods read per pass: 1000 shards with a few retries each; past it the oldest are not seen."""
 
@@ -75,7 +81,8 @@ def observed_job(body: Mapping[str, Any], owner_uid: str) -> ObservedJob:
 def observed_pod(body: Mapping[str, Any]) -> ObservedPod | None:
     """The pod as the plan reads it; None for a pod without a completion index."""
     meta = body.get("metadata") or {}
-    index = (meta.get("annotations") or {}).get(INDEX_ANNOTATION)
+    annotations = meta.get("annotations") or {}
+    index = annotations.get(INDEX_ANNOTATION)
     if index is None or not str(index).isdigit():
         return None
     status = body.get("status") or {}
@@ -98,6 +105,9 @@ def observed_pod(body: Mapping[str, Any]) -> ObservedPod | None:
         created=_time(meta.get("creationTimestamp")) or dt.datetime.min.replace(tzinfo=dt.UTC),
         exit_code=code,
         message=message,
+        earlier_failures=sum(
+            int(v) for a in FAILURE_COUNT_ANNOTATIONS if str(v := annotations.get(a, "0")).isdigit()
+        ),
     )
 
 

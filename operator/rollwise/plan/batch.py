@@ -294,6 +294,11 @@ class ObservedPod:
     created: datetime
     exit_code: int | None = None
     message: str = ""
+    earlier_failures: int = 0
+    """How many pods of this index failed before this one was made, as the Job controller counts
+    them on the pods it creates (`batch.kubernetes.io/job-index-failure-count` plus
+    `job-index-ignored-failure-count`): a failed pod the API deleted is gone from any list, and
+    only this count still says the shard was retried."""
 
 
 @dataclass(frozen=True)
@@ -353,11 +358,14 @@ def _why(pod: ObservedPod) -> str:
     return "the pod failed without a report (evicted, or killed before it wrote one)"
 
 
-def _succeeded_message(report: ShardReport, failed: Sequence[ObservedPod]) -> str:
+GONE = "a failed pod that is gone (deleted before its failure was read)"
+
+
+def _succeeded_message(report: ShardReport, failed: Sequence[ObservedPod], failures: int) -> str:
     if report.status == ShardState.SKIPPED:
         return "skipped: finished by an earlier run"
-    if failed:
-        return _cut(f"attempt {len(failed) + 1} scored after: {_why(failed[-1])}")
+    if failures:
+        return _cut(f"attempt {failures + 1} scored after: {_why(failed[-1]) if failed else GONE}")
     return ""
 
 
@@ -367,31 +375,32 @@ def shard_status(
     """One shard from its pods (oldest first) and the Job's index sets."""
     mine = sorted((p for p in pods if p.index == index), key=lambda p: (p.created, p.name))
     failed = [p for p in mine if p.phase == PodPhase.FAILED]
+    failures = max([len(failed), *(p.earlier_failures + (p.phase == PodPhase.FAILED) for p in mine)])
     live = [p for p in mine if p.phase in (PodPhase.PENDING, PodPhase.RUNNING, PodPhase.UNKNOWN)]
     if index in job.completed_indexes:
         done = [p for p in mine if p.phase == PodPhase.SUCCEEDED]
         report = shard_report(done[-1].message) if done else None
         if report is None or report.status not in (ShardState.SUCCEEDED, ShardState.SKIPPED):
             if previous is not None and previous.phase == ShardPhase.SUCCEEDED:
-                return previous.model_copy(update={"failures": max(previous.failures, len(failed))})
-            return ShardStatus(index=index, phase=ShardPhase.SUCCEEDED, failures=len(failed))
+                return previous.model_copy(update={"failures": max(previous.failures, failures)})
+            return ShardStatus(index=index, phase=ShardPhase.SUCCEEDED, failures=failures)
         return ShardStatus(
             index=index,
             phase=ShardPhase.SUCCEEDED,
-            failures=len(failed),
+            failures=failures,
             rows_in=report.rows_in,
             rows_out=report.rows_out,
             rows_rejected=report.rows_rejected,
             rows_per_second=round(report.rows_in / report.seconds, 1) if report.seconds > 0 else 0.0,
-            message=_succeeded_message(report, failed),
+            message=_succeeded_message(report, failed, failures),
         )
     if index in job.failed_indexes:
         why = _why(failed[-1]) if failed else "failed"
-        return ShardStatus(index=index, phase=ShardPhase.FAILED, failures=len(failed), message=_cut(why))
-    if failed:
+        return ShardStatus(index=index, phase=ShardPhase.FAILED, failures=failures, message=_cut(why))
+    if failures:
         phase = ShardPhase.RUNNING if live else ShardPhase.RETRYING
-        why = f"attempt {len(failed) + 1} after: {_why(failed[-1])}"
-        return ShardStatus(index=index, phase=phase, failures=len(failed), message=_cut(why))
+        why = f"attempt {failures + 1} after: " + (_why(failed[-1]) if failed else GONE)
+        return ShardStatus(index=index, phase=phase, failures=failures, message=_cut(why))
     phase = ShardPhase.RUNNING if any(p.phase == PodPhase.RUNNING for p in live) else ShardPhase.PENDING
     return ShardStatus(index=index, phase=phase)
 
