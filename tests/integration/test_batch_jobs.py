@@ -123,6 +123,15 @@ def volumes(namespace: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         kubectl("delete", "pv", "-l", f"rollwise.test/namespace={namespace}", "--wait=false", check=False)
 
 
+@pytest.fixture
+def claims(
+    operator: Operator, batch_image: str, model_store: None, volumes: tuple[Path, Path]
+) -> tuple[Path, Path]:
+    """What a batch job here needs running: the operator, the batch image in the node, the model
+    store; the host dirs behind claims scoring-data and scores."""
+    return volumes
+
+
 def batch_job(name: str, input_dir: str, output_dir: str) -> dict[str, Any]:
     """examples/batch-job.yaml as written (4 shards, 2 at a time, the pinned iris model from the
     model store), named `name`, reading `input_dir` of claim scoring-data and writing `output_dir`
@@ -219,14 +228,9 @@ def online_labels(rows: pa.Table) -> list[str]:
 
 
 def test_a_million_rows_in_four_shards_score_every_row_once_as_the_online_server_does(
-    cluster: Cluster,
-    namespace: str,
-    operator: Operator,
-    batch_image: str,
-    model_store: None,
-    volumes: tuple[Path, Path],
+    cluster: Cluster, namespace: str, claims: tuple[Path, Path]
 ) -> None:
-    data, scores = volumes
+    data, scores = claims
     table = iris_rows(ROWS)
     write_files(data / "day1", table, FILES)
     started = time.monotonic()
@@ -266,16 +270,17 @@ def label_column(out: pa.Table) -> str:
 
 
 def test_a_deleted_shard_pod_is_retried_without_duplicates_and_a_corrupt_file_fails_only_its_shard(
-    cluster: Cluster,
-    namespace: str,
-    operator: Operator,
-    batch_image: str,
-    model_store: None,
-    volumes: tuple[Path, Path],
+    cluster: Cluster, namespace: str, claims: tuple[Path, Path]
 ) -> None:
-    data, scores = volumes
-    rows = 200_000
-    write_files(data / "day2", iris_rows(rows, seed=2), 4)
+    data, scores = claims
+    # Shard i of 4 scores file i alone. File 0 is large, so its shard is still scoring when its pod
+    # is deleted (a small one can finish between the poll that sees it Running and the delete).
+    sizes = [3_000_000, 50_000, 50_000, 50_000]
+    table = iris_rows(sum(sizes), seed=2)
+    (data / "day2").mkdir()
+    starts = [sum(sizes[:f]) for f in range(4)]
+    for f, (start, size) in enumerate(zip(starts, sizes, strict=True)):
+        pq.write_table(table.slice(start, size), data / "day2" / f"part-{f}.parquet", row_group_size=25_000)
     (data / "day2" / "part-2.parquet").write_bytes(b"PAR1 this is not a parquet file PAR1")
     apply(namespace, batch_job("retry", "day2", "run2"))
 
@@ -308,7 +313,7 @@ def test_a_deleted_shard_pod_is_retried_without_duplicates_and_a_corrupt_file_fa
     out = parts(scores / "run2")
     ids = out["id"].to_numpy()
     assert len(np.unique(ids)) == len(ids)  # the retried shard wrote its part once
-    per_file = rows // 4
-    expected = set(range(rows)) - set(range(2 * per_file, 3 * per_file)) - {i for i in BAD if i < rows}
+    corrupt = set(range(starts[2], starts[2] + sizes[2]))
+    expected = set(range(sum(sizes))) - corrupt - set(BAD)
     assert set(ids.tolist()) == expected
     print(f"\nbatch: shard 0 retried after its pod {victim} was deleted, shard 2 failed on its corrupt file")
