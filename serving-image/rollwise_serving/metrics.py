@@ -642,35 +642,31 @@ class ServerMetrics:
         labels, reg = self._labelvalues, self.registry
         tokens = Counter(LLM_TOKENS, "Tokens by kind (prompt, completion).", [*LABELS, "kind"], registry=reg)
         finish = Counter(LLM_FINISH, "Answered choices by finish reason.", [*LABELS, "reason"], registry=reg)
+
+        def timing(name: str, doc: str, buckets: Sequence[float]) -> Histogram:
+            return Histogram(name, doc, LABELS, buckets=buckets, registry=reg).labels(*labels)
+
         return LlmSeries(
-            first_token=Histogram(
+            first_token=timing(
                 LLM_TIME_TO_FIRST_TOKEN,
                 "Seconds from the request to the answer's first content token.",
-                LABELS,
-                buckets=FIRST_TOKEN_BUCKETS,
-                registry=reg,
-            ).labels(*labels),
-            inter_token=Histogram(
+                FIRST_TOKEN_BUCKETS,
+            ),
+            inter_token=timing(
                 LLM_INTER_TOKEN_LATENCY,
                 "Seconds between consecutive content chunks of a streamed answer.",
-                LABELS,
-                buckets=INTER_TOKEN_BUCKETS,
-                registry=reg,
-            ).labels(*labels),
-            time_per_token=Histogram(
+                INTER_TOKEN_BUCKETS,
+            ),
+            time_per_token=timing(
                 LLM_TIME_PER_OUTPUT_TOKEN,
                 "Per streamed answer with two or more content chunks: its mean gap between them, seconds.",
-                LABELS,
-                buckets=TIME_PER_OUTPUT_TOKEN_BUCKETS,
-                registry=reg,
-            ).labels(*labels),
-            tokens_per_second=Histogram(
+                TIME_PER_OUTPUT_TOKEN_BUCKETS,
+            ),
+            tokens_per_second=timing(
                 LLM_OUTPUT_TOKENS_PER_SECOND,
                 "Per answer: completion tokens over the seconds from the request to the answer's end.",
-                LABELS,
-                buckets=OUTPUT_TOKENS_PER_SECOND_BUCKETS,
-                registry=reg,
-            ).labels(*labels),
+                OUTPUT_TOKENS_PER_SECOND_BUCKETS,
+            ),
             tokens={k: tokens.labels(*labels, k.value) for k in TokenKind},
             finish={r: finish.labels(*labels, r.value) for r in FinishReason},
         )

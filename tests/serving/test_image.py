@@ -39,9 +39,7 @@ DOCKER = "/usr/bin/docker"
 pytestmark = pytest.mark.slow
 
 
-LOCKED_DOWN = [
-    "--network",
-    "none",
+POD_CONSTRAINTS = [
     "--read-only",
     "--tmpfs",
     "/tmp",
@@ -52,6 +50,8 @@ LOCKED_DOWN = [
     "--security-opt",
     "no-new-privileges",
 ]
+"""A pod's constraints: non-root, read-only root with /tmp writable, no capabilities."""
+LOCKED_DOWN = ["--network", "none", *POD_CONSTRAINTS]
 """A pod's constraints, and no network: whatever a variant needs is in the image."""
 OPTIONAL_MODULES = {"batch": ["pyarrow", "pandas"], "xgboost": ["xgboost"], "lightgbm": ["lightgbm"]}
 """What each variant adds; the default image has none of them, a variant only its own."""
@@ -118,15 +118,7 @@ def container(image: str, models: dict[str, Any], model_volume: Path) -> Iterato
         name,
         "--network",
         "host",
-        "--read-only",
-        "--tmpfs",
-        "/tmp",
-        "--user",
-        "65532:65532",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
+        *POD_CONSTRAINTS,
         "-v",
         f"{model_volume}:/models:ro",
         "-e",

@@ -150,13 +150,18 @@ def _model(model: ModelSpec, rails: Guardrails) -> list[str]:
         uris.append(("spec.model.fallback.uri", fallback.uri))
     if model.reference is not None:
         uris.append(("spec.model.reference.uri", model.reference.uri))
+    return _claims(uris, rails, "ModelDeployment")
+
+
+def _claims(uris: list[tuple[str, str]], rails: Guardrails, kind: str) -> list[str]:
+    """The `pvc://` URIs (field, uri) whose claim guardrails.allowedPvcs does not allow `kind`."""
     out: list[str] = []
     for where, uri in uris:
         if uri.startswith("pvc://"):
             claim = uri.removeprefix("pvc://").split("/", 1)[0]
             if not _allowed(claim, rails.allowed_pvcs):
                 out.append(
-                    f"{where}: PVC {claim} is not one a ModelDeployment may mount (guardrails.allowedPvcs); "
+                    f"{where}: PVC {claim} is not one a {kind} may mount (guardrails.allowedPvcs); "
                     "use an allowed claim"
                 )
     return out
@@ -176,12 +181,4 @@ def batch_violations(
     inline = spec.model.inline
     if inline is not None and inline.uri is not None:
         uris.append(("spec.model.inline.uri", inline.uri))
-    for where, uri in uris:
-        if uri.startswith("pvc://"):
-            claim = uri.removeprefix("pvc://").split("/", 1)[0]
-            if not _allowed(claim, rails.allowed_pvcs):
-                out.append(
-                    f"{where}: PVC {claim} is not one a ModelBatchJob may mount (guardrails.allowedPvcs); "
-                    "use an allowed claim"
-                )
-    return out
+    return out + _claims(uris, rails, "ModelBatchJob")
