@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -85,6 +86,16 @@ TERMINATION_MESSAGE_BYTES = 4096
 
 
 SUFFIXES = {DataFormat.PARQUET: (".parquet", ".pq"), DataFormat.CSV: (".csv",)}
+
+
+class Terminated(RuntimeError):
+    """SIGTERM arrived (the pod was deleted, evicted or its node drained): stop now with a retryable
+    exit. As a container's PID 1 the scorer would otherwise ignore SIGTERM and score on, to be
+    killed at the end of the grace period, or finish and report a shard its Job meant to stop."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated("stopped by SIGTERM (the pod was deleted, evicted or drained); the Job retries it")
 
 
 class PermanentError(RuntimeError):
@@ -917,10 +928,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = Redactor([settings.model_uri, settings.input])
     started = time.perf_counter()
     code = ExitCode.SCORED
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         score_shard(settings, summary)
     except PermanentError as err:
         summary.status, summary.error, code = ShardState.FAILED, secrets.scrub(str(err)), ExitCode.PERMANENT
+    except Terminated as err:
+        summary.status, summary.error, code = ShardState.FAILED, str(err), ExitCode.RETRY
     except Exception as err:  # reported by index, and retried by the Job
         summary.status, summary.error, code = (
             ShardState.FAILED,

@@ -273,18 +273,25 @@ def test_a_deleted_shard_pod_is_retried_without_duplicates_and_a_corrupt_file_fa
     cluster: Cluster, namespace: str, claims: tuple[Path, Path]
 ) -> None:
     data, scores = claims
-    # Shard i of 4 scores file i alone. File 0 is large, so its shard is still scoring when its pod
-    # is deleted (a small one can finish between the poll that sees it Running and the delete).
-    sizes = [3_000_000, 50_000, 50_000, 50_000]
+    # Shard i of 4 scores file i alone. File 0 is large and every shard gets a fifth of a core, so
+    # shard 0 is seconds from done when its pod is deleted: at full speed (no CPU limit) it could
+    # finish between the delete and its SIGTERM, and report success (one CI run saw failures 0).
+    sizes = [1_000_000, 50_000, 50_000, 50_000]
     table = iris_rows(sum(sizes), seed=2)
     (data / "day2").mkdir()
     starts = [sum(sizes[:f]) for f in range(4)]
     for f, (start, size) in enumerate(zip(starts, sizes, strict=True)):
         pq.write_table(table.slice(start, size), data / "day2" / f"part-{f}.parquet", row_group_size=25_000)
     (data / "day2" / "part-2.parquet").write_bytes(b"PAR1 this is not a parquet file PAR1")
-    apply(namespace, batch_job("retry", "day2", "run2"))
+    job = batch_job("retry", "day2", "run2")
+    job["spec"]["resources"]["limits"]["cpu"] = "200m"
+    job["spec"]["resources"]["requests"]["cpu"] = "200m"
+    apply(namespace, job)
 
-    def running_pod() -> str | None:
+    def scoring_pod() -> str | None:
+        """Shard 0's pod once it is writing its part (the scorer's temporary file is on the claim)."""
+        if not any((scores / "run2").glob(".part-00000.parquet.*.tmp")):
+            return None
         pods = cluster.core.list_namespaced_pod(
             namespace, label_selector="rollwise.dev/model-batch-job=retry"
         )
@@ -294,10 +301,9 @@ def test_a_deleted_shard_pod_is_retried_without_duplicates_and_a_corrupt_file_fa
                 return str(p.metadata.name)
         return None
 
-    victim = wait_until("shard 0's pod running", running_pod, 180, every=0.2)
-    # SIGTERM and a second's grace: a pod the API deletes fails like a crashed one (exit 143,
-    # retryable, counted against backoffLimitPerIndex); the scorer is still importing its libraries
-    cluster.core.delete_namespaced_pod(victim, namespace, grace_period_seconds=1)
+    victim = wait_until("shard 0 scoring", scoring_pod, 300, every=0.1)
+    # The scorer stops on SIGTERM with a retryable exit (1), counted against backoffLimitPerIndex
+    cluster.core.delete_namespaced_pod(victim, namespace, grace_period_seconds=10)
     mbj = wait_phase(cluster, namespace, "retry", "Failed", 600)
     status = mbj["status"]
     shards = {s["index"]: s for s in status["shards"]}

@@ -305,6 +305,31 @@ def test_a_killed_shard_leaves_nothing_that_looks_done_and_its_rerun_no_duplicat
     ]
 
 
+def test_sigterm_stops_a_shard_at_once_with_a_retryable_exit_and_nothing_left_behind(
+    models: dict[str, Any], tmp_path: Path
+) -> None:
+    """A deleted, evicted or drained pod gets SIGTERM: the scorer (PID 1 in its container, where
+    SIGTERM is otherwise ignored) stops with exit 1, which the Job counts and retries."""
+    data = tmp_path / "big.parquet"
+    pq.write_table(iris_table(20_000, seed=1), data, row_group_size=1000)
+    out = tmp_path / "out"
+    log = tmp_path / "termination"
+    argv = [str(BATCH), *batch_args(models, data, out, "--chunk-rows", "2"), "--termination-log", str(log)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(
+            lambda: any(out.glob(".part-00000.parquet.*.tmp")), 60, "the shard to start writing its part"
+        )
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(10)
+    finally:
+        stop(proc)
+    assert code == 1
+    report = json.loads(log.read_text())
+    assert report["status"] == "failed" and "SIGTERM" in report["error"], report
+    assert list(out.iterdir()) == []
+
+
 def test_a_corrupt_file_fails_only_its_shard_naming_the_file(models: dict[str, Any], tmp_path: Path) -> None:
     data = tmp_path / "dataset"
     data.mkdir()
