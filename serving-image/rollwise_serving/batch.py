@@ -88,14 +88,14 @@ TERMINATION_MESSAGE_BYTES = 4096
 SUFFIXES = {DataFormat.PARQUET: (".parquet", ".pq"), DataFormat.CSV: (".csv",)}
 
 
-class Terminated(RuntimeError):
+class TerminatedError(RuntimeError):
     """SIGTERM arrived (the pod was deleted, evicted or its node drained): stop now with a retryable
     exit. As a container's PID 1 the scorer would otherwise ignore SIGTERM and score on, to be
     killed at the end of the grace period, or finish and report a shard its Job meant to stop."""
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated("stopped by SIGTERM (the pod was deleted, evicted or drained); the Job retries it")
+    raise TerminatedError("stopped by SIGTERM (the pod was deleted, evicted or drained); the Job retries it")
 
 
 class PermanentError(RuntimeError):
@@ -933,7 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         score_shard(settings, summary)
     except PermanentError as err:
         summary.status, summary.error, code = ShardState.FAILED, secrets.scrub(str(err)), ExitCode.PERMANENT
-    except Terminated as err:
+    except TerminatedError as err:
         summary.status, summary.error, code = ShardState.FAILED, str(err), ExitCode.RETRY
     except Exception as err:  # reported by index, and retried by the Job
         summary.status, summary.error, code = (
