@@ -20,7 +20,7 @@ lint: bootstrap
 
 # Everything CI runs: lint, then every test against the real local cluster.
 test: lint
-	$(VENV)/python -m pytest
+	$(VENV)/python -m pytest --durations=60
 
 unit: bootstrap
 	$(VENV)/python -m pytest tests/unit
