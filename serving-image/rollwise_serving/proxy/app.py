@@ -38,7 +38,7 @@ from rollwise_serving.metrics import ServerMetrics, load_signals
 from rollwise_serving.mirroring import HOP_HEADER, HopSeal, Mirror
 from rollwise_serving.proxy.config import Protocol, ProxySettings
 from rollwise_serving.proxy.http_json import HttpJson
-from rollwise_serving.proxy.observe import Adapter, Headers, Observer, Seen
+from rollwise_serving.proxy.observe import FLUSH_SECONDS, Adapter, Headers, Observer, Seen
 from rollwise_serving.proxy.oip_grpc import GrpcProxy
 from rollwise_serving.proxy.oip_rest import OipRest
 from rollwise_serving.proxy.openai import OpenAi
@@ -137,6 +137,7 @@ class ProxyApp:
             if settings.grpc_port is not None and settings.grpc_upstream
             else None
         )
+        self._flusher: asyncio.Future[None] | None = None
         self.peer: Upstream | None = None
         """The A/B peer for streamed OpenAI answers, passed on as they come (``Forwarder`` reads
         an answer whole: right for JSON, wrong for a stream)."""
@@ -148,8 +149,18 @@ class ProxyApp:
 
     # ---- lifespan ------------------------------------------------------------------------------
 
+    async def _flush_every(self, seconds: float) -> None:
+        """Held rows observed at least this often, whether or not traffic comes."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                self.observer.flush()
+            except Exception:  # a bad batch must not stop the timer
+                log.exception("observing the held rows failed")
+
     async def startup(self) -> None:
         s = self.settings
+        self._flusher = asyncio.ensure_future(self._flush_every(FLUSH_SECONDS))
         self.upstream = Upstream(
             s.upstream, max_connections=s.max_connections, timeout=float(s.upstream_timeout_seconds)
         )
@@ -165,6 +176,9 @@ class ProxyApp:
                 )
 
     async def shutdown(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self.observer.flush()
         if self.grpc is not None:
             await self.grpc.stop()
         if self.mirror:
@@ -198,6 +212,7 @@ class ProxyApp:
         path: str = scope["path"]
         method: str = scope["method"]
         if method == "GET" and path == "/metrics":
+            self.observer.flush()
             await respond(
                 send, 200, self.metrics.exposition(), [(b"content-type", b"text/plain; version=0.0.4")]
             )

@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lifespan="on",
         server_header=False,
         date_header=False,
+        proxy_headers=False,  # X-Forwarded-* go on to the upstream as they came; the proxy reads none
         timeout_graceful_shutdown=10,
         http=BoundedHttpProtocol,
     )

@@ -208,8 +208,11 @@ class Upstream:
             ]
         )
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._slots.acquire()
+            if self._slots.locked():  # all connections busy: wait for one, within the timeout
+                async with asyncio.timeout(self.timeout):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()  # returns at once
         except TimeoutError:
             raise UpstreamTimeoutError(
                 f"no connection to the upstream free within {self.timeout:g} s"
