@@ -18,9 +18,10 @@ lint: bootstrap
 	$(VENV)/python scripts/oip_codegen.py --check
 	bash charts/sync-crds.sh --check
 
-# Everything CI runs: lint, then every test against the real local cluster.
+# Everything CI runs: lint, then every test against the real local cluster, in two sessions at
+# once (scripts/run_tests.py: the cluster's tests beside the CPU-bound ones that need none).
 test: lint
-	$(VENV)/python -m pytest --durations=60
+	$(VENV)/python scripts/run_tests.py
 
 unit: bootstrap
 	$(VENV)/python -m pytest tests/unit

@@ -7,7 +7,9 @@ claims, judged from what the shards wrote and what the ModelBatchJob's status sa
   rejects file with the server's message, predictions equal to the online server's (a real
   `rollwise-serve` on the same artifact) for a sample.
 - A shard's pod deleted while it runs is retried (`failures`, a ShardRetried Event) and the
-  output has no duplicates; a corrupt file fails its shard by index while the others finish."""
+  output has no duplicates; a corrupt file fails its shard by index while the others finish.
+- 100 shards on the kwok nodes (whose pods complete at once, without running): the scheduling
+  path of a wide job, every index placed, tracked and reported, and `kubectl rollwise batch`."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import yaml
 from kubernetes import client
 
 from e2e import modelstore, paths
+from e2e.components import SIMULATED_TAINT_KEY
 from tests.conftest import Cluster, wait_until
 from tests.integration.conftest import Operator, free_port, kubectl
 
@@ -323,3 +326,45 @@ def test_a_deleted_shard_pod_is_retried_without_duplicates_and_a_corrupt_file_fa
     expected = set(range(sum(sizes))) - corrupt - set(BAD)
     assert set(ids.tolist()) == expected
     print(f"\nbatch: shard 0 retried after its pod {victim} was deleted, shard 2 failed on its corrupt file")
+
+
+@pytest.mark.kwok
+def test_a_hundred_shards_are_placed_on_the_simulated_nodes_each_tracked_by_index(
+    cluster: Cluster, namespace: str, claims: tuple[Path, Path]
+) -> None:
+    data, _ = claims
+    (data / "day3").mkdir()  # kwok completes its pods without running them: nothing is read
+    job = batch_job("wide", "day3", "run3")
+    job["spec"].update(
+        shards=100,
+        parallelism=25,
+        nodeSelector={"rollwise.dev/node-kind": "simulated"},
+        tolerations=[{"key": SIMULATED_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+    )
+    apply(namespace, job)
+    status = wait_phase(cluster, namespace, "wide", "Succeeded", 300)["status"]
+    assert status["shardsTotal"] == 100 and status["shardsSucceeded"] == 100, status
+    assert sorted(s["index"] for s in status["shards"]) == list(range(100))
+    assert {s["phase"] for s in status["shards"]} == {"Succeeded"}
+    jobs = client.BatchV1Api(cluster.api).list_namespaced_job(namespace).items
+    (indexed,) = [j for j in jobs if (j.metadata.labels or {}).get("rollwise.dev/model-batch-job") == "wide"]
+    assert indexed.spec.completion_mode == "Indexed" and indexed.spec.completions == 100
+    assert indexed.spec.parallelism == 25 and indexed.status.completed_indexes == "0-99"
+    pods = cluster.core.list_namespaced_pod(
+        namespace, label_selector="rollwise.dev/model-batch-job=wide"
+    ).items
+    nodes = {p.spec.node_name for p in pods}
+    assert nodes and all(n.startswith("kwok-node-") for n in nodes), nodes
+    assert len(nodes) > 1, f"100 pods on one node of {nodes}: the scheduler did not spread them"
+    plugin = paths.REPO / ".venv" / "bin" / "kubectl-rollwise"
+    view = subprocess.run(
+        [str(plugin), "-n", namespace, "batch", "wide"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "COLUMNS": "160"},
+        check=False,
+    )
+    assert view.returncode == 0, view.stderr
+    assert "Succeeded" in view.stdout and "100/100" in view.stdout, view.stdout
+    print(f"\nbatch: 100 shards on {len(nodes)} kwok nodes, 25 at a time")
