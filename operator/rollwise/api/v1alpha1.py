@@ -1285,8 +1285,9 @@ class BacktestMetric(ApiModel):
     models must predict the same label; failed only when shown below it."""
     by_segment: bool = False
     """Also judge each segment value the candidate's feature schema declares (a segment parity
-    check): no segment may be shown worse by more than `worseBy`, each at the confidence divided by
-    the number of segment values judged (Bonferroni)."""
+    check): no segment value with at least minRows rows may be shown worse by more than `worseBy`.
+    The whole dataset and the m segment values are m + 1 comparisons, each at alpha / (m + 1)
+    (Bonferroni), so the check as a whole keeps the backtest's confidence."""
 
     @rule(
         cel="self.name != 'agreement' || has(self.minimum)",
