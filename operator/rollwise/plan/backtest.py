@@ -62,20 +62,11 @@ from rollwise.api.v1alpha1 import (
     ModelSpec,
     Verdict,
 )
-from rollwise.plan.batch import (
-    TERMINATION_LOG,
-    ObservedJob,
-    ObservedPod,
-    PodPhase,
-    ShardJob,
-    claim_of,
-    indexed_job,
-    shard_report,
-    shard_volumes,
-)
+from rollwise.plan.batch import TERMINATION_LOG, ShardJob, claim_of, indexed_job, shard_volumes
 from rollwise.plan.desired import container_path, container_uri, feature_schema_arg
+from rollwise.plan.jobs import ObservedJob, ObservedPod, PodPhase, shard_report
 from rollwise.plan.manifest import JsonValue, Manifest
-from rollwise.plan.names import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
+from rollwise.plan.names import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, common_labels
 from rollwise.plan.stats import excess_evidence
 
 LABEL_BACKTEST = "rollwise.dev/backtest-of"
@@ -99,6 +90,13 @@ def backtest_job_name(md_name: str, revision: str) -> str:
 
 
 def backtest_labels(md_name: str) -> dict[str, JsonValue]:
+    """The Job's: the ModelDeployment's children labels (its index finds the Job by them) and
+    `LABEL_BACKTEST`."""
+    return {**common_labels(md_name), LABEL_BACKTEST: md_name}
+
+
+def backtest_pod_labels(md_name: str) -> dict[str, JsonValue]:
+    """The pods': `LABEL_BACKTEST` only of ours, never the serving selector's label."""
     return {LABEL_NAME: "rollwise-backtest", LABEL_MANAGED_BY: MANAGED_BY, LABEL_BACKTEST: md_name}
 
 
@@ -153,6 +151,7 @@ def desired_backtest_job(
             name=backtest_job_name(md.metadata.name, revision),
             namespace=md.metadata.namespace,
             labels=backtest_labels(md.metadata.name),
+            pod_labels=backtest_pod_labels(md.metadata.name),
             owner=owner,
             image=spec.image or batch_image,
             args=backtest_args(spec, candidate, stable),
@@ -361,14 +360,6 @@ def judge(spec: Backtest, report: BacktestReport) -> tuple[BacktestPhase, list[B
 # ---- the status ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ObservedBacktest:
-    """The backtest Job and its pods, as `kube/` read them; `job` None: not created yet."""
-
-    job: ObservedJob | None = None
-    pods: tuple[ObservedPod, ...] = ()
-
-
 def started(md: ModelDeployment, revision: str, now: datetime) -> BacktestStatus:
     return BacktestStatus(
         revision=revision,
@@ -379,7 +370,7 @@ def started(md: ModelDeployment, revision: str, now: datetime) -> BacktestStatus
     )
 
 
-def _reports(job: ObservedJob, pods: Sequence[ObservedPod], shards: int) -> list[ShardReport] | None:
+def _reports(pods: Sequence[ObservedPod], shards: int) -> list[ShardReport] | None:
     """Each shard's report from its succeeded pod; None while any is missing."""
     out = []
     for index in range(shards):
@@ -403,16 +394,21 @@ def _failure(job: ObservedJob, pods: Sequence[ObservedPod]) -> str:
 
 
 def backtest_status(
-    md: ModelDeployment, spec: Backtest, current: BacktestStatus, seen: ObservedBacktest, now: datetime
+    spec: Backtest,
+    current: BacktestStatus,
+    *,
+    job: ObservedJob | None,
+    pods: Sequence[ObservedPod],
+    now: datetime,
 ) -> BacktestStatus:
-    """The next status of a running backtest: Running, or its verdict once every shard reported,
-    Inconclusive when the Job failed or `timeoutSeconds` passed. A finished one is kept as is."""
+    """The next status of a running backtest from its Job (None: not created yet) and the Job's
+    pods: Running, or its verdict once every shard reported, Inconclusive when the Job failed or
+    `timeoutSeconds` passed. A finished one is kept as is."""
     if current.phase is not BacktestPhase.RUNNING:
         return current
-    job = seen.job
     ended = {"finished_at": now}
     if job is not None and job.owned and job.complete:
-        reports = _reports(job, seen.pods, spec.shards)
+        reports = _reports(pods, spec.shards)
         if reports is None:
             if now < current.started_at + timedelta(seconds=spec.timeout_seconds):
                 return current  # the pods' termination messages are on their way
@@ -444,7 +440,7 @@ def backtest_status(
         why = f"Job {job.name} exists and is not owned by this ModelDeployment; delete or rename it"
         return current.model_copy(update={**ended, "phase": BacktestPhase.INCONCLUSIVE, "message": why})
     if job is not None and job.failed:
-        why = f"the backtest Job failed: {_failure(job, seen.pods)}"
+        why = f"the backtest Job failed: {_failure(job, pods)}"
         return current.model_copy(
             update={**ended, "phase": BacktestPhase.INCONCLUSIVE, "message": why[:4096]}
         )

@@ -17,9 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
-from pydantic import ValidationError
 from rollwise_contract.batch import PERMANENT_EXIT_CODES, ShardReport, ShardState
 from rollwise_contract.model import Track
 
@@ -53,6 +51,7 @@ from rollwise.plan.desired import (
     pod_security_context,
     scratch_size,
 )
+from rollwise.plan.jobs import ObservedJob, ObservedPod, PodPhase, shard_report
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.names import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
 
@@ -250,7 +249,7 @@ class ShardJob:
     name: str
     namespace: str | None
     labels: Manifest
-    """On the Job and on its pods."""
+    """On the Job (and on its pods, unless `pod_labels` says otherwise)."""
     owner: Manifest
     """The controller owner reference (apiVersion, kind, name, uid)."""
     image: str
@@ -264,6 +263,7 @@ class ShardJob:
     resources: Resources | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[JsonValue] = field(default_factory=list)
+    pod_labels: Manifest | None = None
 
 
 def indexed_job(job: ShardJob) -> Manifest:
@@ -314,77 +314,12 @@ def indexed_job(job: ShardJob) -> Manifest:
             # without maxFailedIndexes every other shard still runs when one fails for good
             "maxFailedIndexes": job.shards,
             "podFailurePolicy": pod_failure_policy(),
-            "template": {"metadata": {"labels": job.labels}, "spec": pod},
+            "template": {"metadata": {"labels": job.pod_labels or job.labels}, "spec": pod},
         },
     }
 
 
 # ---- what is observed ---------------------------------------------------------------------------
-
-
-class PodPhase(StrEnum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    UNKNOWN = "Unknown"
-
-
-@dataclass(frozen=True)
-class ObservedPod:
-    """One pod of the Job, as `kube/` reads it: its index annotation, phase, the shard container's
-    exit code and termination message."""
-
-    name: str
-    index: int
-    phase: PodPhase
-    created: datetime
-    exit_code: int | None = None
-    message: str = ""
-    earlier_failures: int = 0
-    """How many pods of this index failed before this one was made, as the Job controller counts
-    them on the pods it creates (`batch.kubernetes.io/job-index-failure-count` plus
-    `job-index-ignored-failure-count`): a failed pod the API deleted is gone from any list, and
-    only this count still says the shard was retried."""
-
-
-@dataclass(frozen=True)
-class ObservedJob:
-    """The Job's status fields the plan reads."""
-
-    name: str
-    owned: bool
-    """Whether its controller owner is this batch job; a foreign Job is never touched."""
-    completed_indexes: frozenset[int] = frozenset()
-    failed_indexes: frozenset[int] = frozenset()
-    complete: bool = False
-    failed: bool = False
-    failure_message: str = ""
-    start_time: datetime | None = None
-    completion_time: datetime | None = None
-
-
-def parse_indexes(text: str | None) -> frozenset[int]:
-    """A Job's `completedIndexes` / `failedIndexes`: `"1,3-5,7"` -> {1, 3, 4, 5, 7}."""
-    out: set[int] = set()
-    for raw in (text or "").split(","):
-        part = raw.strip()
-        if not part:
-            continue
-        low, _, high = part.partition("-")
-        out.update(range(int(low), int(high or low) + 1))
-    return frozenset(out)
-
-
-def shard_report(message: str) -> ShardReport | None:
-    """The shard's summary from its termination message; None when there is none or it is not
-    one (a pod killed before writing it, an OOM kill)."""
-    if not message.strip():
-        return None
-    try:
-        return ShardReport.model_validate_json(message)
-    except ValidationError:
-        return None
 
 
 # ---- status -------------------------------------------------------------------------------------
