@@ -203,7 +203,9 @@ async def reconcile(
         except ValidationError as err:
             await _write_invalid(api, write_slots, memory, body, problems=describe_errors(err), now=now)
             return None
-        if refused := violations(md, settings.guardrails, serving_image=settings.serving_image):
+        if refused := violations(
+            md, settings.guardrails, serving_image=settings.serving_image, batch_image=settings.batch_image
+        ):
             # The administrator's guardrails refuse it: nothing is created or changed, stable serves on.
             await _write_invalid(api, write_slots, memory, body, problems=refused, now=now)
             return None
