@@ -63,10 +63,12 @@ from rollwise.api.v1alpha1 import (
     Verdict,
 )
 from rollwise.plan.batch import TERMINATION_LOG, ShardJob, claim_of, indexed_job, shard_volumes
+from rollwise.plan.decision import ChildRef
 from rollwise.plan.desired import container_path, container_uri, feature_schema_arg
 from rollwise.plan.jobs import ObservedJob, ObservedPod, PodPhase, shard_report
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.names import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, common_labels
+from rollwise.plan.state import State, World, candidate_exists
 from rollwise.plan.stats import excess_evidence
 
 LABEL_BACKTEST = "rollwise.dev/backtest-of"
@@ -448,6 +450,36 @@ def backtest_status(
         why = f"the backtest did not finish within timeoutSeconds {spec.timeout_seconds}"
         return current.model_copy(update={**ended, "phase": BacktestPhase.INCONCLUSIVE, "message": why})
     return current
+
+
+def backtest_objects(
+    world: World, state: State, *, owner_uid: str, batch_image: str
+) -> tuple[list[Manifest], list[ChildRef]]:
+    """The backtest Job while it runs (created once: its template is immutable), and the Jobs to
+    prune: another revision's, or any once no candidate is left. A finished Job stays while its
+    candidate does (rolled back included), so its pods' logs can be read."""
+    spec, bt = world.md.spec.rollout.backtest, state.backtest
+    current = (
+        bt.job_name if bt is not None and candidate_exists(state) and bt.revision == state.candidate else None
+    )
+    desired: list[Manifest] = []
+    if spec is not None and bt is not None and current is not None and bt.phase is BacktestPhase.RUNNING:
+        desired.append(
+            desired_backtest_job(
+                world.md,
+                spec,
+                revision=bt.revision,
+                stable=state.stable.model,
+                owner_uid=owner_uid,
+                batch_image=batch_image,
+            )
+        )
+    stale = [
+        ChildRef("batch/v1", "Job", j.name)
+        for j in world.observed.backtest_jobs
+        if j.owned and j.name != current
+    ]
+    return desired, stale
 
 
 def history_line(status: BacktestStatus | None) -> str | None:

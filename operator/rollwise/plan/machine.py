@@ -42,10 +42,9 @@ from rollwise.api.v1alpha1 import (
 )
 from rollwise.plan import analysis, backtest, monitoring, segments
 from rollwise.plan.conditions import with_history
-from rollwise.plan.decision import ChildRef, Decision, EventType, WebhookCall
+from rollwise.plan.decision import Decision, EventType, WebhookCall
 from rollwise.plan.desired import desired_objects
 from rollwise.plan.gates import degraded_calls, post_rollout_calls, webhook_calls
-from rollwise.plan.manifest import Manifest
 from rollwise.plan.observed import Observed, TrackState
 from rollwise.plan.revision import revision_from_spec, revision_of
 from rollwise.plan.router import Router
@@ -55,7 +54,6 @@ from rollwise.plan.state import (
     State,
     World,
     blue_green_delay,
-    candidate_exists,
     current_step,
     is_switch,
     required_analysis_spec,
@@ -535,36 +533,6 @@ def _fold_backtest(world: World, state: State) -> State:
     return out
 
 
-def backtest_children(
-    world: World, state: State, *, owner_uid: str, batch_image: str
-) -> tuple[list[Manifest], list[ChildRef]]:
-    """The backtest Job while it runs (created once: its template is immutable), and the Jobs to
-    prune: another revision's, or any once no candidate is left. A finished Job stays while its
-    candidate does (rolled back included), so its pods' logs can be read."""
-    spec, bt = world.md.spec.rollout.backtest, state.backtest
-    current = (
-        bt.job_name if bt is not None and candidate_exists(state) and bt.revision == state.candidate else None
-    )
-    desired: list[Manifest] = []
-    if spec is not None and bt is not None and current is not None and bt.phase is BacktestPhase.RUNNING:
-        desired.append(
-            backtest.desired_backtest_job(
-                world.md,
-                spec,
-                revision=bt.revision,
-                stable=state.stable.model,
-                owner_uid=owner_uid,
-                batch_image=batch_image,
-            )
-        )
-    stale = [
-        ChildRef("batch/v1", "Job", j.name)
-        for j in world.observed.backtest_jobs
-        if j.owned and j.name != current
-    ]
-    return desired, stale
-
-
 WATCHED = frozenset({Phase.HEALTHY, Phase.ROLLED_BACK})
 """Phases in which no candidate takes traffic and `spec.monitoring` watches the stable."""
 
@@ -706,7 +674,7 @@ def decide(
     state = _health(state, _stable_view(observed.stable, state.stable), first=md.status.phase is None)
     state = _fold_monitoring(world, state)
     desired, delete, split = desired_objects(world, state, owner_uid=owner_uid, serving_image=serving_image)
-    jobs, stale_jobs = backtest_children(
+    jobs, stale_jobs = backtest.backtest_objects(
         world, state, owner_uid=owner_uid, batch_image=batch_image or serving_image
     )
     desired, delete = [*desired, *jobs], [*delete, *stale_jobs]
