@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from rollwise_contract.batch import BacktestReport, ShardReport, Tally
+from rollwise_serving.batch import TERMINATION_MESSAGE_BYTES, Summary
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression
 from sklearn.tree import DecisionTreeClassifier
@@ -212,3 +213,20 @@ def test_a_backtest_needs_both_the_label_and_the_baseline(
     (shard,) = run_shards(args, 1)
     assert shard.code == 2
     assert "a backtest needs both --label-column and --baseline-model-uri" in shard.stderr
+
+
+def test_segments_that_do_not_fit_the_termination_message_are_dropped_and_said_to_be() -> None:
+    tally = Tally(
+        rows=123456, candidate_correct=111111, baseline_correct=112222, baseline_only=3333, agree=120000
+    )
+    segments = {f"feature_{f}": {f"value-{v:02d}": tally for v in range(20)} for f in range(4)}
+    report = BacktestReport(kind="classifier", total=tally, segments=segments)
+    summary = Summary(shard=0, shards=1, backtest=report)
+    message = summary.termination_message()
+    assert len(message.encode()) <= TERMINATION_MESSAGE_BYTES
+    read = ShardReport.model_validate_json(message).backtest
+    assert read is not None and read.segments_dropped and read.segments == {}
+    assert read.total == tally
+    few = Summary(shard=0, shards=1, backtest=report.model_copy(update={"segments": {"f": {"a": tally}}}))
+    kept = ShardReport.model_validate_json(few.termination_message()).backtest
+    assert kept is not None and kept.segments == {"f": {"a": tally}} and not kept.segments_dropped

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from rollwise.api.v1alpha1 import BacktestPhase, ModelDeployment, Phase, Reason, Verdict
+from rollwise.kube.observe import observe
 from rollwise.plan.backtest import LABEL_BACKTEST, backtest_job_name
 from rollwise.plan.batch import pod_failure_policy
 from rollwise.plan.decision import Decision
@@ -223,3 +224,11 @@ def test_planning_again_while_the_backtest_runs_asks_for_no_change() -> None:
     again = w.step(at(5))
     assert again.status == once.status
     assert not again.notes
+
+
+def test_kube_reads_our_backtest_job_apart_from_the_track_children() -> None:
+    w, _, name = started(md_of())
+    foreign = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x", "ownerReferences": []}}
+    seen = observe([*w.children.values(), foreign], owner_uid=UID)
+    assert {(j.name, j.owned) for j in seen.backtest_jobs} == {(name, True), ("x", False)}
+    assert all(c["kind"] != "Job" for c in seen.children)
