@@ -7,15 +7,19 @@ is never a pass; the result stays in status, history and Events.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from rollwise.api.v1alpha1 import BacktestPhase, ModelDeployment, Phase, Reason, Verdict
+from rollwise.kube import reconcile
 from rollwise.kube.observe import observe
 from rollwise.plan.backtest import LABEL_BACKTEST, backtest_job_name
 from rollwise.plan.batch import pod_failure_policy
 from rollwise.plan.decision import Decision
+from rollwise.plan.jobs import ObservedPod
 from rollwise.plan.names import LABEL_MODEL_DEPLOYMENT
 from rollwise.plan.revision import revision_from_spec, revision_of
 from rollwise_contract.batch import BacktestReport, ShardReport, ShardState, Tally
@@ -232,3 +236,34 @@ def test_kube_reads_our_backtest_job_apart_from_the_track_children() -> None:
     seen = observe([*w.children.values(), foreign], owner_uid=UID)
     assert {(j.name, j.owned) for j in seen.backtest_jobs} == {(name, True), ("x", False)}
     assert all(c["kind"] != "Job" for c in seen.children)
+
+
+@pytest.mark.parametrize(
+    ("stored", "complete", "lists"),
+    [
+        pytest.param(BacktestPhase.RUNNING, True, 1, id="the Job ended and the verdict is not in: one LIST"),
+        pytest.param(BacktestPhase.RUNNING, False, 0, id="the Job still runs: no LIST"),
+        pytest.param(BacktestPhase.PASSED, True, 0, id="the verdict is in the status: no LIST"),
+    ],
+)
+def test_the_backtest_pods_are_listed_only_once_the_job_ended_and_until_the_verdict(
+    monkeypatch: pytest.MonkeyPatch, stored: BacktestPhase, complete: bool, lists: int
+) -> None:
+    w, _, name = started(md_of())
+    if complete:
+        w.finish_job(name, messages=reports(GOOD))
+    assert w.md.status.backtest is not None
+    doc = w.md.model_dump(mode="json", by_alias=True)
+    doc["status"]["backtest"]["phase"] = str(stored)
+    md = ModelDeployment.model_validate(doc)
+    calls: list[str] = []
+
+    def fetch_pods(api: object, namespace: str, job: str) -> list[ObservedPod]:
+        calls.append(job)
+        return list(w.backtest_pods)
+
+    monkeypatch.setattr(reconcile, "fetch_pods", fetch_pods)
+    observed = replace(w.observed(), backtest_pods=())
+    got = asyncio.run(reconcile._with_backtest_pods(object(), md, observed, owner_uid=UID))
+    assert calls == [name] * lists
+    assert len(got.backtest_pods) == (2 if lists else 0)
