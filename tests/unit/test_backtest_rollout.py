@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from rollwise.api.v1alpha1 import BacktestPhase, ModelDeployment, Phase, Reason, Verdict
+from rollwise.cli.view import status_view
 from rollwise.kube import reconcile
 from rollwise.kube.observe import observe
 from rollwise.plan.backtest import LABEL_BACKTEST, backtest_job_name
@@ -25,6 +26,7 @@ from rollwise.plan.revision import revision_from_spec, revision_of
 from rollwise_contract.batch import BacktestReport, ShardReport, ShardState, Tally
 from rollwise_contract.features import OutputKind
 
+from tests.unit.cli_objects import line_with, render
 from tests.unit.manifests import base
 from tests.unit.rollout_world import UID, World, at
 
@@ -267,3 +269,13 @@ def test_the_backtest_pods_are_listed_only_once_the_job_ended_and_until_the_verd
     got = asyncio.run(reconcile._with_backtest_pods(object(), md, observed, owner_uid=UID))
     assert calls == [name] * lists
     assert len(got.backtest_pods) == (2 if lists else 0)
+
+
+def test_kubectl_rollwise_shows_the_backtest_with_its_numbers() -> None:
+    w, _, name = started(md_of())
+    w.finish_job(name, messages=reports(WORSE))
+    w.settle(at(2))
+    out = render(status_view(w.md, [], at(10)), width=200)
+    assert f"Backtest: Failed (Job {name}, started 9s ago, 2000 rows (0 rejected))" in out
+    row = line_with(out, "Failed       accuracy")
+    assert row.split()[:6] == ["accuracy", "85", "90", "-3.461", "-1", "Failed"]
