@@ -13,6 +13,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rollwise.api.v1alpha1 import BacktestPhase, ModelDeployment, Phase, Reason, Verdict
 from rollwise.cli.view import status_view
 from rollwise.kube import reconcile
@@ -279,3 +281,38 @@ def test_kubectl_rollwise_shows_the_backtest_with_its_numbers() -> None:
     assert f"Backtest: Failed (Job {name}, started 9s ago, 2000 rows (0 rejected))" in out
     row = line_with(out, "Failed       accuracy")
     assert row.split()[:6] == ["accuracy", "85", "90", "-3.461", "-1", "Failed"]
+
+
+OUTCOMES = {
+    "worse": lambda w, name: w.finish_job(name, messages=reports(WORSE)),
+    "good": lambda w, name: w.finish_job(name, messages=reports(GOOD)),
+    "too few rows": lambda w, name: w.finish_job(name, messages=reports(Tally(rows=10, agree=10), shards=2)),
+    "job failed": lambda w, name: w.finish_job(name, messages=["not json"], failed=True),
+    "no report": lambda w, name: w.finish_job(name, messages=["", ""]),
+    "never ends": lambda w, name: None,
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    outcome=st.sampled_from(sorted(OUTCOMES)),
+    policy=st.sampled_from(["fail", "pause", "proceed"]),
+    times=st.lists(st.integers(min_value=2, max_value=2000), min_size=1, max_size=5).map(sorted),
+)
+def test_no_traffic_reaches_a_candidate_whose_backtest_did_not_pass(
+    outcome: str, policy: str, times: list[int]
+) -> None:
+    w, _, name = started(md_of({**BACKTEST, "inconclusivePolicy": policy}))
+    OUTCOMES[outcome](w, name)
+    for t in times:
+        d = w.step(at(t))
+        bt = d.status.backtest
+        assert bt is not None
+        passed = bt.phase is BacktestPhase.PASSED or (
+            bt.phase is BacktestPhase.INCONCLUSIVE and policy == "proceed"
+        )
+        if not passed:
+            assert d.status.weight == 0, (outcome, policy, t, d.status.phase)
+            assert d.status.current_step is None
+        if outcome == "worse":
+            assert d.status.weight == 0 and bt.phase is BacktestPhase.FAILED
