@@ -35,6 +35,8 @@ CHILDREN = (
     Resource("apps", "v1", "deployments", "Deployment"),
     Resource("", "v1", "services", "Service"),
     Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    # a rollout's backtest (#20); its pods are listed once the Job ends, never watched
+    Resource("batch", "v1", "jobs", "Job"),
 )
 """The kinds every ModelDeployment owns; routers add their own (`Router.owns`)."""
 

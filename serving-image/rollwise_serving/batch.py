@@ -43,12 +43,14 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
-from rollwise_contract.batch import DataFormat, ExitCode, ShardState
+from rollwise_contract.batch import BacktestReport, DataFormat, ExitCode, ShardState, Tally
 from rollwise_contract.features import Feature, FeatureSchema, ModelOutput, OutputKind
-from rollwise_contract.model import ModelFormat
+from rollwise_contract.model import PICKLE_FORMATS, ModelFormat
 from rollwise_contract.redact import redact_uri
 
+from rollwise_serving import backtest
 from rollwise_serving.config import (
+    _DIGEST_PROBLEM,
     CacheDirSetting,
     FeatureSchemaSetting,
     Flag,
@@ -63,6 +65,8 @@ from rollwise_serving.config import (
     SettingsError,
     Sha256Setting,
     _choice,
+    _digest,
+    _format_or,
     _int_between,
     _integer,
     build_parser,
@@ -177,6 +181,27 @@ class BatchSettings(BaseModel):
         int, _integer("largest input file, in bytes (default 68719476736 = 64 GiB)", 1, 1 << 44)
     ] = 64 << 30
     """Largest input file downloaded or read; a download is cut there (as ``--max-model-bytes``)."""
+    label_column: Annotated[
+        str | None,
+        Flag(
+            "backtest: the column holding each row's true label (with --baseline-model-uri); the "
+            "shard reports paired tallies and writes no part"
+        ),
+    ] = None
+    """Backtest mode: both models score every row and the shard reports how often each was right
+    (``rollwise_contract.batch.BacktestReport``) instead of writing predictions."""
+    baseline_model_uri: Annotated[
+        str | None, Flag("backtest: the model the candidate is compared with (the stable)", uri=True)
+    ] = None
+    baseline_format: Annotated[
+        ModelFormat | None, _choice("format of the baseline (default: same as --format)", ModelFormat)
+    ] = None
+    baseline_sha256: Annotated[
+        str | None, Flag("digest of the baseline artifact", _DIGEST_PROBLEM, _digest)
+    ] = None
+    baseline_feature_schema: Annotated[
+        str | None, Flag("the baseline's feature schema JSON (default: the candidate's)")
+    ] = None
     termination_log: Annotated[
         Path | None,
         Flag("file the shard's summary JSON is written to (default /dev/termination-log when writable)"),
@@ -201,6 +226,16 @@ def parse_batch_settings(
     )
     raw = raw_settings(parser, BatchSettings, argv, environ)
     problems = digest_problems(raw)
+    if ("label_column" in raw) != ("baseline_model_uri" in raw):
+        problems.append(
+            "a backtest needs both --label-column and --baseline-model-uri; give both, or neither to score"
+        )
+    if "baseline_model_uri" in raw:
+        bfmt = _format_or(raw.get("baseline_format"), _format_or(raw.get("format"), ModelFormat.SKLEARN))
+        if bfmt in PICKLE_FORMATS and "baseline_sha256" not in raw:
+            problems.append(
+                f"--baseline-sha256 is required for a {bfmt} baseline: loading it runs code; pin its digest"
+            )
     if ("feature_schema" in raw) == ("features" in raw):
         problems.append(
             "give the model's feature columns: --feature-schema (a path or inline JSON) or --features a,b,c"
@@ -238,6 +273,8 @@ class Scored:
     """Output column -> values of the scored rows, in order."""
     problems: dict[int, list[FeatureProblem]]
     """Rejected row (index in the chunk) -> every problem it has."""
+    inputs: np.ndarray[Any, Any] | None = None
+    """The scored rows' features as the model received them (a backtest reads segments from it)."""
 
 
 _ARROW_TYPES = {
@@ -314,14 +351,14 @@ class Scorer:
         good = matrix[ok] if problems else matrix
         if not len(good):
             empty = {c.name: np.empty(0, dtype=object) for c in self.columns}
-            return Scored(ok, empty, problems)
+            return Scored(ok, empty, problems, good)
         tensor = InferInput(self.input_name, "FP64", good.shape, good)
         prediction = self.runtime.predict(self.runtime.prepare([tensor]))
         outputs: dict[str, Array] = {}
         for c in self.columns:
             values = np.asarray(prediction.outputs[c.output])
             outputs[c.name] = values if c.index is None else values[:, c.index]
-        return Scored(ok, outputs, problems)
+        return Scored(ok, outputs, problems, good)
 
 
 def checker_of(settings_schema: str | None, features: Sequence[str] | None) -> SchemaChecker:
@@ -334,17 +371,26 @@ def checker_of(settings_schema: str | None, features: Sequence[str] | None) -> S
     return SchemaChecker(declared)
 
 
-def load_scorer(settings: BatchSettings) -> Scorer:
-    """Fetch, verify (the pinned digest, before deserialising) and load the model, as a server does;
-    ``PermanentError`` with the repository's reason when it is refused."""
-    checker = checker_of(settings.feature_schema, settings.features)
+def load_scorer(settings: BatchSettings, *, baseline: bool = False) -> Scorer:
+    """Fetch, verify (the pinned digest, before deserialising) and load the model (or a backtest's
+    baseline), as a server does; ``PermanentError`` with the repository's reason when refused."""
+    if baseline:
+        assert settings.baseline_model_uri is not None
+        schema = settings.baseline_feature_schema or settings.feature_schema
+        checker = checker_of(schema, settings.features)
+        role, uri = "baseline", settings.baseline_model_uri
+        fmt, sha256 = settings.baseline_format or settings.format, settings.baseline_sha256
+    else:
+        checker = checker_of(settings.feature_schema, settings.features)
+        role, uri, fmt, sha256 = "primary", settings.model_uri, settings.format, settings.sha256
     classes = checker.output.classes if checker.output else None
-    slot = ModelSlot("primary", settings.model_uri, settings.format, settings.sha256)
+    slot = ModelSlot(role, uri, fmt, sha256)
     load_slot(slot, settings, classes)
     if slot.state is not LoadState.READY or slot.runtime is None or slot.digest is None:
+        which = "baseline model" if baseline else "model"
         if slot.retryable:
-            raise StorageError(f"model not loaded: {slot.reason}")
-        raise PermanentError(f"model not loaded: {slot.reason}")
+            raise StorageError(f"{which} not loaded: {slot.reason}")
+        raise PermanentError(f"{which} not loaded: {slot.reason}")
     return Scorer(slot.runtime, checker, slot.digest)
 
 
@@ -585,6 +631,7 @@ class Summary:
     model_sha256: str | None = None
     error: str | None = None
     files: list[str] = field(default_factory=list)
+    backtest: BacktestReport | None = None
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -603,6 +650,8 @@ class Summary:
         }
         if self.error is not None:
             body["error"] = self.error
+        if self.backtest is not None:
+            body["backtest"] = self.backtest.model_dump(mode="json", by_alias=True)
         return body
 
     def termination_message(self) -> str:
@@ -610,6 +659,11 @@ class Summary:
         most what is over (no character takes more than 6 bytes in this JSON)."""
         body = self.as_json()
         text = json.dumps(body, ensure_ascii=False)
+        if len(text.encode()) > TERMINATION_MESSAGE_BYTES and self.backtest and self.backtest.segments:
+            # the total decides the rollout; segments that do not fit are said to be missing
+            cut = self.backtest.model_copy(update={"segments": {}, "segments_dropped": True})
+            body["backtest"] = cut.model_dump(mode="json", by_alias=True)
+            text = json.dumps(body, ensure_ascii=False)
         while len(text.encode()) > TERMINATION_MESSAGE_BYTES and body.get("error"):
             over = len(text.encode()) - TERMINATION_MESSAGE_BYTES
             body["error"] = body["error"][: -max(1, over // 6)]
@@ -648,6 +702,15 @@ def fingerprint_of(settings: BatchSettings, sources: Sequence[Source], units: Se
         "output": settings.output_format.value,
         "shard": [settings.shard_index, settings.shard_count],
     }
+    if settings.label_column is not None:
+        doc["backtest"] = [
+            settings.label_column,
+            settings.baseline_model_uri if settings.baseline_sha256 is None else None,
+            settings.baseline_sha256,
+            (settings.baseline_format or settings.format).value,
+            settings.baseline_feature_schema
+            and hashlib.sha256(_schema_text(settings.baseline_feature_schema).encode()).hexdigest(),
+        ]
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -669,8 +732,9 @@ def finished(settings: BatchSettings, fingerprint: str) -> Summary | None:
             settings.shard_index,
         )
         return None
-    if not all((settings.output / doc.get(k, "")).is_file() for k in ("part", "rejects")):
+    if not all((settings.output / doc[k]).is_file() for k in ("part", "rejects") if doc.get(k)):
         return None
+    tallies = doc.get("backtest")
     return Summary(
         shard=doc["shard"],
         shards=doc["shards"],
@@ -683,6 +747,7 @@ def finished(settings: BatchSettings, fingerprint: str) -> Summary | None:
         part=doc["part"],
         rejects=doc["rejects"],
         model_sha256=doc.get("modelSha256"),
+        backtest=BacktestReport.model_validate(tallies) if tallies is not None else None,
     )
 
 
@@ -835,6 +900,106 @@ class ShardRun:
                 rejects.write(json.dumps(record) + "\n")
 
 
+class BacktestRun:
+    """One backtest shard: the candidate and the baseline score every row of the shard's units
+    and the shard adds up the paired tallies (``rollwise_serving.backtest``); no part is written,
+    the tallies go to the done marker and the termination message.
+
+    A row counts only when both models accept it and its label is there: a row one schema refuses
+    is counted as rejected (``rowsRejected``), an unlabelled one as such, never judged."""
+
+    def __init__(
+        self,
+        settings: BatchSettings,
+        candidate: Scorer,
+        baseline: Scorer,
+        *,
+        sources: list[Source],
+        fmt: DataFormat,
+        units: list[Unit],
+        summary: Summary,
+    ) -> None:
+        assert settings.label_column is not None
+        self.settings, self.sources, self.fmt, self.units = settings, sources, fmt, units
+        self.candidate, self.baseline, self.summary = candidate, baseline, summary
+        self.label = settings.label_column
+        self.kind, self.output = _prediction_output(candidate)
+        if _prediction_output(baseline)[0] is not self.kind:
+            raise PermanentError(
+                f"the candidate is a {self.kind} and the baseline is not; a backtest compares models of "
+                "one kind"
+            )
+        self.names = list(dict.fromkeys([*candidate.checker.names, *baseline.checker.names]))
+        self.columns = [*self.names, self.label] if self.label not in self.names else self.names
+        self.required = [
+            *(f.name for s in (candidate, baseline) for f in s.checker.features if f.required),
+            self.label,
+        ]
+        self.report = BacktestReport(kind=self.kind)
+        self.segment_tallies: dict[str, dict[str, Tally]] = {}
+
+    def run(self) -> None:
+        for unit in self.units:
+            source = self.sources[unit.file]
+            reader = Reader(fetch_source(source, self.settings), source.name, self.fmt)
+            reader.check_columns(self.columns, self.required)
+            reader.text_columns(self.names)
+            start, stop = unit.rows(reader.rows)
+            log.info("shard %d: backtest %s rows %d..%d", self.settings.shard_index, source.name, start, stop)
+            for first, batch in reader.chunks(start, stop, self.columns, self.settings.chunk_rows):
+                self._chunk(first, batch)
+        self.summary.backtest = self.report.model_copy(update={"segments": self.segment_tallies})
+
+    def _chunk(self, first: int, batch: pa.RecordBatch) -> None:
+        rows = batch.num_rows
+        columns = {name: _numpy(batch.column(name)) for name in self.names}
+        cand = self.candidate.score(columns, rows, "rows", first)
+        base = self.baseline.score(columns, rows, "rows", first)
+        label_column = batch.column(self.label)
+        labelled = ~np.asarray(label_column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        labels = np.asarray(label_column.to_numpy(zero_copy_only=False))
+        both = cand.ok & base.ok
+        judged = both & labelled
+        c_all = np.empty(rows, dtype=object)
+        c_all[cand.ok] = cand.outputs[self.output]
+        b_all = np.empty(rows, dtype=object)
+        b_all[base.ok] = base.outputs[self.output]
+        c, b, y = c_all[judged], b_all[judged], labels[judged]
+        if self.kind is OutputKind.REGRESSOR:
+            c, b = c.astype(np.float64), b.astype(np.float64)
+        self.summary.rows_in += rows
+        self.summary.rows_out += int(judged.sum())
+        self.summary.rows_rejected += int((~both).sum())
+        self.report = self.report.model_copy(
+            update={
+                "rows_unlabelled": self.report.rows_unlabelled + int((both & ~labelled).sum()),
+                "rows_rejected": self.report.rows_rejected + int((~both).sum()),
+                "total": self.report.total + backtest.tally_of(self.kind, c, b, y),
+            }
+        )
+        coder = self.candidate.checker.segments
+        if coder is not None and cand.inputs is not None and len(y):
+            # cand.inputs holds the candidate's accepted rows; of those, the judged ones
+            inputs = cand.inputs[judged[cand.ok]]
+            backtest.add_segments(
+                self.segment_tallies, self.kind, coder=coder, inputs=inputs, candidate=c, baseline=b, labels=y
+            )
+
+
+def _prediction_output(scorer: Scorer) -> tuple[OutputKind, str]:
+    """The output a backtest compares with the label: a classifier's ``label``, a regressor's
+    ``prediction`` (one column)."""
+    names = {c.name for c in scorer.columns if c.index is None}
+    if "label" in names:
+        return OutputKind.CLASSIFIER, "label"
+    if "prediction" in names:
+        return OutputKind.REGRESSOR, "prediction"
+    raise PermanentError(
+        "a backtest compares a 1-D label (classifier) or prediction (regressor) output with the label "
+        f"column; this model's outputs are {', '.join(sorted(c.name for c in scorer.columns))}"
+    )
+
+
 def _numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray[Any, Any]:
     """A column as numpy: numbers as float64 with NaN for nulls (``check_rows`` reads NaN as left
     out), anything else as objects with None for nulls. Text that is all numbers (a CSV feature
@@ -878,7 +1043,11 @@ def score_shard(settings: BatchSettings, summary: Summary) -> None:
         stale.unlink(missing_ok=True)  # a killed run's leftovers
     scorer = load_scorer(settings)
     summary.model_sha256 = scorer.digest
-    ShardRun(settings, scorer=scorer, sources=sources, fmt=fmt, units=units, summary=summary).run()
+    if settings.label_column is not None:
+        baseline = load_scorer(settings, baseline=True)
+        BacktestRun(settings, scorer, baseline, sources=sources, fmt=fmt, units=units, summary=summary).run()
+    else:
+        ShardRun(settings, scorer=scorer, sources=sources, fmt=fmt, units=units, summary=summary).run()
     summary.seconds = time.perf_counter() - started
     summary.status = ShardState.SUCCEEDED
     marker = settings.output / done_name(settings.shard_index)
@@ -925,7 +1094,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.SETTINGS
     _configure_logging(settings)
     summary = Summary(settings.shard_index, settings.shard_count)
-    secrets = Redactor([settings.model_uri, settings.input])
+    secrets = Redactor([u for u in (settings.model_uri, settings.input, settings.baseline_model_uri) if u])
     started = time.perf_counter()
     code = ExitCode.SCORED
     signal.signal(signal.SIGTERM, _on_sigterm)

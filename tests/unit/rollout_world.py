@@ -17,6 +17,7 @@ from rollwise.api.v1alpha1 import ModelDeployment
 from rollwise.kube.observe import child_view, observe
 from rollwise.plan.analysis import Measured
 from rollwise.plan.decision import Decision
+from rollwise.plan.jobs import ObservedPod, PodPhase
 from rollwise.plan.machine import decide
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.observed import Observed, WebhookResult
@@ -154,6 +155,8 @@ class World:
     user: dict[tuple[str, str], Manifest] = field(default_factory=dict)
     crash_candidate: bool = False
     crash_stable: bool = False
+    backtest_pods: list[ObservedPod] = field(default_factory=list)
+    """The backtest Job's pods as `kube/` lists them once the Job ended (`finish_job`)."""
 
     @classmethod
     def of(cls, md: ModelDeployment, *user: Manifest) -> World:
@@ -162,7 +165,7 @@ class World:
     def observed(
         self, measurements: Sequence[Measured] = (), webhooks: Sequence[WebhookResult] = ()
     ) -> Observed:
-        base = observe(list(self.children.values()))
+        base = observe(list(self.children.values()), owner_uid=UID)
         return Observed(
             stable=base.stable,
             candidate=base.candidate,
@@ -170,7 +173,24 @@ class World:
             router_objects=tuple(self.user.values()),
             measurements=tuple(measurements),
             webhooks=tuple(webhooks),
+            backtest_jobs=base.backtest_jobs,
+            backtest_pods=tuple(self.backtest_pods),
         )
+
+    def finish_job(self, name: str, *, messages: Sequence[str], failed: bool = False) -> None:
+        """The Job `name` ends (Complete, or Failed), one pod per index with its termination message."""
+        job = self.children[("Job", name)]
+        condition = "Failed" if failed else "Complete"
+        job["status"] = {
+            "conditions": [{"type": condition, "status": "True", "message": "BackoffLimitExceeded"}],
+            "completedIndexes": "" if failed else f"0-{len(messages) - 1}",
+            "failedIndexes": "0" if failed else "",
+        }
+        phase = PodPhase.FAILED if failed else PodPhase.SUCCEEDED
+        self.backtest_pods = [
+            ObservedPod(f"{name}-{i}", i, phase, T0, exit_code=3 if failed else 0, message=m, job=name)
+            for i, m in enumerate(messages)
+        ]
 
     def plan(
         self, now: datetime, measurements: Sequence[Measured] = (), webhooks: Sequence[WebhookResult] = ()

@@ -51,7 +51,50 @@ DIRECTORY_MSG = (
     ".tgz or .zip): pin the digest of its manifest (sha256sum SHA256SUMS)"
 )
 
+BACKTEST = {"dataset": {"uri": "s3://bucket/history/"}, "labelColumn": "y", "metrics": [{"name": "accuracy"}]}
+SCHEMA_DOC = {"features": [{"name": "x"}]}
+WITH_SCHEMA = edit(B, spec__model__featureSchema=SCHEMA_DOC)
+
 BAD = [
+    pytest.param(
+        edit(B, spec__rollout__backtest=BACKTEST),
+        [
+            "spec.rollout.backtest: scores the model's own artifact in a batch job; set model.uri, "
+            "model.sha256 and model.featureSchema (a model served by runtime.server cannot be backtested)"
+        ],
+        RULE,
+        id="a backtest without the model's feature schema names the fields to set",
+    ),
+    pytest.param(
+        edit(WITH_SCHEMA, spec__rollout__backtest={**BACKTEST, "metrics": [{"name": "agreement"}]}),
+        [
+            "spec.rollout.backtest.metrics[0].minimum: required for agreement; set the smallest share "
+            "of rows both models must agree on, e.g. 95"
+        ],
+        RULE,
+        id="agreement without a minimum says which value to set",
+    ),
+    pytest.param(
+        edit(WITH_SCHEMA, spec__rollout__backtest={**BACKTEST, "metrics": [{"name": "mae"}]}),
+        [
+            "spec.rollout.backtest.metrics[0].worseBy: required for mae and rmse (in the label's unit, "
+            "e.g. 0.1); there is no default"
+        ],
+        RULE,
+        id="an error metric without worseBy has no default to fall back on",
+    ),
+    pytest.param(
+        edit(
+            WITH_SCHEMA,
+            spec__rollout__backtest={**BACKTEST, "metrics": [{"name": "accuracy", "minimum": 90}]},
+        ),
+        [
+            "spec.rollout.backtest.metrics[0].minimum: only agreement takes a minimum; use worseBy for "
+            "accuracy, mae and rmse"
+        ],
+        RULE,
+        id="a minimum on accuracy points to worseBy",
+    ),
     pytest.param(
         edit(B, spec__rollout__canary__steps=[{"setWeight": 50}, {"setWeight": 20}]),
         [STEPS_MSG],
@@ -513,6 +556,19 @@ def test_bad_manifest_is_rejected_with_these_lines(
 
 GOOD = [
     pytest.param(B, id="the base manifest"),
+    pytest.param(
+        edit(
+            WITH_SCHEMA,
+            spec__rollout__backtest={
+                **BACKTEST,
+                "metrics": [
+                    {"name": "accuracy", "worseBy": 2, "bySegment": True},
+                    {"name": "agreement", "minimum": 90},
+                ],
+            },
+        ),
+        id="a backtest with accuracy per segment and agreement",
+    ),
     pytest.param(
         edit(B, spec__model__format="onnx", spec__model__sha256=None),
         id="an onnx model needs no digest (loading it runs no code)",

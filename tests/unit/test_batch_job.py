@@ -17,20 +17,17 @@ from rollwise.api.batch import BatchPhase, ModelBatchJob, ModelBatchJobStatus, S
 from rollwise.api.v1alpha1 import ConditionStatus, ConditionType, ModelDeployment, Reason
 from rollwise.kube.batch import observed_pod
 from rollwise.plan.batch import (
-    ObservedJob,
-    ObservedPod,
-    PodPhase,
     Unresolved,
     batch_args,
     batch_notes,
     batch_status,
     desired_job,
-    parse_indexes,
     pod_failure_policy,
     resolve_model,
 )
 from rollwise.plan.decision import EventType
 from rollwise.plan.guardrails import Guardrails, batch_violations
+from rollwise.plan.jobs import ObservedJob, ObservedPod, PodPhase, parse_indexes
 from rollwise.settings import SettingsError, from_env
 from rollwise_contract.base import describe_errors
 from rollwise_contract.batch import ExitCode, ShardReport, ShardState

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 from rollwise.kube import batch
-from rollwise.plan.batch import ObservedPod, PodPhase
+from rollwise.plan.jobs import ObservedPod, PodPhase
 from rollwise.settings import OperatorSettings
 
 from tests.unit.test_batch_job import BATCH_IMAGE, IMAGE, T0, UID, manifest, report

@@ -10,7 +10,8 @@ import pytest
 from rollwise.api.batch import ModelBatchJob, ShardPhase
 from rollwise.cli.batch_view import batch_view, progress_bar
 from rollwise.kube.batch import observed_job, observed_pod
-from rollwise.plan.batch import ObservedJob, PodPhase, Unresolved, pinned, resolve_model
+from rollwise.plan.batch import Unresolved, pinned, resolve_model
+from rollwise.plan.jobs import ObservedJob, PodPhase
 
 from tests.unit.cli_objects import render
 from tests.unit.test_batch_job import PODS, RUNNING_JOB, T0, UID, _status, job_of, manifest

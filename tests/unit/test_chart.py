@@ -43,7 +43,7 @@ NAMESPACED_RULES: RuleTable = {
     ("autoscaling", "horizontalpodautoscalers"): OWN,
     ("rollwise.dev", "modelbatchjobs"): READ | {"patch"},
     ("rollwise.dev", "modelbatchjobs/status"): frozenset({"get", "patch"}),
-    ("batch", "jobs"): frozenset({"get", "create"}),
+    ("batch", "jobs"): OWN,  # a rollout's backtest Job is a child like the others
     ("", "pods"): frozenset({"list"}),
     ("", "events"): frozenset({"create"}),
     ("events.k8s.io", "events"): frozenset({"create"}),

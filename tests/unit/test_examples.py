@@ -15,6 +15,7 @@ import pytest
 import yaml
 from rollwise.api.batch import ModelBatchJob
 from rollwise.api.v1alpha1 import ModelDeployment, StrategyName, TrafficProvider
+from rollwise.plan.backtest import desired_backtest_job
 from rollwise.plan.batch import Unresolved, batch_args, desired_job, resolve_model
 from rollwise.plan.guardrails import Guardrails, batch_violations
 from rollwise.plan.split import TrafficSplit
@@ -44,6 +45,7 @@ EXPECTED = {
     "byo-json-server.yaml": StrategyName.CANARY,
     "byo-mlserver.yaml": StrategyName.CANARY,
     "byo-llm-server.yaml": StrategyName.CANARY,
+    "backtest-canary.yaml": StrategyName.CANARY,
 }
 BATCH_EXAMPLES = {"batch-job.yaml": 4}
 """ModelBatchJob examples and their shard count."""
@@ -92,6 +94,26 @@ def test_example_is_valid_and_plans(name: str, strategy: StrategyName) -> None:
     assert rollout_steps(md.spec.rollout)
     kinds = [m["kind"] for m in steady_children(md, owner_uid="uid", serving_image="img")]
     assert kinds[:2] == ["Deployment", "Service"]
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in EXPECTED])
+def test_a_backtest_examples_job_arguments_parse_as_rollwise_batch_reads_them(name: str) -> None:
+    doc, _ = documents(name)
+    md = ModelDeployment.model_validate(doc)
+    spec = md.spec.rollout.backtest
+    if spec is None:
+        return
+    job = desired_backtest_job(
+        md, spec, revision="0123456789", stable=md.spec.model, owner_uid="u", batch_image="b"
+    )
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    settings = parse_batch_settings([str(a) for a in args], {"JOB_COMPLETION_INDEX": "1"})
+    assert (settings.label_column, settings.shard_count, settings.shard_index) == (
+        spec.label_column,
+        spec.shards,
+        1,
+    )
+    assert settings.baseline_sha256 == md.spec.model.sha256
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in EXPECTED])

@@ -170,3 +170,25 @@ def test_a_redacted_body_keeps_env_names_and_refs_and_drops_values() -> None:
     ]
     assert out["spec"]["model"] == {"uri": "https://***@h/m", "fallback": {"uri": "s3://***@b/f"}}
     assert body["spec"]["runtime"]["env"][0]["value"] == "1"  # the original is untouched
+
+
+def test_a_backtests_pods_are_held_to_the_same_rules() -> None:
+    rails = Guardrails(allowed_pvcs=["models"], allowed_env_secrets=["model-*"])
+    backtest = {
+        "dataset": {"uri": "pvc://payroll/history.parquet"},
+        "labelColumn": "y",
+        "metrics": [{"name": "accuracy"}],
+        "image": "docker.io/evil/miner:latest",
+        "env": [{"name": "DB", "valueFrom": {"secretKeyRef": {"name": "prod-db", "key": "password"}}}],
+    }
+    doc = edit(base(), spec__rollout__backtest=backtest)
+    doc["spec"]["model"]["featureSchema"] = {"features": [{"name": "x"}]}
+    problems = violations(
+        ModelDeployment.model_validate(doc), rails, serving_image=IMAGE, batch_image=IMAGE + "-batch"
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "spec.rollout.backtest.image",
+        "spec.rollout.backtest.env[0].valueFrom.secretKeyRef.name",
+        "spec.rollout.backtest.dataset.uri",
+    ]
+    assert "PVC payroll is not one a ModelDeployment may mount" in problems[2]

@@ -87,9 +87,10 @@ Rules for namespaced objects: the same list goes into the ClusterRole (all names
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # ModelBatchJobs (#20): the resource and its status as above; its Indexed Job is created once
-# (get + create: a Job's template is immutable, and the garbage collector deletes it with its
-# owner, so no patch or delete); the Job's pods are listed (by the Job's label) only to read each
-# shard's termination message.
+# (a Job's template is immutable, and the garbage collector deletes it with its owner); the Job's
+# pods are listed (by the Job's label) only to read each shard's termination message. A rollout's
+# backtest Job is a ModelDeployment child like the others: watched (by our label), applied
+# server-side, and pruned when its candidate is gone, hence list, watch, patch and delete too.
 - apiGroups: ["rollwise.dev"]
   resources: ["modelbatchjobs"]
   verbs: ["get", "list", "watch", "patch"]
@@ -98,13 +99,13 @@ Rules for namespaced objects: the same list goes into the ClusterRole (all names
   verbs: ["get", "patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "create"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
 # Every decision is an Event: Kopf posts core/v1 Events, the operator events.k8s.io/v1 ones
-# (kube/events.py); both only create. Pods are listed for batch jobs only: for a ModelDeployment
-# the operator reads Deployments' status, never a pod.
+# (kube/events.py); both only create. Pods are listed for batch jobs and backtests only: for a
+# ModelDeployment's serving the operator reads Deployments' status, never a pod.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -22,9 +22,8 @@ from rollwise_contract.batch import DataFormat
 from rollwise_contract.model import ModelFormat, Track
 
 from rollwise.api.v1alpha1 import (
-    URI,
-    URI_FIX,
     Condition,
+    Dataset,
     EnvVar,
     ModelSpec,
     Name,
@@ -50,18 +49,8 @@ KEEP_COLUMN = r"^[^,\s][^,]*$"
 """A column name `rollwise-batch --keep` can carry: no comma (its separator), no leading space."""
 
 
-class BatchInput(ApiModel):
-    """The dataset to score."""
-
-    uri: Uri
-    """A file or directory: file:///path (in the image), pvc://claim/path (mounted read-only),
-    http(s)://host/file, or an S3 prefix s3://bucket/prefix/ (every file under it)."""
-    format: DataFormat | None = None
-    """parquet or csv; unset: from the file names (.parquet, .pq, .csv)."""
-
-    @rule(cel=f"self.uri.matches('{URI}')", field="uri", message=f"unsupported location; {URI_FIX}")
-    def _uri_supported(self) -> bool:
-        return re.fullmatch(URI, self.uri) is not None
+BatchInput = Dataset
+"""The dataset to score (declared once, with a backtest's, in `v1alpha1`)."""
 
 
 class BatchOutput(ApiModel):

@@ -18,6 +18,7 @@ from typing import Annotated, Final, Literal
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from rollwise_contract.base import ApiModel, StatusModel, count, map_list, rule
+from rollwise_contract.batch import DataFormat
 from rollwise_contract.features import FEATURE_NAME, FeatureSchema
 from rollwise_contract.matches import HEADER_NAME, RequestMatch
 from rollwise_contract.model import PICKLE_FORMATS, ModelFormat
@@ -1239,6 +1240,121 @@ class Webhook(ApiModel):
     failure. Default 10."""
 
 
+class Dataset(ApiModel):
+    """A dataset in files: the input of a ModelBatchJob and a backtest's labelled history."""
+
+    uri: Uri
+    """A file or directory: file:///path (in the image), pvc://claim/path (mounted read-only),
+    http(s)://host/file, or an S3 prefix s3://bucket/prefix/ (every file under it)."""
+    format: DataFormat | None = None
+    """parquet or csv; unset: from the file names (.parquet, .pq, .csv)."""
+
+    @rule(cel=f"self.uri.matches('{URI}')", field="uri", message=f"unsupported location; {URI_FIX}")
+    def _uri_supported(self) -> bool:
+        return re.fullmatch(URI, self.uri) is not None
+
+
+class BacktestMetricName(StrEnum):
+    """What a backtest compares between the candidate and the stable on the labelled rows."""
+
+    ACCURACY = "accuracy"
+    """Classifier: the share of rows whose predicted label is the true one, in percent."""
+    AGREEMENT = "agreement"
+    """Classifier: the share of rows where both models predict the same label, in percent."""
+    MAE = "mae"
+    """Regressor: mean absolute error, in the label's unit."""
+    RMSE = "rmse"
+    """Regressor: root mean squared error, in the label's unit."""
+
+
+DEFAULT_BACKTEST_WORSE_BY: Final = 1.0
+"""accuracy's default `worseBy`: one percentage point."""
+
+
+class BacktestMetric(ApiModel):
+    """One comparison of the backtest; each fails the candidate only when shown (docs/batch.md)."""
+
+    name: BacktestMetricName
+    """accuracy, agreement (classifiers), mae or rmse (regressors)."""
+    worse_by: float | None = Field(default=None, ge=0, le=1e9)
+    """The worsening that matters: accuracy in percentage points (default 1), mae and rmse in the
+    label's unit (required). The candidate fails when it is shown worse than the stable by more, at
+    the backtest's confidence; a smaller or unproven difference passes."""
+    minimum: float | None = Field(default=None, ge=0, le=100)
+    """agreement only (required there): the smallest share of rows, in percent, on which both
+    models must predict the same label; failed only when shown below it."""
+    by_segment: bool = False
+    """Also judge each segment value the candidate's feature schema declares (a segment parity
+    check): no segment value with at least minRows rows may be shown worse by more than `worseBy`.
+    The whole dataset and the m segment values are m + 1 comparisons, each at alpha / (m + 1)
+    (Bonferroni), so the check as a whole keeps the backtest's confidence."""
+
+    @rule(
+        cel="self.name != 'agreement' || has(self.minimum)",
+        field="minimum",
+        message="required for agreement; set the smallest share of rows both models must agree on, e.g. 95",
+    )
+    def _agreement_has_minimum(self) -> bool:
+        return self.name is not BacktestMetricName.AGREEMENT or self.minimum is not None
+
+    @rule(
+        cel="self.name == 'agreement' || !has(self.minimum)",
+        field="minimum",
+        message="only agreement takes a minimum; use worseBy for accuracy, mae and rmse",
+    )
+    def _minimum_only_for_agreement(self) -> bool:
+        return self.name is BacktestMetricName.AGREEMENT or self.minimum is None
+
+    @rule(
+        cel="!(self.name == 'mae' || self.name == 'rmse') || has(self.worseBy)",
+        field="worseBy",
+        message="required for mae and rmse (in the label's unit, e.g. 0.1); there is no default",
+    )
+    def _error_has_worse_by(self) -> bool:
+        return self.name not in (BacktestMetricName.MAE, BacktestMetricName.RMSE) or self.worse_by is not None
+
+    @property
+    def tolerance(self) -> float:
+        """`worseBy`, or accuracy's default (mae and rmse always set it)."""
+        return self.worse_by if self.worse_by is not None else DEFAULT_BACKTEST_WORSE_BY
+
+
+MAX_BACKTEST_SHARDS = 100
+"""Shards of a backtest: each reports its tallies in its own termination message."""
+
+
+class Backtest(ApiModel):
+    """Score a labelled dataset with the candidate and the stable before the candidate gets any
+    traffic; a candidate shown worse is rolled back before a user sees it (docs/batch.md)."""
+
+    dataset: Dataset
+    """The labelled history: the candidate's feature columns and `labelColumn`."""
+    label_column: str = Field(min_length=1, max_length=256, pattern=r"^[^,\s][^,]*$")
+    """The column holding each row's true label (a class, or a regressor's number)."""
+    metrics: list[BacktestMetric] = Field(min_length=1, max_length=8, json_schema_extra=map_list("name"))
+    """The comparisons; any shown worse rolls the candidate back."""
+    confidence: float = Field(default=0.99, ge=0.5, le=0.9999)
+    """How sure each comparison must be before it fails a candidate, as a live check's
+    `compare.confidence`: a candidate no worse than `worseBy` fails one in at most `1 - confidence`
+    of backtests. Default 0.99."""
+    min_rows: int = Field(default=200, ge=1, le=1_000_000_000)
+    """Labelled rows both models must have scored for a verdict; fewer is inconclusive. Default 200."""
+    shards: int = Field(default=1, ge=1, le=MAX_BACKTEST_SHARDS)
+    """Pieces the dataset is split into, one pod each (as a ModelBatchJob's). Default 1."""
+    resources: Resources | None = None
+    """CPU and memory for each shard's pod; unset leaves them to namespace defaults."""
+    timeout_seconds: int = Field(default=1800, ge=30, le=24 * 3600)
+    """Seconds the backtest may run; past it the backtest is inconclusive. Default 1800."""
+    inconclusive_policy: InconclusivePolicy = InconclusivePolicy.FAIL
+    """What a backtest without a verdict does (its Job failed, it timed out, too few rows, segments
+    lost): fail (default) rolls back, pause waits for a human (promote skips the backtest, abort
+    rolls back), proceed goes on to the first step. Never a silent pass."""
+    image: str | None = Field(default=None, min_length=1, max_length=512)
+    """Image providing `rollwise-batch`; unset: the operator's batch image."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, json_schema_extra=map_list("name"))
+    """Extra environment variables for the shards, e.g. S3 credentials from a Secret."""
+
+
 class StrategyName(StrEnum):
     """The strategy block set in spec.rollout."""
 
@@ -1259,6 +1375,9 @@ class Rollout(ApiModel):
     """Route chosen requests or users to the candidate."""
     shadow: Shadow | None = None
     """Mirror traffic to the candidate; clients only see stable's answers."""
+    backtest: Backtest | None = None
+    """Score a labelled dataset with the candidate and the stable before the first step; a
+    candidate shown worse is rolled back before it gets any traffic."""
     analysis: AnalysisSpec | None = None
     """Metrics the analysis steps measure."""
     traffic: Traffic = Field(default_factory=Traffic)
@@ -1421,6 +1540,17 @@ class ModelDeploymentSpec(ApiModel):
             return True
         return self.model.reference.uri.startswith("pvc://")
 
+    @rule(
+        cel="!has(self.rollout) || !has(self.rollout.backtest) || "
+        "(has(self.model.uri) && has(self.model.sha256) && has(self.model.featureSchema))",
+        field="rollout.backtest",
+        message="scores the model's own artifact in a batch job; set model.uri, model.sha256 and "
+        "model.featureSchema (a model served by runtime.server cannot be backtested)",
+    )
+    def _backtest_needs_an_artifact(self) -> bool:
+        m = self.model
+        return self.rollout.backtest is None or None not in (m.uri, m.sha256, m.feature_schema)
+
 
 # ---------------------------------------------------------------------------------------------
 # status
@@ -1506,6 +1636,14 @@ class Reason(StrEnum):
     """A ModelBatchJob's `model.fromDeployment` names no ModelDeployment or no model on that track (yet)."""
     JOB_CONFLICT = "JobConflict"
     """A Job of the batch job's name exists and is not ours; it is never touched."""
+    BACKTEST_RUNNING = "BacktestRunning"
+    """The candidate and the stable score the labelled dataset; no traffic reaches the candidate."""
+    BACKTEST_PASSED = "BacktestPassed"
+    """The backtest showed the candidate no worse; the first step begins."""
+    BACKTEST_FAILED = "BacktestFailed"
+    """The backtest showed the candidate worse; rolled back before any traffic."""
+    BACKTEST_INCONCLUSIVE = "BacktestInconclusive"
+    """The backtest gave no verdict (its Job failed, it timed out, too few rows)."""
 
 
 class Verdict(StrEnum):
@@ -1632,6 +1770,65 @@ class MonitoringStatus(StatusModel):
     """The latest look per check: verdict Successful, Failed or Inconclusive, value and message."""
 
 
+class BacktestPhase(StrEnum):
+    """Where a candidate's backtest is; `plan/backtest.py` derives it from its Job."""
+
+    RUNNING = "Running"
+    """The Job's shards are scoring."""
+    PASSED = "Passed"
+    """No metric showed the candidate worse: the first step may begin."""
+    FAILED = "Failed"
+    """A metric showed the candidate worse: rolled back before any traffic."""
+    INCONCLUSIVE = "Inconclusive"
+    """No verdict (the Job failed, timed out, too few rows): `inconclusivePolicy` applies."""
+
+
+class BacktestResult(StatusModel):
+    """One metric of a backtest, with the numbers behind its verdict."""
+
+    name: BacktestMetricName
+    """The metric."""
+    verdict: Verdict
+    """Successful, Failed or Inconclusive."""
+    candidate: float | None = None
+    """The candidate's value (accuracy and agreement in percent, errors in the label's unit)."""
+    baseline: float | None = None
+    """The stable's value (agreement has none)."""
+    bound: float | None = None
+    """The one-sided confidence bound the verdict compares with the tolerance: accuracy's upper
+    bound of candidate minus stable (points), an error's lower bound of candidate minus stable,
+    agreement's upper bound (percent)."""
+    tolerance: float | None = None
+    """`-worseBy` (accuracy), `worseBy` (errors) or `minimum` (agreement)."""
+    segment: str | None = Field(default=None, max_length=256)
+    """With bySegment: the segment value (`feature=value`) the numbers are of, the worst one."""
+    message: str = Field(default="", max_length=1024)
+    """The verdict in one line."""
+
+
+class BacktestStatus(StatusModel):
+    """The backtest of the current (or last) candidate."""
+
+    revision: str = Field(max_length=64)
+    """The candidate revision it scored."""
+    phase: BacktestPhase
+    """Running, Passed, Failed or Inconclusive."""
+    job_name: str = Field(max_length=63)
+    """The batch/v1 Indexed Job that scores it."""
+    started_at: AwareDatetime
+    """When the rollout asked for it; `timeoutSeconds` counts from here."""
+    finished_at: AwareDatetime | None = None
+    rows: int = Field(default=0, ge=0)
+    """Labelled rows both models scored."""
+    rows_rejected: int = Field(default=0, ge=0)
+    """Rows a model's feature schema refused (never judged)."""
+    rows_unlabelled: int = Field(default=0, ge=0)
+    metrics: list[BacktestResult] = Field(default_factory=list, max_length=8)
+    """One result per metric (per bySegment metric, the worst segment's)."""
+    message: str = Field(default="", max_length=4096)
+    """The outcome in one line."""
+
+
 class HistoryEntry(StatusModel):
     """A finished rollout."""
 
@@ -1645,6 +1842,8 @@ class HistoryEntry(StatusModel):
     """Why it ended that way."""
     finished_at: AwareDatetime
     """When it ended."""
+    backtest: str | None = Field(default=None, max_length=1024)
+    """Its backtest's outcome, with the numbers, when it had one."""
 
 
 class RevisionSpec(StatusModel):
@@ -1703,6 +1902,8 @@ class ModelDeploymentStatus(StatusModel):
     """kstatus conditions: Ready, Reconciling, Stalled."""
     analysis: AnalysisStatus | None = None
     """The current (or last) analysis."""
+    backtest: BacktestStatus | None = None
+    """The current (or last) candidate's backtest, with `spec.rollout.backtest`."""
     history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)
     """Finished rollouts, newest first, at most 10."""
     previous_stable: RevisionSpec | None = None

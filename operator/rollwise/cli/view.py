@@ -21,6 +21,7 @@ from rich.text import Text
 
 from rollwise.api.v1alpha1 import (
     AnalysisStatus,
+    BacktestPhase,
     BuiltinMetric,
     MetricCheck,
     ModelDeployment,
@@ -317,6 +318,46 @@ def analysis_table(md: ModelDeployment, now: datetime) -> RenderableType | None:
     return table
 
 
+BACKTEST_STYLE = {
+    BacktestPhase.RUNNING: "cyan",
+    BacktestPhase.PASSED: "green",
+    BacktestPhase.FAILED: "bold red",
+    BacktestPhase.INCONCLUSIVE: "yellow",
+}
+
+
+def backtest_table(md: ModelDeployment, now: datetime) -> RenderableType | None:
+    """The current (or last) candidate's backtest: each metric's candidate and stable values,
+    the bound the verdict compared with the tolerance, and the verdict."""
+    bt = md.status.backtest
+    if bt is None:
+        return None
+    rows = f", {bt.rows} rows ({bt.rows_rejected} rejected)" if bt.rows else ""
+    title = Text.assemble(
+        "Backtest: ",
+        (bt.phase.value, BACKTEST_STYLE.get(bt.phase, "")),
+        f" (Job {bt.job_name}, started {since(bt.started_at, now)} ago{rows})",
+    )
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("metric", "candidate", "stable", "bound", "tolerance", "verdict", "detail"):
+        table.add_column(
+            column, justify="right" if column in ("candidate", "stable", "bound", "tolerance") else "left"
+        )
+    for r in bt.metrics:
+        table.add_row(
+            r.name.value if r.segment is None else f"{r.name.value} [{r.segment}]",
+            format_value(r.candidate),
+            format_value(r.baseline),
+            format_value(r.bound),
+            format_value(r.tolerance),
+            Text(r.verdict.value, style=VERDICT_STYLE.get(r.verdict, "")),
+            Text(r.message, overflow="fold"),
+        )
+    if not bt.metrics:
+        table.add_row("-", "-", "-", "-", "-", "-", Text(bt.message, overflow="fold"))
+    return table
+
+
 def monitoring_table(md: ModelDeployment, now: datetime) -> RenderableType | None:
     """`spec.monitoring`'s latest look at the stable model: its verdict and each check's reading."""
     spec, mon = md.spec.monitoring, md.status.monitoring
@@ -431,6 +472,9 @@ def status_view(
 ) -> RenderableType:
     """The live view of one ModelDeployment: header, steps, traffic, analysis, recent Events."""
     parts: list[RenderableType] = [header(md, now), Text(""), steps_table(md, now), Text(""), split_view(md)]
+    tested = backtest_table(md, now)
+    if tested is not None:
+        parts += [Text(""), tested]
     analysis = analysis_table(md, now)
     if analysis is not None:
         parts += [Text(""), analysis]

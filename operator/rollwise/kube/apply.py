@@ -27,6 +27,7 @@ HASH_ANNOTATION = "rollwise.dev/applied-hash"
 # kind we do not know is a programming error, reported as such.
 _PATHS: dict[tuple[str, str], tuple[str, str]] = {
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
     ("v1", "Service"): ("/api/v1", "services"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): ("/apis/gateway.networking.k8s.io/v1", "httproutes"),

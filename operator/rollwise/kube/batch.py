@@ -25,20 +25,17 @@ from rollwise.kube.events import post_events
 from rollwise.kube.ownership import controlled_by
 from rollwise.plan.batch import (
     CONTAINER,
-    ObservedJob,
-    ObservedPod,
-    PodPhase,
     Unresolved,
     batch_notes,
     batch_status,
     desired_job,
     invalid_batch_status,
     job_name,
-    parse_indexes,
     pinned,
     resolve_model,
 )
 from rollwise.plan.guardrails import batch_violations
+from rollwise.plan.jobs import ObservedJob, ObservedPod, PodPhase, parse_indexes
 from rollwise.settings import OperatorSettings
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -105,6 +102,7 @@ def observed_pod(body: Mapping[str, Any]) -> ObservedPod | None:
         created=_time(meta.get("creationTimestamp")) or dt.datetime.min.replace(tzinfo=dt.UTC),
         exit_code=code,
         message=message,
+        job=str((meta.get("labels") or {}).get(JOB_NAME_LABEL, "")),
         earlier_failures=sum(
             int(v) for a in FAILURE_COUNT_ANNOTATIONS if str(v := annotations.get(a, "0")).isdigit()
         ),

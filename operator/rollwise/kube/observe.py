@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from rollwise.kube.batch import observed_job
 from rollwise.plan.manifest import Manifest
 from rollwise.plan.names import ANNOTATION_REVISION, LABEL_TRACK, Track
 from rollwise.plan.observed import Observed, TrackState, deployment_rolled_out
@@ -63,11 +64,16 @@ def track_state(deployment: Mapping[str, Any] | None) -> TrackState:
     )
 
 
-def observe(children: Iterable[Mapping[str, Any]]) -> Observed:
-    """Group our children by track; anything else we own is passed through for routers."""
+def observe(children: Iterable[Mapping[str, Any]], *, owner_uid: str = "") -> Observed:
+    """Group our children by track; backtest Jobs apart (owned: controlled by `owner_uid`);
+    anything else we own is passed through for routers."""
     by_track: dict[str, Mapping[str, Any]] = {}
     kept: list[Manifest] = []
+    jobs = []
     for obj in children:
+        if obj.get("kind") == "Job":
+            jobs.append(observed_job(obj, owner_uid))
+            continue
         kept.append(dict(obj))
         if obj.get("kind") == "Deployment":
             track = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_TRACK)
@@ -77,4 +83,5 @@ def observe(children: Iterable[Mapping[str, Any]]) -> Observed:
         stable=track_state(by_track.get(Track.STABLE)),
         candidate=track_state(by_track.get(Track.CANDIDATE)),
         children=tuple(kept),
+        backtest_jobs=tuple(jobs),
     )

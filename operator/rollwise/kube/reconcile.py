@@ -22,8 +22,16 @@ from pydantic import ValidationError
 from rollwise_contract.base import describe_errors
 
 from rollwise import telemetry
-from rollwise.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus, PassedGate, Phase, Reason
+from rollwise.api.v1alpha1 import (
+    BacktestPhase,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    PassedGate,
+    Phase,
+    Reason,
+)
 from rollwise.kube.apply import ObjectKey, apply_objects, delete_objects, desired_hash
+from rollwise.kube.batch import fetch_pods
 from rollwise.kube.events import post_events
 from rollwise.kube.observe import observe
 from rollwise.kube.ownership import foreign_children, unread
@@ -195,13 +203,16 @@ async def reconcile(
         except ValidationError as err:
             await _write_invalid(api, write_slots, memory, body, problems=describe_errors(err), now=now)
             return None
-        if refused := violations(md, settings.guardrails, serving_image=settings.serving_image):
+        if refused := violations(
+            md, settings.guardrails, serving_image=settings.serving_image, batch_image=settings.batch_image
+        ):
             # The administrator's guardrails refuse it: nothing is created or changed, stable serves on.
             await _write_invalid(api, write_slots, memory, body, problems=refused, now=now)
             return None
         observed = await _observe(
             md, children, router_objects, memory=memory, provider=provider, now=now, slots=query_slots
         )
+        observed = await _with_backtest_pods(api, md, observed, owner_uid=meta["uid"])
         decision = decide(
             md,
             observed,
@@ -209,6 +220,7 @@ async def reconcile(
             owner_uid=meta["uid"],
             serving_image=settings.serving_image,
             router=router_for(md.spec.rollout.traffic.provider),
+            batch_image=settings.batch_image,
         )
         live = {ObjectKey.of(c): c for c in [*children, *router_objects]}
         routed = [ObjectKey.of(o) for o in router_objects]
@@ -277,13 +289,29 @@ async def _observe(
             await asyncio.gather(*(_measure_held(slots, md, provider, request) for request in due))
         )
     observed = replace(
-        observe(children),
+        observe(children, owner_uid=md.metadata.uid or ""),
         router_objects=tuple(dict(o) for o in router_objects),
         measurements=measurements,
         webhooks=memory.answers.for_pass(md.status.candidate_revision, md.status.passed_gates),
     )
     log.debug("%s observed stable=%s candidate=%s", md.metadata.name, observed.stable, observed.candidate)
     return observed
+
+
+async def _with_backtest_pods(
+    api: client.ApiClient, md: ModelDeployment, observed: Observed, *, owner_uid: str
+) -> Observed:
+    """The running backtest's pods, once its Job has ended: their termination messages carry the
+    shards' tallies. One LIST by the Job's label, only until the verdict is in the status (pods are
+    never watched: a cluster's pods are far too many to index for this)."""
+    bt = md.status.backtest
+    if bt is None or bt.phase is not BacktestPhase.RUNNING:
+        return observed
+    job = next((j for j in observed.backtest_jobs if j.name == bt.job_name and j.owned), None)
+    if job is None or not (job.complete or job.failed):
+        return observed
+    pods = await asyncio.to_thread(fetch_pods, api, md.metadata.namespace or "", job.name)
+    return replace(observed, backtest_pods=tuple(pods))
 
 
 async def _write(

@@ -15,11 +15,9 @@ disruptions (preemption, node drain) are retried without counting against it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
-from pydantic import ValidationError
 from rollwise_contract.batch import PERMANENT_EXIT_CODES, ShardReport, ShardState
 from rollwise_contract.model import Track
 
@@ -38,6 +36,7 @@ from rollwise.api.v1alpha1 import (
     ModelDeployment,
     ModelSpec,
     Reason,
+    Resources,
     RuntimeSpec,
 )
 from rollwise.plan.conditions import kstatus_conditions
@@ -52,6 +51,7 @@ from rollwise.plan.desired import (
     pod_security_context,
     scratch_size,
 )
+from rollwise.plan.jobs import ObservedJob, ObservedPod, PodPhase, shard_report
 from rollwise.plan.manifest import JsonValue, Manifest
 from rollwise.plan.names import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
 
@@ -162,7 +162,7 @@ def pod_failure_policy() -> Manifest:
     }
 
 
-def _claim(uri: str) -> str | None:
+def claim_of(uri: str) -> str | None:
     return uri.removeprefix("pvc://").split("/", 1)[0] if uri.startswith("pvc://") else None
 
 
@@ -177,7 +177,7 @@ def batch_args(mbj: ModelBatchJob, model: ModelSpec) -> list[JsonValue]:
     if model.feature_schema is not None:
         args += ["--feature-schema", feature_schema_arg(model.feature_schema)]
     data = spec.input.uri
-    args += ["--input", container_path(data) if _claim(data) or data.startswith("file://") else data]
+    args += ["--input", container_path(data) if claim_of(data) or data.startswith("file://") else data]
     if spec.input.format is not None:
         args += ["--input-format", str(spec.input.format)]
     args += ["--output", container_path(spec.output.uri), "--output-format", str(spec.output.format)]
@@ -188,13 +188,20 @@ def batch_args(mbj: ModelBatchJob, model: ModelSpec) -> list[JsonValue]:
 
 
 def _volumes(mbj: ModelBatchJob, model: ModelSpec) -> tuple[list[JsonValue], list[JsonValue]]:
-    """Volumes and mounts: `/tmp` (sized as a serving pod's), each claim at `PVC_ROOT/<claim>` as
-    `container_uri` expects it, read-only except the output's."""
-    scratch = scratch_size(RuntimeSpec(resources=mbj.spec.resources))
+    return shard_volumes(
+        mbj.spec.resources, [model.uri or "", mbj.spec.input.uri], output=claim_of(mbj.spec.output.uri)
+    )
+
+
+def shard_volumes(
+    resources: Resources | None, uris: Sequence[str], *, output: str | None = None
+) -> tuple[list[JsonValue], list[JsonValue]]:
+    """Volumes and mounts: `/tmp` (sized as a serving pod's), each claim the `uris` name at
+    `PVC_ROOT/<claim>` as `container_uri` expects it, read-only except the `output` claim."""
+    scratch = scratch_size(RuntimeSpec(resources=resources))
     volumes: list[JsonValue] = [{"name": "tmp", "emptyDir": {"sizeLimit": scratch}}]
     mounts: list[JsonValue] = [{"name": "tmp", "mountPath": "/tmp"}]
-    output = _claim(mbj.spec.output.uri)
-    claims = {c for c in (_claim(model.uri or ""), _claim(mbj.spec.input.uri)) if c is not None}
+    claims = {c for c in map(claim_of, uris) if c is not None}
     for claim in sorted(claims | ({output} if output else set())):
         writable = claim == output
         volumes.append(
@@ -208,24 +215,74 @@ def desired_job(mbj: ModelBatchJob, model: ModelSpec, *, owner_uid: str, batch_i
     """The `batch/v1` Indexed Job scoring `mbj`'s shards with `model`, owned by `mbj`.
 
     Created once: a Job's pod template is immutable, which is what pins the model for the run.
-    The pod is locked down as the serving pods are (restricted Pod Security profile, read-only
-    root, no service-account token), and writes only to `/tmp` and the output claim. Without
-    `spec.image` it runs `batch_image`: the serving image lacks pyarrow, which `rollwise-batch` needs."""
+    Without `spec.image` it runs `batch_image`: the serving image lacks pyarrow, which
+    `rollwise-batch` needs."""
     spec = mbj.spec
     volumes, mounts = _volumes(mbj, model)
+    owner: Manifest = {"apiVersion": API_VERSION, "kind": KIND, "name": mbj.metadata.name, "uid": owner_uid}
+    return indexed_job(
+        ShardJob(
+            name=job_name(mbj),
+            namespace=mbj.metadata.namespace,
+            labels=batch_labels(mbj),
+            owner=owner,
+            image=spec.image or batch_image,
+            args=batch_args(mbj, model),
+            env=[e.model_dump(mode="json", exclude_none=True) for e in spec.env],
+            resources=spec.resources,
+            volumes=volumes,
+            mounts=mounts,
+            shards=spec.shards,
+            parallelism=spec.parallelism or spec.shards,
+            backoff_limit_per_index=spec.backoff_limit_per_index,
+            node_selector=dict(spec.node_selector),
+            tolerations=[t.model_dump(mode="json", exclude_none=True) for t in spec.tolerations],
+        )
+    )
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What differs between the Indexed Jobs that run `rollwise-batch`: a ModelBatchJob's and a
+    rollout's backtest (`plan/backtest.py`); `indexed_job` builds both the same locked-down way."""
+
+    name: str
+    namespace: str | None
+    labels: Manifest
+    """On the Job (and on its pods, unless `pod_labels` says otherwise)."""
+    owner: Manifest
+    """The controller owner reference (apiVersion, kind, name, uid)."""
+    image: str
+    args: list[JsonValue]
+    volumes: list[JsonValue]
+    mounts: list[JsonValue]
+    shards: int
+    parallelism: int
+    backoff_limit_per_index: int
+    env: list[JsonValue] = field(default_factory=list)
+    resources: Resources | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[JsonValue] = field(default_factory=list)
+    pod_labels: Manifest | None = None
+
+
+def indexed_job(job: ShardJob) -> Manifest:
+    """The `batch/v1` Indexed Job of `rollwise-batch` shards: one index per shard, the exit-code
+    `podFailurePolicy`, and the pod locked down as the serving pods are (restricted Pod Security
+    profile, read-only root, no service-account token), writing only to its mounts' writable ones."""
     container: Manifest = {
         "name": CONTAINER,
-        "image": spec.image or batch_image,
+        "image": job.image,
         "command": [BATCH_COMMAND],
-        "args": batch_args(mbj, model),
-        "env": [e.model_dump(mode="json", exclude_none=True) for e in spec.env],
+        "args": job.args,
+        "env": job.env,
         # The shard's summary JSON: the operator reads rows and errors from it, per index.
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
         "securityContext": container_security_context(),
-        "volumeMounts": mounts,
+        "volumeMounts": job.mounts,
     }
-    resources = container_resources(RuntimeSpec(resources=spec.resources))
+    resources = container_resources(RuntimeSpec(resources=job.resources))
     if resources:
         container["resources"] = resources
     pod: Manifest = {
@@ -235,109 +292,34 @@ def desired_job(mbj: ModelBatchJob, model: ModelSpec, *, owner_uid: str, batch_i
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         "containers": [container],
-        "volumes": volumes,
+        "volumes": job.volumes,
     }
-    if spec.node_selector:
-        pod["nodeSelector"] = dict(sorted(spec.node_selector.items()))
-    if spec.tolerations:
-        pod["tolerations"] = [t.model_dump(mode="json", exclude_none=True) for t in spec.tolerations]
-    labels = batch_labels(mbj)
-    meta: Manifest = {"name": job_name(mbj), "labels": labels}
-    if mbj.metadata.namespace:
-        meta["namespace"] = mbj.metadata.namespace
-    meta["ownerReferences"] = [
-        {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": mbj.metadata.name,
-            "uid": owner_uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-    ]
+    if job.node_selector:
+        pod["nodeSelector"] = dict(sorted(job.node_selector.items()))
+    if job.tolerations:
+        pod["tolerations"] = job.tolerations
+    meta: Manifest = {"name": job.name, "labels": job.labels}
+    if job.namespace:
+        meta["namespace"] = job.namespace
+    meta["ownerReferences"] = [{**job.owner, "controller": True, "blockOwnerDeletion": True}]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": meta,
         "spec": {
             "completionMode": "Indexed",
-            "completions": spec.shards,
-            "parallelism": spec.parallelism or spec.shards,
-            "backoffLimitPerIndex": spec.backoff_limit_per_index,
+            "completions": job.shards,
+            "parallelism": job.parallelism,
+            "backoffLimitPerIndex": job.backoff_limit_per_index,
             # without maxFailedIndexes every other shard still runs when one fails for good
-            "maxFailedIndexes": spec.shards,
+            "maxFailedIndexes": job.shards,
             "podFailurePolicy": pod_failure_policy(),
-            "template": {"metadata": {"labels": labels}, "spec": pod},
+            "template": {"metadata": {"labels": job.pod_labels or job.labels}, "spec": pod},
         },
     }
 
 
 # ---- what is observed ---------------------------------------------------------------------------
-
-
-class PodPhase(StrEnum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    UNKNOWN = "Unknown"
-
-
-@dataclass(frozen=True)
-class ObservedPod:
-    """One pod of the Job, as `kube/` reads it: its index annotation, phase, the shard container's
-    exit code and termination message."""
-
-    name: str
-    index: int
-    phase: PodPhase
-    created: datetime
-    exit_code: int | None = None
-    message: str = ""
-    earlier_failures: int = 0
-    """How many pods of this index failed before this one was made, as the Job controller counts
-    them on the pods it creates (`batch.kubernetes.io/job-index-failure-count` plus
-    `job-index-ignored-failure-count`): a failed pod the API deleted is gone from any list, and
-    only this count still says the shard was retried."""
-
-
-@dataclass(frozen=True)
-class ObservedJob:
-    """The Job's status fields the plan reads."""
-
-    name: str
-    owned: bool
-    """Whether its controller owner is this batch job; a foreign Job is never touched."""
-    completed_indexes: frozenset[int] = frozenset()
-    failed_indexes: frozenset[int] = frozenset()
-    complete: bool = False
-    failed: bool = False
-    failure_message: str = ""
-    start_time: datetime | None = None
-    completion_time: datetime | None = None
-
-
-def parse_indexes(text: str | None) -> frozenset[int]:
-    """A Job's `completedIndexes` / `failedIndexes`: `"1,3-5,7"` -> {1, 3, 4, 5, 7}."""
-    out: set[int] = set()
-    for raw in (text or "").split(","):
-        part = raw.strip()
-        if not part:
-            continue
-        low, _, high = part.partition("-")
-        out.update(range(int(low), int(high or low) + 1))
-    return frozenset(out)
-
-
-def shard_report(message: str) -> ShardReport | None:
-    """The shard's summary from its termination message; None when there is none or it is not
-    one (a pod killed before writing it, an OOM kill)."""
-    if not message.strip():
-        return None
-    try:
-        return ShardReport.model_validate_json(message)
-    except ValidationError:
-        return None
 
 
 # ---- status -------------------------------------------------------------------------------------

@@ -59,12 +59,23 @@ def _repository(image: str) -> str:
     return name[:colon] if colon > slash else name
 
 
-def violations(md: ModelDeployment, rails: Guardrails, *, serving_image: str) -> list[str]:
-    """Every field of `md` the guardrails refuse, each with the rule and the fix."""
+def violations(
+    md: ModelDeployment, rails: Guardrails, *, serving_image: str, batch_image: str | None = None
+) -> list[str]:
+    """Every field of `md` the guardrails refuse, each with the rule and the fix. A backtest's
+    pods are pods too: its image (by default the batch or serving image's repository), env and
+    dataset claim are held to the same rules as a ModelBatchJob's."""
     out: list[str] = []
     runtime = md.spec.runtime
     out += _runtime(runtime, rails, serving_image=serving_image)
     out += _model(md.spec.model, rails)
+    backtest = md.spec.rollout.backtest
+    if backtest is not None:
+        where = "spec.rollout.backtest"
+        defaults = [i for i in (batch_image, serving_image) if i]
+        out += _image(backtest.image, rails, defaults=defaults, where=f"{where}.image")
+        out += _placement(backtest.env, {}, [], rails, where)
+        out += _claims([(f"{where}.dataset.uri", backtest.dataset.uri)], rails, "ModelDeployment")
     analysis = md.spec.rollout.analysis
     if not rails.custom_queries and analysis is not None:
         for i, check in enumerate(analysis.metrics):

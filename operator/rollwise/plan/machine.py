@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 
 from rollwise.api.actions import ACTION_ANNOTATION, Action, Request
 from rollwise.api.v1alpha1 import (
+    BacktestPhase,
     HistoryEntry,
     InconclusivePolicy,
     ModelDeployment,
@@ -39,7 +40,7 @@ from rollwise.api.v1alpha1 import (
     Verdict,
     WebhookType,
 )
-from rollwise.plan import analysis, monitoring, segments
+from rollwise.plan import analysis, backtest, monitoring, segments
 from rollwise.plan.conditions import with_history
 from rollwise.plan.decision import Decision, EventType, WebhookCall
 from rollwise.plan.desired import desired_objects
@@ -62,6 +63,7 @@ from rollwise.plan.status import status_of
 from rollwise.plan.steps import Analyze, Pause, describe_step, rollout_steps
 from rollwise.plan.triggers import (
     Act,
+    Backtested,
     Degraded,
     GateFailed,
     Invalid,
@@ -109,6 +111,8 @@ def transition(world: World, state: State, trigger: Trigger) -> State:
             return _spec_changed(world, state, trigger)
         case Judged():
             return _judged(world, state, trigger)
+        case Backtested():
+            return _backtested(world, state, trigger)
         case Degraded(message=why):
             return _degraded(world, state, why)
         case _:
@@ -221,6 +225,25 @@ def _progressed(world: World, state: State, trigger: Trigger) -> State:
             return state
 
 
+def _backtested(world: World, state: State, done: Backtested) -> State:
+    """A backtest that did not pass. Shown worse: rolled back, before any traffic. Without a
+    verdict (its Job failed, it timed out, too few rows), never a pass: `inconclusivePolicy` fail
+    rolls back, pause waits for a human (promote goes on without it, abort rolls back); proceed
+    never gets here (`triggers.backtest_holds` lets it through)."""
+    if state.phase is not Phase.PROGRESSING:
+        return state
+    why = done.message
+    if done.phase is BacktestPhase.FAILED:
+        return _rollback(world, state, Reason.BACKTEST_FAILED, f"backtest failed: {why}")
+    spec = world.md.spec.rollout.backtest
+    if spec is not None and spec.inconclusive_policy is InconclusivePolicy.PAUSE:
+        message = f"backtest inconclusive, paused for a human (promote skips it, abort rolls back): {why}"
+        return replace(
+            state, phase=Phase.PAUSED, reason=Reason.BACKTEST_INCONCLUSIVE, message=message[:32768]
+        ).note(EventType.WARNING, Reason.BACKTEST_INCONCLUSIVE, message[:4096])
+    return _rollback(world, state, Reason.BACKTEST_INCONCLUSIVE, f"backtest inconclusive: {why}")
+
+
 def _degraded(world: World, state: State, why: str) -> State:
     """Monitoring found the promoted stable degraded: back to the stable before it, as a rollback
     of the degraded revision (history, Events, `kubectl rollwise retry` to try it again)."""
@@ -260,6 +283,13 @@ def _act(world: World, state: State, request: Request) -> State:
             return replace(state, phase=Phase.PAUSED, reason=Reason.PAUSED, message=message).note(
                 EventType.NORMAL, Reason.PAUSED, message
             )
+        case (Phase.PAUSED, Action.RESUME) if state.reason is Reason.BACKTEST_INCONCLUSIVE:
+            return state.note(
+                EventType.NORMAL,
+                state.reason,
+                "resume cannot rerun a backtest of the same revision; promote goes on without it, abort "
+                "rolls back",
+            )
         case (Phase.PAUSED, Action.RESUME):
             return _resume(world, state)
         case (_, Action.PROMOTE) if live and state.step is None:
@@ -298,11 +328,29 @@ def _start(world: World, state: State) -> State:
         step=None,
         step_started_at=world.now,
         analysis=None,
+        backtest=None,
         reason=Reason.PROGRESSING,
         message=f"rolling out {version} ({world.md.spec.rollout.strategy})",
     )
-    return started.note(
+    started = started.note(
         EventType.NORMAL, Reason.PROGRESSING, f"rolling out {version} as candidate ({revision_of(rev)})"
+    )
+    spec = world.md.spec.rollout.backtest
+    if spec is None:
+        return started
+    bt = backtest.started(world.md, revision_of(rev), world.now)
+    problem = backtest.pinned_problem("stable", state.stable.model)
+    if problem is not None:
+        bt = bt.model_copy(
+            update={"phase": BacktestPhase.INCONCLUSIVE, "finished_at": world.now, "message": problem}
+        )
+        return replace(started, backtest=bt)
+    message = (
+        f"backtest: {version} and the stable {state.stable.model.version} score {spec.dataset.uri} "
+        f"(Job {bt.job_name}); no traffic reaches {version} until it passes"
+    )
+    return replace(started, backtest=bt, reason=Reason.BACKTEST_RUNNING, message=message).note(
+        EventType.NORMAL, Reason.BACKTEST_RUNNING, message
     )
 
 
@@ -413,12 +461,14 @@ def _rollback(world: World, state: State, reason: Reason, why: str) -> State:
 def _history(state: State, outcome: Reason, why: str, now: datetime) -> State:
     if state.candidate is None:
         return state
+    bt = state.backtest if state.backtest is not None and state.backtest.revision == state.candidate else None
     entry = HistoryEntry(
         version=state.candidate_version or "",
         revision=state.candidate,
         outcome=outcome,
         message=why[:4096],
         finished_at=now,
+        backtest=backtest.history_line(bt),
     )
     return replace(state, history=tuple(with_history(state.history, entry)))
 
@@ -455,6 +505,32 @@ def _fold_measurements(world: World, state: State) -> State:
     if folded == state.analysis:
         return state
     return replace(state, analysis=folded)
+
+
+def _fold_backtest(world: World, state: State) -> State:
+    """Read the running backtest's Job and pods back (`backtest.backtest_status`); its verdict,
+    when it changes, is an Event (a failure's also comes with the rollback it causes)."""
+    spec, bt = world.md.spec.rollout.backtest, state.backtest
+    if (
+        spec is None
+        or bt is None
+        or bt.phase is not BacktestPhase.RUNNING
+        or bt.revision != state.candidate
+        or state.phase not in (Phase.PROGRESSING, Phase.PAUSED)
+    ):
+        return state
+    job = next((j for j in world.observed.backtest_jobs if j.name == bt.job_name), None)
+    pods = [p for p in world.observed.backtest_pods if job is not None and p.job == job.name]
+    folded = backtest.backtest_status(spec, bt, job=job, pods=pods, now=world.now)
+    if folded == bt:
+        return state
+    out = replace(state, backtest=folded)
+    if folded.phase is BacktestPhase.PASSED:
+        return out.note(EventType.NORMAL, Reason.BACKTEST_PASSED, f"backtest passed: {folded.message}"[:4096])
+    if folded.phase is BacktestPhase.INCONCLUSIVE and spec.inconclusive_policy is InconclusivePolicy.PROCEED:
+        message = f"backtest inconclusive, going on as inconclusivePolicy proceed says: {folded.message}"
+        return out.note(EventType.WARNING, Reason.BACKTEST_INCONCLUSIVE, message[:4096])
+    return out
 
 
 WATCHED = frozenset({Phase.HEALTHY, Phase.ROLLED_BACK})
@@ -531,6 +607,14 @@ def _next_look(world: World, state: State) -> list[timedelta]:
     return [monitoring.next_due(spec, state.monitoring) - world.now]
 
 
+def _backtest_timeout(world: World, state: State) -> list[timedelta]:
+    """Time to a running backtest's `timeoutSeconds`."""
+    bt, spec = state.backtest, world.md.spec.rollout.backtest
+    if bt is None or spec is None or bt.phase is not BacktestPhase.RUNNING:
+        return []
+    return [bt.started_at + timedelta(seconds=spec.timeout_seconds) - world.now]
+
+
 def requeue(world: World, state: State, calls: Sequence[WebhookCall]) -> timedelta | None:
     """When to look again if nothing wakes us earlier."""
     now = world.now
@@ -553,6 +637,7 @@ def requeue(world: World, state: State, calls: Sequence[WebhookCall]) -> timedel
                     waits.append(started + timedelta(seconds=blue_green_delay(world)) - now)
             if not world.candidate_ready(state):
                 waits.append(started + world.deadline - now)
+            waits.extend(_backtest_timeout(world, state))
         case Phase.PROMOTING | Phase.ROLLING_BACK | Phase.PENDING | Phase.DEGRADED:
             waits.append(WAIT_FOR_READY)
         case _:
@@ -571,22 +656,28 @@ def decide(
     owner_uid: str,
     serving_image: str,
     router: Router,
+    batch_image: str | None = None,
 ) -> Decision:
     """Plan one pass; `router` is the traffic router for `spec.rollout.traffic.provider`
-    (`routers.router_for`)."""
+    (`routers.router_for`); `batch_image` runs a backtest without `image` (default: the serving
+    image)."""
     steps = rollout_steps(md.spec.rollout)
     world = World(md, observed, now, router, steps, (*router.problems(md), *analysis.query_problems(md)))
     before = State.of(md)
-    state = _fold_monitoring(world, _fold_measurements(world, before))
+    state = _fold_monitoring(world, _fold_backtest(world, _fold_measurements(world, before)))
     for _ in range(MAX_TRANSITIONS):
         trigger = next_trigger(world, state)
         if trigger is None:
             break
-        state = _fold_measurements(world, transition(world, state, trigger))
+        state = _fold_backtest(world, _fold_measurements(world, transition(world, state, trigger)))
     state = _waiting_on_router(world, state)
     state = _health(state, _stable_view(observed.stable, state.stable), first=md.status.phase is None)
     state = _fold_monitoring(world, state)
     desired, delete, split = desired_objects(world, state, owner_uid=owner_uid, serving_image=serving_image)
+    jobs, stale_jobs = backtest.backtest_objects(
+        world, state, owner_uid=owner_uid, batch_image=batch_image or serving_image
+    )
+    desired, delete = [*desired, *jobs], [*delete, *stale_jobs]
     calls = [
         *webhook_calls(world, state),
         *post_rollout_calls(world, before, state),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from rollwise.api.v1alpha1 import WebhookType
 from rollwise.plan.analysis import Measured
+from rollwise.plan.jobs import ObservedJob, ObservedPod
 from rollwise.plan.manifest import Manifest
 
 
@@ -82,6 +83,11 @@ class Observed:
     webhooks: tuple[WebhookResult, ...] = ()
     """Answers to the `Decision.webhook_calls` of earlier passes (kept by the I/O layer until the
     gate moves on)."""
+    backtest_jobs: tuple[ObservedJob, ...] = ()
+    """Our backtest Jobs (`plan/backtest.py`), of any revision: the current one is read, the
+    others are pruned."""
+    backtest_pods: tuple[ObservedPod, ...] = ()
+    """Their pods, whose termination messages carry each shard's tallies."""
 
 
 def deployment_rolled_out(obj: Manifest) -> bool:

@@ -14,6 +14,7 @@ from functools import cached_property
 from rollwise.api.v1alpha1 import (
     AnalysisSpec,
     AnalysisStatus,
+    BacktestStatus,
     HistoryEntry,
     ModelDeployment,
     ModelDeploymentStatus,
@@ -61,6 +62,8 @@ class State:
     previous_stable: RevisionSpec | None = None
     """The stable before the last promotion (`monitoring.onDegraded: rollback` returns to it)."""
     monitoring: MonitoringStatus | None = None
+    backtest: BacktestStatus | None = None
+    """The candidate's backtest (`spec.rollout.backtest`), kept after the rollout ends."""
     notes: tuple[Note, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -82,6 +85,7 @@ class State:
             history=tuple(s.history),
             previous_stable=s.previous_stable,
             monitoring=s.monitoring,
+            backtest=s.backtest,
         )
 
     def note(self, kind: EventType, reason: Reason, message: str) -> State:

@@ -100,6 +100,7 @@ def status_of(
         history=list(state.history),
         previous_stable=state.previous_stable,
         monitoring=state.monitoring if md.spec.monitoring is not None else None,
+        backtest=state.backtest,
         passed_gates=passed_gates(state, answers) if in_rollout else [],
         last_action=state.last_action,
     )

@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rollwise.api.actions import Request, requested_action
-from rollwise.api.v1alpha1 import DegradedPolicy, Phase, Reason, Verdict, WebhookType
+from rollwise.api.v1alpha1 import (
+    BacktestPhase,
+    DegradedPolicy,
+    InconclusivePolicy,
+    Phase,
+    Reason,
+    Verdict,
+    WebhookType,
+)
 from rollwise.plan import analysis
 from rollwise.plan.gates import Gate, gate, rollback_asked
 from rollwise.plan.revision import revision_of
@@ -75,6 +83,15 @@ class StepDone:
 
 
 @dataclass(frozen=True)
+class Backtested:
+    """The candidate's backtest ended without a pass: shown worse, or no verdict (its policy
+    decides)."""
+
+    phase: BacktestPhase
+    message: str
+
+
+@dataclass(frozen=True)
 class Judged:
     """The current analysis reached a verdict."""
 
@@ -121,6 +138,7 @@ Trigger = (
     | NewRevision
     | Reverted
     | Started
+    | Backtested
     | Degraded
     | StepDone
     | Judged
@@ -165,6 +183,8 @@ def _progress(world: World, state: State) -> Trigger | None:
     match state.phase:
         case Phase.PROGRESSING | Phase.PAUSED if (asked := rollback_asked(world, state)) is not None:
             return RollbackAsked(asked)
+        case Phase.PROGRESSING if state.step is None and backtest_holds(world, state):
+            return _backtested(state) or _stuck(world, state)
         case Phase.PROGRESSING if state.step is None:
             g = gate(world, state, 0)
             return _refused(g) or (Started() if g.open else _stuck(world, state))
@@ -184,6 +204,25 @@ def _progress(world: World, state: State) -> Trigger | None:
             return Settled()
         case _:
             return None
+
+
+def backtest_holds(world: World, state: State) -> bool:
+    """The candidate's backtest keeps it from its first step: running, failed, or without a
+    verdict unless `inconclusivePolicy: proceed`. No traffic reaches the candidate meanwhile (the
+    split before the first step is all stable)."""
+    spec, bt = world.md.spec.rollout.backtest, state.backtest
+    if spec is None or bt is None or bt.revision != state.candidate:
+        return False
+    if bt.phase is BacktestPhase.INCONCLUSIVE:
+        return spec.inconclusive_policy is not InconclusivePolicy.PROCEED
+    return bt.phase is not BacktestPhase.PASSED
+
+
+def _backtested(state: State) -> Backtested | None:
+    bt = state.backtest
+    if bt is None or bt.phase is BacktestPhase.RUNNING:
+        return None
+    return Backtested(bt.phase, bt.message)
 
 
 def _degraded(world: World, state: State) -> str | None:
