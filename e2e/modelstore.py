@@ -100,13 +100,34 @@ def make_models(out: Path = MODELS_DIR) -> Path:
                 f"examples/models/manifest.json pins {entry['sha256']}: run `make models` to remake "
                 "the artifacts and re-pin every digest"
             )
-    for stale in {f.name for f in out.iterdir()} - {f.name for f in COMMITTED.iterdir()} - set(BAD_MODELS):
+    made = {*BAD_MODELS, LABELLED}
+    for stale in {f.name for f in out.iterdir()} - {f.name for f in COMMITTED.iterdir()} - made:
         (out / stale).unlink()  # e.g. a machine-made artifact an older checkout left in the cache
     for f in COMMITTED.iterdir():
         shutil.copyfile(f, out / f.name)
     for name, body in BAD_MODELS.items():
         (out / name).write_text(BAD_MODEL_TEMPLATE.format(body=body))
+    _write_labelled(out / LABELLED)
     return out
+
+
+LABELLED = "iris-labelled.parquet"
+"""The 150 Iris rows with their true class (`species`): examples/backtest-canary.yaml's dataset."""
+
+
+def _write_labelled(path: Path) -> None:
+    """Written the same on every machine (the store's image tag hashes its files)."""
+    import pyarrow as pa  # noqa: PLC0415 - only the store needs them, not every e2e import
+    import pyarrow.parquet as pq  # noqa: PLC0415
+    from sklearn.datasets import load_iris  # noqa: PLC0415
+
+    iris = load_iris()
+    columns = {
+        name: pa.array(iris.data[:, i], pa.float64())
+        for i, name in enumerate(["sepal_length", "sepal_width", "petal_length", "petal_width"])
+    }
+    columns["species"] = pa.array([str(iris.target_names[t]) for t in iris.target])
+    pq.write_table(pa.table(columns), path)
 
 
 def sha256_of(artifact: str) -> str:
