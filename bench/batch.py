@@ -10,7 +10,8 @@ four ways, all on one core's worth of threads (``OMP_NUM_THREADS=1``, threadpool
   (``predict_proba`` and the label; no I/O, no checks);
 - ``rollwise-batch``: one shard reading the Parquet file and writing its part, as a process (its
   CPU includes Python's and the libraries' start-up, about 3 s) and as ``score_shard`` called in
-  this process (the same shard: list, load, read, check, predict, write; no start-up);
+  this process (the same shard: list, load, read, check, predict, write; no start-up), and
+  where that shard's CPU goes, by stage (its runs again with each stage's method in a timer);
 - Spark: ``rollwise_serving.spark.score`` on ``local[1]``, reading and writing Parquet, after a
   warm-up job loaded the model in the Python worker (CPU of the JVM and its Python workers);
 - the online server, ``rollwise-serve`` with one worker, sent single-row and 64-row OIP requests
@@ -133,6 +134,78 @@ def batch_in_process(model: dict[str, Any], data: Path, out: Path) -> tuple[floa
             score_shard(settings, Summary(0, 1))
             runs.append((time.process_time() - cpu, time.perf_counter() - wall))
     return min(runs)
+
+
+STAGES = (
+    ("read", "Parquet read of the shard's columns (arrow)"),
+    ("check_rows", "feature-schema checks (SchemaChecker.check_rows)"),
+    ("predict", "runtime.predict (the model)"),
+    ("arrow", "outputs to arrow (labels via their class index)"),
+    ("write", "Parquet write of the part (arrow)"),
+    ("commit", "part closed, fsynced, renamed"),
+)
+
+
+def shard_stages(model: dict[str, Any], data: Path, out: Path) -> tuple[float, dict[str, float]]:
+    """Where ``score_shard``'s CPU goes: (total CPU seconds, CPU seconds by stage) of its fastest
+    of a few runs, each stage timed by wrapping the method that does it (``Reader._chunks``'
+    batches, ``check_rows``, ``predict``, ``Scorer.arrow``, ``PartWriter.write``/``commit``)."""
+    from rollwise_serving import batch, features  # noqa: PLC0415
+    from rollwise_serving.runtimes import sklearn  # noqa: PLC0415
+
+    spent: dict[str, float] = {}
+
+    def timed(owner: Any, name: str, stage: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[stage] = spent.get(stage, 0.0) + time.process_time() - started
+
+        setattr(owner, name, wrapper)
+
+    def timed_batches(inner: Any) -> Any:
+        def chunks(*args: Any) -> Any:
+            batches = inner(*args)
+            while True:
+                started = time.process_time()
+                item = next(batches, None)
+                spent["read"] = spent.get("read", 0.0) + time.process_time() - started
+                if item is None:
+                    return
+                yield item
+
+        return chunks
+
+    saved = [
+        (features.SchemaChecker, "check_rows"),
+        (sklearn.SklearnRuntime, "predict"),
+        (batch.Scorer, "arrow"),
+        (batch.PartWriter, "write"),
+        (batch.PartWriter, "commit"),
+        (batch.Reader, "_chunks"),
+    ]
+    originals = [(owner, name, getattr(owner, name)) for owner, name in saved]
+    for (owner, name), stage in zip(saved[:-1], [s for s, _ in STAGES if s != "read"], strict=True):
+        timed(owner, name, stage)
+    batch.Reader._chunks = timed_batches(batch.Reader._chunks)  # type: ignore[method-assign]
+    runs = []
+    try:
+        with threadpool_limits(1):
+            for _ in range(REPEATS):
+                shutil.rmtree(out, ignore_errors=True)
+                spent.clear()
+                settings = batch.parse_batch_settings(cli_args(model, data, out), {})
+                started = time.process_time()
+                batch.score_shard(settings, batch.Summary(0, 1))
+                runs.append((time.process_time() - started, dict(spent)))
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+    return min(runs, key=lambda run: run[0])
 
 
 def batch_cli(model: dict[str, Any], data: Path, out: Path) -> tuple[float, float, dict[str, Any]]:
@@ -290,6 +363,7 @@ def main() -> int:
     log("rollwise-batch: a process, then score_shard in process")
     batch_cpu, batch_wall, summary = batch_cli(model, data, WORK / "out-batch")
     shard_cpu, shard_wall = batch_in_process(model, data, WORK / "out-shard")
+    stages_cpu, stages = shard_stages(model, data, WORK / "out-stages")
     log("Spark local[1]")
     spark_cpu, spark_wall = spark_path(model, data, WORK / "out-spark", args.rows)
     log("online, one row per request")
@@ -313,6 +387,13 @@ def main() -> int:
     print(
         f"(rollwise-batch's own summary: {summary['rowsPerSecond']:,.0f} rows/s over {summary['seconds']} s)"
     )
+    print(f"\nWhere score_shard's CPU goes (fastest of {REPEATS} timed runs, {stages_cpu:.3f} s in all):")
+    print(f"{'stage':<52} {'ns/row':>7} {'share':>6}")
+    rest = stages_cpu - sum(stages.values())
+    for stage, label in [*STAGES, ("rest", "the rest: list, load, chunk glue, rejects, marker")]:
+        seconds = rest if stage == "rest" else stages.get(stage, 0.0)
+        print(f"{label:<52} {seconds / args.rows * 1e9:>7.1f} {seconds / stages_cpu:>6.1%}")
+    print(f"{'ceiling (runtime.predict alone, as above)':<52} {ceiling_cpu / args.rows * 1e9:>7.1f}")
     return 0
 
 

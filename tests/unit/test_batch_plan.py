@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rollwise_contract.features import FeatureSchema
-from rollwise_serving.batch import Summary, Unit, parse_batch_settings, shard_units
+from rollwise_serving.batch import ClassIndex, Summary, Unit, parse_batch_settings, shard_units
 from rollwise_serving.config import SettingsError
 from rollwise_serving.features import SchemaChecker
 
@@ -119,6 +120,85 @@ def test_check_rows_rejects_row_by_row_with_the_servers_messages() -> None:
     assert matrix[0].tolist() == [0.5, 1.0, 1.0, 0.5]  # blue is index 1; the left-out opt its default
     _, unnumbered = checker.check_rows(columns, 4, "")
     assert [p.message for p in unnumbered[1]] == ["x: 2 is outside [0, 1]", "n: 1.5 is not a whole number"]
+
+
+MIXED = SchemaChecker(
+    FeatureSchema.model_validate(
+        {
+            "features": [
+                {"name": "x", "type": "float", "min": 0, "max": 1},
+                {"name": "n", "type": "int", "min": 0, "max": 9},
+                {"name": "b", "type": "bool"},
+                {"name": "opt", "type": "float", "required": False, "default": 0.5},
+                {"name": "free", "type": "float", "required": False},
+            ]
+        }
+    )
+)
+VALUES = [0.0, 0.25, 1.0, 3.0, 1.5, -0.0, -2.0, 9.0, 10.0, np.nan, np.inf, -np.inf, 1e300]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    picks=st.lists(st.tuples(*[st.sampled_from(range(len(VALUES)))] * 5), min_size=0, max_size=12),
+    clean=st.booleans(),
+    ints=st.booleans(),
+)
+def test_check_rows_finds_what_the_row_by_row_checks_find(
+    picks: list[tuple[int, ...]], clean: bool, ints: bool
+) -> None:
+    """The whole-column test (``_all_valid``) only skips the row by row checks where they find
+    nothing: same matrix, same problems and messages, with or without it, on any mix of values."""
+    rows = len(picks)
+    columns = {
+        name: np.array([VALUES[p[c]] for p in picks], dtype=np.float64)
+        for c, name in enumerate(("x", "n", "b", "opt", "free"))
+    }
+    if clean:  # in bounds and whole where they must be: the whole-column test passes for each
+        columns = {k: np.where(np.isfinite(v) & (v >= 0) & (v <= 1), v, 1.0) for k, v in columns.items()}
+        columns["n"], columns["b"] = np.floor(columns["n"]), np.floor(columns["b"])
+    if ints:
+        columns["n"] = np.clip(np.nan_to_num(columns["n"]), -1, 99).astype(np.int64)
+    fast = MIXED.check_rows(columns, rows, "rows", first_row=10)
+    slow_checker = SchemaChecker(MIXED.declared)
+    slow_checker._all_valid = lambda c, values: False  # type: ignore[method-assign]  # the row by row path alone
+    slow = slow_checker.check_rows(columns, rows, "rows", first_row=10)
+    np.testing.assert_array_equal(fast[0], slow[0])
+    assert {r: [p.message for p in ps] for r, ps in fast[1].items()} == {
+        r: [p.message for p in ps] for r, ps in slow[1].items()
+    }
+    if clean and rows:
+        assert not fast[1]
+
+
+def test_class_index_finds_each_labels_class_or_declines() -> None:
+    iris = ClassIndex(["setosa", "versicolor", "virginica"])
+    labels = np.array(["virginica", "setosa", "versicolor", "setosa"])
+    assert iris.of(labels).tolist() == [2, 0, 1, 0]
+    assert iris.of(labels[:0]).tolist() == []
+    assert iris.of(np.array(["virginica", "vernicolor"])) is None, "not a class, though its 4th letter is"
+    assert iris.of(np.array(["setos"])) is None, "another width"
+    assert iris.of(np.array(["setosa", "virginica"], dtype=object)) is None
+    same_everywhere = ClassIndex(["aa", "ab", "ba", "bb"])  # no one position tells the four apart
+    assert same_everywhere.position is None and same_everywhere.of(np.array(["ab"])) is None
+    assert ClassIndex(["0", "1"]).of(np.array(["1", "1", "0"])).tolist() == [1, 1, 0]
+    assert ClassIndex(["ü", "€", "x"]).of(np.array(["€", "x"])).tolist() == [1, 2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    classes=st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=6, unique=True),
+    picks=st.lists(st.integers(min_value=0, max_value=6), max_size=20),
+)
+def test_class_index_agrees_with_a_lookup_of_the_strings(classes: list[str], picks: list[int]) -> None:
+    index = ClassIndex(classes)
+    labels = np.array([classes[p % len(classes)] for p in picks] or [classes[0]])
+    found = index.of(labels)
+    if found is not None:
+        assert [classes[i] for i in found] == labels.tolist()
+        assert pa.DictionaryArray.from_arrays(pa.array(found), pa.array(classes)).cast(
+            pa.string()
+        ).to_pylist() == (labels.tolist())
 
 
 def test_the_termination_message_fits_kubernetes_4096_bytes() -> None:
