@@ -274,20 +274,30 @@ def test_a_rerun_skips_finished_shards_and_scores_the_others(
     assert refused.code == 3 and refused.summary["status"] == "failed"
 
 
-def test_a_killed_shard_leaves_nothing_that_looks_done_and_its_rerun_no_duplicates(
-    models: dict[str, Any], tmp_path: Path
-) -> None:
+def slow_shard(models: dict[str, Any], tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path, Path]:
+    """A shard of 20 000 rows in 2-row chunks (slow enough to be stopped half-way), once it is
+    writing its part: (process, data, output dir, termination log)."""
     data = tmp_path / "big.parquet"
     pq.write_table(iris_table(20_000, seed=1), data, row_group_size=1000)
     out = tmp_path / "out"
     log = tmp_path / "termination"
-    # 2-row chunks: slow enough to be killed half-way
     argv = [str(BATCH), *batch_args(models, data, out, "--chunk-rows", "2"), "--termination-log", str(log)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(
             lambda: any(out.glob(".part-00000.parquet.*.tmp")), 60, "the shard to start writing its part"
         )
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, data, out, log
+
+
+def test_a_killed_shard_leaves_nothing_that_looks_done_and_its_rerun_no_duplicates(
+    models: dict[str, Any], tmp_path: Path
+) -> None:
+    proc, data, out, _ = slow_shard(models, tmp_path)
+    try:
         time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -310,16 +320,8 @@ def test_sigterm_stops_a_shard_at_once_with_a_retryable_exit_and_nothing_left_be
 ) -> None:
     """A deleted, evicted or drained pod gets SIGTERM: the scorer (PID 1 in its container, where
     SIGTERM is otherwise ignored) stops with exit 1, which the Job counts and retries."""
-    data = tmp_path / "big.parquet"
-    pq.write_table(iris_table(20_000, seed=1), data, row_group_size=1000)
-    out = tmp_path / "out"
-    log = tmp_path / "termination"
-    argv = [str(BATCH), *batch_args(models, data, out, "--chunk-rows", "2"), "--termination-log", str(log)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, _, out, log = slow_shard(models, tmp_path)
     try:
-        wait_for(
-            lambda: any(out.glob(".part-00000.parquet.*.tmp")), 60, "the shard to start writing its part"
-        )
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(10)
     finally:

@@ -62,7 +62,7 @@ from rollwise.api.v1alpha1 import (
     ModelSpec,
     Verdict,
 )
-from rollwise.plan.batch import TERMINATION_LOG, ShardJob, claim_of, indexed_job, shard_volumes
+from rollwise.plan.batch import TERMINATION_LOG, ShardJob, claim_of, indexed_job, missing_pins, shard_volumes
 from rollwise.plan.decision import ChildRef
 from rollwise.plan.desired import container_path, container_uri, feature_schema_arg
 from rollwise.plan.jobs import ObservedJob, ObservedPod, PodPhase, shard_report
@@ -104,16 +104,7 @@ def backtest_pod_labels(md_name: str) -> dict[str, JsonValue]:
 
 def pinned_problem(which: str, model: ModelSpec) -> str | None:
     """Why `model` cannot be backtested (no pinned artifact or schema), or None."""
-    missing = [
-        name
-        for name, value in (
-            ("uri", model.uri),
-            ("sha256", model.sha256),
-            ("format", model.format),
-            ("featureSchema", model.feature_schema),
-        )
-        if value is None
-    ]
+    missing = missing_pins(model)
     if not missing:
         return None
     return f"the {which} model has no {', '.join(missing)}; a backtest scores pinned artifacts with schemas"

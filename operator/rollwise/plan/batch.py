@@ -98,16 +98,7 @@ def resolve_model(mbj: ModelBatchJob, deployment: ModelDeployment | None) -> Mod
         if deployment.status.candidate_version is None:
             return Unresolved(f"{where} has no candidate being rolled out; use track: stable", True)
         model = deployment.spec.model
-    missing = [
-        name
-        for name, value in (
-            ("uri", model.uri),
-            ("sha256", model.sha256),
-            ("format", model.format),
-            ("featureSchema", model.feature_schema),
-        )
-        if value is None
-    ]
+    missing = missing_pins(model)
     if missing:
         return Unresolved(
             f"{where} ({ref.track}) has no {', '.join(missing)}; a batch job needs a pinned artifact "
@@ -549,3 +540,14 @@ def invalid_batch_status(
 
 ENDED = frozenset({BatchPhase.SUCCEEDED, BatchPhase.FAILED})
 """Phases after which nothing changes: the timer stops looking."""
+
+
+def missing_pins(model: ModelSpec) -> list[str]:
+    """The fields a model scored offline needs and lacks: a pinned artifact and its schema."""
+    pins = (
+        ("uri", model.uri),
+        ("sha256", model.sha256),
+        ("format", model.format),
+        ("featureSchema", model.feature_schema),
+    )
+    return [name for name, value in pins if value is None]
