@@ -376,8 +376,12 @@ class ClassIndex:
         self.classes = np.asarray(classes, dtype=str)
         self.width = width = self.classes.dtype.itemsize // 4
         codes = self.classes.view(np.uint32).reshape(len(self.classes), width)
-        self.position = next(
-            (j for j in range(width) if len(set(codes[:, j].tolist())) == len(self.classes)), None
+        # numpy's fixed-width strings drop trailing NULs: such a class goes to the sorted search
+        nul = any("\x00" in c for c in classes)
+        self.position = (
+            None
+            if nul
+            else next((j for j in range(width) if len(set(codes[:, j].tolist())) == len(self.classes)), None)
         )
         self.table = np.full(1, -1, dtype=np.int32)
         if self.position is not None and len(self.classes):
