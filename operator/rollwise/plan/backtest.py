@@ -234,6 +234,11 @@ def _fits(metric: BacktestMetric, kind: OutputKind) -> bool:
 def _one(metric: BacktestMetric, t: Tally, alpha: float, segment: str | None) -> Judgement:
     where = f" in {segment}" if segment else ""
     name = metric.name
+
+    def judged(verdict: Verdict, message: str, **numbers: float | None) -> Judgement:
+        result = BacktestResult(name=name, verdict=verdict, segment=segment, message=message, **numbers)
+        return Judgement(verdict, result)
+
     if name is BacktestMetricName.ACCURACY:
         verdict, c, s, bound = judge_accuracy(t, metric.tolerance, alpha)
         shown = "shown worse" if verdict is Verdict.FAILED else "not shown worse"
@@ -241,53 +246,19 @@ def _one(metric: BacktestMetric, t: Tally, alpha: float, segment: str | None) ->
             f"accuracy{where} {c:.2f} % vs stable {s:.2f} % over {t.rows} rows ({c - s:+.2f} points, "
             f"upper bound {bound:+.2f}): {shown} than by {metric.tolerance:g} points"
         )
-        return Judgement(
-            verdict,
-            BacktestResult(
-                name=name,
-                verdict=verdict,
-                candidate=c,
-                baseline=s,
-                bound=bound,
-                tolerance=-metric.tolerance,
-                segment=segment,
-                message=message,
-            ),
-        )
+        return judged(verdict, message, candidate=c, baseline=s, bound=bound, tolerance=-metric.tolerance)
     if name is BacktestMetricName.AGREEMENT:
         assert metric.minimum is not None
         verdict, share = judge_agreement(t, metric.minimum, alpha)
         shown = "shown below" if verdict is Verdict.FAILED else "not shown below"
         message = f"agreement{where} {share:.2f} % over {t.rows} rows: {shown} {metric.minimum:g} %"
-        return Judgement(
-            verdict,
-            BacktestResult(
-                name=name,
-                verdict=verdict,
-                candidate=share,
-                tolerance=metric.minimum,
-                segment=segment,
-                message=message,
-            ),
-        )
+        return judged(verdict, message, candidate=share, tolerance=metric.minimum)
     verdict, c, s, bound, limit = judge_error(t, name, metric.tolerance, alpha)
     shown = "shown worse" if verdict is Verdict.FAILED else "not shown worse"
     message = (
         f"{name}{where} {c:.4g} vs stable {s:.4g} over {t.rows} rows: {shown} than by {metric.tolerance:g}"
     )
-    return Judgement(
-        verdict,
-        BacktestResult(
-            name=name,
-            verdict=verdict,
-            candidate=c,
-            baseline=s,
-            bound=bound,
-            tolerance=limit,
-            segment=segment,
-            message=message,
-        ),
-    )
+    return judged(verdict, message, candidate=c, baseline=s, bound=bound, tolerance=limit)
 
 
 def _inconclusive(metric: BacktestMetric, message: str) -> Judgement:
