@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -199,6 +200,17 @@ def https_ok(url: str, ctx: ssl.SSLContext) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def unix_accepts(path: Path) -> bool:
+    """Whether a daemon listens on the unix socket (the file alone may be a dead one's)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(1)
+        try:
+            conn.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def http_ok(url: str) -> bool:
@@ -432,8 +444,18 @@ def start_real_node(topo: cfg.Topology) -> None:
     set_sysctls()
     for d in (paths.CONTAINERD_ROOT, paths.CONTAINERD_STATE, paths.KUBELET_ROOT):
         d.mkdir(parents=True, exist_ok=True)
+    # A containerd killed with the session leaves its socket file behind: waiting for the file
+    # alone raced the new daemon (CI: `ctr import` refused), so stale sockets go and the wait
+    # is for a socket that accepts a connection.
+    for stale in paths.CONTAINERD_STATE.glob("containerd.sock*"):
+        stale.unlink(missing_ok=True)
     start("containerd", cfg.containerd_argv(topo))
-    wait_for("containerd socket", paths.CONTAINERD_SOCK.exists, 30, "containerd")
+    wait_for(
+        "containerd to accept connections",
+        lambda: unix_accepts(paths.CONTAINERD_SOCK),
+        30,
+        "containerd",
+    )
     images.import_into_node(images.PAUSE_TAG)
     start("kubelet", cfg.kubelet_argv(topo))
     start("kube-proxy", cfg.kube_proxy_argv(topo))
