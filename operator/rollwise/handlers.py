@@ -5,7 +5,7 @@ Read it as a table of contents:
 - indices: our children of each kind by parent, and each router's user object by name;
 - wake-ups: any change of a child, a router's object or the ModelDeployment wakes its daemon;
 - one daemon per ModelDeployment (`kube/daemon.run`), which reconciles (`kube/reconcile.py`);
-- ModelBatchJobs: a pass on create and resume, then a timer until the job ends (`kube/batch.py`).
+- one daemon per running ModelBatchJob, woken by its Job's changes (`kube/batch.run_batch`).
 
 Children are found through indices, so a pass lists nothing: an idle operator sends no request at
 all, reads included, until the resync interval.
@@ -13,8 +13,6 @@ all, reads included, until the resync interval.
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 from typing import Any
 
 import kopf
@@ -99,9 +97,19 @@ for _kind in CHILDREN:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
 async def model_deployment_changed(
-    namespace: str | None, name: str | None, daemon_states: kopf.Index[Any, Any], **_: Any
+    namespace: str | None,
+    name: str | None,
+    daemon_states: kopf.Index[Any, Any],
+    batch_states: kopf.Index[Any, Any],
+    **_: Any,
 ) -> None:
     _wake(daemon_states, (namespace, name or ""))
+    # A batch job waiting for this ModelDeployment's model (Pending) looks again.
+    for key in list(batch_states):
+        if key[0] == namespace:
+            for state in batch_states.get(key, []):
+                if state.waiting_for == name:
+                    state.wake.set()
 
 
 # No on.create/update/delete handler on purpose: any of them makes Kopf keep a diff-base
@@ -136,35 +144,27 @@ def register_routers(enabled: frozenset[str]) -> None:
 kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10, id="model_deployment")(daemon.run)
 
 
-# ModelBatchJob (#20): create the Indexed Job once, then read its shards back until it ends.
-# Created and resumed objects get a pass at once (on.create costs Kopf's diff-base annotation,
-# one write per batch job: a job is created once, unlike a ModelDeployment's many spec changes);
-# the timer looks again every BATCH_INTERVAL_SECONDS until the phase is Succeeded or Failed (then
-# it stops: a finished job is history, and costs no request at all).
-BATCH_INTERVAL_SECONDS = 10.0
-"""How often a running batch job's Job and pods are read: one GET and one LIST per job."""
-
-
+# ModelBatchJob (#20): one daemon per running job (`kube/batch.run_batch`), which creates the
+# Indexed Job once and reads it back each time the Job changes; it ends with the job. No
+# on.create handler: it would cost Kopf's diff-base annotation, one more write per job.
 def _batch_running(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in {str(p) for p in batch_plan.ENDED}
 
 
-async def _batch_pass(body: kopf.Body, memo: kopf.Memo) -> None:
-    await asyncio.to_thread(
-        batch.reconcile_batch, memo.api, body, settings=memo.settings, now=dt.datetime.now(dt.UTC)
-    )
+kopf.daemon(GROUP, VERSION, batch_api.PLURAL, when=_batch_running, cancellation_timeout=10, id="batch_job")(
+    batch.run_batch
+)
 
 
-@kopf.on.create(GROUP, VERSION, batch_api.PLURAL)
-async def batch_job_created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _batch_pass(body, memo)
+@kopf.index(GROUP, VERSION, batch_api.PLURAL)
+async def batch_states(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> Any:
+    """Each ModelBatchJob's daemon state, so its Job's events (and its model's) can wake it."""
+    return {(namespace, name): batch.batch_state(memo)}
 
 
-@kopf.on.resume(GROUP, VERSION, batch_api.PLURAL, when=_batch_running)
-async def batch_job_resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _batch_pass(body, memo)
-
-
-@kopf.timer(GROUP, VERSION, batch_api.PLURAL, interval=BATCH_INTERVAL_SECONDS, when=_batch_running)
-async def batch_job_progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _batch_pass(body, memo)
+@kopf.on.event("batch", "v1", "jobs", labels={batch_plan.LABEL_BATCH_JOB: kopf.PRESENT})  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
+async def batch_job_changed(
+    namespace: str | None, labels: kopf.Labels, batch_states: kopf.Index[Any, Any], **_: Any
+) -> None:
+    for state in batch_states.get((namespace, labels[batch_plan.LABEL_BATCH_JOB]), []):
+        state.wake.set()

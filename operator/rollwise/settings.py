@@ -53,6 +53,10 @@ class OperatorSettings:
     resync_seconds: float
     """How often an idle ModelDeployment is re-planned from the indexed world (reads only)."""
     log_level: str
+    batch_resync_seconds: float = 300.0
+    """How long a running ModelBatchJob goes without a pass when no event came
+    (`ROLLWISE_BATCH_RESYNC_SECONDS`): its Job's changes wake it at once, so this only bounds
+    the cost of a missed watch event."""
     peering_lifetime_seconds: int = 60
     """How long a peer counts as alive after its last keep-alive (`ROLLWISE_PEERING_LIFETIME_SECONDS`).
     A leader killed without a goodbye is replaced after at most this long; keep-alives (one write
@@ -99,6 +103,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         )
     metrics_port = _int(env, "ROLLWISE_METRICS_PORT", 9100, errors, low=1, high=65535)
     resync = _int(env, "ROLLWISE_RESYNC_SECONDS", 300, errors, low=5, high=86400)
+    batch_resync = _int(env, "ROLLWISE_BATCH_RESYNC_SECONDS", 300, errors, low=5, high=86400)
     priority = _int(env, "ROLLWISE_PEERING_PRIORITY", random.randint(1, 32767), errors, low=0, high=2**31 - 1)
     lifetime = _int(env, "ROLLWISE_PEERING_LIFETIME_SECONDS", 60, errors, low=5, high=3600)
 
@@ -145,6 +150,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         peering_priority=priority,
         peering_lifetime_seconds=lifetime,
         resync_seconds=float(resync),
+        batch_resync_seconds=float(batch_resync),
         log_level=log_level,
         routers=frozenset(routers | {"replicas"}),
         webhook_allowed_hosts=hosts,

@@ -84,12 +84,15 @@ def start_operator(
     routers: str = ROUTERS,
     watch: str = f"{NAMESPACE_PREFIX}-*",
     resync_seconds: int = 5,
+    batch_resync_seconds: int = 3600,
     name: str = "operator",
     **settings: str,
 ) -> Operator:
     """`rollwise-operator` as a process of its own; `settings` are more ROLLWISE_* variables.
 
-    The short default resync makes idle tests see many passes (reads only)."""
+    The short default resync makes idle tests see many passes (reads only). Batch jobs get an
+    hour, longer than any test: only their Jobs' events can move them on, so a test of a batch
+    job or a backtest fails if those wake-ups break."""
     port = free_port()
     env = {
         **os.environ,
@@ -101,6 +104,7 @@ def start_operator(
         "ROLLWISE_PEERING": "",
         "ROLLWISE_WATCH_NAMESPACE": watch,
         "ROLLWISE_RESYNC_SECONDS": str(resync_seconds),
+        "ROLLWISE_BATCH_RESYNC_SECONDS": str(batch_resync_seconds),
         "ROLLWISE_ROUTERS": routers,
         "ROLLWISE_LOG_LEVEL": os.environ.get("ROLLWISE_TEST_OPERATOR_LOG_LEVEL", "info"),
         # Test webhooks listen on 127.0.0.2, as an administrator would allow a gate's range; the

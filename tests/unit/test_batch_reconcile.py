@@ -4,11 +4,15 @@ is replaced at the module's own I/O functions; what they are called with is asse
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import kopf
 import pytest
 from kubernetes.client.exceptions import ApiException
 from rollwise.kube import batch
@@ -124,3 +128,72 @@ def test_an_invalid_spec_creates_nothing_and_says_why(monkeypatch: pytest.Monkey
     assert fake.created == [] and status["phase"] == "Invalid"
     assert status["message"].startswith("spec.output.uri: must be a directory every shard can write")
     assert fake.events == [status["message"]]
+
+
+def test_a_pass_before_its_own_write_came_back_writes_and_announces_nothing_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Job event can wake the daemon before the event of its own status patch has refreshed the
+    body: the pass plans from the status it wrote, not from the older one."""
+    fake = FakeApi()
+    fake.install(monkeypatch)
+    stale = manifest()  # never refreshed: as if no event of our own had come back yet
+    run = settings()
+    written = batch.status_json(batch.reconcile_batch(object(), stale, settings=run, now=NOW))  # type: ignore[arg-type]  # the fake replaces every call
+    fake.jobs["nightly"]["status"] = {"startTime": T0.isoformat(), "failedIndexes": "2"}
+    fake.pods = [ObservedPod("nightly-2-a", 2, PodPhase.FAILED, T0, 3, report(2, "failed", error="bad file"))]
+    for _ in range(3):
+        status = batch.reconcile_batch(object(), stale, settings=run, now=NOW, written=written)  # type: ignore[arg-type]
+        written = batch.status_json(status)
+    assert fake.events == ["shard 2 failed: bad file"], "announced once"
+    assert len(fake.patches) == 2, "one write when it started, one when the shard failed"
+    # Without what it wrote, the same stale body makes the pass repeat both.
+    batch.reconcile_batch(object(), stale, settings=run, now=NOW)  # type: ignore[arg-type]
+    assert fake.events == ["shard 2 failed: bad file"] * 2 and len(fake.patches) == 3
+
+
+class _Stopped:
+    """Kopf's DaemonStopped as the loop reads it: falsy until set."""
+
+    def __init__(self) -> None:
+        self.flag = False
+
+    def __bool__(self) -> bool:
+        return self.flag
+
+
+async def test_the_daemon_passes_on_each_wake_up_and_ends_with_the_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon sleeps the whole batch resync between passes unless woken (the Job's events), and
+    returns once a pass finds the job ended; each pass gets the status the one before wrote."""
+    phases = iter(["Pending", "Running", "Running", "Succeeded"])
+    seen: list[dict[str, Any] | None] = []
+
+    def one_pass(api: object, body: object, *, settings: object, now: object, written: Any) -> Any:
+        seen.append(written)
+        return batch.ModelBatchJobStatus.model_validate({"phase": next(phases)})
+
+    monkeypatch.setattr(batch, "reconcile_batch", one_pass)
+    memo = kopf.Memo(settings=dataclasses.replace(settings(), batch_resync_seconds=3600.0), api=object())
+    body = manifest(model={"fromDeployment": {"name": "iris", "track": "stable"}})
+    task = asyncio.create_task(
+        batch.run_batch(body=body, memo=memo, stopped=_Stopped(), logger=logging.getLogger("test"))  # type: ignore[arg-type]  # the loop reads only bool(stopped) and logger.warning
+    )
+    state = batch.batch_state(memo)
+    for expected_passes, waiting_for in ((1, "iris"), (2, None), (3, None)):
+        await asyncio.wait_for(_until(lambda n=expected_passes: len(seen) == n), 5)
+        assert state.waiting_for == waiting_for, (
+            "a Pending job names the ModelDeployment whose events wake it"
+        )
+        await asyncio.sleep(0.05)
+        assert len(seen) == expected_passes, "no pass without a wake-up within the hour"
+        state.wake.set()
+    await asyncio.wait_for(task, 5)
+    assert len(seen) == 4 and seen[0] is None
+    assert [s and s["phase"] for s in seen[1:]] == ["Pending", "Running", "Running"]
+
+
+async def _until(check: Any) -> None:
+    while not check():
+        await asyncio.sleep(0.01)

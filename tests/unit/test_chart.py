@@ -243,6 +243,7 @@ def test_operator_container_runs_the_operator_with_its_settings(default_render: 
         "ROLLWISE_PEERING": "rollwise",
         "ROLLWISE_PEERING_LIFETIME_SECONDS": "60",
         "ROLLWISE_RESYNC_SECONDS": "300",
+        "ROLLWISE_BATCH_RESYNC_SECONDS": "300",
         "ROLLWISE_ROUTERS": "replicas",
         "ROLLWISE_LIVENESS_ENDPOINT": "http://0.0.0.0:8080/healthz",
         "ROLLWISE_WEBHOOK_ALLOWED_HOSTS": "",
@@ -303,6 +304,7 @@ def test_values_reach_the_operator_environment(helm: Path) -> None:
             "peering.name": "rollwise-blue",
             "peering.lifetimeSeconds": "15",
             "resyncSeconds": "120",
+            "batchResyncSeconds": "900",
             "metrics.port": "9200",
         },
     )
@@ -320,6 +322,7 @@ def test_values_reach_the_operator_environment(helm: Path) -> None:
     assert env["ROLLWISE_PEERING"] == "rollwise-blue"
     assert env["ROLLWISE_PEERING_LIFETIME_SECONDS"] == "15"
     assert env["ROLLWISE_RESYNC_SECONDS"] == "120"
+    assert env["ROLLWISE_BATCH_RESYNC_SECONDS"] == "900"
     assert env["ROLLWISE_METRICS_PORT"] == "9200"
     assert only(manifests, "ClusterKopfPeering")["metadata"]["name"] == "rollwise-blue"
     service = only(manifests, "Service")

@@ -9,22 +9,27 @@ which Events) are `plan/batch.py`'s; this module only translates bodies and send
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
+import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from rollwise_contract.base import describe_errors
 
-from rollwise.api.batch import PLURAL, ModelBatchJob, ModelBatchJobStatus
+from rollwise.api.batch import PLURAL, BatchPhase, ModelBatchJob, ModelBatchJobStatus
 from rollwise.api.v1alpha1 import GROUP, VERSION, ModelDeployment
 from rollwise.api.v1alpha1 import PLURAL as MD_PLURAL
 from rollwise.kube.events import post_events
 from rollwise.kube.ownership import controlled_by
 from rollwise.plan.batch import (
     CONTAINER,
+    ENDED,
     Unresolved,
     batch_notes,
     batch_status,
@@ -169,11 +174,22 @@ def _previous(body: Mapping[str, Any]) -> ModelBatchJobStatus:
 
 
 def reconcile_batch(
-    api: client.ApiClient, body: Mapping[str, Any], *, settings: OperatorSettings, now: dt.datetime
+    api: client.ApiClient,
+    body: Mapping[str, Any],
+    *,
+    settings: OperatorSettings,
+    now: dt.datetime,
+    written: Mapping[str, Any] | None = None,
 ) -> ModelBatchJobStatus:
-    """One pass, synchronous (the handler runs it in a thread); returns the status it wrote or kept."""
+    """One pass, synchronous (the daemon runs it in a thread); returns the status it wrote or kept.
+
+    `written` is the status this operator last wrote: a pass woken by a Job event can come before
+    that write's own event has refreshed `body`, and planning from the older status would patch
+    and announce the same change twice."""
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
+    if written is not None:
+        body = {**body, "status": {**(body.get("status") or {}), **written}}
     previous = _previous(body)
     try:
         mbj = ModelBatchJob.model_validate(dict(body))
@@ -207,6 +223,68 @@ def reconcile_batch(
     pods = fetch_pods(api, namespace, job.name) if job.owned else []
     new = batch_status(mbj, job=job, pods=pods, model=None, now=now)
     return _write(api, body, previous, new)
+
+
+RETRY_SECONDS = 5.0
+"""After a failed request, the next pass."""
+
+
+@dataclass
+class BatchDaemonState:
+    """One ModelBatchJob's daemon between passes, shared with the handlers that wake it."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting_for: str | None = None
+    """The ModelDeployment a Pending job waits for (its stable or candidate model): its events
+    wake this job too."""
+    written: dict[str, Any] | None = None
+    """The status the last pass wrote or found (see `reconcile_batch`)."""
+
+
+def batch_state(memo: kopf.Memo) -> BatchDaemonState:
+    """This ModelBatchJob's state (Kopf gives each object its own memo copy)."""
+    if "batch_state" not in memo:
+        memo.batch_state = BatchDaemonState()
+    state: BatchDaemonState = memo.batch_state
+    return state
+
+
+async def run_batch(
+    *, body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
+) -> None:
+    """Passes until the job ends: each when its Job changes (a shard started, finished, failed),
+    when the ModelDeployment it waits for changes, or after `batch_resync_seconds` in case an
+    event was missed. A finished job gets no more passes, and costs no request at all."""
+    state = batch_state(memo)
+    settings: OperatorSettings = memo.settings
+    while not stopped:
+        state.wake.clear()
+        try:
+            status = await asyncio.to_thread(
+                reconcile_batch,
+                memo.api,
+                body,
+                settings=settings,
+                now=dt.datetime.now(dt.UTC),
+                written=state.written,
+            )
+        except ApiException as err:
+            logger.warning(f"batch pass failed, retrying in {RETRY_SECONDS:.0f}s: {err.status} {err.reason}")
+            wait = RETRY_SECONDS
+        else:
+            state.written = status_json(status)
+            if status.phase in ENDED:
+                return
+            state.waiting_for = _waited_for(body) if status.phase == BatchPhase.PENDING else None
+            wait = settings.batch_resync_seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.wake.wait(), timeout=wait)
+
+
+def _waited_for(body: Mapping[str, Any]) -> str | None:
+    ref = ((body.get("spec") or {}).get("model") or {}).get("fromDeployment") or {}
+    name = ref.get("name") if isinstance(ref, Mapping) else None
+    return name if isinstance(name, str) else None
 
 
 def _write(

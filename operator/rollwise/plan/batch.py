@@ -539,7 +539,7 @@ def invalid_batch_status(
 
 
 ENDED = frozenset({BatchPhase.SUCCEEDED, BatchPhase.FAILED})
-"""Phases after which nothing changes: the timer stops looking."""
+"""Phases after which nothing changes: the job's daemon stops."""
 
 
 def missing_pins(model: ModelSpec) -> list[str]:
