@@ -168,3 +168,14 @@ async def batch_job_changed(
 ) -> None:
     for state in batch_states.get((namespace, labels[batch_plan.LABEL_BATCH_JOB]), []):
         state.wake.set()
+
+
+@kopf.on.event(GROUP, VERSION, batch_api.PLURAL)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
+async def batch_job_edited(
+    namespace: str | None, name: str | None, body: kopf.Body, batch_states: kopf.Index[Any, Any], **_: Any
+) -> None:
+    """A spec edit (a new generation the status has not seen) gets a pass; our own status writes
+    do not wake the daemon."""
+    if body.get("metadata", {}).get("generation") != (body.get("status") or {}).get("observedGeneration"):
+        for state in batch_states.get((namespace, name), []):
+            state.wake.set()
