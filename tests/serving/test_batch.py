@@ -469,3 +469,50 @@ def test_features_without_a_schema_score_as_the_schema_does(models: dict[str, An
     others = np.arange(50) != 7
     for column in ["label", *PROBABILITIES]:
         assert np.array_equal(plain.outputs[column][others], schema.outputs[column])
+
+
+KEPT_TYPES = {
+    "int": (pa.int64(), [1, 2, 3], True),
+    "unsigned": (pa.uint32(), [1, 2, 3], True),
+    "float": (pa.float32(), [0.5, 1.5, None], True),
+    "text": (pa.string(), ["a", None, "c"], True),
+    "bytes": (pa.binary(), [b"a", b"b", b"c"], True),
+    "flag": (pa.bool_(), [True, False, None], True),
+    "day": (pa.date32(), [0, 1, 2], True),
+    "utc": (pa.timestamp("us", "UTC"), [0, 1, 2], True),
+    "naive": (pa.timestamp("ns"), [0, 1, 2], True),
+    # these read back as other types without the arrow schema: the labels go as text instead
+    "paris": (pa.timestamp("ms", "Europe/Paris"), [0, 1, 2], False),
+    "elapsed": (pa.duration("ms"), [0, 1, 2], False),
+    "long text": (pa.large_string(), ["a", "b", "c"], False),
+    "list": (pa.list_(pa.int64()), [[1], [], None], False),
+}
+
+
+@pytest.mark.parametrize("kept", sorted(KEPT_TYPES))
+def test_a_part_reads_back_with_its_columns_types_whichever_way_its_labels_were_written(
+    kept: str, tmp_path: Path
+) -> None:
+    """Labels go to Parquet as class indexes (no text per row, no arrow schema stored) only when
+    every kept column reads back as the same type without that schema; either way a reader gets
+    the kept column's own type and values, and the labels as text."""
+    from rollwise_serving.batch import LABEL_TYPE, DataFormat, PartWriter  # noqa: PLC0415
+
+    kind, values, plain = KEPT_TYPES[kept]
+    schema = pa.schema([pa.field(kept, kind), pa.field("label", pa.string()), pa.field("p", pa.float64())])
+    part = PartWriter(tmp_path / "part-00000.parquet", DataFormat.PARQUET, labels=["label"])
+    part.open(schema)
+    assert part.encodes is plain
+    classes = pa.array(["setosa", "versicolor"])
+    labels: pa.Array = pa.DictionaryArray.from_arrays(pa.array([1, 0, 1], pa.int32()), classes)
+    assert labels.type == LABEL_TYPE
+    if not plain:
+        labels = labels.cast(pa.string())
+    part.write(
+        pa.Table.from_arrays([pa.array(values, kind), labels, pa.array([0.1, 0.2, 0.3])], schema=part.schema)
+    )
+    part.commit()
+    back = pq.read_table(tmp_path / "part-00000.parquet")
+    assert back.schema.remove_metadata() == schema
+    assert back[kept].to_pylist() == pa.array(values, kind).to_pylist()
+    assert back["label"].to_pylist() == ["versicolor", "setosa", "versicolor"]

@@ -44,6 +44,9 @@ class Prediction:
     """Predicted class per row (classifiers), for ``rollwise_prediction_value{class}``."""
     scores: Array | None = None
     """Score per row: the predicted class's probability, or a regressor's value."""
+    label_index: Array | None = None
+    """Each row's ``label`` as its position in the runtime's ``classes``, where the runtime chose
+    the label by that position: batch scoring writes labels from it without reading the text back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,10 +234,10 @@ def check_shape(spec: TensorSpec, tensor: InferInput) -> None:
         raise InputError(f"input {tensor.name!r} has no rows; send at least one")
 
 
-def classify(probabilities: Array, classes: Array) -> tuple[Array, Array]:
-    """(label, score) per row: the most probable class and its probability."""
+def classify(probabilities: Array, classes: Array) -> tuple[Array, Array, Array]:
+    """(label, score, index in ``classes``) per row: the most probable class and its probability."""
     index = probabilities.argmax(axis=1)
-    return classes[index], probabilities[np.arange(len(index)), index]
+    return classes[index], probabilities[np.arange(len(index)), index], index
 
 
 def cast_checked(tensor: InferInput, spec: TensorSpec, want: np.dtype[Any]) -> Array:

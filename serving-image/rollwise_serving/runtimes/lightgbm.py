@@ -109,8 +109,8 @@ class LightGBMRuntime:
         if self._classes is None:
             return Prediction({"prediction": value}, None, value)
         probabilities = value if value.ndim == 2 else np.column_stack([1 - value, value])
-        labels, scores = classify(probabilities, self._classes)
-        return Prediction({"label": labels, "probabilities": probabilities}, labels, scores)
+        labels, scores, index = classify(probabilities, self._classes)
+        return Prediction({"label": labels, "probabilities": probabilities}, labels, scores, index)
 
     def contributions(
         self, inputs: Mapping[str, Array], classes: Array | None, baseline: Array | None

@@ -78,7 +78,7 @@ class PythonRuntime:
         labels = outputs.get("label")
         scores = None
         if "probabilities" in outputs and self._classes is not None:
-            derived, scores = classify(outputs["probabilities"], self._classes)
+            derived, scores, _ = classify(outputs["probabilities"], self._classes)
             labels = derived if labels is None else labels
         elif "prediction" in outputs and labels is None:
             scores = outputs["prediction"].reshape(len(outputs["prediction"]), -1)[:, 0]

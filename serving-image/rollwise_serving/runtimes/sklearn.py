@@ -103,8 +103,8 @@ class SklearnRuntime:
         x = inputs[INPUT_NAME]
         if self._proba and self._classes is not None:
             probabilities = np.asarray(self.model.predict_proba(x))
-            labels, scores = classify(probabilities, self._classes)
-            return Prediction({"label": labels, "probabilities": probabilities}, labels, scores)
+            labels, scores, index = classify(probabilities, self._classes)
+            return Prediction({"label": labels, "probabilities": probabilities}, labels, scores, index)
         y = np.asarray(self.model.predict(x))
         if self._classes is not None:
             return Prediction({"label": y}, y, None)

@@ -114,11 +114,12 @@ class XGBoostRuntime:
             value = self._run(x)
             return Prediction({"prediction": value}, None, value if value.ndim == 1 else value[:, 0])
         if self.objective in _LABEL_OBJECTIVES:
-            labels = self._classes[self._run(x).astype(np.int64)]
-            return Prediction({"label": labels}, labels, None)
+            index = self._run(x).astype(np.int64)
+            labels = self._classes[index]
+            return Prediction({"label": labels}, labels, None, index)
         probabilities = self._probabilities(x)
-        labels, scores = classify(probabilities, self._classes)
-        return Prediction({"label": labels, "probabilities": probabilities}, labels, scores)
+        labels, scores, index = classify(probabilities, self._classes)
+        return Prediction({"label": labels, "probabilities": probabilities}, labels, scores, index)
 
     def contributions(
         self, inputs: Mapping[str, Array], classes: Array | None, baseline: Array | None
