@@ -245,12 +245,16 @@ def spark_path(model: dict[str, Any], data: Path, out: Path, rows: int) -> tuple
     """(CPU seconds of the JVM and its Python workers, wall seconds) of scoring ``data`` into Parquet."""
     os.environ.update(ONE_THREAD)
     os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession  # noqa: PLC0415
     from rollwise_serving.spark import score  # noqa: PLC0415
 
     spark = (
         SparkSession.builder.master("local[1]")
         .config("spark.ui.enabled", "false")
+        # loopback only: Spark would otherwise pick the host's first interface address
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.shuffle.partitions", "1")
         .config("spark.driver.memory", "2g")
         .getOrCreate()

@@ -37,12 +37,16 @@ def spark() -> Iterator[Any]:
     # the workers must run this interpreter, which has rollwise installed (not `python3` on PATH)
     previous = os.environ.get("PYSPARK_PYTHON")
     os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession  # noqa: PLC0415
 
     session = (
         SparkSession.builder.master("local[2]")
         .appName("rollwise-test")
         .config("spark.ui.enabled", "false")
+        # loopback only: Spark would otherwise pick the host's first interface address
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.driver.memory", "1g")
         .getOrCreate()
