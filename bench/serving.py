@@ -60,6 +60,19 @@ PEERS = sorted(p.stem for p in PEER_LOCKS.glob("*.txt") if p.stem != "llama-serv
 BODY = {
     "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}],
 }
+ROW = [5.1, 3.5, 1.4, 0.2]
+GRPC_REQUEST = {
+    "model_name": "iris",
+    "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [1, 4], "contents": {"fp32_contents": ROW}}],
+}
+"""The same request as ``BODY``, for ModelInfer (ghz sends it as protobuf)."""
+GHZ_VERSION = "v0.93.0"
+GHZ = CACHE / f"ghz-{GHZ_VERSION}" / "ghz"
+PROTO = REPO / "serving-image" / "rollwise_serving" / "oip" / "grpc_predict_v2.proto"
+MLSERVER_BATCHING = {"max_batch_size": 64, "max_batch_time": 0.002}
+"""MLServer's adaptive batching for its `-batching` rows: up to 64 requests (the highest
+concurrency) or 2 ms, whichever comes first. Rollwise's micro-batching waits for nothing (it
+coalesces what one event-loop turn has), so a longer window would only add latency to MLServer."""
 
 KSERVE_MODEL = (REPO / "e2e" / "testimages" / "kserve" / "model.py").read_text()
 """Iris behind KServe's ModelServer: the one script the bench, the proxy tests and the user image run."""
@@ -102,6 +115,31 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b'{"outputs":[]}'})
 """
+
+BARE_GRPC = """
+import asyncio, sys
+import uvloop
+from rollwise_serving.oip import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
+import grpc
+
+
+class Empty(pb_grpc.GRPCInferenceServiceServicer):
+    async def ModelInfer(self, request, context):
+        return pb.ModelInferResponse(model_name=request.model_name)
+
+
+async def main():
+    server = grpc.aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Empty(), server)
+    server.add_insecure_port(sys.argv[1])
+    await server.start()
+    await server.wait_for_termination()
+
+
+uvloop.run(main())
+"""
+"""grpcio's own ceiling, as bare-asgi is REST's: ModelInfer answered with an empty response by
+``grpc.aio`` on uvloop (the stack Rollwise's gRPC service runs on), no decoding, no model."""
 
 QUIET_LOGGING = {
     "version": 1,
@@ -150,7 +188,33 @@ def ensure_models() -> dict[str, Any]:
     manifest = make_example_models.committed_manifest()
     shutil.copytree(make_example_models.COMMITTED, out, dirs_exist_ok=True)
     manifest["dir"] = out
+    manifest["trees"] = tree_models(out)
     return manifest
+
+
+TREE_ROUNDS = 20
+"""Boosting rounds of the bench's XGBoost and LightGBM Iris models (depth 3: a small production
+model's shape), 3 classes, softmax probabilities."""
+
+
+def tree_models(out: Path) -> dict[str, Path]:
+    """The Iris classifier as an XGBoost booster (JSON) and a LightGBM one (text), trained here
+    with the versions Rollwise's extras lock, the same files for every server."""
+    import lightgbm as lgb  # noqa: PLC0415 - only the tree rows need them
+    import xgboost as xgb  # noqa: PLC0415
+    from sklearn.datasets import load_iris  # noqa: PLC0415
+
+    x, y = load_iris(return_X_y=True)
+    files = {"xgboost": out / "iris-xgb.json", "lightgbm": out / "iris-lgb.txt"}
+    if not files["xgboost"].exists():
+        params = {"objective": "multi:softprob", "num_class": 3, "max_depth": 3, "nthread": 1, "seed": 0}
+        xgb.train(params, xgb.DMatrix(x, y), TREE_ROUNDS).save_model(files["xgboost"])
+    if not files["lightgbm"].exists():
+        params = {"objective": "multiclass", "num_class": 3, "max_depth": 3, "num_threads": 1, "verbose": -1}
+        lgb.train({**params, "min_data_in_leaf": 5, "seed": 0}, lgb.Dataset(x, y), TREE_ROUNDS).save_model(
+            files["lightgbm"]
+        )
+    return files
 
 
 # ---- servers ---------------------------------------------------------------------------------------
@@ -166,6 +230,12 @@ class Target:
     ready_path: str
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    venv: str | None = None
+    """The peer's virtualenv (`ensure_venv`), if it is not Rollwise's."""
+    load: str = "json"
+    """How wrk or ghz sends ``BODY``: ``json``, ``binary`` (the binary tensor extension, both ways)
+    or ``grpc`` (ModelInfer, to ``grpc_port``)."""
+    grpc_port: int | None = None
 
 
 def start(target: Target) -> tuple[int, subprocess.Popen[bytes], Path]:
@@ -186,15 +256,25 @@ def start(target: Target) -> tuple[int, subprocess.Popen[bytes], Path]:
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{target.name} exited {proc.returncode}; see {logfile}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{target.ready_path}", timeout=1).status_code == 200:
-                return port, proc, logfile
-        except httpx.HTTPError:
-            pass
+        if _ready(target, port):
+            return port, proc, logfile
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
             raise RuntimeError(f"{target.name} not ready in 120 s; see {logfile}")
         time.sleep(0.2)
+
+
+def _ready(target: Target, port: int) -> bool:
+    """Its HTTP readiness path answers 200; a server with none (``ready_path`` empty) listens on
+    its gRPC port."""
+    try:
+        if not target.ready_path:
+            assert target.grpc_port is not None
+            with socket.create_connection(("127.0.0.1", target.grpc_port), timeout=1):
+                return True
+        return httpx.get(f"http://127.0.0.1:{port}{target.ready_path}", timeout=1).status_code == 200
+    except (httpx.HTTPError, OSError):
+        return False
 
 
 def terminate(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
@@ -221,10 +301,10 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
     m = models["models"]
     serve = str(REPO / ".venv" / "bin" / "rollwise-serve")
     kserve_py = str(VENVS / "kserve" / "bin" / "python")
-    mlserver_bin = str(VENVS / "mlserver" / "bin" / "mlserver")
     (WORK / "kserve_model.py").write_text(KSERVE_MODEL)
     (WORK / "mlserver_onnx.py").write_text(MLSERVER_ONNX)
     (WORK / "bare_app.py").write_text(BARE_APP)
+    (WORK / "bare_grpc.py").write_text(BARE_GRPC)
     quiet = WORK / "quiet-logging.json"
     quiet.write_text(json.dumps(QUIET_LOGGING))
 
@@ -251,7 +331,26 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
             *extra,
         ]
 
-    def kserve(key: str, fmt: str, quiet_logs: bool) -> Callable[[int], list[str]]:
+    def rollwise_tree(fmt: str) -> Callable[[int], list[str]]:
+        path = models["trees"][fmt]
+        cache = str(WORK / "rollwise-cache")
+        return lambda port: [
+            serve,
+            *("--model-uri", str(path), "--format", fmt, "--name", "iris", "--version", "v1"),
+            *("--host", "127.0.0.1", "--port", str(port), "--cache-dir", cache),
+        ]
+
+    def kserve_tree(fmt: str) -> Callable[[int], list[str]]:
+        python = str(VENVS / "kserve-trees" / "bin" / "python")
+        return lambda port: [
+            python,
+            str(WORK / "kserve_model.py"),
+            *("--model_name", "iris", "--model_path", str(models["trees"][fmt]), "--model_format", fmt),
+            *("--http_port", str(port), "--grpc_port", str(free_port()), "--workers", "1"),
+            *("--enable_latency_logging", "false", "--log_config_file", str(quiet)),
+        ]
+
+    def kserve(key: str, fmt: str, quiet_logs: bool, grpc: int | None = None) -> Callable[[int], list[str]]:
         extra = ["--enable_latency_logging", "false", "--log_config_file", str(quiet)] if quiet_logs else []
         return lambda port: [
             kserve_py,
@@ -265,37 +364,56 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
             "--http_port",
             str(port),
             "--grpc_port",
-            str(free_port()),
+            str(grpc or free_port()),
             "--workers",
             "1",
             *extra,
         ]
 
-    def mlserver(key: str, implementation: str, quiet_logs: bool, name: str) -> Target:
+    def mlserver(
+        key: str,
+        implementation: str,
+        quiet_logs: bool,
+        name: str,
+        *,
+        batching: bool = False,
+        grpc: int | None = None,
+        venv: str = "mlserver",
+    ) -> Target:
         repo = WORK / f"mlserver-{name}"
         shutil.rmtree(repo, ignore_errors=True)
         (repo / "iris").mkdir(parents=True)
-        shutil.copy(d / m[key]["file"], repo / "iris" / m[key]["file"])
-        (repo / "iris" / "model-settings.json").write_text(
-            json.dumps(
-                {
-                    "name": "iris",
-                    "implementation": implementation,
-                    "parameters": {"uri": f"./{m[key]['file']}"},
-                }
-            )
-        )
+        source = models["trees"][key] if key in models["trees"] else d / m[key]["file"]
+        shutil.copy(source, repo / "iris" / source.name)
+        model_settings = {
+            "name": "iris",
+            "implementation": implementation,
+            "parameters": {"uri": f"./{source.name}"},
+            **(MLSERVER_BATCHING if batching else {}),
+        }
+        (repo / "iris" / "model-settings.json").write_text(json.dumps(model_settings))
         settings: dict[str, Any] = {"host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0}
         if quiet_logs:
             settings["logging_settings"] = str(quiet)
 
         def argv(port: int) -> list[str]:
-            s = {**settings, "http_port": port, "grpc_port": free_port(), "metrics_port": free_port()}
+            s = {**settings, "http_port": port, "grpc_port": grpc or free_port(), "metrics_port": free_port()}
             (repo / "settings.json").write_text(json.dumps(s))
-            return [mlserver_bin, "start", str(repo)]
+            return [str(VENVS / venv / "bin" / "mlserver"), "start", str(repo)]
 
         env = {"PYTHONPATH": str(WORK)}
-        return Target(name, "", argv, "/v2/models/iris/infer", "/v2/models/iris/ready", env=env, cwd=repo)
+        return Target(
+            name,
+            "",
+            argv,
+            "/v2/models/iris/infer",
+            "/v2/models/iris/ready",
+            env=env,
+            cwd=repo,
+            load="grpc" if grpc else "json",
+            grpc_port=grpc,
+            venv=venv,
+        )
 
     def bare(name: str) -> Target:
         def argv(port: int) -> list[str]:
@@ -316,6 +434,10 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
     segmented.write_text(json.dumps({**schema, "segments": segments}))
     with_schema = ("--feature-schema", str(d / models["feature_schema"]))
 
+    grpc_ports = {
+        name: free_port() for name in ("rollwise", "kserve", "mlserver", "mlserver-batching", "bare")
+    }
+    mlserver_sklearn = "mlserver_sklearn.SKLearnModel"
     # The ceiling runs first and last: on a shared machine the load drifts during a run, and the
     # shares below use the mean of both.
     all_targets = [
@@ -352,6 +474,53 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
         ),
         _grouped(mlserver("iris-v1", "mlserver_sklearn.SKLearnModel", False, "mlserver"), "sklearn"),
         _grouped(mlserver("iris-v1", "mlserver_sklearn.SKLearnModel", True, "mlserver-quiet"), "sklearn"),
+        # MLServer with its own batching on (Rollwise's micro-batching is always on)
+        _grouped(
+            mlserver("iris-v1", mlserver_sklearn, True, "mlserver-batching-quiet", batching=True), "sklearn"
+        ),
+        # the binary tensor extension, both ways (KServe reads and writes it too; MLServer does not)
+        Target("rollwise-binary", "sklearn", rollwise("iris-v1"), *_ROLLWISE_PATHS, load="binary"),
+        Target(
+            "kserve-binary-quiet",
+            "sklearn",
+            kserve("iris-v1", "sklearn", True),
+            "/v2/models/iris/infer",
+            "/v2/models/iris/ready",
+            load="binary",
+        ),
+        # OIP gRPC, ModelInfer from ghz
+        Target(
+            "rollwise-grpc",
+            "sklearn",
+            rollwise("iris-v1", "--grpc-port", str(grpc_ports["rollwise"])),
+            *_ROLLWISE_PATHS,
+            load="grpc",
+            grpc_port=grpc_ports["rollwise"],
+        ),
+        Target(
+            "kserve-grpc-quiet",
+            "sklearn",
+            kserve("iris-v1", "sklearn", True, grpc_ports["kserve"]),
+            "/v2/models/iris/infer",
+            "/v2/models/iris/ready",
+            load="grpc",
+            grpc_port=grpc_ports["kserve"],
+        ),
+        _grouped(
+            mlserver("iris-v1", mlserver_sklearn, True, "mlserver-grpc-quiet", grpc=grpc_ports["mlserver"]),
+            "sklearn",
+        ),
+        _grouped(
+            mlserver(
+                "iris-v1",
+                mlserver_sklearn,
+                True,
+                "mlserver-batching-grpc-quiet",
+                batching=True,
+                grpc=grpc_ports["mlserver-batching"],
+            ),
+            "sklearn",
+        ),
         Target(
             "rollwise-onnx", "onnx", rollwise("iris-mlp-onnx"), "/v2/models/iris/infer", "/v2/health/ready"
         ),
@@ -370,12 +539,66 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
             "/v2/models/iris/ready",
         ),
         _grouped(mlserver("iris-mlp-onnx", "mlserver_onnx.OnnxModel", True, "mlserver-onnx-quiet"), "onnx"),
+        # the tree formats, against MLServer's own runtimes for them (batching on, as ours is) and
+        # KServe's custom predictor (its XGBoost and LightGBM servers are not on PyPI)
+        Target("rollwise-xgboost", "xgboost", rollwise_tree("xgboost"), *_ROLLWISE_PATHS),
+        Target(
+            "kserve-xgboost-quiet", "xgboost", kserve_tree("xgboost"), *_KSERVE_PATHS, venv="kserve-trees"
+        ),
+        _grouped(
+            mlserver(
+                "xgboost",
+                "mlserver_xgboost.XGBoostModel",
+                True,
+                "mlserver-xgboost-batching-quiet",
+                batching=True,
+                venv="mlserver-trees",
+            ),
+            "xgboost",
+        ),
+        Target("rollwise-lightgbm", "lightgbm", rollwise_tree("lightgbm"), *_ROLLWISE_PATHS),
+        Target(
+            "kserve-lightgbm-quiet", "lightgbm", kserve_tree("lightgbm"), *_KSERVE_PATHS, venv="kserve-trees"
+        ),
+        _grouped(
+            mlserver(
+                "lightgbm",
+                "mlserver_lightgbm.LightGBMModel",
+                True,
+                "mlserver-lightgbm-batching-quiet",
+                batching=True,
+                venv="mlserver-trees",
+            ),
+            "lightgbm",
+        ),
         bare("bare-asgi-after"),
+        Target(
+            "bare-grpc",
+            "ceiling",
+            lambda port: [
+                str(REPO / ".venv" / "bin" / "python"),
+                str(WORK / "bare_grpc.py"),
+                f"127.0.0.1:{grpc_ports['bare']}",
+            ],
+            "",
+            "",
+            env={"PYTHONPATH": str(REPO / "serving-image")},
+            load="grpc",
+            grpc_port=grpc_ports["bare"],
+        ),
     ]
-    return [t for t in all_targets if only is None or t.name in only]
+    return [_with_venv(t) for t in all_targets if only is None or t.name in only]
 
 
 _ROLLWISE_PATHS = ("/v2/models/iris/infer", "/v2/health/ready")
+_KSERVE_PATHS = ("/v2/models/iris/infer", "/v2/models/iris/ready")
+
+
+def _with_venv(target: Target) -> Target:
+    """A peer's target runs from the venv its name starts with, unless it names another."""
+    peer = target.name.split("-")[0]
+    target.venv = target.venv or (peer if peer in PEERS else None)
+    return target
 
 
 def _grouped(target: Target, group: str) -> Target:
@@ -421,6 +644,70 @@ def wrk(url: str, concurrency: int, duration: int, script: Path) -> Result:
     if not rps:
         raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
     return Result(float(rps[1]), latency("50"), latency("99"), errors)
+
+
+def ghz(port: int, concurrency: int, duration: int) -> Result:
+    """ModelInfer at `concurrency` for `duration` s over one HTTP/2 connection, ghz on one core
+    (as wrk runs one thread)."""
+    argv = [
+        str(GHZ),
+        "--insecure",
+        "--proto",
+        str(PROTO),
+        "--call",
+        "inference.GRPCInferenceService/ModelInfer",
+        "-d",
+        json.dumps(GRPC_REQUEST),
+        "-c",
+        str(concurrency),
+        "-z",
+        f"{duration}s",
+        "--connections",
+        "1",
+        "--cpus",
+        "1",
+        "-O",
+        "json",
+        f"127.0.0.1:{port}",
+    ]
+    out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    latency = {int(d["percentage"]): d["latency"] / 1e6 for d in out.get("latencyDistribution") or []}
+    codes = out.get("statusCodeDistribution") or {}
+    errors = sum(n for code, n in codes.items() if code != "OK")
+    return Result(float(out["rps"]), latency.get(50, float("nan")), latency.get(99, float("nan")), errors)
+
+
+def binary_script() -> Path:
+    """wrk sending ``BODY`` in the binary tensor extension: the JSON header, then the row's 16
+    bytes of FP32, asking for binary outputs (as Triton's client does by default)."""
+    import numpy as np  # noqa: PLC0415 - only this mode builds raw tensors
+
+    blob = np.asarray([ROW], dtype="<f4").tobytes()
+    head = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [1, 4],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    header = json.dumps(head, separators=(",", ":")).encode()
+    body = "".join(f"\\{b:03d}" for b in header + blob)
+    path = WORK / "post-binary.lua"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            wrk.method = "POST"
+            wrk.headers["Content-Type"] = "application/octet-stream"
+            wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"
+            wrk.body = "{body}"
+            """
+        )
+    )
+    return path
 
 
 def lua_script() -> Path:
@@ -511,24 +798,35 @@ def main() -> int:  # noqa: C901 - one branch per mode flag, each a line
         pair = ("rollwise-segmented", "rollwise-schema")
         print(interleaved_tracking_cost(models, concurrencies, args.duration, args.segment_cost, pair))
         return 0
-    needs = {t.split("-")[0] for t in only} if only else set(PEERS)
-    for peer in PEERS:
-        if peer in needs:
-            ensure_venv(peer)
-    script = lua_script()
+    chosen = targets(models, only)
+    for venv in sorted({t.venv for t in chosen if t.venv}):
+        ensure_venv(venv)
+    if any(t.load == "grpc" for t in chosen) and not GHZ.exists():
+        log(f"building ghz {GHZ_VERSION} from the Go module proxy (once)")
+        subprocess.run(["bash", str(REPO / "e2e" / "build-binaries.sh"), "ghz"], check=True)
+    scripts = {"json": lua_script(), "binary": binary_script()}
     results: dict[str, dict[int, Result]] = {}
     groups: dict[str, str] = {}
-    for target in targets(models, only):
+    for target in chosen:
         log(f"{target.name}: starting")
         with running(target) as port:
             url = f"http://127.0.0.1:{port}{target.path}"
             if target.group != "ceiling":
                 check_answer(port, target.path)
-            wrk(url, 16, 1, script)  # warm-up
+
+            def measure(c: int, seconds: int, target: Target = target, url: str = url) -> Result:
+                if target.load == "grpc":
+                    assert target.grpc_port is not None
+                    return ghz(target.grpc_port, c, seconds)
+                return wrk(url, c, seconds, scripts[target.load])
+
+            warm = measure(16, 1)  # warm-up, and a check that this protocol answers
+            if warm.errors:
+                raise RuntimeError(f"{target.name}: {warm.errors} errors in the warm-up ({target.load})")
             results[target.name] = {}
             groups[target.name] = target.group
             for c in concurrencies:
-                r = wrk(url, c, args.duration, script)
+                r = measure(c, args.duration)
                 results[target.name][c] = r
                 log(
                     f"{target.name} c={c}: {r.rps:,.0f} req/s p50 {r.p50_ms:.2f} ms "
@@ -563,8 +861,12 @@ def report(
     lines.append("")
     lines.append("Ratios (Rollwise / peer: throughput, and p99 — lower is better for p99):")
     for base, peers in (
-        ("rollwise", ("kserve", "kserve-quiet", "mlserver", "mlserver-quiet")),
+        ("rollwise", ("kserve", "kserve-quiet", "mlserver", "mlserver-quiet", "mlserver-batching-quiet")),
+        ("rollwise-binary", ("kserve-binary-quiet",)),
+        ("rollwise-grpc", ("kserve-grpc-quiet", "mlserver-grpc-quiet", "mlserver-batching-grpc-quiet")),
         ("rollwise-onnx", ("kserve-onnx-quiet", "mlserver-onnx-quiet")),
+        ("rollwise-xgboost", ("kserve-xgboost-quiet", "mlserver-xgboost-batching-quiet")),
+        ("rollwise-lightgbm", ("kserve-lightgbm-quiet", "mlserver-lightgbm-batching-quiet")),
     ):
         if base not in results:
             continue
@@ -579,6 +881,7 @@ def report(
                     f"p50 {a.p50_ms / b.p50_ms:.2f}x"
                 )
             lines.append(f"- {base} vs {peer}: " + "; ".join(parts))
+    lines += protocol_ratios(results, concurrencies)
     lines += tracking_cost(results, concurrencies)
     ceilings = [results[n] for n in ("bare-asgi-before", "bare-asgi-after") if n in results]
     if ceilings:
@@ -592,6 +895,26 @@ def report(
     float_b, int8_b = models["models"]["iris-mlp-onnx"]["bytes"], models["models"]["iris-mlp-int8"]["bytes"]
     lines.append(f"- ONNX MLP size: float {float_b:,} B, INT8 {int8_b:,} B ({float_b / int8_b:.1f}x smaller)")
     return "\n".join(lines)
+
+
+def protocol_ratios(results: dict[str, dict[int, Result]], concurrencies: list[int]) -> list[str]:
+    """Our gRPC and binary REST against our REST JSON (goal: gRPC at least 1.5x at c=64)."""
+    lines = []
+    for variant in ("rollwise-grpc", "rollwise-binary"):
+        if variant in results and "rollwise" in results:
+            parts = [
+                f"c={c}: {results[variant][c].rps / results['rollwise'][c].rps:.2f}x" for c in concurrencies
+            ]
+            lines.append(f"- {variant} vs rollwise (REST JSON) req/s: " + ", ".join(parts))
+    if "rollwise-grpc" in results and "bare-grpc" in results:
+        parts = [
+            f"c={c}: {results['rollwise-grpc'][c].rps / results['bare-grpc'][c].rps:.0%}"
+            for c in concurrencies
+        ]
+        lines.append(
+            "- rollwise-grpc as a share of grpcio's empty-handler ceiling (bare-grpc): " + ", ".join(parts)
+        )
+    return lines
 
 
 def tracking_cost(results: dict[str, dict[int, Result]], concurrencies: list[int]) -> list[str]:

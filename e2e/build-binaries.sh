@@ -8,6 +8,7 @@
 #   ~/.cache/rollwise/coredns-<ver>/ coredns (cluster DNS, run on the host like kube-proxy)
 #   ~/.cache/rollwise/traefik-<ver>/ traefik (the Gateway API data plane, run on the host too)
 #   ~/.cache/rollwise/metrics-server-<ver>/ metrics-server (pods' CPU for HPAs, on the host too)
+#   ~/.cache/rollwise/ghz-<ver>/   ghz (bench/serving.py's gRPC load; not in `all`: no test needs it)
 set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.14}"
@@ -16,6 +17,7 @@ HELM_VERSION="${HELM_VERSION:-v3.21.4}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.7.13}"
 METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.8.0}"
+GHZ_VERSION="${GHZ_VERSION:-v0.93.0}"  # bench/serving.py's GHZ_VERSION
 CACHE="${ROLLWISE_CACHE:-$HOME/.cache/rollwise}"
 here="$(cd "$(dirname "$0")" && pwd)"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
@@ -168,11 +170,20 @@ build_metrics_server() (  # subshell: its own cwd and EXIT trap
   rm -rf "$out"; mv "$out.tmp" "$out"
 )
 
+build_ghz() (
+  local out="$CACHE/ghz-$GHZ_VERSION"
+  [ -x "$out/ghz" ] && { log "ghz $GHZ_VERSION cached"; return; }
+  log "building ghz $GHZ_VERSION"
+  mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+)
+
 what="${1:-all}"
 case "$what" in
   all) build_etcd; build_kwok; build_helm; build_coredns; build_traefik; build_metrics_server; build_kube ;;
   kube) build_kube ;; etcd) build_etcd ;; kwok) build_kwok ;; helm) build_helm ;; coredns) build_coredns ;;
-  traefik) build_traefik ;; metrics-server) build_metrics_server ;;
-  *) echo "usage: $0 [all|kube|etcd|kwok|helm|coredns|traefik|metrics-server]" >&2; exit 2 ;;
+  traefik) build_traefik ;; metrics-server) build_metrics_server ;; ghz) build_ghz ;;
+  *) echo "usage: $0 [all|kube|etcd|kwok|helm|coredns|traefik|metrics-server|ghz]" >&2; exit 2 ;;
 esac
 log "done"

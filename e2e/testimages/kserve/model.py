@@ -24,6 +24,15 @@ class Iris(Model):
 
             self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
             self.input_name = self.session.get_inputs()[0].name
+        elif self.fmt == "xgboost":
+            import xgboost as xgb  # noqa: PLC0415 - only the bench's tree rows need it
+
+            self.xgb = xgb.Booster(model_file=self.path)
+            self.xgb.set_param({"nthread": 1})
+        elif self.fmt == "lightgbm":
+            import lightgbm as lgb  # noqa: PLC0415 - only the bench's tree rows need it
+
+            self.lgb = lgb.Booster(model_file=self.path)
         else:
             self.model = joblib.load(self.path)
         self.ready: bool = True
@@ -33,6 +42,10 @@ class Iris(Model):
         x = payload.inputs[0].as_numpy()
         if self.fmt == "onnx":
             label = self.session.run(None, {self.input_name: x.astype(np.float32)})[0]
+        elif self.fmt == "xgboost":
+            label = self.xgb.inplace_predict(x.astype(np.float32)).argmax(axis=1)
+        elif self.fmt == "lightgbm":
+            label = np.asarray(self.lgb.predict(x.astype(np.float64), num_threads=1)).argmax(axis=1)
         else:
             label = self.model.predict(x)
         data = [str(v) for v in label]
