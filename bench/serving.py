@@ -296,7 +296,7 @@ def running(target: Target) -> Iterator[int]:
         terminate(proc)
 
 
-def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
+def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:  # noqa: C901 - a closure per server kind
     d: Path = models["dir"]
     m = models["models"]
     serve = str(REPO / ".venv" / "bin" / "rollwise-serve")
@@ -348,6 +348,22 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
             *("--model_name", "iris", "--model_path", str(models["trees"][fmt]), "--model_format", fmt),
             *("--http_port", str(port), "--grpc_port", str(free_port()), "--workers", "1"),
             *("--enable_latency_logging", "false", "--log_config_file", str(quiet)),
+        ]
+
+    def tree_rows(fmt: str, mlserver_runtime: str) -> list[Target]:
+        """Ours, KServe's custom predictor and MLServer's own runtime (batching on) for one format."""
+        peer = mlserver(
+            fmt,
+            mlserver_runtime,
+            True,
+            f"mlserver-{fmt}-batching-quiet",
+            batching=True,
+            venv="mlserver-trees",
+        )
+        return [
+            Target(f"rollwise-{fmt}", fmt, rollwise_tree(fmt), *_ROLLWISE_PATHS),
+            Target(f"kserve-{fmt}-quiet", fmt, kserve_tree(fmt), *_KSERVE_PATHS, venv="kserve-trees"),
+            _grouped(peer, fmt),
         ]
 
     def kserve(key: str, fmt: str, quiet_logs: bool, grpc: int | None = None) -> Callable[[int], list[str]]:
@@ -541,36 +557,8 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:
         _grouped(mlserver("iris-mlp-onnx", "mlserver_onnx.OnnxModel", True, "mlserver-onnx-quiet"), "onnx"),
         # the tree formats, against MLServer's own runtimes for them (batching on, as ours is) and
         # KServe's custom predictor (its XGBoost and LightGBM servers are not on PyPI)
-        Target("rollwise-xgboost", "xgboost", rollwise_tree("xgboost"), *_ROLLWISE_PATHS),
-        Target(
-            "kserve-xgboost-quiet", "xgboost", kserve_tree("xgboost"), *_KSERVE_PATHS, venv="kserve-trees"
-        ),
-        _grouped(
-            mlserver(
-                "xgboost",
-                "mlserver_xgboost.XGBoostModel",
-                True,
-                "mlserver-xgboost-batching-quiet",
-                batching=True,
-                venv="mlserver-trees",
-            ),
-            "xgboost",
-        ),
-        Target("rollwise-lightgbm", "lightgbm", rollwise_tree("lightgbm"), *_ROLLWISE_PATHS),
-        Target(
-            "kserve-lightgbm-quiet", "lightgbm", kserve_tree("lightgbm"), *_KSERVE_PATHS, venv="kserve-trees"
-        ),
-        _grouped(
-            mlserver(
-                "lightgbm",
-                "mlserver_lightgbm.LightGBMModel",
-                True,
-                "mlserver-lightgbm-batching-quiet",
-                batching=True,
-                venv="mlserver-trees",
-            ),
-            "lightgbm",
-        ),
+        *tree_rows("xgboost", "mlserver_xgboost.XGBoostModel"),
+        *tree_rows("lightgbm", "mlserver_lightgbm.LightGBMModel"),
         bare("bare-asgi-after"),
         Target(
             "bare-grpc",
@@ -662,6 +650,9 @@ def ghz(port: int, concurrency: int, duration: int) -> Result:
         str(concurrency),
         "-z",
         f"{duration}s",
+        # calls in flight at the end finish (and count) rather than fail as "transport is closing"
+        "--duration-stop",
+        "wait",
         "--connections",
         "1",
         "--cpus",

@@ -101,15 +101,17 @@ build_helm() (  # subshell: its own cwd and EXIT trap
   rm -rf "$out"; mv "$out.tmp" "$out"
 )
 
-build_coredns() (  # subshell: its own cwd and EXIT trap
-  local out="$CACHE/coredns-$COREDNS_VERSION"
-  [ -x "$out/coredns" ] && { log "coredns $COREDNS_VERSION cached"; return; }
-  log "building coredns $COREDNS_VERSION"
+go_install() (  # NAME VERSION PACKAGE: a module whose go.mod has no replace/exclude at that release
+  local name="$1" version="$2" package="$3"
+  local out="$CACHE/$name-$version"
+  [ -x "$out/$name" ] && { log "$name $version cached"; return; }
+  log "building $name $version"
   mkdir -p "$out.tmp"
-  # go.mod has no replace/exclude at this release, so go install works as is.
-  GOBIN="$out.tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  GOBIN="$out.tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$package@$version"
   rm -rf "$out"; mv "$out.tmp" "$out"
 )
+
+build_coredns() { go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns; }
 
 build_traefik() (  # subshell: its own cwd and EXIT trap
   local out="$CACHE/traefik-$TRAEFIK_VERSION"
@@ -159,25 +161,11 @@ build_traefik() (  # subshell: its own cwd and EXIT trap
   "$out/traefik" version >&2
 )
 
-build_metrics_server() (  # subshell: its own cwd and EXIT trap
-  local out="$CACHE/metrics-server-$METRICS_SERVER_VERSION"
-  [ -x "$out/metrics-server" ] && { log "metrics-server $METRICS_SERVER_VERSION cached"; return; }
-  log "building metrics-server $METRICS_SERVER_VERSION"
-  mkdir -p "$out.tmp"
-  # go.mod has no replace/exclude at this release, so go install works as is.
-  GOBIN="$out.tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
-    "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
-  rm -rf "$out"; mv "$out.tmp" "$out"
-)
+build_metrics_server() {
+  go_install metrics-server "$METRICS_SERVER_VERSION" sigs.k8s.io/metrics-server/cmd/metrics-server
+}
 
-build_ghz() (
-  local out="$CACHE/ghz-$GHZ_VERSION"
-  [ -x "$out/ghz" ] && { log "ghz $GHZ_VERSION cached"; return; }
-  log "building ghz $GHZ_VERSION"
-  mkdir -p "$out.tmp"
-  GOBIN="$out.tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
-  rm -rf "$out"; mv "$out.tmp" "$out"
-)
+build_ghz() { go_install ghz "$GHZ_VERSION" github.com/bojand/ghz/cmd/ghz; }
 
 what="${1:-all}"
 case "$what" in
