@@ -437,6 +437,11 @@ def test_the_batch_image_reaches_the_operator(helm: Path, values: dict[str, str]
             "at '/peering/lifetimeSeconds': minimum: got 1, want 5",
             id="a peering lifetime shorter than a keep-alive round trip",
         ),
+        pytest.param(
+            {"batchResyncSeconds": "1"},
+            "at '/batchResyncSeconds': minimum: got 1, want 5",
+            id="a batch resync shorter than the operator allows",
+        ),
         pytest.param({"prometheus.url": "prometheus:9090"}, "at '/prometheus/url'", id="url without scheme"),
         pytest.param({"watchNamespace": "Models_NS"}, "at '/watchNamespace'", id="namespace not a DNS label"),
         pytest.param(
