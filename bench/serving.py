@@ -57,10 +57,8 @@ PY_SPY = str(REPO / ".venv" / "bin" / "py-spy")
 PEER_LOCKS = REPO / "bench" / "peers"
 # llama-server.txt is the proxy tests' llama.cpp server (scripts/llama_server_venv.py), not a peer.
 PEERS = sorted(p.stem for p in PEER_LOCKS.glob("*.txt") if p.stem != "llama-server")
-BODY = {
-    "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}],
-}
 ROW = [5.1, 3.5, 1.4, 0.2]
+BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [ROW]}]}
 GRPC_REQUEST = {
     "model_name": "iris",
     "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [1, 4], "contents": {"fp32_contents": ROW}}],
@@ -300,7 +298,6 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:  # n
     d: Path = models["dir"]
     m = models["models"]
     serve = str(REPO / ".venv" / "bin" / "rollwise-serve")
-    kserve_py = str(VENVS / "kserve" / "bin" / "python")
     (WORK / "kserve_model.py").write_text(KSERVE_MODEL)
     (WORK / "mlserver_onnx.py").write_text(MLSERVER_ONNX)
     (WORK / "bare_app.py").write_text(BARE_APP)
@@ -340,15 +337,9 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:  # n
             *("--host", "127.0.0.1", "--port", str(port), "--cache-dir", cache),
         ]
 
-    def kserve_tree(fmt: str) -> Callable[[int], list[str]]:
-        python = str(VENVS / "kserve-trees" / "bin" / "python")
-        return lambda port: [
-            python,
-            str(WORK / "kserve_model.py"),
-            *("--model_name", "iris", "--model_path", str(models["trees"][fmt]), "--model_format", fmt),
-            *("--http_port", str(port), "--grpc_port", str(free_port()), "--workers", "1"),
-            *("--enable_latency_logging", "false", "--log_config_file", str(quiet)),
-        ]
+    def model_file(key: str) -> Path:
+        """A committed example model by manifest key, or one of the bench's tree models by format."""
+        return models["trees"][key] if key in models["trees"] else d / m[key]["file"]
 
     def tree_rows(fmt: str, mlserver_runtime: str) -> list[Target]:
         """Ours, KServe's custom predictor and MLServer's own runtime (batching on) for one format."""
@@ -362,19 +353,27 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:  # n
         )
         return [
             Target(f"rollwise-{fmt}", fmt, rollwise_tree(fmt), *_ROLLWISE_PATHS),
-            Target(f"kserve-{fmt}-quiet", fmt, kserve_tree(fmt), *_KSERVE_PATHS, venv="kserve-trees"),
+            Target(
+                f"kserve-{fmt}-quiet",
+                fmt,
+                kserve(fmt, fmt, True, venv="kserve-trees"),
+                *_KSERVE_PATHS,
+                venv="kserve-trees",
+            ),
             _grouped(peer, fmt),
         ]
 
-    def kserve(key: str, fmt: str, quiet_logs: bool, grpc: int | None = None) -> Callable[[int], list[str]]:
+    def kserve(
+        key: str, fmt: str, quiet_logs: bool, grpc: int | None = None, venv: str = "kserve"
+    ) -> Callable[[int], list[str]]:
         extra = ["--enable_latency_logging", "false", "--log_config_file", str(quiet)] if quiet_logs else []
         return lambda port: [
-            kserve_py,
+            str(VENVS / venv / "bin" / "python"),
             str(WORK / "kserve_model.py"),
             "--model_name",
             "iris",
             "--model_path",
-            str(d / m[key]["file"]),
+            str(model_file(key)),
             "--model_format",
             fmt,
             "--http_port",
@@ -399,7 +398,7 @@ def targets(models: dict[str, Any], only: set[str] | None) -> list[Target]:  # n
         repo = WORK / f"mlserver-{name}"
         shutil.rmtree(repo, ignore_errors=True)
         (repo / "iris").mkdir(parents=True)
-        source = models["trees"][key] if key in models["trees"] else d / m[key]["file"]
+        source = model_file(key)
         shutil.copy(source, repo / "iris" / source.name)
         model_settings = {
             "name": "iris",

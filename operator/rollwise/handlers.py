@@ -166,8 +166,7 @@ async def batch_states(namespace: str | None, name: str | None, memo: kopf.Memo,
 async def batch_job_changed(
     namespace: str | None, labels: kopf.Labels, batch_states: kopf.Index[Any, Any], **_: Any
 ) -> None:
-    for state in batch_states.get((namespace, labels[batch_plan.LABEL_BATCH_JOB]), []):
-        state.wake.set()
+    _wake(batch_states, (namespace, labels[batch_plan.LABEL_BATCH_JOB]))
 
 
 @kopf.on.event(GROUP, VERSION, batch_api.PLURAL)  # type: ignore[arg-type]  # Kopf injects index kwargs its callback protocols do not list
@@ -177,5 +176,4 @@ async def batch_job_edited(
     """A spec edit (a new generation the status has not seen) gets a pass; our own status writes
     do not wake the daemon."""
     if body.get("metadata", {}).get("generation") != (body.get("status") or {}).get("observedGeneration"):
-        for state in batch_states.get((namespace, name), []):
-            state.wake.set()
+        _wake(batch_states, (namespace, name or ""))

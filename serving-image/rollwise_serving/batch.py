@@ -344,12 +344,10 @@ class Scorer:
         (`PartWriter`); otherwise the dictionary is cast to text."""
         if self._sorted is not None and values.dtype.kind == "U" and pa.types.is_string(column.type):
             assert self._order is not None and self._index is not None
-            given = column.name == "label" and label_index is not None and len(label_index) == len(values)
-            index = (
-                label_index.astype(np.int32, copy=False)
-                if given and label_index is not None
-                else self._index.of(values)
-            )
+            if column.name == "label" and label_index is not None and len(label_index) == len(values):
+                index: Array | None = label_index.astype(np.int32, copy=False)
+            else:
+                index = self._index.of(values)
             if index is None:
                 at = np.minimum(np.searchsorted(self._sorted, values), len(self._sorted) - 1)
                 if np.array_equal(self._sorted[at], values):
