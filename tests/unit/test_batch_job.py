@@ -642,6 +642,17 @@ def test_a_serving_image_without_a_tag_needs_the_batch_image_set() -> None:
         from_env({"ROLLWISE_SERVING_IMAGE": "reg:5000/serving"})
 
 
+def test_the_batch_resync_is_read_and_nonsense_is_refused_naming_the_variable() -> None:
+    assert from_env({}).batch_resync_seconds == 300.0
+    assert from_env({"ROLLWISE_BATCH_RESYNC_SECONDS": "60"}).batch_resync_seconds == 60.0
+    with pytest.raises(
+        SettingsError, match=r"ROLLWISE_BATCH_RESYNC_SECONDS=1 is out of range; use a value from 5 to 86400"
+    ):
+        from_env({"ROLLWISE_BATCH_RESYNC_SECONDS": "1"})
+    with pytest.raises(SettingsError, match=r"ROLLWISE_BATCH_RESYNC_SECONDS='soon' is not a whole number"):
+        from_env({"ROLLWISE_BATCH_RESYNC_SECONDS": "soon"})
+
+
 # ---- properties ---------------------------------------------------------------------------------
 
 _PHASES = st.sampled_from([PodPhase.PENDING, PodPhase.RUNNING, PodPhase.SUCCEEDED, PodPhase.FAILED])
